@@ -1,0 +1,3 @@
+"""ricardo: a cost-aware gateway for LLM inference across heterogeneous hardware."""
+
+__version__ = "0.1.0"

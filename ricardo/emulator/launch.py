@@ -1,0 +1,89 @@
+"""Start emulated backends: one engine and one port per backend, all in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from ricardo.emulator.server import EmulatedBackend
+from ricardo.protocol.runtime import run_event_loop
+from ricardo.profiles.engine_params import load_engine_params
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    hardware: str
+    model: str
+    host: str
+    port: int
+
+
+class _Pool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    hardware: str
+    backends: list[str]
+    models: list[str] | None = None
+
+
+class _Config(BaseModel):
+    """The part of a gateway config the emulator needs: which hardware answers on which local port."""
+
+    model_config = ConfigDict(extra="ignore")
+    models: list[str] = ["llama2-7b"]
+    pools: list[_Pool]
+
+
+def backends_from_config(path: str) -> list[BackendSpec]:
+    with open(path) as f:
+        config = _Config.model_validate(yaml.safe_load(f))
+    specs = []
+    for pool in config.pools:
+        model = (pool.models or config.models)[0]
+        for url in pool.backends:
+            parts = urlsplit(url)
+            if parts.hostname in LOCAL_HOSTS and parts.port:
+                specs.append(BackendSpec(pool.hardware, model, parts.hostname, parts.port))
+    if not specs:
+        raise SystemExit(f"{path}: no backend on a local address to emulate")
+    return specs
+
+
+async def serve_backends(specs: list[BackendSpec], speed: float, stop: asyncio.Event) -> None:
+    runners = []
+    try:
+        for spec in specs:
+            backend = EmulatedBackend(load_engine_params(spec.hardware), spec.model, speed=speed)
+            runner = web.AppRunner(backend.app(), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, spec.host, spec.port).start()
+            runners.append(runner)
+            print(f"emulating {spec.hardware} serving {spec.model} on http://{spec.host}:{spec.port}", flush=True)
+        await stop.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def run_backends(specs: list[BackendSpec], speed: float = 1.0) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_backends(specs, speed, stop)
+
+    try:
+        run_event_loop(main())
+    except OSError as exc:
+        print(f"ricardo emulate: {exc}", file=sys.stderr)
+        return 1
+    return 0

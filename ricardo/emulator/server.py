@@ -1,0 +1,330 @@
+"""A real-time, OpenAI-compatible stand-in for one GPU backend, timed by the engine model.
+
+Each backend owns one `Engine`. A single task runs the engine: it asks for the next iteration,
+sleeps for as long as that iteration takes on the emulated hardware, then hands the new tokens
+to the requests waiting on them. Requests stream those tokens out as vLLM would, and `/metrics`
+exports vLLM's gauge and histogram names so anything that scrapes vLLM can scrape this.
+
+How long an answer is: the header `x-emulator-output-tokens` (set by a load generator that knows
+the trace's true length; a gateway forwards it without reading it), else a deterministic draw from
+the prompt's text. `max_tokens` caps either; `ignore_eos` with `max_tokens` forces that length, as
+vLLM's benchmarks do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ricardo.emulator.engine import Engine, Sequence
+from ricardo.emulator.text import TokenCounter, token_text
+from ricardo.profiles.engine_params import EngineParams
+from ricardo.protocol.openai import SSE_DONE, OpenAIError, error_body, parse_request, sse, usage
+
+OUTPUT_TOKENS_HEADER = "x-emulator-output-tokens"
+MAX_BODY_BYTES = 4 * 1024 * 1024
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
+
+
+def drawn_output_tokens(text: str) -> int:
+    """A deterministic, long-tailed answer length for a prompt: log-normal, median 128 tokens."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    z = math.sqrt(2) * _erfinv(2 * u - 1)
+    return max(1, min(2048, round(128 * math.exp(z))))
+
+
+def _erfinv(y: float) -> float:
+    # Winitzki's approximation, accurate to ~1e-3: plenty for drawing lengths
+    a = 0.147
+    ln = math.log(1 - y * y)
+    first = 2 / (math.pi * a) + ln / 2
+    return math.copysign(math.sqrt(math.sqrt(first * first - ln / a) - first), y)
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request waiting on the engine: what it has been given so far."""
+
+    arrived: float
+    delivered: int = 0  # tokens the engine has produced and timed
+    finished: bool = False
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Metrics:
+    """vLLM's metric names, on a registry of the backend's own (several backends share a process)."""
+
+    def __init__(self, backend: EmulatedBackend):
+        self.registry = CollectorRegistry()
+        labels = {"model_name": backend.model}
+        engine = backend.engine
+
+        def gauge(name: str, doc: str, fn):
+            g = Gauge(name, doc, ["model_name"], registry=self.registry)
+            g.labels(**labels).set_function(fn)
+
+        gauge("vllm:num_requests_running", "Requests in the running batch.", lambda: len(engine.running))
+        gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.", lambda: len(engine.waiting))
+        gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 0-1.", lambda: engine.kv_usage)
+
+        def hist(name: str, doc: str, buckets):
+            return Histogram(name, doc, ["model_name"], buckets=buckets, registry=self.registry).labels(**labels)
+
+        def counter(name: str, doc: str):
+            return Counter(name, doc, ["model_name"], registry=self.registry).labels(**labels)
+
+        self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.itl = hist("vllm:inter_token_latency_seconds", "Time between tokens.", ITL_BUCKETS)
+        self.e2e = hist("vllm:e2e_request_latency_seconds", "End-to-end request latency.", E2E_BUCKETS)
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Tokens generated.")
+        self.success = Counter("vllm:request_success", "Finished requests.", ["model_name", "finished_reason"],
+                               registry=self.registry)
+        self.preemptions = counter("vllm:num_preemptions", "Preemptions.")
+
+
+class EmulatedBackend:
+    def __init__(self, params: EngineParams, model: str, speed: float = 1.0, encoding: str = "llama3"):
+        self.params = params
+        self.model = model
+        self.speed = speed
+        self.engine = Engine(params)
+        self.counter = TokenCounter(encoding)
+        self.metrics = Metrics(self)
+        self._work = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.created = int(time.time())
+
+    # -- the engine loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = loop.time()
+        while True:
+            if self.engine.idle:
+                self._work.clear()
+                await self._work.wait()
+                clock = loop.time()
+            step = self.engine.step()
+            if step is None:
+                continue
+            clock = max(clock, loop.time() - 0.05) + step.seconds / self.speed  # never bank more than 50 ms of lag
+            delay = clock - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            if step.preempted:
+                self.metrics.preemptions.inc(len(step.preempted))
+            for seq in step.advanced:
+                self._deliver(seq.tag, seq.generated, now)
+            for seq in step.finished:
+                seq.tag.finished = True
+                seq.tag.wake.set()
+
+    def _deliver(self, pending: Pending, generated: int, now: float) -> None:
+        new = generated - pending.delivered
+        if new <= 0:
+            return
+        if pending.first_token_at is None:
+            pending.first_token_at = now
+            self.metrics.ttft.observe(now - pending.arrived)
+        else:
+            self.metrics.itl.observe((now - pending.last_token_at) / new)
+        pending.last_token_at = now
+        pending.delivered = generated
+        pending.wake.set()
+
+    async def start(self, app: web.Application) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self, app: web.Application) -> None:
+        if self._task:
+            self._task.cancel()
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/health", self.health)
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.stop)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.model, "object": "model", "created": self.created, "owned_by": "ricardo-emulator",
+             "max_model_len": self.params.model.max_context}]})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completions")
+
+    async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        body, req = parse_request(endpoint, await request.read())
+        if req.model != self.model:
+            raise OpenAIError(404, f"The model `{req.model}` does not exist.", "NotFoundError", "model",
+                              "model_not_found")
+        text = req.text()
+        if endpoint == "chat":
+            prompt_tokens = self.counter.count_chat([(m.role, m.content) for m in req.messages])
+        else:
+            prompt_tokens = self.counter.count(text)
+        output_tokens, cap = self._output_tokens(request, body, req, text)
+        limit = min(self.params.model.max_context, self.engine.capacity)
+        if prompt_tokens + output_tokens > limit:
+            raise OpenAIError(400, f"This model's maximum context length is {limit} tokens. However, you "
+                              f"requested {prompt_tokens + output_tokens} tokens ({prompt_tokens} in the "
+                              f"messages, {output_tokens} in the completion).", param="messages")
+        pending = Pending(arrived=asyncio.get_running_loop().time())
+        seq = Sequence(prompt_tokens, output_tokens, tag=pending)
+        self.engine.submit(seq)
+        self._work.set()
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        finish_reason = "length" if cap is not None and output_tokens >= cap else "stop"
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        ident = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + rid
+        try:
+            if req.stream:
+                return await self._stream(request, endpoint, ident, rid, seq, req.include_usage, finish_reason)
+            await self._wait_finished(pending)
+            content = "".join(token_text(i) for i in range(output_tokens))
+            return web.json_response(
+                _completion(endpoint, ident, self.model, self.created, content, finish_reason,
+                            usage(prompt_tokens, output_tokens)),
+                headers={"x-request-id": rid})
+        finally:
+            if not pending.finished:
+                self.engine.cancel(seq)
+            else:
+                self._record_finished(pending, output_tokens, finish_reason)
+
+    def _output_tokens(self, request: web.Request, body: dict, req, text: str) -> tuple[int, int | None]:
+        cap = req.output_cap
+        if cap is not None and body.get("ignore_eos"):
+            return cap, cap
+        header = request.headers.get(OUTPUT_TOKENS_HEADER)
+        if header is not None:
+            try:
+                wanted = int(header)
+            except ValueError:
+                raise OpenAIError(400, f"{OUTPUT_TOKENS_HEADER} must be an integer") from None
+            wanted = max(1, wanted)
+        else:
+            wanted = drawn_output_tokens(text)
+        return (min(wanted, cap) if cap is not None else wanted), cap
+
+    async def _wait_finished(self, pending: Pending) -> None:
+        while not pending.finished:
+            await pending.wake.wait()
+            pending.wake.clear()
+
+    def _record_finished(self, pending: Pending, output_tokens: int, finish_reason: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self.metrics.e2e.observe(now - pending.arrived)
+        self.metrics.generation_tokens.inc(output_tokens)
+        self.metrics.success.labels(model_name=self.model, finished_reason=finish_reason).inc()
+
+    async def _stream(self, request: web.Request, endpoint: str, ident: str, rid: str, seq: Sequence,
+                      include_usage: bool, finish_reason: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "x-request-id": rid})
+        await response.prepare(request)
+        chunk = _chunker(endpoint, ident, self.model, self.created, include_usage)
+        try:
+            if endpoint == "chat":
+                await response.write(sse(chunk({"role": "assistant", "content": ""}, None)))
+            await self._stream_tokens(response, chunk, ident, seq, include_usage, finish_reason)
+        except ConnectionResetError:
+            pass  # the client went away; the caller frees the sequence
+        return response
+
+    async def _stream_tokens(self, response: web.StreamResponse, chunk, ident: str, seq: Sequence,
+                             include_usage: bool, finish_reason: str) -> None:
+        pending: Pending = seq.tag
+        sent = 0
+        while sent < seq.output_tokens:
+            await pending.wake.wait()
+            pending.wake.clear()
+            upto = pending.delivered
+            if upto > sent:
+                text = "".join(token_text(i) for i in range(sent, upto))
+                done = upto >= seq.output_tokens
+                await response.write(sse(chunk(text, finish_reason if done else None)))
+                sent = upto
+        await self._wait_finished(pending)
+        if include_usage:
+            await response.write(sse({"id": ident, "object": chunk.object, "created": self.created,
+                                      "model": self.model, "choices": [],
+                                      "usage": usage(seq.prompt_tokens, seq.output_tokens)}))
+        await response.write(SSE_DONE)
+        await response.write_eof()
+
+
+def _chunker(endpoint: str, ident: str, model: str, created: int, include_usage: bool):
+    object_ = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+
+    def chunk(content, finish_reason):
+        if endpoint == "chat":
+            delta = content if isinstance(content, dict) else {"content": content}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
+        payload = {"id": ident, "object": object_, "created": created, "model": model, "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None
+        return payload
+
+    chunk.object = object_
+    return chunk
+
+
+def _completion(endpoint: str, ident: str, model: str, created: int, content: str, finish_reason: str,
+                usage_: dict) -> dict:
+    if endpoint == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
+                  "finish_reason": finish_reason}
+        object_ = "chat.completion"
+    else:
+        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
+        object_ = "text_completion"
+    return {"id": ident, "object": object_, "created": created, "model": model, "choices": [choice], "usage": usage_}
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Every failure leaves as an OpenAI-shaped JSON error, never a traceback."""
+    try:
+        return await handler(request)
+    except OpenAIError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return web.json_response(error_body(f"request body too large: {exc.text}"), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(error_body(exc.reason, "invalid_request_error" if exc.status < 500 else "api_error"),
+                                 status=exc.status)

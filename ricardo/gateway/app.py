@@ -1,0 +1,96 @@
+"""The gateway's HTTP surface: OpenAI endpoints, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ricardo.gateway import proxy
+from ricardo.gateway.config import GatewayConfig
+from ricardo.gateway.state import GatewayState
+from ricardo.protocol.openai import OpenAIError, error_body
+
+log = logging.getLogger("ricardo.gateway")
+
+
+def build_app(config: GatewayConfig, state: GatewayState | None = None) -> web.Application:
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors])
+    app["state"] = state or GatewayState(config)
+    for prefix in ("/v1", ""):  # many clients also call the un-prefixed paths
+        app.router.add_post(f"{prefix}/chat/completions", chat)
+        app.router.add_post(f"{prefix}/completions", completions)
+        app.router.add_get(f"{prefix}/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_close)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    await app["state"].start()
+
+
+async def _close(app: web.Application) -> None:
+    await app["state"].close()
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    return await proxy.handle(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await proxy.handle(request, "completions")
+
+
+async def models(request: web.Request) -> web.Response:
+    state: GatewayState = request.app["state"]
+    created = int(time.time())
+    return web.json_response({"object": "list", "data": [
+        {"id": model, "object": "model", "created": created, "owned_by": "ricardo"}
+        for model in state.config.models]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when at least one backend of some pool can take requests; says which pools can."""
+    available = request.app["state"].ready()
+    ready = any(available.values())
+    return web.json_response({"ready": ready, "pools": available}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state: GatewayState = request.app["state"]
+    return web.Response(body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Every failure leaves as an OpenAI-shaped JSON error with the right status, never a traceback."""
+    try:
+        return await handler(request)
+    except OpenAIError as exc:
+        status, body, headers = exc.status, exc.body(), exc.headers
+    except web.HTTPRequestEntityTooLarge as exc:
+        status, body, headers = 413, error_body(f"request body too large: {exc.text}"), {}
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        status, body, headers = exc.status, error_body(exc.reason), {}
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        status, body, headers = 500, error_body("internal error", "api_error"), {}
+    state = request.app.get("state")
+    if state is not None and request.path.endswith("completions"):
+        state.metrics.requests.labels("-", "-", str(status)).inc()
+    request_id = request.headers.get("x-request-id")
+    if request_id:
+        headers = {**headers, "x-request-id": request_id}
+    return web.json_response(body, status=status, headers=headers)

@@ -1,0 +1,64 @@
+"""`ricardo serve`: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the gateway",
+                              description="Run the OpenAI-compatible cost-aware gateway.")
+    p.add_argument("--config", help="gateway config YAML (default: the embedded config with emulated local pools)")
+    p.add_argument("--host", help="override the config's listen address")
+    p.add_argument("--port", type=int, help="override the config's port")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    import sys
+
+    from aiohttp import web
+    from pydantic import ValidationError
+
+    from ricardo.gateway.app import build_app
+    from ricardo.gateway.config import load_config
+    from ricardo.gateway.state import GatewayState
+    from ricardo.protocol.runtime import run_event_loop
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except (OSError, ValidationError, ValueError) as exc:
+        print(f"ricardo serve: bad config: {exc}", file=sys.stderr)
+        return 2
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    config = config.model_copy(update=updates)
+    try:
+        state = GatewayState(config)
+    except ValueError as exc:
+        print(f"ricardo serve: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        runner = web.AppRunner(build_app(config, state), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.host, config.port).start()
+        print(f"ricardo gateway listening on http://{config.host}:{config.port}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        run_event_loop(main())
+    except OSError as exc:
+        print(f"ricardo serve: {exc}", file=sys.stderr)
+        return 1
+    return 0

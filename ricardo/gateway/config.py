@@ -1,0 +1,87 @@
+"""The gateway's configuration: a YAML file validated by pydantic, with an embedded default."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SLOConfig(_Strict):
+    ttft_ms: float = Field(default=2000.0, gt=0)
+    tpot_ms: float = Field(default=120.0, gt=0)
+
+
+class PoolConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    hardware: str = Field(description="profile name of the hardware type, e.g. A10G, H100")
+    price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
+    backends: list[HttpUrl] = Field(default_factory=list)
+    models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
+    api_key: str | None = Field(default=None, description="bearer token the backends expect")
+    role: Literal["unified"] = "unified"
+
+    @field_validator("backends")
+    @classmethod
+    def _no_duplicates(cls, urls: list[HttpUrl]) -> list[HttpUrl]:
+        if len({str(u) for u in urls}) != len(urls):
+            raise ValueError("a backend is listed twice")
+        return urls
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    first_byte_timeout_s: float = Field(default=300.0, gt=0, description="until the upstream answers with headers")
+    idle_timeout_s: float = Field(default=120.0, gt=0, description="longest silence inside a stream")
+    max_attempts: int = Field(default=3, ge=1, description="backends tried per request before giving up")
+    connections_per_backend: int = Field(default=512, gt=0)
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, lt=65536)
+    models: list[str] = Field(default_factory=lambda: ["llama2-7b"], min_length=1)
+    policy: str = "cost-aware"
+    price_set: str = "melange"
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    log_prompts: bool = False
+    tokenizer: str | None = Field(default=None, description="exact input counts with this encoding "
+                                  "(cl100k_base, o200k_base, llama3); default: an estimate corrected online")
+    pools: list[PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewayConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError("pool names must be unique")
+        for pool in self.pools:
+            unknown = set(pool.models or ()) - set(self.models)
+            if unknown:
+                raise ValueError(f"pool {pool.name} serves models not in `models`: {sorted(unknown)}")
+        return self
+
+    def pool_models(self, pool: PoolConfig) -> list[str]:
+        return pool.models or self.models
+
+
+def load_config(path: str | Path | None) -> GatewayConfig:
+    """Read a config file, or the embedded default (emulated pools on local ports) when none is given."""
+    if path is None:
+        text = resources.files("ricardo.gateway").joinpath("data/default.yaml").read_text()
+    else:
+        text = Path(path).read_text()
+    return GatewayConfig.model_validate(yaml.safe_load(text))
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("ricardo.gateway").joinpath("data/default.yaml")))

@@ -1,0 +1,109 @@
+"""Live state of pools and their backends in this gateway process."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ricardo.gateway.config import LimitsConfig, PoolConfig
+from ricardo.policies.types import PoolView
+
+COOLDOWN_BASE_S = 1.0
+COOLDOWN_MAX_S = 30.0
+EWMA_WEIGHT = 0.2
+
+
+@dataclass(eq=False)
+class Backend:
+    """One endpoint of a pool: its connection pool, its load, whether it may be used now."""
+
+    url: str
+    session: aiohttp.ClientSession
+    in_flight: int = 0
+    healthy: bool = True  # last health probe succeeded
+    failures: int = 0  # consecutive failures, for the cooldown's back-off
+    cooldown_until: float = 0.0
+    draining: bool = False
+
+    def available(self, now: float) -> bool:
+        return self.healthy and not self.draining and now >= self.cooldown_until
+
+    def record_failure(self, now: float, retry_after: float | None = None) -> None:
+        self.failures += 1
+        backoff = min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (self.failures - 1))
+        # a later failure extends the cooldown, never shortens it
+        self.cooldown_until = max(self.cooldown_until, now + max(backoff, retry_after or 0.0))
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.cooldown_until = 0.0
+
+
+@dataclass(eq=False)
+class Pool:
+    config: PoolConfig
+    models: tuple[str, ...]
+    price_per_hour: float
+    backends: list[Backend] = field(default_factory=list)
+    in_flight: int = 0
+    in_flight_load: float = 0.0
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    _tiebreak: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def hardware(self) -> str:
+        return self.config.hardware
+
+    def available_backends(self, now: float) -> list[Backend]:
+        return [b for b in self.backends if b.available(now)]
+
+    def view(self, now: float) -> PoolView:
+        return PoolView(
+            name=self.name,
+            hardware=self.hardware,
+            price_per_hour=self.price_per_hour,
+            replicas=len(self.available_backends(now)),
+            in_flight=self.in_flight,
+            in_flight_load=self.in_flight_load,
+            ttft_ms=self.ttft_ms,
+            tpot_ms=self.tpot_ms,
+            models=self.models,
+        )
+
+    def pick_backend(self, now: float, exclude: set[Backend]) -> Backend | None:
+        """The available backend with the fewest requests in flight (rotating among ties)."""
+        candidates = [b for b in self.available_backends(now) if b not in exclude]
+        if not candidates:
+            return None
+        least = min(b.in_flight for b in candidates)
+        tied = [b for b in candidates if b.in_flight == least]
+        return tied[next(self._tiebreak) % len(tied)]
+
+    def record_latency(self, ttft_ms: float | None, tpot_ms: float | None) -> None:
+        if ttft_ms is not None:
+            self.ttft_ms = ttft_ms if self.ttft_ms is None else self.ttft_ms + EWMA_WEIGHT * (ttft_ms - self.ttft_ms)
+        if tpot_ms is not None:
+            self.tpot_ms = tpot_ms if self.tpot_ms is None else self.tpot_ms + EWMA_WEIGHT * (tpot_ms - self.tpot_ms)
+
+
+def new_session(limits: LimitsConfig, api_key: str | None) -> aiohttp.ClientSession:
+    """One pooled client session per backend, so one slow backend cannot starve the others' connections."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limits.connections_per_backend, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s,
+                                      sock_read=limits.idle_timeout_s),
+        headers=headers,
+    )
+
+
+def monotonic() -> float:
+    return time.monotonic()

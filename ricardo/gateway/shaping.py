@@ -1,0 +1,72 @@
+"""Turn a request into a `RequestShape`: input tokens counted, output tokens predicted, SLO resolved.
+
+The predictor sees the request body and nothing else. In particular it never sees headers: a load
+generator may tell an emulated backend the true answer length in a header, and the gateway passes
+that header on without reading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ricardo.gateway.metrics import GatewayMetrics
+from ricardo.policies.types import SLO, RequestShape
+from ricardo.predictor.features import features_from_body
+from ricardo.predictor.model import OutputLengthPredictor
+from ricardo.predictor.tokens import InputTokenCounter
+from ricardo.protocol.openai import OpenAIError
+
+SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
+
+
+class Shaper:
+    def __init__(self, default_slo: SLO, encoding: str | None = None,
+                 predictor: OutputLengthPredictor | None = None):
+        self.default_slo = default_slo
+        self.counter = InputTokenCounter(encoding)
+        self.predictor = predictor or OutputLengthPredictor.load_default()
+
+    def shape(self, endpoint: str, body: dict, request, headers: Mapping[str, str]) -> tuple[RequestShape, object]:
+        if endpoint == "chat":
+            input_tokens = self.counter.count_messages(body["messages"])
+        else:
+            input_tokens = self.counter.count_prompt(request.text())
+        features = features_from_body(body, input_tokens)
+        prediction = self.predictor.predict(features)
+        shape = RequestShape(
+            model=request.model,
+            input_tokens=input_tokens,
+            output_p50=prediction.p50,
+            output_p90=prediction.p90,
+            slo=self._slo(headers),
+            max_tokens=request.output_cap,
+            stream=request.stream,
+        )
+        return shape, features
+
+    def _slo(self, headers: Mapping[str, str]) -> SLO:
+        values = {}
+        for field, header in SLO_HEADERS.items():
+            raw = headers.get(header)
+            if raw is None:
+                values[field] = getattr(self.default_slo, field)
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not value > 0:
+                raise OpenAIError(400, f"header {header} must be a positive number of milliseconds", param=header)
+            values[field] = value
+        return SLO(**values)
+
+    def observe(self, shape: RequestShape, features: object, prompt_tokens: int, completion_tokens: int,
+                metrics: GatewayMetrics) -> None:
+        """Learn from what the backend reported: the true input count and the true output length."""
+        self.counter.observe(shape.input_tokens, prompt_tokens)
+        self.predictor.observe(features, completion_tokens)
+        metrics.outcomes.inc()
+        metrics.predicted_output.observe(shape.output_p50)
+        metrics.prediction_error.observe(abs(completion_tokens - shape.output_p50))
+        if completion_tokens <= shape.output_p90:
+            metrics.prediction_under_p90.inc()

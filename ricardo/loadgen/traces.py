@@ -1,0 +1,140 @@
+"""Trace readers: a trace is a list of `TraceRequest`s with arrival times, lengths and maybe text.
+
+Accepted sources (`read_trace(spec)`):
+- named traces `azure-conv` and `azure-code`: the Azure LLM inference traces 2023 bundled in data/
+  (CSV `TIMESTAMP,ContextTokens,GeneratedTokens`, CC-BY-4.0, see data/PROVENANCE.md);
+- a `.csv` file in that Azure format;
+- a `.jsonl` file, either
+  * AIBrix workload lines `{"timestamp": ms, "requests": [{"Prompt Length", "Output Length", "prompt"}, ...]}`
+    (all requests of a line arrive together), or
+  * simple lines `{"timestamp_s"?: float, "prompt"?: str, "input_tokens"?: int, "output_tokens": int}`:
+    `timestamp_s` on every line or on none (then every request arrives at 0, one burst); a line
+    needs `prompt` or `input_tokens` (missing `input_tokens` are counted with cl100k_base).
+
+Arrivals are seconds relative to the trace's first arrival. `select` cuts a window and rescales it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DATA_DIR = Path(__file__).with_name("data")
+NAMED_TRACES = {
+    "azure-conv": DATA_DIR / "AzureLLMInferenceTrace_conv.csv",
+    "azure-code": DATA_DIR / "AzureLLMInferenceTrace_code.csv",
+}
+AZURE_COLUMNS = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
+
+
+class TraceError(ValueError):
+    """The trace cannot be read: unknown name, missing file, malformed content."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    prompt: str | None = None
+
+
+def read_trace(spec: str) -> list[TraceRequest]:
+    """All requests of a named trace or file, sorted by arrival, arrivals relative to the first."""
+    path = NAMED_TRACES.get(spec) or Path(spec)
+    if not path.is_file():
+        raise TraceError(f"unknown trace {spec!r}: neither one of {', '.join(NAMED_TRACES)} nor a file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        requests = read_azure_csv(path)
+    elif suffix in (".jsonl", ".json"):
+        requests = read_jsonl(path)
+    else:
+        raise TraceError(f"{path}: expected a .csv (Azure format) or .jsonl trace")
+    if not requests:
+        raise TraceError(f"{path}: no requests")
+    requests.sort(key=lambda r: r.arrival_s)
+    first = requests[0].arrival_s
+    return [replace(r, arrival_s=r.arrival_s - first) for r in requests]
+
+
+def read_azure_csv(path: Path) -> list[TraceRequest]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [name.strip() for name in next(reader, [])]
+        if header != AZURE_COLUMNS:
+            raise TraceError(f"{path}: expected header {','.join(AZURE_COLUMNS)}, got {','.join(header)}")
+        requests = []
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                timestamp = dt.datetime.fromisoformat(row[0].strip()).timestamp()
+                requests.append(TraceRequest(timestamp, int(row[1]), int(row[2])))
+            except (ValueError, IndexError) as exc:
+                raise TraceError(f"{path}:{line_no}: {exc}") from None
+    return requests
+
+
+def read_jsonl(path: Path) -> list[TraceRequest]:
+    requests: list[TraceRequest] = []
+    lines = timestamped_lines = 0
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            lines += 1
+            try:
+                record = json.loads(line)
+                if "requests" in record:
+                    requests.extend(_aibrix_requests(record))
+                    timestamped_lines += 1
+                else:
+                    requests.append(_simple_request(record))
+                    timestamped_lines += "timestamp_s" in record
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TraceError(f"{path}:{line_no}: {type(exc).__name__}: {exc}") from None
+    if timestamped_lines not in (0, lines):
+        raise TraceError(f"{path}: timestamp on {timestamped_lines} of {lines} lines: give it on all or none")
+    return requests
+
+
+def _aibrix_requests(record: dict) -> list[TraceRequest]:
+    arrival_s = float(record["timestamp"]) / 1000.0
+    return [TraceRequest(arrival_s, int(r["Prompt Length"]), int(r["Output Length"]), r.get("prompt"))
+            for r in record["requests"]]
+
+
+def _simple_request(record: dict) -> TraceRequest:
+    prompt = record.get("prompt")
+    if "input_tokens" in record:
+        input_tokens = int(record["input_tokens"])
+    elif prompt is not None:
+        input_tokens = _count_tokens(prompt)
+    else:
+        raise KeyError("a line needs 'prompt' or 'input_tokens'")
+    return TraceRequest(float(record.get("timestamp_s", 0.0)), input_tokens, int(record["output_tokens"]), prompt)
+
+
+def _count_tokens(text: str) -> int:
+    import quicktok  # only traces with text and no lengths need a tokenizer
+
+    return quicktok.get_encoding("cl100k_base").count(text)
+
+
+def select(requests: list[TraceRequest], *, start_s: float = 0.0, duration_s: float | None = None,
+           speed: float = 1.0, max_requests: int | None = None) -> list[TraceRequest]:
+    """The requests to replay, with arrivals in replay (wall-clock) seconds from the window start.
+
+    start_s: trace seconds to skip (trace time, before speed-up).
+    duration_s: wall-clock seconds of replay, i.e. `duration_s * speed` seconds of trace; None = to the end.
+    speed: time compression; 2 replays the trace twice as fast.
+    max_requests: keep at most the first N requests of the window.
+    """
+    if speed <= 0:
+        raise ValueError("speed must be > 0")
+    end_s = float("inf") if duration_s is None else start_s + duration_s * speed
+    window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed)
+              for r in requests if start_s <= r.arrival_s < end_s]
+    return window if max_requests is None else window[:max_requests]

@@ -1,0 +1,66 @@
+"""The data a routing decision is made of. Plain, immutable, cheap to build on the request path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    ttft_ms: float
+    tpot_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """How big a request is (or is predicted to be), and what it must meet."""
+
+    model: str
+    input_tokens: int
+    output_p50: int
+    output_p90: int
+    slo: SLO
+    max_tokens: int | None = None
+    stream: bool = False
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A snapshot of one pool at decision time.
+
+    `hardware` names the profile the pool runs on. A disaggregated pair has role "pair" and names
+    both sides in `prefill_hardware` / `decode_hardware` (a unified pool leaves them empty).
+    """
+
+    name: str
+    hardware: str
+    price_per_hour: float  # for the whole pool unit a request runs on (one replica, or one P+D pair)
+    replicas: int  # healthy endpoints that can take a request now
+    in_flight: int = 0
+    in_flight_load: float = 0.0  # sum over in-flight requests of the capacity share each one uses
+    ttft_ms: float | None = None  # live estimates from recent outcomes, if any
+    tpot_ms: float | None = None
+    role: str = "unified"
+    prefill_hardware: str = ""
+    decode_hardware: str = ""
+    models: tuple[str, ...] = ()
+
+    @property
+    def utilization(self) -> float:
+        """Share of the pool's sustainable capacity in use (1.0 = at its SLO limit)."""
+        return self.in_flight_load / self.replicas if self.replicas else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One ranked option, with the reason it ranks where it does."""
+
+    pool: str
+    score: float  # lower is better
+    cost_usd: float  # expected dollars for this request on this pool
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    slack: float | None = None  # SLO slack, as a share of the SLO (negative: predicted miss)
+    reason: str = ""
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,112 @@
+"""Start real ricardo processes on free local ports, and stop them, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ricardo_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from ricardo.cli import main; sys.exit(main())", *args]
+
+
+class Process:
+    """A child process whose output goes to a file we can show when a test fails."""
+
+    def __init__(self, args: list[str], name: str):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"ricardo-{name}-", suffix=".log", delete=False)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready at {url} after {timeout}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Cluster:
+    """Emulated pools and a gateway in front of them, as separate processes."""
+
+    def __init__(self, pools: dict[str, tuple[str, int]], tmp: Path, speed: float = 1.0, **gateway_settings):
+        self.gateway_port = free_port()
+        self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
+        config = {
+            "host": "127.0.0.1",
+            "port": self.gateway_port,
+            "models": ["llama2-7b"],
+            "health_interval_s": 0.5,
+            **gateway_settings,
+            "pools": [
+                {"name": name, "hardware": hardware,
+                 "backends": [f"http://127.0.0.1:{p}" for p in self.pool_ports[name]]}
+                for name, (hardware, _) in pools.items()
+            ],
+        }
+        self.config_path = tmp / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.speed = speed
+        self.processes: list[Process] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> Cluster:
+        emulator = Process(ricardo_command("emulate", "--config", str(self.config_path), "--speed", str(self.speed)),
+                           "emulator")
+        self.processes.append(emulator)
+        for ports in self.pool_ports.values():
+            for port in ports:
+                emulator.wait_http(f"http://127.0.0.1:{port}/v1/models")
+        gateway = Process(ricardo_command("serve", "--config", str(self.config_path)), "gateway")
+        self.processes.append(gateway)
+        gateway.wait_http(f"{self.url}/readyz")
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.output()}" for p in self.processes)

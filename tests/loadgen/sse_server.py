@@ -1,0 +1,90 @@
+"""A small OpenAI-compatible streaming server for loadgen tests and its throughput benchmark.
+
+It streams N one-token chunks after `ttft_s`, `itl_s` apart, then a usage chunk when asked, where N is
+the x-emulator-output-tokens header, else max_tokens, else 8. Prompts steer failures:
+"FAIL-429" answers 429 with an OpenAI error body, "FAIL-STREAM" sends one token then a
+`data: {"error": ...}` event, "HANG" sleeps 60 s before answering. Responses carry x-ricardo-pool
+("small" below 100 prompt words, else "large") and x-ricardo-cost-usd (1e-6 $ per prompt word and
+per output token), like the gateway. Every request's path, headers and body are kept in `seen`.
+
+Standalone: python tests/loadgen/sse_server.py --port 8099 --ttft-ms 0 --itl-ms 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from aiohttp import web
+
+MODEL = "fake-model"
+
+
+class FakeServer:
+    def __init__(self, ttft_s: float = 0.05, itl_s: float = 0.0, keep_requests: bool = True) -> None:
+        self.ttft_s, self.itl_s, self.keep_requests = ttft_s, itl_s, keep_requests
+        self.seen: list[dict] = []
+        self.app = web.Application()
+        self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_post("/v1/chat/completions", self.complete)
+        self.app.router.add_post("/v1/completions", self.complete)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}, {"id": "other"}]})
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if self.keep_requests:
+            self.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        chat = request.path.endswith("/chat/completions")
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        if "FAIL-429" in prompt:
+            return web.json_response({"error": {"message": "too many requests", "type": "rate_limit",
+                                                "param": None, "code": 429}}, status=429)
+        if "HANG" in prompt:
+            await asyncio.sleep(60)
+        n_output = int(request.headers.get("x-emulator-output-tokens") or body.get("max_tokens") or 8)
+        prompt_tokens = len(prompt.split())
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream",
+            "x-ricardo-pool": "small" if prompt_tokens < 100 else "large",
+            "x-ricardo-cost-usd": f"{1e-6 * (prompt_tokens + n_output):.9f}"})
+        await response.prepare(request)
+        await asyncio.sleep(self.ttft_s)
+        for i in range(n_output):
+            if i:
+                await asyncio.sleep(self.itl_s)
+            choice = {"index": 0, "delta": {"content": f" tok{i}"}} if chat else {"index": 0, "text": f" tok{i}"}
+            await response.write(_event({"id": "x", "model": MODEL, "choices": [choice]}))
+            if "FAIL-STREAM" in prompt:
+                await response.write(_event({"error": {"message": "engine died", "type": "server_error"}}))
+                return response
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(_event({"id": "x", "model": MODEL, "choices": [], "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": n_output,
+                "total_tokens": prompt_tokens + n_output}}))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def _event(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def start(server: FakeServer, port: int = 0) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(server.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--ttft-ms", type=float, default=0.0)
+    parser.add_argument("--itl-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    fake = FakeServer(args.ttft_ms / 1000, args.itl_ms / 1000, keep_requests=False)
+    web.run_app(fake.app, host="127.0.0.1", port=args.port, access_log=None)
