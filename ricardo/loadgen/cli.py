@@ -16,40 +16,51 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "loadgen", help="replay a trace open-loop against an OpenAI-compatible server",
         description="Replay real arrival times (open loop: late arrivals never wait for slow responses) "
                     "against any OpenAI-compatible server, streaming every request, and write "
-                    "DIR/requests.jsonl and DIR/summary.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "DIR/requests.jsonl and DIR/summary.json. Exit 0 when the run completed, even with "
+                    "request errors; 130 when interrupted (the report is still written); 1 when the server "
+                    "cannot be reached; 2 on bad arguments.")
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is fine)")
-    p.add_argument("--trace", required=True,
+    p.add_argument("--trace", required=True, metavar="NAME|FILE",
                    help="azure-conv | azure-code (bundled Azure 2023 traces) | FILE: .csv in the Azure format, "
-                        ".jsonl in the AIBrix workload format or lines {timestamp_s?, prompt?, input_tokens?, output_tokens}")
-    p.add_argument("--out", required=True, type=Path, help="directory for requests.jsonl and summary.json")
-    p.add_argument("--duration", type=float, help="WALL-CLOCK seconds of replay, i.e. duration x speed seconds of "
-                                                   "trace (default: to the end of the trace)")
-    p.add_argument("--start", type=float, default=0.0, help="skip this many seconds of TRACE time (before --speed)")
-    p.add_argument("--speed", type=float, default=1.0, help="time compression: 2 replays twice as fast")
-    p.add_argument("--max-requests", type=int, help="send at most the first N requests of the window")
+                        ".jsonl in the AIBrix workload format or lines {timestamp_s?, prompt?, input_tokens?, "
+                        "output_tokens}")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for requests.jsonl and summary.json")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="WALL-CLOCK seconds of replay, i.e. S x speed seconds of trace (default: to the trace's end); "
+                        "the run stops at S + --drain-timeout")
+    p.add_argument("--start", type=float, default=0.0, metavar="S",
+                   help="skip the first S seconds of TRACE time, before --speed (default: 0)")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X", help="time compression: 2 replays twice as fast (default: 1)")
+    p.add_argument("--max-requests", type=int, metavar="N", help="send at most the first N requests of the window")
     p.add_argument("--model", help="model name to send (default: the first id of GET /v1/models)")
     p.add_argument("--endpoint", choices=("chat", "completions"), default="chat",
-                   help="/v1/chat/completions or /v1/completions")
+                   help="/v1/chat/completions (default) or /v1/completions")
     p.add_argument("--length-mode", choices=("header", "max_tokens"), default="header",
-                   help="how the trace's output length reaches the server: header = x-emulator-output-tokens only "
-                        "(for the emulator; a gateway does not read it); max_tokens = also max_tokens=N and "
-                        "ignore_eos=true, for real vLLM/SGLang backends, which REVEALS the length to a gateway")
+                   help="how the trace's output length reaches the server. header (default): only the "
+                        "x-emulator-output-tokens header, for the emulator; a gateway does not read it. "
+                        "max_tokens: also max_tokens=N and ignore_eos=true, for real vLLM/SGLang backends; "
+                        "this REVEALS the length to a gateway through max_tokens")
     p.add_argument("--no-length-header", dest="length_header", action="store_false",
                    help="do not send x-emulator-output-tokens")
-    p.add_argument("--max-tokens", type=int, help="header mode: send this max_tokens on every request (default: none)")
-    p.add_argument("--slo-ttft-ms", type=float,
-                   help=f"TTFT SLO: sent as x-slo-ttft-ms when given; attainment uses {DEFAULT_SLO_TTFT_MS:g} ms otherwise")
-    p.add_argument("--slo-tpot-ms", type=float,
-                   help=f"TPOT SLO, decode time per output token: sent as x-slo-tpot-ms when given; attainment "
-                        f"uses {DEFAULT_SLO_TPOT_MS:g} ms otherwise")
+    p.add_argument("--max-tokens", type=int, metavar="M", help="header mode: send max_tokens=M on every request "
+                                                                "(default: no max_tokens)")
+    p.add_argument("--slo-ttft-ms", type=float, metavar="MS",
+                   help=f"TTFT SLO: sent as x-slo-ttft-ms when given; SLO attainment uses it, else "
+                        f"{DEFAULT_SLO_TTFT_MS:g} ms")
+    p.add_argument("--slo-tpot-ms", type=float, metavar="MS",
+                   help=f"TPOT SLO, decode time per output token after the first: sent as x-slo-tpot-ms when "
+                        f"given; SLO attainment uses it, else {DEFAULT_SLO_TPOT_MS:g} ms")
     p.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds one request (whole stream) may take")
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="seconds in-flight requests may still finish after --duration; then they count as errors")
-    p.add_argument("--max-concurrency", type=int, help="cap on requests in flight (default: none, pure open loop)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompt text")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="seconds one request, whole stream, may take (default: 300)")
+    p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds in-flight requests may still finish after --duration; later they count as "
+                        "errors (default: 60)")
+    p.add_argument("--max-concurrency", type=int, metavar="N",
+                   help="cap on requests in flight; waiting shows as scheduling lag (default: none, pure open loop)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompt text (default: 0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (it only shows on a terminal anyway)")
     p.set_defaults(func=handle)
 
 
@@ -79,14 +90,14 @@ def _raise_open_file_limit() -> None:
         import resource
     except ImportError:
         return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # an unlimited hard limit is not a valid soft one everywhere
+        pass
 
 
 def handle(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from ricardo.loadgen import replay, report, traces
 
     def fail(message: str, code: int = 2) -> int:
@@ -119,8 +130,10 @@ def handle(args: argparse.Namespace) -> int:
         result = replay.run(requests, config)
     except replay.ServerUnreachable as exc:
         return fail(str(exc), code=1)
+    except KeyboardInterrupt:  # only before the replay starts; during it Ctrl-C ends the run cleanly
+        return fail("interrupted before the replay started", code=130)
 
-    records = [asdict(r) for r in result.records]
+    records = [vars(r) for r in result.records]  # flat dataclasses; asdict would deep-copy every chunk list
     run = {"url": args.url, "endpoint": args.endpoint, "model": result.model, "trace": args.trace,
            "start_s": args.start, "duration_s": args.duration, "speed": args.speed,
            "max_requests": args.max_requests, "length_mode": args.length_mode, "length_header": args.length_header,

@@ -123,10 +123,10 @@ async def _probe(session: aiohttp.ClientSession, config: ReplayConfig) -> str:
     try:
         async with session.get(url, headers=_auth(config), timeout=aiohttp.ClientTimeout(total=10)) as resp:
             listing = await resp.json(content_type=None) if resp.status == 200 else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        if isinstance(exc, (aiohttp.ClientConnectionError, asyncio.TimeoutError)):
-            raise ServerUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
-        listing = None
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        raise ServerUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+    except (aiohttp.ClientError, ValueError):
+        listing = None  # reachable, but without a usable model list
     if config.model:
         return config.model
     try:
@@ -271,15 +271,16 @@ class _Replay:
                                      timeout=self.timeout) as resp:
             record.status = resp.status
             record.pool = resp.headers.get("x-ricardo-pool")
-            cost = resp.headers.get("x-ricardo-cost-usd")
-            record.cost_usd = float(cost) if cost else None
+            record.cost_usd = _float_or_none(resp.headers.get("x-ricardo-cost-usd"))
             if resp.status != 200:
                 record.error = f"HTTP {resp.status}: {_error_message(await resp.text())}"
                 return
             chunk_ms = record.chunk_ms
+            events = 0
             async for line in resp.content:
                 if not line.startswith(b"data:"):
                     continue
+                events += 1
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
                     break
@@ -294,6 +295,9 @@ class _Replay:
                 if choices and _has_content(choices[0], content_key):
                     chunk_ms.append(_ms(time.perf_counter() - sent))
             record.e2e_ms = _ms(time.perf_counter() - sent)
+        if not events:
+            record.error = f"not an event stream (content-type {resp.content_type})"
+            return
         record.outcome = "ok"
 
 
@@ -302,6 +306,13 @@ def _has_content(choice: dict, content_key: str | None) -> bool:
         return bool(choice.get("text"))
     delta = choice.get(content_key) or {}
     return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _error_message(text: str) -> str:

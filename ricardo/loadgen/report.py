@@ -7,10 +7,11 @@ summary.json (keys are stable; add, never rename):
 
     {
       "schema": "ricardo.loadgen.summary/1",
-      "run": {...},          # what was run: url, endpoint, model, trace, start_s, duration_s, speed,
-                             # max_requests, length_mode, length_header, max_concurrency, seed,
-                             # slo_headers_sent, started_at, wall_s, scheduled, sent, interrupted,
-                             # lag_ms {p50, p90, p99, max}
+      "run": {...},          # what was run, as given by the caller (cli.py): url, endpoint, model, trace,
+                             # start_s (trace s), duration_s (wall-clock s or null), speed, max_requests,
+                             # length_mode, length_header, max_concurrency, seed, slo_headers_sent,
+                             # started_at, wall_s, scheduled, interrupted; added here: sent,
+                             # lag_ms {p50, p90, p99, max} (scheduling lag of the sent requests)
       "slo": {"ttft_ms": float, "tpot_ms": float},   # thresholds used for slo_attainment
       "overall": GROUP,
       "pools": {pool_name: GROUP, ...}  # grouped by the x-ricardo-pool response header, "-" if absent
@@ -27,9 +28,10 @@ summary.json (keys are stable; add, never rename):
       "req_per_s": float, "output_tok_per_s": float,   # ok requests / run.wall_s, their completion tokens / wall_s
       "prompt_tokens": int, "completion_tokens": int,  # sums over ok requests
       "tokens_estimated": int,   # ok requests whose token counts were not in a usage chunk
-      "cost_usd": float | null,  # sum of x-ricardo-cost-usd; null when no response carried it
-      "usd_per_million_tokens": float | null,         # cost / (prompt + completion tokens) of those requests
-      "usd_per_million_output_tokens": float | null   # cost / completion tokens of those requests
+      "cost_usd": float | null,  # sum of x-ricardo-cost-usd over every response that carried it, failed
+                                 # ones included; null when none did
+      "usd_per_million_tokens": float | null,         # cost / (prompt + completion tokens delivered to them)
+      "usd_per_million_output_tokens": float | null   # cost / completion tokens delivered to them
     }
     STATS = {"p50": float | null, "p90": ..., "p99": ..., "mean": ...}   # over ok requests with a value
 

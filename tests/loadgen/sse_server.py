@@ -2,10 +2,11 @@
 
 It streams N one-token chunks after `ttft_s`, `itl_s` apart, then a usage chunk when asked, where N is
 the x-emulator-output-tokens header, else max_tokens, else 8. Prompts steer failures:
-"FAIL-429" answers 429 with an OpenAI error body, "FAIL-STREAM" sends one token then a
-`data: {"error": ...}` event, "HANG" sleeps 60 s before answering. Responses carry x-ricardo-pool
-("small" below 100 prompt words, else "large") and x-ricardo-cost-usd (1e-6 $ per prompt word and
-per output token), like the gateway. Every request's path, headers and body are kept in `seen`.
+"test-fail-429" answers 429 with an OpenAI error body, "test-fail-stream" sends one token then a
+`data: {"error": ...}` event, "test-no-stream" answers plain JSON, "test-hang" sleeps 60 s first.
+Responses carry x-ricardo-pool ("small" below 100 prompt words, else "large") and x-ricardo-cost-usd
+(1e-6 $ per prompt word and per output token), like the gateway. Every request's path, headers
+(lower-case names) and body are kept in `seen`; `completed` counts finished streams.
 
 Standalone: python tests/loadgen/sse_server.py --port 8099 --ttft-ms 0 --itl-ms 0
 """
@@ -25,6 +26,7 @@ class FakeServer:
     def __init__(self, ttft_s: float = 0.05, itl_s: float = 0.0, keep_requests: bool = True) -> None:
         self.ttft_s, self.itl_s, self.keep_requests = ttft_s, itl_s, keep_requests
         self.seen: list[dict] = []
+        self.completed = 0  # streams finished with [DONE]
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/chat/completions", self.complete)
@@ -36,13 +38,16 @@ class FakeServer:
     async def complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if self.keep_requests:
-            self.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            self.seen.append({"path": request.path, "headers": headers, "body": body})
         chat = request.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-        if "FAIL-429" in prompt:
+        if "test-fail-429" in prompt:
             return web.json_response({"error": {"message": "too many requests", "type": "rate_limit",
                                                 "param": None, "code": 429}}, status=429)
-        if "HANG" in prompt:
+        if "test-no-stream" in prompt:
+            return web.json_response({"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}}]})
+        if "test-hang" in prompt:
             await asyncio.sleep(60)
         n_output = int(request.headers.get("x-emulator-output-tokens") or body.get("max_tokens") or 8)
         prompt_tokens = len(prompt.split())
@@ -57,7 +62,7 @@ class FakeServer:
                 await asyncio.sleep(self.itl_s)
             choice = {"index": 0, "delta": {"content": f" tok{i}"}} if chat else {"index": 0, "text": f" tok{i}"}
             await response.write(_event({"id": "x", "model": MODEL, "choices": [choice]}))
-            if "FAIL-STREAM" in prompt:
+            if "test-fail-stream" in prompt:
                 await response.write(_event({"error": {"message": "engine died", "type": "server_error"}}))
                 return response
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -65,6 +70,7 @@ class FakeServer:
                 "prompt_tokens": prompt_tokens, "completion_tokens": n_output,
                 "total_tokens": prompt_tokens + n_output}}))
         await response.write(b"data: [DONE]\n\n")
+        self.completed += 1
         return response
 
 
@@ -73,7 +79,7 @@ def _event(payload: dict) -> bytes:
 
 
 async def start(server: FakeServer, port: int = 0) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(server.app, access_log=None)
+    runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=0.1)  # do not wait for test-hang
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

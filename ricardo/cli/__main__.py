@@ -1,0 +1,5 @@
+import sys
+
+from ricardo.cli import main
+
+sys.exit(main())

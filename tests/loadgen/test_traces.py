@@ -1,0 +1,111 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from ricardo.loadgen.traces import NAMED_TRACES, TraceError, TraceRequest, read_trace, select
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+AIBRIX = SHARED_DATA / "prompts" / "sharegpt_aibrix" / "8min_up_and_down.jsonl"
+
+
+def write_lines(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.mark.parametrize("name, rows", [("azure-conv", 19366), ("azure-code", 8819)])
+def test_named_azure_traces_are_bundled_whole(name, rows):
+    requests = read_trace(name)
+    assert len(requests) == rows
+    assert requests[0].arrival_s == 0.0
+    arrivals = [r.arrival_s for r in requests]
+    assert arrivals == sorted(arrivals)
+    assert 3000 < arrivals[-1] < 3700  # about one hour
+    assert all(r.input_tokens > 0 and r.output_tokens >= 0 and r.prompt is None for r in requests)
+    assert NAMED_TRACES[name].read_bytes() == (SHARED_DATA / "traces" / "azure2023" / NAMED_TRACES[name].name).read_bytes()
+
+
+def test_azure_csv_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                    "2023-11-16 18:15:47.5000000,100,7\n"
+                    "2023-11-16 18:15:46.2500000,374,44\n"
+                    "2023-11-16 18:16:46.2500000,5,1\n")
+    assert read_trace(str(path)) == [TraceRequest(0.0, 374, 44), TraceRequest(1.25, 100, 7), TraceRequest(60.0, 5, 1)]
+
+
+def test_azure_csv_rejects_other_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("time,in,out\n1,2,3\n")
+    with pytest.raises(TraceError, match="expected header"):
+        read_trace(str(path))
+
+
+def test_aibrix_jsonl_keeps_prompt_text_and_groups(tmp_path):
+    path = write_lines(tmp_path / "w.jsonl", [
+        {"timestamp": 2500, "requests": [{"Prompt Length": 3, "Output Length": 9, "prompt": "why is sky"},
+                                         {"Prompt Length": 4, "Output Length": 1, "prompt": "a b c d"}]},
+        {"timestamp": 1000, "requests": [{"Prompt Length": 2, "Output Length": 5, "prompt": "hi there"}]},
+    ])
+    assert read_trace(path) == [TraceRequest(0.0, 2, 5, "hi there"), TraceRequest(1.5, 3, 9, "why is sky"),
+                                TraceRequest(1.5, 4, 1, "a b c d")]
+
+
+def test_real_aibrix_workload():
+    requests = read_trace(str(AIBRIX))
+    assert len(requests) == 2026
+    assert all(r.prompt for r in requests)
+    assert 440 < requests[-1].arrival_s < 460  # 8 minutes, timestamps in ms
+
+
+def test_simple_jsonl_with_timestamps(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", [
+        {"timestamp_s": 10.0, "input_tokens": 100, "output_tokens": 20},
+        {"timestamp_s": 12.5, "prompt": "hello world", "input_tokens": 7, "output_tokens": 3},
+    ])
+    assert read_trace(path) == [TraceRequest(0.0, 100, 20), TraceRequest(2.5, 7, 3, "hello world")]
+
+
+def test_simple_jsonl_counts_tokens_of_prompt_only_lines(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", [{"prompt": "the cat sat on the mat", "output_tokens": 4}])
+    assert read_trace(path) == [TraceRequest(0.0, 6, 4, "the cat sat on the mat")]
+
+
+def test_simple_jsonl_without_timestamps_is_one_burst(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", [{"input_tokens": 5, "output_tokens": 1}] * 3)
+    assert [r.arrival_s for r in read_trace(path)] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"timestamp_s": 1, "input_tokens": 5, "output_tokens": 1}, {"input_tokens": 5, "output_tokens": 1}],
+     "timestamp on 1 of 2 lines"),
+    ([{"timestamp_s": 1, "output_tokens": 1}], "needs 'prompt' or 'input_tokens'"),
+    ([{"timestamp_s": 1, "input_tokens": 3}], "output_tokens"),
+])
+def test_simple_jsonl_errors_name_the_problem(tmp_path, records, message):
+    with pytest.raises(TraceError, match=message):
+        read_trace(write_lines(tmp_path / "bad.jsonl", records))
+
+
+def test_unknown_trace_name():
+    with pytest.raises(TraceError, match="unknown trace 'azure-nope'"):
+        read_trace("azure-nope")
+
+
+EVERY_SECOND = [TraceRequest(float(t), 10 + t, 1) for t in range(10)]
+
+
+def test_select_start_and_duration_in_wall_seconds():
+    chosen = select(EVERY_SECOND, start_s=2, duration_s=3)
+    assert [(r.arrival_s, r.input_tokens) for r in chosen] == [(0.0, 12), (1.0, 13), (2.0, 14)]
+
+
+def test_select_speed_compresses_time_and_widens_the_trace_window():
+    chosen = select(EVERY_SECOND, start_s=2, duration_s=2, speed=2)  # 4 s of trace in 2 s of replay
+    assert [(r.arrival_s, r.input_tokens) for r in chosen] == [(0.0, 12), (0.5, 13), (1.0, 14), (1.5, 15)]
+
+
+def test_select_max_requests_and_whole_trace_default():
+    assert len(select(EVERY_SECOND)) == 10
+    assert [r.input_tokens for r in select(EVERY_SECOND, start_s=5, max_requests=2)] == [15, 16]
