@@ -1,0 +1,222 @@
+"""`ricardo plan`: the cheapest GPU fleet for a request-size mix and a rate (the Mélange ILP)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
+SHAREGPT_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
+
+
+class WorkloadError(ValueError):
+    """The workload cannot be read."""
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan", help="cheapest GPU fleet for a request-size mix and rate (Mélange ILP)",
+        description="Solve the Mélange ILP: split each request-size bucket's rate into slices, give every "
+                    "slice to one GPU type, and find the integer GPU counts of least $/h whose profiled "
+                    "capacity covers the load within the profile's SLO. Also prints each single-type fleet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--profile", action="append", type=Path, metavar="FILE",
+                   help="profile file (Mélange or ricardo format, JSON/YAML); repeat to merge, first wins "
+                        "(default: the shipped Llama-2-7B profile)")
+    p.add_argument("--include-estimated", action="store_true",
+                   help="with the shipped profile: add the estimated tables of hardware that was not measured")
+    p.add_argument("--workload", required=True,
+                   help="a mix named in the profile (e.g. arena) | a bundled trace (azure-conv, azure-code) | FILE: "
+                        "JSON fraction histogram ([[...]] or {\"fraction\": [[...]]}), Azure CSV "
+                        f"({AZURE_HEADER}), 2-column input,output CSV without header, ShareGPT CSV "
+                        f"({','.join(SHAREGPT_COLUMNS)}, ...), or AIBrix/ricardo JSONL trace")
+    p.add_argument("--rate", type=float, help="total requests/s (default for a timestamped trace: its mean rate)")
+    p.add_argument("--slice-factor", type=int, default=8, help="slices per bucket, each served by one GPU type")
+    p.add_argument("--only", help="comma-separated GPU types to choose from, e.g. A10G or L4,A100-80GB")
+    p.add_argument("--price-set", default="melange", help="melange | aws | gcp | neocloud | a set named in the profile")
+    p.add_argument("--price", action="append", default=[], metavar="TYPE=USD",
+                   help="override one type's $/h (repeatable)")
+    p.add_argument("--headroom", type=float, default=0.0, help="keep each type's load <= (1 - F) of its GPUs")
+    p.add_argument("--drop-unservable", action="store_true",
+                   help="leave out requests whose size no candidate type can serve (reported as unserved_rate)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds before returning the best found")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ricardo.policies.planner import PlanError
+
+    try:
+        result = run(args)
+    except (WorkloadError, PlanError, ValueError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"ricardo plan: error: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_text(result))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ricardo.policies.planner import PlanError, plan
+    from ricardo.profiles.catalog import default_profile_paths, load_book
+
+    if args.rate is not None and args.rate < 0:
+        raise ValueError(f"--rate must be >= 0, got {args.rate:g}")
+    if args.profile and args.include_estimated:
+        raise ValueError("--include-estimated adds to the shipped profile; with --profile, list the estimated "
+                         "file as another --profile")
+    paths = args.profile or default_profile_paths(include_estimated=args.include_estimated)
+    book = load_book(*paths, price_set=args.price_set)
+    prices = book.prices | _overrides(args.price, book)
+    fractions, trace_rate, described = read_workload(args.workload, book)
+    rate = args.rate if args.rate is not None else trace_rate
+    if rate is None:
+        raise ValueError(f"--rate is needed: workload {args.workload!r} has no arrival times")
+    only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
+    rates = fractions * rate
+    options = dict(slice_factor=args.slice_factor, headroom=args.headroom, time_limit_s=args.time_limit)
+    mixed = plan(rates, book, prices, only=only, drop_unservable=args.drop_unservable, **options)
+    served = rates.copy()
+    if mixed.unserved_rate:
+        served[sum(mixed.assignment.values()) == 0] = 0.0
+    single = {}
+    for hw in mixed.allocation:
+        try:
+            alone = plan(served, book, prices, only=[hw], **options)
+            single[hw] = {"count": alone.allocation[hw], "cost_per_hour": round(alone.cost_per_hour, 6)}
+        except PlanError:
+            single[hw] = None  # cannot serve every bucket the mixed fleet serves
+    out = mixed.to_dict()
+    out["assignment"] = {hw: a for hw, a in out["assignment"].items() if mixed.allocation[hw]}
+    return {
+        "allocation": out.pop("allocation"),
+        "cost_per_hour": out.pop("cost_per_hour"),
+        **out,
+        "single_type": single,
+        "rate": rate,
+        "workload": described,
+        "price_set": args.price_set,
+        "prices": {hw: prices[hw] for hw in mixed.allocation},
+        "slo_tpot_ms": book.slo_tpot_ms,
+        "profiles": [str(p) for p in paths],
+    }
+
+
+def _overrides(specs: list[str], book) -> dict[str, float]:
+    prices = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            usd = float(value)
+        except ValueError:
+            usd = -1.0
+        if usd < 0:
+            raise ValueError(f"--price expects TYPE=USD with USD >= 0, got {spec!r}")
+        prices[book.canonical(name.strip())] = usd
+    return prices
+
+
+def read_workload(spec: str, book) -> tuple[object, float | None, str]:
+    """(fractions on the book's grid, the trace's mean rate or None, a description)."""
+    import numpy as np
+
+    if spec in book.workload_names():
+        return book.workload(spec), None, f"profile mix {spec!r}"
+    path = Path(spec)
+    if not path.is_file():
+        from ricardo.loadgen.traces import NAMED_TRACES
+
+        if spec in NAMED_TRACES:
+            return _from_requests(spec, book)
+        known = ", ".join([*book.workload_names(), *NAMED_TRACES])
+        raise WorkloadError(f"workload {spec!r} is neither a file nor a known name ({known})")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _histogram(path, book), None, f"histogram {path}"
+    if suffix == ".jsonl":
+        return _from_requests(spec, book)
+    if suffix != ".csv":
+        raise WorkloadError(f"{path}: expected .json (histogram), .jsonl or .csv (trace)")
+    with open(path, newline="") as f:
+        first = f.readline().strip()
+    if not first:
+        raise WorkloadError(f"{path}: empty")
+    if first.replace(" ", "") == AZURE_HEADER:
+        return _from_requests(spec, book)
+    try:
+        if all(c in first.split(",") for c in SHAREGPT_COLUMNS):
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            lengths = np.array([[int(r[c]) for c in SHAREGPT_COLUMNS] for r in rows]).reshape(-1, 2)
+        else:
+            lengths = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as exc:
+        raise WorkloadError(f"{path}: not an Azure, ShareGPT or input,output CSV: {exc}") from None
+    if lengths.shape[1] != 2 or len(lengths) == 0:
+        raise WorkloadError(f"{path}: expected rows of input,output token counts")
+    if (lengths < 0).any():
+        raise WorkloadError(f"{path}: negative token counts")
+    return book.histogram(lengths[:, 0], lengths[:, 1]), None, f"{len(lengths)} requests from {path}"
+
+
+def _from_requests(spec: str, book) -> tuple[object, float | None, str]:
+    from ricardo.loadgen.traces import TraceError, read_trace
+
+    try:
+        requests = read_trace(spec)
+    except TraceError as exc:
+        raise WorkloadError(str(exc)) from None
+    span = requests[-1].arrival_s - requests[0].arrival_s
+    rate = (len(requests) - 1) / span if span > 0 else None
+    fractions = book.histogram([r.input_tokens for r in requests], [r.output_tokens for r in requests])
+    return fractions, rate, f"{len(requests)} requests from {spec}"
+
+
+def _histogram(path: Path, book):
+    import numpy as np
+
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise WorkloadError(f"{path}: not JSON: {exc}") from None
+    if isinstance(data, dict):
+        data = data.get("fraction")
+    try:
+        rows = [[float(x) for x in row] for row in data]
+    except (TypeError, ValueError):
+        rows = []
+    if not rows:
+        raise WorkloadError(f"{path}: expected a 2-D list of fractions or {{\"fraction\": [[...]]}}")
+    n_in, n_out = book.shape
+    if len(rows) > n_in or any(len(r) > n_out for r in rows):
+        raise WorkloadError(f"{path}: the histogram must fit the profile's {n_in} x {n_out} buckets")
+    fractions = np.zeros(book.shape)
+    for i, row in enumerate(rows):
+        fractions[i, :len(row)] = row
+    total = fractions.sum()
+    if (fractions < 0).any() or not np.isfinite(total) or total <= 0:
+        raise WorkloadError(f"{path}: fractions must be >= 0 with a positive sum")
+    return fractions / total
+
+
+def _text(result: dict) -> str:
+    fleet = ", ".join(f"{n} x {hw}" for hw, n in result["allocation"].items() if n) or "nothing"
+    lines = [f"{result['workload']} at {result['rate']:.4g} req/s, {result['price_set']} prices, "
+             f"TPOT SLO {result['slo_tpot_ms']:g} ms",
+             f"mixed fleet: {fleet}: ${result['cost_per_hour']:.2f}/h"
+             f" ({'optimal' if result['optimal'] else 'best found, not proven optimal'};"
+             f" solved in {result['solve_seconds'] * 1000:.0f} ms)"]
+    if result["unserved_rate"]:
+        lines.append(f"left out: {result['unserved_rate']:.4g} req/s no candidate type can serve")
+    for hw, alone in result["single_type"].items():
+        text = "cannot serve every size" if alone is None else \
+            f"{alone['count']} x {hw}: ${alone['cost_per_hour']:.2f}/h"
+        lines.append(f"  {hw}-only: {text}")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Routing policies: rank the pools for one request, best first.
+
+Every policy is a pure function with one signature,
+
+    rank(shape, pools, book, *, draw=0.0, index=0) -> list[Choice]
+
+`draw` is a uniform random number in [0, 1) and `index` a request counter, both supplied by the
+caller, so that a policy is a deterministic function of its arguments (the gateway and the
+simulator run the same code). Every policy ranks only the pools that serve the model, have a
+replica, and whose hardware profile has capacity for the request's size (input tokens, predicted
+p50 output); they differ in the order.
+
+- `cost-aware` (default): cheapest expected dollars per request among pools with SLO headroom,
+  spilling to the next-cheapest before a pool saturates.
+- baselines: `round-robin`, `least-outstanding`, `cheapest-price` (list price, like LiteLLM's
+  cost-based routing) and `melange` (the Mélange paper's router: weighted random by capacity).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from itertools import accumulate
+
+from ricardo.policies.types import SLO, Choice, PoolView, RequestShape
+from ricardo.profiles.catalog import ProfileBook
+
+Policy = Callable[..., list[Choice]]
+
+# a pool whose predicted utilization (or worst SLO slack) passes this share ranks after every pool with
+# headroom: spill before saturation, since at 1.0 the profile says the SLO is just met on average
+SPILL_UTILIZATION = 0.85
+_COST_SCALE_USD = 1e-4  # squashes $/request into [0, 1) for the score; any positive scale keeps the order
+_TIERS = ("headroom", "saturating", "predicted SLO miss", "p90 size not profiled")
+
+
+def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_tokens: int, slo: SLO) -> float:
+    """Share of one replica a request of this size holds while in flight.
+
+    Little's law at the profile's operating point: at `max_rps` requests/s, each lasting about
+    TPOT x output tokens, a replica holds max_rps * tpot * output requests at once, so one request
+    holds the inverse. TPOT is the request's SLO (equal to the profile's by default; for another SLO
+    this scales the concurrency linearly, a first-order guess). A size the profile cannot serve is
+    charged a whole replica.
+    """
+    rps = book.max_rps(hardware, input_tokens, output_tokens)
+    if rps <= 0:
+        return 1.0
+    return 1.0 / (rps * slo.tpot_ms / 1000.0 * max(1, output_tokens))
+
+
+def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook) -> list[tuple[PoolView, float]]:
+    """(pool, max_rps for the request's p50 size) for every pool that can take the request."""
+    i, j = book.input_bucket(shape.input_tokens), book.output_bucket(shape.output_p50)
+    servable = []
+    for pool in pools:
+        if pool.replicas <= 0 or (pool.models and shape.model not in pool.models):
+            continue
+        rows = book.rows(pool.hardware)
+        if rows is not None and rows[i][j] > 0:
+            servable.append((pool, rows[i][j]))
+    return servable
+
+
+def _cost_usd(pool: PoolView, rps: float) -> float:
+    """Dollars of the pool's time one request uses at the profile's operating point (price per hour / 3600 / rps)."""
+    return pool.price_per_hour / 3600.0 / rps
+
+
+def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
+               draw: float = 0.0, index: int = 0) -> list[Choice]:
+    """Cheapest expected $ per request first (p50 output), among pools predicted to meet the SLO with headroom.
+
+    Slack is the least of: capacity headroom 1 - utilization after adding this request (its share
+    at the p90 output), and, for a pool with requests in flight, 1 - live TTFT / SLO and 1 - live TPOT
+    / SLO (an idle pool's latency estimates are stale, and trusting them could starve it forever).
+    Tiers, in order: slack >= 1 - SPILL_UTILIZATION (by cost); slack in [0, that) (most slack first);
+    predicted miss, slack < 0 (most slack first); p90 size beyond the profile (by cost).
+    """
+    i = book.input_bucket(shape.input_tokens)
+    j90 = book.output_bucket(shape.output_p90)
+    tpot_s = shape.slo.tpot_ms / 1000.0
+    ranked = []
+    for position, (pool, rps50) in enumerate(_servable(shape, pools, book)):
+        cost = _cost_usd(pool, rps50)
+        rps90 = book.max_rps_at(pool.hardware, i, j90)
+        utilization = slack = None
+        if rps90 > 0:
+            utilization = (pool.in_flight_load + 1.0 / (rps90 * tpot_s * max(1, shape.output_p90))) / pool.replicas
+            slack = 1.0 - utilization
+            if pool.in_flight:
+                if pool.tpot_ms is not None:
+                    slack = min(slack, 1.0 - pool.tpot_ms / shape.slo.tpot_ms)
+                if pool.ttft_ms is not None:
+                    slack = min(slack, 1.0 - pool.ttft_ms / shape.slo.ttft_ms)
+        if slack is None:
+            tier, key = 3, cost
+        elif slack >= 1.0 - SPILL_UTILIZATION:
+            tier, key = 0, cost
+        else:
+            tier, key = (1 if slack >= 0 else 2), -slack
+        frac = cost / (cost + _COST_SCALE_USD) if tier in (0, 3) else 1.0 / (1.0 + math.exp(slack))
+        reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {pool.hardware}"
+        if slack is not None:
+            reason += f", util {utilization:.0%}, slack {slack:+.2f}"
+        choice = Choice(pool.name, tier + frac, cost, pool.ttft_ms, pool.tpot_ms, slack, reason,
+                        {"tier": tier, "utilization": utilization})
+        ranked.append(((tier, key, utilization or 0.0, position), choice))
+    ranked.sort(key=lambda item: item[0])
+    return [choice for _, choice in ranked]
+
+
+def round_robin(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
+                draw: float = 0.0, index: int = 0) -> list[Choice]:
+    """Request `index` goes to replica slot `index mod replicas` (so pools get shares by replica count);
+    the other pools follow in rotation order."""
+    servable = _servable(shape, pools, book)
+    if not servable:
+        return []
+    slot = index % sum(pool.replicas for pool, _ in servable)
+    start = 0
+    while slot >= servable[start][0].replicas:
+        slot -= servable[start][0].replicas
+        start += 1
+    order = servable[start:] + servable[:start]
+    return [Choice(pool.name, float(k), _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms, reason=f"round-robin #{k}")
+            for k, (pool, rps) in enumerate(order)]
+
+
+def least_outstanding(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
+                      draw: float = 0.0, index: int = 0) -> list[Choice]:
+    """Fewest requests in flight per replica first."""
+    servable = sorted(_servable(shape, pools, book), key=lambda item: item[0].in_flight / item[0].replicas)
+    return [Choice(pool.name, pool.in_flight / pool.replicas, _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms,
+                   reason=f"{pool.in_flight / pool.replicas:.2f} in flight per replica")
+            for pool, rps in servable]
+
+
+def cheapest_price(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
+                   draw: float = 0.0, index: int = 0) -> list[Choice]:
+    """Lowest list price per replica-hour first, whatever the request's size (ties: fewer in flight per replica)."""
+    servable = sorted(_servable(shape, pools, book),
+                      key=lambda item: (item[0].price_per_hour, item[0].in_flight / item[0].replicas))
+    return [Choice(pool.name, pool.price_per_hour, _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms,
+                   reason=f"list price ${pool.price_per_hour:.3g}/h")
+            for pool, rps in servable]
+
+
+def melange(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
+            draw: float = 0.0, index: int = 0) -> list[Choice]:
+    """Mélange's router: pick a pool at random with weight replicas x max_rps for the request's bucket
+    (its share of the fleet's capacity for this size); the others follow by decreasing weight."""
+    servable = _servable(shape, pools, book)
+    if not servable:
+        return []
+    weights = [pool.replicas * rps for pool, rps in servable]
+    cumulative = list(accumulate(weights))
+    total = cumulative[-1]
+    pick = min(bisect_right(cumulative, draw * total), len(servable) - 1)
+    rest = sorted((k for k in range(len(servable)) if k != pick), key=lambda k: -weights[k])
+    return [Choice(servable[k][0].name, float(n), _cost_usd(*servable[k]), servable[k][0].ttft_ms,
+                   servable[k][0].tpot_ms, reason=f"capacity weight {weights[k] / total:.2f}")
+            for n, k in enumerate([pick, *rest])]
+
+
+POLICIES: dict[str, Policy] = {
+    "cost-aware": cost_aware,
+    "round-robin": round_robin,
+    "least-outstanding": least_outstanding,
+    "cheapest-price": cheapest_price,
+    "melange": melange,
+}
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None

@@ -1,0 +1,254 @@
+"""Profiles and prices, loaded once into a `ProfileBook` the policies and the planner read.
+
+A book answers, cheaply and per request: which bucket a request of (input, output) tokens falls in,
+how many such requests per second one replica of a hardware type sustains within the SLO
+(`max_rps`, 0 = cannot serve), and what that hardware costs per hour under the chosen price set.
+Everything is precomputed into tuples and dicts at load time: no pydantic on the hot path.
+
+Hardware names: profiles use short names ("H100"), the price catalog `gpus.csv` full ones
+("H100-SXM"); a book accepts either and answers under the profile's name.
+"""
+
+from __future__ import annotations
+
+import csv
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from ricardo.profiles.schema import ProfileFile, read_profile_file
+
+DATA_DIR = Path(__file__).with_name("data")
+GPU_CATALOG = DATA_DIR / "gpus.csv"
+# per model: the measured file, then the estimated one (which may not exist yet)
+PROFILE_FILES = {
+    "llama2-7b": ("melange_llama2_7b.json", "estimated_llama2_7b.json"),
+}
+# profile name -> gpus.csv name, where they differ
+CATALOG_NAMES = {"H100": "H100-SXM"}
+PROFILE_NAMES = {v: k for k, v in CATALOG_NAMES.items()}
+# named price sets -> gpus.csv column ($ per GPU-hour)
+PRICE_COLUMNS = {
+    "melange": "price_melange2024_usd_hr",  # the Mélange paper's: L4 .70, A10G 1.01, A100-80GB 3.67, H100 7.516
+    "aws": "price_aws_ondemand_usd_per_gpu_hr",
+    "gcp": "price_gcp_ondemand_usd_per_gpu_hr",
+    "neocloud": "price_neocloud_usd_per_gpu_hr",
+}
+
+
+def catalog_name(hardware: str) -> str:
+    return CATALOG_NAMES.get(hardware, hardware)
+
+
+def profile_name(hardware: str) -> str:
+    return PROFILE_NAMES.get(hardware, hardware)
+
+
+@cache
+def _catalog_prices() -> dict[str, dict[str, float]]:
+    """price set -> {profile name: $/h} for every gpus.csv row that has a price in that set's column."""
+    with open(GPU_CATALOG, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {
+        name: {profile_name(row["gpu"]): float(row[column]) for row in rows if row[column].strip()}
+        for name, column in PRICE_COLUMNS.items()
+    }
+
+
+def price_set_names(profile: ProfileFile | None = None) -> list[str]:
+    """Named price sets: the catalog's, plus any the profile file carries (e.g. Mélange's `paper`, `notebook`)."""
+    return list(PRICE_COLUMNS) + [n for n in (profile.price_per_hour_usd if profile else {}) if n not in PRICE_COLUMNS]
+
+
+def load_prices(price_set: str, profile: ProfileFile | None = None) -> dict[str, float]:
+    """{hardware (profile name): $/h per replica} of a named price set."""
+    if price_set in PRICE_COLUMNS:
+        return dict(_catalog_prices()[price_set])
+    if profile is not None and price_set in profile.price_per_hour_usd:
+        return {profile_name(k): v for k, v in profile.price_per_hour_usd[price_set].items()}
+    raise ValueError(f"unknown price set {price_set!r}; known: {', '.join(price_set_names(profile))}")
+
+
+class ProfileBook:
+    """Capacity tables of several hardware types for one model on one bucket grid, plus their prices."""
+
+    def __init__(self, *, model: str | None, slo_tpot_ms: float, slo_ttft_ms: float | None,
+                 input_edges: Sequence[int], output_edges: Sequence[int], tables: Mapping[str, np.ndarray],
+                 sources: Mapping[str, str], prices: Mapping[str, float], price_set: str,
+                 workloads: Mapping[str, np.ndarray] | None = None):
+        self.model = model
+        self.slo_tpot_ms = float(slo_tpot_ms)
+        self.slo_ttft_ms = slo_ttft_ms
+        self.input_edges = tuple(int(e) for e in input_edges)
+        self.output_edges = tuple(int(e) for e in output_edges)
+        self.shape = (len(self.input_edges), len(self.output_edges))
+        self.price_set = price_set
+        self._names = list(tables)
+        self._sources = dict(sources)
+        self._capacity = {}
+        for name, table in tables.items():
+            table = np.array(table, dtype=float)
+            if table.shape != self.shape:
+                raise ValueError(f"{name}: table shape {table.shape} is not the bucket grid {self.shape}")
+            table.flags.writeable = False
+            self._capacity[name] = table
+        self._prices = {hw: float(prices[hw]) for hw in self._names if hw in prices}
+        self._workloads = dict(workloads or {})
+        # alias -> profile name; the tables as nested tuples, also under every alias (hot path: one dict lookup)
+        self._canonical = {alias: hw for hw in self._names for alias in (hw, catalog_name(hw))}
+        self._rows = {alias: tuple(map(tuple, self._capacity[hw].tolist())) for alias, hw in self._canonical.items()}
+        self._last_in = len(self.input_edges) - 1
+        self._last_out = len(self.output_edges) - 1
+
+    # -- names, sources, prices -------------------------------------------------------------
+    def hardware_names(self) -> list[str]:
+        return list(self._names)
+
+    def has(self, hardware: str) -> bool:
+        return hardware in self._canonical
+
+    def canonical(self, hardware: str) -> str:
+        try:
+            return self._canonical[hardware]
+        except KeyError:
+            raise KeyError(f"no profile for hardware {hardware!r}; known: {', '.join(self._names)}") from None
+
+    def source(self, hardware: str) -> str:
+        """'measured' or 'estimated'."""
+        return self._sources[self.canonical(hardware)]
+
+    @property
+    def prices(self) -> dict[str, float]:
+        return dict(self._prices)
+
+    def price(self, hardware: str) -> float:
+        hw = self.canonical(hardware)
+        if hw not in self._prices:
+            raise ValueError(f"price set {self.price_set!r} has no price for {hw}; give the pool a price_per_hour")
+        return self._prices[hw]
+
+    def with_prices(self, prices: Mapping[str, float], price_set: str = "custom") -> ProfileBook:
+        """The same tables under other prices (e.g. the price set with some per-pool overrides)."""
+        resolved = {self.canonical(hw): float(p) for hw, p in prices.items()}
+        return ProfileBook(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
+                           input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
+                           sources=self._sources, prices=resolved, price_set=price_set, workloads=self._workloads)
+
+    # -- buckets and capacity (hot path) ----------------------------------------------------
+    def input_bucket(self, tokens: int) -> int:
+        return bisect_left(self.input_edges, tokens, 0, self._last_in)
+
+    def output_bucket(self, tokens: int) -> int:
+        return bisect_left(self.output_edges, tokens, 0, self._last_out)
+
+    def bucket(self, input_tokens: int, output_tokens: int) -> tuple[int, int]:
+        return self.input_bucket(input_tokens), self.output_bucket(output_tokens)
+
+    def max_rps(self, hardware: str, input_tokens: int, output_tokens: int) -> float:
+        """Requests/s of this size one replica sustains within the profile's SLO; 0 = cannot serve."""
+        return self._rows[hardware][bisect_left(self.input_edges, input_tokens, 0, self._last_in)][
+            bisect_left(self.output_edges, output_tokens, 0, self._last_out)]
+
+    def max_rps_at(self, hardware: str, i: int, j: int) -> float:
+        return self._rows[hardware][i][j]
+
+    def rows(self, hardware: str) -> tuple[tuple[float, ...], ...] | None:
+        """The capacity table as nested tuples, or None for unknown hardware (for callers that loop)."""
+        return self._rows.get(hardware)
+
+    def capacity(self, hardware: str) -> np.ndarray:
+        """The full (input buckets x output buckets) table, 0 where the hardware was not profiled (read-only)."""
+        return self._capacity[self.canonical(hardware)]
+
+    # -- workloads --------------------------------------------------------------------------
+    def workload_names(self) -> list[str]:
+        return list(self._workloads)
+
+    def workload(self, name: str) -> np.ndarray:
+        """A named request-size mix as fractions on the book's grid."""
+        try:
+            return self._workloads[name].copy()
+        except KeyError:
+            known = ", ".join(self._workloads) or "none"
+            raise KeyError(f"no workload {name!r} in the profile; known: {known}") from None
+
+    def histogram(self, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> np.ndarray:
+        """Fractions of the given requests in each bucket of the book's grid."""
+        inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
+        if inputs.shape != outputs.shape or inputs.size == 0:
+            raise ValueError("need the same, non-zero number of input and output lengths")
+        i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
+        j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
+        counts = np.zeros(self.shape)
+        np.add.at(counts, (i, j), 1)
+        return counts / inputs.size
+
+
+def _dense(rows: list[list[float]], shape: tuple[int, int]) -> np.ndarray:
+    """A ragged table padded with zeros (not profiled = cannot serve) to the full grid."""
+    table = np.zeros(shape)
+    for i, row in enumerate(rows):
+        table[i, :len(row)] = row
+    return table
+
+
+def book_from_profiles(profiles: Sequence[ProfileFile], *, price_set: str = "melange",
+                       model: str | None = None) -> ProfileBook:
+    """Merge profile files into one book. The first file sets the grid and the SLO; later files must
+    share both, and only add hardware the earlier ones lack (list measured files before estimated ones)."""
+    first = profiles[0]
+    shape = (len(first.input_bucket_upper_edges), len(first.output_bucket_upper_edges))
+    tables: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    workloads: dict[str, np.ndarray] = {}
+    known: set[str] = set()
+    for profile in profiles:
+        grid = (profile.input_bucket_upper_edges, profile.output_bucket_upper_edges, profile.slo_tpot_ms)
+        if grid != (first.input_bucket_upper_edges, first.output_bucket_upper_edges, first.slo_tpot_ms):
+            raise ValueError("profiles to merge must share bucket edges and SLO")
+        for name, table in profile.gpus.items():
+            if {name, catalog_name(name), profile_name(name)} & known:
+                continue
+            known |= {name, catalog_name(name), profile_name(name)}
+            tables[name] = _dense(table.max_rps, shape)
+            sources[name] = table.source
+        for name, mix in profile.workloads.items():
+            workloads.setdefault(name, _dense(mix.fraction, shape))
+    prices = load_prices(price_set, first)
+    resolved = {hw: prices.get(hw, prices.get(catalog_name(hw))) for hw in tables}
+    return ProfileBook(
+        model=model or first.model, slo_tpot_ms=first.slo_tpot_ms, slo_ttft_ms=first.slo_ttft_ms,
+        input_edges=first.input_bucket_upper_edges, output_edges=first.output_bucket_upper_edges,
+        tables=tables, sources=sources, prices={hw: p for hw, p in resolved.items() if p is not None},
+        price_set=price_set, workloads=workloads,
+    )
+
+
+def load_book(*paths: str | Path, price_set: str = "melange", model: str | None = None) -> ProfileBook:
+    """A book from profile files (Mélange format or this project's; JSON or YAML)."""
+    if not paths:
+        raise ValueError("need at least one profile file")
+    return book_from_profiles([read_profile_file(p) for p in paths], price_set=price_set, model=model)
+
+
+def default_profile_paths(model: str = "llama2-7b", include_estimated: bool = False) -> list[Path]:
+    try:
+        measured, estimated = PROFILE_FILES[model]
+    except KeyError:
+        raise ValueError(f"no shipped profile for model {model!r}; known: {', '.join(PROFILE_FILES)}") from None
+    paths = [DATA_DIR / measured]
+    if include_estimated:
+        if not (DATA_DIR / estimated).is_file():
+            raise FileNotFoundError(f"no estimated profile {DATA_DIR / estimated} for {model}")
+        paths.append(DATA_DIR / estimated)
+    return paths
+
+
+def load_default_book(model: str = "llama2-7b", price_set: str = "melange",
+                      include_estimated: bool = False) -> ProfileBook:
+    """The shipped profile of `model` (measured tables; with `include_estimated`, plus estimated ones for
+    hardware that was not measured) under a named price set."""
+    return load_book(*default_profile_paths(model, include_estimated), price_set=price_set, model=model)

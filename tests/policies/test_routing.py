@@ -1,0 +1,182 @@
+import time
+from collections import Counter
+
+import pytest
+
+from ricardo.policies.routing import (
+    POLICIES, SPILL_UTILIZATION, capacity_share, cost_aware, get_policy, melange, round_robin,
+)
+from ricardo.policies.types import SLO, PoolView, RequestShape
+from ricardo.profiles.catalog import ProfileBook, load_default_book
+
+SLO_DEFAULT = SLO(ttft_ms=2000, tpot_ms=120)
+TINY = RequestShape("llama2-7b", input_tokens=20, output_p50=20, output_p90=40, slo=SLO_DEFAULT)
+LONG_INPUT = RequestShape("llama2-7b", input_tokens=1500, output_p50=300, output_p90=450, slo=SLO_DEFAULT)
+VERY_LONG_INPUT = RequestShape("llama2-7b", input_tokens=5000, output_p50=300, output_p90=450, slo=SLO_DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def book() -> ProfileBook:
+    return load_default_book()
+
+
+def fleet(book, replicas=2, **changes) -> list[PoolView]:
+    """One pool per hardware type at Mélange prices; `changes` = {pool name: {field: value}}."""
+    return [PoolView(hw, hw, book.price(hw), replicas, **changes.get(hw.replace("-", "_"), {}))
+            for hw in book.hardware_names()]
+
+
+def names(choices) -> list[str]:
+    return [c.pool for c in choices]
+
+
+def test_cost_aware_sends_tiny_requests_to_cheap_gpus_and_long_inputs_to_big_ones(book):
+    assert names(cost_aware(TINY, fleet(book), book))[:2] == ["L4", "A10G"]
+    assert names(cost_aware(LONG_INPUT, fleet(book), book))[0] == "A100-80GB"
+    # L4 and A10G were not profiled past 2000 input tokens: they cannot take it at all
+    assert names(cost_aware(VERY_LONG_INPUT, fleet(book), book)) == ["H100", "A100-80GB"]
+
+
+def test_cost_aware_fills_the_choice(book):
+    best = cost_aware(LONG_INPUT, fleet(book), book)[0]
+    rps = book.max_rps("A100-80GB", 1500, 300)
+    assert best.cost_usd == pytest.approx(3.67 / 3600 / rps)
+    share = capacity_share(book, "A100-80GB", 1500, 450, SLO_DEFAULT)
+    assert best.slack == pytest.approx(1 - share / 2)
+    assert best.extra["tier"] == 0 and "A100-80GB" in best.reason
+    ranked = cost_aware(LONG_INPUT, fleet(book), book)
+    assert [c.score for c in ranked] == sorted(c.score for c in ranked)
+
+
+def test_cost_aware_ranks_by_expected_dollars_per_request(book):
+    ranked = cost_aware(LONG_INPUT, fleet(book), book)
+    costs = [c.cost_usd for c in ranked]
+    assert costs == sorted(costs)
+    for choice in ranked:
+        assert choice.cost_usd == pytest.approx(book.price(choice.pool) / 3600 / book.max_rps(choice.pool, 1500, 300))
+
+
+def test_cost_aware_spills_before_a_pool_saturates(book):
+    share = capacity_share(book, "L4", 20, 40, SLO_DEFAULT)
+    below = SPILL_UTILIZATION * 2 - 3 * share  # two replicas, still headroom after this request
+    above = SPILL_UTILIZATION * 2  # past the spill point
+    assert names(cost_aware(TINY, fleet(book, L4={"in_flight": 5, "in_flight_load": below}), book))[0] == "L4"
+    ranked = cost_aware(TINY, fleet(book, L4={"in_flight": 5, "in_flight_load": above}), book)
+    assert names(ranked) == ["A10G", "A100-80GB", "H100", "L4"]  # after every pool with headroom
+    assert ranked[-1].extra["tier"] == 1 and 0 <= ranked[-1].slack < 1 - SPILL_UTILIZATION
+
+
+def test_cost_aware_ranks_predicted_misses_last_and_most_slack_first_among_them(book):
+    over = {"in_flight": 9, "in_flight_load": 2.5}  # 125 % of two replicas
+    far_over = {"in_flight": 9, "in_flight_load": 4.0}
+    saturating = {"in_flight": 9, "in_flight_load": 1.8}
+    ranked = cost_aware(TINY, fleet(book, L4=far_over, A10G=over, A100_80GB=saturating, H100=far_over), book)
+    assert names(ranked)[0] == "A100-80GB" and ranked[0].extra["tier"] == 1
+    assert names(ranked)[1] == "A10G" and ranked[1].slack < 0
+    misses = ranked[1:]
+    assert [c.slack for c in misses] == sorted((c.slack for c in misses), reverse=True)
+
+
+def test_cost_aware_reads_live_latency_only_from_busy_pools(book):
+    slow_and_busy = {"in_flight": 1, "in_flight_load": 0.01, "tpot_ms": 150.0, "ttft_ms": 300.0}
+    ranked = cost_aware(TINY, fleet(book, L4=slow_and_busy), book)
+    assert names(ranked)[-1] == "L4" and ranked[-1].slack == pytest.approx(1 - 150 / 120)
+    assert ranked[-1].tpot_ms == 150.0 and ranked[-1].ttft_ms == 300.0
+    slow_ttft = {"in_flight": 1, "ttft_ms": 1900.0}  # 95 % of the TTFT SLO: meets it, barely
+    assert cost_aware(TINY, fleet(book, L4=slow_ttft), book)[-1].pool == "L4"
+    stale = {"in_flight": 0, "tpot_ms": 150.0}  # an idle pool's estimate may be old: not held against it
+    assert names(cost_aware(TINY, fleet(book, L4=stale), book))[0] == "L4"
+
+
+def test_cost_aware_p90_beyond_the_profile_ranks_last(book):
+    # > 12000 input: A100/H100 have only 3 output columns there; p50 of 200 fits, p90 of 800 does not
+    shape = RequestShape("llama2-7b", 13_000, 200, 800, SLO_DEFAULT)
+    ranked = cost_aware(shape, fleet(book), book)
+    assert set(names(ranked)) == {"A100-80GB", "H100"}
+    assert all(c.extra["tier"] == 3 and c.slack is None for c in ranked)
+    assert [c.cost_usd for c in ranked] == sorted(c.cost_usd for c in ranked)  # by cost within the tier
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_policy_ranks_only_pools_that_can_take_the_request(book, policy):
+    rank = get_policy(policy)
+    pools = fleet(book) + [
+        PoolView("empty", "A10G", 1.01, replicas=0),
+        PoolView("other-model", "L4", 0.7, replicas=2, models=("llama3-70b",)),
+        PoolView("unknown-hw", "TPU", 1.0, replicas=2),
+        PoolView("same-model", "L4", 0.7, replicas=2, models=("llama2-7b",)),
+    ]
+    assert set(names(rank(TINY, pools, book, draw=0.5, index=3))) == {"L4", "A10G", "A100-80GB", "H100", "same-model"}
+    assert set(names(rank(VERY_LONG_INPUT, pools, book, draw=0.5, index=3))) == {"A100-80GB", "H100"}
+    assert rank(TINY, [PoolView("x", "L4", 0.7, replicas=0)], book) == []
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_policy_is_deterministic(book, policy):
+    rank = get_policy(policy)
+    pools = fleet(book, L4={"in_flight": 3, "in_flight_load": 0.4})
+    for draw, index in [(0.0, 0), (0.37, 5), (0.999, 12)]:
+        assert rank(LONG_INPUT, pools, book, draw=draw, index=index) == rank(LONG_INPUT, pools, book,
+                                                                             draw=draw, index=index)
+
+
+def test_round_robin_shares_requests_by_replica_count(book):
+    pools = [PoolView("a", "L4", 0.7, 1), PoolView("b", "A10G", 1.01, 3)]
+    firsts = Counter(round_robin(TINY, pools, book, index=i)[0].pool for i in range(400))
+    assert firsts == {"a": 100, "b": 300}
+    assert names(round_robin(TINY, pools, book, index=0)) == ["a", "b"]
+    assert names(round_robin(TINY, pools, book, index=1)) == ["b", "a"]
+
+
+def test_least_outstanding_prefers_fewest_in_flight_per_replica(book):
+    pools = [PoolView("a", "L4", 0.7, 1, in_flight=3), PoolView("b", "A10G", 1.01, 4, in_flight=8),
+             PoolView("c", "H100", 7.5, 2, in_flight=1)]
+    assert names(get_policy("least-outstanding")(TINY, pools, book)) == ["c", "b", "a"]
+
+
+def test_cheapest_price_ignores_request_size(book):
+    ranked = get_policy("cheapest-price")(LONG_INPUT, fleet(book), book)
+    assert names(ranked) == ["L4", "A10G", "A100-80GB", "H100"]
+    assert [c.score for c in ranked] == [0.7, 1.01, 3.67, 7.516]
+
+
+def test_melange_picks_by_capacity_weight(book):
+    pools = fleet(book, replicas=1) + [PoolView("A10G-b", "A10G", 1.01, 3)]
+    weights = {p.name: p.replicas * book.max_rps(p.hardware, 700, 300) for p in pools}
+    total = sum(weights.values())
+    draws = 10_000
+    shape = RequestShape("m", 700, 300, 600, SLO_DEFAULT)
+    firsts = Counter(melange(shape, pools, book, draw=(k + 0.5) / draws)[0].pool for k in range(draws))
+    for name, weight in weights.items():
+        assert firsts[name] / draws == pytest.approx(weight / total, abs=1.5 / draws)
+    by_name = {p.name: p for p in pools}
+    ranked = melange(TINY, pools, book, draw=0.0)
+    rest = [by_name[c.pool].replicas * book.max_rps(by_name[c.pool].hardware, 20, 20) for c in ranked[1:]]
+    assert len(ranked) == len(pools) and rest == sorted(rest, reverse=True)
+
+
+def test_capacity_share_is_littles_law_at_the_operating_point(book):
+    rps = book.max_rps("A10G", 300, 300)
+    assert capacity_share(book, "A10G", 300, 300, SLO_DEFAULT) == pytest.approx(1 / (rps * 0.120 * 300))
+    # at max_rps arrivals, each lasting TPOT x output, the replica is exactly full
+    assert rps * (0.120 * 300) * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT) == pytest.approx(1.0)
+    assert capacity_share(book, "A10G", 300, 300, SLO(2000, 60)) == pytest.approx(
+        2 * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT))
+    assert capacity_share(book, "L4", 5000, 300, SLO_DEFAULT) == 1.0  # not profiled: a whole replica
+    assert capacity_share(book, "L4", 20, 0, SLO_DEFAULT) == capacity_share(book, "L4", 20, 1, SLO_DEFAULT)
+
+
+def test_get_policy_knows_the_registry():
+    assert set(POLICIES) == {"cost-aware", "round-robin", "least-outstanding", "cheapest-price", "melange"}
+    assert get_policy("cost-aware") is cost_aware
+    with pytest.raises(ValueError, match="known: cost-aware"):
+        get_policy("fastest")
+
+
+def test_cost_aware_is_cheap_per_request(book):
+    pools = fleet(book) + fleet(book, replicas=3)
+    started = time.perf_counter()
+    for i in range(2000):
+        cost_aware(RequestShape("m", i % 3000, 1 + i % 900, 1 + i % 1800, SLO_DEFAULT), pools, book)
+    per_call = (time.perf_counter() - started) / 2000
+    assert per_call < 500e-6, f"{per_call * 1e6:.0f} us per ranking of 8 pools"

@@ -1,0 +1,195 @@
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from ricardo.profiles.catalog import (
+    DATA_DIR, GPU_CATALOG, PRICE_COLUMNS, ProfileBook, book_from_profiles, default_profile_paths, load_book,
+    load_default_book, load_prices,
+)
+from ricardo.profiles.schema import ProfileFile, read_profile_file
+
+SHARED_PROFILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "profiles" / "melange_llama2_7b.json"
+MELANGE = DATA_DIR / "melange_llama2_7b.json"
+
+
+@pytest.fixture(scope="module")
+def book() -> ProfileBook:
+    return load_default_book()
+
+
+@pytest.fixture
+def melange_data() -> dict:
+    return json.loads(MELANGE.read_text())
+
+
+def test_shipped_book_is_the_measured_melange_profile(book, melange_data):
+    assert book.hardware_names() == ["L4", "A10G", "A100-80GB", "H100"]
+    assert book.model == "llama2-7b"
+    assert book.slo_tpot_ms == 120
+    assert book.shape == (10, 6)
+    assert book.input_edges == tuple(melange_data["input_bucket_upper_edges"])
+    assert all(book.source(hw) == "measured" for hw in book.hardware_names())
+    for hw, table in melange_data["gpus"].items():
+        for i, row in enumerate(table["max_rps"]):
+            assert book.capacity(hw)[i, :len(row)].tolist() == row
+
+
+def test_bucket_upper_edges_are_inclusive(book):
+    assert book.bucket(25, 25) == (0, 0)
+    assert book.bucket(26, 26) == (1, 1)
+    assert book.bucket(0, 1) == (0, 0)
+    assert book.max_rps("L4", 25, 25) == 25.14
+    assert book.max_rps("L4", 26, 25) == 17.55
+    assert book.max_rps("A10G", 2000, 2000) == 0.04
+
+
+def test_sizes_beyond_the_last_edge_fall_in_the_last_bucket_if_the_hardware_has_it(book):
+    assert book.bucket(100_000, 100_000) == (9, 5)
+    assert book.max_rps("H100", 20_000, 100) == pytest.approx(1.186287414)  # last (ragged) row, column 1
+    assert book.max_rps("H100", 20_000, 600) == 0.0  # the last row has only 3 output columns
+    assert book.max_rps("A100-80GB", 3000, 5000) == pytest.approx(0.148405185)  # row 6, last column
+    assert book.max_rps("L4", 3000, 10) == 0.0  # L4 was not profiled past 2000 input tokens
+    assert book.max_rps("A10G", 2001, 10) == 0.0
+
+
+def test_catalog_names_are_aliases_of_profile_names(book):
+    assert book.has("H100-SXM") and book.canonical("H100-SXM") == "H100"
+    assert book.max_rps("H100-SXM", 300, 300) == book.max_rps("H100", 300, 300)
+    assert book.price("H100-SXM") == book.price("H100") == 7.516
+    assert not book.has("B200")
+    with pytest.raises(KeyError, match="known: L4"):
+        book.canonical("B200")
+
+
+def test_melange_price_set_is_the_papers(book):
+    assert book.prices == {"L4": 0.70, "A10G": 1.01, "A100-80GB": 3.67, "H100": 7.516}
+    assert book.price_set == "melange"
+
+
+@pytest.mark.parametrize("price_set", ["aws", "neocloud"])
+def test_price_sets_read_their_gpus_csv_column(price_set):
+    with open(GPU_CATALOG, newline="") as f:
+        column = {row["gpu"]: row[PRICE_COLUMNS[price_set]] for row in csv.DictReader(f)}
+    book = load_default_book(price_set=price_set)
+    expected = {hw: column[hw] for hw in ("L4", "A10G", "A100-80GB")} | {"H100": column["H100-SXM"]}
+    assert book.prices == {hw: float(v) for hw, v in expected.items()}
+    assert load_prices(price_set)["L40S"] > 0  # the set covers catalog hardware beyond the profile's
+
+
+def test_price_sets_named_in_the_profile_file_and_unknown_ones():
+    assert load_default_book(price_set="notebook").price("H100") == 6.234
+    with pytest.raises(ValueError, match="known: melange, aws, gcp, neocloud"):
+        load_default_book(price_set="nope")
+
+
+def test_missing_price_is_a_clear_error_and_overrides_replace_prices(book):
+    gcp = load_default_book(price_set="gcp")
+    with pytest.raises(ValueError, match="no price for A10G"):
+        gcp.price("A10G")
+    custom = book.with_prices(book.prices | {"H100-SXM": 2.5}, price_set="mine")
+    assert custom.price("H100") == 2.5 and custom.price("L4") == 0.7 and custom.price_set == "mine"
+    assert book.price("H100") == 7.516  # the original is untouched
+
+
+def test_shared_melange_file_loads_like_the_shipped_copy(book):
+    if not SHARED_PROFILE.is_file():
+        pytest.skip("../shared/data is not beside the repo")
+    shared = load_book(SHARED_PROFILE, model="llama2-7b")
+    for hw in book.hardware_names():
+        assert np.array_equal(shared.capacity(hw), book.capacity(hw))
+    assert np.array_equal(shared.workload("arena"), book.workload("arena"))
+
+
+def test_arena_workload_is_on_the_grid(book):
+    arena = book.workload("arena")
+    assert arena.shape == book.shape
+    assert arena.sum() == pytest.approx(1.0, abs=1e-5)
+    assert arena[6:].sum() == 0  # the paper's mix covers inputs up to 2000 tokens
+    with pytest.raises(KeyError, match="known: arena"):
+        book.workload("nope")
+
+
+def test_histogram_counts_requests_in_their_buckets(book):
+    h = book.histogram([10, 25, 26, 50_000], [10, 2000, 30, 3])
+    assert h.sum() == pytest.approx(1.0)
+    assert h[0, 0] == h[0, 5] == h[1, 1] == h[9, 0] == 0.25
+    with pytest.raises(ValueError):
+        book.histogram([1, 2], [3])
+
+
+def _own_profile(**changes) -> dict:
+    data = {
+        "what": "test", "model": "llama2-7b", "slo_tpot_ms": 120, "slo_ttft_ms": 2000,
+        "input_bucket_upper_edges": [25, 100, 250, 500, 1000, 2000, 4000, 8000, 12000, 16000],
+        "output_bucket_upper_edges": [25, 100, 250, 500, 1000, 2000],
+        "gpus": {
+            "L40S": {"max_rps": [[30.0, 10.0], [20.0]], "source": "estimated", "note": "roofline"},
+            "H100-SXM": {"max_rps": [[1.0]], "source": "estimated"},
+        },
+    }
+    data.update(changes)
+    return data
+
+
+def test_project_format_in_yaml_and_merge_with_measured(tmp_path):
+    path = tmp_path / "estimated.yaml"
+    path.write_text(yaml.safe_dump(_own_profile()))
+    own = read_profile_file(path)
+    assert own.slo_ttft_ms == 2000 and own.gpus["L40S"].source == "estimated"
+    book = load_book(MELANGE, path, price_set="neocloud")
+    assert book.hardware_names() == ["L4", "A10G", "A100-80GB", "H100", "L40S"]
+    assert book.source("L40S") == "estimated" and book.source("H100") == "measured"
+    assert book.max_rps("H100", 10, 10) == pytest.approx(40.64087824)  # measured wins over the estimate
+    assert book.max_rps("L40S", 10, 200) == 0.0 and book.max_rps("L40S", 50, 10) == 20.0
+    assert book.price("L40S") == 0.79
+
+
+def test_merge_refuses_another_grid_or_slo(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(_own_profile(slo_tpot_ms=50)))
+    with pytest.raises(ValueError, match="share bucket edges and SLO"):
+        load_book(MELANGE, path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input_bucket_upper_edges": [25, 25, 100]}, "increase strictly"),
+    ({"output_bucket_upper_edges": [25]}, "columns but there are 1 output buckets"),
+    ({"gpus": {"X": {"max_rps": [[-1.0]]}}}, "greater than or equal to 0"),
+    ({"gpus": {"X": {"max_rps": [[1.0]], "source": "guessed"}}}, "measured"),
+    ({"workloads": {"w": {"fraction": [[0.5, 0.4]]}}}, "not 1"),
+    ({"slo_tpot_ms": 0}, "greater than 0"),
+])
+def test_schema_rejects_malformed_profiles(changes, message):
+    with pytest.raises(ValidationError, match=message):
+        ProfileFile.model_validate(_own_profile(**changes))
+
+
+def test_estimated_shipped_profile_is_optional():
+    estimated = DATA_DIR / "estimated_llama2_7b.json"
+    if not estimated.is_file():
+        with pytest.raises(FileNotFoundError):
+            default_profile_paths(include_estimated=True)
+        return
+    book = load_default_book(include_estimated=True)
+    assert {book.source(hw) for hw in book.hardware_names()} == {"measured", "estimated"}
+    assert all(book.source(hw) == "measured" for hw in ("L4", "A10G", "A100-80GB", "H100"))
+
+
+def test_book_from_profiles_takes_parsed_files():
+    parsed = read_profile_file(MELANGE)
+    assert book_from_profiles([parsed], model="m").model == "m"
+
+
+def test_lookup_is_cheap(book):
+    sizes = [(i * 37 % 20_000, i * 53 % 3000) for i in range(10_000)]
+    started = time.perf_counter()
+    for n_in, n_out in sizes:
+        book.max_rps("A10G", n_in, n_out)
+    per_call = (time.perf_counter() - started) / len(sizes)
+    assert per_call < 20e-6, f"{per_call * 1e6:.1f} us per lookup"
