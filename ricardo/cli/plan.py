@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
-AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
-SHAREGPT_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
 
 
 class WorkloadError(ValueError):
@@ -30,9 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="with the shipped profile: add the estimated tables of hardware that was not measured")
     p.add_argument("--workload", required=True,
                    help="a mix named in the profile (e.g. arena) | a bundled trace (azure-conv, azure-code) | FILE: "
-                        "JSON fraction histogram ([[...]] or {\"fraction\": [[...]]}), Azure CSV "
-                        f"({AZURE_HEADER}), 2-column input,output CSV without header, ShareGPT CSV "
-                        f"({','.join(SHAREGPT_COLUMNS)}, ...), or AIBrix/ricardo JSONL trace")
+                        "JSON fraction histogram ([[...]] or {\"fraction\": [[...]]}), or a trace the load "
+                        "generator reads: Azure CSV, input,output CSV without header, ShareGPT stats CSV, "
+                        "AIBrix/ricardo JSONL")
     p.add_argument("--rate", type=float, help="total requests/s (default for a timestamped trace: its mean rate)")
     p.add_argument("--slice-factor", type=int, default=8, help="slices per bucket, each served by one GPU type")
     p.add_argument("--only", help="comma-separated GPU types to choose from, e.g. A10G or L4,A100-80GB")
@@ -137,44 +134,20 @@ def read_workload(spec: str, book) -> tuple[object, float | None, str]:
             return _from_requests(spec, book)
         known = ", ".join([*book.workload_names(), *NAMED_TRACES])
         raise WorkloadError(f"workload {spec!r} is neither a file nor a known name ({known})")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
+    if path.suffix.lower() == ".json":
         return _histogram(path, book), None, f"histogram {path}"
-    if suffix == ".jsonl":
-        return _from_requests(spec, book)
-    if suffix != ".csv":
-        raise WorkloadError(f"{path}: expected .json (histogram), .jsonl or .csv (trace)")
-    with open(path, newline="") as f:
-        first = f.readline().strip()
-    if not first:
-        raise WorkloadError(f"{path}: empty")
-    if first.replace(" ", "") == AZURE_HEADER:
-        return _from_requests(spec, book)
-    try:
-        if all(c in first.split(",") for c in SHAREGPT_COLUMNS):
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            lengths = np.array([[int(r[c]) for c in SHAREGPT_COLUMNS] for r in rows]).reshape(-1, 2)
-        else:
-            lengths = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
-    except ValueError as exc:
-        raise WorkloadError(f"{path}: not an Azure, ShareGPT or input,output CSV: {exc}") from None
-    if lengths.shape[1] != 2 or len(lengths) == 0:
-        raise WorkloadError(f"{path}: expected rows of input,output token counts")
-    if (lengths < 0).any():
-        raise WorkloadError(f"{path}: negative token counts")
-    return book.histogram(lengths[:, 0], lengths[:, 1]), None, f"{len(lengths)} requests from {path}"
+    return _from_requests(spec, book)
 
 
 def _from_requests(spec: str, book) -> tuple[object, float | None, str]:
-    from ricardo.loadgen.traces import TraceError, read_trace
+    from ricardo.loadgen.traces import TraceError, read_trace, untimed
 
     try:
         requests = read_trace(spec)
     except TraceError as exc:
         raise WorkloadError(str(exc)) from None
     span = requests[-1].arrival_s - requests[0].arrival_s
-    rate = (len(requests) - 1) / span if span > 0 else None
+    rate = (len(requests) - 1) / span if span > 0 and not untimed(requests) else None
     fractions = book.histogram([r.input_tokens for r in requests], [r.output_tokens for r in requests])
     return fractions, rate, f"{len(requests)} requests from {spec}"
 

@@ -3,7 +3,9 @@
 Accepted sources (`read_trace(spec)`):
 - named traces `azure-conv` and `azure-code`: the Azure LLM inference traces 2023 bundled in data/
   (CSV `TIMESTAMP,ContextTokens,GeneratedTokens`, CC-BY-4.0, see data/PROVENANCE.md);
-- a `.csv` file in that Azure format;
+- a `.csv` file in that Azure format, or a lengths-only CSV with no arrival times: two columns
+  `input,output` without a header (lmsys-chat-1m lengths) or sarathi-serve's ShareGPT stats
+  (`num_prefill_tokens,num_decode_tokens,...`); every request of such a trace arrives at 0 (see `untimed`);
 - a `.jsonl` file, either
   * AIBrix workload lines `{"timestamp": ms, "requests": [{"Prompt Length", "Output Length", "prompt"}, ...]}`
     (all requests of a line arrive together), or
@@ -28,6 +30,7 @@ NAMED_TRACES = {
     "azure-code": DATA_DIR / "AzureLLMInferenceTrace_code.csv",
 }
 AZURE_COLUMNS = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
+SHAREGPT_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
 
 
 class TraceError(ValueError):
@@ -49,7 +52,7 @@ def read_trace(spec: str) -> list[TraceRequest]:
         raise TraceError(f"unknown trace {spec!r}: neither one of {', '.join(NAMED_TRACES)} nor a file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        requests = read_azure_csv(path)
+        requests = read_csv(path)
     elif suffix in (".jsonl", ".json"):
         requests = read_jsonl(path)
     else:
@@ -61,12 +64,58 @@ def read_trace(spec: str) -> list[TraceRequest]:
     return [replace(r, arrival_s=r.arrival_s - first) for r in requests]
 
 
+def read_csv(path: Path) -> list[TraceRequest]:
+    with open(path, newline="") as f:
+        header = [name.strip() for name in next(csv.reader(f), [])]
+    if header == AZURE_COLUMNS:
+        return read_azure_csv(path)
+    if all(c in header for c in SHAREGPT_COLUMNS):
+        return _read_lengths(path, [header.index(c) for c in SHAREGPT_COLUMNS], skip_header=True)
+    if len(header) == 2 and all(c.isdigit() for c in header):
+        return _read_lengths(path, [0, 1], skip_header=False)
+    raise TraceError(f"{path}: expected an Azure CSV ({','.join(AZURE_COLUMNS)}), a ShareGPT stats CSV "
+                     f"({','.join(SHAREGPT_COLUMNS)},...) or input,output rows without a header")
+
+
+def _read_lengths(path: Path, columns: list[int], skip_header: bool) -> list[TraceRequest]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        if skip_header:
+            next(reader)
+        requests = []
+        for line_no, row in enumerate(reader, start=1 + skip_header):
+            try:
+                input_tokens, output_tokens = (int(row[c]) for c in columns)
+            except (ValueError, IndexError) as exc:
+                raise TraceError(f"{path}:{line_no}: {exc}") from None
+            if input_tokens < 0 or output_tokens < 0:
+                raise TraceError(f"{path}:{line_no}: negative token count")
+            requests.append(TraceRequest(0.0, input_tokens, output_tokens))
+    return requests
+
+
+def untimed(requests: list[TraceRequest]) -> bool:
+    """True for a trace without arrival times (every request at 0): give it arrivals, e.g. `with_poisson_arrivals`."""
+    return len(requests) > 1 and requests[-1].arrival_s == 0.0
+
+
+def with_poisson_arrivals(requests: list[TraceRequest], rate: float, seed: int = 0) -> list[TraceRequest]:
+    """The same requests, in a seeded random order, arriving as a Poisson process of `rate` req/s."""
+    import numpy as np
+
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(requests))
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(requests)))
+    arrivals -= arrivals[0]
+    return [replace(requests[i], arrival_s=float(t)) for i, t in zip(order, arrivals)]
+
+
 def read_azure_csv(path: Path) -> list[TraceRequest]:
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = [name.strip() for name in next(reader, [])]
-        if header != AZURE_COLUMNS:
-            raise TraceError(f"{path}: expected header {','.join(AZURE_COLUMNS)}, got {','.join(header)}")
+        next(reader)
         requests = []
         for line_no, row in enumerate(reader, start=2):
             try:

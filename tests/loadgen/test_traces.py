@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from ricardo.loadgen.traces import NAMED_TRACES, TraceError, TraceRequest, read_trace, select
+from ricardo.loadgen.traces import (NAMED_TRACES, TraceError, TraceRequest, read_trace, select, untimed,
+                                    with_poisson_arrivals)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 AIBRIX = SHARED_DATA / "prompts" / "sharegpt_aibrix" / "8min_up_and_down.jsonl"
@@ -35,11 +36,28 @@ def test_azure_csv_file(tmp_path):
     assert read_trace(str(path)) == [TraceRequest(0.0, 374, 44), TraceRequest(1.25, 100, 7), TraceRequest(60.0, 5, 1)]
 
 
-def test_azure_csv_rejects_other_columns(tmp_path):
+def test_csv_rejects_other_columns(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("time,in,out\n1,2,3\n")
-    with pytest.raises(TraceError, match="expected header"):
+    with pytest.raises(TraceError, match="expected an Azure CSV"):
         read_trace(str(path))
+
+
+def test_lengths_only_csvs_are_untimed_and_get_poisson_arrivals(tmp_path):
+    lmsys = tmp_path / "lmsys.csv"
+    lmsys.write_text("13,263\n52,434\n506,380\n")
+    sharegpt = tmp_path / "sharegpt.csv"
+    sharegpt.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n74,918,992,0.08\n290,905,1195,0.3\n")
+    requests = read_trace(str(lmsys))
+    assert [(r.input_tokens, r.output_tokens) for r in requests] == [(13, 263), (52, 434), (506, 380)]
+    assert untimed(requests)
+    assert [(r.input_tokens, r.output_tokens) for r in read_trace(str(sharegpt))] == [(74, 918), (290, 905)]
+    timed = with_poisson_arrivals(requests * 1000, rate=50.0, seed=1)
+    assert not untimed(timed)
+    assert timed[0].arrival_s == 0.0
+    assert 2900 / 50 * 0.9 < timed[-1].arrival_s < 3000 / 50 * 1.1
+    assert sorted((r.input_tokens, r.output_tokens) for r in timed) == sorted(
+        (r.input_tokens, r.output_tokens) for r in requests * 1000)
 
 
 def test_aibrix_jsonl_keeps_prompt_text_and_groups(tmp_path):
