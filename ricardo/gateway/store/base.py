@@ -1,0 +1,167 @@
+"""The state store's contract, shared by the in-process and the Redis implementations.
+
+What is shared between replicas: the config document (prices, pools, backends; versioned, changed by
+compare-and-set), live stats per replica (expire on their own), blobs (the predictor's model) and leases.
+What stays per replica: in-flight counts, backend health, anything on the request path.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("ricardo.gateway.store")
+
+ConfigCallback = Callable[[int, dict], None | Awaitable[None]]
+
+
+class StoreUnavailable(RuntimeError):
+    """A write that must be shared could not reach the shared store (the admin API answers 503)."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """One version of a record: the config document as canonical JSON, or a blob."""
+    version: int
+    data: bytes
+
+    @functools.cached_property
+    def digest(self) -> str:
+        # Same digest as Redis's redis.sha1hex, so a replica can tell "same version number, other content"
+        # (possible only after Redis lost its data) without fetching the content.
+        return hashlib.sha1(self.data).hexdigest()
+
+    @classmethod
+    def of_doc(cls, version: int, doc: dict) -> Versioned:
+        return cls(version, encode_doc(doc))
+
+    def doc(self) -> dict:
+        return json.loads(self.data)
+
+
+def encode_doc(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+class LiveStats:
+    """Replica -> (deadline, stats): what `pull_stats` answers from this process's own knowledge."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, dict]] = {}
+
+    def put(self, replica_id: str, stats: dict, ttl_s: float) -> None:
+        self._entries[replica_id] = (time.monotonic() + ttl_s, stats)
+
+    def replace(self, entries: dict[str, tuple[float, dict]]) -> None:
+        self._entries = entries
+
+    def live(self) -> dict[str, dict]:
+        now = time.monotonic()
+        self._entries = {r: e for r, e in self._entries.items() if e[0] > now}
+        return {r: stats for r, (_, stats) in self._entries.items()}
+
+
+class StateStore(abc.ABC):
+    """Shared state of the gateway replicas.
+
+    When the shared store is unreachable nothing stalls and only one method raises: reads answer from
+    what this replica last knew (config, blobs, other replicas' stats until their own expiry), stats and
+    blob writes are dropped and counted (`status()["dropped_writes"]`), `acquire_lease` returns False,
+    `release_lease` does nothing, and `update_config` raises `StoreUnavailable`: a config change the
+    other replicas would not see must not look accepted, so the admin API answers 503 and the operator
+    retries (applying it on this replica alone would split the fleet's config).
+    """
+
+    backend: str
+
+    def __init__(self) -> None:
+        self._callbacks: list[ConfigCallback] = []
+        self._known: Versioned | None = None  # the config version this replica runs (last delivered)
+        # Serialises "read or write the config, then deliver it" so callbacks see versions in order.
+        self._config_lock = asyncio.Lock()
+
+    # -- config ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def init_config(self, doc: dict) -> tuple[int, dict]:
+        """Set the config document if none exists yet; return the version and document in force (maybe
+        another replica's). The result counts as delivered: callbacks fire only for later versions."""
+
+    @abc.abstractmethod
+    async def read_config(self) -> tuple[int, dict] | None:
+        """The config in force, or None if there is none. If it is new to this replica, callbacks run
+        first; the store then follows the config from this version on (as after init_config)."""
+
+    @abc.abstractmethod
+    async def update_config(self, expected_version: int, doc: dict) -> int | None:
+        """Compare-and-set: the new version, or None if the version in force is not `expected_version`.
+        Callbacks have run for the new version when this returns. Raises StoreUnavailable."""
+
+    def watch_config(self, callback: ConfigCallback) -> None:
+        """Call `callback(version, doc)` once per new config version this replica sees, in version order,
+        once the store follows a config (after init_config or read_config). Callbacks run one at a time
+        under the store's config lock, on the store's sync task or inline in update_config/read_config:
+        keep them short and do not call the config methods from one."""
+        self._callbacks.append(callback)
+
+    async def _deliver(self, record: Versioned) -> None:
+        """Make `record` the known config and tell the callbacks, unless it is already known.
+        Call with `_config_lock` held."""
+        known = self._known
+        if known is not None and (known.version, known.digest) == (record.version, record.digest):
+            return
+        self._known = record
+        for callback in self._callbacks:
+            try:
+                result = callback(record.version, record.doc())
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("config callback %r failed for version %d", callback, record.version)
+
+    # -- live stats, blobs, leases ---------------------------------------------------------
+    @abc.abstractmethod
+    async def push_stats(self, replica_id: str, stats: dict, ttl_s: float) -> None:
+        """Publish this replica's latest stats; they disappear after `ttl_s` unless pushed again."""
+
+    @abc.abstractmethod
+    async def pull_stats(self) -> dict[str, dict]:
+        """Latest stats of every live replica."""
+
+    @abc.abstractmethod
+    async def put_blob(self, name: str, data: bytes) -> int | None:
+        """Store a new version of a blob: its version, or None if the write was dropped (store down)."""
+
+    @abc.abstractmethod
+    async def get_blob(self, name: str) -> tuple[int, bytes] | None:
+        """The latest version of a blob, or None if there is none."""
+
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take the lease if it is free or already `holder`'s (extending it to `ttl_s` from now)."""
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up if `holder` has it."""
+
+    # -- lifecycle and health --------------------------------------------------------------
+    async def start(self) -> None:
+        """Start background work (watching the shared config)."""
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+
+    @abc.abstractmethod
+    def status(self) -> dict:
+        """{"backend", "connected", "last_error", "degraded_since", "config_version", "dropped_writes"}"""
+
+    @property
+    def healthy(self) -> bool:
+        return self.status()["connected"]

@@ -1,0 +1,66 @@
+"""The in-process store: the state of a single replica, with the same contract as the shared one."""
+
+from __future__ import annotations
+
+import time
+
+from ricardo.gateway.store.base import LiveStats, StateStore, Versioned
+
+
+class MemoryStore(StateStore):
+    backend = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stats = LiveStats()
+        self._blobs: dict[str, Versioned] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    async def init_config(self, doc: dict) -> tuple[int, dict]:
+        async with self._config_lock:
+            if self._known is None:
+                self._known = Versioned.of_doc(1, doc)
+            return self._known.version, self._known.doc()
+
+    async def read_config(self) -> tuple[int, dict] | None:
+        known = self._known
+        return None if known is None else (known.version, known.doc())
+
+    async def update_config(self, expected_version: int, doc: dict) -> int | None:
+        async with self._config_lock:
+            if self._known is None or self._known.version != expected_version:
+                return None
+            await self._deliver(Versioned.of_doc(expected_version + 1, doc))
+            return self._known.version
+
+    async def push_stats(self, replica_id: str, stats: dict, ttl_s: float) -> None:
+        self._stats.put(replica_id, stats, ttl_s)
+
+    async def pull_stats(self) -> dict[str, dict]:
+        return self._stats.live()
+
+    async def put_blob(self, name: str, data: bytes) -> int:
+        previous = self._blobs.get(name)
+        version = 1 if previous is None else previous.version + 1
+        self._blobs[name] = Versioned(version, bytes(data))
+        return version
+
+    async def get_blob(self, name: str) -> tuple[int, bytes] | None:
+        blob = self._blobs.get(name)
+        return None if blob is None else (blob.version, blob.data)
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        current = self._leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._leases[name] = (holder, now + ttl_s)
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        if self._leases.get(name, ("", 0.0))[0] == holder:
+            del self._leases[name]
+
+    def status(self) -> dict:
+        return {"backend": self.backend, "connected": True, "last_error": None, "degraded_since": None,
+                "config_version": None if self._known is None else self._known.version, "dropped_writes": 0}

@@ -1,0 +1,282 @@
+"""The Redis store: state shared by every gateway replica.
+
+Keys, under "<namespace>:":
+  config            hash {version, data, digest, provisional}: the config document
+  config:changed    pub/sub channel; carries each new config version
+  stats             set of the replica ids that pushed stats (pruned as their entries expire)
+  stats:<replica>   one replica's latest stats (JSON), expiring after its ttl
+  blob:<name>       hash {version, data, digest, provisional}
+  lease:<name>      the holder's id, expiring after the ttl
+Every write is one Lua script or one command, so there is no read-modify-write race between replicas.
+The scripts build some key names themselves: standalone Redis (or a Sentinel-managed primary), not Cluster.
+
+When Redis cannot be reached, every call fails fast through a circuit breaker and the store answers from
+what this replica last knew (see StateStore). When Redis comes back without its data (no persistence),
+the config document and the blobs are written back from the replicas' copies: any replica may write back
+its copy while the record is "provisional" (written back or created by init_config, never updated since)
+and older than its own, so the highest version any replica knew wins. Once an operator has updated the
+config on top of a written-back copy, that history is final and replicas that knew a higher number adopt
+it, even if its number is lower: after data loss, converging beats keeping version numbers monotonic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+
+from ricardo.gateway.store.base import LiveStats, StateStore, StoreUnavailable, Versioned, encode_doc
+from ricardo.gateway.store.breaker import CircuitBreaker
+from ricardo.gateway.store.scripts import ACQUIRE, PULL_STATS, PUSH_STATS, PUT, RELEASE, SEED, UPDATE
+
+log = logging.getLogger("ricardo.gateway.store")
+T = TypeVar("T")
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisStore(StateStore):
+    backend = "redis"
+
+    def __init__(self, url: str, namespace: str = "ricardo", *, timeout_s: float = 0.25,
+                 reconcile_interval_s: float = 1.0, cooloff_s: float = 1.0, max_cooloff_s: float = 8.0):
+        super().__init__()
+        self.reconcile_interval_s = reconcile_interval_s
+        # One immediate retry, on a connection error only: a pooled connection that Redis closed (say, by
+        # restarting) fails at once and is reconnected, instead of opening the breaker. No retry on
+        # timeouts (a hung Redis would cost twice the timeout); beyond that the breaker decides.
+        self._redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        address = self._redis.connection_pool.connection_kwargs
+        where = address.get("path") or f"{address.get('host', 'localhost')}:{address.get('port', 6379)}"
+        self._breaker = CircuitBreaker(f"redis at {where}", cooloff_s, max_cooloff_s)
+        self._prefix = f"{namespace}:"
+        self._config_key = self._prefix + "config"
+        self._channel = self._prefix + "config:changed"
+        self._seed, self._update, self._put, self._push_stats, self._pull_stats, self._acquire, self._release = (
+            self._redis.register_script(source)
+            for source in (SEED, UPDATE, PUT, PUSH_STATS, PULL_STATS, ACQUIRE, RELEASE))
+        self._stats = LiveStats()
+        self._blobs: dict[str, Versioned] = {}
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task | None = None
+        self.dropped_writes = 0
+
+    def _may_call(self, probe: bool = False) -> bool:
+        # Without the sync task (start() not called) nobody else would ever probe, so every call may.
+        return self._breaker.allow(probe or self._task is None)
+
+    async def _call(self, command: Callable[[], Awaitable[T]], probe: bool = False) -> T:
+        """Run one Redis command through the breaker; StoreUnavailable if Redis is (or just went) away."""
+        if not self._may_call(probe):
+            raise self._unavailable()
+        try:
+            result = await command()
+        except (RedisError, OSError) as error:
+            self._breaker.record_failure(error, probe or self._task is None)
+            raise self._unavailable() from error
+        self._breaker.record_success()
+        return result
+
+    def _unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable(f"{self._breaker.name} unavailable: {self._breaker.last_error}")
+
+    async def _write_back(self, key: str, record: Versioned, channel: str = "") -> Versioned:
+        version, data = await self._call(lambda: self._seed(keys=[key], args=[record.version, record.data, channel]))
+        return Versioned(int(version), data)
+
+    async def _sync_record(self, key: str, known: Versioned | None, channel: str = "",
+                           probe: bool = False) -> Versioned | None:
+        """The record in force, fetching its content only if it differs from `known`, and writing `known`
+        back if Redis lost the record (or holds an older provisional one)."""
+        version, digest, provisional = await self._call(
+            lambda: self._redis.hmget(key, "version", "digest", "provisional"), probe)
+        if known is not None and (version is None or (provisional and int(version) < known.version)):
+            record = await self._write_back(key, known, channel)
+            if record == known:
+                log.warning("redis had %s for %s; wrote back version %d from this replica", "nothing"
+                            if version is None else f"an older provisional version {int(version)}", key, known.version)
+            return record
+        if version is None:
+            return None
+        if known is not None and (int(version), digest.decode()) == (known.version, known.digest):
+            return known
+        version, data = await self._call(lambda: self._redis.hmget(key, "version", "data"))
+        if version is None:  # deleted in between; the next sync writes it back
+            return known
+        record = Versioned(int(version), data)
+        if known is not None and record.version <= known.version:
+            log.warning("%s: replacing this replica's version %d with version %d written by another replica "
+                        "(redis lost data or was unreachable meanwhile)", key, known.version, record.version)
+        return record
+
+    # -- config ------------------------------------------------------------------------------
+    async def init_config(self, doc: dict) -> tuple[int, dict]:
+        async with self._config_lock:
+            try:
+                self._known = await self._write_back(self._config_key, Versioned.of_doc(1, doc), self._channel)
+            except StoreUnavailable:
+                # Run this replica's own document until Redis answers; then the sync task writes it back
+                # (if Redis has none) or delivers the shared one.
+                if self._known is None:
+                    self._known = Versioned.of_doc(1, doc)
+            return self._known.version, self._known.doc()
+
+    async def read_config(self) -> tuple[int, dict] | None:
+        if self._may_call():  # while degraded, answer at once rather than queue behind the sync task's probe
+            async with self._config_lock:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._reconcile()
+        known = self._known
+        return None if known is None else (known.version, known.doc())
+
+    async def update_config(self, expected_version: int, doc: dict) -> int | None:
+        data = encode_doc(doc)
+        if not self._may_call():
+            raise self._unavailable()
+        async with self._config_lock:
+            known = self._known or Versioned(0, b"")
+            version = await self._call(lambda: self._update(
+                keys=[self._config_key], args=[expected_version, data, self._channel, known.data, known.version]))
+            if version == 0:
+                return None
+            await self._deliver(Versioned(version, data))
+            return version
+
+    async def _reconcile(self, probe: bool = False) -> None:
+        """Deliver the config in force if it is new to this replica. Call with `_config_lock` held."""
+        record = await self._sync_record(self._config_key, self._known, self._channel, probe)
+        if record is not None:
+            await self._deliver(record)
+
+    # -- background sync -------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._sync_forever(), name="ricardo-store-sync")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            # Python 3.11's asyncio.wait_for, which redis-py wraps around every send, can swallow a
+            # cancellation (CPython gh-86296, fixed in 3.12): cancel until the task has really stopped.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.05)
+            self._task = None
+        await self._drop_pubsub()
+        await self._redis.aclose()
+
+    async def _sync_forever(self) -> None:
+        """Wait for a change announcement (or the reconcile interval), then reconcile. This task is also
+        the breaker's only prober, so requests never pay for finding out whether Redis is back."""
+        while True:
+            try:
+                await self._wait_for_change()
+                async with self._config_lock:
+                    if self._known is None:  # nothing to follow before init_config or read_config
+                        await self._call(self._redis.ping, probe=True)
+                    else:
+                        await self._reconcile(probe=True)
+            except StoreUnavailable:
+                await self._drop_pubsub()
+            except Exception:
+                log.exception("config sync failed")
+                await asyncio.sleep(self.reconcile_interval_s)
+
+    async def _wait_for_change(self) -> None:
+        if not self._breaker.closed:
+            await asyncio.sleep(self._breaker.seconds_until_probe())
+        elif self._pubsub is None:
+            # (Re)subscribe, then reconcile at once: that catches what was published while unsubscribed.
+            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await self._call(lambda: self._pubsub.subscribe(self._channel), probe=True)
+        else:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        """Wait up to the reconcile interval for an announcement. Silence proves nothing about Redis (a hung
+        one is silent too), so unlike `_call` only a failure reaches the breaker."""
+        try:
+            await self._pubsub.get_message(timeout=self.reconcile_interval_s)
+        except (RedisError, OSError) as error:
+            self._breaker.record_failure(error, probe=True)
+            raise self._unavailable() from error
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    # -- live stats ------------------------------------------------------------------------
+    async def push_stats(self, replica_id: str, stats: dict, ttl_s: float) -> None:
+        self._stats.put(replica_id, stats, ttl_s)
+        try:
+            await self._call(lambda: self._push_stats(
+                keys=[f"{self._prefix}stats:{replica_id}", f"{self._prefix}stats"],
+                args=[json.dumps(stats), _ms(ttl_s), replica_id]))
+        except StoreUnavailable:
+            self.dropped_writes += 1
+
+    async def pull_stats(self) -> dict[str, dict]:
+        try:
+            flat = await self._call(lambda: self._pull_stats(keys=[f"{self._prefix}stats"],
+                                                             args=[f"{self._prefix}stats:"]))
+        except StoreUnavailable:
+            return self._stats.live()  # the last entries seen, each until its own expiry
+        now = time.monotonic()
+        self._stats.replace({flat[i].decode(): (now + int(flat[i + 2]) / 1000, json.loads(flat[i + 1]))
+                             for i in range(0, len(flat), 3)})
+        return self._stats.live()
+
+    # -- blobs -----------------------------------------------------------------------------
+    async def put_blob(self, name: str, data: bytes) -> int | None:
+        known = self._blobs.get(name)
+        try:
+            version = await self._call(lambda: self._put(keys=[f"{self._prefix}blob:{name}"],
+                                                         args=[data, known.version if known else 0]))
+        except StoreUnavailable:
+            self.dropped_writes += 1
+            return None
+        self._blobs[name] = Versioned(version, bytes(data))
+        return version
+
+    async def get_blob(self, name: str) -> tuple[int, bytes] | None:
+        known = self._blobs.get(name)
+        try:
+            record = await self._sync_record(f"{self._prefix}blob:{name}", known)
+        except StoreUnavailable:
+            record = known
+        if record is None:
+            return None
+        self._blobs[name] = record
+        return record.version, record.data
+
+    # -- leases ----------------------------------------------------------------------------
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        try:
+            return bool(await self._call(lambda: self._acquire(keys=[f"{self._prefix}lease:{name}"],
+                                                               args=[holder, _ms(ttl_s)])))
+        except StoreUnavailable:
+            return False
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._call(lambda: self._release(keys=[f"{self._prefix}lease:{name}"], args=[holder]))
+
+    # -- health ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        return {"backend": self.backend, "connected": self._breaker.closed,
+                "last_error": self._breaker.last_error, "degraded_since": self._breaker.degraded_since,
+                "config_version": None if self._known is None else self._known.version,
+                "dropped_writes": self.dropped_writes}
