@@ -1,4 +1,4 @@
-"""`ricardo emulate`: emulated GPU backends; `ricardo simulate`: the virtual-time cluster simulator."""
+"""`ricardo emulate`: emulated GPU backends, real time, OpenAI-compatible."""
 
 from __future__ import annotations
 

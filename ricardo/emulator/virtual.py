@@ -46,7 +46,7 @@ class VirtualEngine:
     """One engine whose iterations are laid on a virtual time line."""
 
     def __init__(self, params: EngineParams):
-        self.engine = Engine(params)
+        self.engine = Engine(params, track_tokens=False)  # only first and last tokens are timed
         self.busy_until = 0.0  # the engine is inside an iteration until then
 
     def submit(self, timing: Timing) -> None:

@@ -9,16 +9,23 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ricardo.gateway import proxy
+from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
+from ricardo.gateway.scaling_loop import ScalingLoop
 from ricardo.gateway.state import GatewayState
 from ricardo.protocol.openai import OpenAIError, error_body
 
 log = logging.getLogger("ricardo.gateway")
 
 
-def build_app(config: GatewayConfig, state: GatewayState | None = None) -> web.Application:
+def build_app(config: GatewayConfig, state: GatewayState | None = None, admin_token: str | None = None
+              ) -> web.Application:
     app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors])
-    app["state"] = state or GatewayState(config)
+    app["state"] = state = state or GatewayState(config)
+    app["scaling"] = scaling = ScalingLoop(state)
+    app["scaling_hints"] = scaling.current
+    state.outcome_listeners.append(scaling.observe)
+    add_admin_routes(app, admin_token)
     for prefix in ("/v1", ""):  # many clients also call the un-prefixed paths
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/completions", completions)
@@ -33,9 +40,11 @@ def build_app(config: GatewayConfig, state: GatewayState | None = None) -> web.A
 
 async def _start(app: web.Application) -> None:
     await app["state"].start()
+    await app["scaling"].start()
 
 
 async def _close(app: web.Application) -> None:
+    await app["scaling"].close()
     await app["state"].close()
 
 
@@ -60,10 +69,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when at least one backend of some pool can take requests; says which pools can."""
-    available = request.app["state"].ready()
+    """Ready when at least one backend of some pool can take requests; says which pools can, and
+    whether the shared state store answers (a replica without it serves on its last known state)."""
+    state: GatewayState = request.app["state"]
+    available = state.ready()
     ready = any(available.values())
-    return web.json_response({"ready": ready, "pools": available}, status=200 if ready else 503)
+    return web.json_response({"ready": ready, "pools": available, "config_version": state.version,
+                              "store": state.store.status()}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the gateway",
@@ -11,6 +13,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="gateway config YAML (default: the embedded config with emulated local pools)")
     p.add_argument("--host", help="override the config's listen address")
     p.add_argument("--port", type=int, help="override the config's port")
+    p.add_argument("--redis-url", help="share state with other replicas through this Redis (default: in-process)")
+    p.add_argument("--replica-id", help="name of this replica in shared state (default: host-pid-random)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_serve)
 
@@ -18,6 +22,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import os
     import signal
     import sys
 
@@ -35,8 +40,16 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValidationError, ValueError) as exc:
         print(f"ricardo serve: bad config: {exc}", file=sys.stderr)
         return 2
-    updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port), ("redis_url", args.redis_url),
+                                 ("replica_id", args.replica_id)) if v is not None}
     config = config.model_copy(update=updates)
+    admin_token = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
+    if admin_token is None and config.host not in LOOPBACK:
+        print("ricardo serve: the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
+              "when listening beyond loopback", file=sys.stderr)
+        return 2
+    if admin_token is None:
+        logging.getLogger("ricardo.gateway").warning("admin API open without a token (loopback only)")
     try:
         state = GatewayState(config)
     except ValueError as exc:
@@ -44,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
-        runner = web.AppRunner(build_app(config, state), access_log=None)
+        runner = web.AppRunner(build_app(config, state, admin_token), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
         print(f"ricardo gateway listening on http://{config.host}:{config.port}", flush=True)

@@ -26,14 +26,27 @@ class PoolConfig(_Strict):
     backends: list[HttpUrl] = Field(default_factory=list)
     models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
     api_key: str | None = Field(default=None, description="bearer token the backends expect")
+    draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
     role: Literal["unified"] = "unified"
 
     @field_validator("backends")
     @classmethod
     def _no_duplicates(cls, urls: list[HttpUrl]) -> list[HttpUrl]:
-        if len({str(u) for u in urls}) != len(urls):
+        if len({backend_key(u) for u in urls}) != len(urls):
             raise ValueError("a backend is listed twice")
         return urls
+
+    @model_validator(mode="after")
+    def _drain_known_backends(self) -> PoolConfig:
+        unknown = {backend_key(u) for u in self.draining} - {backend_key(u) for u in self.backends}
+        if unknown:
+            raise ValueError(f"draining backends that are not in the pool: {sorted(unknown)}")
+        return self
+
+
+def backend_key(url: HttpUrl | str) -> str:
+    """One spelling per backend URL, so `http://h:1` and `http://h:1/` are the same backend."""
+    return str(url).rstrip("/")
 
 
 class LimitsConfig(_Strict):
@@ -45,6 +58,30 @@ class LimitsConfig(_Strict):
     connections_per_backend: int = Field(default=512, gt=0)
 
 
+class ScalingConfig(_Strict):
+    interval_s: float = Field(default=5.0, gt=0, description="how often scaling hints are recomputed")
+    window_s: float = Field(default=30.0, gt=0, description="sliding window of observed traffic")
+    scale_down_hold_s: float = Field(default=60.0, ge=0, description="a lower target must hold this long")
+    headroom: float = Field(default=0.1, ge=0, lt=1, description="keep each type's load under (1 - headroom)")
+    min_replicas: int = Field(default=0, ge=0)
+    webhook_url: HttpUrl | None = None
+
+
+class SharedConfig(_Strict):
+    """What operators change at run time and replicas share: pools, backends, prices, SLO, policy."""
+
+    policy: str = "cost-aware"
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    pools: list[PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> SharedConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError("pool names must be unique")
+        return self
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, lt=65536)
@@ -54,6 +91,11 @@ class GatewayConfig(_Strict):
     slo: SLOConfig = Field(default_factory=SLOConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     health_interval_s: float = Field(default=5.0, gt=0)
+    admin_token: str | None = Field(default=None, min_length=16, description="bearer token of the admin API; "
+                                    "default: $RICARDO_ADMIN_TOKEN")
+    redis_url: str | None = Field(default=None, description="share state with other replicas through Redis")
+    replica_id: str | None = None
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     log_prompts: bool = False
     tokenizer: str | None = Field(default=None, description="exact input counts with this encoding "
                                   "(cl100k_base, o200k_base, llama3); default: an estimate corrected online")
@@ -61,17 +103,26 @@ class GatewayConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
-        names = [p.name for p in self.pools]
-        if len(set(names)) != len(names):
-            raise ValueError("pool names must be unique")
-        for pool in self.pools:
-            unknown = set(pool.models or ()) - set(self.models)
-            if unknown:
-                raise ValueError(f"pool {pool.name} serves models not in `models`: {sorted(unknown)}")
+        check_shared(self.shared(), self.models)
         return self
+
+    def shared(self) -> SharedConfig:
+        return SharedConfig(policy=self.policy, slo=self.slo, pools=self.pools)
 
     def pool_models(self, pool: PoolConfig) -> list[str]:
         return pool.models or self.models
+
+
+def check_shared(shared: SharedConfig, models: list[str]) -> None:
+    """Rules that need the static part of the config, or other rooms, too."""
+    from ricardo.policies.routing import POLICIES
+
+    if shared.policy not in POLICIES:
+        raise ValueError(f"unknown policy {shared.policy!r}; known: {', '.join(POLICIES)}")
+    for pool in shared.pools:
+        unknown = set(pool.models or ()) - set(models)
+        if unknown:
+            raise ValueError(f"pool {pool.name} serves models not in `models`: {sorted(unknown)}")
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:

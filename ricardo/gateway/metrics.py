@@ -51,4 +51,11 @@ class GatewayMetrics:
                                           buckets=TOKEN_BUCKETS, registry=r)
         self.prediction_under_p90 = Counter("ricardo_output_within_p90", "Outcomes at or under the predicted p90.",
                                             registry=r)
+        self.store_up = Gauge("ricardo_state_store_up", "1 when the shared state store answers.", registry=r)
+        self.config_version = Gauge("ricardo_config_version", "Version of the shared config in force.",
+                                    registry=r)
+        self.desired_replicas = Gauge("ricardo_desired_replicas", "Scaling hint: replicas each pool needs.",
+                                      ["pool", "role"], registry=r)
+        self.admin_changes = Counter("ricardo_admin_changes", "Accepted admin changes, by action.", ["action"],
+                                     registry=r)
         self.outcomes = Counter("ricardo_outcomes", "Completed requests with reported usage.", registry=r)

@@ -199,8 +199,7 @@ def _routing_headers(state: GatewayState, trip: Trip) -> dict[str, str]:
 
 
 async def _relay_json(state: GatewayState, trip: Trip, upstream: aiohttp.ClientResponse) -> web.Response:
-    raw = await upstream.read()
-    trip.first_token_at = time.monotonic()
+    raw = await upstream.read()  # no first-token time: a whole answer says nothing about TTFT or TPOT
     try:
         trip.usage = json.loads(raw).get("usage")
     except (ValueError, AttributeError):
@@ -295,4 +294,6 @@ def _account(state: GatewayState, trip: Trip) -> None:
         m.token_usage.labels("output").observe(completion_tokens)
         m.cost.labels(pool).inc(state.request_cost(trip.pool, prompt_tokens, completion_tokens))
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
+        for listener in state.outcome_listeners:
+            listener(prompt_tokens, completion_tokens)
 

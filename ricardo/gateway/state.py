@@ -1,19 +1,30 @@
-"""Everything one gateway process holds: config, pools, profiles, policy, predictor, metrics."""
+"""Everything one gateway process holds: config, pools, profiles, policy, predictor, metrics, store.
+
+The part operators change at run time (pools, backends, prices, SLO, policy: `SharedConfig`) lives
+in the state store, versioned. Every replica applies each new version as it arrives; requests
+only ever read the state already applied, never the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import os
 import random
+import socket
 import time
+import uuid
+from collections.abc import Callable
 
 import aiohttp
+from pydantic import ValidationError
 
-from ricardo.gateway.config import GatewayConfig
+from ricardo.gateway.config import GatewayConfig, SharedConfig, backend_key, check_shared
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.pools import Backend, Pool, new_session
 from ricardo.gateway.shaping import Shaper
+from ricardo.gateway.store import StateStore, open_store
 from ricardo.policies.routing import capacity_share, get_policy
 from ricardo.policies.types import SLO, Choice, RequestShape
 from ricardo.profiles.catalog import load_default_book
@@ -22,27 +33,28 @@ log = logging.getLogger("ricardo.gateway")
 
 
 class GatewayState:
-    def __init__(self, config: GatewayConfig, seed: int | None = None):
+    def __init__(self, config: GatewayConfig, seed: int | None = None, store: StateStore | None = None):
         self.config = config
         self.models = set(config.models)
-        self.book = load_default_book(price_set=config.price_set)
-        self.policy_name = config.policy
-        self.policy = get_policy(config.policy)
-        self.shaper = Shaper(SLO(config.slo.ttft_ms, config.slo.tpot_ms), config.tokenizer)
+        self.replica_id = config.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.book = load_default_book(price_set=config.price_set, include_estimated=True)
         self.metrics = GatewayMetrics()
+        self.store = store or open_store(config.redis_url)
         self.pools: dict[str, Pool] = {}
+        self.shared = config.shared()
+        self.version = 0
+        self.policy = get_policy(self.shared.policy)
+        self.shaper = Shaper(SLO(self.shared.slo.ttft_ms, self.shared.slo.tpot_ms), config.tokenizer)
         self._index = itertools.count()
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task] = []
-        for pool_config in config.pools:
-            if not self.book.has(pool_config.hardware):
-                raise ValueError(f"pool {pool_config.name}: no profile for hardware {pool_config.hardware!r}; "
-                                 f"known: {', '.join(self.book.hardware_names())}")
-            price = pool_config.price_per_hour
-            if price is None:
-                price = self.book.price(pool_config.hardware)
-            self.pools[pool_config.name] = Pool(pool_config, tuple(config.pool_models(pool_config)), price)
-            self.metrics.price.labels(pool_config.name).set(price)
+        # called with (prompt_tokens, completion_tokens) of every request that completed with usage
+        self.outcome_listeners: list[Callable[[int, int], None]] = []
+        self.check(self.shared)
+
+    @property
+    def policy_name(self) -> str:
+        return self.shared.policy
 
     # -- decisions --------------------------------------------------------------------------
     def rank(self, shape: RequestShape, now: float) -> list[Choice]:
@@ -57,12 +69,64 @@ class GatewayState:
         rps = self.book.max_rps(pool.hardware, input_tokens, output_tokens)
         return pool.price_per_hour / 3600.0 / rps if rps > 0 else 0.0
 
+    # -- shared config ------------------------------------------------------------------------
+    def check(self, shared: SharedConfig) -> None:
+        """Raise ValueError if this replica could not apply `shared` (unknown hardware, model, policy)."""
+        check_shared(shared, self.config.models)
+        for pool in shared.pools:
+            if not self.book.has(pool.hardware):
+                raise ValueError(f"pool {pool.name}: no profile for hardware {pool.hardware!r}; "
+                                 f"known: {', '.join(self.book.hardware_names())}")
+            if pool.price_per_hour is None:
+                try:
+                    self.book.price(pool.hardware)
+                except ValueError:
+                    raise ValueError(f"pool {pool.name}: price set {self.config.price_set!r} has no price for "
+                                     f"{pool.hardware}; give price_per_hour") from None
+
+    def apply(self, version: int, doc: dict) -> None:
+        """Make `doc` (a SharedConfig) the state in force; keep live backends and their connections."""
+        try:
+            shared = SharedConfig.model_validate(doc)
+            self.check(shared)
+        except (ValidationError, ValueError) as exc:
+            log.error("config version %d refused, keeping version %d: %s", version, self.version, exc)
+            return
+        old_backends = {(p.name, b.url): b for p in self.pools.values() for b in p.backends}
+        pools: dict[str, Pool] = {}
+        for pool_config in shared.pools:
+            price = pool_config.price_per_hour
+            if price is None:
+                price = self.book.price(pool_config.hardware)
+            pool = self.pools.get(pool_config.name)
+            if pool is None or pool.hardware != pool_config.hardware:
+                pool = Pool(pool_config, tuple(self.config.pool_models(pool_config)), price)
+            pool.config, pool.price_per_hour = pool_config, price
+            pool.models = tuple(self.config.pool_models(pool_config))
+            draining = {backend_key(u) for u in pool_config.draining}
+            pool.backends = []
+            for url in map(backend_key, pool_config.backends):
+                backend = old_backends.pop((pool.name, url), None)
+                if backend is None:
+                    backend = Backend(url, new_session(self.config.limits, pool_config.api_key))
+                backend.draining = url in draining
+                pool.backends.append(backend)
+            pools[pool.name] = pool
+            self.metrics.price.labels(pool.name).set(price)
+        for (_, _), backend in old_backends.items():  # removed: close once their requests are done
+            self._tasks.append(asyncio.create_task(_close_when_idle(backend)))
+        self.pools, self.shared, self.version = pools, shared, version
+        self.policy = get_policy(shared.policy)
+        self.shaper.default_slo = SLO(shared.slo.ttft_ms, shared.slo.tpot_ms)
+        self.metrics.config_version.set(version)
+        log.info("config version %d in force: %d pools, policy %s", version, len(pools), shared.policy)
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        limits = self.config.limits
-        for pool in self.pools.values():
-            for url in pool.config.backends:
-                pool.backends.append(Backend(str(url).rstrip("/"), new_session(limits, pool.config.api_key)))
+        version, doc = await self.store.init_config(self.shared.model_dump(mode="json"))
+        self.apply(version, doc)
+        self.store.watch_config(self.apply)
+        await self.store.start()
         await self.probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
 
@@ -70,6 +134,7 @@ class GatewayState:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
         for pool in self.pools.values():
             for backend in pool.backends:
                 await backend.session.close()
@@ -84,12 +149,13 @@ class GatewayState:
             await self.probe_all()
 
     async def probe_all(self) -> None:
-        checks = [self._probe(pool, b) for pool in self.pools.values() for b in pool.backends]
+        checks = [self._probe(pool, b) for pool in list(self.pools.values()) for b in pool.backends]
         await asyncio.gather(*checks)
         now = time.monotonic()
         for pool in self.pools.values():
             self.metrics.in_flight.labels(pool.name).set(pool.in_flight)
             self.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
+        self.metrics.store_up.set(1 if self.store.healthy else 0)
 
     async def _probe(self, pool: Pool, backend: Backend) -> None:
         """A backend is healthy when it answers GET /v1/models, which every OpenAI-compatible server has."""
@@ -103,3 +169,10 @@ class GatewayState:
             log.warning("backend %s of pool %s is now %s", backend.url, pool.name, "up" if healthy else "down")
         backend.healthy = healthy
         self.metrics.backend_up.labels(pool.name, backend.url).set(1 if backend.available(time.monotonic()) else 0)
+
+
+async def _close_when_idle(backend: Backend, patience_s: float = 600.0) -> None:
+    deadline = time.monotonic() + patience_s
+    while backend.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    await backend.session.close()

@@ -68,8 +68,10 @@ class Process:
 class Cluster:
     """Emulated pools and a gateway in front of them, as separate processes."""
 
-    def __init__(self, pools: dict[str, tuple[str, int]], tmp: Path, speed: float = 1.0, **gateway_settings):
-        self.gateway_port = free_port()
+    def __init__(self, pools: dict[str, tuple[str, int]], tmp: Path, speed: float = 1.0, gateways: int = 1,
+                 **gateway_settings):
+        self.gateway_ports = [free_port() for _ in range(gateways)]
+        self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
         config = {
             "host": "127.0.0.1",
@@ -92,6 +94,10 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.gateway_ports]
+
     def start(self) -> Cluster:
         emulator = Process(ricardo_command("emulate", "--config", str(self.config_path), "--speed", str(self.speed)),
                            "emulator")
@@ -99,10 +105,25 @@ class Cluster:
         for ports in self.pool_ports.values():
             for port in ports:
                 emulator.wait_http(f"http://127.0.0.1:{port}/v1/models")
-        gateway = Process(ricardo_command("serve", "--config", str(self.config_path)), "gateway")
-        self.processes.append(gateway)
-        gateway.wait_http(f"{self.url}/readyz")
+        gateways = []
+        for index, port in enumerate(self.gateway_ports):
+            gateway = Process(ricardo_command("serve", "--config", str(self.config_path), "--port", str(port),
+                                              "--replica-id", f"gw{index}"), f"gateway{index}")
+            self.processes.append(gateway)
+            gateways.append(gateway)
+        for gateway, url in zip(gateways, self.urls):
+            gateway.wait_http(f"{url}/readyz")
         return self
+
+    def emulate_more(self, hardware: str) -> str:
+        """Start one more emulated backend (its own process); return its URL."""
+        port = free_port()
+        process = Process(ricardo_command("emulate", "--gpu", hardware, "--port", str(port), "--speed",
+                                          str(self.speed)), f"emulator-{hardware}-{port}")
+        self.processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        process.wait_http(url + "/v1/models")
+        return url
 
     def stop(self) -> None:
         for process in reversed(self.processes):

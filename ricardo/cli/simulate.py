@@ -1,0 +1,122 @@
+"""`ricardo simulate`: replay a trace on a virtual fleet of emulated engines behind a real policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate", help="replay a trace on a virtual-time fleet behind a routing policy",
+        description="Replay a trace in virtual time on a fleet of emulated engines (the same engine model as "
+                    "`ricardo emulate`), routed by the same policy code as the gateway, and report SLO "
+                    "attainment and cost. Sizes given to the policy are the trace's true ones (an oracle "
+                    "predictor): this measures routing and fleet sizing, not prediction.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trace", required=True, help="azure-conv | azure-code | FILE (any trace the load generator reads)")
+    p.add_argument("--policy", default="cost-aware", help="cost-aware | melange | round-robin | least-outstanding | "
+                                                         "cheapest-price")
+    p.add_argument("--fleet", default="auto",
+                   help="auto (the planner's fleet for the trace's mix and rate) | FILE (JSON {type: count}) | "
+                        "TYPE=N,TYPE=N")
+    p.add_argument("--slo-tpot-ms", type=float, default=120.0, help="TPOT SLO (request latency / output tokens)")
+    p.add_argument("--slo-ttft-ms", type=float, default=10000.0, help="TTFT SLO given to the policy")
+    p.add_argument("--speed", type=float, default=1.0, help="compress the trace's arrivals by this factor")
+    p.add_argument("--rate", type=float, help="arrival rate (req/s) for a trace without timestamps (Poisson)")
+    p.add_argument("--start", type=float, default=0.0, help="trace seconds to skip")
+    p.add_argument("--duration", type=float, help="seconds of (sped-up) trace to replay (default: all)")
+    p.add_argument("--max-requests", type=int, help="replay at most this many requests")
+    p.add_argument("--price-set", default="melange", help="melange | aws | gcp | neocloud")
+    p.add_argument("--catalog", choices=("measured", "full"), default="measured",
+                   help="hardware to plan over: the measured types, or measured + estimated")
+    p.add_argument("--headroom", type=float, default=0.0, help="planner over-provisioning for --fleet auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ricardo.loadgen.traces import TraceError
+    from ricardo.policies.planner import PlanError
+
+    try:
+        result = run(args)
+    except (TraceError, PlanError, ValueError, KeyError, OSError) as exc:
+        print(f"ricardo simulate: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_text(result))
+    return 0
+
+
+def load_requests(args: argparse.Namespace):
+    from ricardo.emulator.cluster import TraceRequest
+    from ricardo.loadgen.traces import read_trace, select, untimed, with_poisson_arrivals
+
+    requests = read_trace(args.trace)
+    if untimed(requests):
+        if not args.rate:
+            raise ValueError(f"{args.trace} has no arrival times: give --rate")
+        requests = with_poisson_arrivals(requests, args.rate, seed=args.seed)
+    elif args.rate:
+        raise ValueError("--rate is for traces without timestamps; use --speed to scale a timed trace")
+    window = select(requests, start_s=args.start, duration_s=args.duration, speed=args.speed,
+                    max_requests=args.max_requests)
+    if not window:
+        raise ValueError("the selected window of the trace is empty")
+    return [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in window]
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ricardo.emulator.cluster import simulate
+    from ricardo.emulator.fleet import book_for_slo, plan_fleet
+    from ricardo.policies.types import SLO
+    from ricardo.profiles.engine_params import engine_catalog
+
+    requests = load_requests(args)
+    book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
+    if args.fleet == "auto":
+        fleet = plan_fleet(requests, book, headroom=args.headroom)
+    else:
+        fleet = _read_fleet(args.fleet, book)
+    unknown = [hw for hw in fleet if not book.has(hw)]
+    if unknown:
+        raise ValueError(f"no profile for {', '.join(unknown)}; known: {', '.join(book.hardware_names())}")
+    result = simulate(requests, fleet, engine_catalog(), book, book.prices, args.policy,
+                      SLO(args.slo_ttft_ms, args.slo_tpot_ms), seed=args.seed)
+    return {"trace": args.trace, "policy": args.policy, "price_set": args.price_set, **result.summary()}
+
+
+def _read_fleet(spec: str, book) -> dict[str, int]:
+    if Path(spec).is_file():
+        raw = json.loads(Path(spec).read_text())
+    else:
+        raw = {}
+        for part in spec.split(","):
+            name, _, count = part.partition("=")
+            raw[name.strip()] = count
+    try:
+        fleet = {book.canonical(name): int(count) for name, count in raw.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"--fleet: expected TYPE=N,... or a JSON file of {{type: count}}, got {spec!r}") from None
+    if any(n < 0 for n in fleet.values()) or not any(fleet.values()):
+        raise ValueError("--fleet needs non-negative counts and at least one GPU")
+    return fleet
+
+
+def _text(result: dict) -> str:
+    fleet = ", ".join(f"{n} x {hw}" for hw, n in result["fleet"].items() if n)
+    lines = [f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
+             f"{result['duration_s']:.0f} s on {fleet}",
+             f"  SLO attainment (TPOT <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
+             f"  rejected: {result['rejected']}",
+             f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
+             f"  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+             f"  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+             "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items())]
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""A virtual-time cluster: pools of emulated engines behind the real routing policy code.
+
+Every arrival advances all engines to its time, builds the same `PoolView`s the gateway builds,
+asks the policy for a ranking and submits the request to the least-loaded engine of the first
+pool that has one, as the gateway's dispatcher does. Nothing here sleeps: an hour of trace runs
+in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ricardo.emulator.virtual import Timing, VirtualEngine
+from ricardo.policies.routing import capacity_share, get_policy
+from ricardo.policies.types import SLO, PoolView, RequestShape
+from ricardo.profiles.engine_params import EngineParams
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    arrival: float
+    input_tokens: int
+    output_tokens: int
+    # what the router is told about the output (the simulator's stand-in for the predictor)
+    predicted_p50: int | None = None
+    predicted_p90: int | None = None
+
+
+@dataclass(eq=False)
+class SimRequest:
+    timing: Timing
+    pool: _Pool | None = None
+    replica: _Replica | None = None
+    load_share: float = 0.0
+
+
+@dataclass(eq=False)
+class _Replica:
+    engine: VirtualEngine
+    in_flight: int = 0
+
+
+@dataclass(eq=False)
+class _Pool:
+    name: str
+    hardware: str
+    price_per_hour: float
+    replicas: list[_Replica]
+    in_flight: int = 0
+    in_flight_load: float = 0.0
+
+    def view(self) -> PoolView:
+        return PoolView(self.name, self.hardware, self.price_per_hour, len(self.replicas),
+                        in_flight=self.in_flight, in_flight_load=self.in_flight_load)
+
+
+@dataclass
+class SimResult:
+    requests: list[SimRequest]
+    fleet: dict[str, int]
+    prices: dict[str, float]
+    slo: SLO
+    duration_s: float
+    per_pool: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cost_per_hour(self) -> float:
+        return sum(self.prices[h] * n for h, n in self.fleet.items())
+
+    def summary(self) -> dict:
+        served = [r for r in self.requests if r.pool is not None]
+        lpt = np.array([r.timing.latency_per_token for r in served]) * 1000
+        ttft = np.array([r.timing.ttft for r in served]) * 1000
+        tokens = sum(r.timing.prompt_tokens + r.timing.output_tokens for r in self.requests)
+        met = int(np.sum(lpt <= self.slo.tpot_ms)) if len(lpt) else 0
+        hours = self.duration_s / 3600
+        pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else math.nan)
+        return {
+            "requests": len(self.requests),
+            "rejected": len(self.requests) - len(served),
+            "slo_attainment": met / len(self.requests) if self.requests else math.nan,
+            "slo_tpot_ms": self.slo.tpot_ms,
+            "cost_per_hour": self.cost_per_hour,
+            "usd_per_million_tokens": self.cost_per_hour * hours / tokens * 1e6 if tokens else math.nan,
+            "duration_s": self.duration_s,
+            "fleet": dict(self.fleet),
+            "per_pool_requests": dict(self.per_pool),
+            "tpot_ms": {"p50": pct(lpt, 50), "p90": pct(lpt, 90), "p99": pct(lpt, 99)},
+            "ttft_ms": {"p50": pct(ttft, 50), "p90": pct(ttft, 90), "p99": pct(ttft, 99)},
+        }
+
+
+def simulate(trace: Iterable[TraceRequest], fleet: dict[str, int], engine_params: dict[str, EngineParams],
+             book, prices: dict[str, float], policy: str, slo: SLO, model: str = "llama2-7b",
+             seed: int = 0) -> SimResult:
+    """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type."""
+    rank = get_policy(policy)
+    rng = random.Random(seed)
+    pools = {
+        hw: _Pool(hw, hw, prices[hw], [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
+        for hw, n in fleet.items() if n > 0
+    }
+    engines = [(pool, replica) for pool in pools.values() for replica in pool.replicas]
+    in_flight: list[SimRequest] = []
+    requests: list[SimRequest] = []
+    per_pool = {hw: 0 for hw in pools}
+    last = 0.0
+    for index, item in enumerate(trace):
+        last = item.arrival
+        for _, replica in engines:
+            replica.engine.advance_to(item.arrival)
+        in_flight = _retire(in_flight)
+        request = SimRequest(Timing(item.arrival, item.input_tokens, item.output_tokens))
+        requests.append(request)
+        p50 = item.predicted_p50 if item.predicted_p50 is not None else item.output_tokens
+        p90 = item.predicted_p90 if item.predicted_p90 is not None else max(p50, item.output_tokens)
+        shape = RequestShape(model, item.input_tokens, p50, p90, slo)
+        views = [pool.view() for pool in pools.values()]
+        for choice in rank(shape, views, book, draw=rng.random(), index=index):
+            pool = pools[choice.pool]
+            replica = min(pool.replicas, key=lambda r: r.in_flight)
+            if item.input_tokens + item.output_tokens > replica.engine.engine.capacity:
+                continue
+            request.pool, request.replica = pool, replica
+            request.load_share = capacity_share(book, pool.hardware, item.input_tokens, p50, slo)
+            pool.in_flight += 1
+            pool.in_flight_load += request.load_share
+            replica.in_flight += 1
+            replica.engine.submit(request.timing)
+            per_pool[pool.name] += 1
+            in_flight.append(request)
+            break
+    for _, replica in engines:
+        replica.engine.drain()
+    _retire(in_flight)
+    return SimResult(requests, dict(fleet), prices, slo, duration_s=max(last, 1e-9), per_pool=per_pool)
+
+
+def _retire(in_flight: list[SimRequest]) -> list[SimRequest]:
+    """Release the load of requests that have finished; return those still running."""
+    still = []
+    for request in in_flight:
+        if math.isnan(request.timing.finished_at):
+            still.append(request)
+            continue
+        request.replica.in_flight -= 1
+        request.pool.in_flight -= 1
+        request.pool.in_flight_load = max(0.0, request.pool.in_flight_load - request.load_share)
+    return still

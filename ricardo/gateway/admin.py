@@ -1,0 +1,358 @@
+"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints.
+
+Every change is validated, written to the state store as a new config version (compare-and-set,
+so two admins cannot silently overwrite each other), applied by every replica from there, and
+audited in the log. One table of routes drives both the router and the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+
+from ricardo.gateway.config import PoolConfig, SharedConfig, SLOConfig, backend_key
+from ricardo.gateway.state import GatewayState
+from ricardo.gateway.store import StoreUnavailable
+from ricardo.protocol.openai import OpenAIError
+
+audit = logging.getLogger("ricardo.audit")
+CAS_ATTEMPTS = 5
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PriceBody(_Body):
+    price_per_hour: float = Field(ge=0, le=10_000, description="$/h per replica")
+
+
+class PricesBody(_Body):
+    prices: dict[str, float] = Field(min_length=1, description="pool name -> $/h per replica")
+
+
+class BackendBody(_Body):
+    url: HttpUrl
+
+
+class PolicyBody(_Body):
+    policy: str
+
+
+Mutation = Callable[[dict], str]  # edits the shared config document in place, returns an audit line
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    handler: Callable[[web.Request], Awaitable[web.Response]]
+    body: type[BaseModel] | None = None
+
+
+# -- reading --------------------------------------------------------------------------------------
+async def list_pools(request: web.Request) -> web.Response:
+    state = _state(request)
+    return web.json_response({"version": state.version, "pools": [_pool_status(state, n) for n in state.pools]})
+
+
+async def get_pool(request: web.Request) -> web.Response:
+    state = _state(request)
+    return web.json_response(_pool_status(state, _known_pool(state, request.match_info["pool"])))
+
+
+def _pool_status(state: GatewayState, name: str) -> dict:
+    pool = state.pools[name]
+    return {
+        "name": name, "hardware": pool.hardware, "price_per_hour": pool.price_per_hour,
+        "price_source": "override" if pool.config.price_per_hour is not None else f"price set {state.book.price_set}",
+        "profile": state.book.source(pool.hardware), "models": list(pool.models),
+        "in_flight": pool.in_flight, "utilization": round(pool.in_flight_load / max(1, len(pool.backends)), 4),
+        "ttft_ms": pool.ttft_ms, "tpot_ms": pool.tpot_ms,
+        "backends": [{"url": b.url, "healthy": b.healthy, "draining": b.draining, "in_flight": b.in_flight,
+                      "cooling_down": b.failures > 0} for b in pool.backends],
+    }
+
+
+async def get_slo(request: web.Request) -> web.Response:
+    return web.json_response(_state(request).shared.slo.model_dump())
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    from ricardo.policies.routing import POLICIES
+
+    return web.json_response({"policy": _state(request).shared.policy, "available": sorted(POLICIES)})
+
+
+async def get_predictor(request: web.Request) -> web.Response:
+    state = _state(request)
+    return web.json_response({"output_tokens": state.shaper.predictor.accuracy(),
+                              "model": state.shaper.predictor.info,
+                              "input_tokens": {"exact": state.shaper.counter.exact,
+                                               "correction": state.shaper.counter.ratio()}})
+
+
+async def get_scaling(request: web.Request) -> web.Response:
+    hints = request.app.get("scaling_hints")
+    return web.json_response(hints() if hints else {"desired": {}, "note": "no hints computed yet"})
+
+
+# -- changing ----------------------------------------------------------------------------------
+async def set_price(request: web.Request) -> web.Response:
+    name = request.match_info["pool"]
+    body = await _parse(request, PriceBody)
+
+    def change(doc: dict) -> str:
+        pool = _pool_in(doc, name)
+        old, pool["price_per_hour"] = pool.get("price_per_hour"), body.price_per_hour
+        return f"price of pool {name}: {old} -> {body.price_per_hour}"
+
+    return await _commit(request, "set_price", change)
+
+
+async def set_prices(request: web.Request) -> web.Response:
+    body = await _parse(request, PricesBody)
+
+    def change(doc: dict) -> str:
+        for name, price in body.prices.items():
+            if not 0 <= price <= 10_000:
+                raise OpenAIError(422, f"price of pool {name} must be between 0 and 10000 $/h", param=name)
+            _pool_in(doc, name)["price_per_hour"] = price
+        return "prices: " + ", ".join(f"{n}={p}" for n, p in body.prices.items())
+
+    return await _commit(request, "set_prices", change)
+
+
+async def add_pool(request: web.Request) -> web.Response:
+    body = await _parse(request, PoolConfig)
+
+    def change(doc: dict) -> str:
+        if any(p["name"] == body.name for p in doc["pools"]):
+            raise OpenAIError(409, f"pool {body.name} exists already", "conflict_error", "name")
+        doc["pools"].append(body.model_dump(mode="json"))
+        return f"pool {body.name} added ({body.hardware}, {len(body.backends)} backends)"
+
+    return await _commit(request, "add_pool", change, status=201)
+
+
+async def remove_pool(request: web.Request) -> web.Response:
+    name = request.match_info["pool"]
+
+    def change(doc: dict) -> str:
+        _pool_in(doc, name)
+        doc["pools"] = [p for p in doc["pools"] if p["name"] != name]
+        return f"pool {name} removed"
+
+    return await _commit(request, "remove_pool", change)
+
+
+async def add_backend(request: web.Request) -> web.Response:
+    name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+
+    def change(doc: dict) -> str:
+        pool = _pool_in(doc, name)
+        if url in map(backend_key, pool["backends"]):
+            raise OpenAIError(409, f"backend {url} is in pool {name} already", "conflict_error", "url")
+        pool["backends"].append(url)
+        return f"backend {url} added to pool {name}"
+
+    return await _commit(request, "add_backend", change, status=201)
+
+
+async def drain_backend(request: web.Request) -> web.Response:
+    return await _set_draining(request, True)
+
+
+async def undrain_backend(request: web.Request) -> web.Response:
+    return await _set_draining(request, False)
+
+
+async def _set_draining(request: web.Request, draining: bool) -> web.Response:
+    name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+
+    def change(doc: dict) -> str:
+        pool = _pool_in(doc, name)
+        _backend_in(pool, url)
+        others = [u for u in pool.get("draining", []) if backend_key(u) != url]
+        pool["draining"] = others + [url] if draining else others
+        return f"backend {url} of pool {name} {'draining' if draining else 'back in service'}"
+
+    return await _commit(request, "drain_backend" if draining else "undrain_backend", change)
+
+
+async def remove_backend(request: web.Request) -> web.Response:
+    name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+
+    def change(doc: dict) -> str:
+        pool = _pool_in(doc, name)
+        _backend_in(pool, url)
+        pool["backends"] = [u for u in pool["backends"] if backend_key(u) != url]
+        pool["draining"] = [u for u in pool.get("draining", []) if backend_key(u) != url]
+        return f"backend {url} removed from pool {name}"
+
+    return await _commit(request, "remove_backend", change)
+
+
+async def set_slo(request: web.Request) -> web.Response:
+    body = await _parse(request, SLOConfig)
+
+    def change(doc: dict) -> str:
+        old, doc["slo"] = doc.get("slo"), body.model_dump()
+        return f"default SLO: {old} -> {doc['slo']}"
+
+    return await _commit(request, "set_slo", change)
+
+
+async def set_policy(request: web.Request) -> web.Response:
+    body = await _parse(request, PolicyBody)
+
+    def change(doc: dict) -> str:
+        old, doc["policy"] = doc.get("policy"), body.policy
+        return f"policy: {old} -> {body.policy}"
+
+    return await _commit(request, "set_policy", change)
+
+
+async def _commit(request: web.Request, action: str, change: Mutation, status: int = 200) -> web.Response:
+    """Apply `change` to the shared config as a new version; retry when another admin got there first."""
+    state = _state(request)
+    for _ in range(CAS_ATTEMPTS):
+        version, current = state.version, state.shared.model_dump(mode="json")
+        doc = copy.deepcopy(current)
+        line = change(doc)
+        try:
+            shared = SharedConfig.model_validate(doc)
+            state.check(shared)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise OpenAIError(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        except ValueError as exc:
+            raise OpenAIError(422, str(exc)) from None
+        try:
+            new_version = await state.store.update_config(version, shared.model_dump(mode="json"))
+        except StoreUnavailable:
+            raise OpenAIError(503, "the shared state store is unreachable: the change was not made on any "
+                              "replica; retry when it is back", "service_unavailable",
+                              headers={"Retry-After": "2"}) from None
+        if new_version is None:  # someone else changed it: catch up and redo the change on theirs
+            fresh = await state.store.read_config()
+            if fresh:
+                state.apply(*fresh)
+            continue
+        state.apply(new_version, shared.model_dump(mode="json"))
+        state.metrics.admin_changes.labels(action).inc()
+        audit.info("admin %s by %s (version %d -> %d): %s", action, request.remote, version, new_version, line)
+        return web.json_response({"version": new_version, "change": line}, status=status)
+    raise OpenAIError(409, "the config kept changing under this request; retry", "conflict_error")
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+def _state(request: web.Request) -> GatewayState:
+    return request.app["state"]
+
+
+def _known_pool(state: GatewayState, name: str) -> str:
+    if name not in state.pools:
+        raise OpenAIError(404, f"no pool named {name!r}", "not_found_error", "pool")
+    return name
+
+
+def _pool_in(doc: dict, name: str) -> dict:
+    for pool in doc["pools"]:
+        if pool["name"] == name:
+            return pool
+    raise OpenAIError(404, f"no pool named {name!r}", "not_found_error", "pool")
+
+
+def _backend_in(pool: dict, url: str) -> None:
+    if url not in map(backend_key, pool["backends"]):
+        raise OpenAIError(404, f"pool {pool['name']} has no backend {url}", "not_found_error", "url")
+
+
+async def _parse(request: web.Request, model: type[BaseModel]):
+    try:
+        raw = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OpenAIError(400, f"request body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(map(str, first["loc"])) or None
+        raise OpenAIError(422, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+ROUTES = [
+    Route("GET", "/admin/pools", "List pools with prices, backends and live load", list_pools),
+    Route("POST", "/admin/pools", "Add a pool", add_pool, PoolConfig),
+    Route("GET", "/admin/pools/{pool}", "Read one pool", get_pool),
+    Route("DELETE", "/admin/pools/{pool}", "Remove a pool", remove_pool),
+    Route("PUT", "/admin/pools/{pool}/price", "Set one pool's price ($/h per replica)", set_price, PriceBody),
+    Route("PUT", "/admin/prices", "Set several pools' prices at once (a spot price change)", set_prices, PricesBody),
+    Route("POST", "/admin/pools/{pool}/backends", "Add a backend to a pool", add_backend, BackendBody),
+    Route("POST", "/admin/pools/{pool}/backends/drain", "Stop sending new requests to a backend", drain_backend,
+          BackendBody),
+    Route("POST", "/admin/pools/{pool}/backends/undrain", "Put a drained backend back in service", undrain_backend,
+          BackendBody),
+    Route("POST", "/admin/pools/{pool}/backends/remove", "Remove a backend (in-flight requests finish)",
+          remove_backend, BackendBody),
+    Route("GET", "/admin/slo", "Read the default SLO", get_slo),
+    Route("PUT", "/admin/slo", "Change the default SLO", set_slo, SLOConfig),
+    Route("GET", "/admin/policy", "Read the active routing policy", get_policy),
+    Route("PUT", "/admin/policy", "Change the active routing policy", set_policy, PolicyBody),
+    Route("GET", "/admin/predictor", "Accuracy of the request-size predictor", get_predictor),
+    Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs",
+          get_scaling),
+]
+
+
+def openapi_document() -> dict:
+    schemas: dict = {}
+    paths: dict = {}
+    for route in ROUTES:
+        operation: dict = {"summary": route.summary, "security": [{"bearer": []}], "responses": {
+            "200": {"description": "OK"}, "401": {"description": "missing or wrong bearer token"},
+            "404": {"description": "no such pool or backend"}, "422": {"description": "invalid change"}}}
+        if "{pool}" in route.path:
+            operation["parameters"] = [{"name": "pool", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if route.body is not None:
+            schema = route.body.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[route.body.__name__] = schema
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}}}}
+            operation["responses"]["400"] = {"description": "body is not JSON"}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {"openapi": "3.1.0", "info": {"title": "ricardo admin API", "version": "1"}, "paths": paths,
+            "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
+
+
+def add_admin_routes(app: web.Application, token: str | None) -> None:
+    document = openapi_document()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/admin/openapi.json", openapi)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _guarded(route.handler, token))
+
+
+def _guarded(handler, token: str | None):
+    async def guarded(request: web.Request) -> web.Response:
+        if token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise OpenAIError(401, "admin API: missing or wrong bearer token", "authentication_error",
+                                  headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return guarded

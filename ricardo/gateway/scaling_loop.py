@@ -1,0 +1,103 @@
+"""The scaling loop: every few seconds, share this replica's traffic window, and on the replica that
+holds the lease, turn all replicas' windows into scaling hints for the others to read.
+
+Hints go to the gauge `ricardo_desired_replicas{pool,role}`, to `GET /admin/scaling`, and, when a
+webhook is configured, are POSTed there whenever the damped figures change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import aiohttp
+
+from ricardo.gateway.scaling import PoolSpec, ScalingAdvisor
+from ricardo.gateway.state import GatewayState
+from ricardo.policies.planner import PlanError
+
+log = logging.getLogger("ricardo.scaling")
+LEASE = "scaling"
+HINTS_BLOB = "scaling-hints"
+
+
+class ScalingLoop:
+    def __init__(self, state: GatewayState):
+        self.state = state
+        self.settings = state.config.scaling
+        self.advisor = ScalingAdvisor(state.book, window_s=self.settings.window_s,
+                                      scale_down_hold_s=self.settings.scale_down_hold_s,
+                                      headroom=self.settings.headroom, min_replicas=self.settings.min_replicas)
+        self.hints: dict | None = None
+        self._blob_version: int | None = None
+        self._task: asyncio.Task | None = None
+
+    def observe(self, input_tokens: int, output_tokens: int) -> None:
+        self.advisor.observe(time.time(), input_tokens, output_tokens)
+
+    def current(self) -> dict:
+        return self.hints or {"desired": {}, "note": "no hints computed yet"}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.state.store.release_lease(LEASE, self.state.replica_id)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval_s)
+            try:
+                await self.tick()
+            except Exception:  # a bad tick must not end the loop
+                log.exception("scaling tick failed")
+
+    async def tick(self) -> None:
+        store, me = self.state.store, self.state.replica_id
+        now = time.time()
+        ttl = 3 * self.settings.interval_s
+        await store.push_stats(me, {"window": self.advisor.summary(now)}, ttl)
+        if await store.acquire_lease(LEASE, me, ttl):
+            others = [s["window"] for replica, s in (await store.pull_stats()).items()
+                      if replica != me and "window" in s]
+            pools = [PoolSpec(p.name, p.hardware, p.price_per_hour, len(p.backends))
+                     for p in self.state.pools.values()]
+            loop = asyncio.get_running_loop()
+            try:  # the planner may take a few hundred ms: keep it off the event loop
+                hints = await loop.run_in_executor(None, lambda: self.advisor.compute(now, pools,
+                                                                                       extra_summaries=others))
+            except PlanError as exc:
+                log.warning("scaling hints not updated: %s", exc)
+                return
+            self._publish(hints.to_dict() | {"computed_by": me})
+            await store.put_blob(HINTS_BLOB, json.dumps(self.hints).encode())
+        else:
+            blob = await store.get_blob(HINTS_BLOB)
+            if blob and blob[0] != self._blob_version:
+                self._blob_version = blob[0]
+                self._publish(json.loads(blob[1]))
+
+    def _publish(self, hints: dict) -> None:
+        changed = self.hints is None or self.hints.get("desired") != hints.get("desired")
+        self.hints = hints
+        gauge = self.state.metrics.desired_replicas
+        for pool, roles in hints.get("desired", {}).items():
+            for role, count in roles.items():
+                gauge.labels(pool, role).set(count)
+        if changed and self.settings.webhook_url and hints.get("computed_by") == self.state.replica_id:
+            asyncio.create_task(self._post_webhook(hints))
+
+    async def _post_webhook(self, hints: dict) -> None:
+        url = str(self.settings.webhook_url)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                async with session.post(url, json=hints) as response:
+                    if response.status >= 300:
+                        log.warning("scaling webhook %s answered %d", url, response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("scaling webhook %s failed: %s", url, exc)

@@ -1,0 +1,65 @@
+"""`ricardo predictor eval|train`: score the output-length model against peers' baselines; rebuild the shipped one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predictor", help="output-length predictor: evaluate, rebuild the cold-start model")
+    commands = parser.add_subparsers(dest="predictor_command", metavar="ACTION", required=True)
+
+    evaluate = commands.add_parser(
+        "eval", help="train a fresh model on one JSONL file, score it and the baselines on another",
+        description='Each FILE holds one JSON object a line: {"prompt": str, "output_tokens": int}, or "messages" '
+                    'instead of "prompt"; optional "model" and "max_tokens".')
+    evaluate.add_argument("--train", required=True, type=Path, metavar="FILE")
+    evaluate.add_argument("--test", required=True, type=Path, metavar="FILE")
+    evaluate.add_argument("--encoding", default="llama3",
+                          help='count input tokens exactly with this quicktok encoding, or "none" for the '
+                               "gateway's estimate (default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the AIBrix baseline's random draws")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluate.set_defaults(func=_eval)
+
+    train = commands.add_parser(
+        "train", help="rebuild the shipped cold-start model and its reservoir from the shared data",
+        description="Writes cold_start_model.npz and cold_start_samples.jsonl.gz into --out "
+                    "(ricardo/predictor/data is the shipped copy).")
+    train.add_argument("--out", required=True, type=Path, metavar="DIR")
+    train.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data beside the repo)")
+    train.set_defaults(func=_train)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ricardo.predictor.datasets import read_rows
+    from ricardo.predictor.evaluate import evaluate
+
+    encoding = None if args.encoding.lower() == "none" else args.encoding
+    result = evaluate(read_rows(args.train), read_rows(args.test), encoding=encoding, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"train {result['n_train']} rows, test {result['n_test']} rows, input counted with {encoding or 'estimate'}")
+    print(f"{'predictor p50':<26}{result['mae']:>10.2f}  MAE (tokens)")
+    for name, mae in sorted(result["baselines"].items(), key=lambda item: item[1]):
+        print(f"{name:<26}{mae:>10.2f}")
+    print(f"gain vs best baseline ({result['best_baseline']}): {result['gain_vs_best_baseline']:.1%}")
+    print(f"p90 coverage {result['p90_coverage']:.3f}, mean p90 {result['mean_p90']:.0f} tokens")
+    print(f"per request: p50 {result['predict_us_p50']:.0f} µs, p99 {result['predict_us_p99']:.0f} µs")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ricardo.predictor.coldstart import build
+    from ricardo.predictor.datasets import SHARED_DATA
+
+    data = args.data or SHARED_DATA
+    if not data.is_dir():
+        print(f"ricardo predictor train: no shared data at {data} (give --data)", file=sys.stderr)
+        return 2
+    print(json.dumps(build(args.out, data), indent=2))
+    return 0

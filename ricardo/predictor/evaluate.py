@@ -1,0 +1,85 @@
+"""`ricardo predictor eval`: train a fresh model on one file, score it and the peers' baselines on another.
+
+Scores, on the test rows:
+- `mae`: mean |actual - p50| in tokens; `baselines`: the same for each baseline of `baselines.py`;
+- `p90_coverage`: share of test rows with actual <= p90; `mean_p90`: how wide that p90 is;
+- `predict_us_p50` / `predict_us_p99`: wall time per request, one request at a time in this process, of what the
+  gateway does on its request path: count the input tokens, extract features, predict (garbage collection on, as
+  in the gateway); `predict_cpu_us_p99`: the same in this thread's CPU time, which leaves out the time other
+  processes held the CPU (on a shared 2-core machine the difference is large).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from ricardo.predictor.baselines import baselines
+from ricardo.predictor.datasets import body_of
+from ricardo.predictor.features import features_from_body
+from ricardo.predictor.model import OutputLengthPredictor, Sample, fit_model
+from ricardo.predictor.tokens import InputTokenCounter
+
+WARMUP_REQUESTS = 50
+
+
+def samples_from_rows(rows: list[dict], counter: InputTokenCounter, desc: str = "features") -> list[Sample]:
+    samples = []
+    for row in tqdm(rows, desc=desc, unit="req", leave=False):
+        body = body_of(row)
+        samples.append((features_from_body(body, counter.count_body(body)), int(row["output_tokens"])))
+    return samples
+
+
+def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None = "llama3", seed: int = 0) -> dict:
+    counter = InputTokenCounter(encoding)
+    train = samples_from_rows(train_rows, counter, "train features")
+    started = time.perf_counter()
+    predictor = OutputLengthPredictor(fit_model(train), reservoir=[])
+    fit_seconds = time.perf_counter() - started
+
+    peers = baselines(seed)
+    for features, actual in train:
+        for baseline in peers.values():
+            baseline.observe(features.input_tokens, actual)
+
+    for row in train_rows[:WARMUP_REQUESTS]:  # first calls load the tokenizer and fill caches
+        body = body_of(row)
+        predictor.predict(features_from_body(body, counter.count_body(body)))
+    bodies = [body_of(row) for row in test_rows]
+    actual = np.array([int(row["output_tokens"]) for row in test_rows], dtype=float)
+    p50, p90, inputs, elapsed_ns, cpu_ns = (np.empty(len(bodies)) for _ in range(5))
+    for i, body in enumerate(tqdm(bodies, desc="predict", unit="req", leave=False)):
+        started_cpu_ns = time.thread_time_ns()
+        started_ns = time.perf_counter_ns()
+        input_tokens = counter.count_body(body)
+        prediction = predictor.predict(features_from_body(body, input_tokens))
+        elapsed_ns[i] = time.perf_counter_ns() - started_ns
+        cpu_ns[i] = time.thread_time_ns() - started_cpu_ns
+        p50[i], p90[i], inputs[i] = prediction.p50, prediction.p90, input_tokens
+
+    scores = {name: _mae(actual, np.array([b.predict(int(n)) for n in inputs])) for name, b in peers.items()}
+    best = min(scores, key=scores.get)
+    mae = _mae(actual, p50)
+    return {
+        "n_train": len(train),
+        "n_test": len(bodies),
+        "encoding": encoding,
+        "mae": mae,
+        "baselines": scores,
+        "best_baseline": best,
+        "gain_vs_best_baseline": 1.0 - mae / scores[best] if scores[best] else None,
+        "p90_coverage": float(np.mean(actual <= p90)),
+        "mean_p90": float(np.mean(p90)),
+        "predict_us_p50": float(np.percentile(elapsed_ns, 50) / 1e3),
+        "predict_us_p99": float(np.percentile(elapsed_ns, 99) / 1e3),
+        "predict_cpu_us_p99": float(np.percentile(cpu_ns, 99) / 1e3),
+        "fit_seconds": fit_seconds,
+        "model_vocabulary": predictor.info["vocabulary"],
+    }
+
+
+def _mae(actual: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(np.abs(actual - predicted)))

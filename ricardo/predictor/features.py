@@ -1,0 +1,166 @@
+"""What the output-length model knows about a request: its body, never its headers.
+
+`features_from_body(body, input_tokens)` reads an OpenAI chat or completions body. The prompt text is cut to its
+head and tail (the instruction is usually at one end; the cut bounds the cost of a huge prompt) and described two
+ways:
+
+- `term_keys`: the text's llama3 BPE tokens (lower-cased) as a bag of unigrams and bigrams, plus markers for the
+  first and last tokens. Keys are integers in disjoint ranges, so a fitted model maps them to columns with one
+  `searchsorted`, without Python loops. The model name is a key of its own (`model_key`).
+- `dense`: a short vector of numbers (input length, digits, lines, code, questions, sampling parameters ...), see
+  `DENSE_NAMES`.
+
+Both are pure functions of the features, which stay small (at most ~1 kB of text) so outcomes can be buffered for
+retraining and shipped to a worker process.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import quicktok
+
+from ricardo.predictor.tokens import prompt_texts
+
+if TYPE_CHECKING:
+    from ricardo.predictor.model import Prediction
+
+FEATURE_VERSION = 1
+HEAD_CHARS = 800
+TAIL_CHARS = 200
+EDGE_TOKENS = 16            # how many first / last tokens get their own "at the start / at the end" keys
+TOKENIZER = "llama3"
+VOCAB = 1 << 17             # > llama3's 128,256 token ids
+BIGRAM_BASE = VOCAB
+HEAD_BASE = 1 << 40
+TAIL_BASE = HEAD_BASE + VOCAB
+
+LIST_ITEM = re.compile(r"\n\s*(?:\d+[.)]|[-*\u2022])\s")  # a literal first character keeps the scan fast
+CODE_CHARS = "{}();=<>[]"
+
+DENSE_NAMES = (
+    "log_input_tokens", "input_tokens_k", "log_chars", "numbers_10", "log_numbers", "log_digits", "log_sentences",
+    "log_lines", "log_questions", "ends_with_question", "log_list_items", "log_code_fences", "multibyte_share",
+    "code_char_share", "log_messages", "has_system", "has_max_tokens", "log_max_tokens", "temperature", "top_p",
+    "has_stop", "json_mode", "has_tools", "is_chat", "log_last_message_chars",
+)
+
+
+@dataclass(slots=True)
+class RequestFeatures:
+    text: str                   # head and tail of the prompt text (all messages joined)
+    input_tokens: int
+    chars: int                  # length of the whole prompt text
+    last_message_chars: int
+    messages: int               # 0 for a completions prompt
+    has_system: bool
+    max_tokens: int | None
+    model: str
+    temperature: float
+    top_p: float
+    has_stop: bool
+    json_mode: bool
+    has_tools: bool
+    is_chat: bool
+    # set by OutputLengthPredictor.predict, so that observe() scores the prediction the router actually used
+    prediction: Prediction | None = None
+
+    def term_keys(self) -> np.ndarray:
+        """The prompt's term keys, one per occurrence: unigrams, bigrams, first and last tokens."""
+        tokens = np.array(_tokenizer().encode_ordinary(self.text.lower()), dtype=np.int64)
+        return np.concatenate([tokens, BIGRAM_BASE + tokens[:-1] * VOCAB + tokens[1:],
+                               HEAD_BASE + tokens[:EDGE_TOKENS], TAIL_BASE + tokens[-EDGE_TOKENS:]])
+
+    def model_key(self) -> int:
+        return zlib.crc32(self.model.encode("utf-8", "surrogatepass"))
+
+    def dense(self) -> list[float]:
+        """The numbers named by DENSE_NAMES (str methods, numpy and one regex: a few µs per kB of text)."""
+        text = self.text
+        utf8 = text.encode("utf-8", "surrogatepass")
+        numbers, digits = _digit_runs(utf8)
+        size = max(1, len(text))
+        log1p = math.log1p
+        return [
+            log1p(self.input_tokens),
+            self.input_tokens / 1000,
+            log1p(self.chars),
+            numbers / 10,
+            log1p(numbers),
+            log1p(digits),
+            log1p(text.count(". ") + text.count("? ") + text.count("! ") + text.count(".\n")),
+            log1p(text.count("\n")),
+            log1p(text.count("?")),
+            float(text.rstrip().endswith("?")),
+            log1p(len(LIST_ITEM.findall(text))),
+            log1p(text.count("```")),
+            (len(utf8) - len(text)) / size,
+            sum(map(text.count, CODE_CHARS)) / size,
+            log1p(self.messages),
+            float(self.has_system),
+            float(self.max_tokens is not None),
+            log1p(self.max_tokens or 0),
+            self.temperature,
+            self.top_p,
+            float(self.has_stop),
+            float(self.json_mode),
+            float(self.has_tools),
+            float(self.is_chat),
+            log1p(self.last_message_chars),
+        ]
+
+
+def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
+    """Features of an OpenAI chat (`messages`) or completions (`prompt`) request body."""
+    messages = body.get("messages")
+    texts = prompt_texts(body)
+    has_system = isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages)
+    text = "\n".join(texts)
+    caps = [c for c in (body.get("max_tokens"), body.get("max_completion_tokens"))
+            if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+    response_format = body.get("response_format")
+    return RequestFeatures(
+        text=head_and_tail(text),
+        input_tokens=int(input_tokens),
+        chars=len(text),
+        last_message_chars=len(texts[-1]) if texts else 0,
+        messages=len(messages) if isinstance(messages, list) else 0,
+        has_system=has_system,
+        max_tokens=min(caps) if caps else None,
+        model=str(body.get("model") or ""),
+        temperature=_number(body.get("temperature"), 1.0),
+        top_p=_number(body.get("top_p"), 1.0),
+        has_stop=bool(body.get("stop")),
+        json_mode=isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"),
+        has_tools=bool(body.get("tools") or body.get("functions")),
+        is_chat=isinstance(messages, list),
+    )
+
+
+def head_and_tail(text: str) -> str:
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return text
+    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+
+
+def _digit_runs(utf8: bytes) -> tuple[int, int]:
+    """How many runs of ASCII digits (numbers, roughly) and how many digits."""
+    codes = np.frombuffer(utf8, dtype=np.uint8)
+    digit = (codes >= 48) & (codes <= 57)
+    return int(digit[:1].sum() + np.count_nonzero(digit[1:] & ~digit[:-1])), int(np.count_nonzero(digit))
+
+
+def _number(value: object, default: float) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
+
+
+def _tokenizer() -> quicktok.Tokenizer:
+    return quicktok.get_encoding(TOKENIZER)  # quicktok caches the loaded encoding

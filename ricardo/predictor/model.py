@@ -1,0 +1,316 @@
+"""Output-length prediction: p50 and p90 of a request's output tokens, learnt online from outcomes.
+
+The model is a ridge regression of log(1 + output tokens) on
+  - the idf-weighted presence of the prompt's term keys, l2-normalised (see `features.py`),
+  - a one-hot of the model name (so each served model gets its own level),
+  - the standardised dense features (input length, digits, lines, sampling parameters ...).
+It is calibrated split-conformally on out-of-fold residuals r = log1p(actual) - prediction (5 folds):
+  p50 = expm1(prediction + median(r)),  p90 = expm1(prediction + q),  q = the ceil(0.9 (n + 1))-th smallest r,
+so p90 covers ~90% of requests drawn like the training data; both are capped by `max_tokens`.
+
+Serving never calls scikit-learn (Ridge.predict on one sparse row costs ~110 µs here, plus ~20 µs to build the
+row): the fitted vocabulary, idf and coefficients are numpy arrays; a prediction is a BPE encoding of at most
+1,000 characters, a sort, a `searchsorted` into the vocabulary, two gathered sums and a 25-term dot product in
+plain Python.
+
+Online loop: `observe()` buffers (features, actual) in a bounded deque and scores the prediction that was made.
+`refit()` trains on a snapshot of the buffer plus a bounded reservoir of cold-start samples (so a quiet or skewed
+period does not erase what the shipped model knew) and swaps the fitted model in one assignment; `predict()`
+reads that attribute once, so a concurrent swap is safe.
+
+Where to run a refit (bench/predictor/refit_stall.py, 6,974 samples, this 2-core machine shared with other work):
+- `await loop.run_in_executor(None, predictor.refit)`: the fit holds the GIL for long stretches (scipy sparse
+  products, sorts, Python loops); predictions on the loop stall up to 50-110 ms, p99 gap 2-6 ms, for the whole
+  refit (5-7 s).
+- `await predictor.refit_async(ProcessPoolExecutor(1, initializer=os.nice, initargs=(10,)))`: the fit runs in
+  another process (`fit_packed`, built on the pure `fit(samples) -> bytes`); this process only packs the samples
+  and loads the result, in a helper thread. Largest gap 10-25 ms, during the ~40 ms of packing (on this machine any
+  busy thread costs the loop ~5-10 ms); p99 gap 0.3-0.5 ms, the same as with no refit at all. The niced worker
+  yields the CPU: 2-3.5 s per refit, 25-35 s when the loop and other processes keep both cores busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import math
+import operator
+import pickle
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ricardo.predictor.features import FEATURE_VERSION, RequestFeatures, features_from_body
+
+FORMAT = "ricardo-output-length/1"
+DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_MODEL = DATA / "cold_start_model.npz"
+DEFAULT_RESERVOIR = DATA / "cold_start_samples.jsonl.gz"
+
+RIDGE_ALPHA = 1.0
+FOLDS = 5
+MIN_DF = 3                  # a term seen in fewer training requests is noise
+COVERAGE = 0.9
+INTERCEPT_COLUMN = 10.0     # its coefficient's penalty is 1/100 of a unit column's
+MAX_LOG_OUTPUT = math.log1p(1 << 20)  # no request, however odd its body, is predicted past a million tokens
+BUFFER_SIZE = 5000          # most recent outcomes kept for retraining
+ACCURACY_WINDOW = 1000      # most recent outcomes scored by accuracy()
+PACK_CHUNK = 256            # samples pickled per GIL-holding call
+
+Sample = tuple[RequestFeatures, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    p50: int
+    p90: int
+
+
+class FittedModel:
+    """Immutable fitted arrays and the numpy prediction path."""
+
+    ARRAYS = ("vocab", "idf", "term_coef", "model_keys", "model_coef", "dense_mean", "dense_scale", "dense_coef",
+              "constants")
+
+    def __init__(self, vocab: np.ndarray, idf: np.ndarray, term_coef: np.ndarray, model_keys: np.ndarray,
+                 model_coef: np.ndarray, dense_mean: np.ndarray, dense_scale: np.ndarray, dense_coef: np.ndarray,
+                 constants: np.ndarray, info: dict):
+        self.vocab = vocab                  # sorted term keys (int64)
+        self.idf = idf
+        self.term_coef = term_coef
+        self.model_keys = model_keys        # crc32 of each model name seen in training
+        self.model_coef = model_coef
+        self.dense_mean = dense_mean
+        self.dense_scale = dense_scale
+        self.dense_coef = dense_coef
+        self.constants = constants          # intercept, p50 offset, p90 offset (log space)
+        self.info = info                    # format, feature_version, samples, trained_at, version, vocabulary
+        # serving form: standardisation folded into the weights, plain Python numbers for the short dense part
+        self._idf_squared = idf * idf
+        self._term_weight = (idf * term_coef).astype(np.float32)
+        dense_weight = dense_coef / dense_scale
+        self._dense_weight = dense_weight.tolist()
+        self._base = float(constants[0] - dense_mean @ dense_weight)
+        self._model_weight = dict(zip(model_keys.tolist(), model_coef.tolist()))
+        self.offset_p50, self.offset_p90 = float(constants[1]), float(constants[2])
+
+    def log_prediction(self, features: RequestFeatures) -> float:
+        cols = vocabulary_columns(self.vocab, features.term_keys())
+        norm_squared = self._idf_squared[cols].sum()
+        text = self._term_weight[cols].sum() / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
+        dense = sum(map(operator.mul, features.dense(), self._dense_weight))
+        return self._base + float(text) + dense + self._model_weight.get(features.model_key(), 0.0)
+
+    def predict(self, features: RequestFeatures) -> Prediction:
+        center = self.log_prediction(features)
+        p50 = max(1, round(math.expm1(min(MAX_LOG_OUTPUT, center + self.offset_p50))))
+        p90 = max(p50, round(math.expm1(min(MAX_LOG_OUTPUT, center + self.offset_p90))))
+        if features.max_tokens is not None:
+            p50, p90 = min(p50, features.max_tokens), min(p90, features.max_tokens)
+        return Prediction(p50, p90)
+
+    def to_bytes(self) -> bytes:
+        out = io.BytesIO()
+        np.savez_compressed(out, info=np.frombuffer(json.dumps(self.info).encode(), np.uint8),
+                            **{name: getattr(self, name) for name in self.ARRAYS})
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FittedModel:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+            info = json.loads(arrays["info"].tobytes())
+            if info.get("format") != FORMAT or info.get("feature_version") != FEATURE_VERSION:
+                raise ValueError(f"incompatible output-length model: {info.get('format')}, "
+                                 f"features v{info.get('feature_version')} (expected {FORMAT}, v{FEATURE_VERSION})")
+            return cls(*(arrays[name] for name in cls.ARRAYS), info=info)
+
+
+def vocabulary_columns(vocab: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The columns of the keys found in the sorted `vocab`, each once (presence beat counts in cross-validation)."""
+    if not len(vocab):
+        return np.empty(0, np.int64)
+    keys = np.sort(keys)  # sorted needles: a cache-friendly search and sorted columns, deduplicated below
+    positions = np.searchsorted(vocab, keys)
+    np.minimum(positions, len(vocab) - 1, out=positions)
+    found = positions[vocab[positions] == keys]
+    first = np.empty(len(found), dtype=bool)  # np.unique without its overhead, which dominates on short arrays
+    first[:1] = True
+    np.not_equal(found[1:], found[:-1], out=first[1:])
+    return found[first]
+
+
+def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
+    """Fit the model on (features, actual output tokens) pairs; needs at least two samples."""
+    from scipy import sparse
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    n = len(samples)
+    if n < 2:
+        raise ValueError("fitting an output-length model needs at least 2 samples")
+    target = np.log1p(np.array([max(0, int(actual)) for _, actual in samples], dtype=float))
+    keys = [features.term_keys() for features, _ in samples]
+    seen, df = np.unique(np.concatenate([np.unique(k) for k in keys]), return_counts=True)
+    kept = df >= MIN_DF
+    vocab = seen[kept]
+    idf = (np.log((1 + n) / (1 + df[kept])) + 1.0).astype(np.float32)  # scikit-learn's smooth idf
+    cols = [vocabulary_columns(vocab, k) for k in keys]
+    values = [idf[c] / max(1e-12, float(np.linalg.norm(idf[c]))) for c in cols]
+    terms = sparse.csr_matrix((np.concatenate(values), np.concatenate(cols), np.cumsum([0] + [len(c) for c in cols])),
+                              shape=(n, len(vocab)))
+
+    names = np.array([features.model_key() if features.model else -1 for features, _ in samples])
+    model_keys = np.unique(names[names >= 0])
+    models = sparse.csr_matrix((names[:, None] == model_keys[None, :]).astype(float))
+
+    dense = np.array([features.dense() for features, _ in samples])
+    dense_mean, dense_scale = dense.mean(axis=0), dense.std(axis=0)
+    dense_scale[dense_scale < 1e-9] = 1.0  # constant columns (a std of 1e-17 is rounding, not spread)
+    # an explicit, barely penalised intercept column: scikit-learn's own intercept handling for sparse input
+    # (a centring operator) makes its conjugate-gradient solver ~3x slower
+    intercept = np.full((n, 1), INTERCEPT_COLUMN)
+    design = sparse.hstack([terms, models, sparse.csr_matrix((dense - dense_mean) / dense_scale), intercept],
+                           format="csr")
+
+    def ridge(rows: np.ndarray | slice) -> Ridge:
+        return Ridge(alpha=RIDGE_ALPHA, fit_intercept=False, solver="sparse_cg").fit(design[rows], target[rows])
+
+    out_of_fold = np.empty(n)
+    for train, held_out in KFold(min(FOLDS, n), shuffle=True, random_state=0).split(design):
+        out_of_fold[held_out] = design[held_out] @ ridge(train).coef_
+    residuals = np.sort(target - out_of_fold)
+    rank = min(n, math.ceil(COVERAGE * (n + 1))) - 1
+
+    coef = ridge(slice(None)).coef_
+    split = np.cumsum([len(vocab), len(model_keys), dense.shape[1]])
+    info = {"format": FORMAT, "feature_version": FEATURE_VERSION, "samples": n, "version": version,
+            "trained_at": time.time(), "vocabulary": int(len(vocab))}
+    constants = np.array([coef[-1] * INTERCEPT_COLUMN, np.median(residuals), residuals[rank]])
+    return FittedModel(vocab, idf, coef[:split[0]].astype(np.float32), model_keys, coef[split[0]:split[1]],
+                       dense_mean, dense_scale, coef[split[1]:split[2]], constants, info)
+
+
+def fit(samples: Sequence[Sample], version: int = 1) -> bytes:
+    """`fit_model` as bytes: a pure function to run in a worker process (`ProcessPoolExecutor`)."""
+    return fit_model(samples, version).to_bytes()
+
+
+def pack(samples: Sequence[Sample]) -> list[bytes]:
+    """Samples pickled in small chunks, for `fit_packed` in another process.
+
+    Handing the samples themselves to a ProcessPoolExecutor pickles them all in one call that holds the GIL
+    (~20-40 ms for 7,000 samples); run `pack` in a thread instead: the event loop gets the GIL between chunks,
+    and a list of bytes crosses the process boundary as a memory copy.
+    """
+    return [pickle.dumps(list(samples[i:i + PACK_CHUNK]), protocol=pickle.HIGHEST_PROTOCOL)
+            for i in range(0, len(samples), PACK_CHUNK)]
+
+
+def fit_packed(chunks: Sequence[bytes], version: int = 1) -> bytes:
+    """`fit` on the output of `pack` (both sides must run the same ricardo version)."""
+    return fit([sample for chunk in chunks for sample in pickle.loads(chunk)], version)
+
+
+class OutputLengthPredictor:
+    """Predicts output length, scores itself on outcomes and retrains on them."""
+
+    def __init__(self, model: FittedModel, reservoir: Sequence[Sample] | None = None,
+                 buffer_size: int = BUFFER_SIZE, window: int = ACCURACY_WINDOW):
+        self._model = model
+        self._reservoir = reservoir        # None: the shipped cold-start samples, read at the first refit
+        self._buffer: deque[Sample] = deque(maxlen=buffer_size)
+        self._recent: deque[tuple[int, bool]] = deque(maxlen=window)  # (|actual - p50|, actual <= p90)
+        self.observed = 0
+
+    @classmethod
+    def load_default(cls) -> OutputLengthPredictor:
+        """The shipped cold-start model (trained on GSM8K and ShareGPT; see data/PROVENANCE.md)."""
+        return cls.load(DEFAULT_MODEL)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, reservoir: Sequence[Sample] | None = None) -> OutputLengthPredictor:
+        return cls(FittedModel.from_bytes(blob), reservoir)
+
+    @classmethod
+    def load(cls, path: str | Path, reservoir: Sequence[Sample] | None = None) -> OutputLengthPredictor:
+        return cls.from_bytes(Path(path).read_bytes(), reservoir)
+
+    def to_bytes(self) -> bytes:
+        return self._model.to_bytes()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.to_bytes())
+
+    def load_bytes(self, blob: bytes) -> None:
+        """Swap in a model fitted elsewhere (a worker process, another replica)."""
+        self._model = FittedModel.from_bytes(blob)
+
+    @property
+    def info(self) -> dict:
+        """The serving model's format, feature version, training samples, version and training time."""
+        return dict(self._model.info)
+
+    def predict(self, features: RequestFeatures) -> Prediction:
+        prediction = self._model.predict(features)
+        features.prediction = prediction
+        return prediction
+
+    def observe(self, features: RequestFeatures, actual_output_tokens: int) -> None:
+        """Buffer an outcome for the next refit and score the prediction made for it."""
+        prediction = features.prediction or self._model.predict(features)
+        self._buffer.append((features, actual_output_tokens))
+        self._recent.append((abs(actual_output_tokens - prediction.p50), actual_output_tokens <= prediction.p90))
+        self.observed += 1
+
+    def accuracy(self) -> dict:
+        recent = self._recent.copy()
+        n = len(recent)
+        return {
+            "window": recent.maxlen,
+            "n": n,
+            "n_observed": self.observed,
+            "mae_p50": sum(error for error, _ in recent) / n if n else None,
+            "p90_coverage": sum(covered for _, covered in recent) / n if n else None,
+            "model_version": self._model.info.get("version"),
+            "model_samples": self._model.info.get("samples"),
+        }
+
+    def training_set(self) -> list[Sample]:
+        """A snapshot of the buffered outcomes plus the cold-start reservoir: what the next refit learns from."""
+        if self._reservoir is None:
+            self._reservoir = load_reservoir()
+        return list(self._buffer.copy()) + list(self._reservoir)
+
+    def refit(self) -> None:
+        """Retrain on `training_set()` and swap the new model in (blocking: run it in an executor)."""
+        self._model = fit_model(self.training_set(), self._next_version())
+
+    async def refit_async(self, executor: Executor) -> None:
+        """Retrain in `executor`, a ProcessPoolExecutor (best at a lower CPU priority: initializer=os.nice,
+        initargs=(10,)), and swap the result in.
+
+        Only the final swap runs on the event loop's thread; reading the reservoir, packing the samples and
+        unpacking the new model run in the default thread pool in short GIL-holding steps
+        (see bench/predictor/refit_stall.py).
+        """
+        loop = asyncio.get_running_loop()
+        chunks = await loop.run_in_executor(None, lambda: pack(self.training_set()))
+        blob = await loop.run_in_executor(executor, fit_packed, chunks, self._next_version())
+        self._model = await loop.run_in_executor(None, FittedModel.from_bytes, blob)
+
+    def _next_version(self) -> int:
+        return int(self._model.info.get("version", 0)) + 1
+
+
+def load_reservoir(path: Path = DEFAULT_RESERVOIR) -> list[Sample]:
+    """Cold-start samples stored as {"body", "input_tokens", "output_tokens"} lines."""
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines]
+    return [(features_from_body(row["body"], row["input_tokens"]), row["output_tokens"]) for row in rows]

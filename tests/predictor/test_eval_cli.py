@@ -1,0 +1,37 @@
+import json
+import subprocess
+import sys
+
+from ricardo.predictor.datasets import write_rows
+
+from .synthetic import requests
+
+REQUIRED = {"mae", "baselines", "p90_coverage", "predict_us_p99", "n_train", "n_test"}
+BASELINES = {"global_mean", "melange_bucket_mean", "aibrix_bucket_histogram", "1.5x_input"}
+
+
+def rows(n: int, seed: int, as_messages: bool) -> list[dict]:
+    out = []
+    for body, actual in requests(n, seed):
+        if as_messages:
+            out.append({"messages": body["messages"], "output_tokens": actual, "model": "m", "max_tokens": 400})
+        else:
+            out.append({"prompt": body["messages"][0]["content"], "output_tokens": actual})
+    return out
+
+
+def test_eval_prints_one_json_object_with_the_scores(tmp_path):
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    write_rows(train, rows(300, seed=10, as_messages=False) + rows(100, seed=11, as_messages=True))
+    write_rows(test, rows(80, seed=12, as_messages=True) + rows(40, seed=13, as_messages=False))
+    result = subprocess.run(
+        [sys.executable, "-c", "from ricardo.cli import main; raise SystemExit(main())",
+         "predictor", "eval", "--train", str(train), "--test", str(test), "--json"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert REQUIRED <= scores.keys() and BASELINES <= scores["baselines"].keys()
+    assert (scores["n_train"], scores["n_test"]) == (400, 120)
+    assert 0 <= scores["p90_coverage"] <= 1 and scores["predict_us_p99"] > 0
+    # the keyword decides the length here, so the text model must beat every length-only baseline
+    assert scores["mae"] < min(scores["baselines"].values())
