@@ -27,7 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ricardo.emulator.engine import Engine, Sequence
 from ricardo.emulator.text import TokenCounter, token_text
 from ricardo.profiles.engine_params import EngineParams
-from ricardo.protocol.openai import SSE_DONE, OpenAIError, error_body, parse_request, sse, usage
+from ricardo.protocol.http import as_openai_error
+from ricardo.protocol.openai import SSE_DONE, OpenAIError, parse_request, sse, usage
 
 OUTPUT_TOKENS_HEADER = "x-emulator-output-tokens"
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -316,15 +317,11 @@ def _completion(endpoint: str, ident: str, model: str, created: int, content: st
 
 @web.middleware
 async def openai_errors(request: web.Request, handler):
-    """Every failure leaves as an OpenAI-shaped JSON error, never a traceback."""
+    """Every HTTP failure leaves as an OpenAI-shaped JSON error, never a traceback."""
     try:
         return await handler(request)
-    except OpenAIError as exc:
-        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return web.json_response(error_body(f"request body too large: {exc.text}"), status=413)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+    except Exception as exc:
+        error = as_openai_error(exc)
+        if error is None:
             raise
-        return web.json_response(error_body(exc.reason, "invalid_request_error" if exc.status < 500 else "api_error"),
-                                 status=exc.status)
+        return web.json_response(error.body(), status=error.status, headers=error.headers)

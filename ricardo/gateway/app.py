@@ -13,7 +13,8 @@ from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
 from ricardo.gateway.scaling_loop import ScalingLoop
 from ricardo.gateway.state import GatewayState
-from ricardo.protocol.openai import OpenAIError, error_body
+from ricardo.protocol.http import as_openai_error
+from ricardo.protocol.openai import OpenAIError
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -88,17 +89,14 @@ async def openai_errors(request: web.Request, handler):
     """Every failure leaves as an OpenAI-shaped JSON error with the right status, never a traceback."""
     try:
         return await handler(request)
-    except OpenAIError as exc:
-        status, body, headers = exc.status, exc.body(), exc.headers
-    except web.HTTPRequestEntityTooLarge as exc:
-        status, body, headers = 413, error_body(f"request body too large: {exc.text}"), {}
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        status, body, headers = exc.status, error_body(exc.reason), {}
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        status, body, headers = 500, error_body("internal error", "api_error"), {}
+    except Exception as exc:
+        error = as_openai_error(exc)
+        if error is None and isinstance(exc, web.HTTPException):
+            raise  # a redirect, not a failure
+        if error is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = OpenAIError(500, "internal error", "api_error")
+    status, body, headers = error.status, error.body(), error.headers
     state = request.app.get("state")
     if state is not None and request.path.endswith("completions"):
         state.metrics.requests.labels("-", "-", str(status)).inc()

@@ -25,7 +25,7 @@ from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.pools import Backend, Pool, new_session
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
-from ricardo.policies.routing import capacity_share, get_policy
+from ricardo.policies.routing import capacity_share, get_policy, request_cost_usd
 from ricardo.policies.types import SLO, Choice, RequestShape
 from ricardo.profiles.catalog import load_default_book
 
@@ -66,8 +66,7 @@ class GatewayState:
 
     def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point."""
-        rps = self.book.max_rps(pool.hardware, input_tokens, output_tokens)
-        return pool.price_per_hour / 3600.0 / rps if rps > 0 else 0.0
+        return request_cost_usd(self.book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
 
     # -- shared config ------------------------------------------------------------------------
     def check(self, shared: SharedConfig) -> None:

@@ -63,6 +63,13 @@ def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook)
     return servable
 
 
+def request_cost_usd(book: ProfileBook, hardware: str, price_per_hour: float, input_tokens: int,
+                     output_tokens: int) -> float:
+    """Dollars a request of this size costs on `hardware` at `price_per_hour` (0 where the profile cannot serve it)."""
+    rps = book.max_rps(hardware, input_tokens, output_tokens)
+    return price_per_hour / 3600.0 / rps if rps > 0 else 0.0
+
+
 def _cost_usd(pool: PoolView, rps: float) -> float:
     """Dollars of the pool's time one request uses at the profile's operating point (price per hour / 3600 / rps)."""
     return pool.price_per_hour / 3600.0 / rps
