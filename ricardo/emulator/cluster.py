@@ -1,6 +1,7 @@
 """A virtual-time cluster: pools of emulated engines behind the real routing policy code.
 
-Every arrival advances all engines to its time, builds the same `PoolView`s the gateway builds,
+Every arrival advances all engines to its time, retires the requests that finished (their latency feeds
+the pools' live estimates, as in the gateway), builds the same `PoolView`s the gateway builds,
 asks the policy for a ranking and submits the request to the least-loaded engine of the first
 pool that has one, as the gateway's dispatcher does. Nothing here sleeps: an hour of trace runs
 in seconds.
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ricardo.emulator.virtual import Timing, VirtualEngine
-from ricardo.policies.routing import capacity_share, get_policy
+from ricardo.policies.live import ewma, latency_per_token_ms
+from ricardo.policies.routing import Policy, capacity_share, get_policy
 from ricardo.policies.types import SLO, PoolView, RequestShape
 from ricardo.profiles.engine_params import EngineParams
 
@@ -53,10 +55,13 @@ class _Pool:
     replicas: list[_Replica]
     in_flight: int = 0
     in_flight_load: float = 0.0
+    ttft_ms: float | None = None  # live estimates, kept as the gateway keeps them (policies.live)
+    tpot_ms: float | None = None
 
     def view(self) -> PoolView:
         return PoolView(self.name, self.hardware, self.price_per_hour, len(self.replicas),
-                        in_flight=self.in_flight, in_flight_load=self.in_flight_load)
+                        in_flight=self.in_flight, in_flight_load=self.in_flight_load,
+                        ttft_ms=self.ttft_ms, tpot_ms=self.tpot_ms)
 
 
 @dataclass
@@ -96,17 +101,17 @@ class SimResult:
 
 
 def simulate(trace: Iterable[TraceRequest], fleet: dict[str, int], engine_params: dict[str, EngineParams],
-             book, prices: dict[str, float], policy: str, slo: SLO, model: str = "llama2-7b",
+             book, prices: dict[str, float], policy: str | Policy, slo: SLO, model: str = "llama2-7b",
              seed: int = 0) -> SimResult:
     """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type."""
-    rank = get_policy(policy)
+    rank = get_policy(policy) if isinstance(policy, str) else policy
     rng = random.Random(seed)
     pools = {
         hw: _Pool(hw, hw, prices[hw], [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
         for hw, n in fleet.items() if n > 0
     }
     engines = [(pool, replica) for pool in pools.values() for replica in pool.replicas]
-    in_flight: list[SimRequest] = []
+    in_flight: dict[int, SimRequest] = {}  # id(timing) -> request
     requests: list[SimRequest] = []
     per_pool = {hw: 0 for hw in pools}
     last = 0.0
@@ -114,7 +119,7 @@ def simulate(trace: Iterable[TraceRequest], fleet: dict[str, int], engine_params
         last = item.arrival
         for _, replica in engines:
             replica.engine.advance_to(item.arrival)
-        in_flight = _retire(in_flight)
+            _retire(replica.engine, in_flight)
         request = SimRequest(Timing(item.arrival, item.input_tokens, item.output_tokens))
         requests.append(request)
         p50 = item.predicted_p50 if item.predicted_p50 is not None else item.output_tokens
@@ -133,22 +138,23 @@ def simulate(trace: Iterable[TraceRequest], fleet: dict[str, int], engine_params
             replica.in_flight += 1
             replica.engine.submit(request.timing)
             per_pool[pool.name] += 1
-            in_flight.append(request)
+            in_flight[id(request.timing)] = request
             break
     for _, replica in engines:
         replica.engine.drain()
-    _retire(in_flight)
+        _retire(replica.engine, in_flight)
     return SimResult(requests, dict(fleet), prices, slo, duration_s=max(last, 1e-9), per_pool=per_pool)
 
 
-def _retire(in_flight: list[SimRequest]) -> list[SimRequest]:
-    """Release the load of requests that have finished; return those still running."""
-    still = []
-    for request in in_flight:
-        if math.isnan(request.timing.finished_at):
-            still.append(request)
-            continue
+def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest]) -> None:
+    """Release the load of the engine's finished requests and learn their latency."""
+    for timing in engine.finished:
+        request = in_flight.pop(id(timing))
+        pool = request.pool
         request.replica.in_flight -= 1
-        request.pool.in_flight -= 1
-        request.pool.in_flight_load = max(0.0, request.pool.in_flight_load - request.load_share)
-    return still
+        pool.in_flight -= 1
+        pool.in_flight_load = max(0.0, pool.in_flight_load - request.load_share)
+        pool.ttft_ms = ewma(pool.ttft_ms, timing.ttft * 1000)
+        pool.tpot_ms = ewma(pool.tpot_ms, latency_per_token_ms(timing.arrival, timing.finished_at,
+                                                               timing.output_tokens))
+    engine.finished.clear()

@@ -1,24 +1,169 @@
-"""Fleets for the simulator: the profile book to plan with, and the planner's fleet for a trace."""
+"""Fleets for the simulator: the profile book to plan with, the planner's fleet for a trace, and the search
+for the cheapest fleet at which a policy keeps a target share of requests within the SLO."""
 
 from __future__ import annotations
 
-from ricardo.policies.planner import plan
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ricardo.emulator.cluster import TraceRequest, simulate
+from ricardo.emulator.virtual import Timing, VirtualEngine
+from ricardo.policies.planner import Plan, plan
+from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook, load_default_book
+from ricardo.profiles.engine_params import EngineParams
 
 
 def book_for_slo(slo_tpot_ms: float, price_set: str = "melange", full_catalog: bool = False) -> ProfileBook:
-    """The shipped profile book; its tables were measured (or estimated) at one TPOT SLO only."""
-    book = load_default_book(price_set=price_set, include_estimated=full_catalog)
-    if abs(slo_tpot_ms - book.slo_tpot_ms) > 1e-9:
-        raise ValueError(f"capacity tables exist for a {book.slo_tpot_ms:g} ms TPOT SLO only; "
-                         f"tables for {slo_tpot_ms:g} ms are not built yet")
-    return book
+    """The shipped profile book at a TPOT SLO: measured tables at theirs, the engine model's at another."""
+    return load_default_book(price_set=price_set, include_estimated=full_catalog, slo_tpot_ms=slo_tpot_ms)
+
+
+def mean_rate(requests: Sequence[TraceRequest]) -> float:
+    span = requests[-1].arrival - requests[0].arrival
+    return (len(requests) - 1) / span if span > 0 else float(len(requests))
+
+
+def demand(requests: Sequence[TraceRequest], book: ProfileBook) -> np.ndarray:
+    """req/s per bucket of the book's grid: the requests' exact size mix at their mean arrival rate."""
+    fractions = book.histogram([r.input_tokens for r in requests], [r.output_tokens for r in requests])
+    return fractions * mean_rate(requests)
 
 
 def plan_fleet(requests, book: ProfileBook, headroom: float = 0.0) -> dict[str, int]:
     """The planner's cheapest fleet for the requests' size mix at their mean arrival rate."""
-    span = requests[-1].arrival - requests[0].arrival
-    rate = (len(requests) - 1) / span if span > 0 else float(len(requests))
-    fractions = book.histogram([r.input_tokens for r in requests], [r.output_tokens for r in requests])
-    result = plan(fractions * rate, book, headroom=headroom, drop_unservable=True)
+    result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True)
     return {hw: n for hw, n in result.allocation.items() if n}
+
+
+def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
+    """Which requests at least one of `hardware` can serve within the SLO at their true size, by the profile."""
+    tables = np.stack([book.capacity(hw) for hw in hardware])
+    i = np.minimum(np.searchsorted(book.input_edges, [r.input_tokens for r in requests]), book.shape[0] - 1)
+    j = np.minimum(np.searchsorted(book.output_edges, [r.output_tokens for r in requests]), book.shape[1] - 1)
+    return (tables[:, i, j] > 0).any(axis=0)
+
+
+def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineParams], slo: SLO) -> np.ndarray:
+    """Which requests meet the TPOT SLO alone on an idle replica of at least one of `engines`.
+
+    A request with a long prompt and one or two output tokens can miss a tight SLO on any hardware (its
+    latency per output token is its whole prefill): no fleet or router serves it in time, so a target
+    that counts it measures the trace, not the approach.
+    """
+    sizes = sorted({(r.input_tokens, r.output_tokens) for r in requests})
+    meets = {}
+    for size in sizes:
+        meets[size] = False
+        for params in engines:
+            if sum(size) > min(params.kv_capacity_tokens, params.model.max_context):
+                continue
+            timing = Timing(0.0, *size)
+            engine = VirtualEngine(params)
+            engine.submit(timing)
+            engine.drain()
+            if timing.latency_per_token * 1000 <= slo.tpot_ms:
+                meets[size] = True
+                break
+    return np.array([meets[(r.input_tokens, r.output_tokens)] for r in requests])
+
+
+@dataclass
+class Trial:
+    scale: float  # the planner sized the fleet for `scale` x the mean rate
+    fleet: dict[str, int]
+    cost_per_hour: float
+    attainment: float  # share of the judged requests within the SLO
+    summary: dict  # the simulator's summary
+
+
+@dataclass
+class Search:
+    """The cheapest fleet found that meets the target (None: none up to the largest scale tried)."""
+
+    best: Trial | None
+    trials: list[Trial] = field(default_factory=list)
+
+
+class FleetSearch:
+    """Finds, for one trace, SLO and policy, the cheapest planner fleet that keeps `target` of the requests
+    within the SLO in the simulator.
+
+    Candidate fleets are the planner's for `scale` x the trace's demand (same mix, more or less load),
+    restricted to some hardware types. Cost grows with the scale and attainment nearly does too (the
+    planner's mix can change from one scale to the next, so not always), so the search brackets the
+    smallest passing scale from 1 by doubling or halving, then scans the bracket upwards in steps of each
+    of `factors`: the first passing fleet of the finest scan is the answer.
+    Scales below 1 are allowed: the planner charges each request its bucket's upper-edge size, so its fleet
+    can be larger than the simulator needs. Requests no candidate type can serve by the profile (none of the
+    approaches could) are left out of the judgement for every approach alike: `judged` marks the rest.
+    """
+
+    def __init__(self, requests: Sequence[TraceRequest], book: ProfileBook, engines: dict[str, EngineParams],
+                 slo: SLO, judged: np.ndarray, target: float = 0.99, seed: int = 0):
+        self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
+        self.judged, self.target, self.seed = judged, target, seed
+        self.demand = demand(requests, book)
+        inputs, outputs = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
+        self.seconds = {hw: book.bucket_request_seconds(hw, inputs, outputs) for hw in book.hardware_names()}
+
+    def plan(self, scale: float, only: Sequence[str], exact_sizes: bool = True) -> Plan:
+        """The planner's fleet for `scale` x the demand: charging each request its own size (ricardo's
+        planner) or, with `exact_sizes=False`, its bucket's upper edge (Mélange's)."""
+        return plan(self.demand * scale, self.book, only=only, drop_unservable=True,
+                    request_seconds=self.seconds if exact_sizes else None)
+
+    def evaluate(self, fleet: dict[str, int], policy: str) -> tuple[float, dict]:
+        result = simulate(self.requests, fleet, self.engines, self.book, self.book.prices, policy, self.slo,
+                          seed=self.seed)
+        lpt = np.array([r.timing.latency_per_token if r.pool is not None else math.inf for r in result.requests])
+        met = (lpt * 1000 <= self.slo.tpot_ms) & self.judged
+        return float(met.sum() / max(1, self.judged.sum())), result.summary()
+
+    def cheapest(self, policy: str, only: Sequence[str], *, exact_sizes: bool = True, lowest: float = 0.25,
+                 highest: float = 64.0, factors: Sequence[float] = (1.25, 1.04),
+                 on_trial: Callable[[Trial], None] | None = None) -> Search:
+        search = Search(None)
+        trials: dict[tuple, Trial] = {}
+
+        def passes(scale: float) -> bool:
+            fleet = self._fleet(scale, only, exact_sizes)
+            key = tuple(sorted(fleet.items()))
+            if key not in trials:
+                attainment, summary = self.evaluate(fleet, policy) if fleet else (0.0, {})
+                cost = sum(self.book.prices[hw] * n for hw, n in fleet.items())
+                trials[key] = Trial(scale, fleet, cost, attainment, summary)
+                search.trials.append(trials[key])
+                if on_trial:
+                    on_trial(trials[key])
+            return trials[key].attainment >= self.target
+
+        # bracket the smallest passing scale by doubling (or halving), then narrow it by each factor in turn
+        failing, passing = (None, 1.0) if passes(1.0) else (1.0, None)
+        while failing is None and passing / 2 >= lowest:
+            if passes(passing / 2):
+                passing /= 2
+            else:
+                failing = passing / 2
+        while passing is None:
+            if failing * 2 > highest:
+                return search
+            if passes(failing * 2):
+                passing = failing * 2
+            else:
+                failing *= 2
+        for factor in factors if failing is not None else ():
+            scale = failing * factor
+            while scale < passing:
+                if passes(scale):
+                    passing = scale
+                    break
+                failing, scale = scale, scale * factor
+        search.best = next(t for t in search.trials if t.fleet == self._fleet(passing, only, exact_sizes))
+        return search
+
+    def _fleet(self, scale: float, only: Sequence[str], exact_sizes: bool) -> dict[str, int]:
+        return {hw: n for hw, n in self.plan(scale, only, exact_sizes).allocation.items() if n}

@@ -48,6 +48,7 @@ class VirtualEngine:
     def __init__(self, params: EngineParams):
         self.engine = Engine(params, track_tokens=False)  # only first and last tokens are timed
         self.busy_until = 0.0  # the engine is inside an iteration until then
+        self.finished: list[Timing] = []  # requests finished since the caller last emptied this
 
     def submit(self, timing: Timing) -> None:
         self.advance_to(timing.arrival)
@@ -72,6 +73,7 @@ class VirtualEngine:
                         seq.tag.first_token_at = end
             for seq in step.finished:
                 seq.tag.finished_at = end
+                self.finished.append(seq.tag)
             self.busy_until = end
 
     def drain(self) -> None:

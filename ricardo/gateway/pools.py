@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ricardo.gateway.config import LimitsConfig, PoolConfig
+from ricardo.policies.live import ewma
 from ricardo.policies.types import PoolView
 
 COOLDOWN_BASE_S = 1.0
 COOLDOWN_MAX_S = 30.0
-EWMA_WEIGHT = 0.2
 
 
 @dataclass(eq=False)
@@ -88,10 +88,7 @@ class Pool:
         return tied[next(self._tiebreak) % len(tied)]
 
     def record_latency(self, ttft_ms: float | None, tpot_ms: float | None) -> None:
-        if ttft_ms is not None:
-            self.ttft_ms = ttft_ms if self.ttft_ms is None else self.ttft_ms + EWMA_WEIGHT * (ttft_ms - self.ttft_ms)
-        if tpot_ms is not None:
-            self.tpot_ms = tpot_ms if self.tpot_ms is None else self.tpot_ms + EWMA_WEIGHT * (tpot_ms - self.tpot_ms)
+        self.ttft_ms, self.tpot_ms = ewma(self.ttft_ms, ttft_ms), ewma(self.tpot_ms, tpot_ms)
 
 
 def new_session(limits: LimitsConfig, api_key: str | None) -> aiohttp.ClientSession:

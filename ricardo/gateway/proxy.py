@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ricardo.gateway.pools import Backend, Pool
 from ricardo.gateway.state import GatewayState
+from ricardo.policies.live import latency_per_token_ms
 from ricardo.policies.types import Choice, RequestShape
 from ricardo.protocol.openai import OpenAIError, error_body, error_for_status, parse_request, sse
 
@@ -192,7 +193,7 @@ def _routing_headers(state: GatewayState, trip: Trip) -> dict[str, str]:
         "x-request-id": trip.request_id,
         "x-ricardo-pool": trip.pool.name,
         "x-ricardo-policy": state.policy_name,
-        "x-ricardo-cost-usd": f"{trip.choice.cost_usd:.8f}",
+        "x-ricardo-cost-usd": f"{trip.choice.cost_usd:.6g}",
         "x-ricardo-predicted-output-tokens": str(trip.shape.output_p50),
         "x-ricardo-attempts": str(trip.attempts),
     }
@@ -284,8 +285,9 @@ def _account(state: GatewayState, trip: Trip) -> None:
     prompt_tokens = usage.get("prompt_tokens")
     completion_tokens = usage.get("completion_tokens")
     if isinstance(completion_tokens, int) and completion_tokens > 1 and trip.first_token_at is not None:
-        tpot_ms = (end - trip.first_token_at) * 1000 / (completion_tokens - 1)
-        m.tpot.labels(pool).observe(tpot_ms / 1000)
+        m.tpot.labels(pool).observe((end - trip.first_token_at) / (completion_tokens - 1))
+    if isinstance(completion_tokens, int):
+        tpot_ms = latency_per_token_ms(trip.started, end, completion_tokens)
     trip.pool.record_latency(ttft_ms, tpot_ms)
     if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int) and trip.status == 200:
         m.tokens.labels(pool, "input").inc(prompt_tokens)

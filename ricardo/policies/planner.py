@@ -6,7 +6,11 @@ GPU counts such that each type's load fits: for every type g,
 
     sum over slices s assigned to g of  rate_s / max_rps_g(bucket_s)  <=  n_g * (1 - headroom)
 
-minimising sum_g price_g * n_g. Slices of one bucket are interchangeable, so instead of one binary per
+minimising sum_g price_g * n_g. Mélange charges every request of a bucket 1 / max_rps_g(bucket), the
+replica-seconds of a request as long as the bucket's upper edge; given `request_seconds` (the mean
+replica-seconds per request of each bucket for the actual sizes, `ProfileBook.bucket_request_seconds`)
+the load is rate_s x request_seconds_g(bucket_s) instead, which is what ricardo plans with: the upper
+edge overstates the load of a trace's requests by up to 2x. Slices of one bucket are interchangeable, so instead of one binary per
 (slice, type) this solves for y[b, g] in {0..N} = how many of bucket b's N slices go to type g: the
 same feasible fleets and optimum, without the symmetry that slows branch and bound.
 """
@@ -60,7 +64,8 @@ class Plan:
 
 def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | None = None, *,
          slice_factor: int = DEFAULT_SLICE_FACTOR, only: Iterable[str] | None = None, headroom: float = 0.0,
-         drop_unservable: bool = False, time_limit_s: float = 1.0) -> Plan:
+         drop_unservable: bool = False, time_limit_s: float = 1.0,
+         request_seconds: Mapping[str, np.ndarray] | None = None) -> Plan:
     """The cheapest integer fleet for `rates` (req/s per (input bucket, output bucket) of `book`'s grid;
     a smaller array covers the first buckets).
 
@@ -69,6 +74,7 @@ def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | Non
     (1 - headroom) of its GPUs. Demand in a bucket no candidate can serve is an error, or with
     `drop_unservable` is left out and reported as `unserved_rate`. Optimality is proven (relative
     gap 1e-6) unless `time_limit_s` runs out: then the best fleet found is returned, `optimal=False`.
+    `request_seconds` ({type: grid of replica-seconds per request}) replaces 1 / capacity where given.
     """
     started = time.perf_counter()
     rates = _on_grid(rates, book)
@@ -81,10 +87,9 @@ def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | Non
 
     buckets = np.argwhere(rates > 0)  # (k, 2) bucket indices with demand
     # load[k, t]: GPUs of type t that bucket k alone would need (inf where t cannot serve it)
-    capacity = np.stack([book.capacity(hw)[buckets[:, 0], buckets[:, 1]] for hw in types], axis=1)
+    seconds = np.stack([_seconds(book, hw, request_seconds)[buckets[:, 0], buckets[:, 1]] for hw in types], axis=1)
     demand = rates[buckets[:, 0], buckets[:, 1]]
-    with np.errstate(divide="ignore"):
-        load = np.where(capacity > 0, demand[:, None] / capacity, np.inf)
+    load = np.where(np.isfinite(seconds), demand[:, None] * seconds, np.inf)
     unservable = ~np.isfinite(load).any(axis=1)
     unserved_rate = float(demand[unservable].sum())
     if unservable.any() and drop_unservable:
@@ -134,6 +139,18 @@ def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | Non
         lower_bound=float(result.mip_dual_bound),
         solve_seconds=time.perf_counter() - started,
     )
+
+
+def _seconds(book: ProfileBook, hardware: str, given: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    """Replica-seconds per request of each bucket on `hardware` (inf = cannot serve)."""
+    if given is not None and hardware in given:
+        seconds = np.asarray(given[hardware], dtype=float)
+        if seconds.shape != book.shape or np.isnan(seconds).any() or (seconds <= 0).any():
+            raise PlanError(f"request_seconds[{hardware}] must be a {book.shape} grid of positive numbers")
+        return seconds
+    capacity = book.capacity(hardware)
+    with np.errstate(divide="ignore"):
+        return np.where(capacity > 0, 1.0 / capacity, np.inf)
 
 
 def _on_grid(rates: np.ndarray, book: ProfileBook) -> np.ndarray:

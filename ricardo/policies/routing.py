@@ -42,16 +42,20 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     TPOT x output tokens, a replica holds max_rps * tpot * output requests at once, so one request
     holds the inverse. TPOT is the request's SLO (equal to the profile's by default; for another SLO
     this scales the concurrency linearly, a first-order guess). A size the profile cannot serve is
-    charged a whole replica.
+    charged a whole replica. An answer shorter than the shortest profiled one counts as that long:
+    its rate is the shortest profiled answer's, and so is the time it holds the replica (mostly its
+    prefill), which a one-token answer's SLO x 1 would understate many times over.
     """
-    rps = book.max_rps(hardware, input_tokens, output_tokens)
+    rps = book.rate_at(hardware, input_tokens, output_tokens)
     if rps <= 0:
         return 1.0
-    return 1.0 / (rps * slo.tpot_ms / 1000.0 * max(1, output_tokens))
+    return 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens))
 
 
-def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook) -> list[tuple[PoolView, float]]:
-    """(pool, max_rps for the request's p50 size) for every pool that can take the request."""
+def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook,
+              interpolated: bool = True) -> list[tuple[PoolView, float]]:
+    """(pool, max rate for the request's p50 size) for every pool that can take the request: the rate at the
+    exact size (`ProfileBook.rate_at`), or with `interpolated=False` its bucket's (the upper edge's)."""
     i, j = book.input_bucket(shape.input_tokens), book.output_bucket(shape.output_p50)
     servable = []
     for pool in pools:
@@ -59,14 +63,15 @@ def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook)
             continue
         rows = book.rows(pool.hardware)
         if rows is not None and rows[i][j] > 0:
-            servable.append((pool, rows[i][j]))
+            rate = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p50) if interpolated else rows[i][j]
+            servable.append((pool, rate))
     return servable
 
 
 def request_cost_usd(book: ProfileBook, hardware: str, price_per_hour: float, input_tokens: int,
                      output_tokens: int) -> float:
     """Dollars a request of this size costs on `hardware` at `price_per_hour` (0 where the profile cannot serve it)."""
-    rps = book.max_rps(hardware, input_tokens, output_tokens)
+    rps = book.rate_at(hardware, input_tokens, output_tokens)
     return price_per_hour / 3600.0 / rps if rps > 0 else 0.0
 
 
@@ -76,26 +81,36 @@ def _cost_usd(pool: PoolView, rps: float) -> float:
 
 
 def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-               draw: float = 0.0, index: int = 0) -> list[Choice]:
+               draw: float = 0.0, index: int = 0, spill_utilization: float = SPILL_UTILIZATION) -> list[Choice]:
     """Cheapest expected $ per request first (p50 output), among pools predicted to meet the SLO with headroom.
 
-    Slack is the least of: capacity headroom 1 - utilization after adding this request (its share
-    at the p90 output), and, for a pool with requests in flight, 1 - live TTFT / SLO and 1 - live TPOT
-    / SLO (an idle pool's latency estimates are stale, and trusting them could starve it forever).
-    Tiers, in order: slack >= 1 - SPILL_UTILIZATION (by cost); slack in [0, that) (most slack first);
+    Costs and capacity shares are those of the request's own size, interpolated between the profile's
+    measured sizes (`ProfileBook.rate_at`), not of its bucket's upper edge.
+
+    Slack, as a share of the SLO, is how far below it the request's latency per token is expected to be:
+    (1 - alone / SLO) x (1 - utilization), where `alone` is its latency per token alone on an idle replica
+    (where the book knows the hardware's step costs; 0 otherwise) and utilization the pool's after adding
+    this request (its share at the p90 output). At utilization 0 it is an idle replica's margin; at 1,
+    the profile's operating point, none is left. So a request that barely fits the SLO even alone (a long
+    prompt with a short answer) goes only to nearly idle pools, and one the pool cannot serve in time at
+    all ranks as a predicted miss, though the capacity table (measured at the bucket's longest answer)
+    says the bucket is servable. For a pool with requests in flight, slack is at most 1 - live TTFT / SLO
+    and 1 - live TPOT / SLO (an idle pool's latency estimates are stale, and trusting them could starve it).
+    Tiers, in order: slack >= 1 - spill_utilization (by cost); slack in [0, that) (most slack first);
     predicted miss, slack < 0 (most slack first); p90 size beyond the profile (by cost).
     """
-    i = book.input_bucket(shape.input_tokens)
-    j90 = book.output_bucket(shape.output_p90)
-    tpot_s = shape.slo.tpot_ms / 1000.0
     ranked = []
     for position, (pool, rps50) in enumerate(_servable(shape, pools, book)):
         cost = _cost_usd(pool, rps50)
-        rps90 = book.max_rps_at(pool.hardware, i, j90)
         utilization = slack = None
-        if rps90 > 0:
-            utilization = (pool.in_flight_load + 1.0 / (rps90 * tpot_s * max(1, shape.output_p90))) / pool.replicas
+        if book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90) > 0:
+            share = capacity_share(book, pool.hardware, shape.input_tokens, shape.output_p90, shape.slo)
+            utilization = (pool.in_flight_load + share) / pool.replicas
             slack = 1.0 - utilization
+            alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p50)
+            if alone is not None:
+                margin = 1.0 - alone * 1000.0 / shape.slo.tpot_ms
+                slack = margin * slack if margin > 0 and slack > 0 else min(margin, slack)
             if pool.in_flight:
                 if pool.tpot_ms is not None:
                     slack = min(slack, 1.0 - pool.tpot_ms / shape.slo.tpot_ms)
@@ -103,7 +118,7 @@ def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook
                     slack = min(slack, 1.0 - pool.ttft_ms / shape.slo.ttft_ms)
         if slack is None:
             tier, key = 3, cost
-        elif slack >= 1.0 - SPILL_UTILIZATION:
+        elif slack >= 1.0 - spill_utilization:
             tier, key = 0, cost
         else:
             tier, key = (1 if slack >= 0 else 2), -slack
@@ -158,7 +173,7 @@ def melange(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *
             draw: float = 0.0, index: int = 0) -> list[Choice]:
     """Mélange's router: pick a pool at random with weight replicas x max_rps for the request's bucket
     (its share of the fleet's capacity for this size); the others follow by decreasing weight."""
-    servable = _servable(shape, pools, book)
+    servable = _servable(shape, pools, book, interpolated=False)
     if not servable:
         return []
     weights = [pool.replicas * rps for pool, rps in servable]

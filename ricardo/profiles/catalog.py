@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ricardo.profiles.engine_params import ALIASES, EngineParams, engine_catalog
 from ricardo.profiles.schema import ProfileFile, read_profile_file
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -27,6 +28,8 @@ GPU_CATALOG = DATA_DIR / "gpus.csv"
 PROFILE_FILES = {
     "llama2-7b": ("melange_llama2_7b.json", "estimated_llama2_7b.json"),
 }
+# per model: the file stem of tables the engine model computed at another SLO (`emulator/slo_tables.py`)
+MODELLED_STEMS = {"llama2-7b": "modelled_llama2_7b"}
 # profile name -> gpus.csv name, where they differ
 CATALOG_NAMES = {"H100": "H100-SXM"}
 PROFILE_NAMES = {v: k for k, v in CATALOG_NAMES.items()}
@@ -78,7 +81,8 @@ class ProfileBook:
     def __init__(self, *, model: str | None, slo_tpot_ms: float, slo_ttft_ms: float | None,
                  input_edges: Sequence[int], output_edges: Sequence[int], tables: Mapping[str, np.ndarray],
                  sources: Mapping[str, str], prices: Mapping[str, float], price_set: str,
-                 workloads: Mapping[str, np.ndarray] | None = None):
+                 workloads: Mapping[str, np.ndarray] | None = None,
+                 engines: Mapping[str, EngineParams] | None = None):
         self.model = model
         self.slo_tpot_ms = float(slo_tpot_ms)
         self.slo_ttft_ms = slo_ttft_ms
@@ -97,6 +101,8 @@ class ProfileBook:
             self._capacity[name] = table
         self._prices = {hw: float(prices[hw]) for hw in self._names if hw in prices}
         self._workloads = dict(workloads or {})
+        # step costs of the hardware, where known: the latency of a request alone (see `alone_seconds_per_token`)
+        self._engines = {hw: engines[hw] for hw in self._names if engines and hw in engines}
         # alias -> profile name; the tables as nested tuples, also under every alias (hot path: one dict lookup)
         self._canonical = {alias: hw for hw in self._names for alias in (hw, catalog_name(hw))}
         self._rows = {alias: tuple(map(tuple, self._capacity[hw].tolist())) for alias, hw in self._canonical.items()}
@@ -135,7 +141,22 @@ class ProfileBook:
         resolved = {self.canonical(hw): float(p) for hw, p in prices.items()}
         return ProfileBook(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
                            input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
-                           sources=self._sources, prices=resolved, price_set=price_set, workloads=self._workloads)
+                           sources=self._sources, prices=resolved, price_set=price_set, workloads=self._workloads,
+                           engines=self._engines)
+
+    def with_engines(self, engines: Mapping[str, EngineParams]) -> ProfileBook:
+        """The same book, knowing the step costs of its hardware (`alone_seconds_per_token`)."""
+        return ProfileBook(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
+                           input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
+                           sources=self._sources, prices=self._prices, price_set=self.price_set,
+                           workloads=self._workloads, engines=engines)
+
+    def alone_seconds_per_token(self, hardware: str, input_tokens: int, output_tokens: int) -> float | None:
+        """Latency per output token of this request alone on an idle replica, or None where the book has no
+        step costs for the hardware. A capacity table says what a replica sustains for requests as long as a
+        bucket's upper edge; this says whether this request, however short its output, can meet the SLO at all."""
+        params = self._engines.get(self._canonical.get(hardware, hardware))
+        return None if params is None else params.alone_seconds_per_token(input_tokens, output_tokens)
 
     # -- buckets and capacity (hot path) ----------------------------------------------------
     def input_bucket(self, tokens: int) -> int:
@@ -154,6 +175,66 @@ class ProfileBook:
 
     def max_rps_at(self, hardware: str, i: int, j: int) -> float:
         return self._rows[hardware][i][j]
+
+    def rate_at(self, hardware: str, input_tokens: int, output_tokens: int) -> float:
+        """Requests/s of exactly this size one replica sustains within the SLO, interpolated; 0 = cannot serve.
+
+        The tables were measured at the bucket edges (a bucket's cell holds its upper edge's capacity), so
+        `max_rps` charges every request as if it were as long as its bucket's upper edge: up to 2-4x too
+        much for a request just above the lower edge. Between edges this interpolates the replica-seconds a
+        request uses (1 / rate) bilinearly in (input, output) tokens: a request's work is close to
+        a + b * input + c * output + d * input * output (prefill, decode, attention over the KV cache),
+        which bilinear interpolation reproduces. Below the first edge it stays at the first edge; where
+        the upper-edge cell cannot serve, neither can this (the profile does not say how far it could).
+        """
+        rows = self._rows[hardware]
+        i = bisect_left(self.input_edges, input_tokens, 0, self._last_in)
+        j = bisect_left(self.output_edges, output_tokens, 0, self._last_out)
+        top = rows[i][j]
+        if top <= 0:
+            return 0.0
+        i0, j0 = max(i - 1, 0), max(j - 1, 0)
+        tx = _position(self.input_edges, i0, i, input_tokens)
+        ty = _position(self.output_edges, j0, j, output_tokens)
+        low_low, low_high, high_low = rows[i0][j0], rows[i0][j], rows[i][j0]
+        if min(low_low, low_high, high_low) <= 0:  # a ragged or noisy table: keep the upper edge's figure
+            return top
+        seconds = ((1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top))
+        return 1.0 / seconds
+
+    def request_seconds(self, hardware: str, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        """Replica-seconds each request of these sizes uses (`1 / rate_at`, vectorised; inf = cannot serve)."""
+        table = self.capacity(hardware)
+        inputs, outputs = np.asarray(input_tokens, dtype=float), np.asarray(output_tokens, dtype=float)
+        i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
+        j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
+        i0, j0 = np.maximum(i - 1, 0), np.maximum(j - 1, 0)
+        in_edges, out_edges = np.array(self.input_edges, float), np.array(self.output_edges, float)
+        tx = _positions(in_edges, i0, i, inputs)
+        ty = _positions(out_edges, j0, j, outputs)
+        with np.errstate(divide="ignore", invalid="ignore"):  # inf corners are replaced below
+            inverse = np.where(table > 0, 1.0 / table, np.inf)
+            corners = inverse[i0, j0], inverse[i0, j], inverse[i, j0], inverse[i, j]
+            blended = ((1 - tx) * ((1 - ty) * corners[0] + ty * corners[1])
+                       + tx * ((1 - ty) * corners[2] + ty * corners[3]))
+        ragged = ~np.isfinite(corners[0]) | ~np.isfinite(corners[1]) | ~np.isfinite(corners[2])
+        return np.where(ragged, corners[3], blended)
+
+    def bucket_request_seconds(self, hardware: str, input_tokens: Sequence[int],
+                               output_tokens: Sequence[int]) -> np.ndarray:
+        """Mean replica-seconds per request in each bucket of the grid for these requests (the planner's
+        `request_seconds`), 1 / capacity where no request falls, inf where the hardware cannot serve."""
+        inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
+        seconds = self.request_seconds(hardware, inputs, outputs)
+        i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
+        j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
+        total, count = np.zeros(self.shape), np.zeros(self.shape)
+        np.add.at(total, (i, j), seconds)
+        np.add.at(count, (i, j), 1)
+        table = self.capacity(hardware)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fallback = np.where(table > 0, 1.0 / table, np.inf)
+            return np.where(count > 0, total / np.maximum(count, 1), fallback)
 
     def rows(self, hardware: str) -> tuple[tuple[float, ...], ...] | None:
         """The capacity table as nested tuples, or None for unknown hardware (for callers that loop)."""
@@ -185,6 +266,18 @@ class ProfileBook:
         counts = np.zeros(self.shape)
         np.add.at(counts, (i, j), 1)
         return counts / inputs.size
+
+
+def _position(edges: tuple[int, ...], low: int, high: int, tokens: int) -> float:
+    """Where `tokens` lies between edges[low] and edges[high], in [0, 1] (0 when they are the same edge)."""
+    if high == low:
+        return 0.0
+    return min(1.0, max(0.0, (tokens - edges[low]) / (edges[high] - edges[low])))
+
+
+def _positions(edges: np.ndarray, low: np.ndarray, high: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    span = edges[high] - edges[low]
+    return np.where(span > 0, np.clip((tokens - edges[low]) / np.where(span > 0, span, 1), 0, 1), 0.0)
 
 
 def _dense(rows: list[list[float]], shape: tuple[int, int]) -> np.ndarray:
@@ -234,6 +327,15 @@ def load_book(*paths: str | Path, price_set: str = "melange", model: str | None 
     return book_from_profiles([read_profile_file(p) for p in paths], price_set=price_set, model=model)
 
 
+def modelled_profile_path(model: str, slo_tpot_ms: float) -> Path:
+    """Where the engine model's tables of `model` at `slo_tpot_ms` are shipped."""
+    try:
+        stem = MODELLED_STEMS[model]
+    except KeyError:
+        raise ValueError(f"no shipped profile for model {model!r}; known: {', '.join(MODELLED_STEMS)}") from None
+    return DATA_DIR / f"{stem}_tpot{slo_tpot_ms:g}.json"
+
+
 def default_profile_paths(model: str = "llama2-7b", include_estimated: bool = False) -> list[Path]:
     try:
         measured, estimated = PROFILE_FILES[model]
@@ -247,8 +349,33 @@ def default_profile_paths(model: str = "llama2-7b", include_estimated: bool = Fa
     return paths
 
 
-def load_default_book(model: str = "llama2-7b", price_set: str = "melange",
-                      include_estimated: bool = False) -> ProfileBook:
+def load_default_book(model: str = "llama2-7b", price_set: str = "melange", include_estimated: bool = False,
+                      slo_tpot_ms: float | None = None) -> ProfileBook:
     """The shipped profile of `model` (measured tables; with `include_estimated`, plus estimated ones for
-    hardware that was not measured) under a named price set."""
-    return load_book(*default_profile_paths(model, include_estimated), price_set=price_set, model=model)
+    hardware that was not measured) under a named price set.
+
+    At a `slo_tpot_ms` other than the measured tables' own, the tables are the engine model's at that
+    SLO (`python -m ricardo.emulator.slo_tables`), for the measured hardware only unless `include_estimated`.
+    """
+    paths = default_profile_paths(model, include_estimated)
+    measured = read_profile_file(paths[0])
+    if slo_tpot_ms is None or abs(slo_tpot_ms - measured.slo_tpot_ms) < 1e-9:
+        return _with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
+    path = modelled_profile_path(model, slo_tpot_ms)
+    if not path.is_file():
+        raise ValueError(f"no capacity tables of {model} at a {slo_tpot_ms:g} ms TPOT SLO (the measured ones are "
+                         f"at {measured.slo_tpot_ms:g} ms); build them with "
+                         f"`python -m ricardo.emulator.slo_tables --slo-tpot-ms {slo_tpot_ms:g}`")
+    modelled = read_profile_file(path)
+    if not include_estimated:
+        modelled.gpus = {name: table for name, table in modelled.gpus.items() if name in measured.gpus}
+    modelled.price_per_hour_usd = {**measured.price_per_hour_usd, **modelled.price_per_hour_usd}
+    modelled.workloads = {**measured.workloads, **modelled.workloads}
+    return _with_shipped_engines(book_from_profiles([modelled], price_set=price_set, model=model))
+
+
+def _with_shipped_engines(book: ProfileBook) -> ProfileBook:
+    """The shipped book knows the step costs calibrated for its hardware (profiles/data/engine_params_*.json)."""
+    catalog = engine_catalog()
+    engines = {hw: catalog[ALIASES.get(hw, hw)] for hw in book.hardware_names() if ALIASES.get(hw, hw) in catalog}
+    return book.with_engines(engines)

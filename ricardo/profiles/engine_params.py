@@ -111,6 +111,17 @@ class EngineParams(BaseModel):
         """One decode iteration: one token for each of `seqs` sequences holding `context_tokens` of KV."""
         return self.decode_fixed_seconds(seqs) + context_tokens * self.decode_seconds_per_context_token
 
+    def alone_seconds_per_token(self, prompt_tokens: int, output_tokens: int) -> float:
+        """Latency per output token of one request alone on an idle replica (the SLO's measure): its prefill
+        (which yields the first token), then a decode iteration per further token over a growing context.
+        The floor under any load: a request above the SLO here misses it on this hardware whatever the router."""
+        output_tokens = max(1, output_tokens)
+        decodes = output_tokens - 1
+        context = decodes * prompt_tokens + decodes * (decodes + 1) / 2
+        seconds = (self.prefill_seconds(prompt_tokens, 1) + decodes * self.decode_fixed_seconds(1)
+                   + context * self.decode_seconds_per_context_token)
+        return seconds / output_tokens
+
     def decode_fixed_seconds(self, seqs: int) -> float:
         """The part of a decode iteration that does not grow with context.
 

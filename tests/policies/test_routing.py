@@ -37,12 +37,26 @@ def test_cost_aware_sends_tiny_requests_to_cheap_gpus_and_long_inputs_to_big_one
     assert names(cost_aware(VERY_LONG_INPUT, fleet(book), book)) == ["H100", "A100-80GB"]
 
 
+def test_cost_aware_keeps_requests_off_hardware_too_slow_for_them_even_when_idle(book):
+    # 1,000 tokens in, 2 out: its latency per token is mostly its prefill; the A10G table (measured with
+    # 25-token answers) serves the bucket, but this request alone takes ~120 ms per token there
+    short_answer = RequestShape("llama2-7b", input_tokens=1000, output_p50=2, output_p90=2, slo=SLO_DEFAULT)
+    assert book.alone_seconds_per_token("A10G", 1000, 2) > 0.9 * 0.120
+    ranked = cost_aware(short_answer, fleet(book), book)
+    assert names(ranked)[0] in ("A100-80GB", "H100")
+    assert {c.pool: c.extra["tier"] for c in ranked}["A10G"] > 0
+    # the same prompt with a 50-token answer is cheapest on the A10G, as its table says
+    long_answer = RequestShape("llama2-7b", input_tokens=1000, output_p50=50, output_p90=80, slo=SLO_DEFAULT)
+    assert names(cost_aware(long_answer, fleet(book), book))[0] == "A10G"
+
+
 def test_cost_aware_fills_the_choice(book):
     best = cost_aware(LONG_INPUT, fleet(book), book)[0]
-    rps = book.max_rps("A100-80GB", 1500, 300)
+    rps = book.rate_at("A100-80GB", 1500, 300)
     assert best.cost_usd == pytest.approx(3.67 / 3600 / rps)
     share = capacity_share(book, "A100-80GB", 1500, 450, SLO_DEFAULT)
-    assert best.slack == pytest.approx(1 - share / 2)
+    alone = book.alone_seconds_per_token("A100-80GB", 1500, 300)
+    assert best.slack == pytest.approx((1 - share / 2) * (1 - alone / 0.120))
     assert best.extra["tier"] == 0 and "A100-80GB" in best.reason
     ranked = cost_aware(LONG_INPUT, fleet(book), book)
     assert [c.score for c in ranked] == sorted(c.score for c in ranked)
@@ -53,13 +67,17 @@ def test_cost_aware_ranks_by_expected_dollars_per_request(book):
     costs = [c.cost_usd for c in ranked]
     assert costs == sorted(costs)
     for choice in ranked:
-        assert choice.cost_usd == pytest.approx(book.price(choice.pool) / 3600 / book.max_rps(choice.pool, 1500, 300))
+        assert choice.cost_usd == pytest.approx(book.price(choice.pool) / 3600 / book.rate_at(choice.pool, 1500, 300))
 
 
 def test_cost_aware_spills_before_a_pool_saturates(book):
     share = capacity_share(book, "L4", 20, 40, SLO_DEFAULT)
-    below = SPILL_UTILIZATION * 2 - 3 * share  # two replicas, still headroom after this request
-    above = SPILL_UTILIZATION * 2  # past the spill point
+    # slack = (1 - alone / SLO) x (1 - utilization): the L4 takes this request with headroom up to this utilization
+    margin = 1 - book.alone_seconds_per_token("L4", 20, 20) / 0.120
+    spill_at = 1 - (1 - SPILL_UTILIZATION) / margin
+    assert 0.3 < spill_at < SPILL_UTILIZATION
+    below = spill_at * 2 - 3 * share  # two replicas, still headroom after this request
+    above = spill_at * 2 + share  # past the spill point
     assert names(cost_aware(TINY, fleet(book, L4={"in_flight": 5, "in_flight_load": below}), book))[0] == "L4"
     ranked = cost_aware(TINY, fleet(book, L4={"in_flight": 5, "in_flight_load": above}), book)
     assert names(ranked) == ["A10G", "A100-80GB", "H100", "L4"]  # after every pool with headroom
@@ -156,7 +174,7 @@ def test_melange_picks_by_capacity_weight(book):
 
 
 def test_capacity_share_is_littles_law_at_the_operating_point(book):
-    rps = book.max_rps("A10G", 300, 300)
+    rps = book.rate_at("A10G", 300, 300)
     assert capacity_share(book, "A10G", 300, 300, SLO_DEFAULT) == pytest.approx(1 / (rps * 0.120 * 300))
     # at max_rps arrivals, each lasting TPOT x output, the replica is exactly full
     assert rps * (0.120 * 300) * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT) == pytest.approx(1.0)

@@ -193,3 +193,46 @@ def test_lookup_is_cheap(book):
         book.max_rps("A10G", n_in, n_out)
     per_call = (time.perf_counter() - started) / len(sizes)
     assert per_call < 20e-6, f"{per_call * 1e6:.1f} us per lookup"
+
+
+# -- capacity at a request's own size ------------------------------------------------------------
+def test_rate_at_the_measured_sizes_is_the_table(book):
+    for hw in book.hardware_names():
+        for i, n_in in enumerate(book.input_edges):
+            for j, n_out in enumerate(book.output_edges):
+                assert book.rate_at(hw, n_in, n_out) == pytest.approx(book.max_rps_at(hw, i, j)), (hw, n_in, n_out)
+
+
+def test_rate_between_sizes_lies_between_its_neighbours_and_falls_with_size(book):
+    lower, upper = book.max_rps("A10G", 250, 250), book.max_rps("A10G", 500, 500)
+    rates = [book.rate_at("A10G", n, n) for n in range(251, 500, 12)]
+    assert all(upper <= r <= lower for r in rates)
+    assert rates == sorted(rates, reverse=True)
+    assert book.rate_at("A10G", 300, 300) > 2 * book.max_rps("A10G", 300, 300)  # the upper edge is 500 x 500
+    # half-way in replica-seconds, the work measure that interpolates linearly
+    middle = book.rate_at("A10G", 250, 375)
+    assert 1 / middle == pytest.approx(0.5 / book.max_rps("A10G", 250, 250) + 0.5 / book.max_rps("A10G", 250, 500))
+
+
+def test_rate_at_cannot_serve_what_the_upper_edge_cannot(book):
+    assert book.rate_at("L4", 2500, 100) == 0.0  # L4 not profiled past 2000 input tokens
+    assert book.rate_at("L4", 10, 10) == book.max_rps("L4", 25, 25)  # below the first edge: the first edge
+
+
+def test_vectorised_request_seconds_match_rate_at(book):
+    inputs = np.array([1, 25, 60, 300, 999, 1800, 2500, 9000, 20000])
+    outputs = np.array([1, 30, 250, 700, 1500, 2000, 40, 100, 3000])
+    for hw in book.hardware_names():
+        seconds = book.request_seconds(hw, inputs, outputs)
+        for s, n_in, n_out in zip(seconds, inputs, outputs):
+            rate = book.rate_at(hw, int(n_in), int(n_out))
+            assert (s == np.inf) if rate == 0 else s == pytest.approx(1 / rate), (hw, n_in, n_out)
+
+
+def test_bucket_request_seconds_are_the_mean_per_bucket(book):
+    inputs, outputs = [260, 490, 30], [260, 490, 30]
+    grid = book.bucket_request_seconds("A100-80GB", inputs, outputs)
+    i, j = book.bucket(260, 260)
+    assert grid[i, j] == pytest.approx((1 / book.rate_at("A100-80GB", 260, 260) + 1 / book.rate_at("A100-80GB", 490, 490)) / 2)
+    assert grid[0, 0] == pytest.approx(1 / book.max_rps_at("A100-80GB", 0, 0))  # no request there: the table
+    assert np.isinf(book.bucket_request_seconds("L4", [3000], [10])).sum() >= 1

@@ -1,0 +1,89 @@
+"""Capacity tables at a TPOT SLO nobody measured, computed by the calibrated engine model.
+
+The measured Mélange tables hold for one SLO (120 ms of latency per output token). A 40 ms SLO needs
+other tables: how many requests per second of each size one replica sustains when every token must
+come three times faster. Nothing was measured there, so this runs the engine model, whose step costs
+were fitted to the 120 ms tables (`calibrate.py`), the same way the profiler drove the GPUs: a
+Poisson stream of identical requests at the bucket's upper edges, the highest rate whose steady-state
+mean latency per output token stays within the SLO. Every table it writes says `source: estimated`.
+
+    python -m ricardo.emulator.slo_tables --slo-tpot-ms 40
+
+writes ricardo/profiles/data/modelled_llama2_7b_tpot40.json for every hardware type of the engine
+catalogue (measured and estimated alike), on the measured profile's bucket grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ricardo.emulator.calibrate import DATA, Evaluator, Measurement, as_rows, grid, load_profile
+from ricardo.profiles.catalog import modelled_profile_path
+from ricardo.profiles.engine_params import engine_catalog
+
+COMMAND = "python -m ricardo.emulator.slo_tables"
+
+
+def slo_document(slo_tpot_ms: float, processes: int | None = None) -> dict:
+    """Every catalogue type's capacity table at `slo_tpot_ms`, as a profile file (JSON-ready dict)."""
+    profile = load_profile()
+    sizes = grid(profile)
+    columns = len(profile["output_bucket_upper_edges"])
+    m = Measurement(slo_s=slo_tpot_ms / 1000)
+    catalog = engine_catalog()
+    evaluator = Evaluator(m, processes)
+    tables, seconds = {}, {}
+    try:
+        for name, params in tqdm(catalog.items(), desc=f"tables at {slo_tpot_ms:g} ms", unit="type"):
+            started = time.perf_counter()
+            tables[name] = evaluator.table(params, sizes).reshape(-1, columns)
+            seconds[name] = round(time.perf_counter() - started, 1)
+    finally:
+        evaluator.close()
+    return {
+        "what": f"Single-replica capacity of Llama-2-7B per request-size bucket at a {slo_tpot_ms:g} ms TPOT SLO "
+                "(request latency / output tokens), computed by ricardo's engine model, NOT measured. "
+                "max_rps[i][j] = the Poisson rate of identical requests (input = upper edge of input bucket i, "
+                "output = upper edge of output bucket j) up to which the model's steady-state mean latency per "
+                "output token stays within the SLO. Engine parameters: engine_params_llama2_7b.json (fitted to "
+                "the measured 120 ms tables for L4/A10G/A100-80GB/H100, datasheet estimates for the others). "
+                "0 = the SLO fails even for one such request alone, or it does not fit the KV cache. "
+                f"Produced by `{COMMAND} --slo-tpot-ms {slo_tpot_ms:g}`.",
+        "model": "llama2-7b",
+        "slo_tpot_ms": slo_tpot_ms,
+        "input_bucket_upper_edges": profile["input_bucket_upper_edges"],
+        "output_bucket_upper_edges": profile["output_bucket_upper_edges"],
+        "measurement": asdict(m),
+        "seconds": seconds,
+        "gpus": {name: {"max_rps": as_rows(tables[name], columns), "source": "estimated",
+                        "note": f"engine model ({catalog[name].source} parameters)"}
+                 for name in catalog},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
+    parser.add_argument("--slo-tpot-ms", type=float, required=True)
+    parser.add_argument("--out", type=Path, help="default: the shipped file for this SLO in " + str(DATA))
+    parser.add_argument("--processes", type=int, default=multiprocessing.cpu_count())
+    args = parser.parse_args(argv)
+    if not args.slo_tpot_ms > 0:
+        parser.error("--slo-tpot-ms must be positive")
+    out = args.out or modelled_profile_path("llama2-7b", args.slo_tpot_ms)
+    doc = slo_document(args.slo_tpot_ms, args.processes)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    served = {n: int(np.count_nonzero(np.array(t["max_rps"]))) for n, t in doc["gpus"].items()}
+    print(f"wrote {out}; buckets each type can serve: {served}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
