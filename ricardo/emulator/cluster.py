@@ -120,7 +120,8 @@ def simulate(trace: Iterable[TraceRequest], fleet: dict[str, int], engine_params
         for _, replica in engines:
             replica.engine.advance_to(item.arrival)
             _retire(replica.engine, in_flight)
-        request = SimRequest(Timing(item.arrival, item.input_tokens, item.output_tokens))
+        # every answer has a first token: a trace's 0-token answers (an aborted request) count as one
+        request = SimRequest(Timing(item.arrival, item.input_tokens, max(1, item.output_tokens)))
         requests.append(request)
         p50 = item.predicted_p50 if item.predicted_p50 is not None else item.output_tokens
         p90 = item.predicted_p90 if item.predicted_p90 is not None else max(p50, item.output_tokens)

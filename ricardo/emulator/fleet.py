@@ -54,7 +54,7 @@ def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineP
     latency per output token is its whole prefill): no fleet or router serves it in time, so a target
     that counts it measures the trace, not the approach.
     """
-    sizes = sorted({(r.input_tokens, r.output_tokens) for r in requests})
+    sizes = sorted({(r.input_tokens, max(1, r.output_tokens)) for r in requests})
     meets = {}
     for size in sizes:
         meets[size] = False
@@ -68,7 +68,7 @@ def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineP
             if timing.latency_per_token * 1000 <= slo.tpot_ms:
                 meets[size] = True
                 break
-    return np.array([meets[(r.input_tokens, r.output_tokens)] for r in requests])
+    return np.array([meets[(r.input_tokens, max(1, r.output_tokens))] for r in requests])
 
 
 @dataclass

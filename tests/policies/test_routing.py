@@ -1,5 +1,6 @@
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -71,16 +72,22 @@ def test_cost_aware_ranks_by_expected_dollars_per_request(book):
 
 
 def test_cost_aware_spills_before_a_pool_saturates(book):
-    share = capacity_share(book, "L4", 20, 40, SLO_DEFAULT)
-    # slack = (1 - alone / SLO) x (1 - utilization): the L4 takes this request with headroom up to this utilization
-    margin = 1 - book.alone_seconds_per_token("L4", 20, 20) / 0.120
+    pools = [p for p in fleet(book) if p.name != "L4"]  # the A10G is then the cheapest for a tiny request
+    assert names(cost_aware(TINY, pools, book))[0] == "A10G"
+    share = capacity_share(book, "A10G", 20, 40, SLO_DEFAULT)
+    # slack = (1 - alone / SLO) x (1 - utilization): the A10G takes the request with headroom up to spill_at
+    margin = 1 - book.alone_seconds_per_token("A10G", 20, 20) / 0.120
     spill_at = 1 - (1 - SPILL_UTILIZATION) / margin
-    assert 0.3 < spill_at < SPILL_UTILIZATION
+    assert 0.1 < spill_at < SPILL_UTILIZATION
     below = spill_at * 2 - 3 * share  # two replicas, still headroom after this request
     above = spill_at * 2 + share  # past the spill point
-    assert names(cost_aware(TINY, fleet(book, L4={"in_flight": 5, "in_flight_load": below}), book))[0] == "L4"
-    ranked = cost_aware(TINY, fleet(book, L4={"in_flight": 5, "in_flight_load": above}), book)
-    assert names(ranked) == ["A10G", "A100-80GB", "H100", "L4"]  # after every pool with headroom
+
+    def loaded(load: float) -> list[PoolView]:
+        return [replace(p, in_flight=5, in_flight_load=load) if p.name == "A10G" else p for p in pools]
+
+    assert names(cost_aware(TINY, loaded(below), book))[0] == "A10G"
+    ranked = cost_aware(TINY, loaded(above), book)
+    assert names(ranked) == ["A100-80GB", "H100", "A10G"]  # after every pool with headroom
     assert ranked[-1].extra["tier"] == 1 and 0 <= ranked[-1].slack < 1 - SPILL_UTILIZATION
 
 
