@@ -39,6 +39,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--headroom", type=float, default=0.0, help="keep each type's load <= (1 - F) of its GPUs")
     p.add_argument("--drop-unservable", action="store_true",
                    help="leave out requests whose size no candidate type can serve (reported as unserved_rate)")
+    p.add_argument("--exact-sizes", action="store_true",
+                   help="with a trace: charge each request its own size, interpolated between the profile's "
+                        "measured sizes, instead of its bucket's upper edge (Mélange's rule; ricardo plans so)")
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds before returning the best found")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handle)
@@ -72,13 +75,17 @@ def run(args: argparse.Namespace) -> dict:
     paths = args.profile or default_profile_paths(include_estimated=args.include_estimated)
     book = load_book(*paths, price_set=args.price_set)
     prices = book.prices | _overrides(args.price, book)
-    fractions, trace_rate, described = read_workload(args.workload, book)
+    fractions, trace_rate, described, sizes = read_workload(args.workload, book)
+    if args.exact_sizes and sizes is None:
+        raise ValueError("--exact-sizes needs a trace as --workload (a histogram has no request sizes)")
     rate = args.rate if args.rate is not None else trace_rate
     if rate is None:
         raise ValueError(f"--rate is needed: workload {args.workload!r} has no arrival times")
     only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
     rates = fractions * rate
     options = dict(slice_factor=args.slice_factor, headroom=args.headroom, time_limit_s=args.time_limit)
+    if args.exact_sizes:
+        options["request_seconds"] = {hw: book.bucket_request_seconds(hw, *sizes) for hw in book.hardware_names()}
     mixed = plan(rates, book, prices, only=only, drop_unservable=args.drop_unservable, **options)
     served = rates.copy()
     if mixed.unserved_rate:
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
         "price_set": args.price_set,
         "prices": {hw: prices[hw] for hw in mixed.allocation},
         "slo_tpot_ms": book.slo_tpot_ms,
+        "sizes": "exact (interpolated)" if args.exact_sizes else "bucket upper edges",
         "profiles": [str(p) for p in paths],
     }
 
@@ -120,12 +128,11 @@ def _overrides(specs: list[str], book) -> dict[str, float]:
     return prices
 
 
-def read_workload(spec: str, book) -> tuple[object, float | None, str]:
-    """(fractions on the book's grid, the trace's mean rate or None, a description)."""
-    import numpy as np
-
+def read_workload(spec: str, book) -> tuple[object, float | None, str, tuple[list[int], list[int]] | None]:
+    """(fractions on the book's grid, the trace's mean rate or None, a description, a trace's (input, output)
+    lengths or None)."""
     if spec in book.workload_names():
-        return book.workload(spec), None, f"profile mix {spec!r}"
+        return book.workload(spec), None, f"profile mix {spec!r}", None
     path = Path(spec)
     if not path.is_file():
         from ricardo.loadgen.traces import NAMED_TRACES
@@ -135,11 +142,11 @@ def read_workload(spec: str, book) -> tuple[object, float | None, str]:
         known = ", ".join([*book.workload_names(), *NAMED_TRACES])
         raise WorkloadError(f"workload {spec!r} is neither a file nor a known name ({known})")
     if path.suffix.lower() == ".json":
-        return _histogram(path, book), None, f"histogram {path}"
+        return _histogram(path, book), None, f"histogram {path}", None
     return _from_requests(spec, book)
 
 
-def _from_requests(spec: str, book) -> tuple[object, float | None, str]:
+def _from_requests(spec: str, book) -> tuple[object, float | None, str, tuple[list[int], list[int]]]:
     from ricardo.loadgen.traces import TraceError, read_trace, untimed
 
     try:
@@ -148,8 +155,8 @@ def _from_requests(spec: str, book) -> tuple[object, float | None, str]:
         raise WorkloadError(str(exc)) from None
     span = requests[-1].arrival_s - requests[0].arrival_s
     rate = (len(requests) - 1) / span if span > 0 and not untimed(requests) else None
-    fractions = book.histogram([r.input_tokens for r in requests], [r.output_tokens for r in requests])
-    return fractions, rate, f"{len(requests)} requests from {spec}"
+    sizes = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
+    return book.histogram(*sizes), rate, f"{len(requests)} requests from {spec}", sizes
 
 
 def _histogram(path: Path, book):

@@ -33,10 +33,18 @@ def demand(requests: Sequence[TraceRequest], book: ProfileBook) -> np.ndarray:
     return fractions * mean_rate(requests)
 
 
-def plan_fleet(requests, book: ProfileBook, headroom: float = 0.0) -> dict[str, int]:
-    """The planner's cheapest fleet for the requests' size mix at their mean arrival rate."""
-    result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True)
+def plan_fleet(requests, book: ProfileBook, headroom: float = 0.0, exact_sizes: bool = True) -> dict[str, int]:
+    """The planner's cheapest fleet for the requests' size mix at their mean arrival rate, charging each request
+    its own size (or, with `exact_sizes=False`, its bucket's upper edge, as Mélange does)."""
+    seconds = request_seconds(requests, book) if exact_sizes else None
+    result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True, request_seconds=seconds)
     return {hw: n for hw, n in result.allocation.items() if n}
+
+
+def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook) -> dict[str, np.ndarray]:
+    """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`)."""
+    inputs, outputs = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
+    return {hw: book.bucket_request_seconds(hw, inputs, outputs) for hw in book.hardware_names()}
 
 
 def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
@@ -107,8 +115,7 @@ class FleetSearch:
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
         self.demand = demand(requests, book)
-        inputs, outputs = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
-        self.seconds = {hw: book.bucket_request_seconds(hw, inputs, outputs) for hw in book.hardware_names()}
+        self.seconds = request_seconds(requests, book)
 
     def plan(self, scale: float, only: Sequence[str], exact_sizes: bool = True) -> Plan:
         """The planner's fleet for `scale` x the demand: charging each request its own size (ricardo's

@@ -136,3 +136,13 @@ def test_text_output(capsys):
     assert ricardo_plan("--workload", "arena", "--rate", "4") == 0
     text = capsys.readouterr().out
     assert "mixed fleet:" in text and "A10G-only:" in text and "optimal" in text
+
+
+def test_exact_sizes_charge_each_request_its_own_size(capsys, book):
+    edges = plan_json(capsys, "--workload", "azure-conv")
+    exact = plan_json(capsys, "--workload", "azure-conv", "--exact-sizes")
+    assert exact["sizes"].startswith("exact") and edges["sizes"] == "bucket upper edges"
+    assert exact["cost_per_hour"] < edges["cost_per_hour"]  # every request is at most its bucket's upper edge
+    assert exact["load"]["A100-80GB"] <= edges["load"]["A100-80GB"] or exact["allocation"] != edges["allocation"]
+    assert ricardo_plan("--workload", "arena", "--rate", "4", "--exact-sizes") == 2
+    assert "needs a trace" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+"""The simulator's fleets: SLO tables at 40 ms, the cheapest-fleet search, and `ricardo simulate` as a process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ricardo.emulator.calibrate import Measurement, max_rate
+from ricardo.emulator.cluster import TraceRequest
+from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, plan_fleet, servable
+from ricardo.emulator.virtual import poisson_arrivals
+from ricardo.policies.types import SLO
+from ricardo.profiles.catalog import load_default_book, modelled_profile_path
+from ricardo.profiles.engine_params import engine_catalog, load_engine_params
+from ricardo.profiles.schema import read_profile_file
+
+SLO_120, SLO_40 = SLO(10_000.0, 120.0), SLO(10_000.0, 40.0)
+
+
+def poisson_trace(rate: float, count: int, seed: int = 0) -> list[TraceRequest]:
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(20, 1500, size=count)
+    outputs = rng.integers(20, 400, size=count)
+    return [TraceRequest(float(t), int(i), int(o)) for t, i, o in zip(poisson_arrivals(rate, count, seed), inputs, outputs)]
+
+
+def test_the_shipped_40_ms_tables_are_the_engine_models_and_tighter_than_at_120():
+    profile = read_profile_file(modelled_profile_path("llama2-7b", 40))
+    assert profile.slo_tpot_ms == 40 and set(profile.gpus) == set(engine_catalog())
+    assert all(table.source == "estimated" for table in profile.gpus.values())
+    at_40, at_120 = book_for_slo(40, full_catalog=True), load_default_book(include_estimated=True)
+    for hw in at_40.hardware_names():
+        assert (at_40.capacity(hw) <= at_120.capacity(hw) * 1.05 + 1e-9).all(), hw  # a tighter SLO never adds capacity
+    assert not at_40.capacity("L4").any()  # its decode step alone is ~45 ms
+    # one cell, recomputed as the generator computes it
+    rate = max_rate(load_engine_params("A100-80GB"), 500, 250, Measurement(slo_s=0.040))
+    assert at_40.max_rps("A100-80GB", 500, 250) == pytest.approx(rate, rel=0.01)
+
+
+def test_an_slo_without_tables_is_refused_with_the_command_that_builds_them():
+    with pytest.raises(ValueError, match="slo_tables --slo-tpot-ms 77"):
+        book_for_slo(77)
+
+
+def test_requests_too_slow_even_alone_are_recognised():
+    engines = list(engine_catalog().values())
+    requests = [TraceRequest(0.0, 25, 25), TraceRequest(0.0, 4000, 1), TraceRequest(0.0, 4000, 400)]
+    assert alone_within_slo(requests, engines, SLO_40).tolist() == [True, False, True]
+    assert alone_within_slo(requests, engines, SLO_120).tolist() == [True, True, True]
+    book = book_for_slo(120)
+    assert servable([TraceRequest(0.0, 3000, 50)], book, ["L4", "A10G"]).tolist() == [False]  # not profiled > 2000
+
+
+def test_the_search_finds_a_fleet_that_passes_where_one_gpu_less_fails():
+    book = book_for_slo(120)
+    requests = poisson_trace(rate=6.0, count=1500)
+    judged = servable(requests, book, book.hardware_names())
+    search = FleetSearch(requests, book, engine_catalog(), SLO_120, judged, target=0.99)
+    found = search.cheapest("cost-aware", ["A100-80GB"])
+    assert found.best is not None and found.best.attainment >= 0.99
+    n = found.best.fleet["A100-80GB"]
+    if n > 1:
+        fewer, _ = search.evaluate({"A100-80GB": n - 1}, "cost-aware")
+        assert fewer < 0.99
+    assert all(t.cost_per_hour >= found.best.cost_per_hour for t in found.trials if t.attainment >= 0.99)
+
+
+def test_planning_at_exact_sizes_costs_no_more_than_at_upper_edges():
+    book = book_for_slo(120)
+    requests = poisson_trace(rate=20.0, count=3000)
+    exact, edges = plan_fleet(requests, book), plan_fleet(requests, book, exact_sizes=False)
+    assert sum(book.prices[h] * n for h, n in exact.items()) < sum(book.prices[h] * n for h, n in edges.items())
+
+
+def run_cli(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "ricardo.cli", *args, "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("slo_ms", [120, 40])
+def test_simulate_command(slo_ms):
+    out = run_cli("simulate", "--trace", "azure-conv", "--duration", "300", "--slo-tpot-ms", str(slo_ms))
+    assert out["requests"] > 500 and 0 <= out["slo_attainment"] <= 1
+    assert sum(out["per_pool_requests"].values()) + out["rejected"] == out["requests"]
+    assert out["cost_per_hour"] == pytest.approx(sum(book_for_slo(slo_ms).prices[h] * n for h, n in out["fleet"].items()))
+    if slo_ms == 40:
+        assert "L4" not in out["fleet"]  # no L4 meets 40 ms per token
+
+
+def test_simulate_rejects_bad_input():
+    done = subprocess.run([sys.executable, "-m", "ricardo.cli", "simulate", "--trace", "azure-conv", "--slo-tpot-ms",
+                           "77"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "77 ms" in done.stderr
