@@ -81,7 +81,7 @@ def run_case(case: tuple) -> dict:
 
     search = FleetSearch(requests, book, engines, slo, judged, TARGET)
     bound = search.plan(1.0, types)
-    melange_ilp = search.plan(1.0, types, exact_sizes=False)
+    melange_ilp = search.plan(1.0, types, planner="melange")
     tokens = sum(r.input_tokens + r.output_tokens for r in requests)
     hours = (requests[-1].arrival - requests[0].arrival) / 3600
 
@@ -100,8 +100,8 @@ def run_case(case: tuple) -> dict:
     cheapest_alone = min(alone.values(), default=0.0)
     approaches = {f"{hw} only": outcome(search.cheapest("cost-aware", [hw]))
                   if hw in alone and alone[hw] <= SINGLE_TYPE_SPAN * cheapest_alone else None for hw in types}
-    approaches["melange"] = outcome(search.cheapest("melange", types, exact_sizes=False))
-    approaches["ricardo"] = outcome(search.cheapest("cost-aware", types))
+    approaches["melange"] = outcome(search.cheapest("melange", types, planner="melange"))
+    approaches["ricardo"] = outcome(search.cheapest("cost-aware", types, planner="ricardo"))
     return {
         "catalog": catalog, "price_set": CATALOGS[catalog], "trace": trace, "knob": TRACES[trace][1],
         "knob_value": knob, "rate": mean_rate(requests), "slo_tpot_ms": slo_ms, "requests": len(requests),

@@ -33,9 +33,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", choices=("measured", "full"), default="measured",
                    help="hardware to plan over: the measured types, or measured + estimated")
     p.add_argument("--headroom", type=float, default=0.0, help="planner over-provisioning for --fleet auto")
-    p.add_argument("--upper-edges", action="store_true",
-                   help="--fleet auto charges each request its bucket's upper edge, as Mélange plans (default: "
-                        "its own size, interpolated between the profile's measured sizes, as ricardo plans)")
+    p.add_argument("--planner", choices=("ricardo", "exact", "melange"), default="ricardo",
+                   help="planner of --fleet auto: ricardo (each request at its own size, each type sized for the "
+                        "utilization the cost-aware policy runs it at), exact (own sizes at the profile's operating "
+                        "point), melange (bucket upper edges at the operating point)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handle)
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> dict:
     requests = load_requests(args)
     book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
     if args.fleet == "auto":
-        fleet = plan_fleet(requests, book, headroom=args.headroom, exact_sizes=not args.upper_edges)
+        fleet = plan_fleet(requests, book, SLO(args.slo_ttft_ms, args.slo_tpot_ms), headroom=args.headroom,
+                           planner=args.planner)
     else:
         fleet = _read_fleet(args.fleet, book)
     unknown = [hw for hw in fleet if not book.has(hw)]

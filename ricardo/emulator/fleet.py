@@ -12,6 +12,7 @@ import numpy as np
 from ricardo.emulator.cluster import TraceRequest, simulate
 from ricardo.emulator.virtual import Timing, VirtualEngine
 from ricardo.policies.planner import Plan, plan
+from ricardo.policies.routing import SLACK_TARGET, safe_utilization
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook, load_default_book
 from ricardo.profiles.engine_params import EngineParams
@@ -33,18 +34,41 @@ def demand(requests: Sequence[TraceRequest], book: ProfileBook) -> np.ndarray:
     return fractions * mean_rate(requests)
 
 
-def plan_fleet(requests, book: ProfileBook, headroom: float = 0.0, exact_sizes: bool = True) -> dict[str, int]:
-    """The planner's cheapest fleet for the requests' size mix at their mean arrival rate, charging each request
-    its own size (or, with `exact_sizes=False`, its bucket's upper edge, as Mélange does)."""
-    seconds = request_seconds(requests, book) if exact_sizes else None
+PLANNERS = ("ricardo", "exact", "melange")
+
+
+def plan_fleet(requests, book: ProfileBook, slo: SLO, headroom: float = 0.0,
+               planner: str = "ricardo") -> dict[str, int]:
+    """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see `FleetSearch.plan`
+    for the planners)."""
+    if planner not in PLANNERS:
+        raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
+    seconds = {"ricardo": lambda: request_seconds(requests, book, slo), "exact": lambda: request_seconds(requests, book),
+               "melange": lambda: None}[planner]()
     result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True, request_seconds=seconds)
     return {hw: n for hw, n in result.allocation.items() if n}
 
 
-def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook) -> dict[str, np.ndarray]:
-    """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`)."""
+def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO | None = None,
+                    slack_target: float = SLACK_TARGET) -> dict[str, np.ndarray]:
+    """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`).
+
+    With an `slo`, each request's seconds are divided by the utilization up to which the cost-aware policy keeps
+    sending it to that hardware (`safe_utilization` of its latency alone there; at least MIN_SAFE_UTILIZATION,
+    so that one request too slow for a type does not bar the type from its whole bucket): the planner then
+    provisions each type for the load the router will put on it, not for the profile's operating point.
+    """
     inputs, outputs = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
-    return {hw: book.bucket_request_seconds(hw, inputs, outputs) for hw in book.hardware_names()}
+    sizes = sorted(set(zip(inputs, outputs)))
+    seconds = {}
+    for hw in book.hardware_names():
+        factors = None
+        if slo is not None and book.alone_seconds_per_token(hw, 1, 1) is not None:
+            safe = {size: max(MIN_SAFE_UTILIZATION, safe_utilization(
+                book.alone_seconds_per_token(hw, *size) * 1000 / slo.tpot_ms, slack_target)) for size in sizes}
+            factors = np.array([1.0 / safe[size] for size in zip(inputs, outputs)])
+        seconds[hw] = book.bucket_request_seconds(hw, inputs, outputs, factors)
+    return seconds
 
 
 def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
@@ -79,6 +103,10 @@ def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineP
     return np.array([meets[(r.input_tokens, max(1, r.output_tokens))] for r in requests])
 
 
+MIN_SAFE_UTILIZATION = 0.1
+PLAN_TIME_LIMIT_S = 10.0  # the gateway's live planner stops at 1 s; a search wants proven optima
+
+
 @dataclass
 class Trial:
     scale: float  # the planner sized the fleet for `scale` x the mean rate
@@ -111,17 +139,21 @@ class FleetSearch:
     """
 
     def __init__(self, requests: Sequence[TraceRequest], book: ProfileBook, engines: dict[str, EngineParams],
-                 slo: SLO, judged: np.ndarray, target: float = 0.99, seed: int = 0):
+                 slo: SLO, judged: np.ndarray, target: float = 0.99, seed: int = 0,
+                 slack_target: float = SLACK_TARGET):
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
         self.demand = demand(requests, book)
-        self.seconds = request_seconds(requests, book)
+        self.seconds = {"exact": request_seconds(requests, book),
+                        "ricardo": request_seconds(requests, book, slo, slack_target), "melange": None}
 
-    def plan(self, scale: float, only: Sequence[str], exact_sizes: bool = True) -> Plan:
-        """The planner's fleet for `scale` x the demand: charging each request its own size (ricardo's
-        planner) or, with `exact_sizes=False`, its bucket's upper edge (Mélange's)."""
+    def plan(self, scale: float, only: Sequence[str], planner: str = "exact") -> Plan:
+        """The planner's fleet for `scale` x the demand, charging each request
+        - "exact": its own size at the profile's operating point (the bound's planner);
+        - "ricardo": its own size at the utilization the cost-aware policy runs its hardware at (`request_seconds`);
+        - "melange": its bucket's upper edge at the operating point (Mélange's planner)."""
         return plan(self.demand * scale, self.book, only=only, drop_unservable=True,
-                    request_seconds=self.seconds if exact_sizes else None)
+                    request_seconds=self.seconds[planner], time_limit_s=PLAN_TIME_LIMIT_S)
 
     def evaluate(self, fleet: dict[str, int], policy: str) -> tuple[float, dict]:
         result = simulate(self.requests, fleet, self.engines, self.book, self.book.prices, policy, self.slo,
@@ -130,14 +162,15 @@ class FleetSearch:
         met = (lpt * 1000 <= self.slo.tpot_ms) & self.judged
         return float(met.sum() / max(1, self.judged.sum())), result.summary()
 
-    def cheapest(self, policy: str, only: Sequence[str], *, exact_sizes: bool = True, lowest: float = 0.25,
+    def cheapest(self, policy: str, only: Sequence[str], *, planner: str = "exact", lowest: float = 0.25,
                  highest: float = 64.0, factors: Sequence[float] = (1.25, 1.04),
                  on_trial: Callable[[Trial], None] | None = None) -> Search:
         search = Search(None)
         trials: dict[tuple, Trial] = {}
+        best: dict[float, Trial] = {}  # the passing trial of each passing scale
 
         def passes(scale: float) -> bool:
-            fleet = self._fleet(scale, only, exact_sizes)
+            fleet = self._fleet(scale, only, planner)
             key = tuple(sorted(fleet.items()))
             if key not in trials:
                 attainment, summary = self.evaluate(fleet, policy) if fleet else (0.0, {})
@@ -146,7 +179,10 @@ class FleetSearch:
                 search.trials.append(trials[key])
                 if on_trial:
                     on_trial(trials[key])
-            return trials[key].attainment >= self.target
+            if trials[key].attainment >= self.target:
+                best[scale] = trials[key]
+                return True
+            return False
 
         # bracket the smallest passing scale by doubling (or halving), then narrow it by each factor in turn
         failing, passing = (None, 1.0) if passes(1.0) else (1.0, None)
@@ -169,8 +205,8 @@ class FleetSearch:
                     passing = scale
                     break
                 failing, scale = scale, scale * factor
-        search.best = next(t for t in search.trials if t.fleet == self._fleet(passing, only, exact_sizes))
+        search.best = best[passing]
         return search
 
-    def _fleet(self, scale: float, only: Sequence[str], exact_sizes: bool) -> dict[str, int]:
-        return {hw: n for hw, n in self.plan(scale, only, exact_sizes).allocation.items() if n}
+    def _fleet(self, scale: float, only: Sequence[str], planner: str) -> dict[str, int]:
+        return {hw: n for hw, n in self.plan(scale, only, planner).allocation.items() if n}

@@ -28,12 +28,12 @@ from ricardo.profiles.catalog import ProfileBook
 
 Policy = Callable[..., list[Choice]]
 
-# a pool whose SLO slack for the request falls below 1 - this ranks after every pool with more: spill long
-# before saturation, since at utilization 1.0 the profile says the SLO is met only on average, and the target
-# is most requests within it. Chosen on a trace the economics benchmark does not use
-# (bench/economics/tune_spill.py, the AIBrix ShareGPT ramp at 2-12x: 0.5 gave the cheapest fleets meeting 99%
-# at 120 ms at every speed; 0.85, the earlier default, cost 13-53% more; the 40 ms fleets did not change)
-SPILL_UTILIZATION = 0.5
+# a pool is used by cost while the request's predicted slack there is at least this share of the SLO, then by
+# most slack: keep far from saturation, since at utilization 1.0 the profile says the SLO is met only on
+# average, and the target is most requests within it. Chosen on a trace the economics benchmark does not use
+# (bench/economics/tune_slack.py, the AIBrix ShareGPT ramp at 2, 4 and 12x: 0.5 gave the cheapest fleets
+# meeting 99% at 120 ms, or within 3% of them; 0.3 cost up to 12% more; the 40 ms fleets did not change)
+SLACK_TARGET = 0.5
 _COST_SCALE_USD = 1e-4  # squashes $/request into [0, 1) for the score; any positive scale keeps the order
 _TIERS = ("headroom", "saturating", "predicted SLO miss", "p90 size not profiled")
 
@@ -53,6 +53,24 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     if rps <= 0:
         return 1.0
     return 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens))
+
+
+def predicted_slack(alone_share: float, utilization: float) -> float:
+    """How far below the SLO, as a share of it, a request's latency per output token is expected to stay on a
+    pool at `utilization` (1.0: the profile's operating point), when its latency alone on an idle replica is
+    `alone_share` of the SLO: (1 - a) x (1 - u), the idle margin shrinking with the load. Negative: a
+    predicted miss. (The engine model's mean latency grows more slowly than this at light load, but routing
+    by this estimate gave cheaper fleets at 99% within SLO: bench/economics/tune_slack.py.)"""
+    if alone_share >= 1.0 or utilization >= 1.0:
+        return min(1.0 - alone_share, 1.0 - utilization)
+    return (1.0 - alone_share) * (1.0 - utilization)
+
+
+def safe_utilization(alone_share: float, slack_target: float = SLACK_TARGET) -> float:
+    """The utilization up to which a request whose alone latency is `alone_share` of the SLO keeps
+    `slack_target` (`predicted_slack` solved for u; 0 if not even an idle replica gives that much)."""
+    room = 1.0 - alone_share
+    return 1.0 - slack_target / room if room > slack_target else 0.0
 
 
 def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook,
@@ -84,22 +102,21 @@ def _cost_usd(pool: PoolView, rps: float) -> float:
 
 
 def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-               draw: float = 0.0, index: int = 0, spill_utilization: float = SPILL_UTILIZATION) -> list[Choice]:
+               draw: float = 0.0, index: int = 0, slack_target: float = SLACK_TARGET) -> list[Choice]:
     """Cheapest expected $ per request first (p50 output), among pools predicted to meet the SLO with headroom.
 
     Costs and capacity shares are those of the request's own size, interpolated between the profile's
     measured sizes (`ProfileBook.rate_at`), not of its bucket's upper edge.
 
-    Slack, as a share of the SLO, is how far below it the request's latency per token is expected to be:
-    (1 - alone / SLO) x (1 - utilization), where `alone` is its latency per token alone on an idle replica
-    (where the book knows the hardware's step costs; 0 otherwise) and utilization the pool's after adding
-    this request (its share at the p90 output). At utilization 0 it is an idle replica's margin; at 1,
-    the profile's operating point, none is left. So a request that barely fits the SLO even alone (a long
-    prompt with a short answer) goes only to nearly idle pools, and one the pool cannot serve in time at
-    all ranks as a predicted miss, though the capacity table (measured at the bucket's longest answer)
-    says the bucket is servable. For a pool with requests in flight, slack is at most 1 - live TTFT / SLO
-    and 1 - live TPOT / SLO (an idle pool's latency estimates are stale, and trusting them could starve it).
-    Tiers, in order: slack >= 1 - spill_utilization (by cost); slack in [0, that) (most slack first);
+    Slack, as a share of the SLO, is how far below it the request's latency per token is expected to be
+    (`predicted_slack`): from `alone`, its latency per token alone on an idle replica (where the book knows
+    the hardware's step costs; 0 otherwise), and the pool's utilization after adding this request (its
+    share at the p90 output). So a request that barely fits the SLO even alone (a long prompt with a short
+    answer) goes only to nearly idle pools, and one the pool cannot serve in time at all ranks as a
+    predicted miss, though the capacity table (measured at the bucket's longest answer) says the bucket is
+    servable. For a pool with requests in flight, slack is at most 1 - live TTFT / SLO and 1 - live TPOT /
+    SLO (an idle pool's latency estimates are stale, and trusting them could starve it).
+    Tiers, in order: slack >= slack_target (by cost); slack in [0, that) (most slack first);
     predicted miss, slack < 0 (most slack first); p90 size beyond the profile (by cost).
     """
     ranked = []
@@ -109,11 +126,8 @@ def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook
         if book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90) > 0:
             share = capacity_share(book, pool.hardware, shape.input_tokens, shape.output_p90, shape.slo)
             utilization = (pool.in_flight_load + share) / pool.replicas
-            slack = 1.0 - utilization
             alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p50)
-            if alone is not None:
-                margin = 1.0 - alone * 1000.0 / shape.slo.tpot_ms
-                slack = margin * slack if margin > 0 and slack > 0 else min(margin, slack)
+            slack = predicted_slack(0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, utilization)
             if pool.in_flight:
                 if pool.tpot_ms is not None:
                     slack = min(slack, 1.0 - pool.tpot_ms / shape.slo.tpot_ms)
@@ -121,7 +135,7 @@ def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook
                     slack = min(slack, 1.0 - pool.ttft_ms / shape.slo.ttft_ms)
         if slack is None:
             tier, key = 3, cost
-        elif slack >= 1.0 - spill_utilization:
+        elif slack >= slack_target:
             tier, key = 0, cost
         else:
             tier, key = (1 if slack >= 0 else 2), -slack

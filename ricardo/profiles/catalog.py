@@ -220,12 +220,15 @@ class ProfileBook:
         ragged = ~np.isfinite(corners[0]) | ~np.isfinite(corners[1]) | ~np.isfinite(corners[2])
         return np.where(ragged, corners[3], blended)
 
-    def bucket_request_seconds(self, hardware: str, input_tokens: Sequence[int],
-                               output_tokens: Sequence[int]) -> np.ndarray:
+    def bucket_request_seconds(self, hardware: str, input_tokens: Sequence[int], output_tokens: Sequence[int],
+                               factors: np.ndarray | None = None) -> np.ndarray:
         """Mean replica-seconds per request in each bucket of the grid for these requests (the planner's
-        `request_seconds`), 1 / capacity where no request falls, inf where the hardware cannot serve."""
+        `request_seconds`), each request's multiplied by its `factors` if given; 1 / capacity where no request
+        falls, inf where the hardware cannot serve."""
         inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
         seconds = self.request_seconds(hardware, inputs, outputs)
+        if factors is not None:
+            seconds = seconds * factors
         i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
         j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
         total, count = np.zeros(self.shape), np.zeros(self.shape)

@@ -69,11 +69,17 @@ def test_the_search_finds_a_fleet_that_passes_where_one_gpu_less_fails():
     assert all(t.cost_per_hour >= found.best.cost_per_hour for t in found.trials if t.attainment >= 0.99)
 
 
-def test_planning_at_exact_sizes_costs_no_more_than_at_upper_edges():
+def test_planners_exact_sizes_below_upper_edges_and_ricardo_provisions_for_its_router():
     book = book_for_slo(120)
     requests = poisson_trace(rate=20.0, count=3000)
-    exact, edges = plan_fleet(requests, book), plan_fleet(requests, book, exact_sizes=False)
-    assert sum(book.prices[h] * n for h, n in exact.items()) < sum(book.prices[h] * n for h, n in edges.items())
+
+    def cost(planner: str) -> float:
+        return sum(book.prices[h] * n for h, n in plan_fleet(requests, book, SLO_120, planner=planner).items())
+
+    assert cost("exact") < cost("melange")  # every request is at most its bucket's upper edge
+    assert cost("exact") < cost("ricardo")  # no type runs at the profile's operating point (mean TPOT = SLO)
+    with pytest.raises(ValueError, match="unknown planner"):
+        plan_fleet(requests, book, SLO_120, planner="magic")
 
 
 def run_cli(*args: str) -> dict:

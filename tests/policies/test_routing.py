@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 
 from ricardo.policies.routing import (
-    POLICIES, SPILL_UTILIZATION, capacity_share, cost_aware, get_policy, melange, round_robin,
+    POLICIES, SLACK_TARGET, capacity_share, cost_aware, get_policy, melange, predicted_slack, round_robin,
+    safe_utilization,
 )
 from ricardo.policies.types import SLO, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book
@@ -57,7 +58,7 @@ def test_cost_aware_fills_the_choice(book):
     assert best.cost_usd == pytest.approx(3.67 / 3600 / rps)
     share = capacity_share(book, "A100-80GB", 1500, 450, SLO_DEFAULT)
     alone = book.alone_seconds_per_token("A100-80GB", 1500, 300)
-    assert best.slack == pytest.approx((1 - share / 2) * (1 - alone / 0.120))
+    assert best.slack == pytest.approx(predicted_slack(alone / 0.120, share / 2))
     assert best.extra["tier"] == 0 and "A100-80GB" in best.reason
     ranked = cost_aware(LONG_INPUT, fleet(book), book)
     assert [c.score for c in ranked] == sorted(c.score for c in ranked)
@@ -75,10 +76,8 @@ def test_cost_aware_spills_before_a_pool_saturates(book):
     pools = [p for p in fleet(book) if p.name != "L4"]  # the A10G is then the cheapest for a tiny request
     assert names(cost_aware(TINY, pools, book))[0] == "A10G"
     share = capacity_share(book, "A10G", 20, 40, SLO_DEFAULT)
-    # slack = (1 - alone / SLO) x (1 - utilization): the A10G takes the request with headroom up to spill_at
-    margin = 1 - book.alone_seconds_per_token("A10G", 20, 20) / 0.120
-    spill_at = 1 - (1 - SPILL_UTILIZATION) / margin
-    assert 0.1 < spill_at < SPILL_UTILIZATION
+    spill_at = safe_utilization(book.alone_seconds_per_token("A10G", 20, 20) / 0.120)
+    assert 0.1 < spill_at < 1
     below = spill_at * 2 - 3 * share  # two replicas, still headroom after this request
     above = spill_at * 2 + share  # past the spill point
 
@@ -88,7 +87,19 @@ def test_cost_aware_spills_before_a_pool_saturates(book):
     assert names(cost_aware(TINY, loaded(below), book))[0] == "A10G"
     ranked = cost_aware(TINY, loaded(above), book)
     assert names(ranked) == ["A100-80GB", "H100", "A10G"]  # after every pool with headroom
-    assert ranked[-1].extra["tier"] == 1 and 0 <= ranked[-1].slack < 1 - SPILL_UTILIZATION
+    assert ranked[-1].extra["tier"] == 1 and 0 <= ranked[-1].slack < SLACK_TARGET
+
+
+def test_the_slack_model():
+    assert predicted_slack(0.0, 0.0) == 1.0 and predicted_slack(0.5, 0.0) == 0.5
+    assert predicted_slack(0.5, 1.0) == 0.0  # the profile's operating point: mean latency = SLO
+    assert predicted_slack(1.2, 0.1) < 0 and predicted_slack(1.2, 1.5) < 0 and predicted_slack(0.2, 1.1) < 0
+    slacks = [predicted_slack(0.3, u / 10) for u in range(11)]
+    assert slacks == sorted(slacks, reverse=True)
+    for a in (0.0, 0.3, 0.6):
+        assert predicted_slack(a, safe_utilization(a, 0.2)) == pytest.approx(0.2)
+    assert predicted_slack(0.5, 0.5) == 0.25
+    assert safe_utilization(0.85, 0.2) == 0.0  # even idle, less than 0.2 of slack
 
 
 def test_cost_aware_ranks_predicted_misses_last_and_most_slack_first_among_them(book):
