@@ -53,22 +53,26 @@ def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SL
                     slack_target: float = SLACK_TARGET) -> dict[str, np.ndarray]:
     """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`).
 
-    With an `slo`, each request's seconds are divided by the utilization up to which the cost-aware policy keeps
-    sending it to that hardware (`safe_utilization` of its latency alone there; at least MIN_SAFE_UTILIZATION,
-    so that one request too slow for a type does not bar the type from its whole bucket): the planner then
-    provisions each type for the load the router will put on it, not for the profile's operating point.
+    With an `slo`, each request's seconds on a type are divided by the utilization up to which the type keeps
+    the request's predicted slack at its target (`safe_utilization` of its latency alone there): the planner
+    then provisions each type for the load the router will put on it, not for the profile's operating point.
+    The target is the policy's, or half the room the best type leaves, where no type leaves that much (at a
+    tight SLO every type is run below its operating point, the slower ones more). A type that cannot keep it
+    is charged 1 / MIN_SAFE_UTILIZATION, so that one request too slow for it does not bar it from its bucket.
     """
     inputs, outputs = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
-    sizes = sorted(set(zip(inputs, outputs)))
-    seconds = {}
-    for hw in book.hardware_names():
-        factors = None
-        if slo is not None and book.alone_seconds_per_token(hw, 1, 1) is not None:
-            safe = {size: max(MIN_SAFE_UTILIZATION, safe_utilization(
-                book.alone_seconds_per_token(hw, *size) * 1000 / slo.tpot_ms, slack_target)) for size in sizes}
-            factors = np.array([1.0 / safe[size] for size in zip(inputs, outputs)])
-        seconds[hw] = book.bucket_request_seconds(hw, inputs, outputs, factors)
-    return seconds
+    timed = [hw for hw in book.hardware_names() if book.alone_seconds_per_token(hw, 1, 1) is not None]
+    factors: dict[str, np.ndarray] = {}
+    if slo is not None and timed:
+        sizes = sorted(set(zip(inputs, outputs)))
+        safe = {hw: {} for hw in timed}
+        for size in sizes:
+            alone = {hw: book.alone_seconds_per_token(hw, *size) * 1000 / slo.tpot_ms for hw in timed}
+            target = min(slack_target, 0.5 * max(1.0 - a for a in alone.values()))
+            for hw, a in alone.items():
+                safe[hw][size] = max(MIN_SAFE_UTILIZATION, safe_utilization(a, target))
+        factors = {hw: np.array([1.0 / safe[hw][size] for size in zip(inputs, outputs)]) for hw in timed}
+    return {hw: book.bucket_request_seconds(hw, inputs, outputs, factors.get(hw)) for hw in book.hardware_names()}
 
 
 def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
@@ -162,7 +166,7 @@ class FleetSearch:
         met = (lpt * 1000 <= self.slo.tpot_ms) & self.judged
         return float(met.sum() / max(1, self.judged.sum())), result.summary()
 
-    def cheapest(self, policy: str, only: Sequence[str], *, planner: str = "exact", lowest: float = 0.25,
+    def cheapest(self, policy: str, only: Sequence[str], *, planner: str = "exact", lowest: float = 1 / 16,
                  highest: float = 64.0, factors: Sequence[float] = (1.25, 1.04),
                  on_trial: Callable[[Trial], None] | None = None) -> Search:
         search = Search(None)
