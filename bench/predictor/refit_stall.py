@@ -5,7 +5,7 @@
 Loads the shipped predictor, buffers OUTCOMES outcomes (ShareGPT and GSM8K prompts with their real output
 lengths), then keeps calling predict() on the event loop, yielding between calls, while a refit runs
 (a) nowhere (reference), (b) in a thread via loop.run_in_executor(None, predictor.refit), and
-(c) in a worker process via predictor.refit_async(ProcessPoolExecutor). Prints the largest and 99th-percentile
+(c) in a worker process via predictor.refit_async(refit_executor()). Prints the largest and 99th-percentile
 gap between consecutive predictions and the refit's wall time.
 """
 
@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from ricardo.predictor.datasets import gsm8k_rows, sharegpt_rows
 from ricardo.predictor.features import features_from_body
-from ricardo.predictor.model import OutputLengthPredictor
+from ricardo.predictor.model import OutputLengthPredictor, refit_executor, stop_executor
 from ricardo.predictor.tokens import InputTokenCounter
 
 
@@ -71,8 +69,9 @@ async def main(outcomes: int) -> None:
     async def in_thread() -> None:
         await asyncio.get_running_loop().run_in_executor(None, predictor.refit)
 
-    # a lower CPU priority for the worker: on a small machine the event loop should win the CPU
-    with ProcessPoolExecutor(max_workers=1, initializer=os.nice, initargs=(10,)) as pool:
+    # what the gateway uses: one worker at a lower CPU priority, so on a small machine the event loop wins the CPU
+    pool = refit_executor()
+    try:
         pool.submit(int).result()  # start the worker before measuring
 
         async def in_process() -> None:
@@ -83,6 +82,8 @@ async def main(outcomes: int) -> None:
             result = await predict_while(predictor, requests, refit)
             print(f"{name:<16} refit {result['refit_s']:6.2f} s   max gap {result['max_gap_ms']:8.2f} ms   "
                   f"p99 gap {result['p99_gap_ms']:6.3f} ms   predictions {result['predictions']}")
+    finally:
+        stop_executor(pool)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ async def get_predictor(request: web.Request) -> web.Response:
     state = _state(request)
     return web.json_response({"output_tokens": state.shaper.predictor.accuracy(),
                               "model": state.shaper.predictor.info,
+                              "learning": state.learning.status(),
                               "input_tokens": {"exact": state.shaper.counter.exact,
                                                "correction": state.shaper.counter.ratio()}})
 
@@ -308,7 +309,8 @@ ROUTES = [
     Route("PUT", "/admin/slo", "Change the default SLO", set_slo, SLOConfig),
     Route("GET", "/admin/policy", "Read the active routing policy", get_policy),
     Route("PUT", "/admin/policy", "Change the active routing policy", set_policy, PolicyBody),
-    Route("GET", "/admin/predictor", "Accuracy of the request-size predictor", get_predictor),
+    Route("GET", "/admin/predictor", "Accuracy of the request-size predictor, its model and how it learns",
+          get_predictor),
     Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs",
           get_scaling),
 ]

@@ -7,11 +7,11 @@ that header on without reading it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.policies.types import SLO, RequestShape
-from ricardo.predictor.features import features_from_body
+from ricardo.predictor.features import RequestFeatures, features_from_body
 from ricardo.predictor.model import OutputLengthPredictor
 from ricardo.predictor.tokens import InputTokenCounter
 from ricardo.protocol.openai import OpenAIError
@@ -25,6 +25,8 @@ class Shaper:
         self.default_slo = default_slo
         self.counter = InputTokenCounter(encoding)
         self.predictor = predictor or OutputLengthPredictor.load_default()
+        # called with (features, completion tokens) of every outcome, after the predictor has buffered it
+        self.outcome_hooks: list[Callable[[RequestFeatures, int], None]] = []
 
     def shape(self, endpoint: str, body: dict, request, headers: Mapping[str, str]) -> tuple[RequestShape, object]:
         if endpoint == "chat":
@@ -65,6 +67,8 @@ class Shaper:
         """Learn from what the backend reported: the true input count and the true output length."""
         self.counter.observe(shape.input_tokens, prompt_tokens)
         self.predictor.observe(features, completion_tokens)
+        for hook in self.outcome_hooks:
+            hook(features, completion_tokens)
         metrics.outcomes.inc()
         metrics.predicted_output.observe(shape.output_p50)
         metrics.prediction_error.observe(abs(completion_tokens - shape.output_p50))

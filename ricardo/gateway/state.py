@@ -21,6 +21,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from ricardo.gateway.config import GatewayConfig, SharedConfig, backend_key, check_shared
+from ricardo.gateway.learning import PredictorLearning, load_predictor
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.pools import Backend, Pool, new_session
 from ricardo.gateway.shaping import Shaper
@@ -44,7 +45,11 @@ class GatewayState:
         self.shared = config.shared()
         self.version = 0
         self.policy = get_policy(self.shared.policy)
-        self.shaper = Shaper(SLO(self.shared.slo.ttft_ms, self.shared.slo.tpot_ms), config.tokenizer)
+        predictor, source = load_predictor(config.predictor.model_path)
+        self.shaper = Shaper(SLO(self.shared.slo.ttft_ms, self.shared.slo.tpot_ms), config.tokenizer, predictor)
+        self.learning = PredictorLearning(predictor, self.store, config.predictor, self.replica_id,
+                                          self.metrics.registry, source)
+        self.shaper.outcome_hooks.append(self.learning.observe)
         self._index = itertools.count()
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task] = []
@@ -126,6 +131,7 @@ class GatewayState:
         self.apply(version, doc)
         self.store.watch_config(self.apply)
         await self.store.start()
+        await self.learning.start()
         await self.probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
 
@@ -133,6 +139,7 @@ class GatewayState:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.learning.close()
         await self.store.close()
         for pool in self.pools.values():
             for backend in pool.backends:

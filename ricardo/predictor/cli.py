@@ -47,9 +47,12 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{'predictor p50':<26}{result['mae']:>10.2f}  MAE (tokens)")
     for name, mae in sorted(result["baselines"].items(), key=lambda item: item[1]):
         print(f"{name:<26}{mae:>10.2f}")
-    print(f"gain vs best baseline ({result['best_baseline']}): {result['gain_vs_best_baseline']:.1%}")
+    print(f"gain vs best baseline ({result['best_baseline']}): {result['gain_vs_best_baseline']:.1%}; vs best "
+          f"running baseline ({result['best_running_baseline']}): {result['gain_vs_best_running_baseline']:.1%}")
     print(f"p90 coverage {result['p90_coverage']:.3f}, mean p90 {result['mean_p90']:.0f} tokens")
-    print(f"per request: p50 {result['predict_us_p50']:.0f} µs, p99 {result['predict_us_p99']:.0f} µs")
+    for name, what in (("predict_us", "features + prediction"), ("count_input_tokens_us", "input token count"),
+                       ("count_and_predict_us", "both")):
+        print(f"{what:<26}p50 {result[name + '_p50']:>5.0f} µs, p99 {result[name + '_p99']:>5.0f} µs")
     return 0
 
 

@@ -5,10 +5,15 @@ head and tail (the instruction is usually at one end; the cut bounds the cost of
 ways:
 
 - `term_keys`: the text's llama3 BPE tokens (lower-cased) as a bag of unigrams and bigrams, plus markers for the
-  first and last tokens. Keys are integers in disjoint ranges, so a fitted model maps them to columns with one
-  `searchsorted`, without Python loops. The model name is a key of its own (`model_key`).
+  first and last tokens. Keys are integers in disjoint ranges, so a fitted model maps them to columns with array
+  lookups (`model.TermIndex`), without Python loops. The model name is a key of its own (`model_key`).
 - `dense`: a short vector of numbers (input length, digits, lines, code, questions, sampling parameters ...), see
-  `DENSE_NAMES`.
+  `DENSE_NAMES`, and a few marks of who wrote the last message. Much chat traffic (and the ShareGPT replay) sends a
+  text written by an assistant ("Sure, here is ...": the next turn is usually short) as often as one written by a
+  person asking for something ("write me ...", often lower-case: the answer is usually long). Five cheap marks
+  (an assistant-style opener, a request-style opener, a lower-case start, the rate of "you", markdown emphasis and
+  headings) took the MAE on the ShareGPT training half from 51.6 to 50.3 tokens in grouped 5-fold cross-validation
+  (3 repeats); on the held-out half, scored once afterwards, from 53.2 to 52.8.
 
 Both are pure functions of the features, which stay small (at most ~1 kB of text) so outcomes can be buffered for
 retraining and shipped to a worker process.
@@ -30,7 +35,7 @@ from ricardo.predictor.tokens import prompt_texts
 if TYPE_CHECKING:
     from ricardo.predictor.model import Prediction
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 HEAD_CHARS = 800
 TAIL_CHARS = 200
 EDGE_TOKENS = 16            # how many first / last tokens get their own "at the start / at the end" keys
@@ -41,13 +46,24 @@ HEAD_BASE = 1 << 40
 TAIL_BASE = HEAD_BASE + VOCAB
 
 LIST_ITEM = re.compile(r"\n\s*(?:\d+[.)]|[-*\u2022])\s")  # a literal first character keeps the scan fast
-CODE_CHARS = "{}();=<>[]"
+CODE_BYTES = tuple(b"{}();=<>[]")
+OPENER_CHARS = 40           # how much of the last message the opener patterns look at
+# anchored at the start of the last message (a `match` of a few dozen characters costs ~1 µs)
+ASSISTANT_OPENER = re.compile(
+    r"(?:sure|certainly|of course|absolutely|great|yes|no problem|here(?:'s| is| are)|i apologi[sz]e|i'm sorry|sorry|"
+    r"thank you|thanks|you're (?:right|correct|welcome)|you are (?:right|correct)|as an ai|in summary|based on|"
+    r"it seems|it is|it's|this|that|there (?:is|are)|the)\b", re.IGNORECASE)
+REQUEST_OPENER = re.compile(
+    r"(?:write|create|generate|make|give|list|explain|describe|tell|help|rewrite|summari[sz]e|continue|provide|"
+    r"translate|fix|improve|suggest|draft|compose|design|build|implement|can|could|would|please|i want|i need|"
+    r"i'd like|act|pretend|how|what|why|imagine|let's|you are|you will)\b", re.IGNORECASE)
 
 DENSE_NAMES = (
     "log_input_tokens", "input_tokens_k", "log_chars", "numbers_10", "log_numbers", "log_digits", "log_sentences",
     "log_lines", "log_questions", "ends_with_question", "log_list_items", "log_code_fences", "multibyte_share",
     "code_char_share", "log_messages", "has_system", "has_max_tokens", "log_max_tokens", "temperature", "top_p",
     "has_stop", "json_mode", "has_tools", "is_chat", "log_last_message_chars",
+    "assistant_opener", "request_opener", "lowercase_start", "you_per_10_words", "log_markdown_marks",
 )
 
 
@@ -57,6 +73,7 @@ class RequestFeatures:
     input_tokens: int
     chars: int                  # length of the whole prompt text
     last_message_chars: int
+    last_message_head: str      # its first OPENER_CHARS characters, leading blanks stripped
     messages: int               # 0 for a completions prompt
     has_system: bool
     max_tokens: int | None
@@ -70,20 +87,40 @@ class RequestFeatures:
     # set by OutputLengthPredictor.predict, so that observe() scores the prediction the router actually used
     prediction: Prediction | None = None
 
+    def tokens(self) -> np.ndarray:
+        """The lower-cased text's llama3 token ids."""
+        return np.array(_tokenizer().encode_ordinary(self.text.lower()), dtype=np.int64)
+
     def term_keys(self) -> np.ndarray:
         """The prompt's term keys, one per occurrence: unigrams, bigrams, first and last tokens."""
-        tokens = np.array(_tokenizer().encode_ordinary(self.text.lower()), dtype=np.int64)
+        tokens = self.tokens()
         return np.concatenate([tokens, BIGRAM_BASE + tokens[:-1] * VOCAB + tokens[1:],
                                HEAD_BASE + tokens[:EDGE_TOKENS], TAIL_BASE + tokens[-EDGE_TOKENS:]])
 
     def model_key(self) -> int:
         return zlib.crc32(self.model.encode("utf-8", "surrogatepass"))
 
+    def to_record(self) -> list:
+        """The fields as plain JSON values (the prediction left out): how outcomes travel between replicas,
+        as JSON rather than pickle, so reading another replica's outcomes can never run code."""
+        return [getattr(self, name) for name in RECORD_FIELDS]
+
+    @classmethod
+    def from_record(cls, record: list) -> RequestFeatures:
+        if len(record) != len(RECORD_FIELDS):
+            raise ValueError(f"a features record has {len(RECORD_FIELDS)} fields, not {len(record)}")
+        return cls(*record)
+
     def dense(self) -> list[float]:
-        """The numbers named by DENSE_NAMES (str methods, numpy and one regex: a few µs per kB of text)."""
-        text = self.text
+        """The numbers named by DENSE_NAMES (str methods, numpy and three regexes: ~25 µs per kB of text)."""
+        text, opening = self.text, self.last_message_head
+        # ASCII patterns are counted in the UTF-8 bytes, which is exact (no multi-byte sequence holds an ASCII byte)
+        # and twice as fast as str.count on text that is not all ASCII
         utf8 = text.encode("utf-8", "surrogatepass")
-        numbers, digits = _digit_runs(utf8)
+        count = utf8.count
+        codes = np.frombuffer(utf8, dtype=np.uint8)
+        bytes_seen = np.bincount(codes, minlength=256).tolist()  # one pass for every single-character count
+        numbers, digits = _digit_runs(codes), sum(bytes_seen[48:58])
         size = max(1, len(text))
         log1p = math.log1p
         return [
@@ -93,14 +130,14 @@ class RequestFeatures:
             numbers / 10,
             log1p(numbers),
             log1p(digits),
-            log1p(text.count(". ") + text.count("? ") + text.count("! ") + text.count(".\n")),
-            log1p(text.count("\n")),
-            log1p(text.count("?")),
+            log1p(count(b". ") + count(b"? ") + count(b"! ") + count(b".\n")),
+            log1p(bytes_seen[10]),  # "\n"
+            log1p(bytes_seen[63]),  # "?"
             float(text.rstrip().endswith("?")),
             log1p(len(LIST_ITEM.findall(text))),
-            log1p(text.count("```")),
+            log1p(count(b"```")),
             (len(utf8) - len(text)) / size,
-            sum(map(text.count, CODE_CHARS)) / size,
+            sum(bytes_seen[code] for code in CODE_BYTES) / size,
             log1p(self.messages),
             float(self.has_system),
             float(self.max_tokens is not None),
@@ -112,7 +149,15 @@ class RequestFeatures:
             float(self.has_tools),
             float(self.is_chat),
             log1p(self.last_message_chars),
+            float(ASSISTANT_OPENER.match(opening) is not None),
+            float(REQUEST_OPENER.match(opening) is not None),
+            float(opening[:1].islower()),
+            10 * utf8.lower().count(b" you") / (bytes_seen[32] + 1),  # you, your, you're: replies talk to the reader
+            log1p(count(b"**") + count(b"\n#")),
         ]
+
+
+RECORD_FIELDS = tuple(name for name in RequestFeatures.__slots__ if name != "prediction")
 
 
 def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
@@ -130,6 +175,7 @@ def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
         input_tokens=int(input_tokens),
         chars=len(text),
         last_message_chars=len(texts[-1]) if texts else 0,
+        last_message_head=texts[-1].lstrip()[:OPENER_CHARS] if texts else "",
         messages=len(messages) if isinstance(messages, list) else 0,
         has_system=has_system,
         max_tokens=min(caps) if caps else None,
@@ -149,11 +195,10 @@ def head_and_tail(text: str) -> str:
     return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
 
 
-def _digit_runs(utf8: bytes) -> tuple[int, int]:
-    """How many runs of ASCII digits (numbers, roughly) and how many digits."""
-    codes = np.frombuffer(utf8, dtype=np.uint8)
-    digit = (codes >= 48) & (codes <= 57)
-    return int(digit[:1].sum() + np.count_nonzero(digit[1:] & ~digit[:-1])), int(np.count_nonzero(digit))
+def _digit_runs(codes: np.ndarray) -> int:
+    """How many runs of ASCII digits (numbers, roughly) the UTF-8 bytes hold."""
+    digit = (codes - 48) < 10  # uint8 arithmetic wraps below "0"
+    return int(digit[:1].sum() + np.count_nonzero(digit[1:] > digit[:-1]))
 
 
 def _number(value: object, default: float) -> float:

@@ -99,6 +99,14 @@ class Cluster:
         return [f"http://127.0.0.1:{port}" for port in self.gateway_ports]
 
     def start(self) -> Cluster:
+        """Start the emulators and gateways and wait until they answer; on failure stop what started."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Cluster:
         emulator = Process(ricardo_command("emulate", "--config", str(self.config_path), "--speed", str(self.speed)),
                            "emulator")
         self.processes.append(emulator)

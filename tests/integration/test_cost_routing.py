@@ -198,13 +198,7 @@ def admin_pools(cluster: Cluster) -> dict[str, dict]:
 
 
 def start(fleet: dict[str, tuple[str, int]], tmp, speed: float) -> Cluster:
-    cluster = Cluster(fleet, tmp, speed=speed, policy="cost-aware", price_set=PRICE_SET, tokenizer=TOKENIZER)
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+    return Cluster(fleet, tmp, speed=speed, policy="cost-aware", price_set=PRICE_SET, tokenizer=TOKENIZER).start()
 
 
 @pytest.fixture(scope="module")

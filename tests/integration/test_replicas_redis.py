@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.integration.harness import Cluster
-from tests.redis_server import RedisServer, available
+from tests.redis_server import available
 
 pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not installed")
 
@@ -22,21 +22,10 @@ SMALL = {"model": "llama2-7b", "messages": [{"role": "user", "content": "hi"}], 
 
 
 @pytest.fixture(scope="module")
-def redis():
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(redis, tmp_path_factory):
     cluster = Cluster(POOLS, tmp_path_factory.mktemp("replicas"), speed=8.0, gateways=3, redis_url=redis.url,
                       admin_token=TOKEN)
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop()
-        raise
+    cluster.start()
     yield cluster
     cluster.stop()
 

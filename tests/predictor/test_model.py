@@ -2,14 +2,13 @@ import asyncio
 import inspect
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 
 from ricardo.predictor.features import DENSE_NAMES, features_from_body
 from ricardo.predictor.model import (DEFAULT_MODEL, DEFAULT_RESERVOIR, OutputLengthPredictor, fit, fit_model,
-                                     load_reservoir)
+                                     TermIndex, load_reservoir, refit_executor, stop_executor, vocabulary_columns)
 from ricardo.predictor.tokens import InputTokenCounter
 
 from .synthetic import requests
@@ -166,10 +165,13 @@ async def test_a_refit_in_a_thread_lets_predictions_flow(busy_predictor):
 
 
 async def test_a_refit_in_a_process_lets_predictions_flow(busy_predictor):
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    pool = refit_executor(niceness=0)  # not niced here: with the machine busy a niced worker may wait for long
+    try:
         pool.submit(int).result()
         max_gap, predictions, duration = await _max_gap_while(busy_predictor,
                                                               lambda: busy_predictor.refit_async(pool))
+    finally:
+        stop_executor(pool)
     assert busy_predictor.info["version"] == 2
     assert predictions > 100 and max_gap < 0.1
 
@@ -185,3 +187,13 @@ def test_odd_bodies_get_bounded_predictions():
     for body in odd:
         prediction = predictor.predict(features_from_body(body, 10**9))
         assert 1 <= prediction.p50 <= prediction.p90 <= 2**20
+
+
+def test_the_term_index_finds_what_a_search_of_the_whole_vocabulary_finds(reservoir):
+    model = OutputLengthPredictor.load_default()._model
+    index = TermIndex(model.vocab)
+    odd = [features_from_body({"prompt": text}, 1) for text in ("", "a", "a b", "\u00e9\u00e9\u00e9 \U0001f600")]
+    for features in odd + [features for features, _ in reservoir[::7]]:
+        expected = vocabulary_columns(model.vocab, features.term_keys())
+        assert np.array_equal(index.columns(features.tokens()), expected)
+    assert np.array_equal(TermIndex(model.vocab[:0]).columns(odd[2].tokens()), [])
