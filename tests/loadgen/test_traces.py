@@ -24,7 +24,9 @@ def test_named_azure_traces_are_bundled_whole(name, rows):
     assert arrivals == sorted(arrivals)
     assert 3000 < arrivals[-1] < 3700  # about one hour
     assert all(r.input_tokens > 0 and r.output_tokens >= 0 and r.prompt is None for r in requests)
-    assert NAMED_TRACES[name].read_bytes() == (SHARED_DATA / "traces" / "azure2023" / NAMED_TRACES[name].name).read_bytes()
+    original = SHARED_DATA / "traces" / "azure2023" / NAMED_TRACES[name].name
+    if original.is_file():  # the bundled copy is the shared data's, byte for byte (a fresh clone may lack ../shared)
+        assert NAMED_TRACES[name].read_bytes() == original.read_bytes()
 
 
 def test_azure_csv_file(tmp_path):
@@ -70,6 +72,7 @@ def test_aibrix_jsonl_keeps_prompt_text_and_groups(tmp_path):
                                 TraceRequest(1.5, 4, 1, "a b c d")]
 
 
+@pytest.mark.skipif(not AIBRIX.is_file(), reason="../shared/data is not beside the repo")
 def test_real_aibrix_workload():
     requests = read_trace(str(AIBRIX))
     assert len(requests) == 2026
