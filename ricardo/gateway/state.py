@@ -28,7 +28,7 @@ from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
 from ricardo.policies.routing import capacity_share, get_policy, request_cost_usd
 from ricardo.policies.types import SLO, Choice, RequestShape
-from ricardo.profiles.catalog import load_default_book
+from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -39,6 +39,8 @@ class GatewayState:
         self.models = set(config.models)
         self.replica_id = config.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.book = load_default_book(price_set=config.price_set, include_estimated=True)
+        self._books = {slo: load_default_book(price_set=config.price_set, include_estimated=True, slo_tpot_ms=slo)
+                       for slo in modelled_slos()}  # by TPOT SLO
         self.metrics = GatewayMetrics()
         self.store = store or open_store(config.redis_url)
         self.pools: dict[str, Pool] = {}
@@ -62,12 +64,18 @@ class GatewayState:
         return self.shared.policy
 
     # -- decisions --------------------------------------------------------------------------
+    def book_for(self, slo: SLO) -> ProfileBook:
+        """The capacity tables at the request's TPOT SLO where they are shipped (40 ms), else the measured ones
+        (at another SLO, `capacity_share` scales their concurrency linearly: a first-order guess)."""
+        return self._books.get(slo.tpot_ms, self.book)
+
     def rank(self, shape: RequestShape, now: float) -> list[Choice]:
         views = [p.view(now) for p in self.pools.values() if shape.model in p.models]
-        return self.policy(shape, views, self.book, draw=self._rng.random(), index=next(self._index))
+        return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
     def load_share(self, pool: Pool, shape: RequestShape) -> float:
-        return capacity_share(self.book, pool.hardware, shape.input_tokens, shape.output_p50, shape.slo)
+        return capacity_share(self.book_for(shape.slo), pool.hardware, shape.input_tokens, shape.output_p50,
+                              shape.slo)
 
     def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point."""

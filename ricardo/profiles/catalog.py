@@ -339,6 +339,14 @@ def modelled_profile_path(model: str, slo_tpot_ms: float) -> Path:
     return DATA_DIR / f"{stem}_tpot{slo_tpot_ms:g}.json"
 
 
+def modelled_slos(model: str = "llama2-7b") -> list[float]:
+    """The TPOT SLOs (ms) at which the engine model's tables of `model` are shipped."""
+    stem = MODELLED_STEMS.get(model)
+    if stem is None:
+        return []
+    return sorted(float(path.stem.rsplit("_tpot", 1)[1]) for path in DATA_DIR.glob(f"{stem}_tpot*.json"))
+
+
 def default_profile_paths(model: str = "llama2-7b", include_estimated: bool = False) -> list[Path]:
     try:
         measured, estimated = PROFILE_FILES[model]

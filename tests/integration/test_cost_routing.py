@@ -159,8 +159,8 @@ def outcome_of(req: Req, raw, completion) -> Outcome:
                    completion["prompt_tokens"], completion["completion_tokens"], completion["text"])
 
 
-def send(client: openai.OpenAI, req: Req) -> Outcome:
-    headers = {"x-emulator-output-tokens": str(req.true_output)}
+def send(client: openai.OpenAI, req: Req, **extra_headers: str) -> Outcome:
+    headers = {"x-emulator-output-tokens": str(req.true_output), **extra_headers}
     if not req.stream:
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL, messages=req.messages, max_tokens=req.max_tokens, extra_headers=headers)
@@ -278,6 +278,21 @@ def test_one_token_answers_on_long_prompts_go_where_they_can_meet_the_slo(fleet,
         shape = RequestShape(MODEL, input_tokens, outcome.predicted_p50, outcome.predicted_p50, SLO_DEFAULT)
         idle = [PoolView(name, hw, BOOK.price(hw), n) for name, (hw, n) in FLEET.items()]
         assert outcome.pool == cost_aware(shape, idle, BOOK)[0].pool
+
+
+def test_a_40_ms_slo_routes_by_the_40_ms_tables(fleet, client):
+    # the L4 is the cheapest for small requests at 120 ms, and its decode step alone (~45 ms) misses 40 ms per token
+    book_40 = load_default_book(MODEL, price_set=PRICE_SET, include_estimated=True, slo_tpot_ms=40)
+    assert not book_40.capacity("L4").any()
+    for req in SPILL[:4]:
+        outcome = send(client, req, **{"x-slo-tpot-ms": "40"})
+        check_answer(outcome)
+        input_tokens = gateway_input_tokens(req)
+        assert outcome.pool != "l4"
+        assert outcome.cost_usd == pytest.approx(request_cost_usd(book_40, FLEET[outcome.pool][0],
+                                                                  BOOK.price(FLEET[outcome.pool][0]), input_tokens,
+                                                                  outcome.predicted_p50), rel=1e-5)
+    assert send(client, SPILL[0]).pool == "l4"  # and at the default 120 ms it is the L4 again
 
 
 @pytest.fixture(scope="module")
