@@ -5,10 +5,12 @@
 For every trace, request rate and TPOT SLO (40 and 120 ms), in the virtual-time simulator (the emulator's
 engine model, the real policy code):
 - bound: the planner's ILP fleet for the trace's exact size mix at its mean rate (perfect knowledge, no
-  bursts): its $/h, not simulated;
-- each hardware type alone, Mélange (its ILP fleet with its weighted-random router) and ricardo (the
-  planner's fleet with the cost-aware policy): the cheapest fleet, found by `FleetSearch`, at which the
-  simulator keeps >= 99% of the requests within the SLO, with its $/h and $ per 1M tokens (prompt + output).
+  bursts, every GPU at the profile's operating point): its $/h, not simulated;
+- each hardware type alone; Mélange (its ILP fleet, bucket upper edges, with its weighted-random router);
+  ricardo (its planner: exact sizes, each type sized for the utilization the cost-aware policy runs it at;
+  with the cost-aware policy): the cheapest fleet, found by `FleetSearch` scaling the planner's demand, at
+  which the simulator keeps >= 99% of the judged requests within the SLO, with its $/h and $ per 1M tokens
+  (prompt + output). Requests no hardware serves in time even alone are not judged, for any approach.
 The router is told each request's true output length (an oracle predictor), for every approach alike: this
 measures routing and fleet sizing, not prediction.
 
