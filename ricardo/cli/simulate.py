@@ -121,7 +121,7 @@ def _text(result: dict) -> str:
              f"  SLO attainment (TPOT <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
              f"  rejected: {result['rejected']}",
              f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
-             f"  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
-             f"  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+             "  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+             "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
              "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items())]
     return "\n".join(lines)
