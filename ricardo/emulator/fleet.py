@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ricardo.emulator.cluster import TraceRequest, simulate
-from ricardo.emulator.virtual import Timing, VirtualEngine
 from ricardo.policies.planner import Plan, plan
 from ricardo.policies.routing import SLACK_TARGET, safe_utilization
 from ricardo.policies.types import SLO
@@ -41,12 +40,21 @@ def plan_fleet(requests, book: ProfileBook, slo: SLO, headroom: float = 0.0,
                planner: str = "ricardo") -> dict[str, int]:
     """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see `FleetSearch.plan`
     for the planners)."""
-    if planner not in PLANNERS:
-        raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
-    seconds = {"ricardo": lambda: request_seconds(requests, book, slo), "exact": lambda: request_seconds(requests, book),
-               "melange": lambda: None}[planner]()
-    result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True, request_seconds=seconds)
+    result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True,
+                  request_seconds=planner_seconds(requests, book, slo, planner))
     return {hw: n for hw, n in result.allocation.items() if n}
+
+
+def planner_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO, planner: str,
+                    slack_target: float = SLACK_TARGET) -> dict[str, np.ndarray] | None:
+    """What each planner charges a request (the planner's `request_seconds`; None: bucket upper edges)."""
+    if planner == "ricardo":
+        return request_seconds(requests, book, slo, slack_target)
+    if planner == "exact":
+        return request_seconds(requests, book)
+    if planner == "melange":
+        return None
+    raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
 
 
 def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO | None = None,
@@ -78,8 +86,7 @@ def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SL
 def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
     """Which requests at least one of `hardware` can serve within the SLO at their true size, by the profile."""
     tables = np.stack([book.capacity(hw) for hw in hardware])
-    i = np.minimum(np.searchsorted(book.input_edges, [r.input_tokens for r in requests]), book.shape[0] - 1)
-    j = np.minimum(np.searchsorted(book.output_edges, [r.output_tokens for r in requests]), book.shape[1] - 1)
+    i, j = book.buckets([r.input_tokens for r in requests], [r.output_tokens for r in requests])
     return (tables[:, i, j] > 0).any(axis=0)
 
 
@@ -90,21 +97,13 @@ def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineP
     latency per output token is its whole prefill): no fleet or router serves it in time, so a target
     that counts it measures the trace, not the approach.
     """
-    sizes = sorted({(r.input_tokens, max(1, r.output_tokens)) for r in requests})
-    meets = {}
-    for size in sizes:
-        meets[size] = False
-        for params in engines:
-            if sum(size) > min(params.kv_capacity_tokens, params.model.max_context):
-                continue
-            timing = Timing(0.0, *size)
-            engine = VirtualEngine(params)
-            engine.submit(timing)
-            engine.drain()
-            if timing.latency_per_token * 1000 <= slo.tpot_ms:
-                meets[size] = True
-                break
-    return np.array([meets[(r.input_tokens, max(1, r.output_tokens))] for r in requests])
+    def meets(size: tuple[int, int]) -> bool:
+        return any(sum(size) <= min(params.kv_capacity_tokens, params.model.max_context)
+                   and params.alone_seconds_per_token(*size) * 1000 <= slo.tpot_ms for params in engines)
+
+    sizes = [(r.input_tokens, max(1, r.output_tokens)) for r in requests]
+    known = {size: meets(size) for size in set(sizes)}
+    return np.array([known[size] for size in sizes])
 
 
 MIN_SAFE_UTILIZATION = 0.1
@@ -137,9 +136,9 @@ class FleetSearch:
     planner's mix can change from one scale to the next, so not always), so the search brackets the
     smallest passing scale from 1 by doubling or halving, then scans the bracket upwards in steps of each
     of `factors`: the first passing fleet of the finest scan is the answer.
-    Scales below 1 are allowed: the planner charges each request its bucket's upper-edge size, so its fleet
-    can be larger than the simulator needs. Requests no candidate type can serve by the profile (none of the
-    approaches could) are left out of the judgement for every approach alike: `judged` marks the rest.
+    Scales below 1 are allowed: a planner's fleet can be larger than the simulator needs (Mélange's charges each
+    request its bucket's upper edge; integer counts round up). The caller marks in `judged` the requests that
+    count (those some type can serve in time: `servable`, `alone_within_slo`), the same for every approach.
     """
 
     def __init__(self, requests: Sequence[TraceRequest], book: ProfileBook, engines: dict[str, EngineParams],
@@ -148,8 +147,7 @@ class FleetSearch:
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
         self.demand = demand(requests, book)
-        self.seconds = {"exact": request_seconds(requests, book),
-                        "ricardo": request_seconds(requests, book, slo, slack_target), "melange": None}
+        self.seconds = {name: planner_seconds(requests, book, slo, name, slack_target) for name in PLANNERS}
 
     def plan(self, scale: float, only: Sequence[str], planner: str = "exact") -> Plan:
         """The planner's fleet for `scale` x the demand, charging each request

@@ -148,9 +148,7 @@ def _seconds(book: ProfileBook, hardware: str, given: Mapping[str, np.ndarray] |
         if seconds.shape != book.shape or np.isnan(seconds).any() or (seconds <= 0).any():
             raise PlanError(f"request_seconds[{hardware}] must be a {book.shape} grid of positive numbers")
         return seconds
-    capacity = book.capacity(hardware)
-    with np.errstate(divide="ignore"):
-        return np.where(capacity > 0, 1.0 / capacity, np.inf)
+    return book.table_seconds(hardware)
 
 
 def _on_grid(rates: np.ndarray, book: ProfileBook) -> np.ndarray:

@@ -49,7 +49,11 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     its rate is the shortest profiled answer's, and so is the time it holds the replica (mostly its
     prefill), which a one-token answer's SLO x 1 would understate many times over.
     """
-    rps = book.rate_at(hardware, input_tokens, output_tokens)
+    return _share_at(book, book.rate_at(hardware, input_tokens, output_tokens), output_tokens, slo)
+
+
+def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> float:
+    """`capacity_share` of a request whose interpolated rate is `rps`."""
     if rps <= 0:
         return 1.0
     return 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens))
@@ -123,9 +127,9 @@ def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook
     for position, (pool, rps50) in enumerate(_servable(shape, pools, book)):
         cost = _cost_usd(pool, rps50)
         utilization = slack = None
-        if book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90) > 0:
-            share = capacity_share(book, pool.hardware, shape.input_tokens, shape.output_p90, shape.slo)
-            utilization = (pool.in_flight_load + share) / pool.replicas
+        rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
+        if rps90 > 0:
+            utilization = (pool.in_flight_load + _share_at(book, rps90, shape.output_p90, shape.slo)) / pool.replicas
             alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p50)
             slack = predicted_slack(0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, utilization)
             if pool.in_flight:

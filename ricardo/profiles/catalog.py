@@ -139,17 +139,18 @@ class ProfileBook:
     def with_prices(self, prices: Mapping[str, float], price_set: str = "custom") -> ProfileBook:
         """The same tables under other prices (e.g. the price set with some per-pool overrides)."""
         resolved = {self.canonical(hw): float(p) for hw, p in prices.items()}
-        return ProfileBook(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
-                           input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
-                           sources=self._sources, prices=resolved, price_set=price_set, workloads=self._workloads,
-                           engines=self._engines)
+        return self._copy(prices=resolved, price_set=price_set)
 
     def with_engines(self, engines: Mapping[str, EngineParams]) -> ProfileBook:
         """The same book, knowing the step costs of its hardware (`alone_seconds_per_token`)."""
-        return ProfileBook(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
-                           input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
-                           sources=self._sources, prices=self._prices, price_set=self.price_set,
-                           workloads=self._workloads, engines=engines)
+        return self._copy(engines=engines)
+
+    def _copy(self, **changes) -> ProfileBook:
+        fields = dict(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
+                      input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
+                      sources=self._sources, prices=self._prices, price_set=self.price_set,
+                      workloads=self._workloads, engines=self._engines)
+        return ProfileBook(**(fields | changes))
 
     def alone_seconds_per_token(self, hardware: str, input_tokens: int, output_tokens: int) -> float | None:
         """Latency per output token of this request alone on an idle replica, or None where the book has no
@@ -202,18 +203,28 @@ class ProfileBook:
         seconds = ((1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top))
         return 1.0 / seconds
 
+    def buckets(self, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The (input, output) bucket indices of many requests (`bucket`, vectorised)."""
+        i = np.minimum(np.searchsorted(self.input_edges, np.asarray(input_tokens), side="left"), self._last_in)
+        j = np.minimum(np.searchsorted(self.output_edges, np.asarray(output_tokens), side="left"), self._last_out)
+        return i, j
+
+    def table_seconds(self, hardware: str) -> np.ndarray:
+        """Replica-seconds per request at each bucket's upper edge (1 / capacity; inf = cannot serve)."""
+        table = self.capacity(hardware)
+        with np.errstate(divide="ignore"):
+            return np.where(table > 0, 1.0 / table, np.inf)
+
     def request_seconds(self, hardware: str, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
         """Replica-seconds each request of these sizes uses (`1 / rate_at`, vectorised; inf = cannot serve)."""
-        table = self.capacity(hardware)
         inputs, outputs = np.asarray(input_tokens, dtype=float), np.asarray(output_tokens, dtype=float)
-        i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
-        j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
+        i, j = self.buckets(inputs, outputs)
         i0, j0 = np.maximum(i - 1, 0), np.maximum(j - 1, 0)
         in_edges, out_edges = np.array(self.input_edges, float), np.array(self.output_edges, float)
         tx = _positions(in_edges, i0, i, inputs)
         ty = _positions(out_edges, j0, j, outputs)
-        with np.errstate(divide="ignore", invalid="ignore"):  # inf corners are replaced below
-            inverse = np.where(table > 0, 1.0 / table, np.inf)
+        inverse = self.table_seconds(hardware)
+        with np.errstate(invalid="ignore"):  # inf corners are replaced below
             corners = inverse[i0, j0], inverse[i0, j], inverse[i, j0], inverse[i, j]
             blended = ((1 - tx) * ((1 - ty) * corners[0] + ty * corners[1])
                        + tx * ((1 - ty) * corners[2] + ty * corners[3]))
@@ -229,15 +240,12 @@ class ProfileBook:
         seconds = self.request_seconds(hardware, inputs, outputs)
         if factors is not None:
             seconds = seconds * factors
-        i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
-        j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
+        cells = self.buckets(inputs, outputs)
         total, count = np.zeros(self.shape), np.zeros(self.shape)
-        np.add.at(total, (i, j), seconds)
-        np.add.at(count, (i, j), 1)
-        table = self.capacity(hardware)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fallback = np.where(table > 0, 1.0 / table, np.inf)
-            return np.where(count > 0, total / np.maximum(count, 1), fallback)
+        np.add.at(total, cells, seconds)
+        np.add.at(count, cells, 1)
+        with np.errstate(invalid="ignore"):
+            return np.where(count > 0, total / np.maximum(count, 1), self.table_seconds(hardware))
 
     def rows(self, hardware: str) -> tuple[tuple[float, ...], ...] | None:
         """The capacity table as nested tuples, or None for unknown hardware (for callers that loop)."""
@@ -264,10 +272,8 @@ class ProfileBook:
         inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
         if inputs.shape != outputs.shape or inputs.size == 0:
             raise ValueError("need the same, non-zero number of input and output lengths")
-        i = np.minimum(np.searchsorted(self.input_edges, inputs, side="left"), self._last_in)
-        j = np.minimum(np.searchsorted(self.output_edges, outputs, side="left"), self._last_out)
         counts = np.zeros(self.shape)
-        np.add.at(counts, (i, j), 1)
+        np.add.at(counts, self.buckets(inputs, outputs), 1)
         return counts / inputs.size
 
 
