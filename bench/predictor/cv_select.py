@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import GroupKFold
 
 from ricardo.predictor import model
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import read_rows
-from ricardo.predictor.evaluate import samples_from_rows
+from ricardo.predictor.evaluate import cross_validation_folds, samples_from_rows
 from ricardo.predictor.tokens import InputTokenCounter
 
 GRID = {"RIDGE_ALPHA": (0.3, 1.0, 3.0), "MIN_DF": (2, 3)}
@@ -35,9 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     samples = samples_from_rows(read_rows(args.train), InputTokenCounter("llama3"))
     actual = np.array([a for _, a in samples], dtype=float)
-    groups = [zlib.crc32(features.text.encode("utf-8", "surrogatepass")) for features, _ in samples]
-    folds = [split for seed in range(args.repeats)
-             for split in GroupKFold(5, shuffle=True, random_state=seed).split(actual, groups=groups)]
+    folds = cross_validation_folds(samples, args.repeats)
 
     scores: dict[str, list[float]] = {}
     for train, test in folds:

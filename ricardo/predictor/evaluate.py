@@ -8,8 +8,10 @@ Scores, on the test rows:
 - `p90_coverage`: share of test rows with actual <= p90; `mean_p90`: how wide that p90 is;
 - wall time per request, one request at a time in this process, garbage collection on (as in the gateway), in µs:
   - `predict_us_p50` / `predict_us_p99`: the output prediction: extract the features from the body, predict p50/p90;
+  - `predict_fastest_of_5_us_p99`: the p99 over requests of each one's fastest of 5 predictions, i.e. the
+    prediction's own cost with the machine's noise (other processes, other tenants of the host) mostly left out;
   - `count_input_tokens_us_p50` / `_p99`: counting the input tokens (exact with `--encoding`; the whole prompt is
-    tokenised, so this grows with the prompt, unlike the prediction, which reads at most ~1,000 characters);
+    tokenised, so this grows with the prompt, unlike the prediction, which reads at most ~500 characters);
   - `count_and_predict_us_p50` / `_p99`: both, i.e. all the request-shape work on the gateway's request path;
   - `count_and_predict_cpu_us_p99`: the same in this thread's CPU time, which leaves out the time other processes
     held the CPU (on a shared 2-core machine the difference can be large).
@@ -25,10 +27,11 @@ from tqdm import tqdm
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import body_of
 from ricardo.predictor.features import features_from_body
-from ricardo.predictor.model import OutputLengthPredictor, Sample, fit_model
+from ricardo.predictor.model import OutputLengthPredictor, Sample, fit_model, request_groups
 from ricardo.predictor.tokens import InputTokenCounter
 
 WARMUP_REQUESTS = 50
+TIMING_PASSES = 5
 RUNNING_BASELINES = ("global_mean", "melange_bucket_mean", "aibrix_bucket_histogram")
 
 
@@ -38,6 +41,16 @@ def samples_from_rows(rows: list[dict], counter: InputTokenCounter, desc: str = 
         body = body_of(row)
         samples.append((features_from_body(body, counter.count_body(body)), int(row["output_tokens"])))
     return samples
+
+
+def cross_validation_folds(samples: list[Sample], repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) index arrays of a grouped 5-fold split, `repeats` times with other shuffles: a request
+    repeated in the file stays in one fold, as the held-out split keeps a prompt on one side."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = request_groups([features for features, _ in samples])
+    return [split for seed in range(repeats)
+            for split in GroupKFold(5, shuffle=True, random_state=seed).split(groups, groups=groups)]
 
 
 def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None = "llama3", seed: int = 0) -> dict:
@@ -69,6 +82,17 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
         count_ns[i], predict_ns[i] = counted_ns - started_ns, ended_ns - counted_ns
         p50[i], p90[i], inputs[i] = prediction.p50, prediction.p90, input_tokens
 
+    # the same steps again: a request's fastest of TIMING_PASSES runs is its cost without the other tenants'
+    # interference, which on a shared machine can double a single run's time (counting first, as above, leaves the
+    # caches as the gateway's request path leaves them)
+    fastest_ns = predict_ns.copy()
+    for _ in range(TIMING_PASSES - 1):
+        for i, body in enumerate(bodies):
+            input_tokens = counter.count_body(body)
+            started_ns = time.perf_counter_ns()
+            predictor.predict(features_from_body(body, input_tokens))
+            fastest_ns[i] = min(fastest_ns[i], time.perf_counter_ns() - started_ns)
+
     scores = {name: _mae(actual, np.array([b.predict(int(n)) for n in inputs])) for name, b in peers.items()}
     best = min(scores, key=scores.get)
     best_running = min(RUNNING_BASELINES, key=scores.get)
@@ -86,6 +110,7 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
         "p90_coverage": float(np.mean(actual <= p90)),
         "mean_p90": float(np.mean(p90)),
         **_percentiles_us("predict_us", predict_ns),
+        f"predict_fastest_of_{TIMING_PASSES}_us_p99": float(np.percentile(fastest_ns, 99) / 1e3),
         **_percentiles_us("count_input_tokens_us", count_ns),
         **_percentiles_us("count_and_predict_us", count_ns + predict_ns),
         "count_and_predict_cpu_us_p99": float(np.percentile(cpu_ns, 99) / 1e3),

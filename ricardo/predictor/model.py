@@ -11,7 +11,7 @@ so p90 covers ~90% of requests drawn like the training data; both are capped by 
 
 Serving never calls scikit-learn (Ridge.predict on one sparse row costs ~110 µs here, plus ~20 µs to build the
 row): the fitted vocabulary, idf and coefficients are numpy arrays; a prediction is a BPE encoding of at most
-1,000 characters, a lookup of its terms (`TermIndex`), two gathered sums and a 30-term dot product in plain Python.
+500 characters, a lookup of its terms (`TermIndex`), two gathered sums and a 30-term dot product in plain Python.
 
 Online loop: `observe()` buffers (features, actual) in a bounded deque and scores the prediction that was made.
 `refit()` trains on a snapshot of the buffer plus a bounded reservoir of cold-start samples (so a quiet or skewed
@@ -186,59 +186,95 @@ def _sorted_unique(found: np.ndarray) -> np.ndarray:
     return found[first]
 
 
-def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
-    """Fit the model on (features, actual output tokens) pairs; needs at least two samples."""
-    from scipy import sparse
+class Design:
+    """How training encodes requests as rows of a sparse matrix, fitted on the training requests:
+    the idf-weighted, l2-normalised presence of their term keys (those in at least MIN_DF requests), a one-hot of
+    the model name, the standardised dense features and an explicit intercept column. `rows` encodes any requests
+    the same way (unseen terms and models are left out), so alternative models can be scored on held-out rows.
+    """
+
+    def __init__(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray] | None = None):
+        keys = keys if keys is not None else [features.term_keys() for features in requests]
+        n = len(requests)
+        seen, df = np.unique(np.concatenate([np.unique(k) for k in keys]), return_counts=True)
+        kept = df >= MIN_DF
+        self.vocab = seen[kept]
+        self.idf = (np.log((1 + n) / (1 + df[kept])) + 1.0).astype(np.float32)  # scikit-learn's smooth idf
+        names = np.array([features.model_key() for features in requests if features.model], dtype=np.int64)
+        self.model_keys = np.unique(names)
+        dense = np.array([features.dense() for features in requests])
+        self.dense_mean, self.dense_scale = dense.mean(axis=0), dense.std(axis=0)
+        self.dense_scale[self.dense_scale < 1e-9] = 1.0  # constant columns (a std of 1e-17 is rounding, not spread)
+        # where each part's coefficients start and end: terms, models, dense, then the intercept
+        self.split = np.cumsum([len(self.vocab), len(self.model_keys), dense.shape[1]])
+
+    def rows(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray] | None = None):
+        from scipy import sparse
+
+        keys = keys if keys is not None else [features.term_keys() for features in requests]
+        cols = [vocabulary_columns(self.vocab, k) for k in keys]
+        values = [self.idf[c] / max(1e-12, float(np.linalg.norm(self.idf[c]))) for c in cols]
+        terms = sparse.csr_matrix((np.concatenate(values), np.concatenate(cols),
+                                   np.cumsum([0] + [len(c) for c in cols])), shape=(len(requests), len(self.vocab)))
+        names = np.array([features.model_key() if features.model else -1 for features in requests])
+        models = sparse.csr_matrix((names[:, None] == self.model_keys[None, :]).astype(float))
+        dense = (np.array([features.dense() for features in requests]) - self.dense_mean) / self.dense_scale
+        # an explicit, barely penalised intercept column: scikit-learn's own intercept handling for sparse input
+        # (a centring operator) makes its conjugate-gradient solver ~3x slower
+        intercept = np.full((len(requests), 1), INTERCEPT_COLUMN)
+        return sparse.hstack([terms, models, sparse.csr_matrix(dense), intercept], format="csr")
+
+
+def log_target(samples: Sequence[Sample]) -> np.ndarray:
+    return np.log1p(np.array([max(0, int(actual)) for _, actual in samples], dtype=float))
+
+
+def request_groups(requests: Sequence[RequestFeatures]) -> np.ndarray:
+    """Identical requests share a group, so that cross-validation keeps them in one fold."""
+    return np.array([zlib.crc32(features.text.encode("utf-8", "surrogatepass")) ^ features.input_tokens
+                     for features in requests])
+
+
+def ridge_coef(design, target: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=RIDGE_ALPHA, fit_intercept=False, solver="sparse_cg").fit(design, target).coef_
+
+
+def out_of_fold(design, target: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row's prediction by a ridge fitted on the FOLDS - 1 folds that do not hold its group."""
     from sklearn.model_selection import GroupKFold
 
+    n_folds = min(FOLDS, len(np.unique(groups)))
+    if n_folds < 2:  # every sample is the same request: in-sample is all there is
+        return design @ ridge_coef(design, target)
+    predicted = np.empty(len(target))
+    for train, held_out in GroupKFold(n_folds).split(design, groups=groups):
+        predicted[held_out] = design[held_out] @ ridge_coef(design[train], target[train])
+    return predicted
+
+
+def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
+    """Fit the model on (features, actual output tokens) pairs; needs at least two samples."""
     n = len(samples)
     if n < 2:
         raise ValueError("fitting an output-length model needs at least 2 samples")
-    target = np.log1p(np.array([max(0, int(actual)) for _, actual in samples], dtype=float))
-    keys = [features.term_keys() for features, _ in samples]
-    seen, df = np.unique(np.concatenate([np.unique(k) for k in keys]), return_counts=True)
-    kept = df >= MIN_DF
-    vocab = seen[kept]
-    idf = (np.log((1 + n) / (1 + df[kept])) + 1.0).astype(np.float32)  # scikit-learn's smooth idf
-    cols = [vocabulary_columns(vocab, k) for k in keys]
-    values = [idf[c] / max(1e-12, float(np.linalg.norm(idf[c]))) for c in cols]
-    terms = sparse.csr_matrix((np.concatenate(values), np.concatenate(cols), np.cumsum([0] + [len(c) for c in cols])),
-                              shape=(n, len(vocab)))
+    requests = [features for features, _ in samples]
+    keys = [features.term_keys() for features in requests]
+    encoding = Design(requests, keys)
+    design, target = encoding.rows(requests, keys), log_target(samples)
 
-    names = np.array([features.model_key() if features.model else -1 for features, _ in samples])
-    model_keys = np.unique(names[names >= 0])
-    models = sparse.csr_matrix((names[:, None] == model_keys[None, :]).astype(float))
-
-    dense = np.array([features.dense() for features, _ in samples])
-    dense_mean, dense_scale = dense.mean(axis=0), dense.std(axis=0)
-    dense_scale[dense_scale < 1e-9] = 1.0  # constant columns (a std of 1e-17 is rounding, not spread)
-    # an explicit, barely penalised intercept column: scikit-learn's own intercept handling for sparse input
-    # (a centring operator) makes its conjugate-gradient solver ~3x slower
-    intercept = np.full((n, 1), INTERCEPT_COLUMN)
-    design = sparse.hstack([terms, models, sparse.csr_matrix((dense - dense_mean) / dense_scale), intercept],
-                           format="csr")
-
-    def ridge(rows: np.ndarray | slice) -> Ridge:
-        return Ridge(alpha=RIDGE_ALPHA, fit_intercept=False, solver="sparse_cg").fit(design[rows], target[rows])
-
-    coef = ridge(slice(None)).coef_
-    groups = np.array([zlib.crc32(features.text.encode("utf-8", "surrogatepass")) ^ features.input_tokens
-                       for features, _ in samples])
-    n_folds = min(FOLDS, len(np.unique(groups)))
-    out_of_fold = design @ coef  # only when every sample is the same request: in-sample is all there is
-    if n_folds >= 2:
-        for train, held_out in GroupKFold(n_folds).split(design, groups=groups):
-            out_of_fold[held_out] = design[held_out] @ ridge(train).coef_
-    residuals = np.sort(target - out_of_fold)
+    coef = ridge_coef(design, target)
+    residuals = np.sort(target - out_of_fold(design, target, request_groups(requests)))
     rank = min(n, math.ceil(COVERAGE * (n + 1))) - 1
 
-    split = np.cumsum([len(vocab), len(model_keys), dense.shape[1]])
+    split = encoding.split
     info = {"format": FORMAT, "feature_version": FEATURE_VERSION, "samples": n, "version": version,
-            "trained_at": time.time(), "vocabulary": int(len(vocab))}
+            "trained_at": time.time(), "vocabulary": int(len(encoding.vocab))}
     constants = np.array([coef[-1] * INTERCEPT_COLUMN, np.median(residuals), residuals[rank]])
-    return FittedModel(vocab, idf, coef[:split[0]].astype(np.float32), model_keys, coef[split[0]:split[1]],
-                       dense_mean, dense_scale, coef[split[1]:split[2]], constants, info)
+    return FittedModel(encoding.vocab, encoding.idf, coef[:split[0]].astype(np.float32), encoding.model_keys,
+                       coef[split[0]:split[1]], encoding.dense_mean, encoding.dense_scale, coef[split[1]:split[2]],
+                       constants, info)
 
 
 def fit(samples: Sequence[Sample], version: int = 1) -> bytes:

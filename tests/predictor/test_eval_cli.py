@@ -34,5 +34,6 @@ def test_eval_prints_one_json_object_with_the_scores(tmp_path):
     assert REQUIRED <= scores.keys() and BASELINES <= scores["baselines"].keys()
     assert (scores["n_train"], scores["n_test"]) == (400, 120)
     assert 0 <= scores["p90_coverage"] <= 1 and 0 < scores["predict_us_p99"] < scores["count_and_predict_us_p99"]
+    assert 0 < scores["predict_fastest_of_5_us_p99"] <= scores["predict_us_p99"]  # the p99 of per-request minimums
     # the keyword decides the length here, so the text model must beat every length-only baseline
     assert scores["mae"] < min(scores["baselines"].values())
