@@ -46,6 +46,7 @@ def test_the_online_loop_learns_what_the_cold_start_model_does_not_know(reservoi
             predictor.observe(features, actual)
         predictor.refit()
         errors.append(mae(predictor, held_out))
+    print(f"\nheld-out MAE after 0, 40, 200, 800 outcomes: {', '.join(f'{e:.1f}' for e in errors)} tokens")
     assert all(later < 0.95 * earlier for earlier, later in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.4 * errors[0], errors
     accuracy = predictor.accuracy()
