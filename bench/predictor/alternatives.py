@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,15 +61,12 @@ class Fold:
         self.score = self.held_out_rows @ self.coef
 
 
-def conformal_offsets(residuals: np.ndarray) -> tuple[float, float]:
-    ordered = np.sort(residuals)
-    return float(np.median(ordered)), float(ordered[min(len(ordered), math.ceil(0.9 * (len(ordered) + 1))) - 1])
-
-
 def binned_calibration(fold: Fold) -> tuple[np.ndarray, np.ndarray]:
     edges = np.quantile(fold.out_of_fold, np.linspace(0, 1, BINS + 1)[1:-1])
     train_bin, held_out_bin = np.searchsorted(edges, fold.out_of_fold), np.searchsorted(edges, fold.score)
-    offsets = np.array([conformal_offsets(fold.residuals[train_bin == b]) for b in range(BINS)])
+    everyone = model.conformal_offsets(fold.residuals)  # for an octile that ties left empty
+    offsets = np.array([model.conformal_offsets(fold.residuals[train_bin == b]) if np.any(train_bin == b) else everyone
+                        for b in range(BINS)])
     return fold.score + offsets[held_out_bin, 0], fold.score + offsets[held_out_bin, 1]
 
 
@@ -116,8 +112,11 @@ APPROACHES: dict[str, Callable[[Fold], tuple[np.ndarray, np.ndarray | None]]] = 
 }
 
 
-def tokens(log_output: np.ndarray) -> np.ndarray:
-    return np.maximum(1, np.round(np.expm1(np.minimum(log_output, model.MAX_LOG_OUTPUT))))
+def tokens(log_output: np.ndarray, requests: list) -> np.ndarray:
+    """Predicted tokens, capped by each request's max_tokens as the shipped model's are."""
+    predicted = np.maximum(1, np.round(np.expm1(np.minimum(log_output, model.MAX_LOG_OUTPUT))))
+    caps = np.array([np.inf if features.max_tokens is None else features.max_tokens for features in requests])
+    return np.minimum(predicted, caps)
 
 
 def main() -> None:
@@ -145,7 +144,8 @@ def main() -> None:
         fold = Fold([samples[i] for i in train], [samples[i] for i in held_out])
         for name, approach in APPROACHES.items():
             p50, p90 = approach(fold)
-            record(name, held_out, tokens(p50), None if p90 is None else tokens(p90))
+            record(name, held_out, tokens(p50, fold.held_out_requests),
+                   None if p90 is None else tokens(p90, fold.held_out_requests))
 
     for name, values in errors.items():
         line = {"approach": name, "mae": round(float(np.mean(values)), 2)}

@@ -8,7 +8,7 @@ exports vLLM's gauge and histogram names so anything that scrapes vLLM can scrap
 How long an answer is: the header `x-emulator-output-tokens` (set by a load generator that knows
 the trace's true length; a gateway forwards it without reading it), else a deterministic draw from
 the prompt's text. `max_tokens` caps either; `ignore_eos` with `max_tokens` forces that length, as
-vLLM's benchmarks do.
+vLLM's benchmarks do. `x-emulator-fail-status: 500` makes it answer that error instead, for fault tests.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ricardo.protocol.http import as_openai_error
 from ricardo.protocol.openai import SSE_DONE, OpenAIError, parse_request, sse, usage
 
 OUTPUT_TOKENS_HEADER = "x-emulator-output-tokens"
+FAIL_STATUS_HEADER = "x-emulator-fail-status"  # tests: answer this HTTP status instead (a crash, an overload)
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -39,7 +40,7 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 
 def drawn_output_tokens(text: str) -> int:
     """A deterministic, long-tailed answer length for a prompt: log-normal, median 128 tokens."""
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     u = (int.from_bytes(digest, "big") + 0.5) / 2**64
     z = math.sqrt(2) * _erfinv(2 * u - 1)
     return max(1, min(2048, round(128 * math.exp(z))))
@@ -186,6 +187,10 @@ class EmulatedBackend:
 
     async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         body, req = parse_request(endpoint, await request.read())
+        injected = request.headers.get(FAIL_STATUS_HEADER)
+        if injected is not None:
+            raise OpenAIError(int(injected), "failure injected by the x-emulator-fail-status header",
+                              "upstream_error" if int(injected) >= 500 else "invalid_request_error")
         if req.model != self.model:
             raise OpenAIError(404, f"The model `{req.model}` does not exist.", "NotFoundError", "model",
                               "model_not_found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import quicktok
 
+from ricardo.predictor.tokens import encodable
 from ricardo.protocol.openai import message_text
 
 # Llama-2 chat wraps each message in [INST] ... [/INST] markers: a few tokens of template per message.
@@ -29,11 +30,11 @@ class TokenCounter:
         self.tokenizer = quicktok.get_encoding(encoding)
 
     def count(self, text: str) -> int:
-        return BOS_TOKENS + self.tokenizer.count(text)
+        return BOS_TOKENS + self.tokenizer.count(encodable(text))
 
     def count_chat(self, messages: list[tuple[str, object]]) -> int:
         total = BOS_TOKENS
         for _role, content in messages:
-            total += TEMPLATE_TOKENS_PER_MESSAGE + self.tokenizer.count(message_text(content))
+            total += TEMPLATE_TOKENS_PER_MESSAGE + self.tokenizer.count(encodable(message_text(content)))
         return total
 

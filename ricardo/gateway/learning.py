@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ricardo.gateway.config import PredictorConfig
 from ricardo.gateway.store import StateStore
-from ricardo.predictor.features import RequestFeatures
+from ricardo.predictor.features import FEATURE_VERSION, RequestFeatures
 from ricardo.predictor.model import (DEFAULT_MODEL, FittedModel, OutputLengthPredictor, Sample, refit_executor,
                                      stop_executor)
 
@@ -59,7 +59,7 @@ def load_predictor(model_path: str | None) -> tuple[OutputLengthPredictor, str]:
     if model_path and Path(model_path).is_file():
         try:
             return OutputLengthPredictor.load(model_path), "file"
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # a truncated or foreign file raises BadZipFile, EOFError, KeyError ...
             log.warning("not using the saved output-length model %s (%s); starting from the shipped one",
                         model_path, exc)
     return OutputLengthPredictor.load(DEFAULT_MODEL), "shipped"
@@ -152,7 +152,7 @@ class PredictorLearning:
             return
         try:
             model = await asyncio.to_thread(FittedModel.from_bytes, data)
-        except ValueError as exc:
+        except Exception as exc:  # not only ValueError: a truncated blob raises BadZipFile, an empty one EOFError
             self._refused_version = version
             log.warning("not adopting output-length model version %d from the store: %s", version, exc)
             return
@@ -194,7 +194,8 @@ class PredictorLearning:
                            "samples": info["samples"], "version": info["version"]}
         log.info("output-length model refitted on %d samples in %.1f s (model version %d)", info["samples"],
                  self.last_refit["seconds"], info["version"])
-        await self._publish(blob)
+        if self.holder:  # a replica that lost the lease during the refit must not overwrite the new holder's model
+            await self._publish(blob)
         await self._save(blob)
         self._metrics.update(self)
 
@@ -249,7 +250,7 @@ class PredictorLearning:
             self._outbox_versions[replica] = blob[0]
             try:
                 epoch, outcomes = await asyncio.to_thread(_decode_outbox, blob[1])
-            except (ValueError, TypeError, zlib.error) as exc:
+            except (ValueError, TypeError, KeyError, zlib.error) as exc:
                 log.warning("skipping the unreadable outcomes of replica %s: %s", replica, exc)
                 continue
             last_epoch, read_up_to = self._seen.get(replica, ["", 0])
@@ -306,11 +307,16 @@ class _Metrics:
 
 def _encode_outbox(epoch: str, outcomes: list[tuple[int, Sample]]) -> bytes:
     rows = [[seq, features.to_record(), actual] for seq, (features, actual) in outcomes]
-    return zlib.compress(json.dumps({"epoch": epoch, "outcomes": rows}).encode(), 1)
+    document = {"epoch": epoch, "feature_version": FEATURE_VERSION, "outcomes": rows}
+    return zlib.compress(json.dumps(document).encode(), 1)
 
 
 def _decode_outbox(data: bytes) -> tuple[str, list[tuple[int, Sample]]]:
+    """The epoch and outcomes of an outbox; ValueError if its features are another version's (a replica of
+    another release, during a rolling deploy: its records would train this model on features it does not use)."""
     doc = json.loads(zlib.decompress(data))
+    if doc.get("feature_version") != FEATURE_VERSION:
+        raise ValueError(f"outcomes with features v{doc.get('feature_version')}, not v{FEATURE_VERSION}")
     return str(doc["epoch"]), [(int(seq), (RequestFeatures.from_record(record), int(actual)))
                                for seq, record, actual in doc["outcomes"]]
 

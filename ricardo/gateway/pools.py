@@ -14,6 +14,7 @@ from ricardo.policies.types import PoolView
 
 COOLDOWN_BASE_S = 1.0
 COOLDOWN_MAX_S = 30.0
+ERRORS_BEFORE_COOLDOWN = 3  # consecutive HTTP 500 / 502 / 504 answers (connection errors, 429 and 503: the first)
 
 
 @dataclass(eq=False)
@@ -31,9 +32,16 @@ class Backend:
     def available(self, now: float) -> bool:
         return self.healthy and not self.draining and now >= self.cooldown_until
 
-    def record_failure(self, now: float, retry_after: float | None = None) -> None:
+    def record_failure(self, now: float, retry_after: float | None = None, *, at_once: bool = True) -> None:
+        """Count a failure and cool the backend down, with an exponential back-off. `at_once=False` (an HTTP 500,
+        502 or 504: maybe this request's fault, a "poison" body that fails every backend) cools it down only from
+        the ERRORS_BEFORE_COOLDOWN-th failure in a row, as Envoy's consecutive-5xx outlier detection does: one
+        bad request must not take every backend out of service."""
         self.failures += 1
-        backoff = min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (self.failures - 1))
+        strikes = self.failures if at_once else self.failures - ERRORS_BEFORE_COOLDOWN + 1
+        if strikes <= 0:
+            return
+        backoff = min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (strikes - 1))
         # a later failure extends the cooldown, never shortens it
         self.cooldown_until = max(self.cooldown_until, now + max(backoff, retry_after or 0.0))
 

@@ -31,6 +31,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie",
               "accept-encoding"}
 UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# a larger body is shaped in a thread: counting its tokens exactly can take 0.1 s per MB (base64, long words), and
+# the tokenizer releases the GIL meanwhile; a smaller one is shaped on the loop, where a thread hop would cost more
+SHAPE_IN_THREAD_BYTES = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -56,12 +59,16 @@ class Trip:
 async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     state: GatewayState = request.app["state"]
     started = time.monotonic()
-    body, req = parse_request(endpoint, await request.read())
+    raw = await request.read()
+    body, req = parse_request(endpoint, raw)
     if req.model not in state.models:
         raise OpenAIError(404, f"The model `{req.model}` does not exist.", "not_found_error", "model",
                           "model_not_found")
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    shape, features = state.shaper.shape(endpoint, body, req, request.headers)
+    if len(raw) > SHAPE_IN_THREAD_BYTES:
+        shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers)
+    else:
+        shape, features = state.shaper.shape(endpoint, body, req, request.headers)
     now = time.monotonic()
     choices = state.rank(shape, now)
     state.metrics.routing_seconds.observe(time.monotonic() - started)
@@ -130,7 +137,8 @@ async def _open_upstream(state: GatewayState, trip: Trip, choices: list[Choice],
                 _stop(state, trip)
                 raise error  # the request itself is wrong; another backend would say the same
             last_error = error
-            _abandon(state, trip, f"http_{response.status}", retry_after=_retry_after(response))
+            _abandon(state, trip, f"http_{response.status}", retry_after=_retry_after(response),
+                     at_once=response.status in (429, 503))  # overloaded, it says; a 500 may be the request's fault
         if trip.attempts >= limits.max_attempts:
             break
     if last_error is None:
@@ -155,8 +163,8 @@ def _stop(state: GatewayState, trip: Trip) -> None:
     backend.in_flight -= 1
 
 
-def _abandon(state: GatewayState, trip: Trip, reason: str, retry_after: float | None) -> None:
-    trip.backend.record_failure(time.monotonic(), retry_after)
+def _abandon(state: GatewayState, trip: Trip, reason: str, retry_after: float | None, at_once: bool = True) -> None:
+    trip.backend.record_failure(time.monotonic(), retry_after, at_once=at_once)
     state.metrics.fallbacks.labels(trip.pool.name, reason).inc()
     state.metrics.upstream_errors.labels(trip.pool.name, reason).inc()
     log.warning("request %s: backend %s of pool %s failed (%s); trying the next", trip.request_id,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.policies.types import SLO, RequestShape
-from ricardo.predictor.features import RequestFeatures, features_from_body
+from ricardo.predictor.features import MAX_CAP, RequestFeatures, features_from_body
 from ricardo.predictor.model import OutputLengthPredictor
 from ricardo.predictor.tokens import InputTokenCounter
 from ricardo.protocol.openai import OpenAIError
@@ -25,6 +25,8 @@ class Shaper:
         self.default_slo = default_slo
         self.counter = InputTokenCounter(encoding)
         self.predictor = predictor or OutputLengthPredictor.load_default()
+        # the first prediction loads the features' tokenizer (~0.3 s): here, not on the event loop's first request
+        self.predictor.predict(features_from_body({"prompt": "warm up"}, 2))
         # called with (features, completion tokens) of every outcome, after the predictor has buffered it
         self.outcome_hooks: list[Callable[[RequestFeatures, int], None]] = []
 
@@ -34,6 +36,8 @@ class Shaper:
         else:
             input_tokens = self.counter.count_prompt(request.text())
         features = features_from_body(body, input_tokens)
+        # the validated cap: the body may spell it "3" or 3.0, which pydantic accepts and the features do not
+        features.max_tokens = None if request.output_cap is None else min(request.output_cap, MAX_CAP)
         prediction = self.predictor.predict(features)
         shape = RequestShape(
             model=request.model,

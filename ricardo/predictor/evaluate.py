@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import body_of
 from ricardo.predictor.features import features_from_body
-from ricardo.predictor.model import OutputLengthPredictor, Sample, fit_model, request_groups
+from ricardo.predictor.model import FOLDS, OutputLengthPredictor, Sample, fit_model, request_groups
 from ricardo.predictor.tokens import InputTokenCounter
 
 WARMUP_REQUESTS = 50
@@ -44,13 +44,13 @@ def samples_from_rows(rows: list[dict], counter: InputTokenCounter, desc: str = 
 
 
 def cross_validation_folds(samples: list[Sample], repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, held-out) index arrays of a grouped 5-fold split, `repeats` times with other shuffles: a request
-    repeated in the file stays in one fold, as the held-out split keeps a prompt on one side."""
+    """(train, held-out) index arrays of a grouped FOLDS-fold split, `repeats` times with other shuffles: a
+    request repeated in the file stays in one fold, as the held-out split keeps a prompt on one side."""
     from sklearn.model_selection import GroupKFold
 
     groups = request_groups([features for features, _ in samples])
     return [split for seed in range(repeats)
-            for split in GroupKFold(5, shuffle=True, random_state=seed).split(groups, groups=groups)]
+            for split in GroupKFold(FOLDS, shuffle=True, random_state=seed).split(groups, groups=groups)]
 
 
 def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None = "llama3", seed: int = 0) -> dict:

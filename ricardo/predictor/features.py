@@ -16,7 +16,7 @@ process, at the same cross-validated MAE: 50.04 against 50.05 tokens on the Shar
   person asking for something ("write me ...", often lower-case: the answer is usually long). Five cheap marks
   (an assistant-style opener, a request-style opener, a lower-case start, the rate of "you", markdown emphasis and
   headings) took the MAE on the ShareGPT training half from 51.6 to 50.3 tokens in grouped 5-fold cross-validation
-  (3 repeats); on the held-out half, scored once afterwards, from 53.2 to 52.8.
+  (3 repeats, with the folds and model of that time); on the held-out half, scored once afterwards, from 53.2 to 52.8.
 
 Both are pure functions of the features, which stay small (at most ~500 characters of text) so outcomes can be
 buffered for retraining and shipped to a worker process.
@@ -27,13 +27,13 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 import quicktok
 
-from ricardo.predictor.tokens import prompt_texts
+from ricardo.predictor.tokens import encodable, prompt_texts
 
 if TYPE_CHECKING:
     from ricardo.predictor.model import Prediction
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 FEATURE_VERSION = 3
 HEAD_CHARS = 400
 TAIL_CHARS = 100
+MAX_CAP = 1 << 40           # a larger max_tokens caps nothing and would overflow a float
 EDGE_TOKENS = 16            # how many first / last tokens get their own "at the start / at the end" keys
 TOKENIZER = "llama3"
 VOCAB = 1 << 17             # > llama3's 128,256 token ids
@@ -93,7 +94,7 @@ class RequestFeatures:
 
     def tokens(self) -> np.ndarray:
         """The lower-cased text's llama3 token ids."""
-        return np.array(_tokenizer().encode_ordinary(self.text.lower()), dtype=np.int64)
+        return np.array(_tokenizer().encode_ordinary(encodable(self.text.lower())), dtype=np.int64)
 
     def term_keys(self) -> np.ndarray:
         """The prompt's term keys, one per occurrence: unigrams, bigrams, first and last tokens."""
@@ -111,8 +112,14 @@ class RequestFeatures:
 
     @classmethod
     def from_record(cls, record: list) -> RequestFeatures:
-        if len(record) != len(RECORD_FIELDS):
-            raise ValueError(f"a features record has {len(RECORD_FIELDS)} fields, not {len(record)}")
+        """The features of `to_record`; ValueError unless every field has its type, finite and not negative (one
+        bad record from another replica would otherwise fail every refit that it is part of)."""
+        if not isinstance(record, list) or len(record) != len(RECORD_FIELDS):
+            raise ValueError(f"a features record is a list of {len(RECORD_FIELDS)} fields, not {record!r:.80}")
+        for name, value in zip(RECORD_FIELDS, record):
+            if not isinstance(value, RECORD_TYPES[name]) or (
+                    isinstance(value, (int, float)) and not 0 <= value < MAX_RECORD_NUMBER):  # NaN fails too
+                raise ValueError(f"a features record's {name} is {value!r:.80}")
         return cls(*record)
 
     def dense(self) -> list[float]:
@@ -162,6 +169,9 @@ class RequestFeatures:
 
 
 RECORD_FIELDS = tuple(name for name in RequestFeatures.__slots__ if name != "prediction")
+MAX_RECORD_NUMBER = 1 << 53
+_JSON_TYPES = {"str": str, "int": int, "bool": bool, "float": (int, float), "int | None": (int, type(None))}
+RECORD_TYPES = {field.name: _JSON_TYPES[field.type] for field in fields(RequestFeatures) if field.name in RECORD_FIELDS}
 
 
 def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
@@ -182,7 +192,7 @@ def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
         last_message_head=texts[-1].lstrip()[:OPENER_CHARS] if texts else "",
         messages=len(messages) if isinstance(messages, list) else 0,
         has_system=has_system,
-        max_tokens=min(caps) if caps else None,
+        max_tokens=min(min(caps), MAX_CAP) if caps else None,
         model=str(body.get("model") or ""),
         temperature=_number(body.get("temperature"), 1.0),
         top_p=_number(body.get("top_p"), 1.0),

@@ -254,6 +254,13 @@ def out_of_fold(design, target: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return predicted
 
 
+def conformal_offsets(residuals: np.ndarray) -> tuple[float, float]:
+    """The p50 and p90 offsets of out-of-fold residuals: their median and their ceil(0.9 (n + 1))-th smallest."""
+    ordered = np.sort(residuals)
+    rank = min(len(ordered), math.ceil(COVERAGE * (len(ordered) + 1))) - 1
+    return float(np.median(ordered)), float(ordered[rank])
+
+
 def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
     """Fit the model on (features, actual output tokens) pairs; needs at least two samples."""
     n = len(samples)
@@ -261,19 +268,18 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
         raise ValueError("fitting an output-length model needs at least 2 samples")
     requests = [features for features, _ in samples]
     keys = [features.term_keys() for features in requests]
-    encoding = Design(requests, keys)
-    design, target = encoding.rows(requests, keys), log_target(samples)
+    encoder = Design(requests, keys)
+    design, target = encoder.rows(requests, keys), log_target(samples)
 
     coef = ridge_coef(design, target)
-    residuals = np.sort(target - out_of_fold(design, target, request_groups(requests)))
-    rank = min(n, math.ceil(COVERAGE * (n + 1))) - 1
+    offset_p50, offset_p90 = conformal_offsets(target - out_of_fold(design, target, request_groups(requests)))
 
-    split = encoding.split
+    split = encoder.split
     info = {"format": FORMAT, "feature_version": FEATURE_VERSION, "samples": n, "version": version,
-            "trained_at": time.time(), "vocabulary": int(len(encoding.vocab))}
-    constants = np.array([coef[-1] * INTERCEPT_COLUMN, np.median(residuals), residuals[rank]])
-    return FittedModel(encoding.vocab, encoding.idf, coef[:split[0]].astype(np.float32), encoding.model_keys,
-                       coef[split[0]:split[1]], encoding.dense_mean, encoding.dense_scale, coef[split[1]:split[2]],
+            "trained_at": time.time(), "vocabulary": int(len(encoder.vocab))}
+    constants = np.array([coef[-1] * INTERCEPT_COLUMN, offset_p50, offset_p90])
+    return FittedModel(encoder.vocab, encoder.idf, coef[:split[0]].astype(np.float32), encoder.model_keys,
+                       coef[split[0]:split[1]], encoder.dense_mean, encoder.dense_scale, coef[split[1]:split[2]],
                        constants, info)
 
 

@@ -69,7 +69,8 @@ class InputTokenCounter:
             total += self._raw(message_text(message.get("content")))
             if message.get("name"):
                 total += 1 + self._raw(str(message["name"]))
-            for call in message.get("tool_calls") or ():
+            calls = message.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
                 function = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(function, dict):
                     continue
@@ -107,7 +108,7 @@ class InputTokenCounter:
         if not text:
             return 0
         if self.tokenizer is not None:
-            return self.tokenizer.count(text)
+            return self.tokenizer.count(encodable(text))
         return len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN
 
     def _corrected(self, raw: float, model: str | None) -> int:
@@ -133,6 +134,17 @@ def message_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(part["text"] for part in content
+                       if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
     return ""
+
+
+def encodable(text: str) -> str:
+    """`text`, its lone surrogates (valid in JSON, not in UTF-8: the tokenizer refuses them) replaced by "?"."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

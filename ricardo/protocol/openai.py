@@ -112,7 +112,7 @@ def message_text(content: str | list[dict[str, Any]] | None) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return "".join(part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str))
 
 
 def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], _Request]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -17,7 +21,7 @@ POOLS = {"a10g": ("A10G", 1), "a100": ("A100-80GB", 1)}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(POOLS, tmp_path_factory.mktemp("gw"), speed=4.0).start()
+    cluster = Cluster(POOLS, tmp_path_factory.mktemp("gw"), speed=4.0, tokenizer="llama3").start()
     yield cluster
     cluster.stop()
 
@@ -111,6 +115,50 @@ def test_bad_input_gets_openai_shaped_errors(cluster, body, status, param):
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param
     assert "Traceback" not in error["message"]
+
+
+def _chat(messages: list, **fields) -> bytes:
+    return json.dumps({"model": "llama2-7b", "messages": messages, **fields}).encode()
+
+
+@pytest.mark.parametrize("body", [
+    _chat([{"role": "user", "content": "a lone surrogate \ud800 is valid JSON"}], max_tokens=4),  # not UTF-8
+    _chat([{"role": "user", "content": [{"type": "text", "text": 5}, {"type": "text", "text": None},
+                                        {"type": "text", "text": "odd parts"}]}], max_tokens=4),
+    _chat([{"role": "assistant", "content": "x", "tool_calls": 5}, {"role": "user", "content": "hi"}], max_tokens=4),
+    _chat([{"role": "user", "content": "a cap past any float"}], max_tokens=10 ** 400),
+], ids=["surrogate", "non-text parts", "tool_calls not a list", "huge max_tokens"])
+def test_odd_but_valid_bodies_are_answered(cluster, body):
+    code, answer = _post(cluster.url + "/v1/chat/completions", body)
+    assert code == 200, answer
+    assert answer["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize("cap", ["3", 3.0])
+def test_a_cap_spelt_otherwise_still_caps_the_prediction(cluster, cap):
+    body = _chat([{"role": "user", "content": "Write a long essay about the history of the sea, in detail."}],
+                 max_tokens=cap)
+    request = urllib.request.Request(cluster.url + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        assert int(response.headers["x-ricardo-predicted-output-tokens"]) <= 3
+        assert json.loads(response.read())["usage"]["completion_tokens"] <= 3
+
+
+def test_a_huge_prompt_is_counted_off_the_event_loop(cluster):
+    # ~3 MB of base64 is one long "word" to the tokenizer: ~0.3 s to count exactly; meanwhile the gateway answers
+    prompt = base64.b64encode(os.urandom(2_300_000)).decode()
+    body = _chat([{"role": "user", "content": prompt}], max_tokens=1)
+    status = []
+    sender = threading.Thread(target=lambda: status.append(_post(cluster.url + "/v1/chat/completions", body)[0]))
+    sender.start()
+    waits = []
+    while sender.is_alive():
+        started = time.monotonic()
+        urllib.request.urlopen(cluster.url + "/healthz", timeout=5).read()
+        waits.append(time.monotonic() - started)
+    assert status == [400]  # the emulated backend refuses a prompt past the model's context, as vLLM does
+    assert len(waits) >= 5 and max(waits) < 0.15, waits
 
 
 def test_oversized_body_is_413(cluster):

@@ -5,15 +5,17 @@ refits included (in a worker process), in a few seconds."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import zlib
 
 import numpy as np
 import pytest
 
 from ricardo.gateway.config import PredictorConfig
-from ricardo.gateway.learning import MODEL_BLOB, PredictorLearning, load_predictor
+from ricardo.gateway.learning import ANNOUNCE, MODEL_BLOB, OUTBOX_BLOB, PredictorLearning, load_predictor
 from ricardo.gateway.store import MemoryStore
-from ricardo.predictor.features import features_from_body
+from ricardo.predictor.features import FEATURE_VERSION, features_from_body
 from ricardo.predictor.model import DEFAULT_MODEL, FittedModel, OutputLengthPredictor, load_reservoir
 
 from .synthetic import requests
@@ -92,8 +94,38 @@ async def test_the_model_is_saved_and_loaded_back(tmp_path, reservoir):
     version, blob = await store.get_blob(MODEL_BLOB)
     assert FittedModel.from_bytes(blob).info == loaded.info
 
-    path.write_bytes(b"not a model")
-    assert load_predictor(str(path))[1] == "shipped"
+    for unreadable in (b"not a model", b"", path.read_bytes()[:1000]):  # ValueError, EOFError, BadZipFile
+        path.write_bytes(unreadable)
+        assert load_predictor(str(path))[1] == "shipped"
+
+
+async def test_an_unreadable_model_in_the_store_is_refused_and_learning_goes_on(reservoir):
+    store = MemoryStore()
+    await store.put_blob(MODEL_BLOB, DEFAULT_MODEL.read_bytes()[:1000])  # a truncated blob: BadZipFile
+    learning = replica(store, "a", reservoir)
+    serve(learning, requests(200, seed=26))
+    await learning.tick()
+    await until(lambda: learning.refits == 1)
+    version, blob = await store.get_blob(MODEL_BLOB)
+    assert version == 2 and FittedModel.from_bytes(blob).info == learning.predictor.info
+    await learning.close()
+
+
+async def test_outcomes_of_another_release_or_malformed_are_skipped(reservoir):
+    store = MemoryStore()
+    leader = replica(store, "a", reservoir)
+    await leader.tick()
+    record = features_from_body({"prompt": "hello"}, 3).to_record()
+    outboxes = {"old": {"epoch": "e", "feature_version": FEATURE_VERSION - 1, "outcomes": [[1, record, 50]]},
+                "bad": {"epoch": "e", "feature_version": FEATURE_VERSION, "outcomes": [[1, [None] * len(record), 50]]},
+                "odd": {"feature_version": FEATURE_VERSION, "outcomes": []},  # no epoch
+                "good": {"epoch": "e", "feature_version": FEATURE_VERSION, "outcomes": [[1, record, 50]]}}
+    for name, document in outboxes.items():
+        await store.push_stats(ANNOUNCE + name, {}, 60)
+        await store.put_blob(OUTBOX_BLOB + name, zlib.compress(json.dumps(document).encode()))
+    await leader.tick()
+    assert leader.received == 1 and leader.new_outcomes == 1
+    await leader.close()
 
 
 async def test_no_refit_before_enough_outcomes_and_time(reservoir):

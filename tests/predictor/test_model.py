@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from ricardo.predictor.features import DENSE_NAMES, features_from_body
+from ricardo.predictor.features import (DENSE_NAMES, HEAD_CHARS, TAIL_CHARS, RequestFeatures,
+                                        features_from_body)
 from ricardo.predictor.model import (DEFAULT_MODEL, DEFAULT_RESERVOIR, OutputLengthPredictor, fit, fit_model,
                                      TermIndex, load_reservoir, refit_executor, stop_executor, vocabulary_columns)
 from ricardo.predictor.tokens import InputTokenCounter
@@ -85,7 +86,7 @@ def test_chat_and_completions_bodies_and_content_parts():
     completion = features_from_body({"model": "m", "prompt": ["Once upon", "a time"], "max_tokens": 9}, 5)
     assert completion.text == "Once upon\na time" and completion.max_tokens == 9 and not completion.is_chat
     huge = features_from_body({"prompt": "word " * 100_000}, 100_000)
-    assert len(huge.text) < 2000 and huge.chars == 500_000
+    assert len(huge.text) == HEAD_CHARS + 1 + TAIL_CHARS and huge.chars == 500_000
     assert len(chat.dense()) == len(completion.dense()) == len(DENSE_NAMES)
 
 
@@ -198,3 +199,17 @@ def test_the_term_index_finds_what_a_search_of_the_whole_vocabulary_finds(reserv
         expected = vocabulary_columns(model.vocab, features.term_keys())
         assert np.array_equal(index.columns(features.tokens()), expected)
     assert np.array_equal(TermIndex(model.vocab[:0]).columns(odd[2].tokens()), [])
+
+
+def test_a_malformed_features_record_is_refused():
+    record = features_from_body({"prompt": "hello", "max_tokens": 5, "temperature": 0.5}, 3).to_record()
+    assert RequestFeatures.from_record(list(record)).to_record() == record
+    fields = {name: i for i, name in enumerate(RequestFeatures.__slots__)}
+    for name, bad in (("text", None), ("input_tokens", -1), ("temperature", float("nan")), ("max_tokens", 10 ** 400),
+                      ("has_stop", "yes")):
+        broken = list(record)
+        broken[fields[name]] = bad
+        with pytest.raises(ValueError, match=name):
+            RequestFeatures.from_record(broken)
+    with pytest.raises(ValueError):
+        RequestFeatures.from_record(record[:-1])
