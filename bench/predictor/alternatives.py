@@ -36,9 +36,7 @@ from sklearn.linear_model import QuantileRegressor
 from tqdm import tqdm
 
 from ricardo.predictor import model
-from ricardo.predictor.datasets import read_rows
-from ricardo.predictor.evaluate import cross_validation_folds, samples_from_rows
-from ricardo.predictor.tokens import InputTokenCounter
+from ricardo.predictor.evaluate import cross_validation_folds, read_samples
 
 BINS = 8
 NEIGHBOURS, NEIGHBOUR_SHRINK, NEIGHBOUR_WEIGHT = 20, 0.5, 0.3
@@ -51,8 +49,7 @@ class Fold:
     def __init__(self, train: list[model.Sample], held_out: list[model.Sample]):
         self.train_requests = [features for features, _ in train]
         self.held_out_requests = [features for features, _ in held_out]
-        self.design = model.Design(self.train_requests)
-        self.train_rows = self.design.rows(self.train_requests)
+        self.design, self.train_rows = model.Design.fit(self.train_requests)
         self.held_out_rows = self.design.rows(self.held_out_requests)
         self.target = model.log_target(train)
         self.coef = model.ridge_coef(self.train_rows, self.target)
@@ -124,8 +121,7 @@ def main() -> None:
     parser.add_argument("train", type=Path)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    samples = samples_from_rows(read_rows(args.train), InputTokenCounter("llama3"))
-    actual = np.array([a for _, a in samples], dtype=float)
+    samples, actual = read_samples(args.train)
 
     errors: dict[str, list[float]] = {}
     covered: dict[str, list[float]] = {}

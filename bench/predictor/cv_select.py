@@ -19,9 +19,7 @@ import numpy as np
 
 from ricardo.predictor import model
 from ricardo.predictor.baselines import baselines
-from ricardo.predictor.datasets import read_rows
-from ricardo.predictor.evaluate import cross_validation_folds, samples_from_rows
-from ricardo.predictor.tokens import InputTokenCounter
+from ricardo.predictor.evaluate import cross_validation_folds, read_samples
 
 GRID = {"RIDGE_ALPHA": (0.3, 1.0, 3.0), "MIN_DF": (2, 3)}
 
@@ -31,8 +29,7 @@ def main() -> None:
     parser.add_argument("train", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    samples = samples_from_rows(read_rows(args.train), InputTokenCounter("llama3"))
-    actual = np.array([a for _, a in samples], dtype=float)
+    samples, actual = read_samples(args.train)
     folds = cross_validation_folds(samples, args.repeats)
 
     scores: dict[str, list[float]] = {}

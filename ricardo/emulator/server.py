@@ -187,10 +187,10 @@ class EmulatedBackend:
 
     async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         body, req = parse_request(endpoint, await request.read())
-        injected = request.headers.get(FAIL_STATUS_HEADER)
-        if injected is not None:
-            raise OpenAIError(int(injected), "failure injected by the x-emulator-fail-status header",
-                              "upstream_error" if int(injected) >= 500 else "invalid_request_error")
+        if FAIL_STATUS_HEADER in request.headers:
+            status = int(request.headers[FAIL_STATUS_HEADER])
+            raise OpenAIError(status, "failure injected by the x-emulator-fail-status header",
+                              "upstream_error" if status >= 500 else "invalid_request_error")
         if req.model != self.model:
             raise OpenAIError(404, f"The model `{req.model}` does not exist.", "NotFoundError", "model",
                               "model_not_found")

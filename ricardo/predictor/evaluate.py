@@ -20,12 +20,13 @@ Scores, on the test rows:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ricardo.predictor.baselines import baselines
-from ricardo.predictor.datasets import body_of
+from ricardo.predictor.datasets import body_of, read_rows
 from ricardo.predictor.features import features_from_body
 from ricardo.predictor.model import FOLDS, OutputLengthPredictor, Sample, fit_model, request_groups
 from ricardo.predictor.tokens import InputTokenCounter
@@ -41,6 +42,12 @@ def samples_from_rows(rows: list[dict], counter: InputTokenCounter, desc: str = 
         body = body_of(row)
         samples.append((features_from_body(body, counter.count_body(body)), int(row["output_tokens"])))
     return samples
+
+
+def read_samples(path: str | Path) -> tuple[list[Sample], np.ndarray]:
+    """An evaluation file's samples (inputs counted exactly with llama3) and their actual output tokens."""
+    samples = samples_from_rows(read_rows(path), InputTokenCounter("llama3"))
+    return samples, np.array([actual for _, actual in samples], dtype=float)
 
 
 def cross_validation_folds(samples: list[Sample], repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -72,14 +79,7 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
     actual = np.array([int(row["output_tokens"]) for row in test_rows], dtype=float)
     p50, p90, inputs, count_ns, predict_ns, cpu_ns = (np.empty(len(bodies)) for _ in range(6))
     for i, body in enumerate(tqdm(bodies, desc="predict", unit="req", leave=False)):
-        started_cpu_ns = time.thread_time_ns()
-        started_ns = time.perf_counter_ns()
-        input_tokens = counter.count_body(body)
-        counted_ns = time.perf_counter_ns()
-        prediction = predictor.predict(features_from_body(body, input_tokens))
-        ended_ns = time.perf_counter_ns()
-        cpu_ns[i] = time.thread_time_ns() - started_cpu_ns
-        count_ns[i], predict_ns[i] = counted_ns - started_ns, ended_ns - counted_ns
+        input_tokens, prediction, count_ns[i], predict_ns[i], cpu_ns[i] = _timed_shape(counter, predictor, body)
         p50[i], p90[i], inputs[i] = prediction.p50, prediction.p90, input_tokens
 
     # the same steps again: a request's fastest of TIMING_PASSES runs is its cost without the other tenants'
@@ -88,10 +88,7 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
     fastest_ns = predict_ns.copy()
     for _ in range(TIMING_PASSES - 1):
         for i, body in enumerate(bodies):
-            input_tokens = counter.count_body(body)
-            started_ns = time.perf_counter_ns()
-            predictor.predict(features_from_body(body, input_tokens))
-            fastest_ns[i] = min(fastest_ns[i], time.perf_counter_ns() - started_ns)
+            fastest_ns[i] = min(fastest_ns[i], _timed_shape(counter, predictor, body)[3])
 
     scores = {name: _mae(actual, np.array([b.predict(int(n)) for n in inputs])) for name, b in peers.items()}
     best = min(scores, key=scores.get)
@@ -117,6 +114,19 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
         "fit_seconds": fit_seconds,
         "model_vocabulary": predictor.info["vocabulary"],
     }
+
+
+def _timed_shape(counter: InputTokenCounter, predictor: OutputLengthPredictor, body: dict):
+    """What the gateway does for a request's shape, timed: (input tokens, prediction, count ns, predict ns,
+    thread CPU ns of both)."""
+    started_cpu_ns = time.thread_time_ns()
+    started_ns = time.perf_counter_ns()
+    input_tokens = counter.count_body(body)
+    counted_ns = time.perf_counter_ns()
+    prediction = predictor.predict(features_from_body(body, input_tokens))
+    ended_ns = time.perf_counter_ns()
+    return (input_tokens, prediction, counted_ns - started_ns, ended_ns - counted_ns,
+            time.thread_time_ns() - started_cpu_ns)
 
 
 def _percentiles_us(name: str, nanoseconds: np.ndarray) -> dict[str, float]:

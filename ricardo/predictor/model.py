@@ -187,14 +187,13 @@ def _sorted_unique(found: np.ndarray) -> np.ndarray:
 
 
 class Design:
-    """How training encodes requests as rows of a sparse matrix, fitted on the training requests:
+    """How training encodes requests as rows of a sparse matrix, fitted on the training requests (`Design.fit`):
     the idf-weighted, l2-normalised presence of their term keys (those in at least MIN_DF requests), a one-hot of
     the model name, the standardised dense features and an explicit intercept column. `rows` encodes any requests
     the same way (unseen terms and models are left out), so alternative models can be scored on held-out rows.
     """
 
-    def __init__(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray] | None = None):
-        keys = keys if keys is not None else [features.term_keys() for features in requests]
+    def __init__(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray], dense: np.ndarray):
         n = len(requests)
         seen, df = np.unique(np.concatenate([np.unique(k) for k in keys]), return_counts=True)
         kept = df >= MIN_DF
@@ -202,27 +201,39 @@ class Design:
         self.idf = (np.log((1 + n) / (1 + df[kept])) + 1.0).astype(np.float32)  # scikit-learn's smooth idf
         names = np.array([features.model_key() for features in requests if features.model], dtype=np.int64)
         self.model_keys = np.unique(names)
-        dense = np.array([features.dense() for features in requests])
         self.dense_mean, self.dense_scale = dense.mean(axis=0), dense.std(axis=0)
         self.dense_scale[self.dense_scale < 1e-9] = 1.0  # constant columns (a std of 1e-17 is rounding, not spread)
         # where each part's coefficients start and end: terms, models, dense, then the intercept
         self.split = np.cumsum([len(self.vocab), len(self.model_keys), dense.shape[1]])
 
-    def rows(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray] | None = None):
+    @classmethod
+    def fit(cls, requests: Sequence[RequestFeatures]):
+        """The design fitted on `requests`, and their rows (each request's keys and dense features made once)."""
+        keys, dense = _keys_and_dense(requests)
+        design = cls(requests, keys, dense)
+        return design, design._rows(requests, keys, dense)
+
+    def rows(self, requests: Sequence[RequestFeatures]):
+        return self._rows(requests, *_keys_and_dense(requests))
+
+    def _rows(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray], dense: np.ndarray):
         from scipy import sparse
 
-        keys = keys if keys is not None else [features.term_keys() for features in requests]
         cols = [vocabulary_columns(self.vocab, k) for k in keys]
         values = [self.idf[c] / max(1e-12, float(np.linalg.norm(self.idf[c]))) for c in cols]
         terms = sparse.csr_matrix((np.concatenate(values), np.concatenate(cols),
                                    np.cumsum([0] + [len(c) for c in cols])), shape=(len(requests), len(self.vocab)))
         names = np.array([features.model_key() if features.model else -1 for features in requests])
         models = sparse.csr_matrix((names[:, None] == self.model_keys[None, :]).astype(float))
-        dense = (np.array([features.dense() for features in requests]) - self.dense_mean) / self.dense_scale
+        standardised = (dense - self.dense_mean) / self.dense_scale
         # an explicit, barely penalised intercept column: scikit-learn's own intercept handling for sparse input
         # (a centring operator) makes its conjugate-gradient solver ~3x slower
         intercept = np.full((len(requests), 1), INTERCEPT_COLUMN)
-        return sparse.hstack([terms, models, sparse.csr_matrix(dense), intercept], format="csr")
+        return sparse.hstack([terms, models, sparse.csr_matrix(standardised), intercept], format="csr")
+
+
+def _keys_and_dense(requests: Sequence[RequestFeatures]) -> tuple[list[np.ndarray], np.ndarray]:
+    return [features.term_keys() for features in requests], np.array([features.dense() for features in requests])
 
 
 def log_target(samples: Sequence[Sample]) -> np.ndarray:
@@ -267,9 +278,8 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
     if n < 2:
         raise ValueError("fitting an output-length model needs at least 2 samples")
     requests = [features for features, _ in samples]
-    keys = [features.term_keys() for features in requests]
-    encoder = Design(requests, keys)
-    design, target = encoder.rows(requests, keys), log_target(samples)
+    encoder, design = Design.fit(requests)
+    target = log_target(samples)
 
     coef = ridge_coef(design, target)
     offset_p50, offset_p90 = conformal_offsets(target - out_of_fold(design, target, request_groups(requests)))
