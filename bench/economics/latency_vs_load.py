@@ -16,8 +16,14 @@ from ricardo.emulator.calibrate import Measurement, max_rate
 from ricardo.emulator.virtual import run_fixed_size
 from ricardo.profiles.engine_params import load_engine_params
 
-CASES = [("L4", 25, 100), ("A10G", 100, 100), ("A10G", 500, 250), ("A100-80GB", 500, 250), ("A100-80GB", 100, 25),
-         ("H100", 1000, 100)]
+CASES = [
+    ("L4", 25, 100),
+    ("A10G", 100, 100),
+    ("A10G", 500, 250),
+    ("A100-80GB", 500, 250),
+    ("A100-80GB", 100, 25),
+    ("H100", 1000, 100),
+]
 LOADS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -36,7 +42,9 @@ def main() -> None:
                 lpt = np.array([t.latency_per_token for t in timings]) / slo_s
                 cells.append(f"{lpt.mean():.2f} / {np.percentile(lpt, 99):.2f} / {np.mean(lpt > 1):.0%}")
             alone = params.alone_seconds_per_token(prompt, output) / slo_s
-            print(f"| {slo_s * 1000:g} ms | {hardware} | {prompt}, {output} | {alone:.2f} | " + " | ".join(cells) + " |")
+            print(
+                f"| {slo_s * 1000:g} ms | {hardware} | {prompt}, {output} | {alone:.2f} | " + " | ".join(cells) + " |"
+            )
 
 
 if __name__ == "__main__":

@@ -45,19 +45,36 @@ def table(rows: list[dict]) -> str:
     per_type = len(types) <= PER_TYPE_COLUMNS_UP_TO
     header = ["rate req/s", "TPOT SLO", "judged", "bound $/h", "Mélange ILP $/h"]
     header += [f"{hw} only" for hw in types] if per_type else []
-    header += ["best single $/h ($/1M tok)", "Mélange $/h ($/1M)", "ricardo $/h ($/1M)", "ricardo fleet",
-               "ricardo / bound", "ricardo / Mélange", "ricardo / best single"]
+    header += [
+        "best single $/h ($/1M tok)",
+        "Mélange $/h ($/1M)",
+        "ricardo $/h ($/1M)",
+        "ricardo fleet",
+        "ricardo / bound",
+        "ricardo / Mélange",
+        "ricardo / best single",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         best = best_single(r)
         ricardo, melange = r["approaches"]["ricardo"], r["approaches"]["melange"]
-        cells = [f"{r['rate']:.1f}", f"{r['slo_tpot_ms']:g} ms", f"{r['judged_share']:.1%}",
-                 f"{r['bound']['cost_per_hour']:.2f}", f"{r['melange_ilp']['cost_per_hour']:.2f}"]
+        cells = [
+            f"{r['rate']:.1f}",
+            f"{r['slo_tpot_ms']:g} ms",
+            f"{r['judged_share']:.1%}",
+            f"{r['bound']['cost_per_hour']:.2f}",
+            f"{r['melange_ilp']['cost_per_hour']:.2f}",
+        ]
         cells += [_money(a) for a in singles(r).values()] if per_type else []
-        cells += [("–" if best is None else f"{_money_and_tokens(best[1])} {best[0]}"), _money_and_tokens(melange),
-                  _money_and_tokens(ricardo), _fleet(ricardo["fleet"]) if ricardo else "–",
-                  _ratio(ricardo, float(r["bound"]["cost_per_hour"])), _ratio(ricardo, melange),
-                  _ratio(ricardo, best[1] if best else None)]
+        cells += [
+            ("–" if best is None else f"{_money_and_tokens(best[1])} {best[0]}"),
+            _money_and_tokens(melange),
+            _money_and_tokens(ricardo),
+            _fleet(ricardo["fleet"]) if ricardo else "–",
+            _ratio(ricardo, float(r["bound"]["cost_per_hour"])),
+            _ratio(ricardo, melange),
+            _ratio(ricardo, best[1] if best else None),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -96,14 +113,21 @@ def plot(results: list[dict], path: Path) -> None:
             ax = axes[row][col]
             at = [r for r in rows if r["slo_tpot_ms"] == slo]
             rates = [r["rate"] for r in at]
-            series = {"bound": [r["bound"]["cost_per_hour"] for r in at],
-                      "best single": [(best_single(r) or (None, None))[1] for r in at],
-                      "Mélange": [r["approaches"]["melange"] for r in at],
-                      "ricardo": [r["approaches"]["ricardo"] for r in at]}
+            series = {
+                "bound": [r["bound"]["cost_per_hour"] for r in at],
+                "best single": [(best_single(r) or (None, None))[1] for r in at],
+                "Mélange": [r["approaches"]["melange"] for r in at],
+                "ricardo": [r["approaches"]["ricardo"] for r in at],
+            }
             for name, values in series.items():
                 ys = [v if isinstance(v, float) else (v["cost_per_hour"] if v else float("nan")) for v in values]
-                ax.plot(rates, [y / x for y, x in zip(ys, rates)], marker="o", label=name,
-                        linestyle="--" if name == "bound" else "-")
+                ax.plot(
+                    rates,
+                    [y / x for y, x in zip(ys, rates)],
+                    marker="o",
+                    label=name,
+                    linestyle="--" if name == "bound" else "-",
+                )
             ax.set_xscale("log")
             ax.set_xticks(rates, [f"{r:.3g}" for r in rates])
             ax.minorticks_off()

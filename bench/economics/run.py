@@ -91,34 +91,61 @@ def run_case(case: tuple) -> dict:
         if found.best is None:
             return None
         best = found.best
-        return {"fleet": best.fleet, "cost_per_hour": best.cost_per_hour, "scale": round(best.scale, 4),
-                "usd_per_million_tokens": best.cost_per_hour * hours / tokens * 1e6,
-                "attainment": best.attainment, "simulations": len(found.trials),
-                "per_pool_requests": best.summary.get("per_pool_requests", {})}
+        return {
+            "fleet": best.fleet,
+            "cost_per_hour": best.cost_per_hour,
+            "scale": round(best.scale, 4),
+            "usd_per_million_tokens": best.cost_per_hour * hours / tokens * 1e6,
+            "attainment": best.attainment,
+            "simulations": len(found.trials),
+            "per_pool_requests": best.summary.get("per_pool_requests", {}),
+        }
 
     # a type alone is searched if it can serve the target share of the judged requests, and its planner
     # fleet costs at most SINGLE_TYPE_SPAN x the cheapest such (not searched: "–" in the tables)
     alone = {hw: search.plan(1.0, [hw]).cost_per_hour for hw in types if judged_by(hw).mean() >= TARGET}
     cheapest_alone = min(alone.values(), default=0.0)
-    approaches = {f"{hw} only": outcome(search.cheapest("cost-aware", [hw]))
-                  if hw in alone and alone[hw] <= SINGLE_TYPE_SPAN * cheapest_alone else None for hw in types}
+    approaches = {
+        f"{hw} only": outcome(search.cheapest("cost-aware", [hw]))
+        if hw in alone and alone[hw] <= SINGLE_TYPE_SPAN * cheapest_alone
+        else None
+        for hw in types
+    }
     approaches["melange"] = outcome(search.cheapest("melange", types, planner="melange"))
     approaches["ricardo"] = outcome(search.cheapest("cost-aware", types, planner="ricardo"))
     return {
-        "catalog": catalog, "price_set": CATALOGS[catalog], "trace": trace, "knob": TRACES[trace][1],
-        "knob_value": knob, "rate": mean_rate(requests), "slo_tpot_ms": slo_ms, "requests": len(requests),
-        "judged_share": float(judged.mean()), "hours": hours,
-        "bound": {"fleet": {hw: n for hw, n in bound.allocation.items() if n}, "cost_per_hour": bound.cost_per_hour,
-                  "usd_per_million_tokens": bound.cost_per_hour * hours / tokens * 1e6},
-        "melange_ilp": {"fleet": {hw: n for hw, n in melange_ilp.allocation.items() if n},
-                        "cost_per_hour": melange_ilp.cost_per_hour},
-        "approaches": approaches, "seconds": time.perf_counter() - started,
+        "catalog": catalog,
+        "price_set": CATALOGS[catalog],
+        "trace": trace,
+        "knob": TRACES[trace][1],
+        "knob_value": knob,
+        "rate": mean_rate(requests),
+        "slo_tpot_ms": slo_ms,
+        "requests": len(requests),
+        "judged_share": float(judged.mean()),
+        "hours": hours,
+        "bound": {
+            "fleet": {hw: n for hw, n in bound.allocation.items() if n},
+            "cost_per_hour": bound.cost_per_hour,
+            "usd_per_million_tokens": bound.cost_per_hour * hours / tokens * 1e6,
+        },
+        "melange_ilp": {
+            "fleet": {hw: n for hw, n in melange_ilp.allocation.items() if n},
+            "cost_per_hour": melange_ilp.cost_per_hour,
+        },
+        "approaches": approaches,
+        "seconds": time.perf_counter() - started,
     }
 
 
 def cases(quick: bool, max_requests: int, catalogs: list[str], traces: list[str]) -> list[tuple]:
-    return [(catalog, trace, knob, slo, max_requests) for catalog in catalogs for trace in traces
-            for knob in (QUICK[trace] if quick else TRACES[trace][2]) for slo in SLOS_MS]
+    return [
+        (catalog, trace, knob, slo, max_requests)
+        for catalog in catalogs
+        for trace in traces
+        for knob in (QUICK[trace] if quick else TRACES[trace][2])
+        for slo in SLOS_MS
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,8 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     with multiprocessing.Pool(args.jobs) as workers:
         for result in tqdm(workers.imap_unordered(run_case, todo), total=len(todo), desc="cases", unit="case"):
             results.append(result)
-    results.sort(key=lambda r: (list(CATALOGS).index(r["catalog"]), list(TRACES).index(r["trace"]),
-                                r["knob_value"], r["slo_tpot_ms"]))
+    results.sort(
+        key=lambda r: (
+            list(CATALOGS).index(r["catalog"]),
+            list(TRACES).index(r["trace"]),
+            r["knob_value"],
+            r["slo_tpot_ms"],
+        )
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     from report import plot, tables  # beside this script

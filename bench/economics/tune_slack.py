@@ -25,15 +25,23 @@ from ricardo.policies.routing import cost_aware
 from ricardo.policies.types import SLO
 from ricardo.profiles.engine_params import engine_catalog
 
-RAMP = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "prompts" / "sharegpt_aibrix" / \
-    "8min_up_and_down.jsonl"
+RAMP = (
+    Path(__file__).resolve().parents[2]
+    / ".."
+    / "shared"
+    / "data"
+    / "prompts"
+    / "sharegpt_aibrix"
+    / "8min_up_and_down.jsonl"
+)
 
 
 def cheapest(case: tuple[float, float, float, str]) -> tuple[float, float, float | None]:
     target, slo_ms, speed, planner = case
     book = book_for_slo(slo_ms)
-    requests = [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens)
-                for r in select(read_trace(str(RAMP)), speed=speed)]
+    requests = [
+        TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in select(read_trace(str(RAMP)), speed=speed)
+    ]
     engines, slo = engine_catalog(), SLO(10_000.0, slo_ms)
     types = book.hardware_names()
     judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)

@@ -26,10 +26,15 @@ def main() -> None:
     book = load_default_book(price_set=args.price_set)
     mix = book.workload(args.workload)
     types = [hw for hw in book.hardware_names() if hw in book.prices]
-    print(f"{args.workload} mix, {args.price_set} prices {book.prices}, TPOT SLO {book.slo_tpot_ms:g} ms, "
-          f"slice factor {args.slice_factor}; $/h (GPUs)")
-    print(f"{'req/s':>6} " + " ".join(f"{hw + '-only':>17}" for hw in types)
-          + f" {'mixed':>8} {'saving':>7} {'solve ms':>13}  mixed fleet")
+    print(
+        f"{args.workload} mix, {args.price_set} prices {book.prices}, TPOT SLO {book.slo_tpot_ms:g} ms, "
+        f"slice factor {args.slice_factor}; $/h (GPUs)"
+    )
+    print(
+        f"{'req/s':>6} "
+        + " ".join(f"{hw + '-only':>17}" for hw in types)
+        + f" {'mixed':>8} {'saving':>7} {'solve ms':>13}  mixed fleet"
+    )
     for rate in (float(r) for r in args.rates.split(",")):
         rates = mix * rate
         single = {hw: plan(rates, book, only=[hw], slice_factor=args.slice_factor) for hw in types}
@@ -40,8 +45,10 @@ def main() -> None:
         cells = " ".join(f"{p.cost_per_hour:>10.2f} ({p.allocation[hw]:>3})" for hw, p in single.items())
         fleet = ", ".join(f"{n} {hw}" for hw, n in mixed.allocation.items() if n)
         flag = "" if all(r.optimal for r in runs) else " (time limit hit: not proven optimal)"
-        print(f"{rate:>6g} {cells} {mixed.cost_per_hour:>8.2f} {1 - mixed.cost_per_hour / best:>7.1%} "
-              f"{statistics.median(times):>6.0f}/{max(times):>6.0f}  {fleet}{flag}")
+        print(
+            f"{rate:>6g} {cells} {mixed.cost_per_hour:>8.2f} {1 - mixed.cost_per_hour / best:>7.1%} "
+            f"{statistics.median(times):>6.0f}/{max(times):>6.0f}  {fleet}{flag}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,12 @@ def binned_calibration(fold: Fold) -> tuple[np.ndarray, np.ndarray]:
     edges = np.quantile(fold.out_of_fold, np.linspace(0, 1, BINS + 1)[1:-1])
     train_bin, held_out_bin = np.searchsorted(edges, fold.out_of_fold), np.searchsorted(edges, fold.score)
     everyone = model.conformal_offsets(fold.residuals)  # for an octile that ties left empty
-    offsets = np.array([model.conformal_offsets(fold.residuals[train_bin == b]) if np.any(train_bin == b) else everyone
-                        for b in range(BINS)])
+    offsets = np.array(
+        [
+            model.conformal_offsets(fold.residuals[train_bin == b]) if np.any(train_bin == b) else everyone
+            for b in range(BINS)
+        ]
+    )
     return fold.score + offsets[held_out_bin, 0], fold.score + offsets[held_out_bin, 1]
 
 
@@ -72,9 +76,20 @@ def stacked_gbm(fold: Fold) -> tuple[np.ndarray, np.ndarray]:
         return np.column_stack([score, [features.dense() for features in requests]])
 
     x_train, x_held_out = inputs(fold.out_of_fold, fold.train_requests), inputs(fold.score, fold.held_out_requests)
-    p50, p90 = (HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=100, learning_rate=0.05,
-                                              max_depth=3, min_samples_leaf=20, random_state=0)
-                .fit(x_train, fold.target).predict(x_held_out) for q in (0.5, 0.9))
+    p50, p90 = (
+        HistGradientBoostingRegressor(
+            loss="quantile",
+            quantile=q,
+            max_iter=100,
+            learning_rate=0.05,
+            max_depth=3,
+            min_samples_leaf=20,
+            random_state=0,
+        )
+        .fit(x_train, fold.target)
+        .predict(x_held_out)
+        for q in (0.5, 0.9)
+    )
     return p50, np.maximum(p50, p90)
 
 
@@ -95,8 +110,9 @@ def neighbours(fold: Fold) -> tuple[np.ndarray, None]:
 def with_char_ngrams(fold: Fold) -> tuple[np.ndarray, None]:
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)
     train = sparse.hstack([fold.train_rows, vectorizer.fit_transform([f.text for f in fold.train_requests])], "csr")
-    held_out = sparse.hstack([fold.held_out_rows, vectorizer.transform([f.text for f in fold.held_out_requests])],
-                             "csr")
+    held_out = sparse.hstack(
+        [fold.held_out_rows, vectorizer.transform([f.text for f in fold.held_out_requests])], "csr"
+    )
     return held_out @ model.ridge_coef(train, fold.target), None
 
 
@@ -140,8 +156,12 @@ def main() -> None:
         fold = Fold([samples[i] for i in train], [samples[i] for i in held_out])
         for name, approach in APPROACHES.items():
             p50, p90 = approach(fold)
-            record(name, held_out, tokens(p50, fold.held_out_requests),
-                   None if p90 is None else tokens(p90, fold.held_out_requests))
+            record(
+                name,
+                held_out,
+                tokens(p50, fold.held_out_requests),
+                None if p90 is None else tokens(p90, fold.held_out_requests),
+            )
 
     for name, values in errors.items():
         line = {"approach": name, "mae": round(float(np.mean(values)), 2)}

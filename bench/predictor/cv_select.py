@@ -51,8 +51,11 @@ def main() -> None:
             predictions = [fitted.predict(samples[i][0]) for i in test]
             errors.append(np.mean(np.abs(actual[test] - [p.p50 for p in predictions])))
             covered.append(np.mean(actual[test] <= [p.p90 for p in predictions]))
-        print(json.dumps({**setting, "mae": round(float(np.mean(errors)), 2),
-                          "p90_coverage": round(float(np.mean(covered)), 3)}))
+        print(
+            json.dumps(
+                {**setting, "mae": round(float(np.mean(errors)), 2), "p90_coverage": round(float(np.mean(covered)), 3)}
+            )
+        )
     vars(model).update(defaults)
 
 

@@ -46,8 +46,12 @@ async def predict_while(predictor: OutputLengthPredictor, requests: list, refit)
     refit_seconds = time.perf_counter() - started
     done.set()
     await task
-    return {"refit_s": refit_seconds, "max_gap_ms": max(gaps) * 1e3,
-            "p99_gap_ms": float(np.percentile(gaps, 99)) * 1e3, "predictions": len(gaps)}
+    return {
+        "refit_s": refit_seconds,
+        "max_gap_ms": max(gaps) * 1e3,
+        "p99_gap_ms": float(np.percentile(gaps, 99)) * 1e3,
+        "predictions": len(gaps),
+    }
 
 
 async def main(outcomes: int) -> None:
@@ -77,11 +81,18 @@ async def main(outcomes: int) -> None:
         async def in_process() -> None:
             await predictor.refit_async(pool)
             # the worker has imported numpy/scipy/sklearn now: the second run is the steady state
-        for name, refit in (("no refit (1 s)", nothing), ("thread", in_thread),
-                            ("process, first", in_process), ("process", in_process)):
+
+        for name, refit in (
+            ("no refit (1 s)", nothing),
+            ("thread", in_thread),
+            ("process, first", in_process),
+            ("process", in_process),
+        ):
             result = await predict_while(predictor, requests, refit)
-            print(f"{name:<16} refit {result['refit_s']:6.2f} s   max gap {result['max_gap_ms']:8.2f} ms   "
-                  f"p99 gap {result['p99_gap_ms']:6.3f} ms   predictions {result['predictions']}")
+            print(
+                f"{name:<16} refit {result['refit_s']:6.2f} s   max gap {result['max_gap_ms']:8.2f} ms   "
+                f"p99 gap {result['p99_gap_ms']:6.3f} ms   predictions {result['predictions']}"
+            )
     finally:
         stop_executor(pool)
 

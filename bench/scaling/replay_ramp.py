@@ -58,8 +58,9 @@ class Replay:
         return sum(prices[pool]["price_per_hour"] * self.raw(pool) for pool in prices)
 
 
-def replay(requests, book: ProfileBook, *, window_s: float, hold_s: float, interval_s: float,
-           headroom: float) -> Replay:
+def replay(
+    requests, book: ProfileBook, *, window_s: float, hold_s: float, interval_s: float, headroom: float
+) -> Replay:
     advisor = ScalingAdvisor(book, window_s=window_s, scale_down_hold_s=hold_s, headroom=headroom, start=0.0)
     arrivals = np.array([r.arrival_s for r in requests])
     ticks = np.arange(interval_s, arrivals[-1] + interval_s, interval_s)
@@ -102,7 +103,7 @@ def best_lag(signal: np.ndarray, reference: np.ndarray, max_shift: int) -> tuple
     n = len(signal)
     scored = []
     for s in range(-max_shift, max_shift + 1):
-        a, b = (signal[s:], reference[:n - s]) if s >= 0 else (signal[:n + s], reference[-s:])
+        a, b = (signal[s:], reference[: n - s]) if s >= 0 else (signal[: n + s], reference[-s:])
         scored.append((float(np.corrcoef(a, b)[0, 1]), s))
     corr, shift = max(scored)
     return shift, corr
@@ -150,7 +151,7 @@ def figures(run: Replay) -> dict:
 
 def held_max(series: np.ndarray, samples: int) -> np.ndarray:
     """The max of each sample and the `samples - 1` before it: what holding the whole fleet would cost."""
-    return np.array([series[max(0, k - samples + 1):k + 1].max() for k in range(len(series))])
+    return np.array([series[max(0, k - samples + 1) : k + 1].max() for k in range(len(series))])
 
 
 def shortest_rise_to_fall(run: Replay) -> float | None:
@@ -178,18 +179,28 @@ def plot(run: Replay, path: Path) -> None:
     bins = np.arange(0.0, run.arrivals[-1] + run.interval_s, run.interval_s)
     binned, _ = np.histogram(run.arrivals, bins=bins)
     fig, (load_ax, fleet_ax, cost_ax) = plt.subplots(3, 1, sharex=True, figsize=(9, 8), constrained_layout=True)
-    load_ax.step(bins[1:], binned / run.interval_s, where="pre", color="0.75", lw=1,
-                 label=f"arrivals per {run.interval_s:g} s")
-    load_ax.plot(t, arrival_rate(run.arrivals, t - run.window_s, t), color="k", lw=2,
-                 label=f"{run.window_s:g} s window (what the advisor sees)")
+    load_ax.step(
+        bins[1:], binned / run.interval_s, where="pre", color="0.75", lw=1, label=f"arrivals per {run.interval_s:g} s"
+    )
+    load_ax.plot(
+        t,
+        arrival_rate(run.arrivals, t - run.window_s, t),
+        color="k",
+        lw=2,
+        label=f"{run.window_s:g} s window (what the advisor sees)",
+    )
     load_ax.set_ylabel("load (req/s)")
     load_ax.legend(loc="upper right", fontsize=8)
-    load_ax.set_title("Scaling hints on ShareGPT, 8-minute up-and-down ramp "
-                      f"(hold {run.hold_s:g} s, headroom {run.hints[0].inputs['headroom']:g})", fontsize=10)
+    load_ax.set_title(
+        "Scaling hints on ShareGPT, 8-minute up-and-down ramp "
+        f"(hold {run.hold_s:g} s, headroom {run.hints[0].inputs['headroom']:g})",
+        fontsize=10,
+    )
 
     fleet_ax.stackplot(t, [run.desired(hw) for hw in HARDWARE], labels=HARDWARE, step="post", alpha=0.85)
-    fleet_ax.step(t, sum(run.raw(hw) for hw in HARDWARE), where="post", color="k", ls="--", lw=1,
-                  label="undamped total")
+    fleet_ax.step(
+        t, sum(run.raw(hw) for hw in HARDWARE), where="post", color="k", ls="--", lw=1, label="undamped total"
+    )
     fleet_ax.set_ylabel("desired replicas")
     fleet_ax.set_ylim(0, 1.3 * max(sum(run.desired(hw) for hw in HARDWARE)))
     fleet_ax.legend(loc="upper right", fontsize=8, ncol=5)
@@ -219,10 +230,18 @@ def main() -> None:
     args = parser.parse_args()
 
     book = load_default_book(price_set=args.price_set)
-    run = replay(read_trace(args.trace), book, window_s=args.window_s, hold_s=args.hold_s,
-                 interval_s=args.interval_s, headroom=args.headroom)
-    print(f"window {args.window_s:g} s, hold {args.hold_s:g} s, every {args.interval_s:g} s, "
-          f"headroom {args.headroom:g}, {args.price_set} prices {book.prices}")
+    run = replay(
+        read_trace(args.trace),
+        book,
+        window_s=args.window_s,
+        hold_s=args.hold_s,
+        interval_s=args.interval_s,
+        headroom=args.headroom,
+    )
+    print(
+        f"window {args.window_s:g} s, hold {args.hold_s:g} s, every {args.interval_s:g} s, "
+        f"headroom {args.headroom:g}, {args.price_set} prices {book.prices}"
+    )
     for name, value in figures(run).items():
         print(f"  {name:36} {value:.3f}" if isinstance(value, float) else f"  {name:36} {value}")
     plot(run, args.out)

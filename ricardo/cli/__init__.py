@@ -12,13 +12,13 @@ import sys
 
 # module path of every room that contributes subcommands, in help order
 COMMAND_MODULES = (
-    "ricardo.gateway.cli",      # serve
-    "ricardo.emulator.cli",     # emulate
-    "ricardo.loadgen.cli",      # loadgen
-    "ricardo.cli.plan",         # plan
-    "ricardo.cli.simulate",     # simulate
-    "ricardo.predictor.cli",    # predictor eval|train
-    "ricardo.cli.demo",         # demo
+    "ricardo.gateway.cli",  # serve
+    "ricardo.emulator.cli",  # emulate
+    "ricardo.loadgen.cli",  # loadgen
+    "ricardo.cli.plan",  # plan
+    "ricardo.cli.simulate",  # simulate
+    "ricardo.predictor.cli",  # predictor eval|train
+    "ricardo.cli.demo",  # demo
 )
 
 

@@ -15,10 +15,13 @@ from ricardo.gateway.config import default_config_path, load_config
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="emulated pools + gateway + a short Azure replay, then a report",
-                              description="Start emulated L4/A10G/A100/H100/CPU pools and the gateway on the "
-                                          "embedded config, replay the Azure conversation trace through it, "
-                                          "print the report and stop everything.")
+    p = subparsers.add_parser(
+        "demo",
+        help="emulated pools + gateway + a short Azure replay, then a report",
+        description="Start emulated L4/A10G/A100/H100/CPU pools and the gateway on the "
+        "embedded config, replay the Azure conversation trace through it, "
+        "print the report and stop everything.",
+    )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of trace to replay (default: 60)")
     p.add_argument("--trace", default="azure-conv")
     p.add_argument("--out", default="out/demo", help="where the load generator writes its report")
@@ -52,8 +55,9 @@ def _demo(args: argparse.Namespace) -> int:
     children: list[subprocess.Popen] = []
     try:
         with open(logs / "emulator.log", "w") as emulator_log, open(logs / "gateway.log", "w") as gateway_log:
-            emulator = subprocess.Popen(_ricardo("emulate", "--config", config_path), stdout=emulator_log,
-                                        stderr=subprocess.STDOUT)
+            emulator = subprocess.Popen(
+                _ricardo("emulate", "--config", config_path), stdout=emulator_log, stderr=subprocess.STDOUT
+            )
             children.append(emulator)
             for pool in config.pools:
                 for url in pool.backends:
@@ -61,10 +65,24 @@ def _demo(args: argparse.Namespace) -> int:
             gateway = subprocess.Popen(_ricardo("serve"), stdout=gateway_log, stderr=subprocess.STDOUT)
             children.append(gateway)
             _wait_ready(f"{gateway_url}/readyz", gateway, "gateway")
-            print(f"gateway on {gateway_url} with pools: "
-                  + ", ".join(f"{p.name} ({p.hardware} x{len(p.backends)})" for p in config.pools), flush=True)
-            loadgen = subprocess.run(_ricardo("loadgen", "--url", gateway_url, "--trace", args.trace,
-                                              "--duration", str(args.duration), "--out", str(logs)))
+            print(
+                f"gateway on {gateway_url} with pools: "
+                + ", ".join(f"{p.name} ({p.hardware} x{len(p.backends)})" for p in config.pools),
+                flush=True,
+            )
+            loadgen = subprocess.run(
+                _ricardo(
+                    "loadgen",
+                    "--url",
+                    gateway_url,
+                    "--trace",
+                    args.trace,
+                    "--duration",
+                    str(args.duration),
+                    "--out",
+                    str(logs),
+                )
+            )
             _print_pool_totals(gateway_url, [p.name for p in config.pools])
             return loadgen.returncode
     finally:

@@ -8,40 +8,59 @@ import sys
 from pathlib import Path
 
 
-
 class WorkloadError(ValueError):
     """The workload cannot be read."""
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "plan", help="cheapest GPU fleet for a request-size mix and rate (Mélange ILP)",
+        "plan",
+        help="cheapest GPU fleet for a request-size mix and rate (Mélange ILP)",
         description="Solve the Mélange ILP: split each request-size bucket's rate into slices, give every "
-                    "slice to one GPU type, and find the integer GPU counts of least $/h whose profiled "
-                    "capacity covers the load within the profile's SLO. Also prints each single-type fleet.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--profile", action="append", type=Path, metavar="FILE",
-                   help="profile file (Mélange or ricardo format, JSON/YAML); repeat to merge, first wins "
-                        "(default: the shipped Llama-2-7B profile)")
-    p.add_argument("--include-estimated", action="store_true",
-                   help="with the shipped profile: add the estimated tables of hardware that was not measured")
-    p.add_argument("--workload", required=True,
-                   help="a mix named in the profile (e.g. arena) | a bundled trace (azure-conv, azure-code) | FILE: "
-                        "JSON fraction histogram ([[...]] or {\"fraction\": [[...]]}), or a trace the load "
-                        "generator reads: Azure CSV, input,output CSV without header, ShareGPT stats CSV, "
-                        "AIBrix/ricardo JSONL")
+        "slice to one GPU type, and find the integer GPU counts of least $/h whose profiled "
+        "capacity covers the load within the profile's SLO. Also prints each single-type fleet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--profile",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="profile file (Mélange or ricardo format, JSON/YAML); repeat to merge, first wins "
+        "(default: the shipped Llama-2-7B profile)",
+    )
+    p.add_argument(
+        "--include-estimated",
+        action="store_true",
+        help="with the shipped profile: add the estimated tables of hardware that was not measured",
+    )
+    p.add_argument(
+        "--workload",
+        required=True,
+        help="a mix named in the profile (e.g. arena) | a bundled trace (azure-conv, azure-code) | FILE: "
+        'JSON fraction histogram ([[...]] or {"fraction": [[...]]}), or a trace the load '
+        "generator reads: Azure CSV, input,output CSV without header, ShareGPT stats CSV, "
+        "AIBrix/ricardo JSONL",
+    )
     p.add_argument("--rate", type=float, help="total requests/s (default for a timestamped trace: its mean rate)")
     p.add_argument("--slice-factor", type=int, default=8, help="slices per bucket, each served by one GPU type")
     p.add_argument("--only", help="comma-separated GPU types to choose from, e.g. A10G or L4,A100-80GB")
     p.add_argument("--price-set", default="melange", help="melange | aws | gcp | neocloud | a set named in the profile")
-    p.add_argument("--price", action="append", default=[], metavar="TYPE=USD",
-                   help="override one type's $/h (repeatable)")
+    p.add_argument(
+        "--price", action="append", default=[], metavar="TYPE=USD", help="override one type's $/h (repeatable)"
+    )
     p.add_argument("--headroom", type=float, default=0.0, help="keep each type's load <= (1 - F) of its GPUs")
-    p.add_argument("--drop-unservable", action="store_true",
-                   help="leave out requests whose size no candidate type can serve (reported as unserved_rate)")
-    p.add_argument("--exact-sizes", action="store_true",
-                   help="with a trace: charge each request its own size, interpolated between the profile's "
-                        "measured sizes, instead of its bucket's upper edge (Mélange's rule; ricardo plans so)")
+    p.add_argument(
+        "--drop-unservable",
+        action="store_true",
+        help="leave out requests whose size no candidate type can serve (reported as unserved_rate)",
+    )
+    p.add_argument(
+        "--exact-sizes",
+        action="store_true",
+        help="with a trace: charge each request its own size, interpolated between the profile's "
+        "measured sizes, instead of its bucket's upper edge (Mélange's rule; ricardo plans so)",
+    )
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds before returning the best found")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handle)
@@ -70,8 +89,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.rate is not None and args.rate < 0:
         raise ValueError(f"--rate must be >= 0, got {args.rate:g}")
     if args.profile and args.include_estimated:
-        raise ValueError("--include-estimated adds to the shipped profile; with --profile, list the estimated "
-                         "file as another --profile")
+        raise ValueError(
+            "--include-estimated adds to the shipped profile; with --profile, list the estimated "
+            "file as another --profile"
+        )
     paths = args.profile or default_profile_paths(include_estimated=args.include_estimated)
     book = load_book(*paths, price_set=args.price_set)
     prices = book.prices | _overrides(args.price, book)
@@ -173,13 +194,13 @@ def _histogram(path: Path, book):
     except (TypeError, ValueError):
         rows = []
     if not rows:
-        raise WorkloadError(f"{path}: expected a 2-D list of fractions or {{\"fraction\": [[...]]}}")
+        raise WorkloadError(f'{path}: expected a 2-D list of fractions or {{"fraction": [[...]]}}')
     n_in, n_out = book.shape
     if len(rows) > n_in or any(len(r) > n_out for r in rows):
         raise WorkloadError(f"{path}: the histogram must fit the profile's {n_in} x {n_out} buckets")
     fractions = np.zeros(book.shape)
     for i, row in enumerate(rows):
-        fractions[i, :len(row)] = row
+        fractions[i, : len(row)] = row
     total = fractions.sum()
     if (fractions < 0).any() or not np.isfinite(total) or total <= 0:
         raise WorkloadError(f"{path}: fractions must be >= 0 with a positive sum")
@@ -188,15 +209,18 @@ def _histogram(path: Path, book):
 
 def _text(result: dict) -> str:
     fleet = ", ".join(f"{n} x {hw}" for hw, n in result["allocation"].items() if n) or "nothing"
-    lines = [f"{result['workload']} at {result['rate']:.4g} req/s, {result['price_set']} prices, "
-             f"TPOT SLO {result['slo_tpot_ms']:g} ms",
-             f"mixed fleet: {fleet}: ${result['cost_per_hour']:.2f}/h"
-             f" ({'optimal' if result['optimal'] else 'best found, not proven optimal'};"
-             f" solved in {result['solve_seconds'] * 1000:.0f} ms)"]
+    lines = [
+        f"{result['workload']} at {result['rate']:.4g} req/s, {result['price_set']} prices, "
+        f"TPOT SLO {result['slo_tpot_ms']:g} ms",
+        f"mixed fleet: {fleet}: ${result['cost_per_hour']:.2f}/h"
+        f" ({'optimal' if result['optimal'] else 'best found, not proven optimal'};"
+        f" solved in {result['solve_seconds'] * 1000:.0f} ms)",
+    ]
     if result["unserved_rate"]:
         lines.append(f"left out: {result['unserved_rate']:.4g} req/s no candidate type can serve")
     for hw, alone in result["single_type"].items():
-        text = "cannot serve every size" if alone is None else \
-            f"{alone['count']} x {hw}: ${alone['cost_per_hour']:.2f}/h"
+        text = (
+            "cannot serve every size" if alone is None else f"{alone['count']} x {hw}: ${alone['cost_per_hour']:.2f}/h"
+        )
         lines.append(f"  {hw}-only: {text}")
     return "\n".join(lines)

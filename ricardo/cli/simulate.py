@@ -10,18 +10,23 @@ from pathlib import Path
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "simulate", help="replay a trace on a virtual-time fleet behind a routing policy",
+        "simulate",
+        help="replay a trace on a virtual-time fleet behind a routing policy",
         description="Replay a trace in virtual time on a fleet of emulated engines (the same engine model as "
-                    "`ricardo emulate`), routed by the same policy code as the gateway, and report SLO "
-                    "attainment and cost. Sizes given to the policy are the trace's true ones (an oracle "
-                    "predictor): this measures routing and fleet sizing, not prediction.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "`ricardo emulate`), routed by the same policy code as the gateway, and report SLO "
+        "attainment and cost. Sizes given to the policy are the trace's true ones (an oracle "
+        "predictor): this measures routing and fleet sizing, not prediction.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--trace", required=True, help="azure-conv | azure-code | FILE (any trace the load generator reads)")
-    p.add_argument("--policy", default="cost-aware", help="cost-aware | melange | round-robin | least-outstanding | "
-                                                         "cheapest-price")
-    p.add_argument("--fleet", default="auto",
-                   help="auto (the planner's fleet for the trace's mix and rate) | FILE (JSON {type: count}) | "
-                        "TYPE=N,TYPE=N")
+    p.add_argument(
+        "--policy", default="cost-aware", help="cost-aware | melange | round-robin | least-outstanding | cheapest-price"
+    )
+    p.add_argument(
+        "--fleet",
+        default="auto",
+        help="auto (the planner's fleet for the trace's mix and rate) | FILE (JSON {type: count}) | TYPE=N,TYPE=N",
+    )
     p.add_argument("--slo-tpot-ms", type=float, default=120.0, help="TPOT SLO (request latency / output tokens)")
     p.add_argument("--slo-ttft-ms", type=float, default=10000.0, help="TTFT SLO given to the policy")
     p.add_argument("--speed", type=float, default=1.0, help="compress the trace's arrivals by this factor")
@@ -30,13 +35,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, help="seconds of (sped-up) trace to replay (default: all)")
     p.add_argument("--max-requests", type=int, help="replay at most this many requests")
     p.add_argument("--price-set", default="melange", help="melange | aws | gcp | neocloud")
-    p.add_argument("--catalog", choices=("measured", "full"), default="measured",
-                   help="hardware to plan over: the measured types, or measured + estimated")
+    p.add_argument(
+        "--catalog",
+        choices=("measured", "full"),
+        default="measured",
+        help="hardware to plan over: the measured types, or measured + estimated",
+    )
     p.add_argument("--headroom", type=float, default=0.0, help="planner over-provisioning for --fleet auto")
-    p.add_argument("--planner", choices=("ricardo", "exact", "melange"), default="ricardo",
-                   help="planner of --fleet auto: ricardo (each request at its own size, each type sized for the "
-                        "utilization the cost-aware policy runs it at), exact (own sizes at the profile's operating "
-                        "point), melange (bucket upper edges at the operating point)")
+    p.add_argument(
+        "--planner",
+        choices=("ricardo", "exact", "melange"),
+        default="ricardo",
+        help="planner of --fleet auto: ricardo (each request at its own size, each type sized for the "
+        "utilization the cost-aware policy runs it at), exact (own sizes at the profile's operating "
+        "point), melange (bucket upper edges at the operating point)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handle)
@@ -69,8 +82,9 @@ def load_requests(args: argparse.Namespace):
         requests = with_poisson_arrivals(requests, args.rate, seed=args.seed)
     elif args.rate:
         raise ValueError("--rate is for traces without timestamps; use --speed to scale a timed trace")
-    window = select(requests, start_s=args.start, duration_s=args.duration, speed=args.speed,
-                    max_requests=args.max_requests)
+    window = select(
+        requests, start_s=args.start, duration_s=args.duration, speed=args.speed, max_requests=args.max_requests
+    )
     if not window:
         raise ValueError("the selected window of the trace is empty")
     return [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in window]
@@ -85,15 +99,24 @@ def run(args: argparse.Namespace) -> dict:
     requests = load_requests(args)
     book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
     if args.fleet == "auto":
-        fleet = plan_fleet(requests, book, SLO(args.slo_ttft_ms, args.slo_tpot_ms), headroom=args.headroom,
-                           planner=args.planner)
+        fleet = plan_fleet(
+            requests, book, SLO(args.slo_ttft_ms, args.slo_tpot_ms), headroom=args.headroom, planner=args.planner
+        )
     else:
         fleet = _read_fleet(args.fleet, book)
     unknown = [hw for hw in fleet if not book.has(hw)]
     if unknown:
         raise ValueError(f"no profile for {', '.join(unknown)}; known: {', '.join(book.hardware_names())}")
-    result = simulate(requests, fleet, engine_catalog(), book, book.prices, args.policy,
-                      SLO(args.slo_ttft_ms, args.slo_tpot_ms), seed=args.seed)
+    result = simulate(
+        requests,
+        fleet,
+        engine_catalog(),
+        book,
+        book.prices,
+        args.policy,
+        SLO(args.slo_ttft_ms, args.slo_tpot_ms),
+        seed=args.seed,
+    )
     return {"trace": args.trace, "policy": args.policy, "price_set": args.price_set, **result.summary()}
 
 
@@ -116,12 +139,14 @@ def _read_fleet(spec: str, book) -> dict[str, int]:
 
 def _text(result: dict) -> str:
     fleet = ", ".join(f"{n} x {hw}" for hw, n in result["fleet"].items() if n)
-    lines = [f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
-             f"{result['duration_s']:.0f} s on {fleet}",
-             f"  SLO attainment (TPOT <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
-             f"  rejected: {result['rejected']}",
-             f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
-             "  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
-             "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
-             "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items())]
+    lines = [
+        f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
+        f"{result['duration_s']:.0f} s on {fleet}",
+        f"  SLO attainment (TPOT <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
+        f"  rejected: {result['rejected']}",
+        f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
+        "  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+        "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+        "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items()),
+    ]
     return "\n".join(lines)

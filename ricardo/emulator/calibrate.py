@@ -60,12 +60,11 @@ class Measurement:
         return int(min(self.max_count, max(self.min_count, math.ceil(wanted))))
 
 
-
 def slo_margin(params: EngineParams, rate: float, prompt_tokens: int, output_tokens: int, m: Measurement) -> float:
     """log(mean latency per output token / SLO) at `rate`: negative when the SLO holds."""
     count = m.count(rate, output_tokens)
     timings = run_fixed_size(params, rate, prompt_tokens, output_tokens, count=count, seed=m.seed)
-    mean = float(np.mean([t.latency_per_token for t in timings[int(count * m.warmup):]]))
+    mean = float(np.mean([t.latency_per_token for t in timings[int(count * m.warmup) :]]))
     return math.log(mean / m.slo_s)
 
 
@@ -73,8 +72,15 @@ LOWEST_RATE, HIGHEST_RATE = 1e-4, 1e4
 MAX_STEP = 0.1  # in log(rate): fine enough not to step over the SLO failing and holding again
 
 
-def max_rate(params: EngineParams, prompt_tokens: int, output_tokens: int, m: Measurement,
-             guess: float | None = None, near: bool = False, rtol: float = 2e-3) -> float:
+def max_rate(
+    params: EngineParams,
+    prompt_tokens: int,
+    output_tokens: int,
+    m: Measurement,
+    guess: float | None = None,
+    near: bool = False,
+    rtol: float = 2e-3,
+) -> float:
     """The rate at which the mean latency per output token first breaks the SLO, sweeping rates upwards
     as a profiler does (0 if one request alone breaks it).
 
@@ -134,15 +140,24 @@ class Evaluator:
     def _map(self, func, tasks: list[tuple]) -> list[float]:
         return self.pool.map(func, tasks, chunksize=1) if self.pool else list(map(func, tasks))
 
-    def table(self, params: EngineParams, sizes: list[tuple[int, int]], guess: np.ndarray | None = None,
-              near: bool = False) -> np.ndarray:
+    def table(
+        self, params: EngineParams, sizes: list[tuple[int, int]], guess: np.ndarray | None = None, near: bool = False
+    ) -> np.ndarray:
         """Max sustainable rate per request size; `guess` starts the searches (see `max_rate`)."""
-        tasks = [(params, i, o, self.measurement, None if guess is None else float(guess[k]), near)
-                 for k, (i, o) in enumerate(sizes)]
+        tasks = [
+            (params, i, o, self.measurement, None if guess is None else float(guess[k]), near)
+            for k, (i, o) in enumerate(sizes)
+        ]
         return np.array(self._map(_max_rate_task, tasks))
 
-    def log_rate_gradients(self, params: EngineParams, variants: list[EngineParams], sizes: list[tuple[int, int]],
-                           rates: np.ndarray, log_step: float = 0.05) -> np.ndarray:
+    def log_rate_gradients(
+        self,
+        params: EngineParams,
+        variants: list[EngineParams],
+        sizes: list[tuple[int, int]],
+        rates: np.ndarray,
+        log_step: float = 0.05,
+    ) -> np.ndarray:
         """d log(max rate) / d(variant), one column per variant, from SLO margins at fixed rates.
 
         At the max rate the margin is zero, so by the implicit function theorem the rate moves by
@@ -155,8 +170,11 @@ class Evaluator:
         for k in live:
             i, o = sizes[k]
             r = float(rates[k])
-            tasks += [(params, r * math.exp(log_step), i, o, m), (params, r * math.exp(-log_step), i, o, m),
-                      (params, r, i, o, m)] + [(v, r, i, o, m) for v in variants]
+            tasks += [
+                (params, r * math.exp(log_step), i, o, m),
+                (params, r * math.exp(-log_step), i, o, m),
+                (params, r, i, o, m),
+            ] + [(v, r, i, o, m) for v in variants]
         margins = np.array(self._map(_margin_task, tasks)).reshape(len(live), 3 + len(variants))
         slope = np.maximum((margins[:, 0] - margins[:, 1]) / (2 * log_step), 1e-3)  # margin rises with rate
         gradients = np.zeros((len(rates), len(variants)))
@@ -182,9 +200,16 @@ class Fit:
     seconds: float
 
 
-def fit(base: EngineParams, sizes: list[tuple[int, int]], target: np.ndarray, evaluator: Evaluator,
-        fields: dict[str, tuple[float, float, float]] = FITTED, log_step: float = 0.05,
-        max_iterations: int = 15, desc: str = "") -> Fit:
+def fit(
+    base: EngineParams,
+    sizes: list[tuple[int, int]],
+    target: np.ndarray,
+    evaluator: Evaluator,
+    fields: dict[str, tuple[float, float, float]] = FITTED,
+    log_step: float = 0.05,
+    max_iterations: int = 15,
+    desc: str = "",
+) -> Fit:
     """Least squares on log(model / target) over `sizes`, the fields searched in log space."""
     names = list(fields)
     x0 = np.log([fields[n][0] for n in names])
@@ -214,8 +239,15 @@ def fit(base: EngineParams, sizes: list[tuple[int, int]], target: np.ndarray, ev
         bar.update()
         return gradients / steps
 
-    result = least_squares(residuals, np.clip(x0, lower, upper), jac=jacobian, bounds=(lower, upper),
-                           max_nfev=max_iterations, ftol=1e-3, xtol=1e-3)
+    result = least_squares(
+        residuals,
+        np.clip(x0, lower, upper),
+        jac=jacobian,
+        bounds=(lower, upper),
+        max_nfev=max_iterations,
+        ftol=1e-3,
+        xtol=1e-3,
+    )
     bar.close()
     return Fit(params_at(result.x), table(result.x), len(tables), time.perf_counter() - started)
 
@@ -233,8 +265,13 @@ def spec_rows(path: Path = GPUS_PATH) -> dict[str, dict]:
 def spec_params(hardware: str, row: dict, **fields) -> EngineParams:
     """An EngineParams carrying a gpus.csv row's datasheet figures (memory as the runtime reports it)."""
     mem_gb = float(row["mem_gb"]) * GIB * (15 / 16 if row["gpu"] in GDDR_ECC else 1.0)
-    return EngineParams(hardware=hardware, peak_tflops=float(row["bf16_dense_tflops"]),
-                        mem_bw_gbs=float(row["mem_bw_gbs"]), mem_gb=round(mem_gb, 2), **fields)
+    return EngineParams(
+        hardware=hardware,
+        peak_tflops=float(row["bf16_dense_tflops"]),
+        mem_bw_gbs=float(row["mem_bw_gbs"]),
+        mem_gb=round(mem_gb, 2),
+        **fields,
+    )
 
 
 def load_profile(path: Path = PROFILE_PATH) -> dict:
@@ -287,8 +324,10 @@ def estimated_params(fitted: dict[str, EngineParams], rows: dict[str, dict]) -> 
         constants = {f: getattr(fitted[donor], f) for f in FITTED}
         rule = f"datasheet figures of gpus.csv row {row!r}; {', '.join(FITTED)} of the fitted {donor} ({why})"
         estimates[name] = spec_params(name, rows[row], **constants, source="estimated"), rule
-    rule = f"datasheet figures of gpus.csv row {CPU_ROW!r}; assumed llama.cpp-like constants, nothing measured: " + \
-        ", ".join(f"{k}={v}" for k, v in CPU_ASSUMED.items())
+    rule = (
+        f"datasheet figures of gpus.csv row {CPU_ROW!r}; assumed llama.cpp-like constants, nothing measured: "
+        + ", ".join(f"{k}={v}" for k, v in CPU_ASSUMED.items())
+    )
     estimates["CPU"] = spec_params("CPU", rows[CPU_ROW], **CPU_ASSUMED, source="estimated"), rule
     return estimates
 
@@ -305,9 +344,11 @@ def as_rows(values: np.ndarray, columns: int, digits: int = 4) -> list[list[floa
 def error_summary(model: np.ndarray, measured: np.ndarray) -> dict:
     ratio = model / measured
     log_error = np.abs(np.log(np.maximum(ratio, 1e-9)))
-    return {"mean_abs_log_error": round(float(log_error.mean()), 4),
-            "share_within_20pct": round(float(np.mean(np.abs(ratio - 1) <= 0.2)), 3),
-            "max_abs_relative_error": round(float(np.abs(ratio - 1).max()), 3)}
+    return {
+        "mean_abs_log_error": round(float(log_error.mean()), 4),
+        "share_within_20pct": round(float(np.mean(np.abs(ratio - 1) <= 0.2)), 3),
+        "max_abs_relative_error": round(float(np.abs(ratio - 1).max()), 3),
+    }
 
 
 def ragged(profile_rows: list[list[float]], table: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
@@ -330,8 +371,17 @@ def ratio_table(profile: dict, table: np.ndarray, measured_rows: list[list[float
     return markdown_table(["input \\ output"] + [str(o) for o in outputs], body)
 
 
-PARAM_COLUMNS = ["peak_tflops", "mem_bw_gbs", "mem_gb", "flops_efficiency", "bw_efficiency", "step_overhead_s",
-                 "seq_overhead_s", "max_num_seqs", "kv_capacity_tokens"]
+PARAM_COLUMNS = [
+    "peak_tflops",
+    "mem_bw_gbs",
+    "mem_gb",
+    "flops_efficiency",
+    "bw_efficiency",
+    "step_overhead_s",
+    "seq_overhead_s",
+    "max_num_seqs",
+    "kv_capacity_tokens",
+]
 
 
 def params_row(name: str, p: EngineParams) -> list[str]:
@@ -368,25 +418,46 @@ def readme(profile: dict, m: Measurement, fitted: dict, estimates: dict, tables:
         full = tables[name]
         model, measured, _ = ragged(rows[name]["max_rps"][:6], full)
         summary = error_summary(model, measured)
-        parts += [f"## {name} (fitted, {seconds[name]:.0f} s, {fit_result.tables} tables)", "",
-                  ratio_table(profile, full, rows[name]["max_rps"][:6]), "",
-                  f"Within 20 %: **{summary['share_within_20pct']:.0%}** of 36 buckets; mean |log error| "
-                  f"**{summary['mean_abs_log_error']:.3f}**; worst relative error {summary['max_abs_relative_error']:.0%}.",
-                  ""]
+        parts += [
+            f"## {name} (fitted, {seconds[name]:.0f} s, {fit_result.tables} tables)",
+            "",
+            ratio_table(profile, full, rows[name]["max_rps"][:6]),
+            "",
+            f"Within 20 %: **{summary['share_within_20pct']:.0%}** of 36 buckets; mean |log error| "
+            f"**{summary['mean_abs_log_error']:.3f}**; worst relative error {summary['max_abs_relative_error']:.0%}.",
+            "",
+        ]
         if len(rows[name]["max_rps"]) > 6:
             model, measured, _ = ragged(rows[name]["max_rps"][6:], full[6:])
             long = error_summary(model, measured)
-            parts += ["Long-input rows (not fitted; their input edges are a guess, see the profile's notes):", "",
-                      ratio_table({**profile, "input_bucket_upper_edges": profile["input_bucket_upper_edges"][6:]},
-                                  full[6:], rows[name]["max_rps"][6:]), "",
-                      f"Long rows: within 20 % {long['share_within_20pct']:.0%}, mean |log error| "
-                      f"{long['mean_abs_log_error']:.3f}.", ""]
+            parts += [
+                "Long-input rows (not fitted; their input edges are a guess, see the profile's notes):",
+                "",
+                ratio_table(
+                    {**profile, "input_bucket_upper_edges": profile["input_bucket_upper_edges"][6:]},
+                    full[6:],
+                    rows[name]["max_rps"][6:],
+                ),
+                "",
+                f"Long rows: within 20 % {long['share_within_20pct']:.0%}, mean |log error| "
+                f"{long['mean_abs_log_error']:.3f}.",
+                "",
+            ]
     header = ["hardware"] + PARAM_COLUMNS
-    parts += ["## Parameters", "", "Fitted:", "",
-              markdown_table(header, [params_row(n, p) for n, (p, _) in fitted.items()]), "",
-              "Estimated (not measured; see the `rule` of each entry in engine_params_llama2_7b.json):", "",
-              markdown_table(header, [params_row(n, p) for n, (p, _) in estimates.items()]), "",
-              f"Total runtime {sum(seconds.values()):.0f} s on this machine.", ""]
+    parts += [
+        "## Parameters",
+        "",
+        "Fitted:",
+        "",
+        markdown_table(header, [params_row(n, p) for n, (p, _) in fitted.items()]),
+        "",
+        "Estimated (not measured; see the `rule` of each entry in engine_params_llama2_7b.json):",
+        "",
+        markdown_table(header, [params_row(n, p) for n, (p, _) in estimates.items()]),
+        "",
+        f"Total runtime {sum(seconds.values()):.0f} s on this machine.",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -423,10 +494,10 @@ def params_document(profile: dict, m: Measurement, fitted: dict, estimates: dict
     columns = len(profile["output_bucket_upper_edges"])
     doc = {
         "what": "Engine-model parameters of Llama-2-7B (fp16, vLLM 0.2.7-style scheduling) per hardware type. "
-                "'fitted': flops/bandwidth efficiencies and host overheads fitted so the engine model's max "
-                "sustainable rate per (input, output) bucket matches melange_llama2_7b.json (input rows 25-2000); "
-                "'estimated': datasheet figures from gpus.csv with constants borrowed by the stated rule. "
-                f"Produced by `{COMMAND}`; see bench/calibration/README.md.",
+        "'fitted': flops/bandwidth efficiencies and host overheads fitted so the engine model's max "
+        "sustainable rate per (input, output) bucket matches melange_llama2_7b.json (input rows 25-2000); "
+        "'estimated': datasheet figures from gpus.csv with constants borrowed by the stated rule. "
+        f"Produced by `{COMMAND}`; see bench/calibration/README.md.",
         "model": "llama2-7b",
         "slo_tpot_ms": profile["slo_tpot_ms"],
         "measurement": asdict(m),
@@ -436,14 +507,20 @@ def params_document(profile: dict, m: Measurement, fitted: dict, estimates: dict
     for name, (params, _) in fitted.items():
         measured_rows = profile["gpus"][name]["max_rps"]
         model, measured, _ = ragged(measured_rows[:6], tables[name])
-        summary = {"buckets": "input 25..2000 x output 25..2000 (36)", **error_summary(model, measured),
-                   "relative_error": as_rows(model / measured - 1, columns, 3)}
+        summary = {
+            "buckets": "input 25..2000 x output 25..2000 (36)",
+            **error_summary(model, measured),
+            "relative_error": as_rows(model / measured - 1, columns, 3),
+        }
         if len(measured_rows) > 6:
             model, measured, cells = ragged(measured_rows[6:], tables[name][6:])
             summary["long_input_rows_not_fitted"] = {
                 **error_summary(model, measured),
-                "relative_error": [[round(float(model[k] / measured[k] - 1), 3) for k, (i, _) in enumerate(cells) if i == r]
-                                   for r in range(len(measured_rows) - 6)]}
+                "relative_error": [
+                    [round(float(model[k] / measured[k] - 1), 3) for k, (i, _) in enumerate(cells) if i == r]
+                    for r in range(len(measured_rows) - 6)
+                ],
+            }
         doc["hardware"][name] = {"params": params.model_dump(), "spec_row": MEASURED[name], "fit": summary}
     for name, (params, rule) in estimates.items():
         doc["hardware"][name] = {"params": params.model_dump(), "rule": rule}
@@ -454,31 +531,40 @@ def estimated_document(profile: dict, m: Measurement, fitted: dict, estimates: d
     columns = len(profile["output_bucket_upper_edges"])
     return {
         "what": "Single-GPU capacity of Llama-2-7B per request-size bucket computed by ricardo's engine model, NOT "
-                "measured: max_rps[i][j] = the Poisson rate of identical requests (input = upper edge of input "
-                "bucket i, output = upper edge of output bucket j) up to which the model's steady-state mean "
-                f"latency per output token stays within {profile['slo_tpot_ms']} ms (sweeping rates upwards, as a "
-                "profiler does). Engine parameters from "
-                "engine_params_llama2_7b.json (datasheets of gpus.csv + constants fitted on the measured GPUs). "
-                "0 = one such request does not fit the KV cache or the 16k context, or the SLO fails even alone. "
-                "model_predicted_for_measured holds the same computation for the measured GPUs, for comparison "
-                f"with melange_llama2_7b.json. Produced by `{COMMAND}`.",
+        "measured: max_rps[i][j] = the Poisson rate of identical requests (input = upper edge of input "
+        "bucket i, output = upper edge of output bucket j) up to which the model's steady-state mean "
+        f"latency per output token stays within {profile['slo_tpot_ms']} ms (sweeping rates upwards, as a "
+        "profiler does). Engine parameters from "
+        "engine_params_llama2_7b.json (datasheets of gpus.csv + constants fitted on the measured GPUs). "
+        "0 = one such request does not fit the KV cache or the 16k context, or the SLO fails even alone. "
+        "model_predicted_for_measured holds the same computation for the measured GPUs, for comparison "
+        f"with melange_llama2_7b.json. Produced by `{COMMAND}`.",
         "slo_tpot_ms": profile["slo_tpot_ms"],
         "input_bucket_upper_edges": profile["input_bucket_upper_edges"],
         "input_edges_note": "rows 6-9 (4000..16000) use the guessed edges of melange_llama2_7b.json",
         "output_bucket_upper_edges": profile["output_bucket_upper_edges"],
         "measurement": asdict(m),
         "gpus": {n: {"max_rps": as_rows(tables[n], columns), "source": "estimated"} for n in estimates},
-        "model_predicted_for_measured": {n: {"max_rps": as_rows(tables[n], columns), "source": "model"}
-                                         for n in fitted},
+        "model_predicted_for_measured": {
+            n: {"max_rps": as_rows(tables[n], columns), "source": "model"} for n in fitted
+        },
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DATA / "engine_params_llama2_7b.json",
-                        help="fitted and estimated engine parameters (default: %(default)s)")
-    parser.add_argument("--estimated-out", type=Path, default=DATA / "estimated_llama2_7b.json",
-                        help="capacity tables computed by the engine model (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DATA / "engine_params_llama2_7b.json",
+        help="fitted and estimated engine parameters (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--estimated-out",
+        type=Path,
+        default=DATA / "estimated_llama2_7b.json",
+        help="capacity tables computed by the engine model (default: %(default)s)",
+    )
     parser.add_argument("--readme", type=Path, default=REPORT, help="the report (default: %(default)s)")
     parser.add_argument("--processes", type=int, default=multiprocessing.cpu_count())
     parser.add_argument("--max-iterations", type=int, default=12, help="least-squares iterations per GPU")
@@ -491,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         evaluator.close()
     args.out.write_text(json.dumps(params_document(profile, m, fitted, estimates, tables), indent=1) + "\n")
-    args.estimated_out.write_text(json.dumps(estimated_document(profile, m, fitted, estimates, tables), indent=1) + "\n")
+    args.estimated_out.write_text(
+        json.dumps(estimated_document(profile, m, fitted, estimates, tables), indent=1) + "\n"
+    )
     args.readme.parent.mkdir(parents=True, exist_ok=True)
     args.readme.write_text(readme(profile, m, fitted, estimates, tables, seconds))
     print(f"wrote {args.out}, {args.estimated_out}, {args.readme}")

@@ -7,15 +7,21 @@ import argparse
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "emulate", help="run emulated GPU backends (OpenAI-compatible, timed by the engine model)",
-        description="Run one emulated backend (--gpu/--port) or every backend named in a gateway config (--config).")
+        "emulate",
+        help="run emulated GPU backends (OpenAI-compatible, timed by the engine model)",
+        description="Run one emulated backend (--gpu/--port) or every backend named in a gateway config (--config).",
+    )
     p.add_argument("--gpu", help="hardware type, e.g. L4, A10G, A100-80GB, H100, CPU")
     p.add_argument("--model", default="llama2-7b", help="model id to serve (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--config", help="a gateway config: start an emulator for every local backend of every pool")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="run the emulated hardware this many times faster than real time (default: 1)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="run the emulated hardware this many times faster than real time (default: 1)",
+    )
     p.set_defaults(func=_emulate)
 
 

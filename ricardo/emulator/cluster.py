@@ -59,9 +59,16 @@ class _Pool:
     tpot_ms: float | None = None
 
     def view(self) -> PoolView:
-        return PoolView(self.name, self.hardware, self.price_per_hour, len(self.replicas),
-                        in_flight=self.in_flight, in_flight_load=self.in_flight_load,
-                        ttft_ms=self.ttft_ms, tpot_ms=self.tpot_ms)
+        return PoolView(
+            self.name,
+            self.hardware,
+            self.price_per_hour,
+            len(self.replicas),
+            in_flight=self.in_flight,
+            in_flight_load=self.in_flight_load,
+            ttft_ms=self.ttft_ms,
+            tpot_ms=self.tpot_ms,
+        )
 
 
 @dataclass
@@ -84,7 +91,7 @@ class SimResult:
         tokens = sum(r.timing.prompt_tokens + r.timing.output_tokens for r in self.requests)
         met = int(np.sum(lpt <= self.slo.tpot_ms)) if len(lpt) else 0
         hours = self.duration_s / 3600
-        pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else math.nan)
+        pct = lambda a, q: float(np.percentile(a, q)) if len(a) else math.nan
         return {
             "requests": len(self.requests),
             "rejected": len(self.requests) - len(served),
@@ -100,15 +107,24 @@ class SimResult:
         }
 
 
-def simulate(trace: Iterable[TraceRequest], fleet: dict[str, int], engine_params: dict[str, EngineParams],
-             book, prices: dict[str, float], policy: str | Policy, slo: SLO, model: str = "llama2-7b",
-             seed: int = 0) -> SimResult:
+def simulate(
+    trace: Iterable[TraceRequest],
+    fleet: dict[str, int],
+    engine_params: dict[str, EngineParams],
+    book,
+    prices: dict[str, float],
+    policy: str | Policy,
+    slo: SLO,
+    model: str = "llama2-7b",
+    seed: int = 0,
+) -> SimResult:
     """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type."""
     rank = get_policy(policy) if isinstance(policy, str) else policy
     rng = random.Random(seed)
     pools = {
         hw: _Pool(hw, hw, prices[hw], [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
-        for hw, n in fleet.items() if n > 0
+        for hw, n in fleet.items()
+        if n > 0
     }
     engines = [(pool, replica) for pool in pools.values() for replica in pool.replicas]
     in_flight: dict[int, SimRequest] = {}  # id(timing) -> request
@@ -156,6 +172,7 @@ def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest]) -> None:
         pool.in_flight -= 1
         pool.in_flight_load = max(0.0, pool.in_flight_load - request.load_share)
         pool.ttft_ms = ewma(pool.ttft_ms, timing.ttft * 1000)
-        pool.tpot_ms = ewma(pool.tpot_ms, latency_per_token_ms(timing.arrival, timing.finished_at,
-                                                               timing.output_tokens))
+        pool.tpot_ms = ewma(
+            pool.tpot_ms, latency_per_token_ms(timing.arrival, timing.finished_at, timing.output_tokens)
+        )
     engine.finished.clear()

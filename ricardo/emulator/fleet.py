@@ -36,17 +36,24 @@ def demand(requests: Sequence[TraceRequest], book: ProfileBook) -> np.ndarray:
 PLANNERS = ("ricardo", "exact", "melange")
 
 
-def plan_fleet(requests, book: ProfileBook, slo: SLO, headroom: float = 0.0,
-               planner: str = "ricardo") -> dict[str, int]:
+def plan_fleet(
+    requests, book: ProfileBook, slo: SLO, headroom: float = 0.0, planner: str = "ricardo"
+) -> dict[str, int]:
     """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see `FleetSearch.plan`
     for the planners)."""
-    result = plan(demand(requests, book), book, headroom=headroom, drop_unservable=True,
-                  request_seconds=planner_seconds(requests, book, slo, planner))
+    result = plan(
+        demand(requests, book),
+        book,
+        headroom=headroom,
+        drop_unservable=True,
+        request_seconds=planner_seconds(requests, book, slo, planner),
+    )
     return {hw: n for hw, n in result.allocation.items() if n}
 
 
-def planner_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO, planner: str,
-                    slack_target: float = SLACK_TARGET) -> dict[str, np.ndarray] | None:
+def planner_seconds(
+    requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO, planner: str, slack_target: float = SLACK_TARGET
+) -> dict[str, np.ndarray] | None:
     """What each planner charges a request (the planner's `request_seconds`; None: bucket upper edges)."""
     if planner == "ricardo":
         return request_seconds(requests, book, slo, slack_target)
@@ -57,8 +64,9 @@ def planner_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SL
     raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
 
 
-def request_seconds(requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO | None = None,
-                    slack_target: float = SLACK_TARGET) -> dict[str, np.ndarray]:
+def request_seconds(
+    requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO | None = None, slack_target: float = SLACK_TARGET
+) -> dict[str, np.ndarray]:
     """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`).
 
     With an `slo`, each request's seconds on a type are divided by the utilization up to which the type keeps
@@ -97,9 +105,13 @@ def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineP
     latency per output token is its whole prefill): no fleet or router serves it in time, so a target
     that counts it measures the trace, not the approach.
     """
+
     def meets(size: tuple[int, int]) -> bool:
-        return any(sum(size) <= min(params.kv_capacity_tokens, params.model.max_context)
-                   and params.alone_seconds_per_token(*size) * 1000 <= slo.tpot_ms for params in engines)
+        return any(
+            sum(size) <= min(params.kv_capacity_tokens, params.model.max_context)
+            and params.alone_seconds_per_token(*size) * 1000 <= slo.tpot_ms
+            for params in engines
+        )
 
     sizes = [(r.input_tokens, max(1, r.output_tokens)) for r in requests]
     known = {size: meets(size) for size in set(sizes)}
@@ -141,9 +153,17 @@ class FleetSearch:
     count (those some type can serve in time: `servable`, `alone_within_slo`), the same for every approach.
     """
 
-    def __init__(self, requests: Sequence[TraceRequest], book: ProfileBook, engines: dict[str, EngineParams],
-                 slo: SLO, judged: np.ndarray, target: float = 0.99, seed: int = 0,
-                 slack_target: float = SLACK_TARGET):
+    def __init__(
+        self,
+        requests: Sequence[TraceRequest],
+        book: ProfileBook,
+        engines: dict[str, EngineParams],
+        slo: SLO,
+        judged: np.ndarray,
+        target: float = 0.99,
+        seed: int = 0,
+        slack_target: float = SLACK_TARGET,
+    ):
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
         self.demand = demand(requests, book)
@@ -154,19 +174,34 @@ class FleetSearch:
         - "exact": its own size at the profile's operating point (the bound's planner);
         - "ricardo": its own size at the utilization the cost-aware policy runs its hardware at (`request_seconds`);
         - "melange": its bucket's upper edge at the operating point (Mélange's planner)."""
-        return plan(self.demand * scale, self.book, only=only, drop_unservable=True,
-                    request_seconds=self.seconds[planner], time_limit_s=PLAN_TIME_LIMIT_S)
+        return plan(
+            self.demand * scale,
+            self.book,
+            only=only,
+            drop_unservable=True,
+            request_seconds=self.seconds[planner],
+            time_limit_s=PLAN_TIME_LIMIT_S,
+        )
 
     def evaluate(self, fleet: dict[str, int], policy: str) -> tuple[float, dict]:
-        result = simulate(self.requests, fleet, self.engines, self.book, self.book.prices, policy, self.slo,
-                          seed=self.seed)
+        result = simulate(
+            self.requests, fleet, self.engines, self.book, self.book.prices, policy, self.slo, seed=self.seed
+        )
         lpt = np.array([r.timing.latency_per_token if r.pool is not None else math.inf for r in result.requests])
         met = (lpt * 1000 <= self.slo.tpot_ms) & self.judged
         return float(met.sum() / max(1, self.judged.sum())), result.summary()
 
-    def cheapest(self, policy: str, only: Sequence[str], *, planner: str = "exact", lowest: float = 1 / 16,
-                 highest: float = 64.0, factors: Sequence[float] = (1.25, 1.04),
-                 on_trial: Callable[[Trial], None] | None = None) -> Search:
+    def cheapest(
+        self,
+        policy: str,
+        only: Sequence[str],
+        *,
+        planner: str = "exact",
+        lowest: float = 1 / 16,
+        highest: float = 64.0,
+        factors: Sequence[float] = (1.25, 1.04),
+        on_trial: Callable[[Trial], None] | None = None,
+    ) -> Search:
         search = Search(None)
         trials: dict[tuple, Trial] = {}
         best: dict[float, Trial] = {}  # the passing trial of each passing scale

@@ -93,8 +93,9 @@ class Metrics:
         self.e2e = hist("vllm:e2e_request_latency_seconds", "End-to-end request latency.", E2E_BUCKETS)
         self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Tokens generated.")
-        self.success = Counter("vllm:request_success", "Finished requests.", ["model_name", "finished_reason"],
-                               registry=self.registry)
+        self.success = Counter(
+            "vllm:request_success", "Finished requests.", ["model_name", "finished_reason"], registry=self.registry
+        )
         self.preemptions = counter("vllm:num_preemptions", "Preemptions.")
 
 
@@ -171,9 +172,20 @@ class EmulatedBackend:
         return web.Response(text="ok")
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.model, "object": "model", "created": self.created, "owned_by": "ricardo-emulator",
-             "max_model_len": self.params.model.max_context}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.model,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "ricardo-emulator",
+                        "max_model_len": self.params.model.max_context,
+                    }
+                ],
+            }
+        )
 
     async def prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
@@ -189,11 +201,15 @@ class EmulatedBackend:
         body, req = parse_request(endpoint, await request.read())
         if FAIL_STATUS_HEADER in request.headers:
             status = int(request.headers[FAIL_STATUS_HEADER])
-            raise OpenAIError(status, "failure injected by the x-emulator-fail-status header",
-                              "upstream_error" if status >= 500 else "invalid_request_error")
+            raise OpenAIError(
+                status,
+                "failure injected by the x-emulator-fail-status header",
+                "upstream_error" if status >= 500 else "invalid_request_error",
+            )
         if req.model != self.model:
-            raise OpenAIError(404, f"The model `{req.model}` does not exist.", "NotFoundError", "model",
-                              "model_not_found")
+            raise OpenAIError(
+                404, f"The model `{req.model}` does not exist.", "NotFoundError", "model", "model_not_found"
+            )
         text = req.text()
         if endpoint == "chat":
             prompt_tokens = self.counter.count_chat([(m.role, m.content) for m in req.messages])
@@ -202,9 +218,13 @@ class EmulatedBackend:
         output_tokens, cap = self._output_tokens(request, body, req, text)
         limit = min(self.params.model.max_context, self.engine.capacity)
         if prompt_tokens + output_tokens > limit:
-            raise OpenAIError(400, f"This model's maximum context length is {limit} tokens. However, you "
-                              f"requested {prompt_tokens + output_tokens} tokens ({prompt_tokens} in the "
-                              f"messages, {output_tokens} in the completion).", param="messages")
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {prompt_tokens + output_tokens} tokens ({prompt_tokens} in the "
+                f"messages, {output_tokens} in the completion).",
+                param="messages",
+            )
         pending = Pending(arrived=asyncio.get_running_loop().time())
         seq = Sequence(prompt_tokens, output_tokens, tag=pending)
         self.engine.submit(seq)
@@ -219,9 +239,17 @@ class EmulatedBackend:
             await self._wait_finished(pending)
             content = "".join(token_text(i) for i in range(output_tokens))
             return web.json_response(
-                _completion(endpoint, ident, self.model, self.created, content, finish_reason,
-                            usage(prompt_tokens, output_tokens)),
-                headers={"x-request-id": rid})
+                _completion(
+                    endpoint,
+                    ident,
+                    self.model,
+                    self.created,
+                    content,
+                    finish_reason,
+                    usage(prompt_tokens, output_tokens),
+                ),
+                headers={"x-request-id": rid},
+            )
         finally:
             if not pending.finished:
                 self.engine.cancel(seq)
@@ -254,10 +282,19 @@ class EmulatedBackend:
         self.metrics.generation_tokens.inc(output_tokens)
         self.metrics.success.labels(model_name=self.model, finished_reason=finish_reason).inc()
 
-    async def _stream(self, request: web.Request, endpoint: str, ident: str, rid: str, seq: Sequence,
-                      include_usage: bool, finish_reason: str) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "x-request-id": rid})
+    async def _stream(
+        self,
+        request: web.Request,
+        endpoint: str,
+        ident: str,
+        rid: str,
+        seq: Sequence,
+        include_usage: bool,
+        finish_reason: str,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": rid}
+        )
         await response.prepare(request)
         chunk = _chunker(endpoint, ident, self.model, self.created, include_usage)
         try:
@@ -268,8 +305,9 @@ class EmulatedBackend:
             pass  # the client went away; the caller frees the sequence
         return response
 
-    async def _stream_tokens(self, response: web.StreamResponse, chunk, ident: str, seq: Sequence,
-                             include_usage: bool, finish_reason: str) -> None:
+    async def _stream_tokens(
+        self, response: web.StreamResponse, chunk, ident: str, seq: Sequence, include_usage: bool, finish_reason: str
+    ) -> None:
         pending: Pending = seq.tag
         sent = 0
         while sent < seq.output_tokens:
@@ -283,9 +321,18 @@ class EmulatedBackend:
                 sent = upto
         await self._wait_finished(pending)
         if include_usage:
-            await response.write(sse({"id": ident, "object": chunk.object, "created": self.created,
-                                      "model": self.model, "choices": [],
-                                      "usage": usage(seq.prompt_tokens, seq.output_tokens)}))
+            await response.write(
+                sse(
+                    {
+                        "id": ident,
+                        "object": chunk.object,
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": usage(seq.prompt_tokens, seq.output_tokens),
+                    }
+                )
+            )
         await response.write(SSE_DONE)
         await response.write_eof()
 
@@ -308,11 +355,16 @@ def _chunker(endpoint: str, ident: str, model: str, created: int, include_usage:
     return chunk
 
 
-def _completion(endpoint: str, ident: str, model: str, created: int, content: str, finish_reason: str,
-                usage_: dict) -> dict:
+def _completion(
+    endpoint: str, ident: str, model: str, created: int, content: str, finish_reason: str, usage_: dict
+) -> dict:
     if endpoint == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
-                  "finish_reason": finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
         object_ = "chat.completion"
     else:
         choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}

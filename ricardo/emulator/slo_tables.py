@@ -50,22 +50,27 @@ def slo_document(slo_tpot_ms: float, processes: int | None = None) -> dict:
         evaluator.close()
     return {
         "what": f"Single-replica capacity of Llama-2-7B per request-size bucket at a {slo_tpot_ms:g} ms TPOT SLO "
-                "(request latency / output tokens), computed by ricardo's engine model, NOT measured. "
-                "max_rps[i][j] = the Poisson rate of identical requests (input = upper edge of input bucket i, "
-                "output = upper edge of output bucket j) up to which the model's steady-state mean latency per "
-                "output token stays within the SLO. Engine parameters: engine_params_llama2_7b.json (fitted to "
-                "the measured 120 ms tables for L4/A10G/A100-80GB/H100, datasheet estimates for the others). "
-                "0 = the SLO fails even for one such request alone, or it does not fit the KV cache. "
-                f"Produced by `{COMMAND} --slo-tpot-ms {slo_tpot_ms:g}`.",
+        "(request latency / output tokens), computed by ricardo's engine model, NOT measured. "
+        "max_rps[i][j] = the Poisson rate of identical requests (input = upper edge of input bucket i, "
+        "output = upper edge of output bucket j) up to which the model's steady-state mean latency per "
+        "output token stays within the SLO. Engine parameters: engine_params_llama2_7b.json (fitted to "
+        "the measured 120 ms tables for L4/A10G/A100-80GB/H100, datasheet estimates for the others). "
+        "0 = the SLO fails even for one such request alone, or it does not fit the KV cache. "
+        f"Produced by `{COMMAND} --slo-tpot-ms {slo_tpot_ms:g}`.",
         "model": "llama2-7b",
         "slo_tpot_ms": slo_tpot_ms,
         "input_bucket_upper_edges": profile["input_bucket_upper_edges"],
         "output_bucket_upper_edges": profile["output_bucket_upper_edges"],
         "measurement": asdict(m),
         "seconds": seconds,
-        "gpus": {name: {"max_rps": as_rows(tables[name], columns), "source": "estimated",
-                        "note": f"engine model ({catalog[name].source} parameters)"}
-                 for name in catalog},
+        "gpus": {
+            name: {
+                "max_rps": as_rows(tables[name], columns),
+                "source": "estimated",
+                "note": f"engine model ({catalog[name].source} parameters)",
+            }
+            for name in catalog
+        },
     }
 
 

@@ -37,4 +37,3 @@ class TokenCounter:
         for _role, content in messages:
             total += TEMPLATE_TOKENS_PER_MESSAGE + self.tokenizer.count(encodable(message_text(content)))
         return total
-

@@ -86,8 +86,9 @@ def poisson_arrivals(rate: float, count: int, seed: int = 0) -> np.ndarray:
     return np.cumsum(rng.exponential(1.0 / rate, size=count))
 
 
-def run_fixed_size(params: EngineParams, rate: float, prompt_tokens: int, output_tokens: int,
-                   count: int = 400, seed: int = 0) -> list[Timing]:
+def run_fixed_size(
+    params: EngineParams, rate: float, prompt_tokens: int, output_tokens: int, count: int = 400, seed: int = 0
+) -> list[Timing]:
     """Poisson arrivals of identical requests on one engine, as the Mélange profiler drives a GPU."""
     engine = VirtualEngine(params)
     timings = [Timing(float(t), prompt_tokens, output_tokens) for t in poisson_arrivals(rate, count, seed)]

@@ -72,13 +72,26 @@ async def get_pool(request: web.Request) -> web.Response:
 def _pool_status(state: GatewayState, name: str) -> dict:
     pool = state.pools[name]
     return {
-        "name": name, "hardware": pool.hardware, "price_per_hour": pool.price_per_hour,
+        "name": name,
+        "hardware": pool.hardware,
+        "price_per_hour": pool.price_per_hour,
         "price_source": "override" if pool.config.price_per_hour is not None else f"price set {state.book.price_set}",
-        "profile": state.book.source(pool.hardware), "models": list(pool.models),
-        "in_flight": pool.in_flight, "utilization": round(pool.in_flight_load / max(1, len(pool.backends)), 4),
-        "ttft_ms": pool.ttft_ms, "tpot_ms": pool.tpot_ms,
-        "backends": [{"url": b.url, "healthy": b.healthy, "draining": b.draining, "in_flight": b.in_flight,
-                      "cooling_down": b.failures > 0} for b in pool.backends],
+        "profile": state.book.source(pool.hardware),
+        "models": list(pool.models),
+        "in_flight": pool.in_flight,
+        "utilization": round(pool.in_flight_load / max(1, len(pool.backends)), 4),
+        "ttft_ms": pool.ttft_ms,
+        "tpot_ms": pool.tpot_ms,
+        "backends": [
+            {
+                "url": b.url,
+                "healthy": b.healthy,
+                "draining": b.draining,
+                "in_flight": b.in_flight,
+                "cooling_down": b.failures > 0,
+            }
+            for b in pool.backends
+        ],
     }
 
 
@@ -94,11 +107,14 @@ async def get_policy(request: web.Request) -> web.Response:
 
 async def get_predictor(request: web.Request) -> web.Response:
     state = _state(request)
-    return web.json_response({"output_tokens": state.shaper.predictor.accuracy(),
-                              "model": state.shaper.predictor.info,
-                              "learning": state.learning.status(),
-                              "input_tokens": {"exact": state.shaper.counter.exact,
-                                               "correction": state.shaper.counter.ratio()}})
+    return web.json_response(
+        {
+            "output_tokens": state.shaper.predictor.accuracy(),
+            "model": state.shaper.predictor.info,
+            "learning": state.learning.status(),
+            "input_tokens": {"exact": state.shaper.counter.exact, "correction": state.shaper.counter.ratio()},
+        }
+    )
 
 
 async def get_scaling(request: web.Request) -> web.Response:
@@ -240,9 +256,12 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
         try:
             new_version = await state.store.update_config(version, shared.model_dump(mode="json"))
         except StoreUnavailable:
-            raise OpenAIError(503, "the shared state store is unreachable: the change was not made on any "
-                              "replica; retry when it is back", "service_unavailable",
-                              headers={"Retry-After": "2"}) from None
+            raise OpenAIError(
+                503,
+                "the shared state store is unreachable: the change was not made on any replica; retry when it is back",
+                "service_unavailable",
+                headers={"Retry-After": "2"},
+            ) from None
         if new_version is None:  # someone else changed it: catch up and redo the change on theirs
             fresh = await state.store.read_config()
             if fresh:
@@ -299,20 +318,35 @@ ROUTES = [
     Route("PUT", "/admin/pools/{pool}/price", "Set one pool's price ($/h per replica)", set_price, PriceBody),
     Route("PUT", "/admin/prices", "Set several pools' prices at once (a spot price change)", set_prices, PricesBody),
     Route("POST", "/admin/pools/{pool}/backends", "Add a backend to a pool", add_backend, BackendBody),
-    Route("POST", "/admin/pools/{pool}/backends/drain", "Stop sending new requests to a backend", drain_backend,
-          BackendBody),
-    Route("POST", "/admin/pools/{pool}/backends/undrain", "Put a drained backend back in service", undrain_backend,
-          BackendBody),
-    Route("POST", "/admin/pools/{pool}/backends/remove", "Remove a backend (in-flight requests finish)",
-          remove_backend, BackendBody),
+    Route(
+        "POST",
+        "/admin/pools/{pool}/backends/drain",
+        "Stop sending new requests to a backend",
+        drain_backend,
+        BackendBody,
+    ),
+    Route(
+        "POST",
+        "/admin/pools/{pool}/backends/undrain",
+        "Put a drained backend back in service",
+        undrain_backend,
+        BackendBody,
+    ),
+    Route(
+        "POST",
+        "/admin/pools/{pool}/backends/remove",
+        "Remove a backend (in-flight requests finish)",
+        remove_backend,
+        BackendBody,
+    ),
     Route("GET", "/admin/slo", "Read the default SLO", get_slo),
     Route("PUT", "/admin/slo", "Change the default SLO", set_slo, SLOConfig),
     Route("GET", "/admin/policy", "Read the active routing policy", get_policy),
     Route("PUT", "/admin/policy", "Change the active routing policy", set_policy, PolicyBody),
-    Route("GET", "/admin/predictor", "Accuracy of the request-size predictor, its model and how it learns",
-          get_predictor),
-    Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs",
-          get_scaling),
+    Route(
+        "GET", "/admin/predictor", "Accuracy of the request-size predictor, its model and how it learns", get_predictor
+    ),
+    Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs", get_scaling),
 ]
 
 
@@ -320,21 +354,34 @@ def openapi_document() -> dict:
     schemas: dict = {}
     paths: dict = {}
     for route in ROUTES:
-        operation: dict = {"summary": route.summary, "security": [{"bearer": []}], "responses": {
-            "200": {"description": "OK"}, "401": {"description": "missing or wrong bearer token"},
-            "404": {"description": "no such pool or backend"}, "422": {"description": "invalid change"}}}
+        operation: dict = {
+            "summary": route.summary,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK"},
+                "401": {"description": "missing or wrong bearer token"},
+                "404": {"description": "no such pool or backend"},
+                "422": {"description": "invalid change"},
+            },
+        }
         if "{pool}" in route.path:
             operation["parameters"] = [{"name": "pool", "in": "path", "required": True, "schema": {"type": "string"}}]
         if route.body is not None:
             schema = route.body.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[route.body.__name__] = schema
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}}},
+            }
             operation["responses"]["400"] = {"description": "body is not JSON"}
         paths.setdefault(route.path, {})[route.method.lower()] = operation
-    return {"openapi": "3.1.0", "info": {"title": "ricardo admin API", "version": "1"}, "paths": paths,
-            "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ricardo admin API", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
 
 
 def add_admin_routes(app: web.Application, token: str | None) -> None:
@@ -353,8 +400,12 @@ def _guarded(handler, token: str | None):
         if token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise OpenAIError(401, "admin API: missing or wrong bearer token", "authentication_error",
-                                  headers={"WWW-Authenticate": "Bearer"})
+                raise OpenAIError(
+                    401,
+                    "admin API: missing or wrong bearer token",
+                    "authentication_error",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return await handler(request)
 
     return guarded

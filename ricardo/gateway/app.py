@@ -19,8 +19,9 @@ from ricardo.protocol.openai import OpenAIError
 log = logging.getLogger("ricardo.gateway")
 
 
-def build_app(config: GatewayConfig, state: GatewayState | None = None, admin_token: str | None = None
-              ) -> web.Application:
+def build_app(
+    config: GatewayConfig, state: GatewayState | None = None, admin_token: str | None = None
+) -> web.Application:
     app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors])
     app["state"] = state = state or GatewayState(config)
     app["scaling"] = scaling = ScalingLoop(state)
@@ -60,9 +61,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def models(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     created = int(time.time())
-    return web.json_response({"object": "list", "data": [
-        {"id": model, "object": "model", "created": created, "owned_by": "ricardo"}
-        for model in state.config.models]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": created, "owned_by": "ricardo"}
+                for model in state.config.models
+            ],
+        }
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -75,8 +82,10 @@ async def readyz(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     available = state.ready()
     ready = any(available.values())
-    return web.json_response({"ready": ready, "pools": available, "config_version": state.version,
-                              "store": state.store.status()}, status=200 if ready else 503)
+    return web.json_response(
+        {"ready": ready, "pools": available, "config_version": state.version, "store": state.store.status()},
+        status=200 if ready else 503,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

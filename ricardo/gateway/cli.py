@@ -8,8 +8,9 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="run the gateway",
-                              description="Run the OpenAI-compatible cost-aware gateway.")
+    p = subparsers.add_parser(
+        "serve", help="run the gateway", description="Run the OpenAI-compatible cost-aware gateway."
+    )
     p.add_argument("--config", help="gateway config YAML (default: the embedded config with emulated local pools)")
     p.add_argument("--host", help="override the config's listen address")
     p.add_argument("--port", type=int, help="override the config's port")
@@ -40,13 +41,24 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValidationError, ValueError) as exc:
         print(f"ricardo serve: bad config: {exc}", file=sys.stderr)
         return 2
-    updates = {k: v for k, v in (("host", args.host), ("port", args.port), ("redis_url", args.redis_url),
-                                 ("replica_id", args.replica_id)) if v is not None}
+    updates = {
+        k: v
+        for k, v in (
+            ("host", args.host),
+            ("port", args.port),
+            ("redis_url", args.redis_url),
+            ("replica_id", args.replica_id),
+        )
+        if v is not None
+    }
     config = config.model_copy(update=updates)
     admin_token = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
     if admin_token is None and config.host not in LOOPBACK:
-        print("ricardo serve: the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
-              "when listening beyond loopback", file=sys.stderr)
+        print(
+            "ricardo serve: the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
+            "when listening beyond loopback",
+            file=sys.stderr,
+        )
         return 2
     if admin_token is None:
         logging.getLogger("ricardo.gateway").warning("admin API open without a token (loopback only)")

@@ -74,10 +74,17 @@ class PredictorConfig(_Strict):
     refit_min_outcomes: int = Field(default=500, ge=1, description="new outcomes before a refit ...")
     refit_min_interval_s: float = Field(default=300.0, ge=0, description="... and at least this long since the last")
     sync_interval_s: float = Field(default=5.0, gt=0, description="how often replicas exchange outcomes and models")
-    shared_outcomes: int = Field(default=1000, ge=0, description="latest outcomes each replica keeps in the store "
-                                 "for the refitting replica; 0: that replica learns from its own outcomes only")
-    model_path: str | None = Field(default=None, description="file the model is saved to after each change and "
-                                   "loaded from at start (if compatible); default: not persisted")
+    shared_outcomes: int = Field(
+        default=1000,
+        ge=0,
+        description="latest outcomes each replica keeps in the store "
+        "for the refitting replica; 0: that replica learns from its own outcomes only",
+    )
+    model_path: str | None = Field(
+        default=None,
+        description="file the model is saved to after each change and "
+        "loaded from at start (if compatible); default: not persisted",
+    )
     worker_niceness: int = Field(default=10, ge=0, le=19, description="CPU priority of the refit worker process")
 
 
@@ -105,14 +112,18 @@ class GatewayConfig(_Strict):
     slo: SLOConfig = Field(default_factory=SLOConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     health_interval_s: float = Field(default=5.0, gt=0)
-    admin_token: str | None = Field(default=None, min_length=16, description="bearer token of the admin API; "
-                                    "default: $RICARDO_ADMIN_TOKEN")
+    admin_token: str | None = Field(
+        default=None, min_length=16, description="bearer token of the admin API; default: $RICARDO_ADMIN_TOKEN"
+    )
     redis_url: str | None = Field(default=None, description="share state with other replicas through Redis")
     replica_id: str | None = None
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     log_prompts: bool = False
-    tokenizer: str | None = Field(default=None, description="exact input counts with this encoding "
-                                  "(cl100k_base, o200k_base, llama3); default: an estimate corrected online")
+    tokenizer: str | None = Field(
+        default=None,
+        description="exact input counts with this encoding "
+        "(cl100k_base, o200k_base, llama3); default: an estimate corrected online",
+    )
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     pools: list[PoolConfig] = Field(min_length=1)
 

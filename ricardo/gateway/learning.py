@@ -41,8 +41,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ricardo.gateway.config import PredictorConfig
 from ricardo.gateway.store import StateStore
 from ricardo.predictor.features import FEATURE_VERSION, RequestFeatures
-from ricardo.predictor.model import (DEFAULT_MODEL, FittedModel, OutputLengthPredictor, Sample, refit_executor,
-                                     stop_executor)
+from ricardo.predictor.model import (
+    DEFAULT_MODEL,
+    FittedModel,
+    OutputLengthPredictor,
+    Sample,
+    refit_executor,
+    stop_executor,
+)
 
 log = logging.getLogger("ricardo.predictor")
 
@@ -60,23 +66,31 @@ def load_predictor(model_path: str | None) -> tuple[OutputLengthPredictor, str]:
         try:
             return OutputLengthPredictor.load(model_path), "file"
         except Exception as exc:  # a truncated or foreign file raises BadZipFile, EOFError, KeyError ...
-            log.warning("not using the saved output-length model %s (%s); starting from the shipped one",
-                        model_path, exc)
+            log.warning(
+                "not using the saved output-length model %s (%s); starting from the shipped one", model_path, exc
+            )
     return OutputLengthPredictor.load(DEFAULT_MODEL), "shipped"
 
 
 class PredictorLearning:
-    def __init__(self, predictor: OutputLengthPredictor, store: StateStore, settings: PredictorConfig,
-                 replica_id: str, registry: CollectorRegistry | None = None, source: str = "shipped"):
+    def __init__(
+        self,
+        predictor: OutputLengthPredictor,
+        store: StateStore,
+        settings: PredictorConfig,
+        replica_id: str,
+        registry: CollectorRegistry | None = None,
+        source: str = "shipped",
+    ):
         self.predictor = predictor
         self.store = store
         self.settings = settings
         self.replica_id = replica_id
-        self.source = source                    # where the served model came from: shipped, file, store, refit
+        self.source = source  # where the served model came from: shipped, file, store, refit
         self.holder = False
-        self.model_version = 0                  # store version of the served model (0: not from the store)
-        self.new_outcomes = 0                   # outcomes since the last refit (own and other replicas')
-        self.received = 0                       # outcomes read from other replicas' outboxes
+        self.model_version = 0  # store version of the served model (0: not from the store)
+        self.new_outcomes = 0  # outcomes since the last refit (own and other replicas')
+        self.received = 0  # outcomes read from other replicas' outboxes
         self.refits = 0
         self.last_refit: dict | None = None
         self.saved_at: float | None = None
@@ -84,12 +98,12 @@ class PredictorLearning:
         self._epoch = uuid.uuid4().hex[:12]
         self._outbox: deque[tuple[int, Sample]] = deque(maxlen=max(1, settings.shared_outcomes))
         self._seq = self._published_seq = 0
-        self._seen: dict[str, list] = {}        # lease holder: replica -> [epoch, last sequence number read]
+        self._seen: dict[str, list] = {}  # lease holder: replica -> [epoch, last sequence number read]
         self._outbox_versions: dict[str, int] = {}
-        self._refused_version = 0               # a model blob this replica cannot read (another feature version)
+        self._refused_version = 0  # a model blob this replica cannot read (another feature version)
         self._unpublished: bytes | None = None  # a refit the store did not take (down): published at the next tick
-        self._refit_clock = time.monotonic()   # the last refit (or the start)
-        self._retry_at = 0.0                    # monotonic time before which a failed refit is not tried again
+        self._refit_clock = time.monotonic()  # the last refit (or the start)
+        self._retry_at = 0.0  # monotonic time before which a failed refit is not tried again
         self._refit_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
         self._executor = None
@@ -164,8 +178,12 @@ class PredictorLearning:
     def _due(self) -> bool:
         settings = self.settings
         now = time.monotonic()
-        return (settings.learn and self.new_outcomes >= settings.refit_min_outcomes
-                and now - self._refit_clock >= settings.refit_min_interval_s and now >= self._retry_at)
+        return (
+            settings.learn
+            and self.new_outcomes >= settings.refit_min_outcomes
+            and now - self._refit_clock >= settings.refit_min_interval_s
+            and now >= self._retry_at
+        )
 
     async def _refit(self) -> None:
         counted, started = self.new_outcomes, time.monotonic()
@@ -176,8 +194,7 @@ class PredictorLearning:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("output-length refit failed; trying again in %.0f s at the earliest",
-                          RETRY_AFTER_FAILURE_S)
+            log.exception("output-length refit failed; trying again in %.0f s at the earliest", RETRY_AFTER_FAILURE_S)
             self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
             if self._executor is not None:  # a broken worker pool stays broken: start a new one next time
                 stop_executor(self._executor)
@@ -190,10 +207,18 @@ class PredictorLearning:
         self.refits += 1
         self.source = "refit"
         info = self.predictor.info
-        self.last_refit = {"at": time.time(), "seconds": round(time.monotonic() - started, 3),
-                           "samples": info["samples"], "version": info["version"]}
-        log.info("output-length model refitted on %d samples in %.1f s (model version %d)", info["samples"],
-                 self.last_refit["seconds"], info["version"])
+        self.last_refit = {
+            "at": time.time(),
+            "seconds": round(time.monotonic() - started, 3),
+            "samples": info["samples"],
+            "version": info["version"],
+        }
+        log.info(
+            "output-length model refitted on %d samples in %.1f s (model version %d)",
+            info["samples"],
+            self.last_refit["seconds"],
+            info["version"],
+        )
         if self.holder:  # a replica that lost the lease during the refit must not overwrite the new holder's model
             await self._publish(blob)
         await self._save(blob)
@@ -219,8 +244,7 @@ class PredictorLearning:
         if not self.settings.shared_outcomes:
             return
         interval = self.settings.sync_interval_s
-        await self.store.push_stats(ANNOUNCE + self.replica_id, {"epoch": self._epoch, "seq": self._seq},
-                                    3 * interval)
+        await self.store.push_stats(ANNOUNCE + self.replica_id, {"epoch": self._epoch, "seq": self._seq}, 3 * interval)
         if self._seq == self._published_seq:
             return
         seen = await self.store.get_blob(SEEN_BLOB)
@@ -236,7 +260,7 @@ class PredictorLearning:
         """Lease holder: buffer the outcomes of the other replicas that it has not read yet."""
         if not self.settings.shared_outcomes:
             return
-        announced = [r[len(ANNOUNCE):] for r in await self.store.pull_stats() if r.startswith(ANNOUNCE)]
+        announced = [r[len(ANNOUNCE) :] for r in await self.store.pull_stats() if r.startswith(ANNOUNCE)]
         # forget replicas that stopped announcing themselves (ids of restarted processes would pile up)
         changed = not self._seen.keys() <= set(announced)
         self._seen = {r: v for r, v in self._seen.items() if r in announced}
@@ -286,14 +310,18 @@ class PredictorLearning:
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry):
-        self.version = Gauge("ricardo_predictor_model_version", "Version of the output-length model in use.",
-                             registry=registry)
-        self.samples = Gauge("ricardo_predictor_model_samples", "Samples the output-length model was fitted on.",
-                             registry=registry)
-        self.refitter = Gauge("ricardo_predictor_refitter", "1 on the replica that refits the output-length model.",
-                              registry=registry)
-        self.refits = Counter("ricardo_predictor_refits", "Refits of the output-length model on this replica.",
-                              registry=registry)
+        self.version = Gauge(
+            "ricardo_predictor_model_version", "Version of the output-length model in use.", registry=registry
+        )
+        self.samples = Gauge(
+            "ricardo_predictor_model_samples", "Samples the output-length model was fitted on.", registry=registry
+        )
+        self.refitter = Gauge(
+            "ricardo_predictor_refitter", "1 on the replica that refits the output-length model.", registry=registry
+        )
+        self.refits = Counter(
+            "ricardo_predictor_refits", "Refits of the output-length model on this replica.", registry=registry
+        )
         self._refits = 0
 
     def update(self, learning: PredictorLearning) -> None:
@@ -317,8 +345,9 @@ def _decode_outbox(data: bytes) -> tuple[str, list[tuple[int, Sample]]]:
     doc = json.loads(zlib.decompress(data))
     if doc.get("feature_version") != FEATURE_VERSION:
         raise ValueError(f"outcomes with features v{doc.get('feature_version')}, not v{FEATURE_VERSION}")
-    return str(doc["epoch"]), [(int(seq), (RequestFeatures.from_record(record), int(actual)))
-                               for seq, record, actual in doc["outcomes"]]
+    return str(doc["epoch"]), [
+        (int(seq), (RequestFeatures.from_record(record), int(actual))) for seq, record, actual in doc["outcomes"]
+    ]
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -17,45 +17,75 @@ ROUTING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 class GatewayMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("ricardo_requests", "Requests answered, by pool and HTTP status.",
-                                ["model", "pool", "status"], registry=r)
-        self.duration = Histogram("ricardo_request_duration_seconds", "End-to-end request duration.",
-                                  ["pool"], buckets=DURATION_BUCKETS, registry=r)
-        self.ttft = Histogram("ricardo_time_to_first_token_seconds", "Time to first token seen by the gateway.",
-                              ["pool"], buckets=TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("ricardo_time_per_output_token_seconds", "Time per output token after the first.",
-                              ["pool"], buckets=TPOT_BUCKETS, registry=r)
+        self.requests = Counter(
+            "ricardo_requests", "Requests answered, by pool and HTTP status.", ["model", "pool", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "ricardo_request_duration_seconds",
+            "End-to-end request duration.",
+            ["pool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ricardo_time_to_first_token_seconds",
+            "Time to first token seen by the gateway.",
+            ["pool"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "ricardo_time_per_output_token_seconds",
+            "Time per output token after the first.",
+            ["pool"],
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("ricardo_tokens", "Tokens reported by backends.", ["pool", "type"], registry=r)
-        self.token_usage = Histogram("ricardo_token_usage", "Tokens per request.", ["type"],
-                                     buckets=TOKEN_BUCKETS, registry=r)
-        self.cost = Counter("ricardo_cost_usd", "Estimated dollars spent, from actual tokens and profiles.",
-                            ["pool"], registry=r)
-        self.decisions = Counter("ricardo_routing_decisions", "First choice of the policy, by pool.",
-                                 ["policy", "pool"], registry=r)
-        self.routing_seconds = Histogram("ricardo_routing_seconds", "Time to shape and rank one request.",
-                                         buckets=ROUTING_BUCKETS, registry=r)
-        self.fallbacks = Counter("ricardo_fallbacks", "Attempts abandoned for another backend, by reason.",
-                                 ["pool", "reason"], registry=r)
-        self.upstream_errors = Counter("ricardo_upstream_errors", "Upstream failures, by kind.",
-                                       ["pool", "kind"], registry=r)
+        self.token_usage = Histogram(
+            "ricardo_token_usage", "Tokens per request.", ["type"], buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.cost = Counter(
+            "ricardo_cost_usd", "Estimated dollars spent, from actual tokens and profiles.", ["pool"], registry=r
+        )
+        self.decisions = Counter(
+            "ricardo_routing_decisions", "First choice of the policy, by pool.", ["policy", "pool"], registry=r
+        )
+        self.routing_seconds = Histogram(
+            "ricardo_routing_seconds", "Time to shape and rank one request.", buckets=ROUTING_BUCKETS, registry=r
+        )
+        self.fallbacks = Counter(
+            "ricardo_fallbacks", "Attempts abandoned for another backend, by reason.", ["pool", "reason"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "ricardo_upstream_errors", "Upstream failures, by kind.", ["pool", "kind"], registry=r
+        )
         self.in_flight = Gauge("ricardo_pool_in_flight", "Requests in flight per pool.", ["pool"], registry=r)
-        self.utilization = Gauge("ricardo_pool_utilization", "Share of profiled capacity in use per pool.",
-                                 ["pool"], registry=r)
-        self.backend_up = Gauge("ricardo_backend_up", "1 when a backend may take requests.",
-                                ["pool", "backend"], registry=r)
+        self.utilization = Gauge(
+            "ricardo_pool_utilization", "Share of profiled capacity in use per pool.", ["pool"], registry=r
+        )
+        self.backend_up = Gauge(
+            "ricardo_backend_up", "1 when a backend may take requests.", ["pool", "backend"], registry=r
+        )
         self.price = Gauge("ricardo_pool_price_per_hour", "Price per replica-hour in force.", ["pool"], registry=r)
-        self.predicted_output = Histogram("ricardo_predicted_output_tokens", "Predicted output tokens (p50).",
-                                          buckets=TOKEN_BUCKETS, registry=r)
-        self.prediction_error = Histogram("ricardo_output_prediction_error_tokens",
-                                          "Absolute error of the p50 output prediction.",
-                                          buckets=TOKEN_BUCKETS, registry=r)
-        self.prediction_under_p90 = Counter("ricardo_output_within_p90", "Outcomes at or under the predicted p90.",
-                                            registry=r)
+        self.predicted_output = Histogram(
+            "ricardo_predicted_output_tokens", "Predicted output tokens (p50).", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.prediction_error = Histogram(
+            "ricardo_output_prediction_error_tokens",
+            "Absolute error of the p50 output prediction.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.prediction_under_p90 = Counter(
+            "ricardo_output_within_p90", "Outcomes at or under the predicted p90.", registry=r
+        )
         self.store_up = Gauge("ricardo_state_store_up", "1 when the shared state store answers.", registry=r)
-        self.config_version = Gauge("ricardo_config_version", "Version of the shared config in force.",
-                                    registry=r)
-        self.desired_replicas = Gauge("ricardo_desired_replicas", "Scaling hint: replicas each pool needs.",
-                                      ["pool", "role"], registry=r)
-        self.admin_changes = Counter("ricardo_admin_changes", "Accepted admin changes, by action.", ["action"],
-                                     registry=r)
+        self.config_version = Gauge("ricardo_config_version", "Version of the shared config in force.", registry=r)
+        self.desired_replicas = Gauge(
+            "ricardo_desired_replicas", "Scaling hint: replicas each pool needs.", ["pool", "role"], registry=r
+        )
+        self.admin_changes = Counter(
+            "ricardo_admin_changes", "Accepted admin changes, by action.", ["action"], registry=r
+        )
         self.outcomes = Counter("ricardo_outcomes", "Completed requests with reported usage.", registry=r)

@@ -104,8 +104,7 @@ def new_session(limits: LimitsConfig, api_key: str | None) -> aiohttp.ClientSess
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limits.connections_per_backend, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s,
-                                      sock_read=limits.idle_timeout_s),
+        timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s, sock_read=limits.idle_timeout_s),
         headers=headers,
     )
 

@@ -27,9 +27,21 @@ from ricardo.protocol.openai import OpenAIError, error_body, error_for_status, p
 log = logging.getLogger("ricardo.gateway")
 
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length", "authorization", "cookie",
-              "accept-encoding"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "cookie",
+    "accept-encoding",
+}
 UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 # a larger body is shaped in a thread: counting its tokens exactly can take 0.1 s per MB (base64, long words), and
 # the tokenizer releases the GIL meanwhile; a smaller one is shaped on the loop, where a thread hop would cost more
@@ -62,8 +74,9 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     raw = await request.read()
     body, req = parse_request(endpoint, raw)
     if req.model not in state.models:
-        raise OpenAIError(404, f"The model `{req.model}` does not exist.", "not_found_error", "model",
-                          "model_not_found")
+        raise OpenAIError(
+            404, f"The model `{req.model}` does not exist.", "not_found_error", "model", "model_not_found"
+        )
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     if len(raw) > SHAPE_IN_THREAD_BYTES:
         shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers)
@@ -73,8 +86,9 @@ async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     choices = state.rank(shape, now)
     state.metrics.routing_seconds.observe(time.monotonic() - started)
     if not choices:
-        raise OpenAIError(503, f"no pool can serve `{req.model}` now", "service_unavailable",
-                          headers={"Retry-After": "1"})
+        raise OpenAIError(
+            503, f"no pool can serve `{req.model}` now", "service_unavailable", headers={"Retry-After": "1"}
+        )
     state.metrics.decisions.labels(state.policy_name, choices[0].pool).inc()
     trip = Trip(endpoint, request_id, shape, features, started)
     payload = _upstream_body(body, req.stream)
@@ -104,8 +118,9 @@ def _forwarded_headers(request: web.Request, request_id: str) -> dict[str, str]:
     return headers
 
 
-async def _open_upstream(state: GatewayState, trip: Trip, choices: list[Choice], payload: bytes,
-                         headers: dict[str, str]) -> aiohttp.ClientResponse:
+async def _open_upstream(
+    state: GatewayState, trip: Trip, choices: list[Choice], payload: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
     """Try backends in the policy's order until one answers 200; raise the most telling error otherwise."""
     limits = state.config.limits
     last_error: OpenAIError | None = None
@@ -120,12 +135,12 @@ async def _open_upstream(state: GatewayState, trip: Trip, choices: list[Choice],
             _start(state, trip, pool, backend, choice)
             try:
                 async with asyncio.timeout(limits.first_byte_timeout_s):
-                    response = await backend.session.post(backend.url + UPSTREAM_PATHS[trip.endpoint],
-                                                          data=payload, headers=headers)
+                    response = await backend.session.post(
+                        backend.url + UPSTREAM_PATHS[trip.endpoint], data=payload, headers=headers
+                    )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
-                last_error = error_for_status(504 if kind == "timeout" else 502,
-                                              f"upstream {pool.name} failed: {kind}")
+                last_error = error_for_status(504 if kind == "timeout" else 502, f"upstream {pool.name} failed: {kind}")
                 _abandon(state, trip, kind, retry_after=None)
                 continue
             if response.status == 200:
@@ -137,8 +152,13 @@ async def _open_upstream(state: GatewayState, trip: Trip, choices: list[Choice],
                 _stop(state, trip)
                 raise error  # the request itself is wrong; another backend would say the same
             last_error = error
-            _abandon(state, trip, f"http_{response.status}", retry_after=_retry_after(response),
-                     at_once=response.status in (429, 503))  # overloaded, it says; a 500 may be the request's fault
+            _abandon(
+                state,
+                trip,
+                f"http_{response.status}",
+                retry_after=_retry_after(response),
+                at_once=response.status in (429, 503),
+            )  # overloaded, it says; a 500 may be the request's fault
         if trip.attempts >= limits.max_attempts:
             break
     if last_error is None:
@@ -167,8 +187,13 @@ def _abandon(state: GatewayState, trip: Trip, reason: str, retry_after: float | 
     trip.backend.record_failure(time.monotonic(), retry_after, at_once=at_once)
     state.metrics.fallbacks.labels(trip.pool.name, reason).inc()
     state.metrics.upstream_errors.labels(trip.pool.name, reason).inc()
-    log.warning("request %s: backend %s of pool %s failed (%s); trying the next", trip.request_id,
-                trip.backend.url, trip.pool.name, reason)
+    log.warning(
+        "request %s: backend %s of pool %s failed (%s); trying the next",
+        trip.request_id,
+        trip.backend.url,
+        trip.pool.name,
+        reason,
+    )
     _stop(state, trip)
     trip.pool = trip.backend = None
 
@@ -185,8 +210,13 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
     message = message or f"upstream answered HTTP {status}"
     if status >= 500:
         return error_for_status(502 if status != 503 else 503, f"upstream error: {message}")
-    return OpenAIError(status, message, detail.get("type") or "invalid_request_error", detail.get("param"),
-                       detail.get("code") if isinstance(detail.get("code"), str) else None)
+    return OpenAIError(
+        status,
+        message,
+        detail.get("type") or "invalid_request_error",
+        detail.get("param"),
+        detail.get("code") if isinstance(detail.get("code"), str) else None,
+    )
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
@@ -216,10 +246,12 @@ async def _relay_json(state: GatewayState, trip: Trip, upstream: aiohttp.ClientR
     return web.Response(body=raw, content_type="application/json", headers=_routing_headers(state, trip))
 
 
-async def _relay_stream(request: web.Request, state: GatewayState, trip: Trip, upstream: aiohttp.ClientResponse,
-                        client_wants_usage: bool) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           **_routing_headers(state, trip)})
+async def _relay_stream(
+    request: web.Request, state: GatewayState, trip: Trip, upstream: aiohttp.ClientResponse, client_wants_usage: bool
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_routing_headers(state, trip)}
+    )
     await response.prepare(request)
     buffer = b""
     try:
@@ -248,7 +280,7 @@ def _keep(trip: Trip, event: bytes, client_wants_usage: bool) -> bool:
         trip.first_token_at = time.monotonic()
     if b'"usage":{' in event:
         try:
-            trip.usage = json.loads(event[event.index(b"{"):])["usage"]
+            trip.usage = json.loads(event[event.index(b"{") :])["usage"]
         except (ValueError, KeyError):
             pass
         if b'"choices":[]' in event:
@@ -260,7 +292,7 @@ def _has_content(event: bytes) -> bool:
     if event.startswith(b"data: [DONE]"):
         return False
     try:
-        choice = json.loads(event[event.index(b"{"):])["choices"][0]
+        choice = json.loads(event[event.index(b"{") :])["choices"][0]
     except (ValueError, KeyError, IndexError):
         return False
     return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
@@ -306,4 +338,3 @@ def _account(state: GatewayState, trip: Trip) -> None:
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
         for listener in state.outcome_listeners:
             listener(prompt_tokens, completion_tokens)
-

@@ -28,6 +28,7 @@ Key = TypeVar("Key", bound=Hashable)
 
 # -- the sliding window of observed requests ---------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WindowSnapshot:
     """Requests seen during the last `span_s` seconds up to `at`, counted per bucket of the book's grid."""
@@ -52,8 +53,13 @@ class WindowSnapshot:
 
     def to_dict(self) -> dict:
         """The JSON-able summary replicas share through the store (see `merge_summaries`)."""
-        return {"at": self.at, "span_s": self.span_s, "input_edges": list(self.input_edges),
-                "output_edges": list(self.output_edges), "counts": self.counts.astype(int).tolist()}
+        return {
+            "at": self.at,
+            "span_s": self.span_s,
+            "input_edges": list(self.input_edges),
+            "output_edges": list(self.output_edges),
+            "counts": self.counts.astype(int).tolist(),
+        }
 
 
 def merge_summaries(summaries: Iterable[Mapping]) -> tuple[np.ndarray, float]:
@@ -143,6 +149,7 @@ class RequestWindow:
 
 # -- from rates to replicas per pool -----------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PoolSpec:
     name: str
@@ -160,9 +167,16 @@ class ReplicaPlan:
     unprofiled: tuple[str, ...]  # pools whose hardware the book has no profile for: held at the floor
 
 
-def plan_replicas(rates: np.ndarray, book: ProfileBook, pools: Sequence[PoolSpec], headroom: float = 0.0,
-                  min_replicas: int = 0, *, slice_factor: int = DEFAULT_SLICE_FACTOR,
-                  time_limit_s: float = 1.0) -> ReplicaPlan:
+def plan_replicas(
+    rates: np.ndarray,
+    book: ProfileBook,
+    pools: Sequence[PoolSpec],
+    headroom: float = 0.0,
+    min_replicas: int = 0,
+    *,
+    slice_factor: int = DEFAULT_SLICE_FACTOR,
+    time_limit_s: float = 1.0,
+) -> ReplicaPlan:
     """Replicas per pool for `rates` (req/s per bucket of `book`'s grid): the planner's cheapest fleet.
 
     Pools sharing a hardware type are one candidate for the planner, priced at the cheapest of them;
@@ -179,12 +193,25 @@ def plan_replicas(rates: np.ndarray, book: ProfileBook, pools: Sequence[PoolSpec
     if any(p.role != UNIFIED for p in pools):
         raise ValueError("only unified pools can be planned; prefill/decode pairs are not supported yet")
     owners: dict[str, PoolSpec] = {}  # hardware -> the pool that gets its replicas
-    for pool in sorted((p for p in pools if book.has(p.hardware)),
-                       key=lambda p: (p.price_per_hour, -p.current_replicas)):
+    for pool in sorted(
+        (p for p in pools if book.has(p.hardware)), key=lambda p: (p.price_per_hour, -p.current_replicas)
+    ):
         owners.setdefault(book.canonical(pool.hardware), pool)
     prices = {hw: pool.price_per_hour for hw, pool in owners.items()}
-    fleet = plan(rates, book, prices, only=list(prices), headroom=headroom, drop_unservable=True,
-                 slice_factor=slice_factor, time_limit_s=time_limit_s) if owners else None
+    fleet = (
+        plan(
+            rates,
+            book,
+            prices,
+            only=list(prices),
+            headroom=headroom,
+            drop_unservable=True,
+            slice_factor=slice_factor,
+            time_limit_s=time_limit_s,
+        )
+        if owners
+        else None
+    )
     planned = {pool.name: fleet.allocation[hw] for hw, pool in owners.items()} if fleet else {}
     return ReplicaPlan(
         replicas={p.name: {p.role: max(planned.get(p.name, 0), min_replicas)} for p in pools},
@@ -195,6 +222,7 @@ def plan_replicas(rates: np.ndarray, book: ProfileBook, pools: Sequence[PoolSpec
 
 
 # -- damping -----------------------------------------------------------------------------------
+
 
 class Damper:
     """Scale up at once, scale down only to the highest target of the last `scale_down_hold_s` seconds.
@@ -212,8 +240,9 @@ class Damper:
         self._history: dict[Hashable, deque[tuple[float, int]]] = {}
         self._last_now = -math.inf
 
-    def update(self, now: float, targets: Mapping[Key, int],
-               current: Mapping[Key, int] | None = None) -> dict[Key, int]:
+    def update(
+        self, now: float, targets: Mapping[Key, int], current: Mapping[Key, int] | None = None
+    ) -> dict[Key, int]:
         """Damped targets. A key seen for the first time starts from `current` (its running replicas), as
         if that had been the target just before: a restarted gateway does not scale a fleet down at once.
         Keys no longer given are forgotten."""
@@ -240,6 +269,7 @@ class Damper:
 
 # -- the advisor -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Hints:
     computed_at: float
@@ -250,16 +280,32 @@ class Hints:
     planner: dict  # the planner's fleet per hardware type, cost, solve time, optimality, unserved demand
 
     def to_dict(self) -> dict:
-        return {"computed_at": self.computed_at, "desired": self.desired, "raw": self.raw,
-                "cost_per_hour": round(self.cost_per_hour, 6), "inputs": self.inputs, "planner": self.planner}
+        return {
+            "computed_at": self.computed_at,
+            "desired": self.desired,
+            "raw": self.raw,
+            "cost_per_hour": round(self.cost_per_hour, 6),
+            "inputs": self.inputs,
+            "planner": self.planner,
+        }
 
 
 class ScalingAdvisor:
     """Window + planner + damper: feed it requests with `observe`, ask it for `Hints` every few seconds."""
 
-    def __init__(self, book: ProfileBook, *, window_s: float = 60.0, scale_down_hold_s: float = 120.0,
-                 headroom: float = 0.1, min_replicas: int = 0, slot_s: float = 1.0,
-                 slice_factor: int = DEFAULT_SLICE_FACTOR, time_limit_s: float = 1.0, start: float | None = None):
+    def __init__(
+        self,
+        book: ProfileBook,
+        *,
+        window_s: float = 60.0,
+        scale_down_hold_s: float = 120.0,
+        headroom: float = 0.1,
+        min_replicas: int = 0,
+        slot_s: float = 1.0,
+        slice_factor: int = DEFAULT_SLICE_FACTOR,
+        time_limit_s: float = 1.0,
+        start: float | None = None,
+    ):
         self.book = book
         self.window = RequestWindow(window_s, book, slot_s=slot_s, start=start)
         self.damper = Damper(scale_down_hold_s)
@@ -275,8 +321,13 @@ class ScalingAdvisor:
         """This replica's window, for the store (other replicas pass it as one of `extra_summaries`)."""
         return self.window.snapshot(now).to_dict()
 
-    def compute(self, now: float, pools: Sequence[PoolSpec], book: ProfileBook | None = None,
-                extra_summaries: Iterable[Mapping] = ()) -> Hints:
+    def compute(
+        self,
+        now: float,
+        pools: Sequence[PoolSpec],
+        book: ProfileBook | None = None,
+        extra_summaries: Iterable[Mapping] = (),
+    ) -> Hints:
         """Hints at `now` for `pools`, from this window merged with other replicas' summaries (not this
         one's own again); summaries on another bucket grid are left out and counted in the inputs.
         `book` (default: the advisor's) may bring new profiles, on the same grid. Raises PlanError if
@@ -289,8 +340,15 @@ class ScalingAdvisor:
         grid = [list(own.input_edges), list(own.output_edges)]
         merged = [own.to_dict()] + [s for s in others if [s["input_edges"], s["output_edges"]] == grid]
         rates, total = merge_summaries(merged)
-        fleet = plan_replicas(rates, book, pools, self.headroom, self.min_replicas,
-                              slice_factor=self.slice_factor, time_limit_s=self.time_limit_s)
+        fleet = plan_replicas(
+            rates,
+            book,
+            pools,
+            self.headroom,
+            self.min_replicas,
+            slice_factor=self.slice_factor,
+            time_limit_s=self.time_limit_s,
+        )
         raw = {(pool, role): n for pool, roles in fleet.replicas.items() for role, n in roles.items()}
         current = {(p.name, p.role): p.current_replicas for p in pools}
         damped = self.damper.update(now, raw, current)
@@ -311,8 +369,15 @@ class ScalingAdvisor:
                 "input_edges": grid[0],
                 "output_edges": grid[1],
                 "rates": np.round(rates, 6).tolist(),
-                "pools": {p.name: {"hardware": p.hardware, "role": p.role, "price_per_hour": p.price_per_hour,
-                                   "current_replicas": p.current_replicas} for p in pools},
+                "pools": {
+                    p.name: {
+                        "hardware": p.hardware,
+                        "role": p.role,
+                        "price_per_hour": p.price_per_hour,
+                        "current_replicas": p.current_replicas,
+                    }
+                    for p in pools
+                },
                 "headroom": self.headroom,
                 "min_replicas": self.min_replicas,
                 "scale_down_hold_s": self.damper.hold_s,

@@ -27,9 +27,13 @@ class ScalingLoop:
     def __init__(self, state: GatewayState):
         self.state = state
         self.settings = state.config.scaling
-        self.advisor = ScalingAdvisor(state.book, window_s=self.settings.window_s,
-                                      scale_down_hold_s=self.settings.scale_down_hold_s,
-                                      headroom=self.settings.headroom, min_replicas=self.settings.min_replicas)
+        self.advisor = ScalingAdvisor(
+            state.book,
+            window_s=self.settings.window_s,
+            scale_down_hold_s=self.settings.scale_down_hold_s,
+            headroom=self.settings.headroom,
+            min_replicas=self.settings.min_replicas,
+        )
         self.hints: dict | None = None
         self._blob_version: int | None = None
         self._task: asyncio.Task | None = None
@@ -63,14 +67,15 @@ class ScalingLoop:
         ttl = 3 * self.settings.interval_s
         await store.push_stats(me, {"window": self.advisor.summary(now)}, ttl)
         if await store.acquire_lease(LEASE, me, ttl):
-            others = [s["window"] for replica, s in (await store.pull_stats()).items()
-                      if replica != me and "window" in s]
-            pools = [PoolSpec(p.name, p.hardware, p.price_per_hour, len(p.backends))
-                     for p in self.state.pools.values()]
+            others = [
+                s["window"] for replica, s in (await store.pull_stats()).items() if replica != me and "window" in s
+            ]
+            pools = [PoolSpec(p.name, p.hardware, p.price_per_hour, len(p.backends)) for p in self.state.pools.values()]
             loop = asyncio.get_running_loop()
             try:  # the planner may take a few hundred ms: keep it off the event loop
-                hints = await loop.run_in_executor(None, lambda: self.advisor.compute(now, pools,
-                                                                                       extra_summaries=others))
+                hints = await loop.run_in_executor(
+                    None, lambda: self.advisor.compute(now, pools, extra_summaries=others)
+                )
             except PlanError as exc:
                 log.warning("scaling hints not updated: %s", exc)
                 return

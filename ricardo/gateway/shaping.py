@@ -20,8 +20,7 @@ SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
 
 
 class Shaper:
-    def __init__(self, default_slo: SLO, encoding: str | None = None,
-                 predictor: OutputLengthPredictor | None = None):
+    def __init__(self, default_slo: SLO, encoding: str | None = None, predictor: OutputLengthPredictor | None = None):
         self.default_slo = default_slo
         self.counter = InputTokenCounter(encoding)
         self.predictor = predictor or OutputLengthPredictor.load_default()
@@ -66,8 +65,9 @@ class Shaper:
             values[field] = value
         return SLO(**values)
 
-    def observe(self, shape: RequestShape, features: object, prompt_tokens: int, completion_tokens: int,
-                metrics: GatewayMetrics) -> None:
+    def observe(
+        self, shape: RequestShape, features: object, prompt_tokens: int, completion_tokens: int, metrics: GatewayMetrics
+    ) -> None:
         """Learn from what the backend reported: the true input count and the true output length."""
         self.counter.observe(shape.input_tokens, prompt_tokens)
         self.predictor.observe(features, completion_tokens)

@@ -39,8 +39,10 @@ class GatewayState:
         self.models = set(config.models)
         self.replica_id = config.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.book = load_default_book(price_set=config.price_set, include_estimated=True)
-        self._books = {slo: load_default_book(price_set=config.price_set, include_estimated=True, slo_tpot_ms=slo)
-                       for slo in modelled_slos()}  # by TPOT SLO
+        self._books = {
+            slo: load_default_book(price_set=config.price_set, include_estimated=True, slo_tpot_ms=slo)
+            for slo in modelled_slos()
+        }  # by TPOT SLO
         self.metrics = GatewayMetrics()
         self.store = store or open_store(config.redis_url)
         self.pools: dict[str, Pool] = {}
@@ -49,8 +51,9 @@ class GatewayState:
         self.policy = get_policy(self.shared.policy)
         predictor, source = load_predictor(config.predictor.model_path)
         self.shaper = Shaper(SLO(self.shared.slo.ttft_ms, self.shared.slo.tpot_ms), config.tokenizer, predictor)
-        self.learning = PredictorLearning(predictor, self.store, config.predictor, self.replica_id,
-                                          self.metrics.registry, source)
+        self.learning = PredictorLearning(
+            predictor, self.store, config.predictor, self.replica_id, self.metrics.registry, source
+        )
         self.shaper.outcome_hooks.append(self.learning.observe)
         self._index = itertools.count()
         self._rng = random.Random(seed)
@@ -74,8 +77,7 @@ class GatewayState:
         return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
     def load_share(self, pool: Pool, shape: RequestShape) -> float:
-        return capacity_share(self.book_for(shape.slo), pool.hardware, shape.input_tokens, shape.output_p50,
-                              shape.slo)
+        return capacity_share(self.book_for(shape.slo), pool.hardware, shape.input_tokens, shape.output_p50, shape.slo)
 
     def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point."""
@@ -87,14 +89,18 @@ class GatewayState:
         check_shared(shared, self.config.models)
         for pool in shared.pools:
             if not self.book.has(pool.hardware):
-                raise ValueError(f"pool {pool.name}: no profile for hardware {pool.hardware!r}; "
-                                 f"known: {', '.join(self.book.hardware_names())}")
+                raise ValueError(
+                    f"pool {pool.name}: no profile for hardware {pool.hardware!r}; "
+                    f"known: {', '.join(self.book.hardware_names())}"
+                )
             if pool.price_per_hour is None:
                 try:
                     self.book.price(pool.hardware)
                 except ValueError:
-                    raise ValueError(f"pool {pool.name}: price set {self.config.price_set!r} has no price for "
-                                     f"{pool.hardware}; give price_per_hour") from None
+                    raise ValueError(
+                        f"pool {pool.name}: price set {self.config.price_set!r} has no price for "
+                        f"{pool.hardware}; give price_per_hour"
+                    ) from None
 
     def apply(self, version: int, doc: dict) -> None:
         """Make `doc` (a SharedConfig) the state in force; keep live backends and their connections."""
@@ -174,8 +180,9 @@ class GatewayState:
     async def _probe(self, pool: Pool, backend: Backend) -> None:
         """A backend is healthy when it answers GET /v1/models, which every OpenAI-compatible server has."""
         try:
-            async with backend.session.get(backend.url + "/v1/models",
-                                           timeout=aiohttp.ClientTimeout(total=2.0)) as response:
+            async with backend.session.get(
+                backend.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as response:
                 healthy = response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             healthy = False

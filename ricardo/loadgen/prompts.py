@@ -62,10 +62,13 @@ def synthetic_prompt(n_tokens: int, key: int | str, seed: int = 0) -> str:
     start = random.Random(f"{seed}:{key}").randrange(POOL_ITEMS)
     whole_pools, rest = divmod(n_tokens, POOL_ITEMS)
     begin = int(pool.offsets[start])
-    end = int(pool.offsets[start + rest]) if start + rest <= POOL_ITEMS else \
-        pool.pool_chars + int(pool.offsets[start + rest - POOL_ITEMS])
+    end = (
+        int(pool.offsets[start + rest])
+        if start + rest <= POOL_ITEMS
+        else pool.pool_chars + int(pool.offsets[start + rest - POOL_ITEMS])
+    )
     text = pool.text[begin:end]
     if whole_pools:
         # a rotation of the pool is pool.text[begin:begin + pool_chars]
-        text = pool.text[begin:begin + pool.pool_chars] * whole_pools + text
+        text = pool.text[begin : begin + pool.pool_chars] * whole_pools + text
     return text.lstrip(" ")

@@ -140,8 +140,9 @@ def _auth(config: ReplayConfig) -> dict[str, str]:
 
 
 class _Replay:
-    def __init__(self, session: aiohttp.ClientSession, requests: list[TraceRequest],
-                 config: ReplayConfig, model: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, requests: list[TraceRequest], config: ReplayConfig, model: str
+    ) -> None:
         self.session, self.requests, self.config, self.model = session, requests, config, model
         self.url = config.root_url + ENDPOINT_PATHS[config.endpoint]
         self.timeout = aiohttp.ClientTimeout(total=config.timeout_s)
@@ -159,9 +160,13 @@ class _Replay:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         # disable=None: a bar on a terminal only, no carriage-return spam in logs
-        self.bar = tqdm(total=len(self.requests), unit="req", desc="done",
-                        disable=None if self.config.progress else True,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=len(self.requests),
+            unit="req",
+            desc="done",
+            disable=None if self.config.progress else True,
+            dynamic_ncols=True,
+        )
         prepare_prompts()  # build the synthetic text pool now, not during the first send
         started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.t0 = time.perf_counter()
@@ -173,8 +178,9 @@ class _Replay:
         ticker = asyncio.create_task(self._tick())
         waiters = [asyncio.create_task(self.finished.wait()), asyncio.create_task(self.stop.wait())]
         try:
-            await asyncio.wait(waiters, timeout=max(0.0, deadline - time.perf_counter()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=max(0.0, deadline - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED
+            )
             interrupted = self.stop.is_set()
             self.cancel_reason = "interrupted" if interrupted else "still running at the drain deadline"
             for task in (scheduler, ticker, *waiters, *self.tasks):
@@ -186,8 +192,9 @@ class _Replay:
             self._update_bar()
             self.bar.close()
         self.records.sort(key=lambda r: r.index)
-        return ReplayResult(self.records, self.model, started_at, time.perf_counter() - self.t0,
-                            len(self.requests), interrupted)
+        return ReplayResult(
+            self.records, self.model, started_at, time.perf_counter() - self.t0, len(self.requests), interrupted
+        )
 
     async def _schedule(self) -> None:
         for index, request in enumerate(self.requests):
@@ -216,8 +223,13 @@ class _Replay:
         self.bar.set_postfix(sent=self.sent, errors=self.errors, in_flight=len(self.tasks))
 
     async def _send(self, index: int, request: TraceRequest) -> None:
-        record = RequestRecord(index=index, request_id=str(uuid.uuid4()), input_tokens=request.input_tokens,
-                               output_tokens=request.output_tokens, scheduled_s=request.arrival_s)
+        record = RequestRecord(
+            index=index,
+            request_id=str(uuid.uuid4()),
+            input_tokens=request.input_tokens,
+            output_tokens=request.output_tokens,
+            scheduled_s=request.arrival_s,
+        )
         try:
             if self.semaphore:
                 async with self.semaphore:
@@ -239,8 +251,11 @@ class _Replay:
 
     def _request(self, request: TraceRequest, record: RequestRecord) -> tuple[dict, dict]:
         config = self.config
-        prompt = request.prompt if request.prompt is not None else \
-            synthetic_prompt(request.input_tokens, record.index, config.seed)
+        prompt = (
+            request.prompt
+            if request.prompt is not None
+            else synthetic_prompt(request.input_tokens, record.index, config.seed)
+        )
         body: dict = {"model": self.model, "stream": True, "stream_options": {"include_usage": True}}
         if config.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
@@ -267,8 +282,9 @@ class _Replay:
         record.lag_ms = _ms(sent - self.t0 - record.scheduled_s)
         self.sent += 1
         content_key = "delta" if self.config.endpoint == "chat" else None
-        async with self.session.post(self.url, data=json.dumps(body).encode(), headers=headers,
-                                     timeout=self.timeout) as resp:
+        async with self.session.post(
+            self.url, data=json.dumps(body).encode(), headers=headers, timeout=self.timeout
+        ) as resp:
             record.status = resp.status
             record.pool = resp.headers.get("x-ricardo-pool")
             record.cost_usd = _float_or_none(resp.headers.get("x-ricardo-cost-usd"))

@@ -55,8 +55,10 @@ def stats(values: Iterable[float]) -> dict[str, float | None]:
     array = np.asarray([v for v in values if v is not None], dtype=float)
     if array.size == 0:
         return {**{f"p{q}": None for q in PERCENTILES}, "mean": None}
-    return {**{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES))},
-            "mean": float(array.mean())}
+    return {
+        **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES))},
+        "mean": float(array.mean()),
+    }
 
 
 def meets_slo(record: Mapping, slo_ttft_ms: float, slo_tpot_ms: float) -> bool:
@@ -84,8 +86,7 @@ def group_summary(records: list[Mapping], *, wall_s: float, slo_ttft_ms: float, 
         "latency_per_token_ms": stats(r["latency_per_token_ms"] for r in ok),
         "e2e_ms": stats(r["e2e_ms"] for r in ok),
         "itl_ms": stats(gaps),
-        "slo_attainment": (sum(meets_slo(r, slo_ttft_ms, slo_tpot_ms) for r in ended) / len(ended)
-                           if ended else None),
+        "slo_attainment": (sum(meets_slo(r, slo_ttft_ms, slo_tpot_ms) for r in ended) / len(ended) if ended else None),
         "req_per_s": len(ok) / wall_s if wall_s > 0 else 0.0,
         "output_tok_per_s": completion_tokens / wall_s if wall_s > 0 else 0.0,
         "prompt_tokens": sum(r["prompt_tokens"] for r in ok),
@@ -106,9 +107,11 @@ def summarize(records: list[Mapping], *, run: Mapping, slo_ttft_ms: float, slo_t
     limits = {"wall_s": run["wall_s"], "slo_ttft_ms": slo_ttft_ms, "slo_tpot_ms": slo_tpot_ms}
     return {
         "schema": SCHEMA,
-        "run": {**run, "sent": len(lags),
-                "lag_ms": {**{k: v for k, v in stats(lags).items() if k != "mean"},
-                           "max": max(lags) if lags else None}},
+        "run": {
+            **run,
+            "sent": len(lags),
+            "lag_ms": {**{k: v for k, v in stats(lags).items() if k != "mean"}, "max": max(lags) if lags else None},
+        },
         "slo": {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms},
         "overall": group_summary(records, **limits),
         "pools": {pool: group_summary(group, **limits) for pool, group in sorted(by_pool.items())},
@@ -131,22 +134,28 @@ def _triple(s: Mapping, scale: float = 1.0, digits: int = 0) -> str:
 def format_summary(summary: Mapping) -> str:
     """A readable table: one row for all requests, one per pool."""
     slo = summary["slo"]
-    header = (f"{'pool':<14}{'reqs':>7}{'errors':>7}{'SLO ok':>8}  {'TTFT ms p50/p90/p99':>22}"
-              f"  {'TPOT ms p50/p90/p99':>20}  {'E2E s p50/p90/p99':>20}{'req/s':>8}{'out tok/s':>10}"
-              f"{'cost $':>10}{'$/1M tok':>10}")
+    header = (
+        f"{'pool':<14}{'reqs':>7}{'errors':>7}{'SLO ok':>8}  {'TTFT ms p50/p90/p99':>22}"
+        f"  {'TPOT ms p50/p90/p99':>20}  {'E2E s p50/p90/p99':>20}{'req/s':>8}{'out tok/s':>10}"
+        f"{'cost $':>10}{'$/1M tok':>10}"
+    )
     rows = [("all", summary["overall"]), *summary["pools"].items()]
     lines = [header]
     for name, g in rows:
         attainment = "-" if g["slo_attainment"] is None else f"{g['slo_attainment']:.1%}"
         cost = "-" if g["cost_usd"] is None else f"{g['cost_usd']:.4f}"
         per_million = "-" if g["usd_per_million_tokens"] is None else f"{g['usd_per_million_tokens']:.3f}"
-        lines.append(f"{name:<14}{g['count']:>7}{g['errors']:>7}{attainment:>8}  {_triple(g['ttft_ms']):>22}"
-                     f"  {_triple(g['tpot_ms'], digits=1):>20}  {_triple(g['e2e_ms'], 1e-3, 2):>20}"
-                     f"{g['req_per_s']:>8.2f}{g['output_tok_per_s']:>10.1f}{cost:>10}{per_million:>10}")
+        lines.append(
+            f"{name:<14}{g['count']:>7}{g['errors']:>7}{attainment:>8}  {_triple(g['ttft_ms']):>22}"
+            f"  {_triple(g['tpot_ms'], digits=1):>20}  {_triple(g['e2e_ms'], 1e-3, 2):>20}"
+            f"{g['req_per_s']:>8.2f}{g['output_tok_per_s']:>10.1f}{cost:>10}{per_million:>10}"
+        )
     run = summary["run"]
     lag = run["lag_ms"]
     lag_text = "-" if lag["p99"] is None else f"p50 {lag['p50']:.1f} / p99 {lag['p99']:.1f} / max {lag['max']:.1f} ms"
-    lines.append(f"SLO: TTFT <= {slo['ttft_ms']:g} ms and TPOT <= {slo['tpot_ms']:g} ms (errors miss). "
-                 f"Sent {run['sent']} of {run['scheduled']} in {run['wall_s']:.1f} s; scheduling lag {lag_text}"
-                 + ("; INTERRUPTED" if run.get("interrupted") else ""))
+    lines.append(
+        f"SLO: TTFT <= {slo['ttft_ms']:g} ms and TPOT <= {slo['tpot_ms']:g} ms (errors miss). "
+        f"Sent {run['sent']} of {run['scheduled']} in {run['wall_s']:.1f} s; scheduling lag {lag_text}"
+        + ("; INTERRUPTED" if run.get("interrupted") else "")
+    )
     return "\n".join(lines)

@@ -73,8 +73,10 @@ def read_csv(path: Path) -> list[TraceRequest]:
         return _read_lengths(path, [header.index(c) for c in SHAREGPT_COLUMNS], skip_header=True)
     if len(header) == 2 and all(c.isdigit() for c in header):
         return _read_lengths(path, [0, 1], skip_header=False)
-    raise TraceError(f"{path}: expected an Azure CSV ({','.join(AZURE_COLUMNS)}), a ShareGPT stats CSV "
-                     f"({','.join(SHAREGPT_COLUMNS)},...) or input,output rows without a header")
+    raise TraceError(
+        f"{path}: expected an Azure CSV ({','.join(AZURE_COLUMNS)}), a ShareGPT stats CSV "
+        f"({','.join(SHAREGPT_COLUMNS)},...) or input,output rows without a header"
+    )
 
 
 def _read_lengths(path: Path, columns: list[int], skip_header: bool) -> list[TraceRequest]:
@@ -151,8 +153,10 @@ def read_jsonl(path: Path) -> list[TraceRequest]:
 
 def _aibrix_requests(record: dict) -> list[TraceRequest]:
     arrival_s = float(record["timestamp"]) / 1000.0
-    return [TraceRequest(arrival_s, int(r["Prompt Length"]), int(r["Output Length"]), r.get("prompt"))
-            for r in record["requests"]]
+    return [
+        TraceRequest(arrival_s, int(r["Prompt Length"]), int(r["Output Length"]), r.get("prompt"))
+        for r in record["requests"]
+    ]
 
 
 def _simple_request(record: dict) -> TraceRequest:
@@ -172,8 +176,14 @@ def _count_tokens(text: str) -> int:
     return quicktok.get_encoding("cl100k_base").count(text)
 
 
-def select(requests: list[TraceRequest], *, start_s: float = 0.0, duration_s: float | None = None,
-           speed: float = 1.0, max_requests: int | None = None) -> list[TraceRequest]:
+def select(
+    requests: list[TraceRequest],
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    speed: float = 1.0,
+    max_requests: int | None = None,
+) -> list[TraceRequest]:
     """The requests to replay, with arrivals in replay (wall-clock) seconds from the window start.
 
     start_s: trace seconds to skip (trace time, before speed-up).
@@ -184,6 +194,5 @@ def select(requests: list[TraceRequest], *, start_s: float = 0.0, duration_s: fl
     if speed <= 0:
         raise ValueError("speed must be > 0")
     end_s = float("inf") if duration_s is None else start_s + duration_s * speed
-    window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed)
-              for r in requests if start_s <= r.arrival_s < end_s]
+    window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed) for r in requests if start_s <= r.arrival_s < end_s]
     return window if max_requests is None else window[:max_requests]

@@ -62,10 +62,18 @@ class Plan:
         }
 
 
-def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | None = None, *,
-         slice_factor: int = DEFAULT_SLICE_FACTOR, only: Iterable[str] | None = None, headroom: float = 0.0,
-         drop_unservable: bool = False, time_limit_s: float = 1.0,
-         request_seconds: Mapping[str, np.ndarray] | None = None) -> Plan:
+def plan(
+    rates: np.ndarray,
+    book: ProfileBook,
+    prices: Mapping[str, float] | None = None,
+    *,
+    slice_factor: int = DEFAULT_SLICE_FACTOR,
+    only: Iterable[str] | None = None,
+    headroom: float = 0.0,
+    drop_unservable: bool = False,
+    time_limit_s: float = 1.0,
+    request_seconds: Mapping[str, np.ndarray] | None = None,
+) -> Plan:
     """The cheapest integer fleet for `rates` (req/s per (input bucket, output bucket) of `book`'s grid;
     a smaller array covers the first buckets).
 
@@ -95,8 +103,9 @@ def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | Non
     if unservable.any() and drop_unservable:
         buckets, load = buckets[~unservable], load[~unservable]
     elif unservable.any():
-        where = ", ".join(_bucket_label(book, i, j) + f" ({demand[k]:.3g} req/s)"
-                          for k, (i, j) in enumerate(buckets) if unservable[k])
+        where = ", ".join(
+            _bucket_label(book, i, j) + f" ({demand[k]:.3g} req/s)" for k, (i, j) in enumerate(buckets) if unservable[k]
+        )
         raise PlanError(f"no candidate type ({', '.join(types)}) can serve bucket(s) {where}")
 
     pairs = np.argwhere(np.isfinite(load))  # (bucket k, type t) that may be assigned
@@ -108,14 +117,19 @@ def plan(rates: np.ndarray, book: ProfileBook, prices: Mapping[str, float] | Non
     share = load[pairs[:, 0], pairs[:, 1]] / slice_factor
     rows = np.concatenate([pairs[:, 1], np.arange(n_types)])
     cols = np.concatenate([np.arange(n_pairs), n_pairs + np.arange(n_types)])
-    fit = coo_array((np.concatenate([share, np.full(n_types, headroom - 1.0)]), (rows, cols)),
-                    shape=(n_types, n_pairs + n_types))
+    fit = coo_array(
+        (np.concatenate([share, np.full(n_types, headroom - 1.0)]), (rows, cols)), shape=(n_types, n_pairs + n_types)
+    )
     finite_load = np.where(np.isfinite(load), load, 0.0)
     most_gpus = np.ceil(finite_load.sum(axis=0) / (1.0 - headroom)) + 1
     bounds = Bounds(np.zeros(n_pairs + n_types), np.concatenate([np.full(n_pairs, slice_factor), most_gpus]))
-    result = milp(cost, integrality=np.ones(n_pairs + n_types),
-                  constraints=[LinearConstraint(assign, slice_factor, slice_factor), LinearConstraint(fit, -np.inf, 0)],
-                  bounds=bounds, options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6})
+    result = milp(
+        cost,
+        integrality=np.ones(n_pairs + n_types),
+        constraints=[LinearConstraint(assign, slice_factor, slice_factor), LinearConstraint(fit, -np.inf, 0)],
+        bounds=bounds,
+        options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6},
+    )
     if result.x is None:  # infeasible cannot happen (every bucket has a type), so: no fleet found in time
         raise PlanError(f"solver found no fleet: {result.message}")
 
@@ -158,7 +172,7 @@ def _on_grid(rates: np.ndarray, book: ProfileBook) -> np.ndarray:
     if not np.isfinite(rates).all() or (rates < 0).any():
         raise PlanError("rates must be finite and >= 0")
     padded = np.zeros(book.shape)
-    padded[:rates.shape[0], :rates.shape[1]] = rates
+    padded[: rates.shape[0], : rates.shape[1]] = rates
     return padded
 
 

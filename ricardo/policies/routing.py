@@ -77,8 +77,9 @@ def safe_utilization(alone_share: float, slack_target: float = SLACK_TARGET) -> 
     return 1.0 - slack_target / room if room > slack_target else 0.0
 
 
-def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook,
-              interpolated: bool = True) -> list[tuple[PoolView, float]]:
+def _servable(
+    shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, interpolated: bool = True
+) -> list[tuple[PoolView, float]]:
     """(pool, max rate for the request's p50 size) for every pool that can take the request: the rate at the
     exact size (`ProfileBook.rate_at`), or with `interpolated=False` its bucket's (the upper edge's)."""
     i, j = book.input_bucket(shape.input_tokens), book.output_bucket(shape.output_p50)
@@ -93,8 +94,9 @@ def _servable(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook,
     return servable
 
 
-def request_cost_usd(book: ProfileBook, hardware: str, price_per_hour: float, input_tokens: int,
-                     output_tokens: int) -> float:
+def request_cost_usd(
+    book: ProfileBook, hardware: str, price_per_hour: float, input_tokens: int, output_tokens: int
+) -> float:
     """Dollars a request of this size costs on `hardware` at `price_per_hour` (0 where the profile cannot serve it)."""
     rps = book.rate_at(hardware, input_tokens, output_tokens)
     return price_per_hour / 3600.0 / rps if rps > 0 else 0.0
@@ -105,8 +107,15 @@ def _cost_usd(pool: PoolView, rps: float) -> float:
     return pool.price_per_hour / 3600.0 / rps
 
 
-def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-               draw: float = 0.0, index: int = 0, slack_target: float = SLACK_TARGET) -> list[Choice]:
+def cost_aware(
+    shape: RequestShape,
+    pools: Sequence[PoolView],
+    book: ProfileBook,
+    *,
+    draw: float = 0.0,
+    index: int = 0,
+    slack_target: float = SLACK_TARGET,
+) -> list[Choice]:
     """Cheapest expected $ per request first (p50 output), among pools predicted to meet the SLO with headroom.
 
     Costs and capacity shares are those of the request's own size, interpolated between the profile's
@@ -147,15 +156,24 @@ def cost_aware(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook
         reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {pool.hardware}"
         if slack is not None:
             reason += f", util {utilization:.0%}, slack {slack:+.2f}"
-        choice = Choice(pool.name, tier + frac, cost, pool.ttft_ms, pool.tpot_ms, slack, reason,
-                        {"tier": tier, "utilization": utilization})
+        choice = Choice(
+            pool.name,
+            tier + frac,
+            cost,
+            pool.ttft_ms,
+            pool.tpot_ms,
+            slack,
+            reason,
+            {"tier": tier, "utilization": utilization},
+        )
         ranked.append(((tier, key, utilization or 0.0, position), choice))
     ranked.sort(key=lambda item: item[0])
     return [choice for _, choice in ranked]
 
 
-def round_robin(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-                draw: float = 0.0, index: int = 0) -> list[Choice]:
+def round_robin(
+    shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *, draw: float = 0.0, index: int = 0
+) -> list[Choice]:
     """Request `index` goes to replica slot `index mod replicas` (so pools get shares by replica count);
     the other pools follow in rotation order."""
     servable = _servable(shape, pools, book)
@@ -167,31 +185,53 @@ def round_robin(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBoo
         slot -= servable[start][0].replicas
         start += 1
     order = servable[start:] + servable[:start]
-    return [Choice(pool.name, float(k), _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms, reason=f"round-robin #{k}")
-            for k, (pool, rps) in enumerate(order)]
+    return [
+        Choice(pool.name, float(k), _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms, reason=f"round-robin #{k}")
+        for k, (pool, rps) in enumerate(order)
+    ]
 
 
-def least_outstanding(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-                      draw: float = 0.0, index: int = 0) -> list[Choice]:
+def least_outstanding(
+    shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *, draw: float = 0.0, index: int = 0
+) -> list[Choice]:
     """Fewest requests in flight per replica first."""
     servable = sorted(_servable(shape, pools, book), key=lambda item: item[0].in_flight / item[0].replicas)
-    return [Choice(pool.name, pool.in_flight / pool.replicas, _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms,
-                   reason=f"{pool.in_flight / pool.replicas:.2f} in flight per replica")
-            for pool, rps in servable]
+    return [
+        Choice(
+            pool.name,
+            pool.in_flight / pool.replicas,
+            _cost_usd(pool, rps),
+            pool.ttft_ms,
+            pool.tpot_ms,
+            reason=f"{pool.in_flight / pool.replicas:.2f} in flight per replica",
+        )
+        for pool, rps in servable
+    ]
 
 
-def cheapest_price(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-                   draw: float = 0.0, index: int = 0) -> list[Choice]:
+def cheapest_price(
+    shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *, draw: float = 0.0, index: int = 0
+) -> list[Choice]:
     """Lowest list price per replica-hour first, whatever the request's size (ties: fewer in flight per replica)."""
-    servable = sorted(_servable(shape, pools, book),
-                      key=lambda item: (item[0].price_per_hour, item[0].in_flight / item[0].replicas))
-    return [Choice(pool.name, pool.price_per_hour, _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms,
-                   reason=f"list price ${pool.price_per_hour:.3g}/h")
-            for pool, rps in servable]
+    servable = sorted(
+        _servable(shape, pools, book), key=lambda item: (item[0].price_per_hour, item[0].in_flight / item[0].replicas)
+    )
+    return [
+        Choice(
+            pool.name,
+            pool.price_per_hour,
+            _cost_usd(pool, rps),
+            pool.ttft_ms,
+            pool.tpot_ms,
+            reason=f"list price ${pool.price_per_hour:.3g}/h",
+        )
+        for pool, rps in servable
+    ]
 
 
-def melange(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *,
-            draw: float = 0.0, index: int = 0) -> list[Choice]:
+def melange(
+    shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *, draw: float = 0.0, index: int = 0
+) -> list[Choice]:
     """Mélange's router: pick a pool at random with weight replicas x max_rps for the request's bucket
     (its share of the fleet's capacity for this size); the others follow by decreasing weight."""
     servable = _servable(shape, pools, book, interpolated=False)
@@ -202,9 +242,17 @@ def melange(shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *
     total = cumulative[-1]
     pick = min(bisect_right(cumulative, draw * total), len(servable) - 1)
     rest = sorted((k for k in range(len(servable)) if k != pick), key=lambda k: -weights[k])
-    return [Choice(servable[k][0].name, float(n), _cost_usd(*servable[k]), servable[k][0].ttft_ms,
-                   servable[k][0].tpot_ms, reason=f"capacity weight {weights[k] / total:.2f}")
-            for n, k in enumerate([pick, *rest])]
+    return [
+        Choice(
+            servable[k][0].name,
+            float(n),
+            _cost_usd(*servable[k]),
+            servable[k][0].ttft_ms,
+            servable[k][0].tpot_ms,
+            reason=f"capacity weight {weights[k] / total:.2f}",
+        )
+        for n, k in enumerate([pick, *rest])
+    ]
 
 
 POLICIES: dict[str, Policy] = {

@@ -13,22 +13,29 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="predictor_command", metavar="ACTION", required=True)
 
     evaluate = commands.add_parser(
-        "eval", help="train a fresh model on one JSONL file, score it and the baselines on another",
+        "eval",
+        help="train a fresh model on one JSONL file, score it and the baselines on another",
         description='Each FILE holds one JSON object a line: {"prompt": str, "output_tokens": int}, or "messages" '
-                    'instead of "prompt"; optional "model" and "max_tokens".')
+        'instead of "prompt"; optional "model" and "max_tokens".',
+    )
     evaluate.add_argument("--train", required=True, type=Path, metavar="FILE")
     evaluate.add_argument("--test", required=True, type=Path, metavar="FILE")
-    evaluate.add_argument("--encoding", default="llama3",
-                          help='count input tokens exactly with this quicktok encoding, or "none" for the '
-                               "gateway's estimate (default: %(default)s)")
+    evaluate.add_argument(
+        "--encoding",
+        default="llama3",
+        help='count input tokens exactly with this quicktok encoding, or "none" for the '
+        "gateway's estimate (default: %(default)s)",
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the AIBrix baseline's random draws")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(func=_eval)
 
     train = commands.add_parser(
-        "train", help="rebuild the shipped cold-start model and its reservoir from the shared data",
+        "train",
+        help="rebuild the shipped cold-start model and its reservoir from the shared data",
         description="Writes cold_start_model.npz and cold_start_samples.jsonl.gz into --out "
-                    "(ricardo/predictor/data is the shipped copy).")
+        "(ricardo/predictor/data is the shipped copy).",
+    )
     train.add_argument("--out", required=True, type=Path, metavar="DIR")
     train.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data beside the repo)")
     train.set_defaults(func=_train)
@@ -47,14 +54,21 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{'predictor p50':<26}{result['mae']:>10.2f}  MAE (tokens)")
     for name, mae in sorted(result["baselines"].items(), key=lambda item: item[1]):
         print(f"{name:<26}{mae:>10.2f}")
-    print(f"gain vs best baseline ({result['best_baseline']}): {_share(result['gain_vs_best_baseline'])}; vs best "
-          f"running baseline ({result['best_running_baseline']}): {_share(result['gain_vs_best_running_baseline'])}")
+    print(
+        f"gain vs best baseline ({result['best_baseline']}): {_share(result['gain_vs_best_baseline'])}; vs best "
+        f"running baseline ({result['best_running_baseline']}): {_share(result['gain_vs_best_running_baseline'])}"
+    )
     print(f"p90 coverage {result['p90_coverage']:.3f}, mean p90 {result['mean_p90']:.0f} tokens")
-    for name, what in (("predict_us", "features + prediction"), ("count_input_tokens_us", "input token count"),
-                       ("count_and_predict_us", "both")):
+    for name, what in (
+        ("predict_us", "features + prediction"),
+        ("count_input_tokens_us", "input token count"),
+        ("count_and_predict_us", "both"),
+    ):
         print(f"{what:<26}p50 {result[name + '_p50']:>5.0f} µs, p99 {result[name + '_p99']:>5.0f} µs")
     fastest = result[f"predict_fastest_of_{TIMING_PASSES}_us_p99"]
-    print(f"{f'prediction, fastest of {TIMING_PASSES}':<26}         p99 {fastest:>5.0f} µs (the machine's noise left out)")
+    print(
+        f"{f'prediction, fastest of {TIMING_PASSES}':<26}         p99 {fastest:>5.0f} µs (the machine's noise left out)"
+    )
     return 0
 
 

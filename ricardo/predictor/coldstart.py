@@ -34,8 +34,9 @@ def build(out_dir: Path, data_dir: Path = SHARED_DATA, seed: int = 0) -> dict:
         records[name] = []
         for row in tqdm(rows, desc=name, unit="req", leave=False):
             body = {"messages": [{"role": "user", "content": row["prompt"]}]}
-            records[name].append({"body": body, "input_tokens": counter.count_body(body),
-                                  "output_tokens": row["output_tokens"]})
+            records[name].append(
+                {"body": body, "input_tokens": counter.count_body(body), "output_tokens": row["output_tokens"]}
+            )
     everything = [record for rows in records.values() for record in rows]
     model = fit_model([(features_from_body(r["body"], r["input_tokens"]), r["output_tokens"]) for r in everything])
 
@@ -47,6 +48,12 @@ def build(out_dir: Path, data_dir: Path = SHARED_DATA, seed: int = 0) -> dict:
     with open(reservoir_path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
         for record in reservoir:
             packed.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    return {"model": str(model_path), "model_bytes": model_path.stat().st_size, "reservoir": str(reservoir_path),
-            "reservoir_bytes": reservoir_path.stat().st_size, "reservoir_rows": len(reservoir),
-            "rows": {name: len(rows) for name, rows in records.items()}, **model.info}
+    return {
+        "model": str(model_path),
+        "model_bytes": model_path.stat().st_size,
+        "reservoir": str(reservoir_path),
+        "reservoir_bytes": reservoir_path.stat().st_size,
+        "reservoir_rows": len(reservoir),
+        "rows": {name: len(rows) for name, rows in records.items()},
+        **model.info,
+    }

@@ -56,8 +56,11 @@ def cross_validation_folds(samples: list[Sample], repeats: int) -> list[tuple[np
     from sklearn.model_selection import GroupKFold
 
     groups = request_groups([features for features, _ in samples])
-    return [split for seed in range(repeats)
-            for split in GroupKFold(FOLDS, shuffle=True, random_state=seed).split(groups, groups=groups)]
+    return [
+        split
+        for seed in range(repeats)
+        for split in GroupKFold(FOLDS, shuffle=True, random_state=seed).split(groups, groups=groups)
+    ]
 
 
 def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None = "llama3", seed: int = 0) -> dict:
@@ -125,8 +128,13 @@ def _timed_shape(counter: InputTokenCounter, predictor: OutputLengthPredictor, b
     counted_ns = time.perf_counter_ns()
     prediction = predictor.predict(features_from_body(body, input_tokens))
     ended_ns = time.perf_counter_ns()
-    return (input_tokens, prediction, counted_ns - started_ns, ended_ns - counted_ns,
-            time.thread_time_ns() - started_cpu_ns)
+    return (
+        input_tokens,
+        prediction,
+        counted_ns - started_ns,
+        ended_ns - counted_ns,
+        time.thread_time_ns() - started_cpu_ns,
+    )
 
 
 def _percentiles_us(name: str, nanoseconds: np.ndarray) -> dict[str, float]:

@@ -41,10 +41,10 @@ if TYPE_CHECKING:
 FEATURE_VERSION = 3
 HEAD_CHARS = 400
 TAIL_CHARS = 100
-MAX_CAP = 1 << 40           # a larger max_tokens caps nothing and would overflow a float
-EDGE_TOKENS = 16            # how many first / last tokens get their own "at the start / at the end" keys
+MAX_CAP = 1 << 40  # a larger max_tokens caps nothing and would overflow a float
+EDGE_TOKENS = 16  # how many first / last tokens get their own "at the start / at the end" keys
 TOKENIZER = "llama3"
-VOCAB = 1 << 17             # > llama3's 128,256 token ids
+VOCAB = 1 << 17  # > llama3's 128,256 token ids
 BIGRAM_BASE = VOCAB
 HEAD_BASE = 1 << 40
 TAIL_BASE = HEAD_BASE + VOCAB
@@ -52,34 +52,63 @@ TAIL_BASE = HEAD_BASE + VOCAB
 LIST_ITEM = re.compile(r"\n\s*(?:\d+[.)]|[-*\u2022])\s")  # a literal first character keeps the scan fast
 CODE_BYTES = b"{}();=<>[]"
 BYTE_CLASS = bytes(ord("d") if 48 <= b < 58 else ord("c") if b in CODE_BYTES else ord(".") for b in range(256))
-OPENER_CHARS = 40           # how much of the last message the opener patterns look at
+OPENER_CHARS = 40  # how much of the last message the opener patterns look at
 # anchored at the start of the last message (a `match` of a few dozen characters costs ~1 µs)
 ASSISTANT_OPENER = re.compile(
     r"(?:sure|certainly|of course|absolutely|great|yes|no problem|here(?:'s| is| are)|i apologi[sz]e|i'm sorry|sorry|"
     r"thank you|thanks|you're (?:right|correct|welcome)|you are (?:right|correct)|as an ai|in summary|based on|"
-    r"it seems|it is|it's|this|that|there (?:is|are)|the)\b", re.IGNORECASE)
+    r"it seems|it is|it's|this|that|there (?:is|are)|the)\b",
+    re.IGNORECASE,
+)
 REQUEST_OPENER = re.compile(
     r"(?:write|create|generate|make|give|list|explain|describe|tell|help|rewrite|summari[sz]e|continue|provide|"
     r"translate|fix|improve|suggest|draft|compose|design|build|implement|can|could|would|please|i want|i need|"
-    r"i'd like|act|pretend|how|what|why|imagine|let's|you are|you will)\b", re.IGNORECASE)
+    r"i'd like|act|pretend|how|what|why|imagine|let's|you are|you will)\b",
+    re.IGNORECASE,
+)
 
 DENSE_NAMES = (
-    "log_input_tokens", "input_tokens_k", "log_chars", "numbers_10", "log_numbers", "log_digits", "log_sentences",
-    "log_lines", "log_questions", "ends_with_question", "log_list_items", "log_code_fences", "multibyte_share",
-    "code_char_share", "log_messages", "has_system", "has_max_tokens", "log_max_tokens", "temperature", "top_p",
-    "has_stop", "json_mode", "has_tools", "is_chat", "log_last_message_chars",
-    "assistant_opener", "request_opener", "lowercase_start", "you_per_10_words", "log_markdown_marks",
+    "log_input_tokens",
+    "input_tokens_k",
+    "log_chars",
+    "numbers_10",
+    "log_numbers",
+    "log_digits",
+    "log_sentences",
+    "log_lines",
+    "log_questions",
+    "ends_with_question",
+    "log_list_items",
+    "log_code_fences",
+    "multibyte_share",
+    "code_char_share",
+    "log_messages",
+    "has_system",
+    "has_max_tokens",
+    "log_max_tokens",
+    "temperature",
+    "top_p",
+    "has_stop",
+    "json_mode",
+    "has_tools",
+    "is_chat",
+    "log_last_message_chars",
+    "assistant_opener",
+    "request_opener",
+    "lowercase_start",
+    "you_per_10_words",
+    "log_markdown_marks",
 )
 
 
 @dataclass(slots=True)
 class RequestFeatures:
-    text: str                   # head and tail of the prompt text (all messages joined)
+    text: str  # head and tail of the prompt text (all messages joined)
     input_tokens: int
-    chars: int                  # length of the whole prompt text
+    chars: int  # length of the whole prompt text
     last_message_chars: int
-    last_message_head: str      # its first OPENER_CHARS characters, leading blanks stripped
-    messages: int               # 0 for a completions prompt
+    last_message_head: str  # its first OPENER_CHARS characters, leading blanks stripped
+    messages: int  # 0 for a completions prompt
     has_system: bool
     max_tokens: int | None
     model: str
@@ -99,8 +128,14 @@ class RequestFeatures:
     def term_keys(self) -> np.ndarray:
         """The prompt's term keys, one per occurrence: unigrams, bigrams, first and last tokens."""
         tokens = self.tokens()
-        return np.concatenate([tokens, BIGRAM_BASE + tokens[:-1] * VOCAB + tokens[1:],
-                               HEAD_BASE + tokens[:EDGE_TOKENS], TAIL_BASE + tokens[-EDGE_TOKENS:]])
+        return np.concatenate(
+            [
+                tokens,
+                BIGRAM_BASE + tokens[:-1] * VOCAB + tokens[1:],
+                HEAD_BASE + tokens[:EDGE_TOKENS],
+                TAIL_BASE + tokens[-EDGE_TOKENS:],
+            ]
+        )
 
     def model_key(self) -> int:
         return zlib.crc32(self.model.encode("utf-8", "surrogatepass"))
@@ -118,7 +153,8 @@ class RequestFeatures:
             raise ValueError(f"a features record is a list of {len(RECORD_FIELDS)} fields, not {record!r:.80}")
         for name, value in zip(RECORD_FIELDS, record):
             if not isinstance(value, RECORD_TYPES[name]) or (
-                    isinstance(value, (int, float)) and not 0 <= value < MAX_RECORD_NUMBER):  # NaN fails too
+                isinstance(value, (int, float)) and not 0 <= value < MAX_RECORD_NUMBER
+            ):  # NaN fails too
                 raise ValueError(f"a features record's {name} is {value!r:.80}")
         return cls(*record)
 
@@ -179,10 +215,14 @@ def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
     messages = body.get("messages")
     texts = prompt_texts(body)
     has_system = isinstance(messages, list) and any(
-        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages)
+        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+    )
     text = "\n".join(texts)
-    caps = [c for c in (body.get("max_tokens"), body.get("max_completion_tokens"))
-            if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+    caps = [
+        c
+        for c in (body.get("max_tokens"), body.get("max_completion_tokens"))
+        if isinstance(c, int) and not isinstance(c, bool) and c > 0
+    ]
     response_format = body.get("response_format")
     return RequestFeatures(
         text=head_and_tail(text),

@@ -51,8 +51,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ricardo.predictor.features import (BIGRAM_BASE, EDGE_TOKENS, FEATURE_VERSION, HEAD_BASE, TAIL_BASE, VOCAB,
-                                        RequestFeatures, features_from_body)
+from ricardo.predictor.features import (
+    BIGRAM_BASE,
+    EDGE_TOKENS,
+    FEATURE_VERSION,
+    HEAD_BASE,
+    TAIL_BASE,
+    VOCAB,
+    RequestFeatures,
+    features_from_body,
+)
 
 FORMAT = "ricardo-output-length/1"
 DATA = Path(__file__).resolve().parent / "data"
@@ -61,13 +69,13 @@ DEFAULT_RESERVOIR = DATA / "cold_start_samples.jsonl.gz"
 
 RIDGE_ALPHA = 1.0
 FOLDS = 5
-MIN_DF = 2                  # a term seen in fewer training requests is noise (2 beat 3 and 5 in cross-validation)
+MIN_DF = 2  # a term seen in fewer training requests is noise (2 beat 3 and 5 in cross-validation)
 COVERAGE = 0.9
-INTERCEPT_COLUMN = 10.0     # its coefficient's penalty is 1/100 of a unit column's
+INTERCEPT_COLUMN = 10.0  # its coefficient's penalty is 1/100 of a unit column's
 MAX_LOG_OUTPUT = math.log1p(1 << 20)  # no request, however odd its body, is predicted past a million tokens
-BUFFER_SIZE = 5000          # most recent outcomes kept for retraining
-ACCURACY_WINDOW = 1000      # most recent outcomes scored by accuracy()
-PACK_CHUNK = 256            # samples pickled per GIL-holding call
+BUFFER_SIZE = 5000  # most recent outcomes kept for retraining
+ACCURACY_WINDOW = 1000  # most recent outcomes scored by accuracy()
+PACK_CHUNK = 256  # samples pickled per GIL-holding call
 
 Sample = tuple[RequestFeatures, int]
 
@@ -81,22 +89,41 @@ class Prediction:
 class FittedModel:
     """Immutable fitted arrays and the numpy prediction path."""
 
-    ARRAYS = ("vocab", "idf", "term_coef", "model_keys", "model_coef", "dense_mean", "dense_scale", "dense_coef",
-              "constants")
+    ARRAYS = (
+        "vocab",
+        "idf",
+        "term_coef",
+        "model_keys",
+        "model_coef",
+        "dense_mean",
+        "dense_scale",
+        "dense_coef",
+        "constants",
+    )
 
-    def __init__(self, vocab: np.ndarray, idf: np.ndarray, term_coef: np.ndarray, model_keys: np.ndarray,
-                 model_coef: np.ndarray, dense_mean: np.ndarray, dense_scale: np.ndarray, dense_coef: np.ndarray,
-                 constants: np.ndarray, info: dict):
-        self.vocab = vocab                  # sorted term keys (int64)
+    def __init__(
+        self,
+        vocab: np.ndarray,
+        idf: np.ndarray,
+        term_coef: np.ndarray,
+        model_keys: np.ndarray,
+        model_coef: np.ndarray,
+        dense_mean: np.ndarray,
+        dense_scale: np.ndarray,
+        dense_coef: np.ndarray,
+        constants: np.ndarray,
+        info: dict,
+    ):
+        self.vocab = vocab  # sorted term keys (int64)
         self.idf = idf
         self.term_coef = term_coef
-        self.model_keys = model_keys        # crc32 of each model name seen in training
+        self.model_keys = model_keys  # crc32 of each model name seen in training
         self.model_coef = model_coef
         self.dense_mean = dense_mean
         self.dense_scale = dense_scale
         self.dense_coef = dense_coef
-        self.constants = constants          # intercept, p50 offset, p90 offset (log space)
-        self.info = info                    # format, feature_version, samples, trained_at, version, vocabulary
+        self.constants = constants  # intercept, p50 offset, p90 offset (log space)
+        self.info = info  # format, feature_version, samples, trained_at, version, vocabulary
         # serving form: standardisation folded into the weights, plain Python numbers for the short dense part
         self._terms = TermIndex(vocab)
         self._idf_squared = idf * idf
@@ -124,8 +151,11 @@ class FittedModel:
 
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
-        np.savez_compressed(out, info=np.frombuffer(json.dumps(self.info).encode(), np.uint8),
-                            **{name: getattr(self, name) for name in self.ARRAYS})
+        np.savez_compressed(
+            out,
+            info=np.frombuffer(json.dumps(self.info).encode(), np.uint8),
+            **{name: getattr(self, name) for name in self.ARRAYS},
+        )
         return out.getvalue()
 
     @classmethod
@@ -133,8 +163,10 @@ class FittedModel:
         with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
             info = json.loads(arrays["info"].tobytes())
             if info.get("format") != FORMAT or info.get("feature_version") != FEATURE_VERSION:
-                raise ValueError(f"incompatible output-length model: {info.get('format')}, "
-                                 f"features v{info.get('feature_version')} (expected {FORMAT}, v{FEATURE_VERSION})")
+                raise ValueError(
+                    f"incompatible output-length model: {info.get('format')}, "
+                    f"features v{info.get('feature_version')} (expected {FORMAT}, v{FEATURE_VERSION})"
+                )
             return cls(*(arrays[name] for name in cls.ARRAYS), info=info)
 
 
@@ -221,8 +253,10 @@ class Design:
 
         cols = [vocabulary_columns(self.vocab, k) for k in keys]
         values = [self.idf[c] / max(1e-12, float(np.linalg.norm(self.idf[c]))) for c in cols]
-        terms = sparse.csr_matrix((np.concatenate(values), np.concatenate(cols),
-                                   np.cumsum([0] + [len(c) for c in cols])), shape=(len(requests), len(self.vocab)))
+        terms = sparse.csr_matrix(
+            (np.concatenate(values), np.concatenate(cols), np.cumsum([0] + [len(c) for c in cols])),
+            shape=(len(requests), len(self.vocab)),
+        )
         names = np.array([features.model_key() if features.model else -1 for features in requests])
         models = sparse.csr_matrix((names[:, None] == self.model_keys[None, :]).astype(float))
         standardised = (dense - self.dense_mean) / self.dense_scale
@@ -242,8 +276,9 @@ def log_target(samples: Sequence[Sample]) -> np.ndarray:
 
 def request_groups(requests: Sequence[RequestFeatures]) -> np.ndarray:
     """Identical requests share a group, so that cross-validation keeps them in one fold."""
-    return np.array([zlib.crc32(features.text.encode("utf-8", "surrogatepass")) ^ features.input_tokens
-                     for features in requests])
+    return np.array(
+        [zlib.crc32(features.text.encode("utf-8", "surrogatepass")) ^ features.input_tokens for features in requests]
+    )
 
 
 def ridge_coef(design, target: np.ndarray) -> np.ndarray:
@@ -285,12 +320,27 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
     offset_p50, offset_p90 = conformal_offsets(target - out_of_fold(design, target, request_groups(requests)))
 
     split = encoder.split
-    info = {"format": FORMAT, "feature_version": FEATURE_VERSION, "samples": n, "version": version,
-            "trained_at": time.time(), "vocabulary": int(len(encoder.vocab))}
+    info = {
+        "format": FORMAT,
+        "feature_version": FEATURE_VERSION,
+        "samples": n,
+        "version": version,
+        "trained_at": time.time(),
+        "vocabulary": int(len(encoder.vocab)),
+    }
     constants = np.array([coef[-1] * INTERCEPT_COLUMN, offset_p50, offset_p90])
-    return FittedModel(encoder.vocab, encoder.idf, coef[:split[0]].astype(np.float32), encoder.model_keys,
-                       coef[split[0]:split[1]], encoder.dense_mean, encoder.dense_scale, coef[split[1]:split[2]],
-                       constants, info)
+    return FittedModel(
+        encoder.vocab,
+        encoder.idf,
+        coef[: split[0]].astype(np.float32),
+        encoder.model_keys,
+        coef[split[0] : split[1]],
+        encoder.dense_mean,
+        encoder.dense_scale,
+        coef[split[1] : split[2]],
+        constants,
+        info,
+    )
 
 
 def fit(samples: Sequence[Sample], version: int = 1) -> bytes:
@@ -305,8 +355,10 @@ def pack(samples: Sequence[Sample]) -> list[bytes]:
     (~20-40 ms for 7,000 samples); run `pack` in a thread instead: the event loop gets the GIL between chunks,
     and a list of bytes crosses the process boundary as a memory copy.
     """
-    return [pickle.dumps(list(samples[i:i + PACK_CHUNK]), protocol=pickle.HIGHEST_PROTOCOL)
-            for i in range(0, len(samples), PACK_CHUNK)]
+    return [
+        pickle.dumps(list(samples[i : i + PACK_CHUNK]), protocol=pickle.HIGHEST_PROTOCOL)
+        for i in range(0, len(samples), PACK_CHUNK)
+    ]
 
 
 def fit_packed(chunks: Sequence[bytes], version: int = 1) -> bytes:
@@ -317,10 +369,15 @@ def fit_packed(chunks: Sequence[bytes], version: int = 1) -> bytes:
 class OutputLengthPredictor:
     """Predicts output length, scores itself on outcomes and retrains on them."""
 
-    def __init__(self, model: FittedModel, reservoir: Sequence[Sample] | None = None,
-                 buffer_size: int = BUFFER_SIZE, window: int = ACCURACY_WINDOW):
+    def __init__(
+        self,
+        model: FittedModel,
+        reservoir: Sequence[Sample] | None = None,
+        buffer_size: int = BUFFER_SIZE,
+        window: int = ACCURACY_WINDOW,
+    ):
         self._model = model
-        self._reservoir = reservoir        # None: the shipped cold-start samples, read at the first refit
+        self._reservoir = reservoir  # None: the shipped cold-start samples, read at the first refit
         self._buffer: deque[Sample] = deque(maxlen=buffer_size)
         self._recent: deque[tuple[int, bool]] = deque(maxlen=window)  # (|actual - p50|, actual <= p90)
         self.observed = 0
@@ -422,8 +479,9 @@ def refit_executor(niceness: int = 10) -> ProcessPoolExecutor:
     2-core machine, spin against the gateway (a HistGradientBoosting fit took 14 s with 2 OpenMP threads, 0.2 s
     with one).
     """
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_background_worker,
-                               initargs=(niceness,))
+    return ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_background_worker, initargs=(niceness,)
+    )
 
 
 def stop_executor(executor: ProcessPoolExecutor) -> None:

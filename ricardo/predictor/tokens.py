@@ -29,15 +29,15 @@ import quicktok
 BYTES_PER_TOKEN = 4.0
 # learning rate of the correction ratio once warmed up; the first observations use 1/n (a plain mean)
 RATIO_ALPHA = 0.05
-MAX_LOG_STEP = math.log(2.0)   # one observation's error counts as at most 2x either way
+MAX_LOG_STEP = math.log(2.0)  # one observation's error counts as at most 2x either way
 RATIO_BOUNDS = (0.25, 4.0)
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    begin: int          # tokens once per prompt (beginning of text)
-    per_message: int    # tokens around each message, role excluded
-    reply: int          # tokens that open the assistant's reply
+    begin: int  # tokens once per prompt (beginning of text)
+    per_message: int  # tokens around each message, role excluded
+    reply: int  # tokens that open the assistant's reply
 
 
 LLAMA3_TEMPLATE = ChatTemplate(begin=1, per_message=4, reply=4)
@@ -134,8 +134,11 @@ def message_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part["text"] for part in content
-                       if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
     return ""
 
 

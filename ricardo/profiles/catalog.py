@@ -78,11 +78,21 @@ def load_prices(price_set: str, profile: ProfileFile | None = None) -> dict[str,
 class ProfileBook:
     """Capacity tables of several hardware types for one model on one bucket grid, plus their prices."""
 
-    def __init__(self, *, model: str | None, slo_tpot_ms: float, slo_ttft_ms: float | None,
-                 input_edges: Sequence[int], output_edges: Sequence[int], tables: Mapping[str, np.ndarray],
-                 sources: Mapping[str, str], prices: Mapping[str, float], price_set: str,
-                 workloads: Mapping[str, np.ndarray] | None = None,
-                 engines: Mapping[str, EngineParams] | None = None):
+    def __init__(
+        self,
+        *,
+        model: str | None,
+        slo_tpot_ms: float,
+        slo_ttft_ms: float | None,
+        input_edges: Sequence[int],
+        output_edges: Sequence[int],
+        tables: Mapping[str, np.ndarray],
+        sources: Mapping[str, str],
+        prices: Mapping[str, float],
+        price_set: str,
+        workloads: Mapping[str, np.ndarray] | None = None,
+        engines: Mapping[str, EngineParams] | None = None,
+    ):
         self.model = model
         self.slo_tpot_ms = float(slo_tpot_ms)
         self.slo_ttft_ms = slo_ttft_ms
@@ -146,10 +156,19 @@ class ProfileBook:
         return self._copy(engines=engines)
 
     def _copy(self, **changes) -> ProfileBook:
-        fields = dict(model=self.model, slo_tpot_ms=self.slo_tpot_ms, slo_ttft_ms=self.slo_ttft_ms,
-                      input_edges=self.input_edges, output_edges=self.output_edges, tables=self._capacity,
-                      sources=self._sources, prices=self._prices, price_set=self.price_set,
-                      workloads=self._workloads, engines=self._engines)
+        fields = dict(
+            model=self.model,
+            slo_tpot_ms=self.slo_tpot_ms,
+            slo_ttft_ms=self.slo_ttft_ms,
+            input_edges=self.input_edges,
+            output_edges=self.output_edges,
+            tables=self._capacity,
+            sources=self._sources,
+            prices=self._prices,
+            price_set=self.price_set,
+            workloads=self._workloads,
+            engines=self._engines,
+        )
         return ProfileBook(**(fields | changes))
 
     def alone_seconds_per_token(self, hardware: str, input_tokens: int, output_tokens: int) -> float | None:
@@ -172,7 +191,8 @@ class ProfileBook:
     def max_rps(self, hardware: str, input_tokens: int, output_tokens: int) -> float:
         """Requests/s of this size one replica sustains within the profile's SLO; 0 = cannot serve."""
         return self._rows[hardware][bisect_left(self.input_edges, input_tokens, 0, self._last_in)][
-            bisect_left(self.output_edges, output_tokens, 0, self._last_out)]
+            bisect_left(self.output_edges, output_tokens, 0, self._last_out)
+        ]
 
     def max_rps_at(self, hardware: str, i: int, j: int) -> float:
         return self._rows[hardware][i][j]
@@ -200,7 +220,7 @@ class ProfileBook:
         low_low, low_high, high_low = rows[i0][j0], rows[i0][j], rows[i][j0]
         if min(low_low, low_high, high_low) <= 0:  # a ragged or noisy table: keep the upper edge's figure
             return top
-        seconds = ((1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top))
+        seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
         return 1.0 / seconds
 
     def buckets(self, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -226,13 +246,19 @@ class ProfileBook:
         inverse = self.table_seconds(hardware)
         with np.errstate(invalid="ignore"):  # inf corners are replaced below
             corners = inverse[i0, j0], inverse[i0, j], inverse[i, j0], inverse[i, j]
-            blended = ((1 - tx) * ((1 - ty) * corners[0] + ty * corners[1])
-                       + tx * ((1 - ty) * corners[2] + ty * corners[3]))
+            blended = (1 - tx) * ((1 - ty) * corners[0] + ty * corners[1]) + tx * (
+                (1 - ty) * corners[2] + ty * corners[3]
+            )
         ragged = ~np.isfinite(corners[0]) | ~np.isfinite(corners[1]) | ~np.isfinite(corners[2])
         return np.where(ragged, corners[3], blended)
 
-    def bucket_request_seconds(self, hardware: str, input_tokens: Sequence[int], output_tokens: Sequence[int],
-                               factors: np.ndarray | None = None) -> np.ndarray:
+    def bucket_request_seconds(
+        self,
+        hardware: str,
+        input_tokens: Sequence[int],
+        output_tokens: Sequence[int],
+        factors: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Mean replica-seconds per request in each bucket of the grid for these requests (the planner's
         `request_seconds`), each request's multiplied by its `factors` if given; 1 / capacity where no request
         falls, inf where the hardware cannot serve."""
@@ -293,12 +319,13 @@ def _dense(rows: list[list[float]], shape: tuple[int, int]) -> np.ndarray:
     """A ragged table padded with zeros (not profiled = cannot serve) to the full grid."""
     table = np.zeros(shape)
     for i, row in enumerate(rows):
-        table[i, :len(row)] = row
+        table[i, : len(row)] = row
     return table
 
 
-def book_from_profiles(profiles: Sequence[ProfileFile], *, price_set: str = "melange",
-                       model: str | None = None) -> ProfileBook:
+def book_from_profiles(
+    profiles: Sequence[ProfileFile], *, price_set: str = "melange", model: str | None = None
+) -> ProfileBook:
     """Merge profile files into one book. The first file sets the grid and the SLO; later files must
     share both, and only add hardware the earlier ones lack (list measured files before estimated ones)."""
     first = profiles[0]
@@ -322,10 +349,16 @@ def book_from_profiles(profiles: Sequence[ProfileFile], *, price_set: str = "mel
     prices = load_prices(price_set, first)
     resolved = {hw: prices.get(hw, prices.get(catalog_name(hw))) for hw in tables}
     return ProfileBook(
-        model=model or first.model, slo_tpot_ms=first.slo_tpot_ms, slo_ttft_ms=first.slo_ttft_ms,
-        input_edges=first.input_bucket_upper_edges, output_edges=first.output_bucket_upper_edges,
-        tables=tables, sources=sources, prices={hw: p for hw, p in resolved.items() if p is not None},
-        price_set=price_set, workloads=workloads,
+        model=model or first.model,
+        slo_tpot_ms=first.slo_tpot_ms,
+        slo_ttft_ms=first.slo_ttft_ms,
+        input_edges=first.input_bucket_upper_edges,
+        output_edges=first.output_bucket_upper_edges,
+        tables=tables,
+        sources=sources,
+        prices={hw: p for hw, p in resolved.items() if p is not None},
+        price_set=price_set,
+        workloads=workloads,
     )
 
 
@@ -366,8 +399,12 @@ def default_profile_paths(model: str = "llama2-7b", include_estimated: bool = Fa
     return paths
 
 
-def load_default_book(model: str = "llama2-7b", price_set: str = "melange", include_estimated: bool = False,
-                      slo_tpot_ms: float | None = None) -> ProfileBook:
+def load_default_book(
+    model: str = "llama2-7b",
+    price_set: str = "melange",
+    include_estimated: bool = False,
+    slo_tpot_ms: float | None = None,
+) -> ProfileBook:
     """The shipped profile of `model` (measured tables; with `include_estimated`, plus estimated ones for
     hardware that was not measured) under a named price set.
 
@@ -380,9 +417,11 @@ def load_default_book(model: str = "llama2-7b", price_set: str = "melange", incl
         return _with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
     path = modelled_profile_path(model, slo_tpot_ms)
     if not path.is_file():
-        raise ValueError(f"no capacity tables of {model} at a {slo_tpot_ms:g} ms TPOT SLO (the measured ones are "
-                         f"at {measured.slo_tpot_ms:g} ms); build them with "
-                         f"`python -m ricardo.emulator.slo_tables --slo-tpot-ms {slo_tpot_ms:g}`")
+        raise ValueError(
+            f"no capacity tables of {model} at a {slo_tpot_ms:g} ms TPOT SLO (the measured ones are "
+            f"at {measured.slo_tpot_ms:g} ms); build them with "
+            f"`python -m ricardo.emulator.slo_tables --slo-tpot-ms {slo_tpot_ms:g}`"
+        )
     modelled = read_profile_file(path)
     if not include_estimated:
         modelled.gpus = {name: table for name, table in modelled.gpus.items() if name in measured.gpus}

@@ -70,9 +70,14 @@ class EngineParams(BaseModel):
     step_overhead_s: float = Field(ge=0, description="host cost of one iteration")
     seq_overhead_s: float = Field(ge=0, description="host cost per sequence in an iteration")
     mem_utilization: float = Field(default=0.9, gt=0, le=1, description="share of memory the engine may use")
-    reserved_gb: float = Field(default=1.0, ge=0, description=(
-        "memory besides weights that the KV cache cannot use: CUDA context and the activations of "
-        "vLLM's start-up profiling pass, 1e9 bytes"))
+    reserved_gb: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "memory besides weights that the KV cache cannot use: CUDA context and the activations of "
+            "vLLM's start-up profiling pass, 1e9 bytes"
+        ),
+    )
     max_num_seqs: int = Field(default=256, gt=0)
     max_batched_tokens: int = Field(default=4096, gt=0, description="prefill budget, padded tokens")
     max_paddings: int = Field(default=256, ge=0, description="padding a prefill batch may carry (vLLM 0.2.7)")
@@ -118,8 +123,11 @@ class EngineParams(BaseModel):
         output_tokens = max(1, output_tokens)
         decodes = output_tokens - 1
         context = decodes * prompt_tokens + decodes * (decodes + 1) / 2
-        seconds = (self.prefill_seconds(prompt_tokens, 1) + decodes * self.decode_fixed_seconds(1)
-                   + context * self.decode_seconds_per_context_token)
+        seconds = (
+            self.prefill_seconds(prompt_tokens, 1)
+            + decodes * self.decode_fixed_seconds(1)
+            + context * self.decode_seconds_per_context_token
+        )
         return seconds / output_tokens
 
     def decode_fixed_seconds(self, seqs: int) -> float:

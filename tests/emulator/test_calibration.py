@@ -30,13 +30,20 @@ CORNERS_AND_CENTRE = [(0, 0), (0, 5), (5, 0), (5, 5), (3, 3)]
 # least squares, so a one-sided check fails wherever the model is even 1 % pessimistic. Listed, not
 # hidden, and strict: a refit that fixes one turns it red here.
 BELOW = "the fitted model's capacity is below the profile's in this bucket"
-STARVED = ("vLLM 0.2.7's prefill-first scheduling keeps the L4's 25+25 capacity below the profile's even at "
-           "full bandwidth and no overhead (21 vs 25.14 req/s)")
+STARVED = (
+    "vLLM 0.2.7's prefill-first scheduling keeps the L4's 25+25 capacity below the profile's even at "
+    "full bandwidth and no overhead (21 vs 25.14 req/s)"
+)
 KNOWN_FAILURES: dict[tuple[str, tuple[int, int]], str] = {
-    ("L4", (0, 0)): STARVED, ("L4", (5, 0)): BELOW,
-    ("A10G", (0, 0)): BELOW, ("A10G", (5, 0)): BELOW,
-    ("A100-80GB", (5, 0)): BELOW, ("A100-80GB", (3, 3)): BELOW,
-    ("H100", (5, 0)): BELOW, ("H100", (5, 5)): BELOW, ("H100", (3, 3)): BELOW,
+    ("L4", (0, 0)): STARVED,
+    ("L4", (5, 0)): BELOW,
+    ("A10G", (0, 0)): BELOW,
+    ("A10G", (5, 0)): BELOW,
+    ("A100-80GB", (5, 0)): BELOW,
+    ("A100-80GB", (3, 3)): BELOW,
+    ("H100", (5, 0)): BELOW,
+    ("H100", (5, 5)): BELOW,
+    ("H100", (3, 3)): BELOW,
 }
 
 

@@ -15,8 +15,17 @@ KV_BYTES = 2 * 32 * 32 * 128 * 2
 
 def params(kv_tokens: int | None = None, **fields) -> EngineParams:
     """A100-like parameters; `kv_tokens` shrinks the memory so the KV cache holds about that many tokens."""
-    base = dict(hardware="test", peak_tflops=312, mem_bw_gbs=2039, mem_gb=85.9, flops_efficiency=0.6,
-                bw_efficiency=0.6, step_overhead_s=0.004, seq_overhead_s=1e-4, reserved_gb=1.0)
+    base = dict(
+        hardware="test",
+        peak_tflops=312,
+        mem_bw_gbs=2039,
+        mem_gb=85.9,
+        flops_efficiency=0.6,
+        bw_efficiency=0.6,
+        step_overhead_s=0.004,
+        seq_overhead_s=1e-4,
+        reserved_gb=1.0,
+    )
     if kv_tokens is not None:
         base["mem_gb"] = (13.5e9 + 1e9 + (kv_tokens + 0.5) * KV_BYTES) / 0.9 / 1e9
     return EngineParams(**(base | fields))
@@ -219,8 +228,10 @@ def test_untracked_tokens_time_the_same_and_sync_on_leaving():
     def timings(track: bool) -> list[tuple[float, float]]:
         engine = VirtualEngine(p)
         engine.engine = Engine(p, track_tokens=track)
-        runs = [Timing(arrival=0.05 * k, prompt_tokens=200 + 37 * (k % 5), output_tokens=60 + 41 * (k % 7))
-                for k in range(60)]
+        runs = [
+            Timing(arrival=0.05 * k, prompt_tokens=200 + 37 * (k % 5), output_tokens=60 + 41 * (k % 7))
+            for k in range(60)
+        ]
         for timing in runs:
             engine.submit(timing)
         engine.drain()

@@ -25,7 +25,9 @@ def poisson_trace(rate: float, count: int, seed: int = 0) -> list[TraceRequest]:
     rng = np.random.default_rng(seed)
     inputs = rng.integers(20, 1500, size=count)
     outputs = rng.integers(20, 400, size=count)
-    return [TraceRequest(float(t), int(i), int(o)) for t, i, o in zip(poisson_arrivals(rate, count, seed), inputs, outputs)]
+    return [
+        TraceRequest(float(t), int(i), int(o)) for t, i, o in zip(poisson_arrivals(rate, count, seed), inputs, outputs)
+    ]
 
 
 def test_the_shipped_40_ms_tables_are_the_engine_models_and_tighter_than_at_120():
@@ -83,8 +85,9 @@ def test_planners_exact_sizes_below_upper_edges_and_ricardo_provisions_for_its_r
 
 
 def run_cli(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "ricardo.cli", *args, "--json"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ricardo.cli", *args, "--json"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -94,12 +97,18 @@ def test_simulate_command(slo_ms):
     out = run_cli("simulate", "--trace", "azure-conv", "--duration", "300", "--slo-tpot-ms", str(slo_ms))
     assert out["requests"] > 500 and 0 <= out["slo_attainment"] <= 1
     assert sum(out["per_pool_requests"].values()) + out["rejected"] == out["requests"]
-    assert out["cost_per_hour"] == pytest.approx(sum(book_for_slo(slo_ms).prices[h] * n for h, n in out["fleet"].items()))
+    assert out["cost_per_hour"] == pytest.approx(
+        sum(book_for_slo(slo_ms).prices[h] * n for h, n in out["fleet"].items())
+    )
     if slo_ms == 40:
         assert "L4" not in out["fleet"]  # no L4 meets 40 ms per token
 
 
 def test_simulate_rejects_bad_input():
-    done = subprocess.run([sys.executable, "-m", "ricardo.cli", "simulate", "--trace", "azure-conv", "--slo-tpot-ms",
-                           "77"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ricardo.cli", "simulate", "--trace", "azure-conv", "--slo-tpot-ms", "77"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "77 ms" in done.stderr

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ricardo.gateway.scaling import (Damper, PoolSpec, RequestWindow, ScalingAdvisor, merge_summaries,
-                                     plan_replicas)
+from ricardo.gateway.scaling import Damper, PoolSpec, RequestWindow, ScalingAdvisor, merge_summaries, plan_replicas
 from ricardo.profiles.catalog import ProfileBook, load_default_book
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +24,7 @@ def melange_pools(book, current=0):
 
 
 # -- window ------------------------------------------------------------------------------------
+
 
 def test_window_counts_per_bucket_and_rate_over_the_covered_span(book):
     window = RequestWindow(10.0, book, start=0.0)
@@ -95,6 +95,7 @@ def test_summaries_on_different_grids_do_not_merge(book):
 
 # -- damper ------------------------------------------------------------------------------------
 
+
 def test_damper_scales_up_at_once_and_down_only_after_the_hold():
     damper = Damper(scale_down_hold_s=30.0)
     assert damper.update(0.0, {"p": 2}) == {"p": 2}
@@ -153,10 +154,12 @@ def test_damper_starts_from_current_replicas_forgets_removed_keys_and_refuses_ti
 
 # -- planning ----------------------------------------------------------------------------------
 
+
 def test_zero_traffic_falls_to_the_floor(book):
     zero = np.zeros(book.shape)
     assert plan_replicas(zero, book, melange_pools(book, current=3)).replicas == {
-        hw: {"unified": 0} for hw in ("L4", "A10G", "A100-80GB", "H100")}
+        hw: {"unified": 0} for hw in ("L4", "A10G", "A100-80GB", "H100")
+    }
     floor = plan_replicas(zero, book, melange_pools(book), headroom=0.1, min_replicas=2)
     assert all(roles == {"unified": 2} for roles in floor.replicas.values())
 
@@ -173,8 +176,7 @@ def test_the_cheaper_type_gets_the_replicas_when_prices_change(book):
 def test_pools_sharing_a_hardware_type_plan_at_the_cheapest_price(book):
     rates = np.zeros(book.shape)
     rates[book.bucket(20, 20)] = 60.0
-    pools = [PoolSpec("l4", "L4", 0.70), PoolSpec("a10g", "A10G", 1.01),
-             PoolSpec("a10g-spot", "A10G", 0.40)]
+    pools = [PoolSpec("l4", "L4", 0.70), PoolSpec("a10g", "A10G", 1.01), PoolSpec("a10g-spot", "A10G", 0.40)]
     result = plan_replicas(rates, book, pools, min_replicas=1)
     assert result.prices == {"L4": 0.70, "A10G": 0.40}
     assert result.replicas["a10g-spot"]["unified"] == 2 and result.replicas["a10g"]["unified"] == 1
@@ -187,8 +189,7 @@ def test_unservable_demand_is_dropped_and_unprofiled_pools_stay_at_the_floor(boo
     rates = np.zeros(book.shape)
     rates[book.bucket(20, 20)] = 20.0
     rates[book.bucket(15000, 1500)] = 1.0  # too long for an L4
-    result = plan_replicas(rates, book, [PoolSpec("l4", "L4", 0.7), PoolSpec("cpu", "TPU-v9", 0.1)],
-                           min_replicas=1)
+    result = plan_replicas(rates, book, [PoolSpec("l4", "L4", 0.7), PoolSpec("cpu", "TPU-v9", 0.1)], min_replicas=1)
     assert result.replicas == {"l4": {"unified": 1}, "cpu": {"unified": 1}}
     assert result.plan.unserved_rate == pytest.approx(1.0)
     assert result.unprofiled == ("cpu",)
@@ -197,6 +198,7 @@ def test_unservable_demand_is_dropped_and_unprofiled_pools_stay_at_the_floor(boo
 
 
 # -- advisor -----------------------------------------------------------------------------------
+
 
 def test_advisor_hints_carry_their_inputs_and_count_other_replicas(book):
     advisor = ScalingAdvisor(book, window_s=10.0, scale_down_hold_s=30.0, start=0.0)

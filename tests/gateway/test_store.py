@@ -84,8 +84,10 @@ async def pair(request, replicas):
         store = MemoryStore()
         return store, store
     url, ns = request.getfixturevalue("redis_url"), namespace()
-    return (await replicas.open(url, ns, reconcile_interval_s=0.2),
-            await replicas.open(url, ns, reconcile_interval_s=0.2))
+    return (
+        await replicas.open(url, ns, reconcile_interval_s=0.2),
+        await replicas.open(url, ns, reconcile_interval_s=0.2),
+    )
 
 
 async def eventually(predicate, timeout_s: float = 2.0) -> float:
@@ -106,6 +108,7 @@ def timed(seconds: list[float]):
 
 
 # -- the contract, for both stores ---------------------------------------------------------------
+
 
 def test_open_store_picks_the_backend():
     assert isinstance(open_store(None), MemoryStore)
@@ -138,6 +141,7 @@ async def test_callbacks_see_each_version_once_in_order(pair):
 
     async def async_callback(version, doc):
         seen_b.append((version, doc["n"]))
+
     b.watch_config(async_callback)
     await a.init_config({"n": 0})
     await b.init_config({"n": 0})
@@ -208,6 +212,7 @@ async def test_status_when_healthy(pair):
 
 
 # -- Redis only: propagation --------------------------------------------------------------------
+
 
 async def raw_config_version(url: str, ns: str, timeout_s: float = 2.0) -> int:
     """The config version stored in Redis, once there is one."""
@@ -285,8 +290,6 @@ async def degraded_calls(store: StateStore, n: int) -> list[float]:
     return latencies
 
 
-
-
 @needs_server
 async def test_outage_fails_fast_and_recovery_reseeds_empty_redis(server, replicas, caplog):
     caplog.set_level(logging.WARNING, logger="ricardo.gateway.store")
@@ -323,9 +326,11 @@ async def test_outage_fails_fast_and_recovery_reseeds_empty_redis(server, replic
     assert max(down) < 0.05
     assert "r2" not in await a.pull_stats()
     assert await a.read_config() == (2, {"price": 2})
-    print(f"redis up: median {statistics.median(up) * 1e3:.2f} ms, max {max(up) * 1e3:.2f} ms per call; "
-          f"killed: first call {first[0] * 1e3:.2f} ms, then median {statistics.median(down) * 1e6:.0f} us, "
-          f"max {max(down) * 1e3:.2f} ms")
+    print(
+        f"redis up: median {statistics.median(up) * 1e3:.2f} ms, max {max(up) * 1e3:.2f} ms per call; "
+        f"killed: first call {first[0] * 1e3:.2f} ms, then median {statistics.median(down) * 1e6:.0f} us, "
+        f"max {max(down) * 1e3:.2f} ms"
+    )
 
     server.start()  # same port, empty
     await eventually(lambda: a.healthy and b.healthy, timeout_s=3)
@@ -361,8 +366,10 @@ async def test_unresponsive_redis_costs_one_timeout_then_nothing(server, replica
         assert first[0] < 0.3 and not a.healthy
         down = await degraded_calls(a, 50)  # 1 s: several cool-offs, probes and pub/sub read timeouts
         assert max(down) < 0.05
-        print(f"paused: first call {first[0] * 1e3:.0f} ms, then median {statistics.median(down) * 1e6:.0f} us, "
-              f"max {max(down) * 1e3:.2f} ms")
+        print(
+            f"paused: first call {first[0] * 1e3:.0f} ms, then median {statistics.median(down) * 1e6:.0f} us, "
+            f"max {max(down) * 1e3:.2f} ms"
+        )
     finally:
         server.resume()
     await eventually(lambda: a.healthy, timeout_s=3)

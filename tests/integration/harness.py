@@ -68,8 +68,9 @@ class Process:
 class Cluster:
     """Emulated pools and a gateway in front of them, as separate processes."""
 
-    def __init__(self, pools: dict[str, tuple[str, int]], tmp: Path, speed: float = 1.0, gateways: int = 1,
-                 **gateway_settings):
+    def __init__(
+        self, pools: dict[str, tuple[str, int]], tmp: Path, speed: float = 1.0, gateways: int = 1, **gateway_settings
+    ):
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
@@ -80,8 +81,11 @@ class Cluster:
             "health_interval_s": 0.5,
             **gateway_settings,
             "pools": [
-                {"name": name, "hardware": hardware,
-                 "backends": [f"http://127.0.0.1:{p}" for p in self.pool_ports[name]]}
+                {
+                    "name": name,
+                    "hardware": hardware,
+                    "backends": [f"http://127.0.0.1:{p}" for p in self.pool_ports[name]],
+                }
                 for name, (hardware, _) in pools.items()
             ],
         }
@@ -107,16 +111,21 @@ class Cluster:
             raise
 
     def _start(self) -> Cluster:
-        emulator = Process(ricardo_command("emulate", "--config", str(self.config_path), "--speed", str(self.speed)),
-                           "emulator")
+        emulator = Process(
+            ricardo_command("emulate", "--config", str(self.config_path), "--speed", str(self.speed)), "emulator"
+        )
         self.processes.append(emulator)
         for ports in self.pool_ports.values():
             for port in ports:
                 emulator.wait_http(f"http://127.0.0.1:{port}/v1/models")
         gateways = []
         for index, port in enumerate(self.gateway_ports):
-            gateway = Process(ricardo_command("serve", "--config", str(self.config_path), "--port", str(port),
-                                              "--replica-id", f"gw{index}"), f"gateway{index}")
+            gateway = Process(
+                ricardo_command(
+                    "serve", "--config", str(self.config_path), "--port", str(port), "--replica-id", f"gw{index}"
+                ),
+                f"gateway{index}",
+            )
             self.processes.append(gateway)
             gateways.append(gateway)
         for gateway, url in zip(gateways, self.urls):
@@ -126,8 +135,10 @@ class Cluster:
     def emulate_more(self, hardware: str) -> str:
         """Start one more emulated backend (its own process); return its URL."""
         port = free_port()
-        process = Process(ricardo_command("emulate", "--gpu", hardware, "--port", str(port), "--speed",
-                                          str(self.speed)), f"emulator-{hardware}-{port}")
+        process = Process(
+            ricardo_command("emulate", "--gpu", hardware, "--port", str(port), "--speed", str(self.speed)),
+            f"emulator-{hardware}-{port}",
+        )
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
         process.wait_http(url + "/v1/models")

@@ -34,8 +34,14 @@ import openai
 import pytest
 
 from ricardo.emulator.text import TokenCounter
-from ricardo.policies.routing import (SLACK_TARGET, capacity_share, cost_aware, predicted_slack, request_cost_usd,
-                                     safe_utilization)
+from ricardo.policies.routing import (
+    SLACK_TARGET,
+    capacity_share,
+    cost_aware,
+    predicted_slack,
+    request_cost_usd,
+    safe_utilization,
+)
 from ricardo.policies.types import SLO, PoolView, RequestShape
 from ricardo.predictor.tokens import InputTokenCounter
 from ricardo.profiles.catalog import load_default_book
@@ -53,9 +59,18 @@ FLEET = {"l4": ("L4", 1), "a10g": ("A10G", 1), "a100": ("A100-80GB", 1), "h100":
 TINY_FLEET = {"l4": ("L4", 1), "a10g": ("A10G", 1), "a100": ("A100-80GB", 1)}
 
 SMALL_QUESTIONS = [
-    "What is the capital of France?", "Say hello.", "Name a prime number.", "Translate 'cat' to French.",
-    "What is 7 times 8?", "Spell the word house.", "Is water wet?", "Give me a color.", "What day follows Monday?",
-    "Name a planet.", "Count to three.", "What is the opposite of hot?",
+    "What is the capital of France?",
+    "Say hello.",
+    "Name a prime number.",
+    "Translate 'cat' to French.",
+    "What is 7 times 8?",
+    "Spell the word house.",
+    "Is water wet?",
+    "Give me a color.",
+    "What day follows Monday?",
+    "Name a planet.",
+    "Count to three.",
+    "What is the opposite of hot?",
 ]
 NAMES = ["Maria", "James", "Aisha", "Kenji", "Olga", "Pedro", "Lena", "Tom"]
 ITEMS = ["apples", "notebooks", "tickets", "bags of rice", "candles", "bolts", "plants", "books"]
@@ -95,12 +110,16 @@ def word_problems(count: int, seed: int) -> str:
         seller, buyer = rng.sample(NAMES, 2)
         item = rng.choice(ITEMS)
         a, b, c, d = rng.randint(3, 90), rng.randint(2, 60), rng.randint(2, 25), rng.randint(10, 40)
-        problems.append(f"Problem {k + 1}. {seller} buys {a} {item} for ${c} each and sells {b} of them to {buyer} "
-                        f"at a {d}% markup. {buyer} then gives away a third of what she bought. How many {item} "
-                        f"does {seller} have left, how much profit did {seller} make, and how many {item} does "
-                        f"{buyer} keep?")
-    return ("Solve each of the following problems. Show your reasoning step by step, then give the final answers."
-            "\n\n" + "\n\n".join(problems))
+        problems.append(
+            f"Problem {k + 1}. {seller} buys {a} {item} for ${c} each and sells {b} of them to {buyer} "
+            f"at a {d}% markup. {buyer} then gives away a third of what she bought. How many {item} "
+            f"does {seller} have left, how much profit did {seller} make, and how many {item} does "
+            f"{buyer} keep?"
+        )
+    return (
+        "Solve each of the following problems. Show your reasoning step by step, then give the final answers."
+        "\n\n" + "\n\n".join(problems)
+    )
 
 
 def mixed_workload() -> list[Req]:
@@ -118,12 +137,17 @@ def mixed_workload() -> list[Req]:
       few % cheaper than the A100 (the A100 only wins from ~100 predicted tokens up). So this class checks
       that the gateway follows the profile per request, not the class-level split.
     """
-    requests = [Req("small", q, max_tokens=20, true_output=20, stream=k % 2 == 1)
-                for k, q in enumerate(SMALL_QUESTIONS)]
-    requests += [Req("medium", word_problems(24, seed=100 + k), max_tokens=400, true_output=60,
-                     stream=k % 2 == 0) for k in range(8)]
-    requests += [Req("long", word_problems(44, seed=200 + k), max_tokens=200, true_output=12, stream=k % 2 == 1)
-                 for k in range(4)]
+    requests = [
+        Req("small", q, max_tokens=20, true_output=20, stream=k % 2 == 1) for k, q in enumerate(SMALL_QUESTIONS)
+    ]
+    requests += [
+        Req("medium", word_problems(24, seed=100 + k), max_tokens=400, true_output=60, stream=k % 2 == 0)
+        for k in range(8)
+    ]
+    requests += [
+        Req("long", word_problems(44, seed=200 + k), max_tokens=200, true_output=12, stream=k % 2 == 1)
+        for k in range(4)
+    ]
     random.Random(7).shuffle(requests)
     return requests
 
@@ -171,29 +195,51 @@ def costs_with_headroom(input_tokens: int, output_tokens: int) -> dict[str, floa
 
 
 def outcome_of(req: Req, raw, completion) -> Outcome:
-    return Outcome(req, raw.headers["x-ricardo-pool"], float(raw.headers["x-ricardo-cost-usd"]),
-                   int(raw.headers["x-ricardo-predicted-output-tokens"]), raw.headers["x-ricardo-policy"],
-                   completion["prompt_tokens"], completion["completion_tokens"], completion["text"])
+    return Outcome(
+        req,
+        raw.headers["x-ricardo-pool"],
+        float(raw.headers["x-ricardo-cost-usd"]),
+        int(raw.headers["x-ricardo-predicted-output-tokens"]),
+        raw.headers["x-ricardo-policy"],
+        completion["prompt_tokens"],
+        completion["completion_tokens"],
+        completion["text"],
+    )
 
 
 def send(client: openai.OpenAI, req: Req, **extra_headers: str) -> Outcome:
     headers = {"x-emulator-output-tokens": str(req.true_output), **extra_headers}
     if not req.stream:
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=req.messages, max_tokens=req.max_tokens, extra_headers=headers)
+            model=MODEL, messages=req.messages, max_tokens=req.max_tokens, extra_headers=headers
+        )
         completion = raw.parse()
-        return outcome_of(req, raw, {"prompt_tokens": completion.usage.prompt_tokens,
-                                     "completion_tokens": completion.usage.completion_tokens,
-                                     "text": completion.choices[0].message.content})
+        return outcome_of(
+            req,
+            raw,
+            {
+                "prompt_tokens": completion.usage.prompt_tokens,
+                "completion_tokens": completion.usage.completion_tokens,
+                "text": completion.choices[0].message.content,
+            },
+        )
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=req.messages, max_tokens=req.max_tokens, stream=True,
-        stream_options={"include_usage": True}, extra_headers=headers)
+        model=MODEL,
+        messages=req.messages,
+        max_tokens=req.max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers=headers,
+    )
     chunks = list(raw.parse())
     usage = [c.usage for c in chunks if c.usage]
     assert len(usage) == 1
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    return outcome_of(req, raw, {"prompt_tokens": usage[0].prompt_tokens,
-                                 "completion_tokens": usage[0].completion_tokens, "text": text})
+    return outcome_of(
+        req,
+        raw,
+        {"prompt_tokens": usage[0].prompt_tokens, "completion_tokens": usage[0].completion_tokens, "text": text},
+    )
 
 
 def check_answer(outcome: Outcome) -> None:
@@ -208,8 +254,9 @@ def check_answer(outcome: Outcome) -> None:
 
 def admin_pools(cluster: Cluster) -> dict[str, dict]:
     token = os.environ.get("RICARDO_ADMIN_TOKEN")
-    request = urllib.request.Request(cluster.url + "/admin/pools",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(
+        cluster.url + "/admin/pools", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return {p["name"]: p for p in json.loads(response.read())["pools"]}
 
@@ -287,9 +334,12 @@ def test_one_token_answers_on_long_prompts_go_where_they_can_meet_the_slo(fleet,
         check_answer(outcome)
         input_tokens = gateway_input_tokens(req)
         costs = profile_costs(FLEET, input_tokens, outcome.predicted_p50)
-        in_time = {name: cost for name, cost in costs.items()
-                   if BOOK.alone_seconds_per_token(FLEET[name][0], input_tokens, outcome.predicted_p50) * 1000
-                   <= SLO_DEFAULT.tpot_ms}
+        in_time = {
+            name: cost
+            for name, cost in costs.items()
+            if BOOK.alone_seconds_per_token(FLEET[name][0], input_tokens, outcome.predicted_p50) * 1000
+            <= SLO_DEFAULT.tpot_ms
+        }
         assert set(in_time) < set(costs), "the prompt should be too long for some pool to answer in time"
         assert outcome.pool in in_time and outcome.pool != min(costs, key=costs.get), (outcome.pool, in_time, costs)
         # and it is the policy's own first choice for idle pools: the simulator's code decides in the gateway
@@ -307,9 +357,12 @@ def test_a_40_ms_slo_routes_by_the_40_ms_tables(fleet, client):
         check_answer(outcome)
         input_tokens = gateway_input_tokens(req)
         assert outcome.pool != "l4"
-        assert outcome.cost_usd == pytest.approx(request_cost_usd(book_40, FLEET[outcome.pool][0],
-                                                                  BOOK.price(FLEET[outcome.pool][0]), input_tokens,
-                                                                  outcome.predicted_p50), rel=1e-5)
+        assert outcome.cost_usd == pytest.approx(
+            request_cost_usd(
+                book_40, FLEET[outcome.pool][0], BOOK.price(FLEET[outcome.pool][0]), input_tokens, outcome.predicted_p50
+            ),
+            rel=1e-5,
+        )
     assert send(client, SPILL[0]).pool == "l4"  # and at the default 120 ms it is the L4 again
 
 
@@ -326,29 +379,47 @@ def test_a_burst_spills_from_the_first_choice_to_other_pools(tiny_fleet):
     # the others before it saturates (ricardo/policies/routing.py: SLO slack below SLACK_TARGET)
     costs = {req: profile_costs(TINY_FLEET, gateway_input_tokens(req), 10) for req in SPILL}
     idle = [PoolView(name, hw, BOOK.price(hw), n) for name, (hw, n) in TINY_FLEET.items()]
-    first_choices = {cost_aware(RequestShape(MODEL, gateway_input_tokens(req), 10, 10, SLO_DEFAULT), idle, BOOK)[0].pool
-                     for req in SPILL}
+    first_choices = {
+        cost_aware(RequestShape(MODEL, gateway_input_tokens(req), 10, 10, SLO_DEFAULT), idle, BOOK)[0].pool
+        for req in SPILL
+    }
     assert len(first_choices) == 1, first_choices
     (first,) = first_choices
     assert first != "a100", "small requests should not be cheapest on the big GPU"
     # how many of them the first choice takes before its predicted slack falls below the target (the most,
     # over the burst's sizes, so that the assertions below stay on the safe side)
     hardware = TINY_FLEET[first][0]
-    fits = max(int(safe_utilization(BOOK.alone_seconds_per_token(hardware, gateway_input_tokens(req), 10) / 0.120)
-                   // capacity_share(BOOK, hardware, gateway_input_tokens(req), 10, SLO_DEFAULT)) for req in SPILL)
+    fits = max(
+        int(
+            safe_utilization(BOOK.alone_seconds_per_token(hardware, gateway_input_tokens(req), 10) / 0.120)
+            // capacity_share(BOOK, hardware, gateway_input_tokens(req), 10, SLO_DEFAULT)
+        )
+        for req in SPILL
+    )
     assert fits < len(SPILL), "the burst must overfill the first choice"
 
     async def burst() -> list[Outcome]:
-        async with openai.AsyncOpenAI(base_url=tiny_fleet.url + "/v1", api_key="unused", max_retries=0,
-                                      timeout=30) as client:
+        async with openai.AsyncOpenAI(
+            base_url=tiny_fleet.url + "/v1", api_key="unused", max_retries=0, timeout=30
+        ) as client:
+
             async def one(req: Req) -> Outcome:
                 raw = await client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=req.messages, max_tokens=req.max_tokens,
-                    extra_headers={"x-emulator-output-tokens": str(req.true_output)})
+                    model=MODEL,
+                    messages=req.messages,
+                    max_tokens=req.max_tokens,
+                    extra_headers={"x-emulator-output-tokens": str(req.true_output)},
+                )
                 completion = raw.parse()
-                return outcome_of(req, raw, {"prompt_tokens": completion.usage.prompt_tokens,
-                                             "completion_tokens": completion.usage.completion_tokens,
-                                             "text": completion.choices[0].message.content})
+                return outcome_of(
+                    req,
+                    raw,
+                    {
+                        "prompt_tokens": completion.usage.prompt_tokens,
+                        "completion_tokens": completion.usage.completion_tokens,
+                        "text": completion.choices[0].message.content,
+                    },
+                )
 
             return await asyncio.gather(*(one(req) for req in SPILL))
 

@@ -37,8 +37,10 @@ def expected_text(tokens: int) -> str:
 
 def test_non_streaming_chat_has_content_usage_and_pool(client):
     raw = client.chat.completions.with_raw_response.create(
-        model="llama2-7b", messages=[{"role": "user", "content": "Say hello in five words."}],
-        extra_headers={"x-emulator-output-tokens": "17", "x-request-id": "req-nonstream-1"})
+        model="llama2-7b",
+        messages=[{"role": "user", "content": "Say hello in five words."}],
+        extra_headers={"x-emulator-output-tokens": "17", "x-request-id": "req-nonstream-1"},
+    )
     completion = raw.parse()
     assert completion.choices[0].message.content == expected_text(17)
     assert completion.usage.completion_tokens == 17
@@ -51,8 +53,12 @@ def test_non_streaming_chat_has_content_usage_and_pool(client):
 
 def test_streaming_chat_relays_chunks_and_usage(client):
     raw = client.chat.completions.with_raw_response.create(
-        model="llama2-7b", messages=[{"role": "user", "content": "Tell me a story. " * 20}],
-        stream=True, stream_options={"include_usage": True}, extra_headers={"x-emulator-output-tokens": "40"})
+        model="llama2-7b",
+        messages=[{"role": "user", "content": "Tell me a story. " * 20}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-emulator-output-tokens": "40"},
+    )
     assert raw.headers["x-ricardo-pool"] in POOLS
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -66,16 +72,20 @@ def test_streaming_chat_relays_chunks_and_usage(client):
 
 def test_streaming_without_usage_request_strips_the_usage_chunk(client):
     stream = client.chat.completions.create(
-        model="llama2-7b", messages=[{"role": "user", "content": "hi"}], stream=True,
-        extra_headers={"x-emulator-output-tokens": "5"})
+        model="llama2-7b",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_headers={"x-emulator-output-tokens": "5"},
+    )
     chunks = list(stream)
     assert all(c.choices for c in chunks), "a client that did not ask for usage must not get the usage chunk"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_text(5)
 
 
 def test_completions_endpoint_and_max_tokens_cap(client):
-    completion = client.completions.create(model="llama2-7b", prompt="Once upon a time", max_tokens=8,
-                                           extra_headers={"x-emulator-output-tokens": "30"})
+    completion = client.completions.create(
+        model="llama2-7b", prompt="Once upon a time", max_tokens=8, extra_headers={"x-emulator-output-tokens": "30"}
+    )
     assert completion.choices[0].text == expected_text(8)
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.completion_tokens == 8
@@ -87,8 +97,14 @@ def test_models_lists_the_configured_models(client):
 
 def test_usage_is_accounted_even_when_the_client_did_not_ask(cluster, client):
     before = _metric(cluster, "ricardo_outcomes_total")
-    list(client.chat.completions.create(model="llama2-7b", messages=[{"role": "user", "content": "x"}],
-                                        stream=True, extra_headers={"x-emulator-output-tokens": "3"}))
+    list(
+        client.chat.completions.create(
+            model="llama2-7b",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            extra_headers={"x-emulator-output-tokens": "3"},
+        )
+    )
     assert _metric(cluster, "ricardo_outcomes_total") == before + 1
 
 
@@ -100,15 +116,23 @@ def _metric(cluster: Cluster, name: str) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("body, status, param", [
-    (b"{not json", 400, None),
-    (b"[1, 2]", 400, None),
-    (json.dumps({"model": "llama2-7b"}).encode(), 400, "messages"),
-    (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
-    (json.dumps({"model": "llama2-7b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(),
-     400, "max_tokens"),
-    (json.dumps({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (json.dumps({"model": "llama2-7b"}).encode(), 400, "messages"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
+        (
+            json.dumps(
+                {"model": "llama2-7b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}
+            ).encode(),
+            400,
+            "max_tokens",
+        ),
+        (json.dumps({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
+    ],
+)
 def test_bad_input_gets_openai_shaped_errors(cluster, body, status, param):
     code, error = _post(cluster.url + "/v1/chat/completions", body)
     assert code == status
@@ -121,13 +145,30 @@ def _chat(messages: list, **fields) -> bytes:
     return json.dumps({"model": "llama2-7b", "messages": messages, **fields}).encode()
 
 
-@pytest.mark.parametrize("body", [
-    _chat([{"role": "user", "content": "a lone surrogate \ud800 is valid JSON"}], max_tokens=4),  # not UTF-8
-    _chat([{"role": "user", "content": [{"type": "text", "text": 5}, {"type": "text", "text": None},
-                                        {"type": "text", "text": "odd parts"}]}], max_tokens=4),
-    _chat([{"role": "assistant", "content": "x", "tool_calls": 5}, {"role": "user", "content": "hi"}], max_tokens=4),
-    _chat([{"role": "user", "content": "a cap past any float"}], max_tokens=10 ** 400),
-], ids=["surrogate", "non-text parts", "tool_calls not a list", "huge max_tokens"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        _chat([{"role": "user", "content": "a lone surrogate \ud800 is valid JSON"}], max_tokens=4),  # not UTF-8
+        _chat(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": 5},
+                        {"type": "text", "text": None},
+                        {"type": "text", "text": "odd parts"},
+                    ],
+                }
+            ],
+            max_tokens=4,
+        ),
+        _chat(
+            [{"role": "assistant", "content": "x", "tool_calls": 5}, {"role": "user", "content": "hi"}], max_tokens=4
+        ),
+        _chat([{"role": "user", "content": "a cap past any float"}], max_tokens=10**400),
+    ],
+    ids=["surrogate", "non-text parts", "tool_calls not a list", "huge max_tokens"],
+)
 def test_odd_but_valid_bodies_are_answered(cluster, body):
     code, answer = _post(cluster.url + "/v1/chat/completions", body)
     assert code == 200, answer
@@ -136,10 +177,12 @@ def test_odd_but_valid_bodies_are_answered(cluster, body):
 
 @pytest.mark.parametrize("cap", ["3", 3.0])
 def test_a_cap_spelt_otherwise_still_caps_the_prediction(cluster, cap):
-    body = _chat([{"role": "user", "content": "Write a long essay about the history of the sea, in detail."}],
-                 max_tokens=cap)
-    request = urllib.request.Request(cluster.url + "/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = _chat(
+        [{"role": "user", "content": "Write a long essay about the history of the sea, in detail."}], max_tokens=cap
+    )
+    request = urllib.request.Request(
+        cluster.url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request) as response:
         assert int(response.headers["x-ricardo-predicted-output-tokens"]) <= 3
         assert json.loads(response.read())["usage"]["completion_tokens"] <= 3

@@ -29,9 +29,14 @@ async def send(url: str, batch: list[tuple[dict, int]], concurrency: int = 16) -
     predicted = [0] * len(batch)
     limit = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
         async def one(i: int, body: dict, actual: int) -> None:
-            async with limit, session.post(url + "/v1/chat/completions", json=body,
-                                           headers={"x-emulator-output-tokens": str(actual)}) as response:
+            async with (
+                limit,
+                session.post(
+                    url + "/v1/chat/completions", json=body, headers={"x-emulator-output-tokens": str(actual)}
+                ) as response,
+            ):
                 assert response.status == 200, await response.text()
                 assert (await response.json())["usage"]["completion_tokens"] == actual
                 predicted[i] = int(response.headers["x-ricardo-predicted-output-tokens"])
@@ -61,8 +66,13 @@ async def until_refitted(url: str, version: int, timeout_s: float = 60.0) -> dic
 def cluster(tmp_path_factory):
     model_path = tmp_path_factory.mktemp("predictor") / "output-length.npz"
     # exact input counts: the estimate's online correction starts again after a restart, and would move predictions
-    cluster = Cluster(POOLS, tmp_path_factory.mktemp("gw"), speed=100.0, tokenizer="llama3",
-                      predictor={**PREDICTOR, "model_path": str(model_path)})
+    cluster = Cluster(
+        POOLS,
+        tmp_path_factory.mktemp("gw"),
+        speed=100.0,
+        tokenizer="llama3",
+        predictor={**PREDICTOR, "model_path": str(model_path)},
+    )
     cluster.start()
     cluster.model_path = model_path
     yield cluster
@@ -88,8 +98,12 @@ def test_the_error_falls_as_outcomes_arrive_and_the_model_survives_a_restart(clu
 
     gateway = next(p for p in cluster.processes if p.name == "gateway0")
     gateway.stop()
-    restarted = Process(ricardo_command("serve", "--config", str(cluster.config_path), "--port",
-                                        str(cluster.gateway_port), "--replica-id", "gw0"), "gateway0-restarted")
+    restarted = Process(
+        ricardo_command(
+            "serve", "--config", str(cluster.config_path), "--port", str(cluster.gateway_port), "--replica-id", "gw0"
+        ),
+        "gateway0-restarted",
+    )
     cluster.processes.append(restarted)
     restarted.wait_http(cluster.url + "/readyz")
     status = predictor_status(cluster.url)
@@ -103,8 +117,9 @@ def test_the_true_length_header_never_reaches_the_prediction(cluster):
 
     async def predicted_with(header: str) -> str:
         async with aiohttp.ClientSession() as session:
-            async with session.post(cluster.url + "/v1/chat/completions", json=body,
-                                    headers={"x-emulator-output-tokens": header}) as response:
+            async with session.post(
+                cluster.url + "/v1/chat/completions", json=body, headers={"x-emulator-output-tokens": header}
+            ) as response:
                 assert response.status == 200
                 return response.headers["x-ricardo-predicted-output-tokens"]
 

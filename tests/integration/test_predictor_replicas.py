@@ -21,8 +21,15 @@ PREDICTOR = {"refit_min_outcomes": 150, "refit_min_interval_s": 0, "sync_interva
 
 @pytest.fixture(scope="module")
 def cluster(redis, tmp_path_factory):
-    cluster = Cluster(POOLS, tmp_path_factory.mktemp("replicas"), speed=100.0, gateways=2, redis_url=redis.url,
-                      tokenizer="llama3", predictor=PREDICTOR)
+    cluster = Cluster(
+        POOLS,
+        tmp_path_factory.mktemp("replicas"),
+        speed=100.0,
+        gateways=2,
+        redis_url=redis.url,
+        tokenizer="llama3",
+        predictor=PREDICTOR,
+    )
     cluster.start()
     yield cluster
     cluster.stop()
@@ -46,10 +53,11 @@ def test_outcomes_seen_by_one_replica_improve_the_model_both_serve(cluster):
     async def scenario():
         before = traffic(60, seed=41)
         cold = mae(await send(refitter, before), before)  # scored by the shipped model on both replicas
-        await send(follower, traffic(160, seed=42))        # all the learning traffic goes to the follower
+        await send(follower, traffic(160, seed=42))  # all the learning traffic goes to the follower
         deadline = asyncio.get_running_loop().time() + 60
-        while ({predictor_status(u)["model"]["version"] for u in cluster.urls} != {2}
-               or predictor_status(refitter)["learning"]["outcomes_from_other_replicas"] < 160):
+        while {predictor_status(u)["model"]["version"] for u in cluster.urls} != {2} or predictor_status(refitter)[
+            "learning"
+        ]["outcomes_from_other_replicas"] < 160:
             assert asyncio.get_running_loop().time() < deadline, [predictor_status(u) for u in cluster.urls]
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # a few more sync rounds: an outcome read twice would show now

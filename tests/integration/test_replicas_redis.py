@@ -23,18 +23,25 @@ SMALL = {"model": "llama2-7b", "messages": [{"role": "user", "content": "hi"}], 
 
 @pytest.fixture(scope="module")
 def cluster(redis, tmp_path_factory):
-    cluster = Cluster(POOLS, tmp_path_factory.mktemp("replicas"), speed=8.0, gateways=3, redis_url=redis.url,
-                      admin_token=TOKEN)
+    cluster = Cluster(
+        POOLS, tmp_path_factory.mktemp("replicas"), speed=8.0, gateways=3, redis_url=redis.url, admin_token=TOKEN
+    )
     cluster.start()
     yield cluster
     cluster.stop()
 
 
-def call(url: str, method: str = "GET", body: dict | bytes | None = None, token: str | None = TOKEN,
-         headers: dict | None = None) -> tuple[int, dict, dict]:
+def call(
+    url: str,
+    method: str = "GET",
+    body: dict | bytes | None = None,
+    token: str | None = TOKEN,
+    headers: dict | None = None,
+) -> tuple[int, dict, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -45,8 +52,9 @@ def call(url: str, method: str = "GET", body: dict | bytes | None = None, token:
 
 
 def pool_for_small_request(gateway_url: str) -> str:
-    status, _, headers = call(gateway_url + "/v1/chat/completions", "POST", SMALL, token=None,
-                              headers={"x-emulator-output-tokens": "4"})
+    status, _, headers = call(
+        gateway_url + "/v1/chat/completions", "POST", SMALL, token=None, headers={"x-emulator-output-tokens": "4"}
+    )
     assert status == 200
     return headers["x-ricardo-pool"]
 
@@ -67,8 +75,9 @@ def test_price_change_on_one_replica_reroutes_the_others_within_a_second(cluster
 
 def test_backend_added_on_one_replica_is_used_by_all(cluster):
     url = cluster.emulate_more("L4")
-    status, answer, _ = call(cluster.urls[1] + "/admin/pools", "POST",
-                             {"name": "l4", "hardware": "L4", "backends": [url]})
+    status, answer, _ = call(
+        cluster.urls[1] + "/admin/pools", "POST", {"name": "l4", "hardware": "L4", "backends": [url]}
+    )
     assert status == 201, answer
     deadline = time.monotonic() + 5
     for gateway in cluster.urls:  # L4 is the cheapest for tiny requests once its backend is healthy
@@ -77,17 +86,20 @@ def test_backend_added_on_one_replica_is_used_by_all(cluster):
             time.sleep(0.1)
 
 
-@pytest.mark.parametrize("method, path, body, token, status", [
-    ("PUT", "/admin/pools/a10g/price", {"price_per_hour": 2.0}, None, 401),
-    ("PUT", "/admin/pools/a10g/price", {"price_per_hour": 2.0}, "wrong-token-000000000000", 401),
-    ("PUT", "/admin/pools/a10g/price", b"{nope", TOKEN, 400),
-    ("PUT", "/admin/pools/a10g/price", {"price_per_hour": -3}, TOKEN, 422),
-    ("PUT", "/admin/pools/a10g/price", {"price": 3}, TOKEN, 422),
-    ("PUT", "/admin/pools/nosuch/price", {"price_per_hour": 3}, TOKEN, 404),
-    ("POST", "/admin/pools", {"name": "x", "hardware": "TPU-v9", "backends": []}, TOKEN, 422),
-    ("PUT", "/admin/policy", {"policy": "astrology"}, TOKEN, 422),
-    ("PUT", "/admin/slo", {"ttft_ms": 0, "tpot_ms": 50}, TOKEN, 422),
-])
+@pytest.mark.parametrize(
+    "method, path, body, token, status",
+    [
+        ("PUT", "/admin/pools/a10g/price", {"price_per_hour": 2.0}, None, 401),
+        ("PUT", "/admin/pools/a10g/price", {"price_per_hour": 2.0}, "wrong-token-000000000000", 401),
+        ("PUT", "/admin/pools/a10g/price", b"{nope", TOKEN, 400),
+        ("PUT", "/admin/pools/a10g/price", {"price_per_hour": -3}, TOKEN, 422),
+        ("PUT", "/admin/pools/a10g/price", {"price": 3}, TOKEN, 422),
+        ("PUT", "/admin/pools/nosuch/price", {"price_per_hour": 3}, TOKEN, 404),
+        ("POST", "/admin/pools", {"name": "x", "hardware": "TPU-v9", "backends": []}, TOKEN, 422),
+        ("PUT", "/admin/policy", {"policy": "astrology"}, TOKEN, 422),
+        ("PUT", "/admin/slo", {"ttft_ms": 0, "tpot_ms": 50}, TOKEN, 422),
+    ],
+)
 def test_bad_admin_calls_are_refused_and_change_nothing(cluster, method, path, body, token, status):
     before = call(cluster.url + "/admin/pools")[1]
     code, answer, headers = call(cluster.url + path, method, body, token=token)
@@ -117,8 +129,12 @@ async def _load(urls: list[str], seconds: float, results: list):
                 n += 1
                 started = time.monotonic()
                 try:
-                    async with session.post(url, json=SMALL, headers={"x-emulator-output-tokens": "8"},
-                                            timeout=aiohttp.ClientTimeout(total=20)) as response:
+                    async with session.post(
+                        url,
+                        json=SMALL,
+                        headers={"x-emulator-output-tokens": "8"},
+                        timeout=aiohttp.ClientTimeout(total=20),
+                    ) as response:
                         await response.read()
                         results.append((response.status, time.monotonic() - started))
                 except (aiohttp.ClientError, TimeoutError) as exc:

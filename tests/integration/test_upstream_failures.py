@@ -24,8 +24,9 @@ def cluster(tmp_path_factory):
 
 
 def post(cluster: Cluster, **headers: str) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(cluster.url + "/v1/chat/completions", data=BODY,
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        cluster.url + "/v1/chat/completions", data=BODY, headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), json.loads(response.read())

@@ -43,18 +43,23 @@ class FakeServer:
         chat = request.path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         if "test-fail-429" in prompt:
-            return web.json_response({"error": {"message": "too many requests", "type": "rate_limit",
-                                                "param": None, "code": 429}}, status=429)
+            return web.json_response(
+                {"error": {"message": "too many requests", "type": "rate_limit", "param": None, "code": 429}},
+                status=429,
+            )
         if "test-no-stream" in prompt:
             return web.json_response({"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}}]})
         if "test-hang" in prompt:
             await asyncio.sleep(60)
         n_output = int(request.headers.get("x-emulator-output-tokens") or body.get("max_tokens") or 8)
         prompt_tokens = len(prompt.split())
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream",
-            "x-ricardo-pool": "small" if prompt_tokens < 100 else "large",
-            "x-ricardo-cost-usd": f"{1e-6 * (prompt_tokens + n_output):.9f}"})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "x-ricardo-pool": "small" if prompt_tokens < 100 else "large",
+                "x-ricardo-cost-usd": f"{1e-6 * (prompt_tokens + n_output):.9f}",
+            }
+        )
         await response.prepare(request)
         await asyncio.sleep(self.ttft_s)
         for i in range(n_output):
@@ -66,9 +71,20 @@ class FakeServer:
                 await response.write(_event({"error": {"message": "engine died", "type": "server_error"}}))
                 return response
         if (body.get("stream_options") or {}).get("include_usage"):
-            await response.write(_event({"id": "x", "model": MODEL, "choices": [], "usage": {
-                "prompt_tokens": prompt_tokens, "completion_tokens": n_output,
-                "total_tokens": prompt_tokens + n_output}}))
+            await response.write(
+                _event(
+                    {
+                        "id": "x",
+                        "model": MODEL,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": n_output,
+                            "total_tokens": prompt_tokens + n_output,
+                        },
+                    }
+                )
+            )
         await response.write(b"data: [DONE]\n\n")
         self.completed += 1
         return response

@@ -32,8 +32,14 @@ async def server():
 
 async def loadgen(*args: str, interrupt_when: Callable[[], bool] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *LOADGEN, *args, "--no-progress", cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *LOADGEN,
+        *args,
+        "--no-progress",
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     if interrupt_when is not None:
         while not interrupt_when() and proc.returncode is None:
             await asyncio.sleep(0.02)
@@ -64,18 +70,33 @@ async def test_chat_replay_measures_streams_errors_and_pools(server, tmp_path):
     # arrivals 50 ms apart while each response takes > 200 ms: open loop keeps ~5 in flight
     lines = [{"timestamp_s": 0.05 * i, "input_tokens": 20, "output_tokens": 5 + i % 3} for i in range(12)]
     lines += [{"timestamp_s": 0.6 + 0.05 * i, "input_tokens": 300, "output_tokens": 12} for i in range(4)]
-    lines += [{"timestamp_s": 0.3, "prompt": "test-fail-429 now", "output_tokens": 3},
-              {"timestamp_s": 0.35, "prompt": "test-fail-stream now", "output_tokens": 3}]
+    lines += [
+        {"timestamp_s": 0.3, "prompt": "test-fail-429 now", "output_tokens": 3},
+        {"timestamp_s": 0.35, "prompt": "test-fail-stream now", "output_tokens": 3},
+    ]
     out = tmp_path / "out"
-    code, stdout, stderr = await loadgen("--url", server.url + "/v1", "--trace", write_trace(tmp_path / "t.jsonl", lines),
-                                         "--out", str(out), "--duration", "5", "--drain-timeout", "5")
+    code, stdout, stderr = await loadgen(
+        "--url",
+        server.url + "/v1",
+        "--trace",
+        write_trace(tmp_path / "t.jsonl", lines),
+        "--out",
+        str(out),
+        "--duration",
+        "5",
+        "--drain-timeout",
+        "5",
+    )
     assert code == 0, stderr
     summary, records = read_out(out)
     overall = summary["overall"]
     assert (overall["count"], overall["ok"], overall["errors"]) == (18, 16, 2)
     assert summary["run"]["model"] == MODEL  # the first id of /v1/models
-    assert {name: (g["count"], g["errors"]) for name, g in summary["pools"].items()} == \
-        {"small": (13, 1), "large": (4, 0), "-": (1, 1)}
+    assert {name: (g["count"], g["errors"]) for name, g in summary["pools"].items()} == {
+        "small": (13, 1),
+        "large": (4, 0),
+        "-": (1, 1),
+    }
     assert TTFT_S * 1000 <= overall["ttft_ms"]["p50"] < TTFT_S * 1000 + 150
     assert ITL_S * 1000 <= overall["tpot_ms"]["p50"] < ITL_S * 1000 + 20
     assert summary["run"]["lag_ms"]["max"] < 100  # nobody waited for the slow responses
@@ -106,9 +127,28 @@ async def test_completions_max_tokens_mode_and_slo_headers(server, tmp_path):
     lines = [{"timestamp_s": 0.02 * i, "input_tokens": 40, "output_tokens": 4 + i} for i in range(6)]
     out = tmp_path / "out"
     code, _, stderr = await loadgen(
-        "--url", server.url, "--trace", write_trace(tmp_path / "t.jsonl", lines), "--out", str(out),
-        "--endpoint", "completions", "--length-mode", "max_tokens", "--no-length-header", "--model", "other",
-        "--slo-ttft-ms", "150", "--slo-tpot-ms", "30", "--max-requests", "5", "--speed", "2")
+        "--url",
+        server.url,
+        "--trace",
+        write_trace(tmp_path / "t.jsonl", lines),
+        "--out",
+        str(out),
+        "--endpoint",
+        "completions",
+        "--length-mode",
+        "max_tokens",
+        "--no-length-header",
+        "--model",
+        "other",
+        "--slo-ttft-ms",
+        "150",
+        "--slo-tpot-ms",
+        "30",
+        "--max-requests",
+        "5",
+        "--speed",
+        "2",
+    )
     assert code == 0, stderr
     summary, records = read_out(out)
     assert summary["overall"]["count"] == 5 and summary["overall"]["errors"] == 0
@@ -124,20 +164,36 @@ async def test_completions_max_tokens_mode_and_slo_headers(server, tmp_path):
 
 
 async def test_timeouts_and_plain_json_are_errors_and_ctrl_c_still_writes_the_report(server, tmp_path):
-    trace = write_trace(tmp_path / "t.jsonl", [{"timestamp_s": 0.0, "prompt": "test-hang", "output_tokens": 2},
-                                               {"timestamp_s": 0.1, "input_tokens": 10, "output_tokens": 2},
-                                               {"timestamp_s": 0.1, "prompt": "test-no-stream", "output_tokens": 2}])
-    code, _, stderr = await loadgen("--url", server.url, "--trace", trace, "--out", str(tmp_path / "a"),
-                                    "--timeout", "1")
+    trace = write_trace(
+        tmp_path / "t.jsonl",
+        [
+            {"timestamp_s": 0.0, "prompt": "test-hang", "output_tokens": 2},
+            {"timestamp_s": 0.1, "input_tokens": 10, "output_tokens": 2},
+            {"timestamp_s": 0.1, "prompt": "test-no-stream", "output_tokens": 2},
+        ],
+    )
+    code, _, stderr = await loadgen(
+        "--url", server.url, "--trace", trace, "--out", str(tmp_path / "a"), "--timeout", "1"
+    )
     assert code == 0, stderr
     summary, records = read_out(tmp_path / "a")
-    assert [r["error"] for r in records] == \
-        ["timeout after 1 s", None, "not an event stream (content-type application/json)"]
+    assert [r["error"] for r in records] == [
+        "timeout after 1 s",
+        None,
+        "not an event stream (content-type application/json)",
+    ]
 
     finished_before = server.completed
     # SIGINT once the quick request is done and the test-hang one is still in flight
-    code, _, stderr = await loadgen("--url", server.url, "--trace", trace, "--out", str(tmp_path / "b"),
-                                    interrupt_when=lambda: server.completed > finished_before)
+    code, _, stderr = await loadgen(
+        "--url",
+        server.url,
+        "--trace",
+        trace,
+        "--out",
+        str(tmp_path / "b"),
+        interrupt_when=lambda: server.completed > finished_before,
+    )
     assert code == 130, stderr
     summary, records = read_out(tmp_path / "b")
     assert summary["run"]["interrupted"] is True
@@ -147,21 +203,25 @@ async def test_timeouts_and_plain_json_are_errors_and_ctrl_c_still_writes_the_re
 
 async def test_max_concurrency_queues_requests_and_reports_the_wait_as_lag(server, tmp_path):
     trace = write_trace(tmp_path / "t.jsonl", [{"timestamp_s": 0.0, "input_tokens": 10, "output_tokens": 2}] * 3)
-    code, _, stderr = await loadgen("--url", server.url, "--trace", trace, "--out", str(tmp_path / "out"),
-                                    "--max-concurrency", "1")
+    code, _, stderr = await loadgen(
+        "--url", server.url, "--trace", trace, "--out", str(tmp_path / "out"), "--max-concurrency", "1"
+    )
     assert code == 0, stderr
     _, records = read_out(tmp_path / "out")
     lags = sorted(r["lag_ms"] for r in records)
     assert lags[0] < 50 and lags[1] >= TTFT_S * 1000 and lags[2] >= 2 * TTFT_S * 1000
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--trace", "azure-nope"], 2, "unknown trace 'azure-nope'"),
-    (["--trace", "azure-conv", "--speed", "0"], 2, "--speed must be > 0"),
-    (["--trace", "azure-conv", "--start", "99999"], 2, "no request of azure-conv arrives"),
-    (["--trace", "azure-conv", "--duration", "1", "--url", "ftp://x"], 2, "--url must be an http(s) URL"),
-    (["--trace", "azure-conv", "--duration", "1"], 1, "cannot reach"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--trace", "azure-nope"], 2, "unknown trace 'azure-nope'"),
+        (["--trace", "azure-conv", "--speed", "0"], 2, "--speed must be > 0"),
+        (["--trace", "azure-conv", "--start", "99999"], 2, "no request of azure-conv arrives"),
+        (["--trace", "azure-conv", "--duration", "1", "--url", "ftp://x"], 2, "--url must be an http(s) URL"),
+        (["--trace", "azure-conv", "--duration", "1"], 1, "cannot reach"),
+    ],
+)
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, capsys, args, code, message):
     if "--url" not in args:
         args = [*args, "--url", f"http://127.0.0.1:{free_port()}"]

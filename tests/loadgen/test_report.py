@@ -8,31 +8,48 @@ from ricardo.loadgen.report import format_summary, group_summary, stats, summari
 SLO = {"slo_ttft_ms": 500.0, "slo_tpot_ms": 50.0}
 
 
-def record(outcome="ok", ttft=100.0, tpot=20.0, e2e=1000.0, tokens=10, prompt=100, pool=None, cost=None,
-           lag=1.0, chunks=None):
+def record(
+    outcome="ok", ttft=100.0, tpot=20.0, e2e=1000.0, tokens=10, prompt=100, pool=None, cost=None, lag=1.0, chunks=None
+):
     ok = outcome == "ok"
-    return {"outcome": outcome, "ttft_ms": ttft if ok else None, "tpot_ms": tpot if ok else None,
-            "e2e_ms": e2e if ok else None, "latency_per_token_ms": e2e / tokens if ok and tokens else None,
-            "completion_tokens": tokens if ok else None, "prompt_tokens": prompt if ok else None,
-            "prompt_tokens_estimated": False, "completion_tokens_estimated": False, "pool": pool,
-            "cost_usd": cost, "lag_ms": lag, "chunk_ms": chunks or []}
+    return {
+        "outcome": outcome,
+        "ttft_ms": ttft if ok else None,
+        "tpot_ms": tpot if ok else None,
+        "e2e_ms": e2e if ok else None,
+        "latency_per_token_ms": e2e / tokens if ok and tokens else None,
+        "completion_tokens": tokens if ok else None,
+        "prompt_tokens": prompt if ok else None,
+        "prompt_tokens_estimated": False,
+        "completion_tokens_estimated": False,
+        "pool": pool,
+        "cost_usd": cost,
+        "lag_ms": lag,
+        "chunk_ms": chunks or [],
+    }
 
 
 def test_stats_are_numpy_percentiles_and_skip_missing_values():
     values = [5.0, 1.0, None, 3.0, 10.0, 7.0]
     present = [5.0, 1.0, 3.0, 10.0, 7.0]
-    assert stats(values) == {"p50": 5.0, "p90": pytest.approx(np.percentile(present, 90)),
-                             "p99": pytest.approx(np.percentile(present, 99)), "mean": pytest.approx(5.2)}
+    assert stats(values) == {
+        "p50": 5.0,
+        "p90": pytest.approx(np.percentile(present, 90)),
+        "p99": pytest.approx(np.percentile(present, 99)),
+        "mean": pytest.approx(5.2),
+    }
     assert stats([]) == {"p50": None, "p90": None, "p99": None, "mean": None}
 
 
 def test_slo_attainment_counts_errors_as_misses_and_skips_tpot_below_two_tokens():
-    records = [record(),                               # meets both
-               record(ttft=600.0),                     # TTFT miss
-               record(tpot=80.0),                      # TPOT miss
-               record(tpot=None, tokens=1),            # one token: only TTFT checked, meets
-               record(outcome="error"),                # miss
-               record(outcome="cancelled")]            # left out (Ctrl-C)
+    records = [
+        record(),  # meets both
+        record(ttft=600.0),  # TTFT miss
+        record(tpot=80.0),  # TPOT miss
+        record(tpot=None, tokens=1),  # one token: only TTFT checked, meets
+        record(outcome="error"),  # miss
+        record(outcome="cancelled"),
+    ]  # left out (Ctrl-C)
     group = group_summary(records, wall_s=2.0, **SLO)
     assert (group["count"], group["ok"], group["errors"], group["cancelled"]) == (5, 4, 1, 1)
     assert group["slo_attainment"] == pytest.approx(2 / 5)
@@ -48,8 +65,7 @@ def test_inter_token_gaps_pool_all_requests():
 
 
 def test_cost_sums_headers_and_prices_per_million_tokens():
-    records = [record(cost=0.002, tokens=100, prompt=900), record(cost=0.001, tokens=50, prompt=50),
-               record(cost=None)]
+    records = [record(cost=0.002, tokens=100, prompt=900), record(cost=0.001, tokens=50, prompt=50), record(cost=None)]
     group = group_summary(records, wall_s=1.0, **SLO)
     assert group["cost_usd"] == pytest.approx(0.003)
     assert group["usd_per_million_tokens"] == pytest.approx(0.003 / 1100 * 1e6)
@@ -58,8 +74,12 @@ def test_cost_sums_headers_and_prices_per_million_tokens():
 
 
 def test_summary_groups_by_pool_header():
-    records = [record(pool="h100", ttft=50.0), record(pool="h100", ttft=70.0), record(pool="l4", ttft=900.0),
-               record(outcome="error")]
+    records = [
+        record(pool="h100", ttft=50.0),
+        record(pool="h100", ttft=70.0),
+        record(pool="l4", ttft=900.0),
+        record(outcome="error"),
+    ]
     summary = summarize(records, run={"wall_s": 1.0, "scheduled": 5}, **SLO)
     assert summary["schema"] == "ricardo.loadgen.summary/1"
     assert set(summary["pools"]) == {"h100", "l4", "-"}

@@ -3,8 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from ricardo.loadgen.traces import (NAMED_TRACES, TraceError, TraceRequest, read_trace, select, untimed,
-                                    with_poisson_arrivals)
+from ricardo.loadgen.traces import (
+    NAMED_TRACES,
+    TraceError,
+    TraceRequest,
+    read_trace,
+    select,
+    untimed,
+    with_poisson_arrivals,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 AIBRIX = SHARED_DATA / "prompts" / "sharegpt_aibrix" / "8min_up_and_down.jsonl"
@@ -31,10 +38,12 @@ def test_named_azure_traces_are_bundled_whole(name, rows):
 
 def test_azure_csv_file(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                    "2023-11-16 18:15:47.5000000,100,7\n"
-                    "2023-11-16 18:15:46.2500000,374,44\n"
-                    "2023-11-16 18:16:46.2500000,5,1\n")
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:47.5000000,100,7\n"
+        "2023-11-16 18:15:46.2500000,374,44\n"
+        "2023-11-16 18:16:46.2500000,5,1\n"
+    )
     assert read_trace(str(path)) == [TraceRequest(0.0, 374, 44), TraceRequest(1.25, 100, 7), TraceRequest(60.0, 5, 1)]
 
 
@@ -49,7 +58,9 @@ def test_lengths_only_csvs_are_untimed_and_get_poisson_arrivals(tmp_path):
     lmsys = tmp_path / "lmsys.csv"
     lmsys.write_text("13,263\n52,434\n506,380\n")
     sharegpt = tmp_path / "sharegpt.csv"
-    sharegpt.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n74,918,992,0.08\n290,905,1195,0.3\n")
+    sharegpt.write_text(
+        "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n74,918,992,0.08\n290,905,1195,0.3\n"
+    )
     requests = read_trace(str(lmsys))
     assert [(r.input_tokens, r.output_tokens) for r in requests] == [(13, 263), (52, 434), (506, 380)]
     assert untimed(requests)
@@ -59,17 +70,29 @@ def test_lengths_only_csvs_are_untimed_and_get_poisson_arrivals(tmp_path):
     assert timed[0].arrival_s == 0.0
     assert 2900 / 50 * 0.9 < timed[-1].arrival_s < 3000 / 50 * 1.1
     assert sorted((r.input_tokens, r.output_tokens) for r in timed) == sorted(
-        (r.input_tokens, r.output_tokens) for r in requests * 1000)
+        (r.input_tokens, r.output_tokens) for r in requests * 1000
+    )
 
 
 def test_aibrix_jsonl_keeps_prompt_text_and_groups(tmp_path):
-    path = write_lines(tmp_path / "w.jsonl", [
-        {"timestamp": 2500, "requests": [{"Prompt Length": 3, "Output Length": 9, "prompt": "why is sky"},
-                                         {"Prompt Length": 4, "Output Length": 1, "prompt": "a b c d"}]},
-        {"timestamp": 1000, "requests": [{"Prompt Length": 2, "Output Length": 5, "prompt": "hi there"}]},
-    ])
-    assert read_trace(path) == [TraceRequest(0.0, 2, 5, "hi there"), TraceRequest(1.5, 3, 9, "why is sky"),
-                                TraceRequest(1.5, 4, 1, "a b c d")]
+    path = write_lines(
+        tmp_path / "w.jsonl",
+        [
+            {
+                "timestamp": 2500,
+                "requests": [
+                    {"Prompt Length": 3, "Output Length": 9, "prompt": "why is sky"},
+                    {"Prompt Length": 4, "Output Length": 1, "prompt": "a b c d"},
+                ],
+            },
+            {"timestamp": 1000, "requests": [{"Prompt Length": 2, "Output Length": 5, "prompt": "hi there"}]},
+        ],
+    )
+    assert read_trace(path) == [
+        TraceRequest(0.0, 2, 5, "hi there"),
+        TraceRequest(1.5, 3, 9, "why is sky"),
+        TraceRequest(1.5, 4, 1, "a b c d"),
+    ]
 
 
 @pytest.mark.skipif(not AIBRIX.is_file(), reason="../shared/data is not beside the repo")
@@ -81,10 +104,13 @@ def test_real_aibrix_workload():
 
 
 def test_simple_jsonl_with_timestamps(tmp_path):
-    path = write_lines(tmp_path / "s.jsonl", [
-        {"timestamp_s": 10.0, "input_tokens": 100, "output_tokens": 20},
-        {"timestamp_s": 12.5, "prompt": "hello world", "input_tokens": 7, "output_tokens": 3},
-    ])
+    path = write_lines(
+        tmp_path / "s.jsonl",
+        [
+            {"timestamp_s": 10.0, "input_tokens": 100, "output_tokens": 20},
+            {"timestamp_s": 12.5, "prompt": "hello world", "input_tokens": 7, "output_tokens": 3},
+        ],
+    )
     assert read_trace(path) == [TraceRequest(0.0, 100, 20), TraceRequest(2.5, 7, 3, "hello world")]
 
 
@@ -98,12 +124,17 @@ def test_simple_jsonl_without_timestamps_is_one_burst(tmp_path):
     assert [r.arrival_s for r in read_trace(path)] == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("records, message", [
-    ([{"timestamp_s": 1, "input_tokens": 5, "output_tokens": 1}, {"input_tokens": 5, "output_tokens": 1}],
-     "timestamp on 1 of 2 lines"),
-    ([{"timestamp_s": 1, "output_tokens": 1}], "needs 'prompt' or 'input_tokens'"),
-    ([{"timestamp_s": 1, "input_tokens": 3}], "output_tokens"),
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        (
+            [{"timestamp_s": 1, "input_tokens": 5, "output_tokens": 1}, {"input_tokens": 5, "output_tokens": 1}],
+            "timestamp on 1 of 2 lines",
+        ),
+        ([{"timestamp_s": 1, "output_tokens": 1}], "needs 'prompt' or 'input_tokens'"),
+        ([{"timestamp_s": 1, "input_tokens": 3}], "output_tokens"),
+    ],
+)
 def test_simple_jsonl_errors_name_the_problem(tmp_path, records, message):
     with pytest.raises(TraceError, match=message):
         read_trace(write_lines(tmp_path / "bad.jsonl", records))

@@ -55,8 +55,9 @@ def test_only_price_set_price_and_headroom(capsys, book):
 def test_profile_in_the_melange_format(capsys):
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not beside the repo")
-    out = plan_json(capsys, "--profile", str(SHARED / "profiles" / "melange_llama2_7b.json"),
-                    "--workload", "arena", "--rate", "4")
+    out = plan_json(
+        capsys, "--profile", str(SHARED / "profiles" / "melange_llama2_7b.json"), "--workload", "arena", "--rate", "4"
+    )
     assert out["cost_per_hour"] > 0 and out["profiles"][0].endswith("melange_llama2_7b.json")
 
 
@@ -73,8 +74,10 @@ def test_length_csvs_without_timestamps_need_a_rate(tmp_path, capsys, book):
     two_columns = tmp_path / "lengths.csv"
     two_columns.write_text("10,20\n300,400\n10,20\n3000,30\n")
     sharegpt = tmp_path / "sharegpt.csv"
-    sharegpt.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n"
-                        "10,20,30,0.5\n300,400,700,0.75\n10,20,30,0.5\n3000,30,3030,100\n")
+    sharegpt.write_text(
+        "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n"
+        "10,20,30,0.5\n300,400,700,0.75\n10,20,30,0.5\n3000,30,3030,100\n"
+    )
     expected = plan(book.histogram([10, 300, 10, 3000], [20, 400, 20, 30]) * 2, book)
     for path in (two_columns, sharegpt):
         out = plan_json(capsys, "--workload", str(path), "--rate", "2")
@@ -85,13 +88,17 @@ def test_length_csvs_without_timestamps_need_a_rate(tmp_path, capsys, book):
 
 def test_timestamped_traces_default_to_their_mean_rate(tmp_path, capsys):
     azure = tmp_path / "azure.csv"
-    azure.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                     "2023-11-16 18:15:46.000,374,44\n2023-11-16 18:15:48.000,30,300\n2023-11-16 18:15:50.000,900,9\n")
+    azure.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.000,374,44\n2023-11-16 18:15:48.000,30,300\n2023-11-16 18:15:50.000,900,9\n"
+    )
     assert plan_json(capsys, "--workload", str(azure))["rate"] == pytest.approx(0.5)  # 2 gaps in 4 s
     aibrix = tmp_path / "aibrix.jsonl"
-    aibrix.write_text('{"timestamp": 0, "requests": [{"Prompt Length": 10, "Output Length": 5}]}\n'
-                      '{"timestamp": 500, "requests": [{"Prompt Length": 300, "Output Length": 50},'
-                      ' {"Prompt Length": 20, "Output Length": 500}]}\n')
+    aibrix.write_text(
+        '{"timestamp": 0, "requests": [{"Prompt Length": 10, "Output Length": 5}]}\n'
+        '{"timestamp": 500, "requests": [{"Prompt Length": 300, "Output Length": 50},'
+        ' {"Prompt Length": 20, "Output Length": 500}]}\n'
+    )
     out = plan_json(capsys, "--workload", str(aibrix))
     assert out["rate"] == pytest.approx(4.0) and "3 requests" in out["workload"]  # 2 gaps in 0.5 s
     assert plan_json(capsys, "--workload", str(aibrix), "--rate", "1")["rate"] == 1
@@ -107,16 +114,19 @@ def test_unservable_sizes_are_an_error_unless_dropped(tmp_path, capsys):
     assert out["single_type"]["L4"] is not None  # compared on what the mixed fleet serves
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--workload", "nope", "--rate", "1"], "neither a file nor a known name"),
-    (["--workload", "arena", "--rate", "1", "--only", "B200"], "unknown hardware"),
-    (["--workload", "arena", "--rate", "1", "--price", "A10G"], "TYPE=USD"),
-    (["--workload", "arena", "--rate", "1", "--price", "B200=1"], "no profile for hardware"),
-    (["--workload", "arena", "--rate", "-1"], "--rate must be >= 0"),
-    (["--workload", "arena", "--rate", "1", "--price-set", "nope"], "unknown price set"),
-    (["--workload", "arena", "--rate", "1", "--profile", "/nonexistent.json"], "No such file"),
-    (["--workload", "arena", "--rate", "1", "--profile", "x.json", "--include-estimated"], "--include-estimated"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workload", "nope", "--rate", "1"], "neither a file nor a known name"),
+        (["--workload", "arena", "--rate", "1", "--only", "B200"], "unknown hardware"),
+        (["--workload", "arena", "--rate", "1", "--price", "A10G"], "TYPE=USD"),
+        (["--workload", "arena", "--rate", "1", "--price", "B200=1"], "no profile for hardware"),
+        (["--workload", "arena", "--rate", "-1"], "--rate must be >= 0"),
+        (["--workload", "arena", "--rate", "1", "--price-set", "nope"], "unknown price set"),
+        (["--workload", "arena", "--rate", "1", "--profile", "/nonexistent.json"], "No such file"),
+        (["--workload", "arena", "--rate", "1", "--profile", "x.json", "--include-estimated"], "--include-estimated"),
+    ],
+)
 def test_bad_input_is_a_clear_error(capsys, argv, message):
     assert ricardo_plan(*argv) == 2
     err = capsys.readouterr().err
@@ -124,8 +134,13 @@ def test_bad_input_is_a_clear_error(capsys, argv, message):
 
 
 def test_bad_workload_files(tmp_path, capsys):
-    cases = {"bad.json": "[[0.5, -1]]", "wide.json": json.dumps([[0.1] * 7]), "bad.csv": "a,b\nx,y\n",
-             "three.csv": "1,2,3\n4,5,6\n", "trace.txt": "1,2\n"}
+    cases = {
+        "bad.json": "[[0.5, -1]]",
+        "wide.json": json.dumps([[0.1] * 7]),
+        "bad.csv": "a,b\nx,y\n",
+        "three.csv": "1,2,3\n4,5,6\n",
+        "trace.txt": "1,2\n",
+    }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         assert ricardo_plan("--workload", str(tmp_path / name), "--rate", "1") == 2, name

@@ -53,8 +53,15 @@ def _lp_feasible(load, ok, counts) -> bool:
     a_ub = np.zeros((n_types, n_buckets * n_types))
     for t in range(n_types):
         a_ub[t, t::n_types] = load[:, t]
-    result = linprog(np.zeros(n_buckets * n_types), A_ub=a_ub, b_ub=counts, A_eq=a_eq, b_eq=np.ones(n_buckets),
-                     bounds=list(zip(np.zeros(ok.size), ok.ravel().astype(float))), method="highs")
+    result = linprog(
+        np.zeros(n_buckets * n_types),
+        A_ub=a_ub,
+        b_ub=counts,
+        A_eq=a_eq,
+        b_eq=np.ones(n_buckets),
+        bounds=list(zip(np.zeros(ok.size), ok.ravel().astype(float))),
+        method="highs",
+    )
     return result.status == 0
 
 
@@ -66,9 +73,15 @@ def _slices_feasible(load, ok, counts, n_slices) -> bool:
     a_ub = np.zeros((n_types, n * n_types))
     for t in range(n_types):
         a_ub[t, t::n_types] = load[:, t]
-    result = milp(np.zeros(n * n_types), integrality=np.ones(n * n_types), bounds=Bounds(0, ok.ravel().astype(float)),
-                  constraints=[LinearConstraint(np.kron(np.eye(n), np.ones(n_types)), 1, 1),
-                               LinearConstraint(a_ub, -np.inf, counts)])
+    result = milp(
+        np.zeros(n * n_types),
+        integrality=np.ones(n * n_types),
+        bounds=Bounds(0, ok.ravel().astype(float)),
+        constraints=[
+            LinearConstraint(np.kron(np.eye(n), np.ones(n_types)), 1, 1),
+            LinearConstraint(a_ub, -np.inf, counts),
+        ],
+    )
     return result.status == 0
 
 
@@ -114,11 +127,12 @@ def lp_lower_bound(book, rates, types) -> float:
     a_eq = np.hstack([np.kron(np.eye(n_buckets), np.ones(n_types)), np.zeros((n_buckets, n_types))])
     a_ub = np.zeros((n_types, n_buckets * n_types + n_types))
     for t in range(n_types):
-        a_ub[t, t:n_buckets * n_types:n_types] = load[:, t]
+        a_ub[t, t : n_buckets * n_types : n_types] = load[:, t]
         a_ub[t, n_buckets * n_types + t] = -1.0
     bounds = list(zip(np.zeros(ok.size), ok.ravel().astype(float))) + [(0, None)] * n_types
-    result = linprog(cost, A_ub=a_ub, b_ub=np.zeros(n_types), A_eq=a_eq, b_eq=np.ones(n_buckets), bounds=bounds,
-                     method="highs")
+    result = linprog(
+        cost, A_ub=a_ub, b_ub=np.zeros(n_types), A_eq=a_eq, b_eq=np.ones(n_buckets), bounds=bounds, method="highs"
+    )
     assert result.status == 0
     return result.fun
 
@@ -132,8 +146,9 @@ def test_plan_is_the_optimum_by_brute_force(book, arena, rate, only):
     assert types == (only or list(SINGLE))
     assert result.optimal and result.solve_seconds < 1.0
     assert_plan_feasible(book, rates, result)
-    cheaper, checked = cheaper_feasible_fleets(book, rates, types, book.prices, result.cost_per_hour,
-                                               result.slice_factor)
+    cheaper, checked = cheaper_feasible_fleets(
+        book, rates, types, book.prices, result.cost_per_hour, result.slice_factor
+    )
     assert cheaper == [], f"cheaper feasible fleets exist: {cheaper}"
     assert checked["maximal"] > 0 or result.cost_per_hour == min(book.prices[hw] for hw in types)
     lower = lp_lower_bound(book, rates, types)
@@ -149,10 +164,17 @@ def test_plan_is_the_optimum_by_brute_force(book, arena, rate, only):
 def test_slicing_matters_where_a_bucket_must_be_split():
     """One bucket of 2.5 req/s; X serves 1/s for $1/h, Y 2/s for $1.9/h. X+Y ($2.9) fits only if the
     bucket is split 1:3 or finer; whole (N=1) or halves (N=2) need 3 x X ($3)."""
-    book = ProfileBook(model=None, slo_tpot_ms=100, slo_ttft_ms=None, input_edges=[10], output_edges=[10],
-                       tables={"X": np.array([[1.0]]), "Y": np.array([[2.0]])},
-                       sources={"X": "measured", "Y": "measured"},
-                       prices={"X": 1.0, "Y": 1.9}, price_set="test")
+    book = ProfileBook(
+        model=None,
+        slo_tpot_ms=100,
+        slo_ttft_ms=None,
+        input_edges=[10],
+        output_edges=[10],
+        tables={"X": np.array([[1.0]]), "Y": np.array([[2.0]])},
+        sources={"X": "measured", "Y": "measured"},
+        prices={"X": 1.0, "Y": 1.9},
+        price_set="test",
+    )
     rates = np.array([[2.5]])
     for n_slices, cost, fleet in [(1, 3.0, {"X": 3, "Y": 0}), (2, 3.0, {"X": 3, "Y": 0}), (4, 2.9, {"X": 1, "Y": 1})]:
         result = plan(rates, book, slice_factor=n_slices)
@@ -187,9 +209,12 @@ def test_mixed_fleet_is_cheaper_than_any_single_type_on_arena(book, arena, capsy
         assert mixed.cost_per_hour <= min(single.values()) + 1e-9
         fleet = ", ".join(f"{n} {hw}" for hw, n in mixed.allocation.items() if n)
         saving = 1 - mixed.cost_per_hour / min(single.values())
-        lines.append(f"{rate:>6} " + " ".join(f"{single[hw]:>15.2f}" for hw in SINGLE)
-                     + f" {mixed.cost_per_hour:>9.2f}  {fleet} (saves {saving:.0%} vs the best single type;"
-                     f" {mixed.solve_seconds * 1000:.0f} ms)")
+        lines.append(
+            f"{rate:>6} "
+            + " ".join(f"{single[hw]:>15.2f}" for hw in SINGLE)
+            + f" {mixed.cost_per_hour:>9.2f}  {fleet} (saves {saving:.0%} vs the best single type;"
+            f" {mixed.solve_seconds * 1000:.0f} ms)"
+        )
     with capsys.disabled():
         print("\nArena mix, Mélange prices, $/h:\n" + "\n".join(lines))
 
@@ -221,13 +246,16 @@ def test_unservable_buckets_are_an_error_or_dropped(book):
         plan(long_input, book, only=["L4", "A10G"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"only": ["B200"]}, "unknown hardware"),
-    ({"slice_factor": 0}, "slice factor"),
-    ({"headroom": 1.0}, "headroom"),
-    ({"prices": {}}, "no candidate"),
-    ({"prices": {"B200": 5.0}}, "without a profile"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"only": ["B200"]}, "unknown hardware"),
+        ({"slice_factor": 0}, "slice factor"),
+        ({"headroom": 1.0}, "headroom"),
+        ({"prices": {}}, "no candidate"),
+        ({"prices": {"B200": 5.0}}, "without a profile"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(book, arena, kwargs, message):
     with pytest.raises(PlanError, match=message):
         plan(arena, book, **kwargs)

@@ -5,7 +5,14 @@ from dataclasses import replace
 import pytest
 
 from ricardo.policies.routing import (
-    POLICIES, SLACK_TARGET, capacity_share, cost_aware, get_policy, melange, predicted_slack, round_robin,
+    POLICIES,
+    SLACK_TARGET,
+    capacity_share,
+    cost_aware,
+    get_policy,
+    melange,
+    predicted_slack,
+    round_robin,
     safe_utilization,
 )
 from ricardo.policies.types import SLO, PoolView, RequestShape
@@ -24,8 +31,10 @@ def book() -> ProfileBook:
 
 def fleet(book, replicas=2, **changes) -> list[PoolView]:
     """One pool per hardware type at Mélange prices; `changes` = {pool name: {field: value}}."""
-    return [PoolView(hw, hw, book.price(hw), replicas, **changes.get(hw.replace("-", "_"), {}))
-            for hw in book.hardware_names()]
+    return [
+        PoolView(hw, hw, book.price(hw), replicas, **changes.get(hw.replace("-", "_"), {}))
+        for hw in book.hardware_names()
+    ]
 
 
 def names(choices) -> list[str]:
@@ -152,8 +161,9 @@ def test_every_policy_is_deterministic(book, policy):
     rank = get_policy(policy)
     pools = fleet(book, L4={"in_flight": 3, "in_flight_load": 0.4})
     for draw, index in [(0.0, 0), (0.37, 5), (0.999, 12)]:
-        assert rank(LONG_INPUT, pools, book, draw=draw, index=index) == rank(LONG_INPUT, pools, book,
-                                                                             draw=draw, index=index)
+        assert rank(LONG_INPUT, pools, book, draw=draw, index=index) == rank(
+            LONG_INPUT, pools, book, draw=draw, index=index
+        )
 
 
 def test_round_robin_shares_requests_by_replica_count(book):
@@ -165,8 +175,11 @@ def test_round_robin_shares_requests_by_replica_count(book):
 
 
 def test_least_outstanding_prefers_fewest_in_flight_per_replica(book):
-    pools = [PoolView("a", "L4", 0.7, 1, in_flight=3), PoolView("b", "A10G", 1.01, 4, in_flight=8),
-             PoolView("c", "H100", 7.5, 2, in_flight=1)]
+    pools = [
+        PoolView("a", "L4", 0.7, 1, in_flight=3),
+        PoolView("b", "A10G", 1.01, 4, in_flight=8),
+        PoolView("c", "H100", 7.5, 2, in_flight=1),
+    ]
     assert names(get_policy("least-outstanding")(TINY, pools, book)) == ["c", "b", "a"]
 
 
@@ -197,7 +210,8 @@ def test_capacity_share_is_littles_law_at_the_operating_point(book):
     # at max_rps arrivals, each lasting TPOT x output, the replica is exactly full
     assert rps * (0.120 * 300) * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT) == pytest.approx(1.0)
     assert capacity_share(book, "A10G", 300, 300, SLO(2000, 60)) == pytest.approx(
-        2 * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT))
+        2 * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT)
+    )
     assert capacity_share(book, "L4", 5000, 300, SLO_DEFAULT) == 1.0  # not profiled: a whole replica
     assert capacity_share(book, "L4", 20, 0, SLO_DEFAULT) == capacity_share(book, "L4", 20, 1, SLO_DEFAULT)
 

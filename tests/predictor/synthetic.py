@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 KEYWORD = "zebracorn"
-WORDS = ("please write tell explain summarise a the about my our for with and short note invoice shipment garden "
-         "recipe budget travel engine poem contract lesson weather report letter").split()
+WORDS = (
+    "please write tell explain summarise a the about my our for with and short note invoice shipment garden "
+    "recipe budget travel engine poem contract lesson weather report letter"
+).split()
 
 
 def requests(n: int, seed: int, model: str = "synthetic") -> list[tuple[dict, int]]:

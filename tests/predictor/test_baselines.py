@@ -15,15 +15,15 @@ def test_melange_buckets_by_its_input_edges_and_falls_back_to_the_global_mean():
     melange = MelangeBucketMean()
     for input_tokens, output in ((10, 100), (25, 300), (26, 7), (100, 9)):
         melange.observe(input_tokens, output)
-    assert melange.predict(1) == 200          # bucket (0, 25]
-    assert melange.predict(60) == 8           # bucket (25, 100]
+    assert melange.predict(1) == 200  # bucket (0, 25]
+    assert melange.predict(60) == 8  # bucket (25, 100]
     assert melange.predict(5000) == pytest.approx((100 + 300 + 7 + 9) / 4)
 
 
 def test_aibrix_draws_powers_of_two_from_the_input_bucket_reproducibly():
     def draws(seed):
         aibrix = AIBrixBucketHistogram(seed)
-        for output in (30, 34, 1000):       # log2 buckets 5, 5, 10 for inputs in bucket round(log2(100)) = 7
+        for output in (30, 34, 1000):  # log2 buckets 5, 5, 10 for inputs in bucket round(log2(100)) = 7
             aibrix.observe(100, output)
         aibrix.observe(4000, 2)
         return [aibrix.predict(110) for _ in range(200)]

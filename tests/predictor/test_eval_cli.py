@@ -6,8 +6,16 @@ from ricardo.predictor.datasets import write_rows
 
 from .synthetic import requests
 
-REQUIRED = {"mae", "baselines", "p90_coverage", "predict_us_p99", "count_input_tokens_us_p99",
-            "count_and_predict_us_p99", "n_train", "n_test"}
+REQUIRED = {
+    "mae",
+    "baselines",
+    "p90_coverage",
+    "predict_us_p99",
+    "count_input_tokens_us_p99",
+    "count_and_predict_us_p99",
+    "n_train",
+    "n_test",
+}
 BASELINES = {"global_mean", "melange_bucket_mean", "aibrix_bucket_histogram", "1.5x_input"}
 
 
@@ -26,9 +34,22 @@ def test_eval_prints_one_json_object_with_the_scores(tmp_path):
     write_rows(train, rows(300, seed=10, as_messages=False) + rows(100, seed=11, as_messages=True))
     write_rows(test, rows(80, seed=12, as_messages=True) + rows(40, seed=13, as_messages=False))
     result = subprocess.run(
-        [sys.executable, "-c", "from ricardo.cli import main; raise SystemExit(main())",
-         "predictor", "eval", "--train", str(train), "--test", str(test), "--json"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from ricardo.cli import main; raise SystemExit(main())",
+            "predictor",
+            "eval",
+            "--train",
+            str(train),
+            "--test",
+            str(test),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     assert REQUIRED <= scores.keys() and BASELINES <= scores["baselines"].keys()

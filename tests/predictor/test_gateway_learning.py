@@ -43,8 +43,11 @@ def serve(learning: PredictorLearning, traffic) -> None:
 
 
 def mae(learning: PredictorLearning, traffic) -> float:
-    return float(np.mean([abs(learning.predictor.predict(features_from_body(body, 20)).p50 - actual)
-                          for body, actual in traffic]))
+    return float(
+        np.mean(
+            [abs(learning.predictor.predict(features_from_body(body, 20)).p50 - actual) for body, actual in traffic]
+        )
+    )
 
 
 async def until(condition, timeout_s: float = 60.0) -> None:
@@ -116,10 +119,12 @@ async def test_outcomes_of_another_release_or_malformed_are_skipped(reservoir):
     leader = replica(store, "a", reservoir)
     await leader.tick()
     record = features_from_body({"prompt": "hello"}, 3).to_record()
-    outboxes = {"old": {"epoch": "e", "feature_version": FEATURE_VERSION - 1, "outcomes": [[1, record, 50]]},
-                "bad": {"epoch": "e", "feature_version": FEATURE_VERSION, "outcomes": [[1, [None] * len(record), 50]]},
-                "odd": {"feature_version": FEATURE_VERSION, "outcomes": []},  # no epoch
-                "good": {"epoch": "e", "feature_version": FEATURE_VERSION, "outcomes": [[1, record, 50]]}}
+    outboxes = {
+        "old": {"epoch": "e", "feature_version": FEATURE_VERSION - 1, "outcomes": [[1, record, 50]]},
+        "bad": {"epoch": "e", "feature_version": FEATURE_VERSION, "outcomes": [[1, [None] * len(record), 50]]},
+        "odd": {"feature_version": FEATURE_VERSION, "outcomes": []},  # no epoch
+        "good": {"epoch": "e", "feature_version": FEATURE_VERSION, "outcomes": [[1, record, 50]]},
+    }
     for name, document in outboxes.items():
         await store.push_stats(ANNOUNCE + name, {}, 60)
         await store.put_blob(OUTBOX_BLOB + name, zlib.compress(json.dumps(document).encode()))

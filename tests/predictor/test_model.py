@@ -6,10 +6,19 @@ import time
 import numpy as np
 import pytest
 
-from ricardo.predictor.features import (DENSE_NAMES, HEAD_CHARS, TAIL_CHARS, RequestFeatures,
-                                        features_from_body)
-from ricardo.predictor.model import (DEFAULT_MODEL, DEFAULT_RESERVOIR, OutputLengthPredictor, fit, fit_model,
-                                     TermIndex, load_reservoir, refit_executor, stop_executor, vocabulary_columns)
+from ricardo.predictor.features import DENSE_NAMES, HEAD_CHARS, TAIL_CHARS, RequestFeatures, features_from_body
+from ricardo.predictor.model import (
+    DEFAULT_MODEL,
+    DEFAULT_RESERVOIR,
+    OutputLengthPredictor,
+    fit,
+    fit_model,
+    TermIndex,
+    load_reservoir,
+    refit_executor,
+    stop_executor,
+    vocabulary_columns,
+)
 from ricardo.predictor.tokens import InputTokenCounter
 
 from .synthetic import requests
@@ -76,11 +85,27 @@ def test_features_see_the_body_only():
 
 
 def test_chat_and_completions_bodies_and_content_parts():
-    chat = features_from_body({"model": "m", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Name two "}, {"type": "image_url", "image_url": {}},
-                                     {"type": "text", "text": "rivers?"}]}],
-        "temperature": 0.2, "stop": ["\n"], "response_format": {"type": "json_object"}, "tools": [{}]}, 20)
+    chat = features_from_body(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Name two "},
+                        {"type": "image_url", "image_url": {}},
+                        {"type": "text", "text": "rivers?"},
+                    ],
+                },
+            ],
+            "temperature": 0.2,
+            "stop": ["\n"],
+            "response_format": {"type": "json_object"},
+            "tools": [{}],
+        },
+        20,
+    )
     assert chat.text == "Be brief.\nName two rivers?" and chat.messages == 2 and chat.has_system and chat.is_chat
     assert (chat.temperature, chat.has_stop, chat.json_mode, chat.has_tools) == (0.2, True, True, True)
     completion = features_from_body({"model": "m", "prompt": ["Once upon", "a time"], "max_tokens": 9}, 5)
@@ -161,7 +186,8 @@ def busy_predictor(reservoir):
 async def test_a_refit_in_a_thread_lets_predictions_flow(busy_predictor):
     loop = asyncio.get_running_loop()
     max_gap, predictions, duration = await _max_gap_while(
-        busy_predictor, lambda: loop.run_in_executor(None, busy_predictor.refit))
+        busy_predictor, lambda: loop.run_in_executor(None, busy_predictor.refit)
+    )
     assert busy_predictor.info["version"] == 2
     assert predictions > 100 and max_gap < min(0.3, duration / 3)
 
@@ -170,8 +196,7 @@ async def test_a_refit_in_a_process_lets_predictions_flow(busy_predictor):
     pool = refit_executor(niceness=0)  # not niced here: with the machine busy a niced worker may wait for long
     try:
         pool.submit(int).result()
-        max_gap, predictions, duration = await _max_gap_while(busy_predictor,
-                                                              lambda: busy_predictor.refit_async(pool))
+        max_gap, predictions, duration = await _max_gap_while(busy_predictor, lambda: busy_predictor.refit_async(pool))
     finally:
         stop_executor(pool)
     assert busy_predictor.info["version"] == 2
@@ -205,8 +230,13 @@ def test_a_malformed_features_record_is_refused():
     record = features_from_body({"prompt": "hello", "max_tokens": 5, "temperature": 0.5}, 3).to_record()
     assert RequestFeatures.from_record(list(record)).to_record() == record
     fields = {name: i for i, name in enumerate(RequestFeatures.__slots__)}
-    for name, bad in (("text", None), ("input_tokens", -1), ("temperature", float("nan")), ("max_tokens", 10 ** 400),
-                      ("has_stop", "yes")):
+    for name, bad in (
+        ("text", None),
+        ("input_tokens", -1),
+        ("temperature", float("nan")),
+        ("max_tokens", 10**400),
+        ("has_stop", "yes"),
+    ):
         broken = list(record)
         broken[fields[name]] = bad
         with pytest.raises(ValueError, match=name):

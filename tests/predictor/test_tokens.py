@@ -9,8 +9,14 @@ MESSAGES = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "How many legs do three spiders and two cats have in total?"},
     {"role": "assistant", "content": "32."},
-    {"role": "user", "content": [{"type": "text", "text": "Explain "}, {"type": "image_url", "image_url": {"url": "x"}},
-                                 {"type": "text", "text": "step by step."}]},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Explain "},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": "step by step."},
+        ],
+    },
 ]
 
 
@@ -29,8 +35,12 @@ def test_llama3_counts_match_the_rendered_chat_template():
 @pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
 def test_openai_encodings_follow_the_published_per_message_rule(encoding):
     tokenizer = quicktok.get_encoding(encoding)
-    texts = ["You are a terse assistant.", "How many legs do three spiders and two cats have in total?", "32.",
-             "Explain step by step."]
+    texts = [
+        "You are a terse assistant.",
+        "How many legs do three spiders and two cats have in total?",
+        "32.",
+        "Explain step by step.",
+    ]
     expected = 3 + sum(3 + tokenizer.count(m["role"]) + tokenizer.count(t) for m, t in zip(MESSAGES, texts))
     assert InputTokenCounter(encoding).count_messages(MESSAGES) == expected
 
@@ -55,8 +65,10 @@ def test_exact_mode_ignores_backend_reports():
 def test_estimate_converges_toward_reported_counts():
     exact = InputTokenCounter("llama3")
     estimate = InputTokenCounter(None)
-    prompts = [f"Request {i}: summarise the attached report about quarterly sales in region {i % 7}. " * (1 + i % 5)
-               for i in range(300)]
+    prompts = [
+        f"Request {i}: summarise the attached report about quarterly sales in region {i % 7}. " * (1 + i % 5)
+        for i in range(300)
+    ]
 
     def relative_error(prompt: str) -> float:
         return abs(estimate.count_prompt(prompt) - exact.count_prompt(prompt)) / exact.count_prompt(prompt)

@@ -9,8 +9,15 @@ import yaml
 from pydantic import ValidationError
 
 from ricardo.profiles.catalog import (
-    DATA_DIR, GPU_CATALOG, PRICE_COLUMNS, ProfileBook, book_from_profiles, default_profile_paths, load_book,
-    load_default_book, load_prices,
+    DATA_DIR,
+    GPU_CATALOG,
+    PRICE_COLUMNS,
+    ProfileBook,
+    book_from_profiles,
+    default_profile_paths,
+    load_book,
+    load_default_book,
+    load_prices,
 )
 from ricardo.profiles.schema import ProfileFile, read_profile_file
 
@@ -37,7 +44,7 @@ def test_shipped_book_is_the_measured_melange_profile(book, melange_data):
     assert all(book.source(hw) == "measured" for hw in book.hardware_names())
     for hw, table in melange_data["gpus"].items():
         for i, row in enumerate(table["max_rps"]):
-            assert book.capacity(hw)[i, :len(row)].tolist() == row
+            assert book.capacity(hw)[i, : len(row)].tolist() == row
 
 
 def test_bucket_upper_edges_are_inclusive(book):
@@ -125,7 +132,10 @@ def test_histogram_counts_requests_in_their_buckets(book):
 
 def _own_profile(**changes) -> dict:
     data = {
-        "what": "test", "model": "llama2-7b", "slo_tpot_ms": 120, "slo_ttft_ms": 2000,
+        "what": "test",
+        "model": "llama2-7b",
+        "slo_tpot_ms": 120,
+        "slo_ttft_ms": 2000,
         "input_bucket_upper_edges": [25, 100, 250, 500, 1000, 2000, 4000, 8000, 12000, 16000],
         "output_bucket_upper_edges": [25, 100, 250, 500, 1000, 2000],
         "gpus": {
@@ -157,14 +167,17 @@ def test_merge_refuses_another_grid_or_slo(tmp_path):
         load_book(MELANGE, path)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"input_bucket_upper_edges": [25, 25, 100]}, "increase strictly"),
-    ({"output_bucket_upper_edges": [25]}, "columns but there are 1 output buckets"),
-    ({"gpus": {"X": {"max_rps": [[-1.0]]}}}, "greater than or equal to 0"),
-    ({"gpus": {"X": {"max_rps": [[1.0]], "source": "guessed"}}}, "measured"),
-    ({"workloads": {"w": {"fraction": [[0.5, 0.4]]}}}, "not 1"),
-    ({"slo_tpot_ms": 0}, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"input_bucket_upper_edges": [25, 25, 100]}, "increase strictly"),
+        ({"output_bucket_upper_edges": [25]}, "columns but there are 1 output buckets"),
+        ({"gpus": {"X": {"max_rps": [[-1.0]]}}}, "greater than or equal to 0"),
+        ({"gpus": {"X": {"max_rps": [[1.0]], "source": "guessed"}}}, "measured"),
+        ({"workloads": {"w": {"fraction": [[0.5, 0.4]]}}}, "not 1"),
+        ({"slo_tpot_ms": 0}, "greater than 0"),
+    ],
+)
 def test_schema_rejects_malformed_profiles(changes, message):
     with pytest.raises(ValidationError, match=message):
         ProfileFile.model_validate(_own_profile(**changes))
@@ -233,6 +246,8 @@ def test_bucket_request_seconds_are_the_mean_per_bucket(book):
     inputs, outputs = [260, 490, 30], [260, 490, 30]
     grid = book.bucket_request_seconds("A100-80GB", inputs, outputs)
     i, j = book.bucket(260, 260)
-    assert grid[i, j] == pytest.approx((1 / book.rate_at("A100-80GB", 260, 260) + 1 / book.rate_at("A100-80GB", 490, 490)) / 2)
+    assert grid[i, j] == pytest.approx(
+        (1 / book.rate_at("A100-80GB", 260, 260) + 1 / book.rate_at("A100-80GB", 490, 490)) / 2
+    )
     assert grid[0, 0] == pytest.approx(1 / book.max_rps_at("A100-80GB", 0, 0))  # no request there: the table
     assert np.isinf(book.bucket_request_seconds("L4", [3000], [10])).sum() >= 1

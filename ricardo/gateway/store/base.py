@@ -30,6 +30,7 @@ class StoreUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Versioned:
     """One version of a record: the config document as canonical JSON, or a blob."""
+
     version: int
     data: bytes
 

@@ -45,8 +45,13 @@ class CircuitBreaker:
         if self.closed:
             self.degraded_since = time.time()
             self._cooloff_s = self.base_cooloff_s
-            log.warning("%s unreachable (%s): serving the last known state, probing every %.1f-%.1f s",
-                        self.name, self.last_error, self.base_cooloff_s, self.max_cooloff_s)
+            log.warning(
+                "%s unreachable (%s): serving the last known state, probing every %.1f-%.1f s",
+                self.name,
+                self.last_error,
+                self.base_cooloff_s,
+                self.max_cooloff_s,
+            )
         elif probe:
             self._cooloff_s = min(2 * self._cooloff_s, self.max_cooloff_s)
         else:

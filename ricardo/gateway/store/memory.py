@@ -62,5 +62,11 @@ class MemoryStore(StateStore):
             del self._leases[name]
 
     def status(self) -> dict:
-        return {"backend": self.backend, "connected": True, "last_error": None, "degraded_since": None,
-                "config_version": None if self._known is None else self._known.version, "dropped_writes": 0}
+        return {
+            "backend": self.backend,
+            "connected": True,
+            "last_error": None,
+            "degraded_since": None,
+            "config_version": None if self._known is None else self._known.version,
+            "dropped_writes": 0,
+        }

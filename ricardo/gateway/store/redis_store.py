@@ -42,6 +42,7 @@ from ricardo.gateway.store.scripts import ACQUIRE, PULL_STATS, PUSH_STATS, PUT, 
 log = logging.getLogger("ricardo.gateway.store")
 T = TypeVar("T")
 
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -49,15 +50,27 @@ def _ms(seconds: float) -> int:
 class RedisStore(StateStore):
     backend = "redis"
 
-    def __init__(self, url: str, namespace: str = "ricardo", *, timeout_s: float = 0.25,
-                 reconcile_interval_s: float = 1.0, cooloff_s: float = 1.0, max_cooloff_s: float = 8.0):
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "ricardo",
+        *,
+        timeout_s: float = 0.25,
+        reconcile_interval_s: float = 1.0,
+        cooloff_s: float = 1.0,
+        max_cooloff_s: float = 8.0,
+    ):
         super().__init__()
         self.reconcile_interval_s = reconcile_interval_s
         # One immediate retry, on a connection error only: a pooled connection that Redis closed (say, by
         # restarting) fails at once and is reconnected, instead of opening the breaker. No retry on
         # timeouts (a hung Redis would cost twice the timeout); beyond that the breaker decides.
-        self._redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
         address = self._redis.connection_pool.connection_kwargs
         where = address.get("path") or f"{address.get('host', 'localhost')}:{address.get('port', 6379)}"
         self._breaker = CircuitBreaker(f"redis at {where}", cooloff_s, max_cooloff_s)
@@ -66,7 +79,8 @@ class RedisStore(StateStore):
         self._channel = self._prefix + "config:changed"
         self._seed, self._update, self._put, self._push_stats, self._pull_stats, self._acquire, self._release = (
             self._redis.register_script(source)
-            for source in (SEED, UPDATE, PUT, PUSH_STATS, PULL_STATS, ACQUIRE, RELEASE))
+            for source in (SEED, UPDATE, PUT, PUSH_STATS, PULL_STATS, ACQUIRE, RELEASE)
+        )
         self._stats = LiveStats()
         self._blobs: dict[str, Versioned] = {}
         self._pubsub: PubSub | None = None
@@ -96,17 +110,23 @@ class RedisStore(StateStore):
         version, data = await self._call(lambda: self._seed(keys=[key], args=[record.version, record.data, channel]))
         return Versioned(int(version), data)
 
-    async def _sync_record(self, key: str, known: Versioned | None, channel: str = "",
-                           probe: bool = False) -> Versioned | None:
+    async def _sync_record(
+        self, key: str, known: Versioned | None, channel: str = "", probe: bool = False
+    ) -> Versioned | None:
         """The record in force, fetching its content only if it differs from `known`, and writing `known`
         back if Redis lost the record (or holds an older provisional one)."""
         version, digest, provisional = await self._call(
-            lambda: self._redis.hmget(key, "version", "digest", "provisional"), probe)
+            lambda: self._redis.hmget(key, "version", "digest", "provisional"), probe
+        )
         if known is not None and (version is None or (provisional and int(version) < known.version)):
             record = await self._write_back(key, known, channel)
             if record == known:
-                log.warning("redis had %s for %s; wrote back version %d from this replica", "nothing"
-                            if version is None else f"an older provisional version {int(version)}", key, known.version)
+                log.warning(
+                    "redis had %s for %s; wrote back version %d from this replica",
+                    "nothing" if version is None else f"an older provisional version {int(version)}",
+                    key,
+                    known.version,
+                )
             return record
         if version is None:
             return None
@@ -117,8 +137,13 @@ class RedisStore(StateStore):
             return known
         record = Versioned(int(version), data)
         if known is not None and record.version <= known.version:
-            log.warning("%s: replacing this replica's version %d with version %d written by another replica "
-                        "(redis lost data or was unreachable meanwhile)", key, known.version, record.version)
+            log.warning(
+                "%s: replacing this replica's version %d with version %d written by another replica "
+                "(redis lost data or was unreachable meanwhile)",
+                key,
+                known.version,
+                record.version,
+            )
         return record
 
     # -- config ------------------------------------------------------------------------------
@@ -147,8 +172,11 @@ class RedisStore(StateStore):
             raise self._unavailable()
         async with self._config_lock:
             known = self._known or Versioned(0, b"")
-            version = await self._call(lambda: self._update(
-                keys=[self._config_key], args=[expected_version, data, self._channel, known.data, known.version]))
+            version = await self._call(
+                lambda: self._update(
+                    keys=[self._config_key], args=[expected_version, data, self._channel, known.data, known.version]
+                )
+            )
             if version == 0:
                 return None
             await self._deliver(Versioned(version, data))
@@ -222,29 +250,35 @@ class RedisStore(StateStore):
     async def push_stats(self, replica_id: str, stats: dict, ttl_s: float) -> None:
         self._stats.put(replica_id, stats, ttl_s)
         try:
-            await self._call(lambda: self._push_stats(
-                keys=[f"{self._prefix}stats:{replica_id}", f"{self._prefix}stats"],
-                args=[json.dumps(stats), _ms(ttl_s), replica_id]))
+            await self._call(
+                lambda: self._push_stats(
+                    keys=[f"{self._prefix}stats:{replica_id}", f"{self._prefix}stats"],
+                    args=[json.dumps(stats), _ms(ttl_s), replica_id],
+                )
+            )
         except StoreUnavailable:
             self.dropped_writes += 1
 
     async def pull_stats(self) -> dict[str, dict]:
         try:
-            flat = await self._call(lambda: self._pull_stats(keys=[f"{self._prefix}stats"],
-                                                             args=[f"{self._prefix}stats:"]))
+            flat = await self._call(
+                lambda: self._pull_stats(keys=[f"{self._prefix}stats"], args=[f"{self._prefix}stats:"])
+            )
         except StoreUnavailable:
             return self._stats.live()  # the last entries seen, each until its own expiry
         now = time.monotonic()
-        self._stats.replace({flat[i].decode(): (now + int(flat[i + 2]) / 1000, json.loads(flat[i + 1]))
-                             for i in range(0, len(flat), 3)})
+        self._stats.replace(
+            {flat[i].decode(): (now + int(flat[i + 2]) / 1000, json.loads(flat[i + 1])) for i in range(0, len(flat), 3)}
+        )
         return self._stats.live()
 
     # -- blobs -----------------------------------------------------------------------------
     async def put_blob(self, name: str, data: bytes) -> int | None:
         known = self._blobs.get(name)
         try:
-            version = await self._call(lambda: self._put(keys=[f"{self._prefix}blob:{name}"],
-                                                         args=[data, known.version if known else 0]))
+            version = await self._call(
+                lambda: self._put(keys=[f"{self._prefix}blob:{name}"], args=[data, known.version if known else 0])
+            )
         except StoreUnavailable:
             self.dropped_writes += 1
             return None
@@ -265,8 +299,9 @@ class RedisStore(StateStore):
     # -- leases ----------------------------------------------------------------------------
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         try:
-            return bool(await self._call(lambda: self._acquire(keys=[f"{self._prefix}lease:{name}"],
-                                                               args=[holder, _ms(ttl_s)])))
+            return bool(
+                await self._call(lambda: self._acquire(keys=[f"{self._prefix}lease:{name}"], args=[holder, _ms(ttl_s)]))
+            )
         except StoreUnavailable:
             return False
 
@@ -276,7 +311,11 @@ class RedisStore(StateStore):
 
     # -- health ----------------------------------------------------------------------------
     def status(self) -> dict:
-        return {"backend": self.backend, "connected": self._breaker.closed,
-                "last_error": self._breaker.last_error, "degraded_since": self._breaker.degraded_since,
-                "config_version": None if self._known is None else self._known.version,
-                "dropped_writes": self.dropped_writes}
+        return {
+            "backend": self.backend,
+            "connected": self._breaker.closed,
+            "last_error": self._breaker.last_error,
+            "degraded_since": self._breaker.degraded_since,
+            "config_version": None if self._known is None else self._known.version,
+            "dropped_writes": self.dropped_writes,
+        }
