@@ -11,7 +11,6 @@ sized at u = 1 keeps 99% of requests within SLO, and what `policies.routing.pred
 from __future__ import annotations
 
 import numpy as np
-
 from ricardo.emulator.calibrate import Measurement, max_rate
 from ricardo.emulator.virtual import run_fixed_size
 from ricardo.profiles.engine_params import load_engine_params

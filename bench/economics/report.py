@@ -123,7 +123,7 @@ def plot(results: list[dict], path: Path) -> None:
                 ys = [v if isinstance(v, float) else (v["cost_per_hour"] if v else float("nan")) for v in values]
                 ax.plot(
                     rates,
-                    [y / x for y, x in zip(ys, rates)],
+                    [y / x for y, x in zip(ys, rates, strict=True)],
                     marker="o",
                     label=name,
                     linestyle="--" if name == "bound" else "-",

@@ -30,13 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ricardo.emulator.cluster import TraceRequest
 from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, mean_rate, servable
 from ricardo.loadgen.traces import read_trace, select, untimed, with_poisson_arrivals
 from ricardo.policies.types import SLO
 from ricardo.profiles.engine_params import engine_catalog
+from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / ".." / "shared" / "data" / "traces" / "lengths"

@@ -29,14 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from ricardo.predictor import model
+from ricardo.predictor.evaluate import cross_validation_folds, read_samples
 from scipy import sparse
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import QuantileRegressor
 from tqdm import tqdm
-
-from ricardo.predictor import model
-from ricardo.predictor.evaluate import cross_validation_folds, read_samples
 
 BINS = 8
 NEIGHBOURS, NEIGHBOUR_SHRINK, NEIGHBOUR_WEIGHT = 20, 0.5, 0.3

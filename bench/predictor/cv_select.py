@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from ricardo.predictor import model
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.evaluate import cross_validation_folds, read_samples
@@ -43,7 +42,7 @@ def main() -> None:
 
     defaults = {name: getattr(model, name) for name in GRID}
     for values in itertools.product(*GRID.values()):
-        setting = dict(zip(GRID, values))
+        setting = dict(zip(GRID, values, strict=True))
         vars(model).update(setting)
         errors, covered = [], []
         for train, test in folds:

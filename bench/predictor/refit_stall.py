@@ -17,7 +17,6 @@ import itertools
 import time
 
 import numpy as np
-
 from ricardo.predictor.datasets import gsm8k_rows, sharegpt_rows
 from ricardo.predictor.features import features_from_body
 from ricardo.predictor.model import OutputLengthPredictor, refit_executor, stop_executor

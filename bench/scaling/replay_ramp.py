@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from ricardo.gateway.scaling import Hints, PoolSpec, ScalingAdvisor
 from ricardo.loadgen.traces import read_trace
 from ricardo.profiles.catalog import ProfileBook, load_default_book
@@ -114,8 +113,8 @@ def figures(run: Replay) -> dict:
     trailing = arrival_rate(run.arrivals, t - w, t)
     centred = arrival_rate(run.arrivals, t - w / 2, t + w / 2)
     cost = run.cost
-    max_shift = int(round((run.window_s + run.hold_s) / run.interval_s))
-    hold_samples = int(round(run.hold_s / run.interval_s))
+    max_shift = round((run.window_s + run.hold_s) / run.interval_s)
+    hold_samples = round(run.hold_s / run.interval_s)
     lag_centred, corr_centred = best_lag(cost, centred, max_shift)
     lag_trailing, _ = best_lag(cost, trailing, max_shift)
     deadband = LOAD_DEADBAND * float(np.ptp(trailing))

@@ -220,7 +220,7 @@ def fit(
     started = time.perf_counter()
 
     def params_at(x: np.ndarray) -> EngineParams:
-        return base.model_copy(update={n: float(math.exp(v)) for n, v in zip(names, x)})
+        return base.model_copy(update={n: float(math.exp(v)) for n, v in zip(names, x, strict=True)})
 
     def table(x: np.ndarray) -> np.ndarray:
         if tuple(x) not in tables:
@@ -414,7 +414,7 @@ def readme(profile: dict, m: Measurement, fitted: dict, estimates: dict, tables:
         "Cells below: model capacity / profile capacity (1.00 = exact).",
         "",
     ]
-    for name, (p, fit_result) in fitted.items():
+    for name, (_, fit_result) in fitted.items():
         full = tables[name]
         model, measured, _ = ragged(rows[name]["max_rps"][:6], full)
         summary = error_summary(model, measured)
@@ -443,7 +443,7 @@ def readme(profile: dict, m: Measurement, fitted: dict, estimates: dict, tables:
                 f"{long['mean_abs_log_error']:.3f}.",
                 "",
             ]
-    header = ["hardware"] + PARAM_COLUMNS
+    header = ["hardware", *PARAM_COLUMNS]
     parts += [
         "## Parameters",
         "",

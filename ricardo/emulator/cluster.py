@@ -91,7 +91,10 @@ class SimResult:
         tokens = sum(r.timing.prompt_tokens + r.timing.output_tokens for r in self.requests)
         met = int(np.sum(lpt <= self.slo.tpot_ms)) if len(lpt) else 0
         hours = self.duration_s / 3600
-        pct = lambda a, q: float(np.percentile(a, q)) if len(a) else math.nan
+
+        def pct(a: np.ndarray, q: float) -> float:
+            return float(np.percentile(a, q)) if len(a) else math.nan
+
         return {
             "requests": len(self.requests),
             "rejected": len(self.requests) - len(served),

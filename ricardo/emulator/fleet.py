@@ -80,14 +80,14 @@ def request_seconds(
     timed = [hw for hw in book.hardware_names() if book.alone_seconds_per_token(hw, 1, 1) is not None]
     factors: dict[str, np.ndarray] = {}
     if slo is not None and timed:
-        sizes = sorted(set(zip(inputs, outputs)))
+        sizes = sorted(set(zip(inputs, outputs, strict=True)))
         safe = {hw: {} for hw in timed}
         for size in sizes:
             alone = {hw: book.alone_seconds_per_token(hw, *size) * 1000 / slo.tpot_ms for hw in timed}
             target = min(slack_target, 0.5 * max(1.0 - a for a in alone.values()))
             for hw, a in alone.items():
                 safe[hw][size] = max(MIN_SAFE_UTILIZATION, safe_utilization(a, target))
-        factors = {hw: np.array([1.0 / safe[hw][size] for size in zip(inputs, outputs)]) for hw in timed}
+        factors = {hw: np.array([1.0 / safe[hw][size] for size in zip(inputs, outputs, strict=True)]) for hw in timed}
     return {hw: book.bucket_request_seconds(hw, inputs, outputs, factors.get(hw)) for hw in book.hardware_names()}
 
 

@@ -13,8 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from ricardo.emulator.server import EmulatedBackend
-from ricardo.protocol.runtime import run_event_loop
 from ricardo.profiles.engine_params import load_engine_params
+from ricardo.protocol.runtime import run_event_loop
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 

@@ -21,8 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ricardo.emulator.engine import Engine, Sequence
 from ricardo.emulator.text import TokenCounter, token_text

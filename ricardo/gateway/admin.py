@@ -199,7 +199,7 @@ async def _set_draining(request: web.Request, draining: bool) -> web.Response:
         pool = _pool_in(doc, name)
         _backend_in(pool, url)
         others = [u for u in pool.get("draining", []) if backend_key(u) != url]
-        pool["draining"] = others + [url] if draining else others
+        pool["draining"] = [*others, url] if draining else others
         return f"backend {url} of pool {name} {'draining' if draining else 'back in service'}"
 
     return await _commit(request, "drain_backend" if draining else "undrain_backend", change)

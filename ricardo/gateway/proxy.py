@@ -9,6 +9,7 @@ that did not ask for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -279,10 +280,8 @@ def _keep(trip: Trip, event: bytes, client_wants_usage: bool) -> bool:
     if trip.first_token_at is None and _has_content(event):
         trip.first_token_at = time.monotonic()
     if b'"usage":{' in event:
-        try:
+        with contextlib.suppress(ValueError, KeyError):
             trip.usage = json.loads(event[event.index(b"{") :])["usage"]
-        except (ValueError, KeyError):
-            pass
         if b'"choices":[]' in event:
             return client_wants_usage
     return True

@@ -37,6 +37,7 @@ class ScalingLoop:
         self.hints: dict | None = None
         self._blob_version: int | None = None
         self._task: asyncio.Task | None = None
+        self._webhooks: set[asyncio.Task] = set()  # the loop holds tasks weakly: a post could be collected mid-flight
 
     def observe(self, input_tokens: int, output_tokens: int) -> None:
         self.advisor.observe(time.time(), input_tokens, output_tokens)
@@ -95,14 +96,18 @@ class ScalingLoop:
             for role, count in roles.items():
                 gauge.labels(pool, role).set(count)
         if changed and self.settings.webhook_url and hints.get("computed_by") == self.state.replica_id:
-            asyncio.create_task(self._post_webhook(hints))
+            task = asyncio.create_task(self._post_webhook(hints))
+            self._webhooks.add(task)
+            task.add_done_callback(self._webhooks.discard)
 
     async def _post_webhook(self, hints: dict) -> None:
         url = str(self.settings.webhook_url)
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-                async with session.post(url, json=hints) as response:
-                    if response.status >= 300:
-                        log.warning("scaling webhook %s answered %d", url, response.status)
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                session.post(url, json=hints) as response,
+            ):
+                if response.status >= 300:
+                    log.warning("scaling webhook %s answered %d", url, response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("scaling webhook %s failed: %s", url, exc)

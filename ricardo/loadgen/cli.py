@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -153,10 +154,8 @@ def _raise_open_file_limit() -> None:
     except ImportError:
         return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
+    with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit is not a valid soft one everywhere
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):  # an unlimited hard limit is not a valid soft one everywhere
-        pass
 
 
 def handle(args: argparse.Namespace) -> int:

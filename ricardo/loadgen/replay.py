@@ -32,7 +32,8 @@ from typing import Literal
 import aiohttp
 from tqdm import tqdm
 
-from ricardo.loadgen.prompts import prepare as prepare_prompts, synthetic_prompt
+from ricardo.loadgen.prompts import prepare as prepare_prompts
+from ricardo.loadgen.prompts import synthetic_prompt
 from ricardo.loadgen.traces import TraceRequest
 
 ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -123,7 +124,7 @@ async def _probe(session: aiohttp.ClientSession, config: ReplayConfig) -> str:
     try:
         async with session.get(url, headers=_auth(config), timeout=aiohttp.ClientTimeout(total=10)) as resp:
             listing = await resp.json(content_type=None) if resp.status == 200 else None
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise ServerUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
     except (aiohttp.ClientError, ValueError):
         listing = None  # reachable, but without a usable model list
@@ -239,7 +240,7 @@ class _Replay:
         except asyncio.CancelledError:
             record.outcome = "cancelled" if self.cancel_reason == "interrupted" else "error"
             record.error = self.cancel_reason or "cancelled"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             record.error = f"timeout after {self.config.timeout_s:g} s"
         except Exception as exc:  # a broken request must never end the run
             record.error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]

@@ -56,7 +56,7 @@ def stats(values: Iterable[float]) -> dict[str, float | None]:
     if array.size == 0:
         return {**{f"p{q}": None for q in PERCENTILES}, "mean": None}
     return {
-        **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES))},
+        **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(array, PERCENTILES), strict=True)},
         "mean": float(array.mean()),
     }
 

@@ -111,7 +111,7 @@ def with_poisson_arrivals(requests: list[TraceRequest], rate: float, seed: int =
     order = rng.permutation(len(requests))
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(requests)))
     arrivals -= arrivals[0]
-    return [replace(requests[i], arrival_s=float(t)) for i, t in zip(order, arrivals)]
+    return [replace(requests[i], arrival_s=float(t)) for i, t in zip(order, arrivals, strict=True)]
 
 
 def read_azure_csv(path: Path) -> list[TraceRequest]:

@@ -10,8 +10,8 @@ minimising sum_g price_g * n_g. Mélange charges every request of a bucket 1 / m
 replica-seconds of a request as long as the bucket's upper edge; given `request_seconds` (the mean
 replica-seconds per request of each bucket for the actual sizes, `ProfileBook.bucket_request_seconds`)
 the load is rate_s x request_seconds_g(bucket_s) instead, which is what ricardo plans with: the upper
-edge overstates the load of a trace's requests by up to 2x. Slices of one bucket are interchangeable, so instead of one binary per
-(slice, type) this solves for y[b, g] in {0..N} = how many of bucket b's N slices go to type g: the
+edge overstates the load of a trace's requests by up to 2x. Slices of one bucket are interchangeable, so instead of one
+binary per (slice, type) this solves for y[b, g] in {0..N} = how many of bucket b's N slices go to type g: the
 same feasible fleets and optimum, without the symmetry that slows branch and bound.
 """
 
@@ -137,13 +137,13 @@ def plan(
     counts = np.round(result.x[n_pairs:]).astype(int)
     assignment = {hw: np.zeros(book.shape) for hw in types}
     used = dict.fromkeys(types, 0.0)
-    for (k, t), y in zip(pairs, slices):
+    for (k, t), y in zip(pairs, slices, strict=True):
         if y:
             assignment[types[t]][tuple(buckets[k])] = y / slice_factor
             used[types[t]] += float(y / slice_factor * load[k, t])
     return Plan(
-        allocation={hw: int(n) for hw, n in zip(types, counts)},
-        cost_per_hour=float(sum(prices[hw] * n for hw, n in zip(types, counts))),
+        allocation={hw: int(n) for hw, n in zip(types, counts, strict=True)},
+        cost_per_hour=float(sum(prices[hw] * n for hw, n in zip(types, counts, strict=True))),
         assignment=assignment,
         load=used,
         unserved_rate=unserved_rate,

@@ -56,7 +56,7 @@ def gsm8k_rows(split: str, data_dir: Path = SHARED_DATA) -> list[dict]:
         counts = [int(row["answer_tokens_llama3"]) for row in csv.DictReader(table)]
     if len(questions) != len(counts):
         raise ValueError(f"gsm8k {split}: {len(questions)} questions but {len(counts)} token counts")
-    return [{"prompt": q, "output_tokens": n} for q, n in zip(questions, counts)]
+    return [{"prompt": q, "output_tokens": n} for q, n in zip(questions, counts, strict=True)]
 
 
 def sharegpt_rows(held_out: bool, data_dir: Path = SHARED_DATA) -> list[dict]:

@@ -151,7 +151,7 @@ class RequestFeatures:
         bad record from another replica would otherwise fail every refit that it is part of)."""
         if not isinstance(record, list) or len(record) != len(RECORD_FIELDS):
             raise ValueError(f"a features record is a list of {len(RECORD_FIELDS)} fields, not {record!r:.80}")
-        for name, value in zip(RECORD_FIELDS, record):
+        for name, value in zip(RECORD_FIELDS, record, strict=True):
             if not isinstance(value, RECORD_TYPES[name]) or (
                 isinstance(value, (int, float)) and not 0 <= value < MAX_RECORD_NUMBER
             ):  # NaN fails too

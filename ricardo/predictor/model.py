@@ -131,7 +131,7 @@ class FittedModel:
         dense_weight = dense_coef / dense_scale
         self._dense_weight = dense_weight.tolist()
         self._base = float(constants[0] - dense_mean @ dense_weight)
-        self._model_weight = dict(zip(model_keys.tolist(), model_coef.tolist()))
+        self._model_weight = dict(zip(model_keys.tolist(), model_coef.tolist(), strict=True))
         self.offset_p50, self.offset_p90 = float(constants[1]), float(constants[2])
 
     def log_prediction(self, features: RequestFeatures) -> float:
@@ -326,7 +326,7 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
         "samples": n,
         "version": version,
         "trained_at": time.time(),
-        "vocabulary": int(len(encoder.vocab)),
+        "vocabulary": len(encoder.vocab),
     }
     constants = np.array([coef[-1] * INTERCEPT_COLUMN, offset_p50, offset_p90])
     return FittedModel(

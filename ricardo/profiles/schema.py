@@ -12,6 +12,7 @@ profiler, or "estimated" from specs) and `note`. Files without `source` are meas
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Literal
@@ -66,7 +67,7 @@ class ProfileFile(BaseModel):
     @field_validator("input_bucket_upper_edges", "output_bucket_upper_edges")
     @classmethod
     def _increasing(cls, edges: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(edges, edges[1:])):
+        if any(b <= a for a, b in itertools.pairwise(edges)):
             raise ValueError(f"bucket edges must increase strictly: {edges}")
         return edges
 

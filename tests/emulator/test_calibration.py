@@ -9,12 +9,12 @@ state exactly as the calibration measures (calibrate.Measurement).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
 
 import pytest
-
 from ricardo.emulator.calibrate import Measurement, max_rate, slo_margin
 from ricardo.profiles.engine_params import EngineParams, engine_catalog, load_engine_params
 
@@ -117,7 +117,7 @@ def test_estimated_profile_has_the_measured_profiles_shape():
         assert len(rows) == 10 and all(len(r) == 6 for r in rows), name
         assert all(v >= 0 for r in rows for v in r), name
         assert rows[0][0] > 0, name  # the smallest request is servable everywhere
-        for shorter, longer in zip(rows, rows[1:]):  # a longer prompt never raises capacity (2 % noise)
-            assert all(b <= 1.02 * a for a, b in zip(shorter, longer)), name
+        for shorter, longer in itertools.pairwise(rows):  # a longer prompt never raises capacity (2 % noise)
+            assert all(b <= 1.02 * a for a, b in zip(shorter, longer, strict=True)), name
     assert ESTIMATED["gpus"]["CPU"]["max_rps"][5][0] == 0  # a 2000-token prompt alone breaks 120 ms/token
     assert all(entry["source"] == "estimated" for entry in ESTIMATED["gpus"].values())

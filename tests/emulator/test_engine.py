@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from ricardo.emulator.engine import Engine, Sequence
 from ricardo.emulator.virtual import Timing, VirtualEngine, run_fixed_size
 from ricardo.profiles.engine_params import EngineParams

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from ricardo.emulator.calibrate import Measurement, max_rate
 from ricardo.emulator.cluster import TraceRequest
 from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, plan_fleet, servable
@@ -26,7 +25,8 @@ def poisson_trace(rate: float, count: int, seed: int = 0) -> list[TraceRequest]:
     inputs = rng.integers(20, 1500, size=count)
     outputs = rng.integers(20, 400, size=count)
     return [
-        TraceRequest(float(t), int(i), int(o)) for t, i, o in zip(poisson_arrivals(rate, count, seed), inputs, outputs)
+        TraceRequest(float(t), int(i), int(o))
+        for t, i, o in zip(poisson_arrivals(rate, count, seed), inputs, outputs, strict=True)
     ]
 
 

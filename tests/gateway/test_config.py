@@ -1,7 +1,6 @@
 import pytest
 import yaml
 from pydantic import ValidationError
-
 from ricardo.gateway.config import GatewayConfig, load_config
 
 

@@ -1,8 +1,9 @@
 """The SSE relay's per-event decisions: usage capture, usage-chunk stripping, first-token time."""
 
+import json
+
 from ricardo.gateway.proxy import Trip, _keep, _upstream_body
 from ricardo.policies.types import SLO, RequestShape
-import json
 
 SHAPE = RequestShape("m", 10, 5, 9, SLO(1000, 100))
 

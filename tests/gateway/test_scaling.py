@@ -1,4 +1,5 @@
 import importlib.util
+import itertools
 import json
 import random
 import sys
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ricardo.gateway.scaling import Damper, PoolSpec, RequestWindow, ScalingAdvisor, merge_summaries, plan_replicas
 from ricardo.profiles.catalog import ProfileBook, load_default_book
 
@@ -74,7 +74,7 @@ def test_merged_replica_summaries_equal_one_window_that_saw_everything(book):
     arrivals = np.sort(rng.uniform(0, 30, 500))
     sizes = rng.integers(1, 5000, size=(500, 2))
     whole, first, second = (RequestWindow(20.0, book, start=0.0) for _ in range(3))
-    for k, (t, (i, o)) in enumerate(zip(arrivals, sizes)):
+    for k, (t, (i, o)) in enumerate(zip(arrivals, sizes, strict=True)):
         whole.observe(t, i, o)
         (first if k % 3 else second).observe(t, i, o)
     shared = [json.loads(json.dumps(w.snapshot(30.0).to_dict())) for w in (first, second)]  # via a store
@@ -108,15 +108,15 @@ def test_damper_scales_up_at_once_and_down_only_after_the_hold():
 
 
 def direction_changes(values) -> int:
-    steps = [b - a for a, b in zip(values, values[1:]) if b != a]
-    return sum(1 for a, b in zip(steps, steps[1:]) if (a > 0) != (b > 0))
+    steps = [b - a for a, b in itertools.pairwise(values) if b != a]
+    return sum(1 for a, b in itertools.pairwise(steps) if (a > 0) != (b > 0))
 
 
 def test_damper_does_not_flap_under_an_oscillating_target():
     damper = Damper(scale_down_hold_s=60.0)
     times = np.arange(0.0, 600.0, 5.0)
     targets = [3 if k % 2 else 1 for k in range(len(times))]  # flips every 5 s
-    out = [damper.update(t, {"p": n})["p"] for t, n in zip(times, targets)]
+    out = [damper.update(t, {"p": n})["p"] for t, n in zip(times, targets, strict=True)]
     assert direction_changes(targets) == len(times) - 2
     assert out[0] == 1 and set(out[1:]) == {3}
     assert direction_changes(out) == 0
@@ -134,7 +134,7 @@ def test_damper_never_falls_within_the_hold_after_a_rise():
             history[key].append((t, n))
     for series in history.values():
         last_rise = None
-        for (_, before), (now, after) in zip(series, series[1:]):
+        for (_, before), (now, after) in itertools.pairwise(series):
             if after > before:
                 last_rise = now
             elif after < before:

@@ -14,8 +14,8 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-
 from ricardo.gateway.store import MemoryStore, RedisStore, StateStore, StoreUnavailable, open_store
+
 from tests.redis_server import RedisServer, available
 
 pytestmark = pytest.mark.timeout(60)
@@ -284,9 +284,8 @@ async def degraded_calls(store: StateStore, n: int) -> list[float]:
             assert await store.get_blob("model") == (1, b"weights")
         with timed(latencies):
             assert not await store.acquire_lease("planner", "r1", ttl_s=10)
-        with timed(latencies):
-            with pytest.raises(StoreUnavailable):
-                await store.update_config(2, {"price": 9})
+        with timed(latencies), pytest.raises(StoreUnavailable):
+            await store.update_config(2, {"price": 9})
     return latencies
 
 

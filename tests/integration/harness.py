@@ -33,7 +33,8 @@ class Process:
 
     def __init__(self, args: list[str], name: str):
         self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"ricardo-{name}-", suffix=".log", delete=False)
+        # open while the child writes to it; closed in stop()
+        self.log = tempfile.NamedTemporaryFile(prefix=f"ricardo-{name}-", suffix=".log", delete=False)  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
@@ -128,7 +129,7 @@ class Cluster:
             )
             self.processes.append(gateway)
             gateways.append(gateway)
-        for gateway, url in zip(gateways, self.urls):
+        for gateway, url in zip(gateways, self.urls, strict=True):
             gateway.wait_http(f"{url}/readyz")
         return self
 

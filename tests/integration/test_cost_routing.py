@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import openai
 import pytest
-
 from ricardo.emulator.text import TokenCounter
 from ricardo.policies.routing import (
     SLACK_TARGET,
@@ -45,6 +44,7 @@ from ricardo.policies.routing import (
 from ricardo.policies.types import SLO, PoolView, RequestShape
 from ricardo.predictor.tokens import InputTokenCounter
 from ricardo.profiles.catalog import load_default_book
+
 from tests.integration.harness import Cluster
 
 MODEL = "llama2-7b"

@@ -12,8 +12,8 @@ import urllib.request
 
 import openai
 import pytest
-
 from ricardo.emulator.text import token_text
+
 from tests.integration.harness import Cluster
 
 POOLS = {"a10g": ("A10G", 1), "a100": ("A100-80GB", 1)}

@@ -46,7 +46,7 @@ async def send(url: str, batch: list[tuple[dict, int]], concurrency: int = 16) -
 
 
 def mae(predicted: list[int], batch) -> float:
-    return float(np.mean([abs(p - actual) for p, (_, actual) in zip(predicted, batch)]))
+    return float(np.mean([abs(p - actual) for p, (_, actual) in zip(predicted, batch, strict=True)]))
 
 
 def predictor_status(url: str) -> dict:
@@ -116,12 +116,14 @@ def test_the_true_length_header_never_reaches_the_prediction(cluster):
     body, _ = traffic(1, seed=34)[0]
 
     async def predicted_with(header: str) -> str:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
                 cluster.url + "/v1/chat/completions", json=body, headers={"x-emulator-output-tokens": header}
-            ) as response:
-                assert response.status == 200
-                return response.headers["x-ricardo-predicted-output-tokens"]
+            ) as response,
+        ):
+            assert response.status == 200
+            return response.headers["x-ricardo-predicted-output-tokens"]
 
     assert len({asyncio.run(predicted_with(h)) for h in ("1", "7", "600")}) == 1
     # and no gateway code so much as names the header: it is forwarded as any other end-to-end header

@@ -8,8 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from ricardo.gateway.pools import ERRORS_BEFORE_COOLDOWN
+
 from tests.integration.harness import Cluster
 
 POOLS = {"a10g": ("A10G", 2)}

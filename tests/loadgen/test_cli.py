@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from ricardo.cli import main
 
 from .sse_server import MODEL, FakeServer, start

@@ -2,7 +2,6 @@ import timeit
 
 import pytest
 import quicktok
-
 from ricardo.loadgen.prompts import POOL_ITEMS, WORDS_FILE, synthetic_prompt
 
 SIZES = [10, 11, 37, 100, 512, 1000, 3000, 8000]

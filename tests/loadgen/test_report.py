@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-
 from ricardo.loadgen.report import format_summary, group_summary, stats, summarize, write_report
 
 SLO = {"slo_ttft_ms": 500.0, "slo_tpot_ms": 50.0}

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from ricardo.loadgen.traces import (
     NAMED_TRACES,
     TraceError,

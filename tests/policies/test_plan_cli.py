@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ricardo.cli import plan as plan_cli
 from ricardo.policies.planner import plan
 from ricardo.profiles.catalog import load_default_book

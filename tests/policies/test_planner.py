@@ -14,14 +14,13 @@ What the brute-force check proves, for a given profile, prices, slice factor N a
 Tolerances: costs compared to 1e-9 $/h; feasibility to the LP/MILP solvers' 1e-7.
 """
 
-from itertools import product
+from itertools import pairwise, product
 
 import numpy as np
 import pytest
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
-
 from ricardo.policies.planner import Plan, PlanError, plan
 from ricardo.profiles.catalog import ProfileBook, load_default_book
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 RATES = (1, 4, 16, 32)
 SINGLE = ("L4", "A10G", "A100-80GB", "H100")
@@ -59,7 +58,7 @@ def _lp_feasible(load, ok, counts) -> bool:
         b_ub=counts,
         A_eq=a_eq,
         b_eq=np.ones(n_buckets),
-        bounds=list(zip(np.zeros(ok.size), ok.ravel().astype(float))),
+        bounds=list(zip(np.zeros(ok.size), ok.ravel().astype(float), strict=True)),
         method="highs",
     )
     return result.status == 0
@@ -100,7 +99,7 @@ def cheaper_feasible_fleets(book, rates, types, prices, cost, n_slices, headroom
         if _lp_feasible(load, ok, capacity):
             checked["lp_feasible"] += 1
             if _slices_feasible(load, ok, capacity, n_slices):
-                feasible.append(dict(zip(types, counts)))
+                feasible.append(dict(zip(types, counts, strict=True)))
     return feasible, checked
 
 
@@ -129,7 +128,7 @@ def lp_lower_bound(book, rates, types) -> float:
     for t in range(n_types):
         a_ub[t, t : n_buckets * n_types : n_types] = load[:, t]
         a_ub[t, n_buckets * n_types + t] = -1.0
-    bounds = list(zip(np.zeros(ok.size), ok.ravel().astype(float))) + [(0, None)] * n_types
+    bounds = list(zip(np.zeros(ok.size), ok.ravel().astype(float), strict=True)) + [(0, None)] * n_types
     result = linprog(
         cost, A_ub=a_ub, b_ub=np.zeros(n_types), A_eq=a_eq, b_eq=np.ones(n_buckets), bounds=bounds, method="highs"
     )
@@ -189,7 +188,7 @@ def test_slicing_matters_where_a_bucket_must_be_split():
 @pytest.mark.parametrize("rate", RATES)
 def test_more_slices_never_cost_more(book, arena, rate):
     costs = [plan(arena * rate, book, slice_factor=n).cost_per_hour for n in (1, 2, 4, 8, 16)]
-    assert all(b <= a + 1e-9 for a, b in zip(costs, costs[1:])), costs
+    assert all(b <= a + 1e-9 for a, b in pairwise(costs)), costs
 
 
 def test_headroom_keeps_load_below_the_fleet(book, arena):

@@ -3,7 +3,6 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-
 from ricardo.policies.routing import (
     POLICIES,
     SLACK_TARGET,
@@ -145,7 +144,8 @@ def test_cost_aware_p90_beyond_the_profile_ranks_last(book):
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_every_policy_ranks_only_pools_that_can_take_the_request(book, policy):
     rank = get_policy(policy)
-    pools = fleet(book) + [
+    pools = [
+        *fleet(book),
         PoolView("empty", "A10G", 1.01, replicas=0),
         PoolView("other-model", "L4", 0.7, replicas=2, models=("llama3-70b",)),
         PoolView("unknown-hw", "TPU", 1.0, replicas=2),
@@ -190,7 +190,7 @@ def test_cheapest_price_ignores_request_size(book):
 
 
 def test_melange_picks_by_capacity_weight(book):
-    pools = fleet(book, replicas=1) + [PoolView("A10G-b", "A10G", 1.01, 3)]
+    pools = [*fleet(book, replicas=1), PoolView("A10G-b", "A10G", 1.01, 3)]
     weights = {p.name: p.replicas * book.max_rps(p.hardware, 700, 300) for p in pools}
     total = sum(weights.values())
     draws = 10_000

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from ricardo.predictor.baselines import AIBrixBucketHistogram, GlobalMean, InputMultiple, MelangeBucketMean
 
 

@@ -52,7 +52,7 @@ def test_eval_prints_one_json_object_with_the_scores(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert REQUIRED <= scores.keys() and BASELINES <= scores["baselines"].keys()
+    assert scores.keys() >= REQUIRED and scores["baselines"].keys() >= BASELINES
     assert (scores["n_train"], scores["n_test"]) == (400, 120)
     assert 0 <= scores["p90_coverage"] <= 1 and 0 < scores["predict_us_p99"] < scores["count_and_predict_us_p99"]
     assert 0 < scores["predict_fastest_of_5_us_p99"] <= scores["predict_us_p99"]  # the p99 of per-request minimums

@@ -11,7 +11,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from ricardo.gateway.config import PredictorConfig
 from ricardo.gateway.learning import ANNOUNCE, MODEL_BLOB, OUTBOX_BLOB, PredictorLearning, load_predictor
 from ricardo.gateway.store import MemoryStore
@@ -94,7 +93,7 @@ async def test_the_model_is_saved_and_loaded_back(tmp_path, reservoir):
     store = MemoryStore()
     restarted = PredictorLearning(loaded, store, PredictorConfig(**SETTINGS), "a", source=source)
     await restarted.tick()
-    version, blob = await store.get_blob(MODEL_BLOB)
+    _, blob = await store.get_blob(MODEL_BLOB)
     assert FittedModel.from_bytes(blob).info == loaded.info
 
     for unreadable in (b"not a model", b"", path.read_bytes()[:1000]):  # ValueError, EOFError, BadZipFile

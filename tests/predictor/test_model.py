@@ -1,19 +1,19 @@
 import asyncio
 import inspect
+import itertools
 import random
 import time
 
 import numpy as np
 import pytest
-
 from ricardo.predictor.features import DENSE_NAMES, HEAD_CHARS, TAIL_CHARS, RequestFeatures, features_from_body
 from ricardo.predictor.model import (
     DEFAULT_MODEL,
     DEFAULT_RESERVOIR,
     OutputLengthPredictor,
+    TermIndex,
     fit,
     fit_model,
-    TermIndex,
     load_reservoir,
     refit_executor,
     stop_executor,
@@ -57,7 +57,7 @@ def test_the_online_loop_learns_what_the_cold_start_model_does_not_know(reservoi
         predictor.refit()
         errors.append(mae(predictor, held_out))
     print(f"\nheld-out MAE after 0, 40, 200, 800 outcomes: {', '.join(f'{e:.1f}' for e in errors)} tokens")
-    assert all(later < 0.95 * earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert all(later < 0.95 * earlier for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.4 * errors[0], errors
     accuracy = predictor.accuracy()
     assert accuracy["n_observed"] == accuracy["n"] == 800
@@ -196,7 +196,7 @@ async def test_a_refit_in_a_process_lets_predictions_flow(busy_predictor):
     pool = refit_executor(niceness=0)  # not niced here: with the machine busy a niced worker may wait for long
     try:
         pool.submit(int).result()
-        max_gap, predictions, duration = await _max_gap_while(busy_predictor, lambda: busy_predictor.refit_async(pool))
+        max_gap, predictions, _ = await _max_gap_while(busy_predictor, lambda: busy_predictor.refit_async(pool))
     finally:
         stop_executor(pool)
     assert busy_predictor.info["version"] == 2

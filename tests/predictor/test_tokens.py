@@ -2,7 +2,6 @@ import math
 
 import pytest
 import quicktok
-
 from ricardo.predictor.tokens import InputTokenCounter
 
 MESSAGES = [
@@ -41,7 +40,9 @@ def test_openai_encodings_follow_the_published_per_message_rule(encoding):
         "32.",
         "Explain step by step.",
     ]
-    expected = 3 + sum(3 + tokenizer.count(m["role"]) + tokenizer.count(t) for m, t in zip(MESSAGES, texts))
+    expected = 3 + sum(
+        3 + tokenizer.count(m["role"]) + tokenizer.count(t) for m, t in zip(MESSAGES, texts, strict=True)
+    )
     assert InputTokenCounter(encoding).count_messages(MESSAGES) == expected
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
-
 from ricardo.profiles.catalog import (
     DATA_DIR,
     GPU_CATALOG,
@@ -237,7 +236,7 @@ def test_vectorised_request_seconds_match_rate_at(book):
     outputs = np.array([1, 30, 250, 700, 1500, 2000, 40, 100, 3000])
     for hw in book.hardware_names():
         seconds = book.request_seconds(hw, inputs, outputs)
-        for s, n_in, n_out in zip(seconds, inputs, outputs):
+        for s, n_in, n_out in zip(seconds, inputs, outputs, strict=True):
             rate = book.rate_at(hw, int(n_in), int(n_out))
             assert (s == np.inf) if rate == 0 else s == pytest.approx(1 / rate), (hw, n_in, n_out)
 

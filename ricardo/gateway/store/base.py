@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger("ricardo.gateway.store")
 
-ConfigCallback = Callable[[int, dict], None | Awaitable[None]]
+ConfigCallback = Callable[[int, dict], Awaitable[None] | None]
 
 
 class StoreUnavailable(RuntimeError):
@@ -153,10 +153,10 @@ class StateStore(abc.ABC):
         """Give the lease up if `holder` has it."""
 
     # -- lifecycle and health --------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook: a store with no background work has nothing to do
         """Start background work (watching the shared config)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, as start
         """Stop background work and release connections."""
 
     @abc.abstractmethod

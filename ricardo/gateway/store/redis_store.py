@@ -33,7 +33,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from ricardo.gateway.store.base import LiveStats, StateStore, StoreUnavailable, Versioned, encode_doc
 from ricardo.gateway.store.breaker import CircuitBreaker
