@@ -14,7 +14,7 @@ from pathlib import Path
 from ricardo.gateway.config import default_config_path, load_config
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "demo",
         help="emulated pools + gateway + a short Azure replay, then a report",

@@ -6,13 +6,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: `ricardo --help` stays quick
+    import numpy as np
+
+    from ricardo.profiles.catalog import ProfileBook
 
 
 class WorkloadError(ValueError):
     """The workload cannot be read."""
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "plan",
         help="cheapest GPU fleet for a request-size mix and rate (Mélange ILP)",
@@ -105,13 +111,13 @@ def run(args: argparse.Namespace) -> dict:
     only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
     rates = fractions * rate
     options = dict(slice_factor=args.slice_factor, headroom=args.headroom, time_limit_s=args.time_limit)
-    if args.exact_sizes:
+    if args.exact_sizes and sizes is not None:  # (without sizes it raised above)
         options["request_seconds"] = {hw: book.bucket_request_seconds(hw, *sizes) for hw in book.hardware_names()}
     mixed = plan(rates, book, prices, only=only, drop_unservable=args.drop_unservable, **options)
     served = rates.copy()
     if mixed.unserved_rate:
         served[sum(mixed.assignment.values()) == 0] = 0.0
-    single = {}
+    single: dict[str, dict[str, float] | None] = {}
     for hw in mixed.allocation:
         try:
             alone = plan(served, book, prices, only=[hw], **options)
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def _overrides(specs: list[str], book) -> dict[str, float]:
+def _overrides(specs: list[str], book: ProfileBook) -> dict[str, float]:
     prices = {}
     for spec in specs:
         name, _, value = spec.partition("=")
@@ -149,7 +155,9 @@ def _overrides(specs: list[str], book) -> dict[str, float]:
     return prices
 
 
-def read_workload(spec: str, book) -> tuple[object, float | None, str, tuple[list[int], list[int]] | None]:
+def read_workload(
+    spec: str, book: ProfileBook
+) -> tuple[np.ndarray, float | None, str, tuple[list[int], list[int]] | None]:
     """(fractions on the book's grid, the trace's mean rate or None, a description, a trace's (input, output)
     lengths or None)."""
     if spec in book.workload_names():
@@ -167,7 +175,7 @@ def read_workload(spec: str, book) -> tuple[object, float | None, str, tuple[lis
     return _from_requests(spec, book)
 
 
-def _from_requests(spec: str, book) -> tuple[object, float | None, str, tuple[list[int], list[int]]]:
+def _from_requests(spec: str, book: ProfileBook) -> tuple[np.ndarray, float | None, str, tuple[list[int], list[int]]]:
     from ricardo.loadgen.traces import TraceError, read_trace, untimed
 
     try:
@@ -180,7 +188,7 @@ def _from_requests(spec: str, book) -> tuple[object, float | None, str, tuple[li
     return book.histogram(*sizes), rate, f"{len(requests)} requests from {spec}", sizes
 
 
-def _histogram(path: Path, book):
+def _histogram(path: Path, book: ProfileBook) -> np.ndarray:
     import numpy as np
 
     try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="replay a trace on a virtual-time fleet behind a routing policy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "emulate",
         help="run emulated GPU backends (OpenAI-compatible, timed by the engine model)",

@@ -170,8 +170,9 @@ def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest]) -> None:
     """Release the load of the engine's finished requests and learn their latency."""
     for timing in engine.finished:
         request = in_flight.pop(id(timing))
-        pool = request.pool
-        request.replica.in_flight -= 1
+        pool, replica = request.pool, request.replica
+        assert pool is not None and replica is not None  # in flight: it was placed
+        replica.in_flight -= 1
         pool.in_flight -= 1
         pool.in_flight_load = max(0.0, pool.in_flight_load - request.load_share)
         pool.ttft_ms = ewma(pool.ttft_ms, timing.ttft * 1000)

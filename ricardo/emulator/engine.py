@@ -20,6 +20,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from ricardo.profiles.engine_params import EngineParams
 
@@ -30,7 +31,7 @@ class Sequence:
 
     prompt_tokens: int
     output_tokens: int  # how many tokens this request will generate (the emulator decides)
-    tag: object = None  # the caller's handle (a stream, a simulated request ...)
+    tag: Any = None  # the caller's handle (a stream, a simulated request ...): the engine never reads it
     generated: int = 0
     preemptions: int = 0
 

@@ -81,9 +81,13 @@ def request_seconds(
     factors: dict[str, np.ndarray] = {}
     if slo is not None and timed:
         sizes = sorted(set(zip(inputs, outputs, strict=True)))
-        safe = {hw: {} for hw in timed}
+        safe: dict[str, dict[tuple[int, int], float]] = {hw: {} for hw in timed}
         for size in sizes:
-            alone = {hw: book.alone_seconds_per_token(hw, *size) * 1000 / slo.tpot_ms for hw in timed}
+            alone = {}
+            for hw in timed:
+                seconds = book.alone_seconds_per_token(hw, *size)
+                assert seconds is not None  # timed: the book has the type's step costs
+                alone[hw] = seconds * 1000 / slo.tpot_ms
             target = min(slack_target, 0.5 * max(1.0 - a for a in alone.values()))
             for hw, a in alone.items():
                 safe[hw][size] = max(MIN_SAFE_UTILIZATION, safe_utilization(a, target))
@@ -95,7 +99,8 @@ def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequ
     """Which requests at least one of `hardware` can serve within the SLO at their true size, by the profile."""
     tables = np.stack([book.capacity(hw) for hw in hardware])
     i, j = book.buckets([r.input_tokens for r in requests], [r.output_tokens for r in requests])
-    return (tables[:, i, j] > 0).any(axis=0)
+    served: np.ndarray = np.any(tables[:, i, j] > 0, axis=0)
+    return served
 
 
 def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineParams], slo: SLO) -> np.ndarray:
@@ -222,20 +227,26 @@ class FleetSearch:
             return False
 
         # bracket the smallest passing scale by doubling (or halving), then narrow it by each factor in turn
-        failing, passing = (None, 1.0) if passes(1.0) else (1.0, None)
-        while failing is None and passing / 2 >= lowest:
-            if passes(passing / 2):
+        failing: float | None = None
+        if passes(1.0):
+            passing = 1.0
+            while passing / 2 >= lowest:
+                if not passes(passing / 2):
+                    failing = passing / 2
+                    break
                 passing /= 2
-            else:
-                failing = passing / 2
-        while passing is None:
-            if failing * 2 > highest:
-                return search
-            if passes(failing * 2):
-                passing = failing * 2
-            else:
+        else:
+            failing = 1.0
+            while True:
+                if failing * 2 > highest:
+                    return search
+                if passes(failing * 2):
+                    break
                 failing *= 2
-        for factor in factors if failing is not None else ():
+            passing = failing * 2
+        for factor in factors:
+            if failing is None:  # passing at the lowest scale: nothing to narrow
+                break
             scale = failing * factor
             while scale < passing:
                 if passes(scale):

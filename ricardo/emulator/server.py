@@ -19,6 +19,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,7 +28,15 @@ from ricardo.emulator.engine import Engine, Sequence
 from ricardo.emulator.text import TokenCounter, token_text
 from ricardo.profiles.engine_params import EngineParams
 from ricardo.protocol.http import as_openai_error
-from ricardo.protocol.openai import SSE_DONE, OpenAIError, parse_request, sse, usage
+from ricardo.protocol.openai import (
+    SSE_DONE,
+    ChatCompletionRequest,
+    Endpoint,
+    OpenAIError,
+    parse_request,
+    sse,
+    usage,
+)
 
 OUTPUT_TOKENS_HEADER = "x-emulator-output-tokens"
 FAIL_STATUS_HEADER = "x-emulator-fail-status"  # tests: answer this HTTP status instead (a crash, an overload)
@@ -143,6 +152,7 @@ class EmulatedBackend:
             pending.first_token_at = now
             self.metrics.ttft.observe(now - pending.arrived)
         else:
+            assert pending.last_token_at is not None  # set with the first token
             self.metrics.itl.observe((now - pending.last_token_at) / new)
         pending.last_token_at = now
         pending.delivered = generated
@@ -196,7 +206,7 @@ class EmulatedBackend:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "completions")
 
-    async def _generate(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         body, req = parse_request(endpoint, await request.read())
         if FAIL_STATUS_HEADER in request.headers:
             status = int(request.headers[FAIL_STATUS_HEADER])
@@ -210,7 +220,7 @@ class EmulatedBackend:
                 404, f"The model `{req.model}` does not exist.", "NotFoundError", "model", "model_not_found"
             )
         text = req.text()
-        if endpoint == "chat":
+        if isinstance(req, ChatCompletionRequest):
             prompt_tokens = self.counter.count_chat([(m.role, m.content) for m in req.messages])
         else:
             prompt_tokens = self.counter.count(text)
@@ -284,7 +294,7 @@ class EmulatedBackend:
     async def _stream(
         self,
         request: web.Request,
-        endpoint: str,
+        endpoint: Endpoint,
         ident: str,
         rid: str,
         seq: Sequence,
@@ -295,7 +305,7 @@ class EmulatedBackend:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": rid}
         )
         await response.prepare(request)
-        chunk = _chunker(endpoint, ident, self.model, self.created, include_usage)
+        chunk = _Chunker(endpoint, ident, self.model, self.created, include_usage)
         try:
             if endpoint == "chat":
                 await response.write(sse(chunk({"role": "assistant", "content": ""}, None)))
@@ -305,7 +315,13 @@ class EmulatedBackend:
         return response
 
     async def _stream_tokens(
-        self, response: web.StreamResponse, chunk, ident: str, seq: Sequence, include_usage: bool, finish_reason: str
+        self,
+        response: web.StreamResponse,
+        chunk: _Chunker,
+        ident: str,
+        seq: Sequence,
+        include_usage: bool,
+        finish_reason: str,
     ) -> None:
         pending: Pending = seq.tag
         sent = 0
@@ -336,22 +352,36 @@ class EmulatedBackend:
         await response.write_eof()
 
 
-def _chunker(endpoint: str, ident: str, model: str, created: int, include_usage: bool):
-    object_ = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+@dataclass(frozen=True)
+class _Chunker:
+    """Builds the chunks of one streamed response."""
 
-    def chunk(content, finish_reason):
-        if endpoint == "chat":
+    endpoint: Endpoint
+    ident: str
+    model: str
+    created: int
+    include_usage: bool
+
+    @property
+    def object(self) -> str:
+        return "chat.completion.chunk" if self.endpoint == "chat" else "text_completion"
+
+    def __call__(self, content: str | dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        if self.endpoint == "chat":
             delta = content if isinstance(content, dict) else {"content": content}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
-        payload = {"id": ident, "object": object_, "created": created, "model": model, "choices": [choice]}
-        if include_usage:
+        payload = {
+            "id": self.ident,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+        if self.include_usage:
             payload["usage"] = None
         return payload
-
-    chunk.object = object_
-    return chunk
 
 
 def _completion(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import quicktok
 
 from ricardo.predictor.tokens import encodable
@@ -32,7 +34,7 @@ class TokenCounter:
     def count(self, text: str) -> int:
         return BOS_TOKENS + self.tokenizer.count(encodable(text))
 
-    def count_chat(self, messages: list[tuple[str, object]]) -> int:
+    def count_chat(self, messages: list[tuple[str, str | list[dict[str, Any]] | None]]) -> int:
         total = BOS_TOKENS
         for _role, content in messages:
             total += TEMPLATE_TOKENS_PER_MESSAGE + self.tokenizer.count(encodable(message_text(content)))

@@ -64,6 +64,7 @@ class VirtualEngine:
             now = self.busy_until
             if engine.can_admit() or not engine.running:
                 step = engine.step()
+                assert step is not None  # the engine is not idle
             else:
                 step = engine.decode_run(max_iterations=1 << 30, max_seconds=t - now)
             end = now + step.seconds

@@ -7,7 +7,7 @@ import argparse
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve", help="run the gateway", description="Run the OpenAI-compatible cost-aware gateway."
     )

@@ -34,6 +34,7 @@ import time
 import uuid
 import zlib
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -106,7 +107,7 @@ class PredictorLearning:
         self._retry_at = 0.0  # monotonic time before which a failed refit is not tried again
         self._refit_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
-        self._executor = None
+        self._executor: ProcessPoolExecutor | None = None
         self._metrics = _Metrics(registry or CollectorRegistry())
         self._metrics.update(self)
 

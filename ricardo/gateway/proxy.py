@@ -23,7 +23,8 @@ from ricardo.gateway.pools import Backend, Pool
 from ricardo.gateway.state import GatewayState
 from ricardo.policies.live import latency_per_token_ms
 from ricardo.policies.types import Choice, RequestShape
-from ricardo.protocol.openai import OpenAIError, error_body, error_for_status, parse_request, sse
+from ricardo.predictor.features import RequestFeatures
+from ricardo.protocol.openai import Endpoint, OpenAIError, error_body, error_for_status, parse_request, sse
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -53,10 +54,10 @@ SHAPE_IN_THREAD_BYTES = 64 * 1024
 class Trip:
     """What the gateway knows about one request while it is in flight."""
 
-    endpoint: str
+    endpoint: Endpoint
     request_id: str
     shape: RequestShape
-    features: object
+    features: RequestFeatures
     started: float
     pool: Pool | None = None
     backend: Backend | None = None
@@ -69,7 +70,7 @@ class Trip:
     tried: set = field(default_factory=set)
 
 
-async def handle(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     state: GatewayState = request.app["state"]
     started = time.monotonic()
     raw = await request.read()
@@ -179,20 +180,23 @@ def _start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice
 
 def _stop(state: GatewayState, trip: Trip) -> None:
     pool, backend = trip.pool, trip.backend
+    assert pool is not None and backend is not None  # started
     pool.in_flight -= 1
     pool.in_flight_load = max(0.0, pool.in_flight_load - trip.load_share)
     backend.in_flight -= 1
 
 
 def _abandon(state: GatewayState, trip: Trip, reason: str, retry_after: float | None, at_once: bool = True) -> None:
-    trip.backend.record_failure(time.monotonic(), retry_after, at_once=at_once)
-    state.metrics.fallbacks.labels(trip.pool.name, reason).inc()
-    state.metrics.upstream_errors.labels(trip.pool.name, reason).inc()
+    pool, backend = trip.pool, trip.backend
+    assert pool is not None and backend is not None  # started
+    backend.record_failure(time.monotonic(), retry_after, at_once=at_once)
+    state.metrics.fallbacks.labels(pool.name, reason).inc()
+    state.metrics.upstream_errors.labels(pool.name, reason).inc()
     log.warning(
         "request %s: backend %s of pool %s failed (%s); trying the next",
         trip.request_id,
-        trip.backend.url,
-        trip.pool.name,
+        backend.url,
+        pool.name,
         reason,
     )
     _stop(state, trip)
@@ -228,6 +232,7 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
 
 
 def _routing_headers(state: GatewayState, trip: Trip) -> dict[str, str]:
+    assert trip.pool is not None and trip.choice is not None  # a backend of the pool answered
     return {
         "x-request-id": trip.request_id,
         "x-ricardo-pool": trip.pool.name,
@@ -267,8 +272,10 @@ async def _relay_stream(
         return response
     except (aiohttp.ClientError, TimeoutError) as exc:
         trip.status = 502
-        state.metrics.upstream_errors.labels(trip.pool.name, "mid_stream").inc()
-        log.warning("request %s: stream from pool %s broke: %s", trip.request_id, trip.pool.name, exc)
+        pool = trip.pool
+        assert pool is not None  # it is streaming
+        state.metrics.upstream_errors.labels(pool.name, "mid_stream").inc()
+        log.warning("request %s: stream from pool %s broke: %s", trip.request_id, pool.name, exc)
         await _write_quietly(response, sse(error_body("upstream stream broke off", "upstream_error")))
         return response
     await _write_quietly(response, None)

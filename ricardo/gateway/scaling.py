@@ -108,9 +108,10 @@ class RequestWindow:
             self._expire(slot)
             counts = self._slots[-1][1]
         else:
-            counts = self._late_slot(slot)
-            if counts is None:
+            late = self._late_slot(slot)
+            if late is None:
                 return
+            counts = late
         counts[self.book.bucket(input_tokens, output_tokens)] += 1
 
     def snapshot(self, now: float) -> WindowSnapshot:

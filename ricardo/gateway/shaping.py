@@ -8,13 +8,14 @@ that header on without reading it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.policies.types import SLO, RequestShape
 from ricardo.predictor.features import MAX_CAP, RequestFeatures, features_from_body
 from ricardo.predictor.model import OutputLengthPredictor
 from ricardo.predictor.tokens import InputTokenCounter
-from ricardo.protocol.openai import OpenAIError
+from ricardo.protocol.openai import Endpoint, OpenAIError, ParsedRequest
 
 SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
 
@@ -29,7 +30,9 @@ class Shaper:
         # called with (features, completion tokens) of every outcome, after the predictor has buffered it
         self.outcome_hooks: list[Callable[[RequestFeatures, int], None]] = []
 
-    def shape(self, endpoint: str, body: dict, request, headers: Mapping[str, str]) -> tuple[RequestShape, object]:
+    def shape(
+        self, endpoint: Endpoint, body: dict[str, Any], request: ParsedRequest, headers: Mapping[str, str]
+    ) -> tuple[RequestShape, RequestFeatures]:
         if endpoint == "chat":
             input_tokens = self.counter.count_messages(body["messages"])
         else:
@@ -66,7 +69,12 @@ class Shaper:
         return SLO(**values)
 
     def observe(
-        self, shape: RequestShape, features: object, prompt_tokens: int, completion_tokens: int, metrics: GatewayMetrics
+        self,
+        shape: RequestShape,
+        features: RequestFeatures,
+        prompt_tokens: int,
+        completion_tokens: int,
+        metrics: GatewayMetrics,
     ) -> None:
         """Learn from what the backend reported: the true input count and the true output length."""
         self.counter.observe(shape.input_tokens, prompt_tokens)

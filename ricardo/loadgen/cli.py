@@ -12,7 +12,7 @@ DEFAULT_SLO_TTFT_MS = 2000.0  # interactive chat: the answer starts within 2 s
 DEFAULT_SLO_TPOT_MS = 100.0  # 10 tokens/s, faster than people read
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "loadgen",
         help="replay a trace open-loop against an OpenAI-compatible server",

@@ -27,7 +27,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 from tqdm import tqdm
@@ -123,7 +123,7 @@ async def _probe(session: aiohttp.ClientSession, config: ReplayConfig) -> str:
     url = config.root_url + "/v1/models"
     try:
         async with session.get(url, headers=_auth(config), timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            listing = await resp.json(content_type=None) if resp.status == 200 else None
+            listing: Any = await resp.json(content_type=None) if resp.status == 200 else None
     except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise ServerUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
     except (aiohttp.ClientError, ValueError):
@@ -344,6 +344,8 @@ def _error_message(text: str) -> str:
 
 def _finish(record: RequestRecord) -> None:
     """Derived figures of a completed stream."""
+    e2e_ms = record.e2e_ms
+    assert e2e_ms is not None  # an "ok" stream was timed to its end
     if record.chunk_ms:
         record.ttft_ms = record.chunk_ms[0]
     if record.completion_tokens is None:
@@ -353,9 +355,9 @@ def _finish(record: RequestRecord) -> None:
         record.prompt_tokens = record.input_tokens
         record.prompt_tokens_estimated = True
     if record.completion_tokens > 0:
-        record.latency_per_token_ms = round(record.e2e_ms / record.completion_tokens, 3)
+        record.latency_per_token_ms = round(e2e_ms / record.completion_tokens, 3)
     if record.completion_tokens > 1 and record.ttft_ms is not None:
-        record.tpot_ms = round((record.e2e_ms - record.ttft_ms) / (record.completion_tokens - 1), 3)
+        record.tpot_ms = round((e2e_ms - record.ttft_ms) / (record.completion_tokens - 1), 3)
 
 
 def _ms(seconds: float) -> float:

@@ -41,8 +41,9 @@ Percentiles are numpy's (linear interpolation).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,9 @@ def meets_slo(record: Mapping, slo_ttft_ms: float, slo_tpot_ms: float) -> bool:
     return record["tpot_ms"] is None or record["tpot_ms"] <= slo_tpot_ms
 
 
-def group_summary(records: list[Mapping], *, wall_s: float, slo_ttft_ms: float, slo_tpot_ms: float) -> dict:
+def group_summary(
+    records: Sequence[Mapping[str, Any]], *, wall_s: float, slo_ttft_ms: float, slo_tpot_ms: float
+) -> dict:
     ended = [r for r in records if r["outcome"] != "cancelled"]
     ok = [r for r in ended if r["outcome"] == "ok"]
     completion_tokens = sum(r["completion_tokens"] for r in ok)
@@ -98,7 +101,9 @@ def group_summary(records: list[Mapping], *, wall_s: float, slo_ttft_ms: float, 
     }
 
 
-def summarize(records: list[Mapping], *, run: Mapping, slo_ttft_ms: float, slo_tpot_ms: float) -> dict:
+def summarize(
+    records: Sequence[Mapping[str, Any]], *, run: Mapping[str, Any], slo_ttft_ms: float, slo_tpot_ms: float
+) -> dict:
     """The summary.json document; `run` must hold wall_s (seconds the replay lasted)."""
     lags = [r["lag_ms"] for r in records if r["lag_ms"] is not None]
     by_pool: dict[str, list[Mapping]] = {}
@@ -118,7 +123,7 @@ def summarize(records: list[Mapping], *, run: Mapping, slo_ttft_ms: float, slo_t
     }
 
 
-def write_report(out_dir: Path, records: list[Mapping], summary: Mapping) -> None:
+def write_report(out_dir: Path, records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "requests.jsonl", "w") as f:
         for record in records:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -47,7 +48,7 @@ class Plan:
     lower_bound: float  # the solver's proven lower bound on the optimal cost
     solve_seconds: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "allocation": self.allocation,
             "cost_per_hour": round(self.cost_per_hour, 6),
@@ -99,6 +100,7 @@ def plan(
     demand = rates[buckets[:, 0], buckets[:, 1]]
     load = np.where(np.isfinite(seconds), demand[:, None] * seconds, np.inf)
     unservable = ~np.isfinite(load).any(axis=1)
+    assert isinstance(unservable, np.ndarray)  # any() along an axis of a 2-D array is an array
     unserved_rate = float(demand[unservable].sum())
     if unservable.any() and drop_unservable:
         buckets, load = buckets[~unservable], load[~unservable]

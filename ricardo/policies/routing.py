@@ -146,13 +146,12 @@ def cost_aware(
                     slack = min(slack, 1.0 - pool.tpot_ms / shape.slo.tpot_ms)
                 if pool.ttft_ms is not None:
                     slack = min(slack, 1.0 - pool.ttft_ms / shape.slo.ttft_ms)
-        if slack is None:
-            tier, key = 3, cost
-        elif slack >= slack_target:
-            tier, key = 0, cost
+        if slack is None or slack >= slack_target:
+            tier, key = (3 if slack is None else 0), cost
+            frac = cost / (cost + _COST_SCALE_USD)
         else:
             tier, key = (1 if slack >= 0 else 2), -slack
-        frac = cost / (cost + _COST_SCALE_USD) if tier in (0, 3) else 1.0 / (1.0 + math.exp(slack))
+            frac = 1.0 / (1.0 + math.exp(slack))
         reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {pool.hardware}"
         if slack is not None:
             reason += f", util {utilization:.0%}, slack {slack:+.2f}"

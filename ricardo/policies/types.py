@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +64,4 @@ class Choice:
     tpot_ms: float | None = None
     slack: float | None = None  # SLO slack, as a share of the SLO (negative: predicted miss)
     reason: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)

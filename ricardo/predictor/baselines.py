@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ def _log2_bucket(tokens: int) -> int:
     return round(math.log2(max(1, tokens)))
 
 
-def baselines(seed: int = 0) -> dict:
+def baselines(seed: int = 0) -> dict[str, Any]:
     return {
         "global_mean": GlobalMean(),
         "global_median": GlobalMedian(),

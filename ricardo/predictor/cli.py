@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("predictor", help="output-length predictor: evaluate, rebuild the cold-start model")
     commands = parser.add_subparsers(dest="predictor_command", metavar="ACTION", required=True)
 

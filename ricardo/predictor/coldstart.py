@@ -13,6 +13,7 @@ import gzip
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -25,11 +26,11 @@ ENCODING = "llama3"
 RESERVOIR_PER_SOURCE = 1000
 
 
-def build(out_dir: Path, data_dir: Path = SHARED_DATA, seed: int = 0) -> dict:
+def build(out_dir: Path, data_dir: Path = SHARED_DATA, seed: int = 0) -> dict[str, Any]:
     """Fit the cold-start model and write it and its reservoir into `out_dir`; returns a summary."""
     counter = InputTokenCounter(ENCODING)
     sources = {"gsm8k": gsm8k_rows("train", data_dir), "sharegpt_aibrix": sharegpt_rows(False, data_dir)}
-    records: dict[str, list[dict]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
     for name, rows in sources.items():
         records[name] = []
         for row in tqdm(rows, desc=name, unit="req", leave=False):

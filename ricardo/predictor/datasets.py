@@ -16,15 +16,16 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SHAREGPT = Path("prompts/sharegpt_aibrix/8min_up_and_down.jsonl")
 GSM8K = Path("prompts/gsm8k")
 
 
-def body_of(row: dict) -> dict:
+def body_of(row: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI request body a row stands for: chat if it has messages, completions if it has a prompt."""
-    body: dict = {"model": row.get("model", "")}
+    body: dict[str, Any] = {"model": row.get("model", "")}
     if "messages" in row:
         body["messages"] = row["messages"]
     else:
@@ -34,12 +35,12 @@ def body_of(row: dict) -> dict:
     return body
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def write_rows(path: str | Path, rows: Iterable[dict]) -> int:
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     count = 0
     with open(path, "w", encoding="utf-8") as out:
         for row in rows:
@@ -48,7 +49,7 @@ def write_rows(path: str | Path, rows: Iterable[dict]) -> int:
     return count
 
 
-def gsm8k_rows(split: str, data_dir: Path = SHARED_DATA) -> list[dict]:
+def gsm8k_rows(split: str, data_dir: Path = SHARED_DATA) -> list[dict[str, Any]]:
     """GSM8K `split` ("train" or "test"): question and the llama3 token count of the reference answer."""
     folder = data_dir / GSM8K
     questions = [row["question"] for row in read_rows(folder / f"{split}.jsonl")]
@@ -59,7 +60,7 @@ def gsm8k_rows(split: str, data_dir: Path = SHARED_DATA) -> list[dict]:
     return [{"prompt": q, "output_tokens": n} for q, n in zip(questions, counts, strict=True)]
 
 
-def sharegpt_rows(held_out: bool, data_dir: Path = SHARED_DATA) -> list[dict]:
+def sharegpt_rows(held_out: bool, data_dir: Path = SHARED_DATA) -> list[dict[str, Any]]:
     """One half of the AIBrix ShareGPT replay, in trace order."""
     return [row for row in _sharegpt(data_dir) if is_held_out(row["prompt"]) == held_out]
 
@@ -68,7 +69,7 @@ def is_held_out(prompt: str) -> bool:
     return hashlib.sha256(prompt.encode("utf-8")).digest()[0] % 2 == 1
 
 
-def _sharegpt(data_dir: Path) -> Iterator[dict]:
+def _sharegpt(data_dir: Path) -> Iterator[dict[str, Any]]:
     for line in (data_dir / SHAREGPT).read_text(encoding="utf-8").splitlines():
         for request in json.loads(line)["requests"]:
             yield {"prompt": request["prompt"], "output_tokens": int(request["Output Length"])}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import body_of, read_rows
 from ricardo.predictor.features import features_from_body
-from ricardo.predictor.model import FOLDS, OutputLengthPredictor, Sample, fit_model, request_groups
+from ricardo.predictor.model import FOLDS, OutputLengthPredictor, Prediction, Sample, fit_model, request_groups
 from ricardo.predictor.tokens import InputTokenCounter
 
 WARMUP_REQUESTS = 50
@@ -36,7 +37,7 @@ TIMING_PASSES = 5
 RUNNING_BASELINES = ("global_mean", "melange_bucket_mean", "aibrix_bucket_histogram")
 
 
-def samples_from_rows(rows: list[dict], counter: InputTokenCounter, desc: str = "features") -> list[Sample]:
+def samples_from_rows(rows: list[dict[str, Any]], counter: InputTokenCounter, desc: str = "features") -> list[Sample]:
     samples = []
     for row in tqdm(rows, desc=desc, unit="req", leave=False):
         body = body_of(row)
@@ -63,7 +64,9 @@ def cross_validation_folds(samples: list[Sample], repeats: int) -> list[tuple[np
     ]
 
 
-def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None = "llama3", seed: int = 0) -> dict:
+def evaluate(
+    train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]], encoding: str | None = "llama3", seed: int = 0
+) -> dict[str, Any]:
     counter = InputTokenCounter(encoding)
     train = samples_from_rows(train_rows, counter, "train features")
     started = time.perf_counter()
@@ -71,9 +74,9 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
     fit_seconds = time.perf_counter() - started
 
     peers = baselines(seed)
-    for features, actual in train:
+    for features, output_tokens in train:
         for baseline in peers.values():
-            baseline.observe(features.input_tokens, actual)
+            baseline.observe(features.input_tokens, output_tokens)
 
     for row in train_rows[:WARMUP_REQUESTS]:  # first calls load the tokenizer and fill caches
         body = body_of(row)
@@ -94,8 +97,8 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
             fastest_ns[i] = min(fastest_ns[i], _timed_shape(counter, predictor, body)[3])
 
     scores = {name: _mae(actual, np.array([b.predict(int(n)) for n in inputs])) for name, b in peers.items()}
-    best = min(scores, key=scores.get)
-    best_running = min(RUNNING_BASELINES, key=scores.get)
+    best = min(scores, key=scores.__getitem__)
+    best_running = min(RUNNING_BASELINES, key=scores.__getitem__)
     mae = _mae(actual, p50)
     return {
         "n_train": len(train),
@@ -119,7 +122,9 @@ def evaluate(train_rows: list[dict], test_rows: list[dict], encoding: str | None
     }
 
 
-def _timed_shape(counter: InputTokenCounter, predictor: OutputLengthPredictor, body: dict):
+def _timed_shape(
+    counter: InputTokenCounter, predictor: OutputLengthPredictor, body: dict[str, Any]
+) -> tuple[int, Prediction, int, int, int]:
     """What the gateway does for a request's shape, timed: (input tokens, prediction, count ns, predict ns,
     thread CPU ns of both)."""
     started_cpu_ns = time.thread_time_ns()

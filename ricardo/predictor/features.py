@@ -28,7 +28,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import quicktok
@@ -140,13 +140,13 @@ class RequestFeatures:
     def model_key(self) -> int:
         return zlib.crc32(self.model.encode("utf-8", "surrogatepass"))
 
-    def to_record(self) -> list:
+    def to_record(self) -> list[Any]:
         """The fields as plain JSON values (the prediction left out): how outcomes travel between replicas,
         as JSON rather than pickle, so reading another replica's outcomes can never run code."""
         return [getattr(self, name) for name in RECORD_FIELDS]
 
     @classmethod
-    def from_record(cls, record: list) -> RequestFeatures:
+    def from_record(cls, record: object) -> RequestFeatures:
         """The features of `to_record`; ValueError unless every field has its type, finite and not negative (one
         bad record from another replica would otherwise fail every refit that it is part of)."""
         if not isinstance(record, list) or len(record) != len(RECORD_FIELDS):
@@ -206,11 +206,20 @@ class RequestFeatures:
 
 RECORD_FIELDS = tuple(name for name in RequestFeatures.__slots__ if name != "prediction")
 MAX_RECORD_NUMBER = 1 << 53
-_JSON_TYPES = {"str": str, "int": int, "bool": bool, "float": (int, float), "int | None": (int, type(None))}
-RECORD_TYPES = {field.name: _JSON_TYPES[field.type] for field in fields(RequestFeatures) if field.name in RECORD_FIELDS}
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "float": (int, float),
+    "int | None": (int, type(None)),
+}
+# field.type is the annotation's text (postponed evaluation)
+RECORD_TYPES = {
+    field.name: _JSON_TYPES[str(field.type)] for field in fields(RequestFeatures) if field.name in RECORD_FIELDS
+}
 
 
-def features_from_body(body: dict, input_tokens: int) -> RequestFeatures:
+def features_from_body(body: dict[str, Any], input_tokens: int) -> RequestFeatures:
     """Features of an OpenAI chat (`messages`) or completions (`prompt`) request body."""
     messages = body.get("messages")
     texts = prompt_texts(body)

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ ACCURACY_WINDOW = 1000  # most recent outcomes scored by accuracy()
 PACK_CHUNK = 256  # samples pickled per GIL-holding call
 
 Sample = tuple[RequestFeatures, int]
+SparseRows = Any  # a scipy.sparse CSR matrix (scipy ships no type information)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ class FittedModel:
         dense_scale: np.ndarray,
         dense_coef: np.ndarray,
         constants: np.ndarray,
-        info: dict,
+        info: dict[str, Any],
     ):
         self.vocab = vocab  # sorted term keys (int64)
         self.idf = idf
@@ -129,16 +131,16 @@ class FittedModel:
         self._idf_squared = idf * idf
         self._term_weight = (idf * term_coef).astype(np.float32)
         dense_weight = dense_coef / dense_scale
-        self._dense_weight = dense_weight.tolist()
+        self._dense_weight: list[float] = dense_weight.tolist()
         self._base = float(constants[0] - dense_mean @ dense_weight)
-        self._model_weight = dict(zip(model_keys.tolist(), model_coef.tolist(), strict=True))
+        self._model_weight: dict[int, float] = dict(zip(model_keys.tolist(), model_coef.tolist(), strict=True))
         self.offset_p50, self.offset_p90 = float(constants[1]), float(constants[2])
 
     def log_prediction(self, features: RequestFeatures) -> float:
         cols = self._terms.columns(features.tokens())
         norm_squared = self._idf_squared[cols].sum()
         text = self._term_weight[cols].sum() / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
-        dense = sum(map(operator.mul, features.dense(), self._dense_weight))
+        dense: float = sum(map(operator.mul, features.dense(), self._dense_weight))
         return self._base + float(text) + dense + self._model_weight.get(features.model_key(), 0.0)
 
     def predict(self, features: RequestFeatures) -> Prediction:
@@ -167,7 +169,7 @@ class FittedModel:
                     f"incompatible output-length model: {info.get('format')}, "
                     f"features v{info.get('feature_version')} (expected {FORMAT}, v{FEATURE_VERSION})"
                 )
-            return cls(*(arrays[name] for name in cls.ARRAYS), info=info)
+            return cls(**{name: arrays[name] for name in cls.ARRAYS}, info=info)
 
 
 class TermIndex:
@@ -239,16 +241,16 @@ class Design:
         self.split = np.cumsum([len(self.vocab), len(self.model_keys), dense.shape[1]])
 
     @classmethod
-    def fit(cls, requests: Sequence[RequestFeatures]):
+    def fit(cls, requests: Sequence[RequestFeatures]) -> tuple[Design, SparseRows]:
         """The design fitted on `requests`, and their rows (each request's keys and dense features made once)."""
         keys, dense = _keys_and_dense(requests)
         design = cls(requests, keys, dense)
         return design, design._rows(requests, keys, dense)
 
-    def rows(self, requests: Sequence[RequestFeatures]):
+    def rows(self, requests: Sequence[RequestFeatures]) -> SparseRows:
         return self._rows(requests, *_keys_and_dense(requests))
 
-    def _rows(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray], dense: np.ndarray):
+    def _rows(self, requests: Sequence[RequestFeatures], keys: Sequence[np.ndarray], dense: np.ndarray) -> SparseRows:
         from scipy import sparse
 
         cols = [vocabulary_columns(self.vocab, k) for k in keys]
@@ -271,7 +273,8 @@ def _keys_and_dense(requests: Sequence[RequestFeatures]) -> tuple[list[np.ndarra
 
 
 def log_target(samples: Sequence[Sample]) -> np.ndarray:
-    return np.log1p(np.array([max(0, int(actual)) for _, actual in samples], dtype=float))
+    target: np.ndarray = np.log1p(np.array([max(0, int(actual)) for _, actual in samples], dtype=float))
+    return target
 
 
 def request_groups(requests: Sequence[RequestFeatures]) -> np.ndarray:
@@ -281,19 +284,21 @@ def request_groups(requests: Sequence[RequestFeatures]) -> np.ndarray:
     )
 
 
-def ridge_coef(design, target: np.ndarray) -> np.ndarray:
+def ridge_coef(design: SparseRows, target: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import Ridge
 
-    return Ridge(alpha=RIDGE_ALPHA, fit_intercept=False, solver="sparse_cg").fit(design, target).coef_
+    coef: np.ndarray = Ridge(alpha=RIDGE_ALPHA, fit_intercept=False, solver="sparse_cg").fit(design, target).coef_
+    return coef
 
 
-def out_of_fold(design, target: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def out_of_fold(design: SparseRows, target: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Each row's prediction by a ridge fitted on the FOLDS - 1 folds that do not hold its group."""
     from sklearn.model_selection import GroupKFold
 
     n_folds = min(FOLDS, len(np.unique(groups)))
     if n_folds < 2:  # every sample is the same request: in-sample is all there is
-        return design @ ridge_coef(design, target)
+        in_sample: np.ndarray = design @ ridge_coef(design, target)
+        return in_sample
     predicted = np.empty(len(target))
     for train, held_out in GroupKFold(n_folds).split(design, groups=groups):
         predicted[held_out] = design[held_out] @ ridge_coef(design[train], target[train])
@@ -410,7 +415,7 @@ class OutputLengthPredictor:
         self._model = model
 
     @property
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         """The serving model's format, feature version, training samples, version and training time."""
         return dict(self._model.info)
 
@@ -430,7 +435,7 @@ class OutputLengthPredictor:
         """Buffer outcomes that another replica observed (and scored) for the next refit."""
         self._buffer.extend(samples)
 
-    def accuracy(self) -> dict:
+    def accuracy(self) -> dict[str, Any]:
         recent = self._recent.copy()
         n = len(recent)
         return {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import quicktok
 
@@ -59,9 +60,9 @@ class InputTokenCounter:
     def exact(self) -> bool:
         return self.tokenizer is not None
 
-    def count_messages(self, messages: list[dict], model: str | None = None) -> int:
+    def count_messages(self, messages: list[dict[str, Any]], model: str | None = None) -> int:
         template = self.template
-        total = template.begin + template.reply
+        total: float = template.begin + template.reply
         for message in messages:
             if not isinstance(message, dict):
                 continue
@@ -80,7 +81,7 @@ class InputTokenCounter:
     def count_prompt(self, text: str, model: str | None = None) -> int:
         return self._corrected(self.template.begin + self._raw(text), model)
 
-    def count_body(self, body: dict, model: str | None = None) -> int:
+    def count_body(self, body: dict[str, Any], model: str | None = None) -> int:
         """Prompt tokens of an OpenAI chat (`messages`) or completions (`prompt`: a string or strings) body."""
         if isinstance(body.get("messages"), list):
             return self.count_messages(body["messages"], model)
@@ -108,7 +109,8 @@ class InputTokenCounter:
         if not text:
             return 0
         if self.tokenizer is not None:
-            return self.tokenizer.count(encodable(text))
+            count: int = self.tokenizer.count(encodable(text))
+            return count
         return len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN
 
     def _corrected(self, raw: float, model: str | None) -> int:
@@ -117,7 +119,7 @@ class InputTokenCounter:
         return max(1, round(raw * self.ratio(model)))
 
 
-def prompt_texts(body: dict) -> list[str]:
+def prompt_texts(body: dict[str, Any]) -> list[str]:
     """The texts of a chat body's messages, or of a completions body's prompt (a string or strings; token ids and
     other non-text parts are left out)."""
     messages = body.get("messages")

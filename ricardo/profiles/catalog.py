@@ -16,8 +16,10 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ricardo.profiles.engine_params import ALIASES, EngineParams, engine_catalog
 from ricardo.profiles.schema import ProfileFile, read_profile_file
@@ -115,7 +117,9 @@ class ProfileBook:
         self._engines = {hw: engines[hw] for hw in self._names if engines and hw in engines}
         # alias -> profile name; the tables as nested tuples, also under every alias (hot path: one dict lookup)
         self._canonical = {alias: hw for hw in self._names for alias in (hw, catalog_name(hw))}
-        self._rows = {alias: tuple(map(tuple, self._capacity[hw].tolist())) for alias, hw in self._canonical.items()}
+        self._rows: dict[str, tuple[tuple[float, ...], ...]] = {
+            alias: tuple(map(tuple, self._capacity[hw].tolist())) for alias, hw in self._canonical.items()
+        }
         self._last_in = len(self.input_edges) - 1
         self._last_out = len(self.output_edges) - 1
 
@@ -155,7 +159,7 @@ class ProfileBook:
         """The same book, knowing the step costs of its hardware (`alone_seconds_per_token`)."""
         return self._copy(engines=engines)
 
-    def _copy(self, **changes) -> ProfileBook:
+    def _copy(self, **changes: Any) -> ProfileBook:
         fields = dict(
             model=self.model,
             slo_tpot_ms=self.slo_tpot_ms,
@@ -223,7 +227,7 @@ class ProfileBook:
         seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
         return 1.0 / seconds
 
-    def buckets(self, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def buckets(self, input_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """The (input, output) bucket indices of many requests (`bucket`, vectorised)."""
         i = np.minimum(np.searchsorted(self.input_edges, np.asarray(input_tokens), side="left"), self._last_in)
         j = np.minimum(np.searchsorted(self.output_edges, np.asarray(output_tokens), side="left"), self._last_out)
@@ -233,7 +237,8 @@ class ProfileBook:
         """Replica-seconds per request at each bucket's upper edge (1 / capacity; inf = cannot serve)."""
         table = self.capacity(hardware)
         with np.errstate(divide="ignore"):
-            return np.where(table > 0, 1.0 / table, np.inf)
+            seconds: np.ndarray = np.where(table > 0, 1.0 / table, np.inf)
+        return seconds
 
     def request_seconds(self, hardware: str, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
         """Replica-seconds each request of these sizes uses (`1 / rate_at`, vectorised; inf = cannot serve)."""
@@ -250,7 +255,8 @@ class ProfileBook:
                 (1 - ty) * corners[2] + ty * corners[3]
             )
         ragged = ~np.isfinite(corners[0]) | ~np.isfinite(corners[1]) | ~np.isfinite(corners[2])
-        return np.where(ragged, corners[3], blended)
+        seconds: np.ndarray = np.where(ragged, corners[3], blended)
+        return seconds
 
     def bucket_request_seconds(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, field_validator, model_validator
@@ -55,7 +55,7 @@ class ProfileFile(BaseModel):
 
     what: str = ""
     model: str | None = None
-    source: dict | str | None = None
+    source: dict[Any, Any] | str | None = None
     slo_tpot_ms: float = Field(gt=0, description="TPOT (request latency / output tokens) the tables were measured at")
     slo_ttft_ms: float | None = Field(default=None, gt=0)
     input_bucket_upper_edges: list[PositiveInt] = Field(min_length=1)

@@ -112,7 +112,8 @@ class CompletionRequest(_Request):
 
 
 Endpoint = Literal["chat", "completions"]
-REQUEST_MODELS: dict[str, type[_Request]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+ParsedRequest = ChatCompletionRequest | CompletionRequest
+REQUEST_MODELS: dict[str, type[ParsedRequest]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
 
 
 def message_text(content: str | list[dict[str, Any]] | None) -> str:
@@ -123,7 +124,7 @@ def message_text(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str))
 
 
-def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], _Request]:
+def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], ParsedRequest]:
     """Decode and validate a request body; raise a 400 OpenAIError that says what is wrong."""
     try:
         body = json.loads(raw)

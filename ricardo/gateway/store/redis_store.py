@@ -131,11 +131,13 @@ class RedisStore(StateStore):
             return record
         if version is None:
             return None
+        assert isinstance(digest, bytes)  # written with the version (the client does not decode responses)
         if known is not None and (int(version), digest.decode()) == (known.version, known.digest):
             return known
         version, data = await self._call(lambda: self._redis.hmget(key, "version", "data"))
         if version is None:  # deleted in between; the next sync writes it back
             return known
+        assert isinstance(data, bytes)  # as the digest
         record = Versioned(int(version), data)
         if known is not None and record.version <= known.version:
             log.warning(
@@ -227,14 +229,15 @@ class RedisStore(StateStore):
             await asyncio.sleep(self._breaker.seconds_until_probe())
         elif self._pubsub is None:
             # (Re)subscribe, then reconcile at once: that catches what was published while unsubscribed.
-            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            await self._call(lambda: self._pubsub.subscribe(self._channel), probe=True)
+            pubsub = self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await self._call(lambda: pubsub.subscribe(self._channel), probe=True)
         else:
             await self._listen()
 
     async def _listen(self) -> None:
         """Wait up to the reconcile interval for an announcement. Silence proves nothing about Redis (a hung
         one is silent too), so unlike `_call` only a failure reaches the breaker."""
+        assert self._pubsub is not None  # subscribed
         try:
             await self._pubsub.get_message(timeout=self.reconcile_interval_s)
         except (RedisError, OSError) as error:
