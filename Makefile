@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ricardo demo
 
+# the code gates first (seconds), then the suite
 test: $(STAMP)
+	$(VENV)/bin/ruff check ricardo tests bench
+	$(VENV)/bin/ruff format --check ricardo tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
