@@ -122,6 +122,12 @@ class ProfileBook:
         }
         self._last_in = len(self.input_edges) - 1
         self._last_out = len(self.output_edges) - 1
+        # past the last edges a request's replica-seconds grow as (tokens / edge) ** exponent, per type (see
+        # `_growth_exponents`): (per input bucket, per output bucket) exponents, as floats for the scalar path
+        self._growth = {
+            alias: _growth_exponents(self._capacity[hw], self.input_edges, self.output_edges)
+            for alias, hw in self._canonical.items()
+        }
 
     # -- names, sources, prices -------------------------------------------------------------
     def hardware_names(self) -> list[str]:
@@ -223,9 +229,20 @@ class ProfileBook:
         ty = _position(self.output_edges, j0, j, output_tokens)
         low_low, low_high, high_low = rows[i0][j0], rows[i0][j], rows[i][j0]
         if min(low_low, low_high, high_low) <= 0:  # a ragged or noisy table: keep the upper edge's figure
-            return top
-        seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
-        return 1.0 / seconds
+            seconds = 1.0 / top
+        else:
+            seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
+        return 1.0 / (seconds * self._beyond(hardware, i, j, input_tokens, output_tokens))
+
+    def _beyond(self, hardware: str, i: int, j: int, input_tokens: int, output_tokens: int) -> float:
+        """How many times the last edge's replica-seconds a request past the last edges uses (1 within them)."""
+        by_input, by_output = self._growth[hardware]
+        factor = 1.0
+        if output_tokens > self.output_edges[-1]:
+            factor *= (output_tokens / self.output_edges[-1]) ** by_output[i]
+        if input_tokens > self.input_edges[-1]:
+            factor *= (input_tokens / self.input_edges[-1]) ** by_input[j]
+        return factor
 
     def buckets(self, input_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """The (input, output) bucket indices of many requests (`bucket`, vectorised)."""
@@ -255,7 +272,10 @@ class ProfileBook:
                 (1 - ty) * corners[2] + ty * corners[3]
             )
         ragged = ~np.isfinite(corners[0]) | ~np.isfinite(corners[1]) | ~np.isfinite(corners[2])
-        seconds: np.ndarray = np.where(ragged, corners[3], blended)
+        by_input, by_output = (np.array(exponents) for exponents in self._growth[hardware])
+        beyond = np.maximum(outputs / out_edges[-1], 1.0) ** by_output[i]
+        beyond = beyond * np.maximum(inputs / in_edges[-1], 1.0) ** by_input[j]
+        seconds: np.ndarray = np.where(ragged, corners[3], blended) * beyond
         return seconds
 
     def bucket_request_seconds(
@@ -319,6 +339,29 @@ def _position(edges: tuple[int, ...], low: int, high: int, tokens: int) -> float
 def _positions(edges: np.ndarray, low: np.ndarray, high: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     span = edges[high] - edges[low]
     return np.where(span > 0, np.clip((tokens - edges[low]) / np.where(span > 0, span, 1), 0, 1), 0.0)
+
+
+def _growth_exponents(
+    table: np.ndarray, input_edges: Sequence[int], output_edges: Sequence[int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """How a request's replica-seconds grow past the last profiled lengths: (per output bucket, the exponent in
+    input tokens past the last input edge; per input bucket, the exponent in output tokens past the last output
+    edge). Each is the log-log slope of 1 / capacity between the last two edges, kept in [1, 2]: at least
+    proportional (a request twice as long as the longest profiled holds a replica at least twice as long;
+    charging it the last edge's figure, as a bucket table does, undercounts a 10k-token answer 5x), at most
+    quadratic (attention). 1 where the table lacks one of the two cells."""
+
+    def slope(last: np.ndarray, before: np.ndarray, ratio: float) -> tuple[float, ...]:
+        known = (last > 0) & (before > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            raw = np.log(np.where(known, before, 1.0) / np.where(known, last, 1.0)) / np.log(ratio)
+        return tuple(float(x) for x in np.where(known, np.clip(raw, 1.0, 2.0), 1.0))
+
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        return (1.0,) * table.shape[1], (1.0,) * table.shape[0]
+    by_input = slope(table[-1], table[-2], input_edges[-1] / input_edges[-2])
+    by_output = slope(table[:, -1], table[:, -2], output_edges[-1] / output_edges[-2])
+    return by_input, by_output
 
 
 def _dense(rows: list[list[float]], shape: tuple[int, int]) -> np.ndarray:

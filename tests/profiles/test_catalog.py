@@ -250,3 +250,17 @@ def test_bucket_request_seconds_are_the_mean_per_bucket(book):
     )
     assert grid[0, 0] == pytest.approx(1 / book.max_rps_at("A100-80GB", 0, 0))  # no request there: the table
     assert np.isinf(book.bucket_request_seconds("L4", [3000], [10])).sum() >= 1
+
+
+def test_past_the_last_edges_a_request_costs_at_least_proportionally_more(book):
+    """A 10k-token answer holds a replica at least 5x as long as a 2k-token one: charging it the last
+    profiled edge's figure would tell the router and the planner that a reasoning model's answers are cheap."""
+    for hw in ("A100-80GB", "H100", "L4"):
+        edge = book.rate_at(hw, 100, 2000)
+        for longer in (4000, 11000):
+            ratio = edge / book.rate_at(hw, 100, longer)
+            assert longer / 2000 <= ratio <= (longer / 2000) ** 2 + 1e-9, (hw, longer, ratio)
+        assert book.rate_at(hw, 100, 4000) > book.rate_at(hw, 100, 11000)
+    # inputs past the last input edge likewise; within the edges nothing changes
+    assert book.rate_at("H100", 32000, 100) <= book.rate_at("H100", 16000, 100) / 2
+    assert book.rate_at("H100", 16000, 2000) == pytest.approx(book.max_rps("H100", 16000, 2000))
