@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ricardo.emulator.virtual import Timing, VirtualEngine
-from ricardo.policies.live import ewma, latency_per_token_ms
-from ricardo.policies.routing import Policy, capacity_share, get_policy
+from ricardo.policies.ledger import PoolLedger, Ticket
+from ricardo.policies.routing import Policy, get_policy
 from ricardo.policies.types import SLO, PoolView, RequestShape
 from ricardo.profiles.engine_params import EngineParams
 
@@ -38,7 +38,7 @@ class SimRequest:
     timing: Timing
     pool: _Pool | None = None
     replica: _Replica | None = None
-    load_share: float = 0.0
+    ticket: Ticket | None = None
 
 
 @dataclass(eq=False)
@@ -49,26 +49,15 @@ class _Replica:
 
 @dataclass(eq=False)
 class _Pool:
-    name: str
-    hardware: str
-    price_per_hour: float
+    ledger: PoolLedger  # the load and live estimates, kept as the gateway keeps them
     replicas: list[_Replica]
-    in_flight: int = 0
-    in_flight_load: float = 0.0
-    ttft_ms: float | None = None  # live estimates, kept as the gateway keeps them (policies.live)
-    tpot_ms: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.ledger.name
 
     def view(self) -> PoolView:
-        return PoolView(
-            self.name,
-            self.hardware,
-            self.price_per_hour,
-            len(self.replicas),
-            in_flight=self.in_flight,
-            in_flight_load=self.in_flight_load,
-            ttft_ms=self.ttft_ms,
-            tpot_ms=self.tpot_ms,
-        )
+        return self.ledger.view(len(self.replicas))
 
 
 @dataclass
@@ -125,7 +114,7 @@ def simulate(
     rank = get_policy(policy) if isinstance(policy, str) else policy
     rng = random.Random(seed)
     pools = {
-        hw: _Pool(hw, hw, prices[hw], [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
+        hw: _Pool(PoolLedger(hw, hw, prices[hw]), [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
         for hw, n in fleet.items()
         if n > 0
     }
@@ -152,9 +141,7 @@ def simulate(
             if item.input_tokens + item.output_tokens > replica.engine.engine.capacity:
                 continue
             request.pool, request.replica = pool, replica
-            request.load_share = capacity_share(book, pool.hardware, item.input_tokens, p50, slo)
-            pool.in_flight += 1
-            pool.in_flight_load += request.load_share
+            request.ticket = pool.ledger.dispatch(shape, book, item.arrival)
             replica.in_flight += 1
             replica.engine.submit(request.timing)
             per_pool[pool.name] += 1
@@ -167,16 +154,12 @@ def simulate(
 
 
 def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest]) -> None:
-    """Release the load of the engine's finished requests and learn their latency."""
+    """Tell the pools' ledgers about the engine's finished requests."""
     for timing in engine.finished:
         request = in_flight.pop(id(timing))
-        pool, replica = request.pool, request.replica
-        assert pool is not None and replica is not None  # in flight: it was placed
+        pool, replica, ticket = request.pool, request.replica, request.ticket
+        assert pool is not None and replica is not None and ticket is not None  # in flight: it was placed
         replica.in_flight -= 1
-        pool.in_flight -= 1
-        pool.in_flight_load = max(0.0, pool.in_flight_load - request.load_share)
-        pool.ttft_ms = ewma(pool.ttft_ms, timing.ttft * 1000)
-        pool.tpot_ms = ewma(
-            pool.tpot_ms, latency_per_token_ms(timing.arrival, timing.finished_at, timing.output_tokens)
-        )
+        pool.ledger.first_token(ticket, timing.first_token_at)
+        pool.ledger.finish(ticket, timing.finished_at, timing.output_tokens)
     engine.finished.clear()

@@ -78,10 +78,10 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "price_source": "override" if pool.config.price_per_hour is not None else f"price set {state.book.price_set}",
         "profile": state.book.source(pool.hardware),
         "models": list(pool.models),
-        "in_flight": pool.in_flight,
-        "utilization": round(pool.in_flight_load / max(1, len(pool.backends)), 4),
-        "ttft_ms": pool.ttft_ms,
-        "tpot_ms": pool.tpot_ms,
+        "in_flight": pool.ledger.in_flight,
+        "utilization": round(pool.ledger.in_flight_load / max(1, len(pool.backends)), 4),
+        "ttft_ms": pool.ledger.ttft_ms,
+        "tpot_ms": pool.ledger.tpot_ms,
         "backends": [
             {
                 "url": b.url,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ricardo.gateway.config import LimitsConfig, PoolConfig
-from ricardo.policies.live import ewma
+from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PoolView
 
 COOLDOWN_BASE_S = 1.0
@@ -53,14 +53,13 @@ class Backend:
 @dataclass(eq=False)
 class Pool:
     config: PoolConfig
-    models: tuple[str, ...]
-    price_per_hour: float
+    ledger: PoolLedger  # requests in flight, their load, live latency: the same accounting as the simulator's
     backends: list[Backend] = field(default_factory=list)
-    in_flight: int = 0
-    in_flight_load: float = 0.0
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
     _tiebreak: itertools.count = field(default_factory=itertools.count)
+
+    @classmethod
+    def new(cls, config: PoolConfig, models: tuple[str, ...], price_per_hour: float) -> Pool:
+        return cls(config, PoolLedger(config.name, config.hardware, price_per_hour, models))
 
     @property
     def name(self) -> str:
@@ -70,21 +69,19 @@ class Pool:
     def hardware(self) -> str:
         return self.config.hardware
 
+    @property
+    def price_per_hour(self) -> float:
+        return self.ledger.price_per_hour
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.ledger.models
+
     def available_backends(self, now: float) -> list[Backend]:
         return [b for b in self.backends if b.available(now)]
 
     def view(self, now: float) -> PoolView:
-        return PoolView(
-            name=self.name,
-            hardware=self.hardware,
-            price_per_hour=self.price_per_hour,
-            replicas=len(self.available_backends(now)),
-            in_flight=self.in_flight,
-            in_flight_load=self.in_flight_load,
-            ttft_ms=self.ttft_ms,
-            tpot_ms=self.tpot_ms,
-            models=self.models,
-        )
+        return self.ledger.view(len(self.available_backends(now)))
 
     def pick_backend(self, now: float, exclude: set[Backend]) -> Backend | None:
         """The available backend with the fewest requests in flight (rotating among ties)."""
@@ -94,9 +91,6 @@ class Pool:
         least = min(b.in_flight for b in candidates)
         tied = [b for b in candidates if b.in_flight == least]
         return tied[next(self._tiebreak) % len(tied)]
-
-    def record_latency(self, ttft_ms: float | None, tpot_ms: float | None) -> None:
-        self.ttft_ms, self.tpot_ms = ewma(self.ttft_ms, ttft_ms), ewma(self.tpot_ms, tpot_ms)
 
 
 def new_session(limits: LimitsConfig, api_key: str | None) -> aiohttp.ClientSession:

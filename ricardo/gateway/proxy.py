@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ricardo.gateway.pools import Backend, Pool
 from ricardo.gateway.state import GatewayState
-from ricardo.policies.live import latency_per_token_ms
+from ricardo.policies.ledger import Ticket
 from ricardo.policies.types import Choice, RequestShape
 from ricardo.predictor.features import RequestFeatures
 from ricardo.protocol.openai import Endpoint, OpenAIError, error_body, error_for_status, parse_request, sse
@@ -62,7 +62,7 @@ class Trip:
     pool: Pool | None = None
     backend: Backend | None = None
     choice: Choice | None = None
-    load_share: float = 0.0
+    ticket: Ticket | None = None
     attempts: int = 0
     first_token_at: float | None = None
     usage: dict | None = None
@@ -172,17 +172,14 @@ async def _open_upstream(
 
 def _start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
     trip.pool, trip.backend, trip.choice = pool, backend, choice
-    trip.load_share = state.load_share(pool, trip.shape)
-    pool.in_flight += 1
-    pool.in_flight_load += trip.load_share
+    trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic())
     backend.in_flight += 1
 
 
 def _stop(state: GatewayState, trip: Trip) -> None:
-    pool, backend = trip.pool, trip.backend
-    assert pool is not None and backend is not None  # started
-    pool.in_flight -= 1
-    pool.in_flight_load = max(0.0, pool.in_flight_load - trip.load_share)
+    pool, backend, ticket = trip.pool, trip.backend, trip.ticket
+    assert pool is not None and backend is not None and ticket is not None  # started
+    pool.ledger.abandon(ticket)
     backend.in_flight -= 1
 
 
@@ -317,24 +314,24 @@ def _account(state: GatewayState, trip: Trip) -> None:
     """Everything that learns from a finished request: pool load, metrics, the predictor."""
     if trip.pool is None:
         return
-    _stop(state, trip)
     end = time.monotonic()
     pool = trip.pool.name
     m = state.metrics
     m.requests.labels(trip.shape.model, pool, str(trip.status)).inc()
     m.duration.labels(pool).observe(end - trip.started)
-    ttft_ms = tpot_ms = None
     if trip.first_token_at is not None:
-        ttft_ms = (trip.first_token_at - trip.started) * 1000
-        m.ttft.labels(pool).observe(ttft_ms / 1000)
+        m.ttft.labels(pool).observe(trip.first_token_at - trip.started)
     usage = trip.usage or {}
     prompt_tokens = usage.get("prompt_tokens")
     completion_tokens = usage.get("completion_tokens")
     if isinstance(completion_tokens, int) and completion_tokens > 1 and trip.first_token_at is not None:
         m.tpot.labels(pool).observe((end - trip.first_token_at) / (completion_tokens - 1))
-    if isinstance(completion_tokens, int):
-        tpot_ms = latency_per_token_ms(trip.started, end, completion_tokens)
-    trip.pool.record_latency(ttft_ms, tpot_ms)
+    assert trip.ticket is not None  # dispatched
+    if trip.first_token_at is not None:
+        trip.pool.ledger.first_token(trip.ticket, trip.first_token_at)
+    clean = trip.status == 200 and isinstance(completion_tokens, int)
+    trip.pool.ledger.finish(trip.ticket, end, completion_tokens if clean else None)
+    _stop(state, trip)
     if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int) and trip.status == 200:
         m.tokens.labels(pool, "input").inc(prompt_tokens)
         m.tokens.labels(pool, "output").inc(completion_tokens)

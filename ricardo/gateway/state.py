@@ -26,7 +26,7 @@ from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.pools import Backend, Pool, new_session
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
-from ricardo.policies.routing import capacity_share, get_policy, request_cost_usd
+from ricardo.policies.routing import get_policy, request_cost_usd
 from ricardo.policies.types import SLO, Choice, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
 
@@ -76,9 +76,6 @@ class GatewayState:
         views = [p.view(now) for p in self.pools.values() if shape.model in p.models]
         return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
-    def load_share(self, pool: Pool, shape: RequestShape) -> float:
-        return capacity_share(self.book_for(shape.slo), pool.hardware, shape.input_tokens, shape.output_p50, shape.slo)
-
     def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point."""
         return request_cost_usd(self.book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
@@ -116,11 +113,12 @@ class GatewayState:
             price = pool_config.price_per_hour
             if price is None:
                 price = self.book.price(pool_config.hardware)
+            models = tuple(self.config.pool_models(pool_config))
             pool = self.pools.get(pool_config.name)
             if pool is None or pool.hardware != pool_config.hardware:
-                pool = Pool(pool_config, tuple(self.config.pool_models(pool_config)), price)
-            pool.config, pool.price_per_hour = pool_config, price
-            pool.models = tuple(self.config.pool_models(pool_config))
+                pool = Pool.new(pool_config, models, price)
+            pool.config = pool_config
+            pool.ledger.reprice(price, models)
             draining = {backend_key(u) for u in pool_config.draining}
             pool.backends = []
             for url in map(backend_key, pool_config.backends):
@@ -173,7 +171,7 @@ class GatewayState:
         await asyncio.gather(*checks)
         now = time.monotonic()
         for pool in self.pools.values():
-            self.metrics.in_flight.labels(pool.name).set(pool.in_flight)
+            self.metrics.in_flight.labels(pool.name).set(pool.ledger.in_flight)
             self.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
         self.metrics.store_up.set(1 if self.store.healthy else 0)
 

@@ -47,7 +47,10 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     this scales the concurrency linearly, a first-order guess). A size the profile cannot serve is
     charged a whole replica. An answer shorter than the shortest profiled one counts as that long:
     its rate is the shortest profiled answer's, and so is the time it holds the replica (mostly its
-    prefill), which a one-token answer's SLO x 1 would understate many times over.
+    prefill), which a one-token answer's SLO x 1 would understate many times over. A request holds at
+    most one replica: one the profile can serve only far below one at a time (a long prompt with a short
+    answer at a tight SLO: max_rps x SLO x output < 1) still runs on one replica, and charging it several
+    made a pool with a handful of such requests look saturated many times over.
     """
     return _share_at(book, book.rate_at(hardware, input_tokens, output_tokens), output_tokens, slo)
 
@@ -56,7 +59,7 @@ def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> fl
     """`capacity_share` of a request whose interpolated rate is `rps`."""
     if rps <= 0:
         return 1.0
-    return 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens))
+    return min(1.0, 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)))
 
 
 def predicted_slack(alone_share: float, utilization: float) -> float:
@@ -124,13 +127,18 @@ def cost_aware(
     Slack, as a share of the SLO, is how far below it the request's latency per token is expected to be
     (`predicted_slack`): from `alone`, its latency per token alone on an idle replica (where the book knows
     the hardware's step costs; 0 otherwise), and the pool's utilization after adding this request (its
-    share at the p90 output). So a request that barely fits the SLO even alone (a long prompt with a short
-    answer) goes only to nearly idle pools, and one the pool cannot serve in time at all ranks as a
-    predicted miss, though the capacity table (measured at the bucket's longest answer) says the bucket is
-    servable. For a pool with requests in flight, slack is at most 1 - live TTFT / SLO and 1 - live TPOT /
-    SLO (an idle pool's latency estimates are stale, and trusting them could starve it).
-    Tiers, in order: slack >= slack_target (by cost); slack in [0, that) (most slack first);
-    predicted miss, slack < 0 (most slack first); p90 size beyond the profile (by cost).
+    share at the p90 output: an uncertain size counts as the larger one). So a request that barely fits the
+    SLO even alone (a long prompt with a short answer) goes only to nearly idle pools, and one the pool cannot
+    serve in time at all ranks as a predicted miss, though the capacity table (measured at the bucket's
+    longest answer) says the bucket is servable. The pool's recent latency is not used: it is the latency
+    of the mix it happened to serve (a pool busy with long prompts and short answers shows a high latency
+    per token at any load), and capping slack by it sent such requests to slower, cheaper hardware.
+
+    Tiers, in order: slack >= slack_target (by cost); slack in [0, that) (most slack first); predicted
+    miss, slack < 0; p90 size beyond the profile (by cost). A predicted miss goes first to the pool that is
+    past its operating point already (the most loaded first), where the requests it slows down are late
+    anyway, then to the others by most slack: spreading requests that fit nowhere over every pool would
+    make every pool late (the fleet is too small for the traffic; see `admission` in the gateway).
     """
     ranked = []
     for position, (pool, rps50) in enumerate(_servable(shape, pools, book)):
@@ -141,17 +149,17 @@ def cost_aware(
             utilization = (pool.in_flight_load + _share_at(book, rps90, shape.output_p90, shape.slo)) / pool.replicas
             alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p50)
             slack = predicted_slack(0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, utilization)
-            if pool.in_flight:
-                if pool.tpot_ms is not None:
-                    slack = min(slack, 1.0 - pool.tpot_ms / shape.slo.tpot_ms)
-                if pool.ttft_ms is not None:
-                    slack = min(slack, 1.0 - pool.ttft_ms / shape.slo.ttft_ms)
+        key: tuple[float, ...]
         if slack is None or slack >= slack_target:
-            tier, key = (3 if slack is None else 0), cost
+            tier, key = (3 if slack is None else 0), (cost,)
             frac = cost / (cost + _COST_SCALE_USD)
-        else:
-            tier, key = (1 if slack >= 0 else 2), -slack
+        elif slack >= 0:
+            tier, key = 1, (-slack,)
             frac = 1.0 / (1.0 + math.exp(slack))
+        else:
+            tier, overloaded = 2, pool.utilization >= 1.0
+            key = (0.0, -pool.utilization) if overloaded else (1.0, -slack)
+            frac = 1.0 / (1.0 + math.exp(-pool.utilization if overloaded else slack))
         reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {pool.hardware}"
         if slack is not None:
             reason += f", util {utilization:.0%}, slack {slack:+.2f}"
@@ -165,7 +173,7 @@ def cost_aware(
             reason,
             {"tier": tier, "utilization": utilization},
         )
-        ranked.append(((tier, key, utilization or 0.0, position), choice))
+        ranked.append(((tier, *key, utilization or 0.0, position), choice))
     ranked.sort(key=lambda item: item[0])
     return [choice for _, choice in ranked]
 

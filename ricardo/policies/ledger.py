@@ -1,0 +1,106 @@
+"""The live accounting of one pool, kept by the same code in the gateway and in the simulator.
+
+A `PoolLedger` is fed the events of the requests it carries (dispatched, first token, finished, abandoned),
+each with the caller's own clock (monotonic seconds in the gateway, virtual seconds in the simulator), and
+builds the `PoolView` a policy ranks. So what the simulator evaluates is the gateway's decision as a whole:
+the same load accounting and live estimates under the same policy function, not the policy alone.
+
+Load: each request in flight holds `capacity_share` of one replica (its size at the profile's operating
+point, at most one replica). Live estimates: exponentially weighted means over finished requests of TTFT and
+of latency per output token (`policies.live`), for display and for policies that want them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ricardo.policies.live import ewma, latency_per_token_ms
+from ricardo.policies.routing import capacity_share
+from ricardo.policies.types import PoolView, RequestShape
+from ricardo.profiles.catalog import ProfileBook
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One request in flight on a pool: what the ledger charged it, so that exactly that is released."""
+
+    load: float
+    started: float
+    first_token_at: float | None = None
+    open: bool = True
+
+
+class PoolLedger:
+    """Requests in flight on one pool, their load, and the pool's live latency estimates."""
+
+    def __init__(
+        self,
+        name: str,
+        hardware: str,
+        price_per_hour: float,
+        models: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.hardware = hardware
+        self.price_per_hour = price_per_hour
+        self.models = models
+        self.in_flight = 0
+        self.in_flight_load = 0.0
+        self.ttft_ms: float | None = None
+        self.tpot_ms: float | None = None
+        self._view: PoolView | None = None  # until the next event or replica count change
+
+    def dispatch(self, shape: RequestShape, book: ProfileBook, now: float) -> Ticket:
+        """A request starts on this pool: charge its load."""
+        load = capacity_share(book, self.hardware, shape.input_tokens, shape.output_p50, shape.slo)
+        self.in_flight += 1
+        self.in_flight_load += load
+        self._view = None
+        return Ticket(load, now)
+
+    def first_token(self, ticket: Ticket, now: float) -> None:
+        if ticket.first_token_at is None:
+            ticket.first_token_at = now
+
+    def finish(self, ticket: Ticket, now: float, output_tokens: int | None) -> None:
+        """The request ended; with its output token count (a clean answer), learn its latency."""
+        if not self._release(ticket):
+            return
+        if ticket.first_token_at is not None:
+            self.ttft_ms = ewma(self.ttft_ms, (ticket.first_token_at - ticket.started) * 1000)
+        if output_tokens is not None:
+            self.tpot_ms = ewma(self.tpot_ms, latency_per_token_ms(ticket.started, now, output_tokens))
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The attempt failed or was given up: release its load, learn nothing from it."""
+        self._release(ticket)
+
+    def _release(self, ticket: Ticket) -> bool:
+        if not ticket.open:  # released once only, whatever path ends the request
+            return False
+        ticket.open = False
+        self.in_flight -= 1
+        self.in_flight_load = max(0.0, self.in_flight_load - ticket.load) if self.in_flight else 0.0
+        self._view = None
+        return True
+
+    def reprice(self, price_per_hour: float, models: tuple[str, ...]) -> None:
+        if (price_per_hour, models) != (self.price_per_hour, self.models):
+            self.price_per_hour, self.models, self._view = price_per_hour, models, None
+
+    def view(self, replicas: int) -> PoolView:
+        """The pool as a policy sees it, given how many replicas can take a request now."""
+        view = self._view
+        if view is None or view.replicas != replicas:
+            view = self._view = PoolView(
+                name=self.name,
+                hardware=self.hardware,
+                price_per_hour=self.price_per_hour,
+                replicas=replicas,
+                in_flight=self.in_flight,
+                in_flight_load=self.in_flight_load,
+                ttft_ms=self.ttft_ms,
+                tpot_ms=self.tpot_ms,
+                models=self.models,
+            )
+        return view

@@ -1,0 +1,71 @@
+"""The pool ledger: the one piece of code that turns request events into the `PoolView` a policy ranks."""
+
+import pytest
+from ricardo.policies.ledger import PoolLedger
+from ricardo.policies.routing import capacity_share
+from ricardo.policies.types import SLO, RequestShape
+from ricardo.profiles.catalog import load_default_book
+
+SLO_DEFAULT = SLO(ttft_ms=2000, tpot_ms=120)
+
+
+@pytest.fixture(scope="module")
+def book():
+    return load_default_book()
+
+
+def shape(input_tokens: int, output: int) -> RequestShape:
+    return RequestShape("llama2-7b", input_tokens, output, output * 2, SLO_DEFAULT)
+
+
+def test_load_is_charged_at_dispatch_and_released_exactly_once(book):
+    ledger = PoolLedger("a10g", "A10G", 1.01)
+    first = ledger.dispatch(shape(500, 100), book, now=0.0)
+    second = ledger.dispatch(shape(50, 20), book, now=0.5)
+    assert first.load == pytest.approx(capacity_share(book, "A10G", 500, 100, SLO_DEFAULT))
+    view = ledger.view(replicas=2)
+    assert view.in_flight == 2 and view.in_flight_load == pytest.approx(first.load + second.load)
+    assert view.utilization == pytest.approx((first.load + second.load) / 2)
+    ledger.abandon(first)
+    ledger.abandon(first)  # a second release of the same request changes nothing
+    ledger.finish(first, now=3.0, output_tokens=100)
+    assert ledger.view(2).in_flight == 1 and ledger.view(2).in_flight_load == pytest.approx(second.load)
+    assert ledger.tpot_ms is None  # an abandoned attempt teaches nothing about latency
+    ledger.finish(second, now=1.5, output_tokens=20)
+    assert ledger.view(2).in_flight == 0 and ledger.view(2).in_flight_load == 0.0
+
+
+def test_a_request_holds_at_most_one_replica():
+    """A long prompt with a short answer at a tight SLO: the profile serves far fewer than one at a time."""
+    book = load_default_book(slo_tpot_ms=40)
+    tight = RequestShape("llama2-7b", 7000, 2, 2, SLO(10_000, 40.0))
+    assert capacity_share(book, "A100-80GB", 7000, 2, tight.slo) == 1.0
+    ledger = PoolLedger("a100", "A100-80GB", 3.67)
+    for _ in range(3):
+        ledger.dispatch(tight, book, now=0.0)
+    assert ledger.view(replicas=17).utilization == pytest.approx(3 / 17)
+
+
+def test_live_estimates_learn_from_clean_answers_only(book):
+    ledger = PoolLedger("h100", "H100", 7.5)
+    ticket = ledger.dispatch(shape(100, 10), book, now=10.0)
+    ledger.first_token(ticket, 10.2)
+    ledger.first_token(ticket, 10.9)  # only the first one counts
+    ledger.finish(ticket, now=11.0, output_tokens=10)
+    assert ledger.ttft_ms == pytest.approx(200.0) and ledger.tpot_ms == pytest.approx(100.0)
+    broken = ledger.dispatch(shape(100, 10), book, now=20.0)
+    ledger.finish(broken, now=40.0, output_tokens=None)  # ended without a clean answer
+    assert ledger.tpot_ms == pytest.approx(100.0)
+
+
+def test_views_are_reused_until_something_changes(book):
+    ledger = PoolLedger("l4", "L4", 0.7, models=("llama2-7b",))
+    view = ledger.view(2)
+    assert ledger.view(2) is view
+    assert ledger.view(1) is not view and ledger.view(1).replicas == 1
+    ticket = ledger.dispatch(shape(10, 10), book, now=0.0)
+    assert ledger.view(1).in_flight == 1
+    ledger.reprice(0.5, ("llama2-7b",))
+    assert ledger.view(1).price_per_hour == 0.5
+    ledger.finish(ticket, now=1.0, output_tokens=10)
+    assert ledger.view(1).in_flight == 0
