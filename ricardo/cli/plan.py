@@ -62,10 +62,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="leave out requests whose size no candidate type can serve (reported as unserved_rate)",
     )
     p.add_argument(
-        "--exact-sizes",
-        action="store_true",
-        help="with a trace: charge each request its own size, interpolated between the profile's "
-        "measured sizes, instead of its bucket's upper edge (Mélange's rule; ricardo plans so)",
+        "--planner",
+        choices=("ricardo", "exact", "melange"),
+        help="how a request is charged (policies/sizing.py): ricardo = its own size, interpolated between the "
+        "profile's sizes, at the utilization the cost-aware router runs each type at (what the gateway's "
+        "scaling hints and the fleet search use); exact = its own size at the profile's operating point; "
+        "melange = its bucket's upper edge (Mélange's rule). Default: ricardo with a trace, melange with a "
+        "histogram (which has no sizes)",
     )
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds before returning the best found")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -90,6 +93,8 @@ def handle(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     from ricardo.policies.planner import PlanError, plan
+    from ricardo.policies.sizing import planner_seconds
+    from ricardo.policies.types import SLO
     from ricardo.profiles.catalog import default_profile_paths, load_book
 
     if args.rate is not None and args.rate < 0:
@@ -103,16 +108,18 @@ def run(args: argparse.Namespace) -> dict:
     book = load_book(*paths, price_set=args.price_set)
     prices = book.prices | _overrides(args.price, book)
     fractions, trace_rate, described, sizes = read_workload(args.workload, book)
-    if args.exact_sizes and sizes is None:
-        raise ValueError("--exact-sizes needs a trace as --workload (a histogram has no request sizes)")
+    planner = args.planner or ("melange" if sizes is None else "ricardo")
+    if planner != "melange" and sizes is None:
+        raise ValueError(f"--planner {planner} needs a trace as --workload (a histogram has no request sizes)")
     rate = args.rate if args.rate is not None else trace_rate
     if rate is None:
         raise ValueError(f"--rate is needed: workload {args.workload!r} has no arrival times")
     only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
     rates = fractions * rate
     options = dict(slice_factor=args.slice_factor, headroom=args.headroom, time_limit_s=args.time_limit)
-    if args.exact_sizes and sizes is not None:  # (without sizes it raised above)
-        options["request_seconds"] = {hw: book.bucket_request_seconds(hw, *sizes) for hw in book.hardware_names()}
+    if sizes is not None:
+        slo = SLO(book.slo_ttft_ms or 10_000.0, book.slo_tpot_ms)
+        options["request_seconds"] = planner_seconds(book, *sizes, slo, planner)
     mixed = plan(rates, book, prices, only=only, drop_unservable=args.drop_unservable, **options)
     served = rates.copy()
     if mixed.unserved_rate:
@@ -136,7 +143,8 @@ def run(args: argparse.Namespace) -> dict:
         "price_set": args.price_set,
         "prices": {hw: prices[hw] for hw in mixed.allocation},
         "slo_tpot_ms": book.slo_tpot_ms,
-        "sizes": "exact (interpolated)" if args.exact_sizes else "bucket upper edges",
+        "planner": planner,
+        "sizes": "bucket upper edges" if planner == "melange" else "exact (interpolated)",
         "profiles": [str(p) for p in paths],
     }
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from ricardo.emulator.cluster import TraceRequest, simulate
 from ricardo.policies.planner import Plan, plan
-from ricardo.policies.routing import SLACK_TARGET, safe_utilization
+from ricardo.policies.routing import SLACK_TARGET
+from ricardo.policies.sizing import PLANNERS, plan_sizes, planner_seconds, size_demand
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook, load_default_book
 from ricardo.profiles.engine_params import EngineParams
@@ -29,70 +30,20 @@ def mean_rate(requests: Sequence[TraceRequest]) -> float:
 
 def demand(requests: Sequence[TraceRequest], book: ProfileBook) -> np.ndarray:
     """req/s per bucket of the book's grid: the requests' exact size mix at their mean arrival rate."""
-    fractions = book.histogram([r.input_tokens for r in requests], [r.output_tokens for r in requests])
-    return fractions * mean_rate(requests)
+    return size_demand(book, *sizes(requests), mean_rate(requests))
 
 
-PLANNERS = ("ricardo", "exact", "melange")
+def sizes(requests: Sequence[TraceRequest]) -> tuple[list[int], list[int]]:
+    return [r.input_tokens for r in requests], [r.output_tokens for r in requests]
 
 
 def plan_fleet(
-    requests, book: ProfileBook, slo: SLO, headroom: float = 0.0, planner: str = "ricardo"
+    requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO, headroom: float = 0.0, planner: str = "ricardo"
 ) -> dict[str, int]:
-    """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see `FleetSearch.plan`
-    for the planners)."""
-    result = plan(
-        demand(requests, book),
-        book,
-        headroom=headroom,
-        drop_unservable=True,
-        request_seconds=planner_seconds(requests, book, slo, planner),
-    )
+    """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see
+    `policies.sizing` for the planners)."""
+    result = plan_sizes(book, *sizes(requests), mean_rate(requests), slo, planner, headroom=headroom)
     return {hw: n for hw, n in result.allocation.items() if n}
-
-
-def planner_seconds(
-    requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO, planner: str, slack_target: float = SLACK_TARGET
-) -> dict[str, np.ndarray] | None:
-    """What each planner charges a request (the planner's `request_seconds`; None: bucket upper edges)."""
-    if planner == "ricardo":
-        return request_seconds(requests, book, slo, slack_target)
-    if planner == "exact":
-        return request_seconds(requests, book)
-    if planner == "melange":
-        return None
-    raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
-
-
-def request_seconds(
-    requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO | None = None, slack_target: float = SLACK_TARGET
-) -> dict[str, np.ndarray]:
-    """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`).
-
-    With an `slo`, each request's seconds on a type are divided by the utilization up to which the type keeps
-    the request's predicted slack at its target (`safe_utilization` of its latency alone there): the planner
-    then provisions each type for the load the router will put on it, not for the profile's operating point.
-    The target is the policy's, or half the room the best type leaves, where no type leaves that much (at a
-    tight SLO every type is run below its operating point, the slower ones more). A type that cannot keep it
-    is charged 1 / MIN_SAFE_UTILIZATION, so that one request too slow for it does not bar it from its bucket.
-    """
-    inputs, outputs = [r.input_tokens for r in requests], [r.output_tokens for r in requests]
-    timed = [hw for hw in book.hardware_names() if book.alone_seconds_per_token(hw, 1, 1) is not None]
-    factors: dict[str, np.ndarray] = {}
-    if slo is not None and timed:
-        sizes = sorted(set(zip(inputs, outputs, strict=True)))
-        safe: dict[str, dict[tuple[int, int], float]] = {hw: {} for hw in timed}
-        for size in sizes:
-            alone = {}
-            for hw in timed:
-                seconds = book.alone_seconds_per_token(hw, *size)
-                assert seconds is not None  # timed: the book has the type's step costs
-                alone[hw] = seconds * 1000 / slo.tpot_ms
-            target = min(slack_target, 0.5 * max(1.0 - a for a in alone.values()))
-            for hw, a in alone.items():
-                safe[hw][size] = max(MIN_SAFE_UTILIZATION, safe_utilization(a, target))
-        factors = {hw: np.array([1.0 / safe[hw][size] for size in zip(inputs, outputs, strict=True)]) for hw in timed}
-    return {hw: book.bucket_request_seconds(hw, inputs, outputs, factors.get(hw)) for hw in book.hardware_names()}
 
 
 def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
@@ -123,7 +74,6 @@ def alone_within_slo(requests: Sequence[TraceRequest], engines: Sequence[EngineP
     return np.array([known[size] for size in sizes])
 
 
-MIN_SAFE_UTILIZATION = 0.1
 PLAN_TIME_LIMIT_S = 10.0  # the gateway's live planner stops at 1 s; a search wants proven optima
 
 
@@ -172,7 +122,7 @@ class FleetSearch:
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
         self.demand = demand(requests, book)
-        self.seconds = {name: planner_seconds(requests, book, slo, name, slack_target) for name in PLANNERS}
+        self.seconds = {name: planner_seconds(book, *sizes(requests), slo, name, slack_target) for name in PLANNERS}
 
     def plan(self, scale: float, only: Sequence[str], planner: str = "exact") -> Plan:
         """The planner's fleet for `scale` x the demand, charging each request

@@ -152,11 +152,18 @@ def test_text_output(capsys):
     assert "mixed fleet:" in text and "A10G-only:" in text and "optimal" in text
 
 
-def test_exact_sizes_charge_each_request_its_own_size(capsys, book):
-    edges = plan_json(capsys, "--workload", "azure-conv")
-    exact = plan_json(capsys, "--workload", "azure-conv", "--exact-sizes")
+def test_planners_charge_each_request_its_own_size_or_its_buckets_edge(capsys, book):
+    edges = plan_json(capsys, "--workload", "azure-conv", "--planner", "melange")
+    exact = plan_json(capsys, "--workload", "azure-conv", "--planner", "exact")
+    router_aware = plan_json(capsys, "--workload", "azure-conv")  # the default with a trace
+    assert (
+        router_aware["planner"] == "ricardo"
+        and plan_json(capsys, "--workload", "arena", "--rate", "4")["planner"] == "melange"
+    )
+    # the router keeps each type below its operating point: the fleet it plans for is at least the bound's
+    assert router_aware["cost_per_hour"] >= exact["cost_per_hour"]
     assert exact["sizes"].startswith("exact") and edges["sizes"] == "bucket upper edges"
     assert exact["cost_per_hour"] < edges["cost_per_hour"]  # every request is at most its bucket's upper edge
     assert exact["load"]["A100-80GB"] <= edges["load"]["A100-80GB"] or exact["allocation"] != edges["allocation"]
-    assert ricardo_plan("--workload", "arena", "--rate", "4", "--exact-sizes") == 2
+    assert ricardo_plan("--workload", "arena", "--rate", "4", "--planner", "exact") == 2
     assert "needs a trace" in capsys.readouterr().err
