@@ -10,7 +10,7 @@ scaling hints, `ricardo plan` and the simulator's fleet search.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -31,8 +31,10 @@ def request_seconds(
     outputs: Sequence[int],
     slo: SLO | None = None,
     slack_target: float = SLACK_TARGET,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`).
+    """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`),
+    weighted by `weights` if given (how many requests each size stands for).
 
     With an `slo`, each request's seconds on a type are divided by the utilization up to which the type keeps
     the request's predicted slack at its target (`safe_utilization` of its latency alone there). The target is
@@ -54,7 +56,9 @@ def request_seconds(
             for hw, a in alone.items():
                 safe[hw][size] = max(MIN_SAFE_UTILIZATION, safe_utilization(a, target))
         factors = {hw: np.array([1.0 / safe[hw][size] for size in sizes]) for hw in timed}
-    return {hw: book.bucket_request_seconds(hw, inputs, outputs, factors.get(hw)) for hw in book.hardware_names()}
+    return {
+        hw: book.bucket_request_seconds(hw, inputs, outputs, factors.get(hw), weights) for hw in book.hardware_names()
+    }
 
 
 def planner_seconds(
@@ -64,20 +68,28 @@ def planner_seconds(
     slo: SLO,
     planner: str = "ricardo",
     slack_target: float = SLACK_TARGET,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """What `planner` charges each bucket's requests (the planner's `request_seconds`; None: bucket upper edges)."""
     if planner == "ricardo":
-        return request_seconds(book, inputs, outputs, slo, slack_target)
+        return request_seconds(book, inputs, outputs, slo, slack_target, weights)
     if planner == "exact":
-        return request_seconds(book, inputs, outputs)
+        return request_seconds(book, inputs, outputs, weights=weights)
     if planner == "melange":
         return None
     raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
 
 
-def size_demand(book: ProfileBook, inputs: Sequence[int], outputs: Sequence[int], rate: float) -> np.ndarray:
-    """req/s per bucket of the book's grid: these requests' size mix at `rate` requests per second."""
-    demand: np.ndarray = book.histogram(inputs, outputs) * rate
+def size_demand(
+    book: ProfileBook,
+    inputs: Sequence[int],
+    outputs: Sequence[int],
+    rate: float,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """req/s per bucket of the book's grid: these requests' size mix (each size counted `weights` times if given)
+    at `rate` requests per second."""
+    demand: np.ndarray = book.histogram(inputs, outputs, weights) * rate
     return demand
 
 
@@ -89,19 +101,26 @@ def plan_sizes(
     slo: SLO,
     planner: str = "ricardo",
     *,
+    weights: Sequence[float] | None = None,
+    prices: Mapping[str, float] | None = None,
     only: Sequence[str] | None = None,
     headroom: float = 0.0,
     time_limit_s: float = 1.0,
 ) -> Plan:
     """The planner's cheapest fleet for requests of these sizes arriving at `rate` req/s (the size mix of the
-    sample, the total rate given: a sample of a window's requests plans for the whole window). Sizes no
-    candidate type can serve are left out (`Plan.unserved_rate`)."""
+    sample, the total rate given: a sample of a window's requests plans for the whole window). `weights` say how
+    many requests each size stands for (a sample drawn unevenly, e.g. merged from several gateway replicas);
+    `prices` ($/h per type) replace the book's. Sizes no candidate type can serve are left out
+    (`Plan.unserved_rate`)."""
+    if len(inputs) == 0 and rate == 0:  # no traffic: the empty fleet (there are no sizes to charge)
+        return plan(np.zeros(book.shape), book, prices, only=only, headroom=headroom, time_limit_s=time_limit_s)
     return plan(
-        size_demand(book, inputs, outputs, rate),
+        size_demand(book, inputs, outputs, rate, weights),
         book,
+        prices,
         only=only,
         headroom=headroom,
         drop_unservable=True,
         time_limit_s=time_limit_s,
-        request_seconds=planner_seconds(book, inputs, outputs, slo, planner),
+        request_seconds=planner_seconds(book, inputs, outputs, slo, planner, weights=weights),
     )

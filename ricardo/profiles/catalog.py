@@ -284,20 +284,23 @@ class ProfileBook:
         input_tokens: Sequence[int],
         output_tokens: Sequence[int],
         factors: np.ndarray | None = None,
+        weights: Sequence[float] | None = None,
     ) -> np.ndarray:
         """Mean replica-seconds per request in each bucket of the grid for these requests (the planner's
         `request_seconds`), each request's multiplied by its `factors` if given; 1 / capacity where no request
-        falls, inf where the hardware cannot serve."""
+        falls, inf where the hardware cannot serve. With `weights` (how many requests each stands for, > 0: a
+        sample drawn unevenly), the mean is weighted."""
         inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
         seconds = self.request_seconds(hardware, inputs, outputs)
         if factors is not None:
             seconds = seconds * factors
         cells = self.buckets(inputs, outputs)
+        weight = _weights(weights, inputs.size)
         total, count = np.zeros(self.shape), np.zeros(self.shape)
-        np.add.at(total, cells, seconds)
-        np.add.at(count, cells, 1)
+        np.add.at(total, cells, seconds * weight)
+        np.add.at(count, cells, weight)
         with np.errstate(invalid="ignore"):
-            return np.where(count > 0, total / np.maximum(count, 1), self.table_seconds(hardware))
+            return np.where(count > 0, total / np.where(count > 0, count, 1.0), self.table_seconds(hardware))
 
     def rows(self, hardware: str) -> tuple[tuple[float, ...], ...] | None:
         """The capacity table as nested tuples, or None for unknown hardware (for callers that loop)."""
@@ -319,14 +322,29 @@ class ProfileBook:
             known = ", ".join(self._workloads) or "none"
             raise KeyError(f"no workload {name!r} in the profile; known: {known}") from None
 
-    def histogram(self, input_tokens: Sequence[int], output_tokens: Sequence[int]) -> np.ndarray:
-        """Fractions of the given requests in each bucket of the book's grid."""
+    def histogram(
+        self, input_tokens: Sequence[int], output_tokens: Sequence[int], weights: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """Fractions of the given requests in each bucket of the book's grid; with `weights`, of their weights
+        (how many requests each stands for, > 0)."""
         inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
         if inputs.shape != outputs.shape or inputs.size == 0:
             raise ValueError("need the same, non-zero number of input and output lengths")
+        weight = _weights(weights, inputs.size)
         counts = np.zeros(self.shape)
-        np.add.at(counts, self.buckets(inputs, outputs), 1)
-        return counts / inputs.size
+        np.add.at(counts, self.buckets(inputs, outputs), weight)
+        fractions: np.ndarray = counts / weight.sum()
+        return fractions
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """Each request's weight: 1 without `weights`; else `weights`, checked (n of them, finite, > 0)."""
+    if weights is None:
+        return np.ones(n)
+    weight = np.asarray(weights, dtype=float)
+    if weight.shape != (n,) or not (np.isfinite(weight) & (weight > 0)).all():
+        raise ValueError(f"need {n} finite, positive weights, one per request")
+    return weight
 
 
 def _position(edges: tuple[int, ...], low: int, high: int, tokens: int) -> float:

@@ -264,3 +264,24 @@ def test_past_the_last_edges_a_request_costs_at_least_proportionally_more(book):
     # inputs past the last input edge likewise; within the edges nothing changes
     assert book.rate_at("H100", 32000, 100) <= book.rate_at("H100", 16000, 100) / 2
     assert book.rate_at("H100", 16000, 2000) == pytest.approx(book.max_rps("H100", 16000, 2000))
+
+
+def test_weights_count_a_request_as_that_many_in_the_histogram_and_the_bucket_means(book):
+    inputs, outputs, weights = [260, 490, 30, 3000], [260, 490, 30, 100], [1.0, 3.0, 0.5, 2.0]
+    repeated = [k for k, w in enumerate([2, 6, 1, 4]) for _ in range(w)]  # the same proportions, as repeats
+    np.testing.assert_allclose(
+        book.histogram(inputs, outputs, weights),
+        book.histogram([inputs[k] for k in repeated], [outputs[k] for k in repeated]),
+    )
+    weighted = book.bucket_request_seconds("A100-80GB", inputs, outputs, weights=weights)
+    np.testing.assert_allclose(
+        weighted,
+        book.bucket_request_seconds("A100-80GB", [inputs[k] for k in repeated], [outputs[k] for k in repeated]),
+    )
+    i, j = book.bucket(260, 260)
+    assert weighted[i, j] != pytest.approx(book.bucket_request_seconds("A100-80GB", inputs, outputs)[i, j])
+    for bad in ([1.0, 1.0], [1.0, 0.0, 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0]):
+        with pytest.raises(ValueError, match="weights"):
+            book.histogram(inputs, outputs, bad)
+        with pytest.raises(ValueError, match="weights"):
+            book.bucket_request_seconds("A100-80GB", inputs, outputs, weights=bad)
