@@ -1,11 +1,14 @@
 """Scaling hints on an up-and-down ramp: a trace replayed in virtual time through the ScalingAdvisor.
 
 Run: .venv/bin/python bench/scaling/replay_ramp.py [out.png] [--trace PATH] [--window-s 30] [--hold-s 60]
-     [--interval-s 5] [--headroom 0.1] [--price-set melange]
+     [--interval-s 5] [--headroom 0] [--slo-tpot-ms 120] [--slo-ttft-ms 2000] [--price-set melange]
 Every request is observed at its arrival time; every --interval-s the advisor computes hints for four
-pools (L4, A10G, A100-80GB, H100 at the price set's prices), and an ideal autoscaler follows them
-(current replicas = last desired). Prints how the desired fleet's $/h follows the load (correlation,
-lag, direction changes), the compute times, and writes a plot (default bench/scaling/ramp.png).
+pools (L4, A10G, A100-80GB, H100 at the price set's prices) at the SLO (the gateway's default), and an
+ideal autoscaler follows them (current replicas = last desired). Prints how the desired fleet's $/h follows
+the load (correlation, lag, direction changes), the compute times, and writes a plot (default
+bench/scaling/ramp.png). For comparison on the same windows, it also plans each tick undamped under the other
+sizing rules of policies/sizing.py: "exact" (each request its own size at the profile's operating point) and
+"melange" (bucket upper edges; with --headroom 0.1 the hints' rule before they used sizing.py).
 
 The load reference is the trace's arrival rate smoothed over the window: trailing (what an observer
 knows at t) for the correlation, centred (the load itself, without the trailing average's delay of
@@ -21,13 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ricardo.gateway.scaling import Hints, PoolSpec, ScalingAdvisor
+from ricardo.gateway.scaling import Hints, PoolSpec, ScalingAdvisor, merge_summaries
 from ricardo.loadgen.traces import read_trace
+from ricardo.policies.sizing import plan_sizes
+from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook, load_default_book
 
 HERE = Path(__file__).resolve().parent
 TRACE = HERE.parents[1] / ".." / "shared" / "data" / "prompts" / "sharegpt_aibrix" / "8min_up_and_down.jsonl"
 HARDWARE = ("L4", "A10G", "A100-80GB", "H100")
+DEFAULT_SLO = SLO(2000.0, 120.0)  # the gateway's default (config `slo`)
+OTHER_RULES = {"exact": 0.0, "melange": 0.0, "melange+10%": 0.1}  # rule (headroom): planned undamped for comparison
 LOAD_DEADBAND = 0.05  # of the load's range
 
 
@@ -37,6 +44,7 @@ class Replay:
     ticks: np.ndarray  # s, when hints were computed
     hints: list[Hints]
     compute_seconds: np.ndarray  # wall time of each `compute`
+    other_costs: dict[str, np.ndarray]  # rule -> undamped $/h of each tick's window under that rule
     window_s: float
     hold_s: float
     interval_s: float
@@ -58,13 +66,22 @@ class Replay:
 
 
 def replay(
-    requests, book: ProfileBook, *, window_s: float, hold_s: float, interval_s: float, headroom: float
+    requests,
+    book: ProfileBook,
+    *,
+    window_s: float,
+    hold_s: float,
+    interval_s: float,
+    headroom: float,
+    slo: SLO = DEFAULT_SLO,
+    compare: bool = True,
 ) -> Replay:
     advisor = ScalingAdvisor(book, window_s=window_s, scale_down_hold_s=hold_s, headroom=headroom, start=0.0)
     arrivals = np.array([r.arrival_s for r in requests])
     ticks = np.arange(interval_s, arrivals[-1] + interval_s, interval_s)
     current = dict.fromkeys(HARDWARE, 0)
     hints, seconds, next_request = [], [], 0
+    others: dict[str, list[float]] = {rule: [] for rule in OTHER_RULES} if compare else {}
     for now in ticks:
         while next_request < len(requests) and requests[next_request].arrival_s <= now:
             r = requests[next_request]
@@ -72,11 +89,36 @@ def replay(
             next_request += 1
         pools = [PoolSpec(hw, hw, book.price(hw), current[hw]) for hw in HARDWARE]
         started = time.perf_counter()
-        hint = advisor.compute(float(now), pools)
+        summary = advisor.summary(float(now))
+        hint = advisor.compute(float(now), pools, slo, own=summary)
         seconds.append(time.perf_counter() - started)
         hints.append(hint)
         current = {pool: sum(roles.values()) for pool, roles in hint.desired.items()}
-    return Replay(arrivals, ticks, hints, np.array(seconds), window_s, hold_s, interval_s)
+        if compare:
+            traffic = merge_summaries([summary])
+            for rule, rule_headroom in OTHER_RULES.items():
+                fleet = plan_sizes(
+                    book,
+                    traffic.inputs,
+                    traffic.outputs,
+                    traffic.rate,
+                    slo,
+                    rule.split("+")[0],
+                    weights=traffic.weights,
+                    only=HARDWARE,
+                    headroom=rule_headroom,
+                )
+                others[rule].append(fleet.cost_per_hour)
+    return Replay(
+        arrivals,
+        ticks,
+        hints,
+        np.array(seconds),
+        {rule: np.array(costs) for rule, costs in others.items()},
+        window_s,
+        hold_s,
+        interval_s,
+    )
 
 
 def arrival_rate(arrivals: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -129,6 +171,7 @@ def figures(run: Replay) -> dict:
         "mean_cost_per_hour_undamped": float(run.raw_cost.mean()),
         "mean_cost_per_hour_undamped_held": float(held_max(run.raw_cost, hold_samples).mean()),
         "corr_cost_vs_trailing_load": float(np.corrcoef(cost, trailing)[0, 1]),
+        "corr_undamped_cost_vs_trailing_load": float(np.corrcoef(run.raw_cost, trailing)[0, 1]),
         "lag_vs_centred_load_s": lag_centred * run.interval_s,
         "corr_at_that_lag": corr_centred,
         "lag_vs_trailing_load_s": lag_trailing * run.interval_s,
@@ -140,6 +183,13 @@ def figures(run: Replay) -> dict:
         "direction_changes_desired_per_pool": {hw: direction_changes(run.desired(hw)) for hw in HARDWARE},
         "direction_changes_raw_per_pool": {hw: direction_changes(run.raw(hw)) for hw in HARDWARE},
         "shortest_rise_to_fall_s": shortest_rise_to_fall(run),
+        **{f"mean_cost_per_hour_undamped_{rule}": float(costs.mean()) for rule, costs in run.other_costs.items()},
+        **{
+            f"corr_undamped_cost_vs_trailing_load_{rule}": float(np.corrcoef(costs, trailing)[0, 1])
+            for rule, costs in run.other_costs.items()
+        },
+        "sample_size_median": float(np.median([h.planner["sample_size"] for h in run.hints])),
+        "sample_size_max": max(h.planner["sample_size"] for h in run.hints),
         "compute_ms_median": float(np.median(run.compute_seconds) * 1e3),
         "compute_ms_max": float(run.compute_seconds.max() * 1e3),
         "solve_ms_median": float(np.median(solve) * 1e3),
@@ -192,7 +242,8 @@ def plot(run: Replay, path: Path) -> None:
     load_ax.legend(loc="upper right", fontsize=8)
     load_ax.set_title(
         "Scaling hints on ShareGPT, 8-minute up-and-down ramp "
-        f"(hold {run.hold_s:g} s, headroom {run.hints[0].inputs['headroom']:g})",
+        f"(hold {run.hold_s:g} s, planner {run.hints[0].planner['planner']}, "
+        f"headroom {run.hints[0].inputs['headroom']:g})",
         fontsize=10,
     )
 
@@ -224,11 +275,15 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=30.0)
     parser.add_argument("--hold-s", type=float, default=60.0)
     parser.add_argument("--interval-s", type=float, default=5.0)
-    parser.add_argument("--headroom", type=float, default=0.1)
+    parser.add_argument("--headroom", type=float, default=0.0)
+    parser.add_argument("--slo-tpot-ms", type=float, default=DEFAULT_SLO.tpot_ms)
+    parser.add_argument("--slo-ttft-ms", type=float, default=DEFAULT_SLO.ttft_ms)
     parser.add_argument("--price-set", default="melange")
     args = parser.parse_args()
 
-    book = load_default_book(price_set=args.price_set)
+    slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms)
+    # the gateway's book: measured tables, estimated ones beside them (the planner's slack target looks at every type)
+    book = load_default_book(price_set=args.price_set, include_estimated=True, slo_tpot_ms=args.slo_tpot_ms)
     run = replay(
         read_trace(args.trace),
         book,
@@ -236,10 +291,12 @@ def main() -> None:
         hold_s=args.hold_s,
         interval_s=args.interval_s,
         headroom=args.headroom,
+        slo=slo,
     )
     print(
-        f"window {args.window_s:g} s, hold {args.hold_s:g} s, every {args.interval_s:g} s, "
-        f"headroom {args.headroom:g}, {args.price_set} prices {book.prices}"
+        f"window {args.window_s:g} s, hold {args.hold_s:g} s, every {args.interval_s:g} s, planner ricardo, "
+        f"headroom {args.headroom:g}, SLO TTFT {slo.ttft_ms:g} ms TPOT {slo.tpot_ms:g} ms, "
+        f"{args.price_set} prices {book.prices}"
     )
     for name, value in figures(run).items():
         print(f"  {name:36} {value:.3f}" if isinstance(value, float) else f"  {name:36} {value}")

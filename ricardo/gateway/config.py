@@ -62,7 +62,7 @@ class ScalingConfig(_Strict):
     interval_s: float = Field(default=5.0, gt=0, description="how often scaling hints are recomputed")
     window_s: float = Field(default=30.0, gt=0, description="sliding window of observed traffic")
     scale_down_hold_s: float = Field(default=60.0, ge=0, description="a lower target must hold this long")
-    headroom: float = Field(default=0.1, ge=0, lt=1, description="keep each type's load under (1 - headroom)")
+    headroom: float = Field(default=0.0, ge=0, lt=1, description="extra: load each type to (1 - headroom) of its plan")
     min_replicas: int = Field(default=0, ge=0)
     webhook_url: HttpUrl | None = None
 

@@ -1,9 +1,11 @@
 """Scaling hints: desired replicas per pool (and role) from the observed traffic, the profiles and live prices.
 
-Every few seconds the gateway's loop calls `ScalingAdvisor.compute`: the request-size mix and arrival rate
-of a sliding window (this replica's, merged with the other replicas' summaries from the store) go through
-the Mélange planner, and a `Damper` turns its answer into a target an autoscaler can follow without
-thrashing: up at once, down only after the lower figure has held for `scale_down_hold_s`.
+Every few seconds the gateway's loop calls `ScalingAdvisor.compute`: the arrival rate and a sample of the
+request sizes of a sliding window (this replica's, merged with the other replicas' summaries from the store)
+go through the planner `ricardo plan` and the simulator's fleet search use (`policies.sizing.plan_sizes`,
+rule "ricardo": each request charged its own size, at the utilization the cost-aware router runs each type
+at), and a `Damper` turns its answer into a target an autoscaler can follow without thrashing: up at once,
+down only after the lower figure has held for `scale_down_hold_s`.
 
 Everything here is pure and synchronous; the clock is always passed in (`now`, `t`: seconds), so a
 simulation can drive it in virtual time. One advisor per model (the book is per model).
@@ -12,6 +14,8 @@ simulation can drive it in virtual time. One advisor per model (the book is per 
 from __future__ import annotations
 
 import math
+import random
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,100 +23,191 @@ from typing import TypeVar
 
 import numpy as np
 
-from ricardo.policies.planner import DEFAULT_SLICE_FACTOR, Plan, plan
+from ricardo.policies.planner import Plan
+from ricardo.policies.sizing import plan_sizes, size_demand
+from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook
 
 UNIFIED = "unified"
+PLANNER = "ricardo"
 Key = TypeVar("Key", bound=Hashable)
+
+# The request count is exact (so is the rate); the sizes are a sample. A window keeps up to WINDOW_SAMPLE sizes,
+# a replica shares up to SHARED_SAMPLE (about 20 kB of JSON in the store), the planner charges up to PLAN_SAMPLE
+# (its sizing takes ~0.1 s per 1,000 distinct sizes).
+WINDOW_SAMPLE = 4000
+SHARED_SAMPLE = 1000
+PLAN_SAMPLE = 2000
 
 
 # -- the sliding window of observed requests ---------------------------------------------------
 
 
+def thin(weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights) of at most `k` of these weighted points standing for all of them: systematic
+    resampling (k evenly spaced points on the cumulative weight, each `total / k`, repeats merged). Deterministic;
+    the points are taken as given (time order), so it is an even thinning of an evenly weighted series."""
+    if len(weights) <= k:
+        return np.arange(len(weights)), np.asarray(weights, dtype=float)
+    cumulative = np.cumsum(weights)
+    picks = np.searchsorted(cumulative, (np.arange(k) + 0.5) * cumulative[-1] / k, side="right")
+    indices, repeats = np.unique(np.minimum(picks, len(weights) - 1), return_counts=True)
+    return indices, repeats * cumulative[-1] / k
+
+
 @dataclass(frozen=True)
 class WindowSnapshot:
-    """Requests seen during the last `span_s` seconds up to `at`, counted per bucket of the book's grid."""
+    """Requests seen during the last `span_s` seconds up to `at`: their exact count and a sample of their sizes,
+    each sampled size standing for `weights` requests (the weights sum to the count)."""
 
-    counts: np.ndarray  # (input buckets x output buckets)
+    count: int
     span_s: float
     at: float
-    input_edges: tuple[int, ...]
-    output_edges: tuple[int, ...]
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
+    inputs: np.ndarray
+    outputs: np.ndarray
+    weights: np.ndarray
 
     @property
     def rate(self) -> float:
-        return self.total / self.span_s
+        return self.count / self.span_s
 
-    @property
-    def rates(self) -> np.ndarray:
-        return self.counts / self.span_s
-
-    def to_dict(self) -> dict:
-        """The JSON-able summary replicas share through the store (see `merge_summaries`)."""
+    def to_dict(self, max_sizes: int = SHARED_SAMPLE) -> dict:
+        """The JSON-able summary replicas share through the store (see `merge_summaries`): the count, the span and
+        at most `max_sizes` sizes with the requests each stands for."""
+        keep, weights = thin(self.weights, max_sizes)
         return {
             "at": self.at,
             "span_s": self.span_s,
-            "input_edges": list(self.input_edges),
-            "output_edges": list(self.output_edges),
-            "counts": self.counts.astype(int).tolist(),
+            "count": self.count,
+            "inputs": self.inputs[keep].tolist(),
+            "outputs": self.outputs[keep].tolist(),
+            "weights": np.round(weights, 3).tolist(),
         }
 
 
-def merge_summaries(summaries: Iterable[Mapping]) -> tuple[np.ndarray, float]:
-    """(req/s per bucket, total req/s) of several replicas' window summaries (`WindowSnapshot.to_dict`).
+def is_summary(summary: Mapping) -> bool:
+    """Whether `summary` is a window summary this version can merge (older replicas shared bucket counts)."""
+    try:
+        n = len(summary["inputs"])
+        return (
+            n == len(summary["outputs"]) == len(summary["weights"])
+            and float(summary["span_s"]) > 0
+            and (n > 0) == (int(summary["count"]) > 0)
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
 
-    Each replica saw its own share of the traffic over (about) the same span, so their rates add up.
-    All summaries must be on the same bucket grid. Nothing here ages them out (`at` says when each was
-    taken): the store should expire a replica's summary after a few intervals, e.g. with a TTL."""
+
+@dataclass(frozen=True)
+class Traffic:
+    """Several replicas' windows together: the total rate and a sample of sizes, each standing for `weights` req/s
+    (they sum to `rate`)."""
+
+    rate: float
+    requests: int
+    inputs: np.ndarray
+    outputs: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def sample_size(self) -> int:
+        return len(self.inputs)
+
+
+def merge_summaries(summaries: Iterable[Mapping], max_sizes: int = PLAN_SAMPLE) -> Traffic:
+    """The traffic of several replicas' window summaries (`WindowSnapshot.to_dict`).
+
+    Each replica saw its own share of the traffic over (about) the same span, so their rates add up, and a
+    replica's sampled size stands for its share of that replica's rate: the merged mix weighs each replica by its
+    count, however many sizes it shared. Past `max_sizes` sizes the union is thinned (`thin`). Nothing here ages
+    summaries out (`at` says when each was taken): the store expires a replica's summary after a few intervals."""
     summaries = list(summaries)
     if not summaries:
         raise ValueError("no window summaries to merge")
-    grid = (summaries[0]["input_edges"], summaries[0]["output_edges"])
-    rates = np.zeros((len(grid[0]), len(grid[1])))
+    inputs, outputs, weights = [], [], []
+    requests = 0
     for summary in summaries:
-        if (summary["input_edges"], summary["output_edges"]) != grid:
-            raise ValueError("window summaries on different bucket grids cannot be merged")
-        rates += np.asarray(summary["counts"], dtype=float) / float(summary["span_s"])
-    return rates, float(rates.sum())
+        if not is_summary(summary):
+            raise ValueError("not a window summary of sizes (a replica of an older version?)")
+        requests += int(summary["count"])
+        inputs.append(np.asarray(summary["inputs"], dtype=int))
+        outputs.append(np.asarray(summary["outputs"], dtype=int))
+        shared = np.asarray(summary["weights"], dtype=float)
+        # the requests the sizes stand for, scaled to the exact count (rounding), per second
+        scale = int(summary["count"]) / shared.sum() if len(shared) else 0.0
+        weights.append(shared * scale / float(summary["span_s"]))
+    all_weights = np.concatenate(weights)
+    keep, kept_weights = thin(all_weights, max_sizes)
+    return Traffic(
+        rate=float(all_weights.sum()),
+        requests=requests,
+        inputs=np.concatenate(inputs)[keep],
+        outputs=np.concatenate(outputs)[keep],
+        weights=kept_weights,
+    )
+
+
+class _Slot:
+    """One slot of a window: how many requests arrived in it and a uniform sample of their sizes (reservoir)."""
+
+    __slots__ = ("count", "index", "sizes")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.count = 0
+        self.sizes: list[tuple[int, int]] = []
 
 
 class RequestWindow:
-    """Requests of the last `window_s` seconds, counted per bucket of `book`'s grid in `slot_s` slots.
+    """Requests of the last `window_s` seconds, in `slot_s` slots: per slot the exact count and a uniform sample of
+    the sizes (reservoir sampling, up to `sample_size` sizes over the whole window).
 
-    `observe` is O(1) amortised and memory is bounded by window_s / slot_s + 1 grids of counts, whatever
-    the request rate. A snapshot covers the current slot and the whole slots of the `window_s` before it
-    (so between window_s and window_s + slot_s), but nothing before `start` (default: the first call); the
-    rate divides by the time covered, so a freshly started gateway neither under- nor over-states it.
+    `observe` is O(1) amortised and memory is bounded by window_s / slot_s + 1 slots of at most
+    sample_size / (that many) sizes, whatever the request rate. A snapshot covers the current slot and the whole
+    slots of the `window_s` before it (so between window_s and window_s + slot_s), but nothing before `start`
+    (default: the first call); the rate divides by the time covered, so a freshly started gateway neither under-
+    nor over-states it.
     """
 
-    def __init__(self, window_s: float, book: ProfileBook, *, slot_s: float = 1.0, start: float | None = None):
+    def __init__(
+        self,
+        window_s: float,
+        *,
+        slot_s: float = 1.0,
+        sample_size: int = WINDOW_SAMPLE,
+        start: float | None = None,
+        seed: int = 0,
+    ):
         if window_s <= 0 or slot_s <= 0 or slot_s > window_s:
             raise ValueError(f"need 0 < slot_s <= window_s, got slot_s={slot_s}, window_s={window_s}")
         self.window_s = float(window_s)
         self.slot_s = float(slot_s)
-        self.book = book
         self._n_slots = math.ceil(window_s / slot_s)
-        self._slots: deque[tuple[int, np.ndarray]] = deque()  # (slot index, counts), slot indices increasing
+        self.slot_sample = max(1, sample_size // (self._n_slots + 1))
+        self._slots: deque[_Slot] = deque()  # slot indices increasing
         self._start = start
+        self._rng = random.Random(seed)
 
     def observe(self, t: float, input_tokens: int, output_tokens: int) -> None:
         if self._start is None:
             self._start = t
-        slot = math.floor(t / self.slot_s)
-        if not self._slots or self._slots[-1][0] < slot:
-            self._slots.append((slot, np.zeros(self.book.shape)))
-            self._expire(slot)
-            counts = self._slots[-1][1]
+        index = math.floor(t / self.slot_s)
+        if not self._slots or self._slots[-1].index < index:
+            self._slots.append(_Slot(index))
+            self._expire(index)
+            slot = self._slots[-1]
         else:
-            late = self._late_slot(slot)
+            late = self._late_slot(index)
             if late is None:
                 return
-            counts = late
-        counts[self.book.bucket(input_tokens, output_tokens)] += 1
+            slot = late
+        slot.count += 1
+        if len(slot.sizes) < self.slot_sample:
+            slot.sizes.append((input_tokens, output_tokens))
+        else:  # reservoir sampling (Vitter's algorithm R): every request of the slot kept with equal chance
+            k = self._rng.randrange(slot.count)
+            if k < self.slot_sample:
+                slot.sizes[k] = (input_tokens, output_tokens)
 
     def snapshot(self, now: float) -> WindowSnapshot:
         if self._start is None:
@@ -120,35 +215,34 @@ class RequestWindow:
         current = math.floor(now / self.slot_s)
         self._expire(current)
         first = current - self._n_slots
-        counts = np.zeros(self.book.shape)
-        for slot, slot_counts in self._slots:
-            if slot <= current:  # later slots: observations stamped ahead of `now`
-                counts += slot_counts
+        slots = [s for s in self._slots if s.index <= current]  # later slots: observations stamped ahead of `now`
+        sizes = np.array([size for s in slots for size in s.sizes], dtype=int).reshape(-1, 2)
+        weights = np.array([s.count / len(s.sizes) for s in slots for _ in s.sizes], dtype=float)
         span = max(now - max(first * self.slot_s, self._start), self.slot_s)
-        return WindowSnapshot(counts, span, now, self.book.input_edges, self.book.output_edges)
+        return WindowSnapshot(sum(s.count for s in slots), span, now, sizes[:, 0], sizes[:, 1], weights)
 
     def _expire(self, current: int) -> None:
-        while self._slots and self._slots[0][0] < current - self._n_slots:
+        while self._slots and self._slots[0].index < current - self._n_slots:
             self._slots.popleft()
 
-    def _late_slot(self, slot: int) -> np.ndarray | None:
-        """The counts of an earlier slot, created in place if need be; None if it has left the window."""
-        if slot < self._slots[-1][0] - self._n_slots:
+    def _late_slot(self, index: int) -> _Slot | None:
+        """An earlier slot, created in place if need be; None if it has left the window."""
+        if index < self._slots[-1].index - self._n_slots:
             return None
         for position in range(len(self._slots) - 1, -1, -1):
-            index, counts = self._slots[position]
-            if index == slot:
-                return counts
-            if index < slot:
+            slot = self._slots[position]
+            if slot.index == index:
+                return slot
+            if slot.index < index:
                 break
         else:
             position = -1
-        counts = np.zeros(self.book.shape)
-        self._slots.insert(position + 1, (slot, counts))
-        return counts
+        slot = _Slot(index)
+        self._slots.insert(position + 1, slot)
+        return slot
 
 
-# -- from rates to replicas per pool -----------------------------------------------------------
+# -- from traffic to replicas per pool ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -166,19 +260,20 @@ class ReplicaPlan:
     prices: dict[str, float]  # hardware -> $/h the planner used: its cheapest pool's
     plan: Plan | None  # None when no pool has a profiled hardware type
     unprofiled: tuple[str, ...]  # pools whose hardware the book has no profile for: held at the floor
+    seconds: float  # wall time of the sizing and the solve
 
 
 def plan_replicas(
-    rates: np.ndarray,
+    traffic: Traffic,
     book: ProfileBook,
     pools: Sequence[PoolSpec],
+    slo: SLO,
     headroom: float = 0.0,
     min_replicas: int = 0,
     *,
-    slice_factor: int = DEFAULT_SLICE_FACTOR,
     time_limit_s: float = 1.0,
 ) -> ReplicaPlan:
-    """Replicas per pool for `rates` (req/s per bucket of `book`'s grid): the planner's cheapest fleet.
+    """Replicas per pool for `traffic`: the cheapest fleet of `plan_sizes` (rule "ricardo") at `slo`.
 
     Pools sharing a hardware type are one candidate for the planner, priced at the cheapest of them;
     that pool gets the type's whole count (ties: the pool already running more replicas, then the first
@@ -199,15 +294,19 @@ def plan_replicas(
     ):
         owners.setdefault(book.canonical(pool.hardware), pool)
     prices = {hw: pool.price_per_hour for hw, pool in owners.items()}
+    started = time.perf_counter()
     fleet = (
-        plan(
-            rates,
+        plan_sizes(
             book,
-            prices,
+            traffic.inputs,
+            traffic.outputs,
+            traffic.rate,
+            slo,
+            PLANNER,
+            weights=traffic.weights,
+            prices=prices,
             only=list(prices),
             headroom=headroom,
-            drop_unservable=True,
-            slice_factor=slice_factor,
             time_limit_s=time_limit_s,
         )
         if owners
@@ -219,6 +318,7 @@ def plan_replicas(
         prices=prices,
         plan=fleet,
         unprofiled=tuple(p.name for p in pools if not book.has(p.hardware)),
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -300,55 +400,53 @@ class ScalingAdvisor:
         *,
         window_s: float = 60.0,
         scale_down_hold_s: float = 120.0,
-        headroom: float = 0.1,
+        headroom: float = 0.0,
         min_replicas: int = 0,
         slot_s: float = 1.0,
-        slice_factor: int = DEFAULT_SLICE_FACTOR,
         time_limit_s: float = 1.0,
         start: float | None = None,
+        window_sample: int = WINDOW_SAMPLE,
+        shared_sample: int = SHARED_SAMPLE,
+        plan_sample: int = PLAN_SAMPLE,
     ):
         self.book = book
-        self.window = RequestWindow(window_s, book, slot_s=slot_s, start=start)
+        self.window = RequestWindow(window_s, slot_s=slot_s, sample_size=window_sample, start=start)
         self.damper = Damper(scale_down_hold_s)
         self.headroom = headroom
         self.min_replicas = min_replicas
-        self.slice_factor = slice_factor
         self.time_limit_s = time_limit_s
+        self.shared_sample = shared_sample
+        self.plan_sample = plan_sample
 
     def observe(self, t: float, input_tokens: int, output_tokens: int) -> None:
         self.window.observe(t, input_tokens, output_tokens)
 
     def summary(self, now: float) -> dict:
-        """This replica's window, for the store (other replicas pass it as one of `extra_summaries`)."""
-        return self.window.snapshot(now).to_dict()
+        """This replica's window, for the store (other replicas pass it as one of `extra_summaries`). Not thread-
+        safe against `observe`: take it on the thread that observes."""
+        return self.window.snapshot(now).to_dict(self.shared_sample)
 
     def compute(
         self,
         now: float,
         pools: Sequence[PoolSpec],
+        slo: SLO,
+        *,
         book: ProfileBook | None = None,
+        own: Mapping | None = None,
         extra_summaries: Iterable[Mapping] = (),
     ) -> Hints:
-        """Hints at `now` for `pools`, from this window merged with other replicas' summaries (not this
-        one's own again); summaries on another bucket grid are left out and counted in the inputs.
-        `book` (default: the advisor's) may bring new profiles, on the same grid. Raises PlanError if
-        the planner finds no fleet within its time limit: keep the previous hints then."""
+        """Hints at `now` for `pools` at `slo`, from this replica's window summary (`own`, default: `summary(now)`)
+        merged with other replicas' summaries (not this one's own again); summaries this version cannot read are
+        left out and counted in the inputs. `book` (default: the advisor's) may bring new profiles. Raises
+        PlanError if the planner finds no fleet within its time limit: keep the previous hints then."""
         book = book or self.book
-        if (book.input_edges, book.output_edges) != (self.book.input_edges, self.book.output_edges):
-            raise ValueError("the book's bucket grid differs from the window's: make a new advisor")
-        own = self.window.snapshot(now)
+        own = self.summary(now) if own is None else own
         others = list(extra_summaries)
-        grid = [list(own.input_edges), list(own.output_edges)]
-        merged = [own.to_dict()] + [s for s in others if [s["input_edges"], s["output_edges"]] == grid]
-        rates, total = merge_summaries(merged)
+        merged = [own, *filter(is_summary, others)]
+        traffic = merge_summaries(merged, self.plan_sample)
         fleet = plan_replicas(
-            rates,
-            book,
-            pools,
-            self.headroom,
-            self.min_replicas,
-            slice_factor=self.slice_factor,
-            time_limit_s=self.time_limit_s,
+            traffic, book, pools, slo, self.headroom, self.min_replicas, time_limit_s=self.time_limit_s
         )
         raw = {(pool, role): n for pool, roles in fleet.replicas.items() for role, n in roles.items()}
         current = {(p.name, p.role): p.current_replicas for p in pools}
@@ -356,6 +454,11 @@ class ScalingAdvisor:
         desired: dict[str, dict[str, int]] = {}
         for (pool, role), n in damped.items():
             desired.setdefault(pool, {})[role] = n
+        demand = (
+            size_demand(book, traffic.inputs, traffic.outputs, traffic.rate, traffic.weights)
+            if traffic.sample_size
+            else np.zeros(book.shape)
+        )
         return Hints(
             computed_at=now,
             desired=desired,
@@ -363,13 +466,17 @@ class ScalingAdvisor:
             cost_per_hour=sum(p.price_per_hour * sum(desired[p.name].values()) for p in pools),
             inputs={
                 "window_s": self.window.window_s,
-                "span_s": round(own.span_s, 6),
-                "rate": round(total, 6),
+                "span_s": round(float(own["span_s"]), 6),
+                "rate": round(traffic.rate, 6),
+                "requests": traffic.requests,
+                "sample_size": traffic.sample_size,
                 "replicas_merged": len(merged),
                 "summaries_ignored": len(others) - (len(merged) - 1),
-                "input_edges": grid[0],
-                "output_edges": grid[1],
-                "rates": np.round(rates, 6).tolist(),
+                "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
+                "planner": PLANNER,
+                "input_edges": list(book.input_edges),
+                "output_edges": list(book.output_edges),
+                "rates": np.round(demand, 6).tolist(),  # the sample's mix at the total rate, on the book's grid
                 "pools": {
                     p.name: {
                         "hardware": p.hardware,
@@ -383,12 +490,19 @@ class ScalingAdvisor:
                 "min_replicas": self.min_replicas,
                 "scale_down_hold_s": self.damper.hold_s,
             },
-            planner=_planner_dict(fleet),
+            planner=_planner_dict(fleet, traffic),
         )
 
 
-def _planner_dict(fleet: ReplicaPlan) -> dict:
-    result = {"prices": fleet.prices, "unprofiled_pools": list(fleet.unprofiled)}
+def _planner_dict(fleet: ReplicaPlan, traffic: Traffic) -> dict:
+    result = {
+        "planner": PLANNER,
+        "sizes": f"exact (interpolated), a sample of {traffic.sample_size} for {traffic.requests} requests",
+        "sample_size": traffic.sample_size,
+        "prices": fleet.prices,
+        "unprofiled_pools": list(fleet.unprofiled),
+        "plan_seconds": round(fleet.seconds, 6),
+    }
     if fleet.plan is not None:
         result |= {key: value for key, value in fleet.plan.to_dict().items() if key != "assignment"}
     return result

@@ -17,6 +17,7 @@ import aiohttp
 from ricardo.gateway.scaling import PoolSpec, ScalingAdvisor
 from ricardo.gateway.state import GatewayState
 from ricardo.policies.planner import PlanError
+from ricardo.policies.types import SLO
 
 log = logging.getLogger("ricardo.scaling")
 LEASE = "scaling"
@@ -66,16 +67,23 @@ class ScalingLoop:
         store, me = self.state.store, self.state.replica_id
         now = time.time()
         ttl = 3 * self.settings.interval_s
-        await store.push_stats(me, {"window": self.advisor.summary(now)}, ttl)
+        summary = self.advisor.summary(now)  # here, on the loop: `observe` writes the window from the loop too
+        await store.push_stats(me, {"window": summary}, ttl)
         if await store.acquire_lease(LEASE, me, ttl):
             others = [
                 s["window"] for replica, s in (await store.pull_stats()).items() if replica != me and "window" in s
             ]
             pools = [PoolSpec(p.name, p.hardware, p.price_per_hour, len(p.backends)) for p in self.state.pools.values()]
-            loop = asyncio.get_running_loop()
-            try:  # the planner may take a few hundred ms: keep it off the event loop
-                hints = await loop.run_in_executor(
-                    None, lambda: self.advisor.compute(now, pools, extra_summaries=others)
+            slo = SLO(self.state.shared.slo.ttft_ms, self.state.shared.slo.tpot_ms)
+            try:  # the sizing and the solve take a few hundred ms: keep them off the event loop
+                hints = await asyncio.to_thread(
+                    self.advisor.compute,
+                    now,
+                    pools,
+                    slo,
+                    book=self.state.book_for(slo),
+                    own=summary,
+                    extra_summaries=others,
                 )
             except PlanError as exc:
                 log.warning("scaling hints not updated: %s", exc)

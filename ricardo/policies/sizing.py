@@ -20,6 +20,8 @@ from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook
 
 PLANNERS = ("ricardo", "exact", "melange")
+Sizes = Sequence[int] | np.ndarray  # tokens, one per request
+Weights = Sequence[float] | np.ndarray  # how many requests each size stands for
 # a type that cannot keep a request's slack target is charged 1 / this, so that one request too slow for it does
 # not bar it from its whole bucket
 MIN_SAFE_UTILIZATION = 0.1
@@ -27,11 +29,11 @@ MIN_SAFE_UTILIZATION = 0.1
 
 def request_seconds(
     book: ProfileBook,
-    inputs: Sequence[int],
-    outputs: Sequence[int],
+    inputs: Sizes,
+    outputs: Sizes,
     slo: SLO | None = None,
     slack_target: float = SLACK_TARGET,
-    weights: Sequence[float] | None = None,
+    weights: Weights | None = None,
 ) -> dict[str, np.ndarray]:
     """Per hardware type, the mean replica-seconds per request of each bucket (the planner's `request_seconds`),
     weighted by `weights` if given (how many requests each size stands for).
@@ -44,7 +46,8 @@ def request_seconds(
     timed = [hw for hw in book.hardware_names() if book.alone_seconds_per_token(hw, 1, 1) is not None]
     factors: dict[str, np.ndarray] = {}
     if slo is not None and timed:
-        sizes = list(zip(inputs, outputs, strict=True))
+        # Python ints: the step-cost arithmetic below is several times slower on numpy scalars
+        sizes = list(zip(np.asarray(inputs).tolist(), np.asarray(outputs).tolist(), strict=True))
         safe: dict[str, dict[tuple[int, int], float]] = {hw: {} for hw in timed}
         for size in set(sizes):
             alone = {}
@@ -63,12 +66,12 @@ def request_seconds(
 
 def planner_seconds(
     book: ProfileBook,
-    inputs: Sequence[int],
-    outputs: Sequence[int],
+    inputs: Sizes,
+    outputs: Sizes,
     slo: SLO,
     planner: str = "ricardo",
     slack_target: float = SLACK_TARGET,
-    weights: Sequence[float] | None = None,
+    weights: Weights | None = None,
 ) -> dict[str, np.ndarray] | None:
     """What `planner` charges each bucket's requests (the planner's `request_seconds`; None: bucket upper edges)."""
     if planner == "ricardo":
@@ -82,10 +85,10 @@ def planner_seconds(
 
 def size_demand(
     book: ProfileBook,
-    inputs: Sequence[int],
-    outputs: Sequence[int],
+    inputs: Sizes,
+    outputs: Sizes,
     rate: float,
-    weights: Sequence[float] | None = None,
+    weights: Weights | None = None,
 ) -> np.ndarray:
     """req/s per bucket of the book's grid: these requests' size mix (each size counted `weights` times if given)
     at `rate` requests per second."""
@@ -95,13 +98,13 @@ def size_demand(
 
 def plan_sizes(
     book: ProfileBook,
-    inputs: Sequence[int],
-    outputs: Sequence[int],
+    inputs: Sizes,
+    outputs: Sizes,
     rate: float,
     slo: SLO,
     planner: str = "ricardo",
     *,
-    weights: Sequence[float] | None = None,
+    weights: Weights | None = None,
     prices: Mapping[str, float] | None = None,
     only: Sequence[str] | None = None,
     headroom: float = 0.0,

@@ -281,10 +281,10 @@ class ProfileBook:
     def bucket_request_seconds(
         self,
         hardware: str,
-        input_tokens: Sequence[int],
-        output_tokens: Sequence[int],
+        input_tokens: Sequence[int] | np.ndarray,
+        output_tokens: Sequence[int] | np.ndarray,
         factors: np.ndarray | None = None,
-        weights: Sequence[float] | None = None,
+        weights: Sequence[float] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Mean replica-seconds per request in each bucket of the grid for these requests (the planner's
         `request_seconds`), each request's multiplied by its `factors` if given; 1 / capacity where no request
@@ -323,7 +323,10 @@ class ProfileBook:
             raise KeyError(f"no workload {name!r} in the profile; known: {known}") from None
 
     def histogram(
-        self, input_tokens: Sequence[int], output_tokens: Sequence[int], weights: Sequence[float] | None = None
+        self,
+        input_tokens: Sequence[int] | np.ndarray,
+        output_tokens: Sequence[int] | np.ndarray,
+        weights: Sequence[float] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Fractions of the given requests in each bucket of the book's grid; with `weights`, of their weights
         (how many requests each stands for, > 0)."""
@@ -337,7 +340,7 @@ class ProfileBook:
         return fractions
 
 
-def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+def _weights(weights: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray:
     """Each request's weight: 1 without `weights`; else `weights`, checked (n of them, finite, > 0)."""
     if weights is None:
         return np.ones(n)

@@ -41,3 +41,12 @@ def test_prices_replace_the_books_and_no_traffic_plans_no_fleet(book):
     assert cheap_h100.cost_per_hour == pytest.approx(0.5 * cheap_h100.allocation["H100"])
     empty = plan_sizes(book, [], [], 0.0, SLO_120, only=["A10G"])
     assert empty.allocation == {"A10G": 0} and empty.cost_per_hour == 0
+
+
+def test_exact_sizes_cost_less_than_upper_edges_at_the_operating_point(book):
+    """Requests just past a bucket's lower edge: charged their own size ("exact") they need fewer GPUs than
+    charged the upper edge (Mélange's rule, what the hints used before)."""
+    inputs, outputs = np.full(400, 110), np.full(400, 110)  # the (100, 250] buckets
+    exact = plan_sizes(book, inputs, outputs, 30.0, SLO_120, "exact", only=["A10G"])
+    edges = plan_sizes(book, inputs, outputs, 30.0, SLO_120, "melange", only=["A10G"])
+    assert exact.cost_per_hour < edges.cost_per_hour
