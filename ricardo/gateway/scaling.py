@@ -93,6 +93,7 @@ def is_summary(summary: Mapping) -> bool:
             n == len(summary["outputs"]) == len(summary["weights"])
             and float(summary["span_s"]) > 0
             and (n > 0) == (int(summary["count"]) > 0)
+            and min(summary["weights"], default=1.0) > 0
         )
     except (KeyError, TypeError, ValueError):
         return False

@@ -152,6 +152,7 @@ def test_summaries_of_another_shape_do_not_merge():
     old = {"at": 1.0, "span_s": 1.0, "input_edges": [1], "output_edges": [1], "counts": [[3]]}  # bucket counts
     assert is_summary(summary) and not is_summary(old)
     assert not is_summary(dict(summary, count=5))  # requests but no sizes
+    assert not is_summary({**summary, "count": 1, "inputs": [5], "outputs": [5], "weights": [0.0]})
     with pytest.raises(ValueError, match="summary"):
         merge_summaries([summary, old])
     with pytest.raises(ValueError):
