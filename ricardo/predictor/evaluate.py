@@ -20,6 +20,8 @@ Scores, on the test rows:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,21 @@ from tqdm import tqdm
 
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import body_of, read_rows
-from ricardo.predictor.features import features_from_body
-from ricardo.predictor.model import FOLDS, OutputLengthPredictor, Prediction, Sample, fit_model, request_groups
+from ricardo.predictor.features import features_from_body, features_from_lengths
+from ricardo.predictor.model import (
+    FOLDS,
+    FittedModel,
+    OutputLengthPredictor,
+    Prediction,
+    Sample,
+    fit_model,
+    request_groups,
+)
 from ricardo.predictor.tokens import InputTokenCounter
 
 WARMUP_REQUESTS = 50
 TIMING_PASSES = 5
+COLD_START_OUTCOMES = 50
 RUNNING_BASELINES = ("global_mean", "melange_bucket_mean", "aibrix_bucket_histogram")
 
 
@@ -148,3 +159,41 @@ def _percentiles_us(name: str, nanoseconds: np.ndarray) -> dict[str, float]:
 
 def _mae(actual: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(np.abs(actual - predicted)))
+
+
+def prequential(
+    model: FittedModel, samples: Sequence[Sample], after: int = COLD_START_OUTCOMES, lengths_only: bool = False
+) -> dict[str, Any]:
+    """A new model's first outcomes, in order, through one predictor as the gateway sees them: each request is
+    predicted, then its outcome observed. Scored from the `after`-th outcome on (the ones before it are the cold
+    start): the blend (`OutputLengthPredictor.predict`), the text model alone (never observing) and the running
+    median of the outcomes observed so far (a peer baseline, computed here on its own). `lengths_only`: each
+    request is known by its input tokens, model and max_tokens only (`features_from_lengths`)."""
+    blended, text_only = OutputLengthPredictor(model, reservoir=[]), OutputLengthPredictor(model, reservoir=[])
+    seen: list[int] = []
+    rows = []
+    for features, actual in samples:
+        if lengths_only:
+            features = features_from_lengths(features.input_tokens, features.model, features.max_tokens)
+        else:
+            features = replace(features, prediction=None, base=None)  # a fresh request, whatever ran before
+        prediction = blended.predict(features)
+        text = text_only.predict(replace(features)) if not lengths_only else prediction
+        median = float(np.median(seen)) if seen else float("nan")
+        rows.append((actual, prediction.p50, prediction.p90, text.p50, text.p90, median))
+        blended.observe(features, actual)
+        seen.append(actual)
+    scored = np.array(rows[after:], dtype=float).reshape(-1, 6)
+    outcomes = scored[:, 0]
+    result: dict[str, Any] = {
+        "after": after,
+        "n": len(scored),
+        "mae": _mae(outcomes, scored[:, 1]),
+        "mae_running_median": _mae(outcomes, scored[:, 5]),
+        "p90_coverage": float(np.mean(outcomes <= scored[:, 2])),
+        "mean_p90": float(np.mean(scored[:, 2])),
+    }
+    if not lengths_only:
+        result["mae_text_model"] = _mae(outcomes, scored[:, 3])
+        result["p90_coverage_text_model"] = float(np.mean(outcomes <= scored[:, 4]))
+    return result
