@@ -13,7 +13,9 @@ Text scenarios (the held-out test halves, which the shipped model never saw):
 - `gsm8k lognormal`, `sharegpt lognormal`: lengths drawn from a lognormal of median 300 (sigma 0.6), whatever the
   prompt (the text says nothing: the running median is the best one can do).
 Lengths-only scenarios (`--lengths DIR`, the shared traces folder; the first 2,000 requests of each trace in trace
-order, then shuffled): the blend with `features_from_lengths` against the running median and the constant prior.
+order, then shuffled): the blend with `features_from_lengths` against the running median, the constant prior and
+the peers' running estimates (`baselines.py`: global mean, Mélange's bucket mean, AIBrix's bucket histogram) fed
+the same outcomes in the same order.
 
 `--refit`: instead, what a new text model does to the blend. For each text scenario and seed, the text model is
 refitted after 500 outcomes (on them and the shipped reservoir, as the gateway's refit is) and swapped in; the next
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from ricardo.loadgen.traces import read_trace
+from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import SHARED_DATA
 from ricardo.predictor.evaluate import prequential, read_samples
 from ricardo.predictor.features import features_from_lengths
@@ -73,16 +76,27 @@ def lengths_scenarios(data: Path) -> dict[str, list[Sample]]:
     return scenarios
 
 
+PEERS = ("global_mean", "melange_bucket_mean", "aibrix_bucket_histogram")
+
+
 def run(model: FittedModel, samples: list[Sample], seeds: int, after: int, lengths_only: bool) -> dict[str, Any]:
     runs = []
     for seed in range(seeds):
         order = list(samples)
         random.Random(seed).shuffle(order)
-        runs.append(prequential(model, order, after, lengths_only))
+        result = prequential(model, order, after, lengths_only)
+        if lengths_only:  # the peers' running estimates from input lengths, fed the same outcomes in the same order
+            for name in PEERS:
+                peer = baselines(seed)[name]
+                errors = []
+                for i, (features, actual) in enumerate(order):
+                    if i >= after:
+                        errors.append(abs(actual - peer.predict(features.input_tokens)))
+                    peer.observe(features.input_tokens, actual)
+                result[f"mae_{name}"] = float(np.mean(errors))
+            result["mae_prior"] = float(np.mean([abs(actual - PRIOR_P50) for _, actual in order[after:]]))
+        runs.append(result)
     mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0] if key not in ("after", "n")}
-    if lengths_only:
-        outcomes = np.array([actual for _, actual in samples[after:]], dtype=float)
-        mean["mae_prior"] = float(np.mean(np.abs(outcomes - PRIOR_P50)))
     return {"n": runs[0]["n"], "seeds": seeds, **mean}
 
 

@@ -24,10 +24,11 @@ the state *before* the outcome is learnt; scores are sums decayed with a memory 
 weight is exp(-n (mae - best) / best): n its decayed count of scored outcomes, best the lowest decayed MAE among
 the experts that answer the request. The exponent is the gap to the best in units of the best's error, times the
 evidence: a gap of 10% costs an expert a factor e after 10 outcomes and e^5 after 50, so a bad expert fades
-within tens of outcomes and near-equal experts share. An expert without a scored outcome (a model's first
-outcome, a correction one residual old) waits for one. There is no learning rate to choose: multiplying the
-exponent by 0.5, 2 or 4 moved no scenario's MAE by more than 0.1% (the training halves of GSM8K and ShareGPT with
-true, x6, x0.3 and lognormal lengths; bench/predictor/coldstart.py runs the held-out halves).
+within tens of outcomes and near-equal experts share. An expert without a scored outcome (at a model's first
+outcomes) waits for one; the corrected expert, born of the text model, starts from the text model's record.
+There is no learning rate to choose: multiplying the exponent by 0.5, 2 or 4 moved no scenario's MAE by more than
+0.3% (the training halves of GSM8K and ShareGPT with true, x6, x0.3 and lognormal lengths; the held-out halves are
+what bench/predictor/coldstart.py reports).
 p50 = sum(w p50) / sum(w), in tokens: absolute error is convex, so the blend's error on an outcome is at most the
 weighted mean of the experts' errors on it. p90 = exp(sum(w log p90) / sum(w) + delta): each expert's p90 is an
 empirical (or conformal) 90th percentile, and delta keeps the blend's running coverage at 90% (adaptive conformal
@@ -47,7 +48,7 @@ the traffic, not the model, and keep protecting the first predictions of the new
 (`bench/predictor/coldstart.py SPLITS --refit`: a refit after 500 outcomes; the ShareGPT and GSM8K test halves with
 true, x6 and lognormal answers; 2 seeds. Over the next 50 predictions, keeping the old model's residuals and
 records was 1.3-1.8x worse on x6 answers and at most 5% better elsewhere; starting the new text expert from
-scratch instead of its out-of-fold record, 0.5% better to 3% worse.)
+scratch instead of its out-of-fold record was 0-3% worse, never better.)
 
 Costs: `predict` reads a few sorted-list positions and computes one exp per expert (~3 µs here); `observe` scores
 the experts and inserts into three sorted windows (bisect: a memmove of at most WINDOW pointers). Memory is bounded:
@@ -201,6 +202,10 @@ class ModelStats:
         if len(bucket) >= MIN_BUCKET:
             self.bucket_answers[key] = _answer(bucket)
         if residual is not None:
+            if self.correction is None:  # born from the text model: it starts from its record, not from nothing,
+                # so that the two are compared on the same outcomes (a record of a few lucky ones would outweigh
+                # a long one otherwise)
+                self.loss[CORRECTED], self.count[CORRECTED] = self.loss[TEXT], self.count[TEXT]
             self.residuals.add(residual)
             self.correction = (self.residuals.median(), self.residuals.p90())
         self._weigh()
@@ -296,7 +301,9 @@ class RunningStats:
         if issued is not None and stats.outcomes >= WARMUP:
             step = ACI_STEP * ((actual > issued.p90) - MISS)
             stats.delta = min(DELTA_LIMIT, max(-DELTA_LIMIT, stats.delta + step))
-        residual = math.log1p(actual) - base[0] if base is not None and not lengths_only else None
+        # an answer cut by max_tokens says only that the length was at least that: no measure of the text model's bias
+        censored = max_tokens is not None and actual >= max_tokens
+        residual = math.log1p(actual) - base[0] if base is not None and not lengths_only and not censored else None
         stats.learn(input_tokens, actual, residual)
 
     def reset_base(self, records: dict[str, list[float]]) -> None:
