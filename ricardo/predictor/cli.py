@@ -27,6 +27,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "gateway's estimate (default: %(default)s)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the AIBrix baseline's random draws")
+    evaluate.add_argument(
+        "--output-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="multiply the test rows' output lengths by X: a served model more verbose than the training data, "
+        "for the cold-start figures (default: %(default)s)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(func=_eval)
 
@@ -46,7 +54,12 @@ def _eval(args: argparse.Namespace) -> int:
     from ricardo.predictor.evaluate import TIMING_PASSES, evaluate
 
     encoding = None if args.encoding.lower() == "none" else args.encoding
-    result = evaluate(read_rows(args.train), read_rows(args.test), encoding=encoding, seed=args.seed)
+    if not args.output_scale > 0:
+        print("ricardo predictor eval: --output-scale must be positive", file=sys.stderr)
+        return 2
+    result = evaluate(
+        read_rows(args.train), read_rows(args.test), encoding=encoding, seed=args.seed, output_scale=args.output_scale
+    )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -68,6 +81,21 @@ def _eval(args: argparse.Namespace) -> int:
     fastest = result[f"predict_fastest_of_{TIMING_PASSES}_us_p99"]
     print(
         f"{f'prediction, fastest of {TIMING_PASSES}':<26}         p99 {fastest:>5.0f} µs (the machine's noise left out)"
+    )
+    cold, lengths = result["cold_start"], result["cold_start_lengths_only"]
+    scale = f", outputs x{args.output_scale:g}" if args.output_scale != 1 else ""
+    print(
+        f"cold start (test rows in order, learning from each outcome{scale}), MAE from outcome {cold['after']} on "
+        f"({cold['n']} rows):"
+    )
+    print(
+        f"  blend {cold['mae']:.2f} (p90 coverage {cold['p90_coverage']:.3f}), text model alone "
+        f"{cold['mae_text_model']:.2f} ({cold['p90_coverage_text_model']:.3f}), running median "
+        f"{cold['mae_running_median']:.2f}"
+    )
+    print(
+        f"  lengths only (input tokens, model, max_tokens): blend {lengths['mae']:.2f} "
+        f"(p90 coverage {lengths['p90_coverage']:.3f}), running median {lengths['mae_running_median']:.2f}"
     )
     return 0
 

@@ -14,12 +14,20 @@ Scores, on the test rows:
     tokenised, so this grows with the prompt, unlike the prediction, which reads at most ~500 characters);
   - `count_and_predict_us_p50` / `_p99`: both, i.e. all the request-shape work on the gateway's request path;
   - `count_and_predict_cpu_us_p99`: the same in this thread's CPU time, which leaves out the time other processes
-    held the CPU (on a shared 2-core machine the difference can be large).
+    held the CPU (on a shared 2-core machine the difference can be large);
+- `cold_start` (`prequential`): the test rows in file order through one predictor that starts from the fitted model
+  and learns from each outcome, as the gateway does (`online.py`), scored from the 50th outcome on: the blend's MAE
+  and p90 coverage, the text model's alone, the running median's; `cold_start_lengths_only`: the same with each
+  request known by its input tokens, model and max_tokens only (`features_from_lengths`), as in a trace without text.
+With `output_scale` every test row's output length is multiplied by it first: a served model more verbose than the
+training data (the text model and the baselines, fitted on the training rows, do not know it; the blend learns it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +36,21 @@ from tqdm import tqdm
 
 from ricardo.predictor.baselines import baselines
 from ricardo.predictor.datasets import body_of, read_rows
-from ricardo.predictor.features import features_from_body
-from ricardo.predictor.model import FOLDS, OutputLengthPredictor, Prediction, Sample, fit_model, request_groups
+from ricardo.predictor.features import features_from_body, features_from_lengths
+from ricardo.predictor.model import (
+    FOLDS,
+    FittedModel,
+    OutputLengthPredictor,
+    Prediction,
+    Sample,
+    fit_model,
+    request_groups,
+)
 from ricardo.predictor.tokens import InputTokenCounter
 
 WARMUP_REQUESTS = 50
 TIMING_PASSES = 5
+COLD_START_OUTCOMES = 50
 RUNNING_BASELINES = ("global_mean", "melange_bucket_mean", "aibrix_bucket_histogram")
 
 
@@ -65,13 +82,20 @@ def cross_validation_folds(samples: list[Sample], repeats: int) -> list[tuple[np
 
 
 def evaluate(
-    train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]], encoding: str | None = "llama3", seed: int = 0
+    train_rows: list[dict[str, Any]],
+    test_rows: list[dict[str, Any]],
+    encoding: str | None = "llama3",
+    seed: int = 0,
+    output_scale: float = 1.0,
 ) -> dict[str, Any]:
     counter = InputTokenCounter(encoding)
     train = samples_from_rows(train_rows, counter, "train features")
     started = time.perf_counter()
-    predictor = OutputLengthPredictor(fit_model(train), reservoir=[])
+    model = fit_model(train)
+    predictor = OutputLengthPredictor(model, reservoir=[])
     fit_seconds = time.perf_counter() - started
+    if output_scale != 1.0:  # a served model more (or less) verbose than the one that answered the training rows
+        test_rows = [{**row, "output_tokens": _scaled(row, output_scale)} for row in test_rows]
 
     peers = baselines(seed)
     for features, output_tokens in train:
@@ -97,6 +121,11 @@ def evaluate(
             fastest_ns[i] = min(fastest_ns[i], _timed_shape(counter, predictor, body)[3])
 
     scores = {name: _mae(actual, np.array([b.predict(int(n)) for n in inputs])) for name, b in peers.items()}
+    # the test rows in file order, from their model's first outcome, through one predictor that learns as it goes
+    cold = [
+        (features_from_body(body, int(n)), int(outcome))
+        for body, n, outcome in zip(bodies, inputs, actual, strict=True)
+    ]
     best = min(scores, key=scores.__getitem__)
     best_running = min(RUNNING_BASELINES, key=scores.__getitem__)
     mae = _mae(actual, p50)
@@ -119,7 +148,17 @@ def evaluate(
         "count_and_predict_cpu_us_p99": float(np.percentile(cpu_ns, 99) / 1e3),
         "fit_seconds": fit_seconds,
         "model_vocabulary": predictor.info["vocabulary"],
+        "output_scale": output_scale,
+        "cold_start": prequential(model, cold),
+        "cold_start_lengths_only": prequential(model, cold, lengths_only=True),
     }
+
+
+def _scaled(row: dict[str, Any], scale: float) -> int:
+    """The row's output length times `scale`, at most its max_tokens (where an answer stops)."""
+    scaled = max(1, round(scale * int(row["output_tokens"])))
+    cap = row.get("max_tokens")
+    return min(scaled, cap) if isinstance(cap, int) and cap > 0 else scaled
 
 
 def _timed_shape(
@@ -148,3 +187,41 @@ def _percentiles_us(name: str, nanoseconds: np.ndarray) -> dict[str, float]:
 
 def _mae(actual: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(np.abs(actual - predicted)))
+
+
+def prequential(
+    model: FittedModel, samples: Sequence[Sample], after: int = COLD_START_OUTCOMES, lengths_only: bool = False
+) -> dict[str, Any]:
+    """A new model's first outcomes, in order, through one predictor as the gateway sees them: each request is
+    predicted, then its outcome observed. Scored from the `after`-th outcome on (the ones before it are the cold
+    start): the blend (`OutputLengthPredictor.predict`), the text model alone (never observing) and the running
+    median of the outcomes observed so far (a peer baseline, computed here on its own). `lengths_only`: each
+    request is known by its input tokens, model and max_tokens only (`features_from_lengths`)."""
+    blended, text_only = OutputLengthPredictor(model, reservoir=[]), OutputLengthPredictor(model, reservoir=[])
+    seen: list[int] = []
+    rows = []
+    for features, actual in samples:
+        if lengths_only:
+            features = features_from_lengths(features.input_tokens, features.model, features.max_tokens)
+        else:
+            features = replace(features, prediction=None, base=None)  # a fresh request, whatever ran before
+        prediction = blended.predict(features)
+        text = text_only.predict(replace(features)) if not lengths_only else prediction
+        median = float(np.median(seen)) if seen else float("nan")
+        rows.append((actual, prediction.p50, prediction.p90, text.p50, text.p90, median))
+        blended.observe(features, actual)
+        seen.append(actual)
+    scored = np.array(rows[after:], dtype=float).reshape(-1, 6)
+    outcomes = scored[:, 0]
+    result: dict[str, Any] = {
+        "after": after,
+        "n": len(scored),
+        "mae": _mae(outcomes, scored[:, 1]),
+        "mae_running_median": _mae(outcomes, scored[:, 5]),
+        "p90_coverage": float(np.mean(outcomes <= scored[:, 2])),
+        "mean_p90": float(np.mean(scored[:, 2])),
+    }
+    if not lengths_only:
+        result["mae_text_model"] = _mae(outcomes, scored[:, 3])
+        result["p90_coverage_text_model"] = float(np.mean(outcomes <= scored[:, 4]))
+    return result

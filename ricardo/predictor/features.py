@@ -36,7 +36,7 @@ import quicktok
 from ricardo.predictor.tokens import encodable, prompt_texts
 
 if TYPE_CHECKING:
-    from ricardo.predictor.model import Prediction
+    from ricardo.predictor.online import Prediction
 
 FEATURE_VERSION = 3
 HEAD_CHARS = 400
@@ -118,8 +118,12 @@ class RequestFeatures:
     json_mode: bool
     has_tools: bool
     is_chat: bool
-    # set by OutputLengthPredictor.predict, so that observe() scores the prediction the router actually used
+    # known by its lengths only (`features_from_lengths`): no text for the text model to read
+    lengths_only: bool = False
+    # set by OutputLengthPredictor.predict, so that observe() scores the prediction the router actually used ...
     prediction: Prediction | None = None
+    # ... and learns the text model's bias from the text model's own prediction: (model generation, log p50, log p90)
+    base: tuple[int, float, float] | None = None
 
     def tokens(self) -> np.ndarray:
         """The lower-cased text's llama3 token ids."""
@@ -204,7 +208,8 @@ class RequestFeatures:
         ]
 
 
-RECORD_FIELDS = tuple(name for name in RequestFeatures.__slots__ if name != "prediction")
+# what travels between replicas for refits: the request, not what this replica predicted for it
+RECORD_FIELDS = tuple(name for name in RequestFeatures.__slots__ if name not in ("lengths_only", "prediction", "base"))
 MAX_RECORD_NUMBER = 1 << 53
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "str": str,
@@ -249,6 +254,30 @@ def features_from_body(body: dict[str, Any], input_tokens: int) -> RequestFeatur
         json_mode=isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"),
         has_tools=bool(body.get("tools") or body.get("functions")),
         is_chat=isinstance(messages, list),
+    )
+
+
+def features_from_lengths(input_tokens: int, model: str = "", max_tokens: int | None = None) -> RequestFeatures:
+    """Features of a request known only by what a gateway knows without its text (a trace of lengths): the model
+    predicts from its running statistics of outcomes, not from the text model (see `online.py`)."""
+    cap = max_tokens if max_tokens is not None and max_tokens > 0 else None
+    return RequestFeatures(
+        text="",
+        input_tokens=int(input_tokens),
+        chars=0,
+        last_message_chars=0,
+        last_message_head="",
+        messages=0,
+        has_system=False,
+        max_tokens=None if cap is None else min(int(cap), MAX_CAP),
+        model=model,
+        temperature=1.0,
+        top_p=1.0,
+        has_stop=False,
+        json_mode=False,
+        has_tools=False,
+        is_chat=False,
+        lengths_only=True,
     )
 
 

@@ -46,7 +46,6 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,8 @@ from ricardo.predictor.features import (
     RequestFeatures,
     features_from_body,
 )
+from ricardo.predictor.online import MAX_LOG_OUTPUT, MAX_MODELS, RunningStats
+from ricardo.predictor.online import Prediction as Prediction  # re-exported: callers have always found it here
 
 FORMAT = "ricardo-output-length/1"
 DATA = Path(__file__).resolve().parent / "data"
@@ -73,19 +74,12 @@ FOLDS = 5
 MIN_DF = 2  # a term seen in fewer training requests is noise (2 beat 3 and 5 in cross-validation)
 COVERAGE = 0.9
 INTERCEPT_COLUMN = 10.0  # its coefficient's penalty is 1/100 of a unit column's
-MAX_LOG_OUTPUT = math.log1p(1 << 20)  # no request, however odd its body, is predicted past a million tokens
 BUFFER_SIZE = 5000  # most recent outcomes kept for retraining
 ACCURACY_WINDOW = 1000  # most recent outcomes scored by accuracy()
 PACK_CHUNK = 256  # samples pickled per GIL-holding call
 
 Sample = tuple[RequestFeatures, int]
 SparseRows = Any  # a scipy.sparse CSR matrix (scipy ships no type information)
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    p50: int
-    p90: int
 
 
 class FittedModel:
@@ -143,10 +137,16 @@ class FittedModel:
         dense: float = sum(map(operator.mul, features.dense(), self._dense_weight))
         return self._base + float(text) + dense + self._model_weight.get(features.model_key(), 0.0)
 
-    def predict(self, features: RequestFeatures) -> Prediction:
+    def log_quantiles(self, features: RequestFeatures) -> tuple[float, float]:
+        """log1p of the conformal p50 and p90, uncapped."""
         center = self.log_prediction(features)
-        p50 = max(1, round(math.expm1(min(MAX_LOG_OUTPUT, center + self.offset_p50))))
-        p90 = max(p50, round(math.expm1(min(MAX_LOG_OUTPUT, center + self.offset_p90))))
+        return center + self.offset_p50, center + self.offset_p90
+
+    def predict(self, features: RequestFeatures) -> Prediction:
+        """The text model's own p50/p90 (`OutputLengthPredictor.predict` blends them with running statistics)."""
+        log50, log90 = self.log_quantiles(features)
+        p50 = max(1, round(math.expm1(min(MAX_LOG_OUTPUT, log50))))
+        p90 = max(p50, round(math.expm1(min(MAX_LOG_OUTPUT, log90))))
         if features.max_tokens is not None:
             p50, p90 = min(p50, features.max_tokens), min(p90, features.max_tokens)
         return Prediction(p50, p90)
@@ -322,7 +322,8 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
     target = log_target(samples)
 
     coef = ridge_coef(design, target)
-    offset_p50, offset_p90 = conformal_offsets(target - out_of_fold(design, target, request_groups(requests)))
+    held_out = out_of_fold(design, target, request_groups(requests))
+    offset_p50, offset_p90 = conformal_offsets(target - held_out)
 
     split = encoder.split
     info = {
@@ -332,6 +333,7 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
         "version": version,
         "trained_at": time.time(),
         "vocabulary": len(encoder.vocab),
+        "model_mae": held_out_mae(samples, held_out + offset_p50),
     }
     constants = np.array([coef[-1] * INTERCEPT_COLUMN, offset_p50, offset_p90])
     return FittedModel(
@@ -346,6 +348,19 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
         constants,
         info,
     )
+
+
+def held_out_mae(samples: Sequence[Sample], log_p50: np.ndarray) -> dict[str, list[float]]:
+    """{model name: [MAE in tokens of the out-of-fold p50, samples]} for the MAX_MODELS names with most samples:
+    the new model's record on each served model's outcomes, which the blend starts it from (`online.py`)."""
+    p50 = np.maximum(1, np.round(np.expm1(np.minimum(log_p50, MAX_LOG_OUTPUT))))
+    caps = np.array([features.max_tokens or np.inf for features, _ in samples], dtype=float)
+    errors = np.abs(np.array([actual for _, actual in samples], dtype=float) - np.minimum(p50, caps))
+    by_model: dict[str, list[float]] = {}
+    for (features, _), error in zip(samples, errors.tolist(), strict=True):
+        by_model.setdefault(features.model, []).append(error)
+    largest = sorted(by_model.items(), key=lambda item: -len(item[1]))[:MAX_MODELS]
+    return {name: [round(sum(errors) / len(errors), 3), len(errors)] for name, errors in largest}
 
 
 def fit(samples: Sequence[Sample], version: int = 1) -> bytes:
@@ -372,7 +387,11 @@ def fit_packed(chunks: Sequence[bytes], version: int = 1) -> bytes:
 
 
 class OutputLengthPredictor:
-    """Predicts output length, scores itself on outcomes and retrains on them."""
+    """Predicts output length, scores itself on outcomes and retrains on them.
+
+    A prediction blends the text model with the running statistics of the request's model name (`online.py`);
+    a request known by its lengths only (`features_from_lengths`) is predicted from those statistics alone.
+    """
 
     def __init__(
         self,
@@ -380,8 +399,11 @@ class OutputLengthPredictor:
         reservoir: Sequence[Sample] | None = None,
         buffer_size: int = BUFFER_SIZE,
         window: int = ACCURACY_WINDOW,
+        max_models: int = MAX_MODELS,
     ):
         self._model = model
+        self._generation = 0  # counts the text models served: a request's text prediction is stamped with it
+        self._running = RunningStats(max_models)
         self._reservoir = reservoir  # None: the shipped cold-start samples, read at the first refit
         self._buffer: deque[Sample] = deque(maxlen=buffer_size)
         self._recent: deque[tuple[int, bool]] = deque(maxlen=window)  # (|actual - p50|, actual <= p90)
@@ -411,8 +433,11 @@ class OutputLengthPredictor:
         self.use(FittedModel.from_bytes(blob))
 
     def use(self, model: FittedModel) -> None:
-        """Serve `model` from now on (one assignment: a prediction under way keeps the model it started with)."""
+        """Serve `model` from now on (a prediction under way keeps the model it started with). The running
+        statistics forget the old text model's bias and scores and keep the outcomes (see `online.py`)."""
+        self._generation += 1
         self._model = model
+        self._running.reset_base(model.info.get("model_mae") or {})
 
     @property
     def info(self) -> dict[str, Any]:
@@ -420,14 +445,32 @@ class OutputLengthPredictor:
         return dict(self._model.info)
 
     def predict(self, features: RequestFeatures) -> Prediction:
-        prediction = self._model.predict(features)
+        """p50/p90 of the request's output tokens, from what the gateway knows before it is served."""
+        base = None
+        if not features.lengths_only:
+            base = self._model.log_quantiles(features)
+            features.base = (self._generation, *base)
+        prediction = self._running.predict(features.model, features.input_tokens, features.max_tokens, base)
         features.prediction = prediction
         return prediction
 
     def observe(self, features: RequestFeatures, actual_output_tokens: int) -> None:
-        """Buffer an outcome for the next refit and score the prediction made for it."""
-        prediction = features.prediction or self._model.predict(features)
-        self._buffer.append((features, actual_output_tokens))
+        """Learn a finished request's output length: score the prediction made for it, update the running
+        statistics of its model and buffer it for the next refit."""
+        prediction = features.prediction or self.predict(features)
+        stamped = features.base
+        base = stamped[1:] if stamped is not None and stamped[0] == self._generation else None
+        self._running.observe(
+            features.model,
+            features.input_tokens,
+            features.max_tokens,
+            base,
+            features.lengths_only,
+            prediction,
+            actual_output_tokens,
+        )
+        if not features.lengths_only:  # the text model has nothing to learn from a request without text
+            self._buffer.append((features, actual_output_tokens))
         self._recent.append((abs(actual_output_tokens - prediction.p50), actual_output_tokens <= prediction.p90))
         self.observed += 1
 
@@ -446,6 +489,7 @@ class OutputLengthPredictor:
             "p90_coverage": sum(covered for _, covered in recent) / n if n else None,
             "model_version": self._model.info.get("version"),
             "model_samples": self._model.info.get("samples"),
+            "models": self._running.summary(),
         }
 
     def training_set(self) -> list[Sample]:
@@ -456,7 +500,7 @@ class OutputLengthPredictor:
 
     def refit(self) -> None:
         """Retrain on `training_set()` and swap the new model in (blocking: run it in an executor)."""
-        self._model = fit_model(self.training_set(), self._next_version())
+        self.use(fit_model(self.training_set(), self._next_version()))
 
     async def refit_async(self, executor: Executor) -> bytes:
         """Retrain in `executor`, a ProcessPoolExecutor (best `refit_executor()`, at a lower CPU priority), swap the

@@ -12,6 +12,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from ricardo.predictor.features import features_from_body
+from ricardo.predictor.model import FittedModel
+from ricardo.predictor.tokens import InputTokenCounter
 
 from tests.integration.harness import REPO, Cluster, Process, ricardo_command
 from tests.predictor.synthetic import requests
@@ -89,7 +92,7 @@ def test_the_error_falls_as_outcomes_arrive_and_the_model_survives_a_restart(clu
         learnt = await send(cluster.url, after)
         return cold, mae(learnt, after), status, learnt, after
 
-    cold, learnt_mae, status, learnt, after = asyncio.run(scenario())
+    cold, learnt_mae, status, _, after = asyncio.run(scenario())
     print(f"\nonline learning through the gateway: MAE {cold:.1f} -> {learnt_mae:.1f} tokens after one refit")
     assert learnt_mae < 0.6 * cold, (cold, learnt_mae)
     assert status["learning"]["role"] == "refitter" and status["learning"]["refits"] == 1
@@ -106,26 +109,36 @@ def test_the_error_falls_as_outcomes_arrive_and_the_model_survives_a_restart(clu
     )
     cluster.processes.append(restarted)
     restarted.wait_http(cluster.url + "/readyz")
-    status = predictor_status(cluster.url)
-    assert status["model"]["version"] == 2 and status["learning"]["source"] == "file"
-    again = asyncio.run(send(cluster.url, after[:20]))
-    assert again == learnt[:20]
+    restored = predictor_status(cluster.url)
+    assert restored["model"] == status["model"] and restored["learning"]["source"] == "file"
+    # before its first outcome the restarted gateway predicts with the saved text model alone: the running
+    # statistics of outcomes that the prediction blends in (predictor/online.py) live in the process
+    saved = FittedModel.from_bytes(cluster.model_path.read_bytes())
+    body, _ = after[0]
+    expected = saved.predict(features_from_body(body, InputTokenCounter("llama3").count_body(body)))
+    assert asyncio.run(send(cluster.url, after[:1])) == [expected.p50]
 
 
 def test_the_true_length_header_never_reaches_the_prediction(cluster):
     body, _ = traffic(1, seed=34)[0]
 
     async def predicted_with(header: str) -> str:
+        # streamed, and left after the response headers: the answer (a second or so) is cut before its end, so no
+        # outcome reaches the predictor between the three requests, which therefore meet it in the same state
         async with (
             aiohttp.ClientSession() as session,
             session.post(
-                cluster.url + "/v1/chat/completions", json=body, headers={"x-emulator-output-tokens": header}
+                cluster.url + "/v1/chat/completions",
+                json={**body, "stream": True},
+                headers={"x-emulator-output-tokens": header},
             ) as response,
         ):
             assert response.status == 200
             return response.headers["x-ricardo-predicted-output-tokens"]
 
-    assert len({asyncio.run(predicted_with(h)) for h in ("1", "7", "600")}) == 1
+    before = predictor_status(cluster.url)["output_tokens"]["n_observed"]
+    assert len({asyncio.run(predicted_with(h)) for h in ("3000", "3400", "3800")}) == 1
+    assert predictor_status(cluster.url)["output_tokens"]["n_observed"] == before
     # and no gateway code so much as names the header: it is forwarded as any other end-to-end header
     for source in (REPO / "ricardo" / "gateway").rglob("*.py"):
         assert "x-emulator-output-tokens" not in Path(source).read_text().lower(), source
