@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -30,16 +28,19 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
     from pydantic import ValidationError
 
+    from ricardo.errors import InvalidInput
     from ricardo.gateway.app import build_app
     from ricardo.gateway.config import load_config
+    from ricardo.gateway.security import AdminAccess
     from ricardo.gateway.state import GatewayState
+    from ricardo.gateway.urls import redact
     from ricardo.protocol.runtime import run_event_loop
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
-    except (OSError, ValidationError, ValueError) as exc:
-        print(f"ricardo serve: bad config: {exc}", file=sys.stderr)
+    except (OSError, ValidationError, InvalidInput) as exc:
+        print(f"ricardo serve: bad config: {redact(str(exc))}", file=sys.stderr)
         return 2
     updates = {
         k: v
@@ -52,26 +53,23 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     config = config.model_copy(update=updates)
-    admin_token = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
-    if admin_token is None and config.host not in LOOPBACK:
-        print(
-            "ricardo serve: the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
-            "when listening beyond loopback",
-            file=sys.stderr,
-        )
-        return 2
-    if admin_token is None:
-        logging.getLogger("ricardo.gateway").warning("admin API open without a token (loopback only)")
     try:
         state = GatewayState(config)
-    except ValueError as exc:
+    except InvalidInput as exc:
+        print(f"ricardo serve: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    configured = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
+    try:
+        admin = AdminAccess.for_listener(config.host, config.port, configured, config.auth.allowed_hosts)
+    except InvalidInput as exc:
         print(f"ricardo serve: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> None:
-        runner = web.AppRunner(build_app(config, state, admin_token), access_log=None)
+        runner = web.AppRunner(build_app(config, state, admin), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
+        admin.publish(config.port)
         print(f"ricardo gateway listening on http://{config.host}:{config.port}", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             await runner.cleanup()
+            admin.withdraw(config.port)
 
     try:
         run_event_loop(main())
