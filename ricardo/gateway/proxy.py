@@ -239,6 +239,8 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
     except (ValueError, aiohttp.ClientError):
         detail, message = {}, None
     message = message or f"upstream answered HTTP {status}"
+    if status == 508:  # a gateway further on found the loop: the client should hear that, not a bare 502
+        return OpenAIError(508, message, "api_error", code="loop_detected")
     if status >= 500 or status < 400:  # a redirect is not followed: it could lead anywhere the gateway can reach
         return error_for_status(502 if status != 503 else 503, f"upstream error: {message}")
     return OpenAIError(
