@@ -171,7 +171,7 @@ class KeyRing:
                 "prefix": k.prefix,
                 "created": k.created,
                 **k.limits(),
-                "spend_today_usd": round(spend.get(k.id, 0.0), 9),
+                "spend_today_usd": spend.get(k.id, 0.0),
             }
             for k in sorted(self._by_digest.values(), key=lambda k: k.created)
         ]
