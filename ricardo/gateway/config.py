@@ -191,7 +191,11 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         text = resources.files("ricardo.gateway").joinpath("data/default.yaml").read_text()
     else:
         text = Path(path).read_text()
-    return GatewayConfig.model_validate(yaml.safe_load(text))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path or 'the embedded config'}: not YAML: {exc}") from None
+    return GatewayConfig.model_validate(data)
 
 
 def default_config_path() -> Path:
