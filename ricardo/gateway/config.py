@@ -30,7 +30,9 @@ class SLOConfig(_Strict):
 
 class PoolConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    hardware: str = Field(description="profile name of the hardware type, e.g. A10G, H100")
+    hardware: str = Field(
+        description="profile name of the hardware type, e.g. A10G, H100", examples=["A10G", "L4", "A100-80GB", "H100"]
+    )
     price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
     backends: list[HttpUrl] = Field(default_factory=list)
     models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
