@@ -1,4 +1,4 @@
-"""`ricardo serve`: run the gateway."""
+"""`ricardo serve`: run the gateway; `ricardo admin`: call its admin API."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--replica-id", help="name of this replica in shared state (default: host-pid-random)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_serve)
+
+    a = subparsers.add_parser(
+        "admin",
+        help="call the gateway's admin API",
+        description="Call the admin API with its token: --token, else $RICARDO_ADMIN_TOKEN, else the token the "
+        "gateway generated on that port. Prints the answer; exits 1 unless it is a 2xx.",
+    )
+    a.add_argument("method", choices=["GET", "POST", "PUT", "DELETE"])
+    a.add_argument("path", help="e.g. /admin/pools, /admin/keys")
+    a.add_argument("body", nargs="?", help='JSON body, e.g. \'{"name": "alice", "budget_usd_per_day": 5}\'')
+    a.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (default: %(default)s)")
+    a.add_argument("--token", help="admin token (default: $RICARDO_ADMIN_TOKEN or the generated one)")
+    a.set_defaults(func=_admin)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -86,3 +99,39 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ricardo serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import sys
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from ricardo.gateway.security import read_admin_token
+
+    port = urlsplit(args.url).port or 80
+    token = args.token or os.environ.get("RICARDO_ADMIN_TOKEN") or read_admin_token(port)
+    if not token:
+        print(
+            f"ricardo admin: no token: give --token or $RICARDO_ADMIN_TOKEN (none generated for port {port})",
+            file=sys.stderr,
+        )
+        return 2
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    data = args.body.encode() if args.body is not None else None
+    request = urllib.request.Request(args.url.rstrip("/") + args.path, data=data, method=args.method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    except OSError as exc:
+        print(f"ricardo admin: {args.url}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(json.loads(answer), indent=2))
+    except ValueError:
+        print(answer.decode(errors="replace"))
+    return 0 if 200 <= status < 300 else 1

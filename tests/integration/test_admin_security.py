@@ -249,3 +249,19 @@ def test_two_gateways_routing_to_each_other_end_in_a_508(tmp_path):
     finally:
         for process in processes:
             process.stop()
+
+
+def test_ricardo_admin_reads_the_generated_token(cluster):
+    clean = {k: v for k, v in os.environ.items() if k != "RICARDO_ADMIN_TOKEN"}
+
+    def admin_cli(*args: str) -> subprocess.CompletedProcess:
+        command = ricardo_command("admin", "--url", cluster.url, *args)
+        return subprocess.run(command, env=clean, capture_output=True, text=True, timeout=60)
+
+    made = admin_cli("POST", "/admin/keys", '{"name": "cli"}')
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["key"].startswith("sk-rc-")
+    listed = admin_cli("GET", "/admin/keys")
+    assert listed.returncode == 0 and "cli" in listed.stdout and "sk-rc-" in listed.stdout  # the prefix only
+    assert json.loads(made.stdout)["key"] not in listed.stdout
+    assert admin_cli("DELETE", "/admin/keys/key-nonesuch").returncode == 1
