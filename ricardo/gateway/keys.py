@@ -186,17 +186,19 @@ class KeyRing:
 
     # -- the request path ----------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> ClientKey | None:
-        """The request's key; None for a request without a known key where keys are optional. Raises 401."""
+        """The request's key, or None where keys are optional and the request shows none of ours (clients send
+        placeholder keys). A key of ours that is not known (revoked, mistyped) is refused either way. Raises 401."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         given = given.strip()
         key = None
-        if scheme.lower() == "bearer" and given.isascii() and given.startswith(KEY_PREFIX):
+        ours = scheme.lower() == "bearer" and given.isascii() and given.startswith(KEY_PREFIX)
+        if ours:
             presented = digest(given)
             found = self._by_digest.get(presented)
             # found by its digest; comparing the digests in constant time as well costs nothing
             if found is not None and hmac.compare_digest(found.digest, presented):
                 key = found
-        if key is None and self.required:
+        if key is None and (self.required or ours):
             self.metrics.key_refusals.labels("-", "invalid_api_key").inc()
             raise OpenAIError(
                 401,

@@ -45,7 +45,8 @@ def call(url: str, method: str = "GET", body: bytes | dict | None = None, header
 
 
 def admin(cluster: Cluster, path: str, method: str = "GET", body: dict | None = None, **headers: str):
-    sent = {**cluster.admin_headers(), **({"Content-Type": "application/json"} if body is not None else {}), **headers}
+    changes = body is not None or method != "GET"
+    sent = {**cluster.admin_headers(), **({"Content-Type": "application/json"} if changes else {}), **headers}
     return call(cluster.url + path, method, body, sent)
 
 
@@ -265,3 +266,17 @@ def test_ricardo_admin_reads_the_generated_token(cluster):
     assert listed.returncode == 0 and "cli" in listed.stdout and "sk-rc-" in listed.stdout  # the prefix only
     assert json.loads(made.stdout)["key"] not in listed.stdout
     assert admin_cli("DELETE", "/admin/keys/key-nonesuch").returncode == 1
+
+
+def test_keys_are_optional_on_loopback_but_a_revoked_one_is_refused(cluster):
+    status, made, _ = admin(cluster, "/admin/keys", "POST", {"name": "optional", "requests_per_second": 1})
+    assert status == 201
+    send = {"Content-Type": "application/json"}
+    url = cluster.url + "/v1/chat/completions"
+    assert call(url, "POST", SMALL, send)[0] == 200  # no key
+    assert call(url, "POST", SMALL, {**send, "Authorization": "Bearer sk-placeholder"})[0] == 200  # not one of ours
+    with_key = {**send, "Authorization": f"Bearer {made['key']}"}
+    assert [call(url, "POST", SMALL, with_key)[0] for _ in range(3)].count(429) >= 1  # a key shown is a key used
+    assert admin(cluster, f"/admin/keys/{made['id']}", "DELETE")[0] == 200
+    status, answer, _ = call(url, "POST", SMALL, with_key)
+    assert status == 401 and answer["error"]["code"] == "invalid_api_key"
