@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ricardo.errors import InvalidInput, RicardoError
+
 if TYPE_CHECKING:  # imported where used: `ricardo --help` stays quick
     import numpy as np
 
     from ricardo.profiles.catalog import ProfileBook
 
 
-class WorkloadError(ValueError):
+class WorkloadError(InvalidInput):
     """The workload cannot be read."""
 
 
@@ -76,13 +78,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ricardo.policies.planner import PlanError
-
     try:
         result = run(args)
-    except (WorkloadError, PlanError, ValueError, KeyError, OSError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"ricardo plan: error: {message}", file=sys.stderr)
+    except (RicardoError, OSError) as exc:  # bad input (a workload, a profile, a price), or an unreadable file
+        print(f"ricardo plan: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result))
@@ -98,9 +97,9 @@ def run(args: argparse.Namespace) -> dict:
     from ricardo.profiles.catalog import default_profile_paths, load_book
 
     if args.rate is not None and args.rate < 0:
-        raise ValueError(f"--rate must be >= 0, got {args.rate:g}")
+        raise InvalidInput(f"--rate must be >= 0, got {args.rate:g}")
     if args.profile and args.include_estimated:
-        raise ValueError(
+        raise InvalidInput(
             "--include-estimated adds to the shipped profile; with --profile, list the estimated "
             "file as another --profile"
         )
@@ -110,10 +109,10 @@ def run(args: argparse.Namespace) -> dict:
     fractions, trace_rate, described, sizes = read_workload(args.workload, book)
     planner = args.planner or ("melange" if sizes is None else "ricardo")
     if planner != "melange" and sizes is None:
-        raise ValueError(f"--planner {planner} needs a trace as --workload (a histogram has no request sizes)")
+        raise InvalidInput(f"--planner {planner} needs a trace as --workload (a histogram has no request sizes)")
     rate = args.rate if args.rate is not None else trace_rate
     if rate is None:
-        raise ValueError(f"--rate is needed: workload {args.workload!r} has no arrival times")
+        raise InvalidInput(f"--rate is needed: workload {args.workload!r} has no arrival times")
     only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
     rates = fractions * rate
     options = dict(slice_factor=args.slice_factor, headroom=args.headroom, time_limit_s=args.time_limit)
@@ -158,7 +157,7 @@ def _overrides(specs: list[str], book: ProfileBook) -> dict[str, float]:
         except ValueError:
             usd = -1.0
         if usd < 0:
-            raise ValueError(f"--price expects TYPE=USD with USD >= 0, got {spec!r}")
+            raise InvalidInput(f"--price expects TYPE=USD with USD >= 0, got {spec!r}")
         prices[book.canonical(name.strip())] = usd
     return prices
 

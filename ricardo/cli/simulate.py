@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ricardo.errors import InvalidInput, RicardoError
+
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -56,12 +58,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ricardo.loadgen.traces import TraceError
-    from ricardo.policies.planner import PlanError
-
     try:
         result = run(args)
-    except (TraceError, PlanError, ValueError, KeyError, OSError) as exc:
+    except (RicardoError, OSError) as exc:  # bad input (a trace, a fleet, a rate), or an unreadable file
         print(f"ricardo simulate: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -78,15 +77,15 @@ def load_requests(args: argparse.Namespace):
     requests = read_trace(args.trace)
     if untimed(requests):
         if not args.rate:
-            raise ValueError(f"{args.trace} has no arrival times: give --rate")
+            raise InvalidInput(f"{args.trace} has no arrival times: give --rate")
         requests = with_poisson_arrivals(requests, args.rate, seed=args.seed)
     elif args.rate:
-        raise ValueError("--rate is for traces without timestamps; use --speed to scale a timed trace")
+        raise InvalidInput("--rate is for traces without timestamps; use --speed to scale a timed trace")
     window = select(
         requests, start_s=args.start, duration_s=args.duration, speed=args.speed, max_requests=args.max_requests
     )
     if not window:
-        raise ValueError("the selected window of the trace is empty")
+        raise InvalidInput("the selected window of the trace is empty")
     return [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in window]
 
 
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
         fleet = _read_fleet(args.fleet, book)
     unknown = [hw for hw in fleet if not book.has(hw)]
     if unknown:
-        raise ValueError(f"no profile for {', '.join(unknown)}; known: {', '.join(book.hardware_names())}")
+        raise InvalidInput(f"no profile for {', '.join(unknown)}; known: {', '.join(book.hardware_names())}")
     result = simulate(
         requests,
         fleet,
@@ -122,7 +121,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def _read_fleet(spec: str, book) -> dict[str, int]:
     if Path(spec).is_file():
-        raw = json.loads(Path(spec).read_text())
+        try:
+            raw = json.loads(Path(spec).read_text())
+        except ValueError as exc:
+            raise InvalidInput(f"--fleet {spec}: not JSON: {exc}") from None
     else:
         raw = {}
         for part in spec.split(","):
@@ -131,9 +133,9 @@ def _read_fleet(spec: str, book) -> dict[str, int]:
     try:
         fleet = {book.canonical(name): int(count) for name, count in raw.items()}
     except (TypeError, ValueError):
-        raise ValueError(f"--fleet: expected TYPE=N,... or a JSON file of {{type: count}}, got {spec!r}") from None
+        raise InvalidInput(f"--fleet: expected TYPE=N,... or a JSON file of {{type: count}}, got {spec!r}") from None
     if any(n < 0 for n in fleet.values()) or not any(fleet.values()):
-        raise ValueError("--fleet needs non-negative counts and at least one GPU")
+        raise InvalidInput("--fleet needs non-negative counts and at least one GPU")
     return fleet
 
 

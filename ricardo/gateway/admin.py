@@ -1,4 +1,4 @@
-"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints.
+"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints, client keys.
 
 Every change is validated, written to the state store as a new config version (compare-and-set,
 so two admins cannot silently overwrite each other), applied by every replica from there, and
@@ -8,8 +8,6 @@ audited in the log. One table of routes drives both the router and the OpenAPI d
 from __future__ import annotations
 
 import copy
-import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,10 +15,13 @@ from dataclasses import dataclass
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
 
-from ricardo.gateway.config import PoolConfig, SharedConfig, SLOConfig, backend_key
+from ricardo.errors import InvalidInput
+from ricardo.gateway.config import PoolConfig, SharedConfig, SLOConfig, backend_id, backend_key
+from ricardo.gateway.keys import KeyBody
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.store import StoreUnavailable
-from ricardo.protocol.openai import OpenAIError
+from ricardo.gateway.urls import UnsafeURL, check_resolved, redact
+from ricardo.protocol.openai import OpenAIError, load_json
 
 audit = logging.getLogger("ricardo.audit")
 CAS_ATTEMPTS = 5
@@ -84,7 +85,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "tpot_ms": pool.ledger.tpot_ms,
         "backends": [
             {
-                "url": b.url,
+                "url": b.shown,
                 "healthy": b.healthy,
                 "draining": b.draining,
                 "in_flight": b.in_flight,
@@ -150,6 +151,8 @@ async def set_prices(request: web.Request) -> web.Response:
 
 async def add_pool(request: web.Request) -> web.Response:
     body = await _parse(request, PoolConfig)
+    for url in body.backends:
+        await _check_url(request, str(url))
 
     def change(doc: dict) -> str:
         if any(p["name"] == body.name for p in doc["pools"]):
@@ -173,13 +176,14 @@ async def remove_pool(request: web.Request) -> web.Response:
 
 async def add_backend(request: web.Request) -> web.Response:
     name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+    await _check_url(request, url)
 
     def change(doc: dict) -> str:
         pool = _pool_in(doc, name)
-        if url in map(backend_key, pool["backends"]):
-            raise OpenAIError(409, f"backend {url} is in pool {name} already", "conflict_error", "url")
+        if backend_id(url) in map(backend_id, pool["backends"]):
+            raise OpenAIError(409, f"backend {redact(url)} is in pool {name} already", "conflict_error", "url")
         pool["backends"].append(url)
-        return f"backend {url} added to pool {name}"
+        return f"backend {redact(url)} added to pool {name}"
 
     return await _commit(request, "add_backend", change, status=201)
 
@@ -197,10 +201,10 @@ async def _set_draining(request: web.Request, draining: bool) -> web.Response:
 
     def change(doc: dict) -> str:
         pool = _pool_in(doc, name)
-        _backend_in(pool, url)
-        others = [u for u in pool.get("draining", []) if backend_key(u) != url]
-        pool["draining"] = [*others, url] if draining else others
-        return f"backend {url} of pool {name} {'draining' if draining else 'back in service'}"
+        configured = _backend_in(pool, url)
+        others = [u for u in pool.get("draining", []) if backend_id(u) != backend_id(url)]
+        pool["draining"] = [*others, configured] if draining else others
+        return f"backend {redact(url)} of pool {name} {'draining' if draining else 'back in service'}"
 
     return await _commit(request, "drain_backend" if draining else "undrain_backend", change)
 
@@ -211,9 +215,9 @@ async def remove_backend(request: web.Request) -> web.Response:
     def change(doc: dict) -> str:
         pool = _pool_in(doc, name)
         _backend_in(pool, url)
-        pool["backends"] = [u for u in pool["backends"] if backend_key(u) != url]
-        pool["draining"] = [u for u in pool.get("draining", []) if backend_key(u) != url]
-        return f"backend {url} removed from pool {name}"
+        pool["backends"] = [u for u in pool["backends"] if backend_id(u) != backend_id(url)]
+        pool["draining"] = [u for u in pool.get("draining", []) if backend_id(u) != backend_id(url)]
+        return f"backend {redact(url)} removed from pool {name}"
 
     return await _commit(request, "remove_backend", change)
 
@@ -250,18 +254,13 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
             state.check(shared)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise OpenAIError(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-        except ValueError as exc:
-            raise OpenAIError(422, str(exc)) from None
+            raise OpenAIError(422, redact(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")) from None
+        except InvalidInput as exc:
+            raise OpenAIError(422, redact(str(exc))) from None
         try:
             new_version = await state.store.update_config(version, shared.model_dump(mode="json"))
         except StoreUnavailable:
-            raise OpenAIError(
-                503,
-                "the shared state store is unreachable: the change was not made on any replica; retry when it is back",
-                "service_unavailable",
-                headers={"Retry-After": "2"},
-            ) from None
+            raise _store_down() from None
         if new_version is None:  # someone else changed it: catch up and redo the change on theirs
             fresh = await state.store.read_config()
             if fresh:
@@ -269,9 +268,51 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
             continue
         state.apply(new_version, shared.model_dump(mode="json"))
         state.metrics.admin_changes.labels(action).inc()
-        audit.info("admin %s by %s (version %d -> %d): %s", action, request.remote, version, new_version, line)
-        return web.json_response({"version": new_version, "change": line}, status=status)
+        audit.info("admin %s by %s (version %d -> %d): %s", action, request.remote, version, new_version, redact(line))
+        return web.json_response({"version": new_version, "change": redact(line)}, status=status)
     raise OpenAIError(409, "the config kept changing under this request; retry", "conflict_error")
+
+
+# -- client keys ----------------------------------------------------------------------------------
+async def list_keys(request: web.Request) -> web.Response:
+    return web.json_response({"keys": await _state(request).keys.describe()})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await _parse(request, KeyBody)
+    state = _state(request)
+    try:
+        key, plain = await state.keys.create(body)
+    except StoreUnavailable:
+        raise _store_down() from None
+    state.metrics.admin_changes.labels("create_key").inc()
+    audit.info(
+        "admin create_key by %s: key %s (%s, %s...): %s", request.remote, key.id, key.name, key.prefix, key.limits()
+    )
+    answer = {"id": key.id, "name": key.name, "prefix": key.prefix, **key.limits(), "key": plain}
+    return web.json_response({**answer, "note": "the key is shown this once; only its hash is kept"}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id, state = request.match_info["key_id"], _state(request)
+    try:
+        revoked = await state.keys.revoke(key_id)
+    except StoreUnavailable:
+        raise _store_down() from None
+    if not revoked:
+        raise OpenAIError(404, f"no key with id {key_id!r}", "not_found_error", "key_id")
+    state.metrics.admin_changes.labels("revoke_key").inc()
+    audit.info("admin revoke_key by %s: key %s", request.remote, key_id)
+    return web.json_response({"revoked": key_id})
+
+
+def _store_down() -> OpenAIError:
+    return OpenAIError(
+        503,
+        "the shared state store is unreachable: the change was not made on any replica; retry when it is back",
+        "service_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -292,22 +333,30 @@ def _pool_in(doc: dict, name: str) -> dict:
     raise OpenAIError(404, f"no pool named {name!r}", "not_found_error", "pool")
 
 
-def _backend_in(pool: dict, url: str) -> None:
-    if url not in map(backend_key, pool["backends"]):
-        raise OpenAIError(404, f"pool {pool['name']} has no backend {url}", "not_found_error", "url")
+def _backend_in(pool: dict, url: str) -> str:
+    """The pool's configured spelling of the backend `url` names (with or without its credentials)."""
+    for configured in pool["backends"]:
+        if backend_id(configured) == backend_id(url):
+            return configured
+    raise OpenAIError(404, f"pool {pool['name']} has no backend {redact(url)}", "not_found_error", "url")
+
+
+async def _check_url(request: web.Request, url: str) -> None:
+    try:
+        await check_resolved(url, _state(request).listener)
+    except UnsafeURL as exc:
+        raise OpenAIError(422, str(exc), param="url") from None
 
 
 async def _parse(request: web.Request, model: type[BaseModel]):
-    try:
-        raw = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise OpenAIError(400, f"request body is not valid JSON: {exc}") from None
+    raw = load_json(await request.read())
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(map(str, first["loc"])) or None
-        raise OpenAIError(422, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+        message = redact(f"{param}: {first['msg']}" if param else first["msg"])
+        raise OpenAIError(422, message, param=param) from None
 
 
 ROUTES = [
@@ -347,6 +396,9 @@ ROUTES = [
         "GET", "/admin/predictor", "Accuracy of the request-size predictor, its model and how it learns", get_predictor
     ),
     Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs", get_scaling),
+    Route("GET", "/admin/keys", "List client keys: limits and spend today (never the keys)", list_keys),
+    Route("POST", "/admin/keys", "Make a client key (returned this once)", create_key, KeyBody),
+    Route("DELETE", "/admin/keys/{key_id}", "Revoke a client key", revoke_key),
 ]
 
 
@@ -360,12 +412,19 @@ def openapi_document() -> dict:
             "responses": {
                 "200": {"description": "OK"},
                 "401": {"description": "missing or wrong bearer token"},
-                "404": {"description": "no such pool or backend"},
+                "403": {"description": "cross-origin request, or a Host this gateway does not serve"},
+                "404": {"description": "no such pool, backend or key"},
                 "422": {"description": "invalid change"},
             },
         }
-        if "{pool}" in route.path:
-            operation["parameters"] = [{"name": "pool", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if route.method in ("POST", "PUT", "DELETE"):
+            operation["responses"]["415"] = {"description": "a change not sent as application/json"}
+            operation["responses"]["503"] = {"description": "the shared state store is unreachable"}
+        parameters = [name for name in ("pool", "key_id") if "{" + name + "}" in route.path]
+        if parameters:
+            operation["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in parameters
+            ]
         if route.body is not None:
             schema = route.body.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
@@ -384,7 +443,8 @@ def openapi_document() -> dict:
     }
 
 
-def add_admin_routes(app: web.Application, token: str | None) -> None:
+def add_admin_routes(app: web.Application) -> None:
+    """The routes; who may call them is security.guard's business."""
     document = openapi_document()
 
     async def openapi(request: web.Request) -> web.Response:
@@ -392,20 +452,4 @@ def add_admin_routes(app: web.Application, token: str | None) -> None:
 
     app.router.add_get("/admin/openapi.json", openapi)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _guarded(route.handler, token))
-
-
-def _guarded(handler, token: str | None):
-    async def guarded(request: web.Request) -> web.Response:
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise OpenAIError(
-                    401,
-                    "admin API: missing or wrong bearer token",
-                    "authentication_error",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        return await handler(request)
-
-    return guarded
+        app.router.add_route(route.method, route.path, route.handler)

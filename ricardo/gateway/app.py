@@ -12,6 +12,7 @@ from ricardo.gateway import proxy
 from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
 from ricardo.gateway.scaling_loop import ScalingLoop
+from ricardo.gateway.security import AdminAccess, guard
 from ricardo.gateway.state import GatewayState
 from ricardo.protocol.http import as_openai_error
 from ricardo.protocol.openai import OpenAIError
@@ -19,15 +20,13 @@ from ricardo.protocol.openai import OpenAIError
 log = logging.getLogger("ricardo.gateway")
 
 
-def build_app(
-    config: GatewayConfig, state: GatewayState | None = None, admin_token: str | None = None
-) -> web.Application:
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors])
-    app["state"] = state = state or GatewayState(config)
+def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) -> web.Application:
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors, guard(admin)])
+    app["state"] = state
     app["scaling"] = scaling = ScalingLoop(state)
     app["scaling_hints"] = scaling.current
     state.outcome_listeners.append(scaling.observe)
-    add_admin_routes(app, admin_token)
+    add_admin_routes(app)
     for prefix in ("/v1", ""):  # many clients also call the un-prefixed paths
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/completions", completions)
@@ -60,6 +59,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
+    state.keys.authenticate(request)
     created = int(time.time())
     return web.json_response(
         {
@@ -110,6 +110,6 @@ async def openai_errors(request: web.Request, handler):
     if state is not None and request.path.endswith("completions"):
         state.metrics.requests.labels("-", "-", str(status)).inc()
     request_id = request.headers.get("x-request-id")
-    if request_id:
+    if request_id and request_id.isascii() and request_id.isprintable():
         headers = {**headers, "x-request-id": request_id}
     return web.json_response(body, status=status, headers=headers)

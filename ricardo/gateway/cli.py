@@ -1,10 +1,8 @@
-"""`ricardo serve`: run the gateway."""
+"""`ricardo serve`: run the gateway; `ricardo admin`: call its admin API."""
 
 from __future__ import annotations
 
 import argparse
-
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +17,19 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_serve)
 
+    a = subparsers.add_parser(
+        "admin",
+        help="call the gateway's admin API",
+        description="Call the admin API with its token: --token, else $RICARDO_ADMIN_TOKEN, else the token the "
+        "gateway generated on that port. Prints the answer; exits 1 unless it is a 2xx.",
+    )
+    a.add_argument("method", choices=["GET", "POST", "PUT", "DELETE"])
+    a.add_argument("path", help="e.g. /admin/pools, /admin/keys")
+    a.add_argument("body", nargs="?", help='JSON body, e.g. \'{"name": "alice", "budget_usd_per_day": 5}\'')
+    a.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (default: %(default)s)")
+    a.add_argument("--token", help="admin token (default: $RICARDO_ADMIN_TOKEN or the generated one)")
+    a.set_defaults(func=_admin)
+
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
@@ -30,16 +41,19 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
     from pydantic import ValidationError
 
+    from ricardo.errors import InvalidInput
     from ricardo.gateway.app import build_app
     from ricardo.gateway.config import load_config
+    from ricardo.gateway.security import AdminAccess
     from ricardo.gateway.state import GatewayState
+    from ricardo.gateway.urls import redact
     from ricardo.protocol.runtime import run_event_loop
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
-    except (OSError, ValidationError, ValueError) as exc:
-        print(f"ricardo serve: bad config: {exc}", file=sys.stderr)
+    except (OSError, ValidationError, InvalidInput) as exc:
+        print(f"ricardo serve: bad config: {redact(str(exc))}", file=sys.stderr)
         return 2
     updates = {
         k: v
@@ -52,26 +66,23 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     config = config.model_copy(update=updates)
-    admin_token = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
-    if admin_token is None and config.host not in LOOPBACK:
-        print(
-            "ricardo serve: the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
-            "when listening beyond loopback",
-            file=sys.stderr,
-        )
-        return 2
-    if admin_token is None:
-        logging.getLogger("ricardo.gateway").warning("admin API open without a token (loopback only)")
     try:
         state = GatewayState(config)
-    except ValueError as exc:
+    except InvalidInput as exc:
+        print(f"ricardo serve: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    configured = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
+    try:
+        admin = AdminAccess.for_listener(config.host, config.port, configured, config.auth.allowed_hosts)
+    except InvalidInput as exc:
         print(f"ricardo serve: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> None:
-        runner = web.AppRunner(build_app(config, state, admin_token), access_log=None)
+        runner = web.AppRunner(build_app(config, state, admin), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
+        admin.publish(config.port)
         print(f"ricardo gateway listening on http://{config.host}:{config.port}", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             await runner.cleanup()
+            admin.withdraw(config.port)
 
     try:
         run_event_loop(main())
@@ -87,3 +99,39 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ricardo serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import sys
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from ricardo.gateway.security import read_admin_token
+
+    port = urlsplit(args.url).port or 80
+    token = args.token or os.environ.get("RICARDO_ADMIN_TOKEN") or read_admin_token(port)
+    if not token:
+        print(
+            f"ricardo admin: no token: give --token or $RICARDO_ADMIN_TOKEN (none generated for port {port})",
+            file=sys.stderr,
+        )
+        return 2
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    data = args.body.encode() if args.body is not None else None
+    request = urllib.request.Request(args.url.rstrip("/") + args.path, data=data, method=args.method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    except OSError as exc:
+        print(f"ricardo admin: {args.url}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(json.loads(answer), indent=2))
+    except ValueError:
+        print(answer.decode(errors="replace"))
+    return 0 if 200 <= status < 300 else 1

@@ -9,6 +9,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
+from ricardo.errors import InvalidInput
+from ricardo.gateway.urls import check_backend_url, redact, split_credentials
+
+
+class ConfigError(InvalidInput):
+    """A config (file or admin change) that this gateway cannot apply."""
+
+    status = 422
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,7 +30,9 @@ class SLOConfig(_Strict):
 
 class PoolConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    hardware: str = Field(description="profile name of the hardware type, e.g. A10G, H100")
+    hardware: str = Field(
+        description="profile name of the hardware type, e.g. A10G, H100", examples=["A10G", "L4", "A100-80GB", "H100"]
+    )
     price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
     backends: list[HttpUrl] = Field(default_factory=list)
     models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
@@ -32,21 +43,30 @@ class PoolConfig(_Strict):
     @field_validator("backends")
     @classmethod
     def _no_duplicates(cls, urls: list[HttpUrl]) -> list[HttpUrl]:
-        if len({backend_key(u) for u in urls}) != len(urls):
+        for url in urls:
+            check_backend_url(str(url))
+        if len({backend_id(u) for u in urls}) != len(urls):
             raise ValueError("a backend is listed twice")
         return urls
 
     @model_validator(mode="after")
     def _drain_known_backends(self) -> PoolConfig:
-        unknown = {backend_key(u) for u in self.draining} - {backend_key(u) for u in self.backends}
+        unknown = {backend_id(u) for u in self.draining} - {backend_id(u) for u in self.backends}
         if unknown:
-            raise ValueError(f"draining backends that are not in the pool: {sorted(unknown)}")
+            raise ValueError(f"draining backends that are not in the pool: {sorted(map(redact, unknown))}")
+        if self.api_key and any(split_credentials(str(u))[1] for u in self.backends):
+            raise ValueError("give the backends' credentials as api_key or in their URLs, not both")
         return self
 
 
 def backend_key(url: HttpUrl | str) -> str:
     """One spelling per backend URL, so `http://h:1` and `http://h:1/` are the same backend."""
     return str(url).rstrip("/")
+
+
+def backend_id(url: HttpUrl | str) -> str:
+    """A backend's identity: its URL without credentials (what the admin API shows, redacted, is enough to name it)."""
+    return split_credentials(backend_key(url))[0].rstrip("/")
 
 
 class LimitsConfig(_Strict):
@@ -103,6 +123,21 @@ class SharedConfig(_Strict):
         return self
 
 
+class AuthConfig(_Strict):
+    """Who may call the gateway (the admin API's token is `admin_token`)."""
+
+    require_api_keys: bool | None = Field(
+        default=None,
+        description="/v1 needs `Authorization: Bearer <key>` with a key made through /admin/keys; "
+        "default: required when listening beyond loopback, optional on loopback",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names accepted besides loopback ones while the admin token is generated "
+        "(the defence against DNS rebinding; e.g. a name in /etc/hosts that points at this machine)",
+    )
+
+
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, lt=65536)
@@ -125,6 +160,7 @@ class GatewayConfig(_Strict):
         "(cl100k_base, o200k_base, llama3); default: an estimate corrected online",
     )
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -144,11 +180,11 @@ def check_shared(shared: SharedConfig, models: list[str]) -> None:
     from ricardo.policies.routing import POLICIES
 
     if shared.policy not in POLICIES:
-        raise ValueError(f"unknown policy {shared.policy!r}; known: {', '.join(POLICIES)}")
+        raise ConfigError(f"unknown policy {shared.policy!r}; known: {', '.join(POLICIES)}")
     for pool in shared.pools:
         unknown = set(pool.models or ()) - set(models)
         if unknown:
-            raise ValueError(f"pool {pool.name} serves models not in `models`: {sorted(unknown)}")
+            raise ConfigError(f"pool {pool.name} serves models not in `models`: {sorted(unknown)}")
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -157,7 +193,11 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         text = resources.files("ricardo.gateway").joinpath("data/default.yaml").read_text()
     else:
         text = Path(path).read_text()
-    return GatewayConfig.model_validate(yaml.safe_load(text))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path or 'the embedded config'}: not YAML: {exc}") from None
+    return GatewayConfig.model_validate(data)
 
 
 def default_config_path() -> Path:

@@ -89,3 +89,15 @@ class GatewayMetrics:
             "ricardo_admin_changes", "Accepted admin changes, by action.", ["action"], registry=r
         )
         self.outcomes = Counter("ricardo_outcomes", "Completed requests with reported usage.", registry=r)
+        self.key_spend = Counter(
+            "ricardo_key_spend_usd",
+            "Estimated dollars spent per client key (as ricardo_cost_usd), on this replica.",
+            ["key", "name"],
+            registry=r,
+        )
+        self.key_refusals = Counter(
+            "ricardo_key_refusals",
+            "Requests refused for their client key: invalid_api_key, requests, tokens, budget.",
+            ["key", "reason"],
+            registry=r,
+        )

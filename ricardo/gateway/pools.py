@@ -21,13 +21,17 @@ ERRORS_BEFORE_COOLDOWN = 3  # consecutive HTTP 500 / 502 / 504 answers (connecti
 class Backend:
     """One endpoint of a pool: its connection pool, its load, whether it may be used now."""
 
-    url: str
+    url: str  # where requests go, without credentials (the session sends them)
     session: aiohttp.ClientSession
+    shown: str = ""  # the configured URL with its password redacted: what logs, metrics and the admin API show
     in_flight: int = 0
     healthy: bool = True  # last health probe succeeded
     failures: int = 0  # consecutive failures, for the cooldown's back-off
     cooldown_until: float = 0.0
     draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.shown = self.shown or self.url
 
     def available(self, now: float) -> bool:
         return self.healthy and not self.draining and now >= self.cooldown_until
@@ -93,13 +97,17 @@ class Pool:
         return tied[next(self._tiebreak) % len(tied)]
 
 
-def new_session(limits: LimitsConfig, api_key: str | None) -> aiohttp.ClientSession:
-    """One pooled client session per backend, so one slow backend cannot starve the others' connections."""
+def new_session(
+    limits: LimitsConfig, api_key: str | None, credentials: tuple[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """One pooled client session per backend, so one slow backend cannot starve the others' connections.
+    The backend's credentials: a bearer `api_key`, or the user and password its URL carried (basic auth)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limits.connections_per_backend, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s, sock_read=limits.idle_timeout_s),
         headers=headers,
+        auth=aiohttp.BasicAuth(*credentials) if credentials else None,
     )
 
 

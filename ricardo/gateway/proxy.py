@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from ricardo.gateway.keys import ClientKey
 from ricardo.gateway.pools import Backend, Pool
 from ricardo.gateway.state import GatewayState
 from ricardo.policies.ledger import Ticket
@@ -45,6 +46,10 @@ HOP_BY_HOP = {
     "accept-encoding",
 }
 UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# Counts the gateways a request has passed through: a backend that is (or leads back to) a gateway would otherwise
+# loop until file descriptors run out. Two gateways in a row are legitimate (a regional tier in front of another).
+HOPS_HEADER = "x-ricardo-hops"
+MAX_HOPS = 2
 # a larger body is shaped in a thread: counting its tokens exactly can take 0.1 s per MB (base64, long words), and
 # the tokenizer releases the GIL meanwhile; a smaller one is shaped on the loop, where a thread hop would cost more
 SHAPE_IN_THREAD_BYTES = 64 * 1024
@@ -59,6 +64,7 @@ class Trip:
     shape: RequestShape
     features: RequestFeatures
     started: float
+    key: ClientKey | None = None
     pool: Pool | None = None
     backend: Backend | None = None
     choice: Choice | None = None
@@ -73,13 +79,17 @@ class Trip:
 async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     state: GatewayState = request.app["state"]
     started = time.monotonic()
+    hops = _hops(request)
+    key = await state.keys.admit(request)
     raw = await request.read()
     body, req = parse_request(endpoint, raw)
     if req.model not in state.models:
         raise OpenAIError(
             404, f"The model `{req.model}` does not exist.", "not_found_error", "model", "model_not_found"
         )
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.headers.get("x-request-id", "")
+    if not (request_id.isascii() and request_id.isprintable() and 0 < len(request_id) <= 200):
+        request_id = uuid.uuid4().hex  # a header we could not send on is not propagated
     if len(raw) > SHAPE_IN_THREAD_BYTES:
         shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers)
     else:
@@ -92,9 +102,9 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             503, f"no pool can serve `{req.model}` now", "service_unavailable", headers={"Retry-After": "1"}
         )
     state.metrics.decisions.labels(state.policy_name, choices[0].pool).inc()
-    trip = Trip(endpoint, request_id, shape, features, started)
+    trip = Trip(endpoint, request_id, shape, features, started, key)
     payload = _upstream_body(body, req.stream)
-    headers = _forwarded_headers(request, request_id)
+    headers = _forwarded_headers(request, request_id, hops)
     upstream = await _open_upstream(state, trip, choices, payload, headers)
     try:
         if req.stream:
@@ -113,10 +123,26 @@ def _upstream_body(body: dict, stream: bool) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _forwarded_headers(request: web.Request, request_id: str) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+def _hops(request: web.Request) -> int:
+    value = request.headers.get(HOPS_HEADER, "0")
+    if not (value.isascii() and value.isdigit()):
+        raise OpenAIError(400, f"{HOPS_HEADER} must be a non-negative integer", param=HOPS_HEADER)
+    hops = int(value) if len(value) < 10 else MAX_HOPS + 1  # int() refuses strings of over 4300 digits
+    if hops > MAX_HOPS:
+        raise OpenAIError(
+            508,
+            f"loop detected: this request has passed through {hops} gateways; a backend leads back to a gateway",
+            "api_error",
+            code="loop_detected",
+        )
+    return hops
+
+
+def _forwarded_headers(request: web.Request, request_id: str, hops: int) -> dict[str, str]:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != HOPS_HEADER}
     headers["x-request-id"] = request_id
     headers["Content-Type"] = "application/json"
+    headers[HOPS_HEADER] = str(hops + 1)
     return headers
 
 
@@ -138,7 +164,10 @@ async def _open_upstream(
             try:
                 async with asyncio.timeout(limits.first_byte_timeout_s):
                     response = await backend.session.post(
-                        backend.url + UPSTREAM_PATHS[trip.endpoint], data=payload, headers=headers
+                        backend.url + UPSTREAM_PATHS[trip.endpoint],
+                        data=payload,
+                        headers=headers,
+                        allow_redirects=False,  # a redirect could lead anywhere the gateway can reach
                     )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
@@ -192,7 +221,7 @@ def _abandon(state: GatewayState, trip: Trip, reason: str, retry_after: float | 
     log.warning(
         "request %s: backend %s of pool %s failed (%s); trying the next",
         trip.request_id,
-        backend.url,
+        backend.shown,
         pool.name,
         reason,
     )
@@ -210,7 +239,9 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
     except (ValueError, aiohttp.ClientError):
         detail, message = {}, None
     message = message or f"upstream answered HTTP {status}"
-    if status >= 500:
+    if status == 508:  # a gateway further on found the loop: the client should hear that, not a bare 502
+        return OpenAIError(508, message, "api_error", code="loop_detected")
+    if status >= 500 or status < 400:  # a redirect is not followed: it could lead anywhere the gateway can reach
         return error_for_status(502 if status != 503 else 503, f"upstream error: {message}")
     return OpenAIError(
         status,
@@ -337,7 +368,10 @@ def _account(state: GatewayState, trip: Trip) -> None:
         m.tokens.labels(pool, "output").inc(completion_tokens)
         m.token_usage.labels("input").observe(prompt_tokens)
         m.token_usage.labels("output").observe(completion_tokens)
-        m.cost.labels(pool).inc(state.request_cost(trip.pool, prompt_tokens, completion_tokens))
+        cost = state.request_cost(trip.pool, prompt_tokens, completion_tokens)
+        m.cost.labels(pool).inc(cost)
+        if trip.key is not None:
+            state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
         for listener in state.outcome_listeners:
             listener(prompt_tokens, completion_tokens)

@@ -16,6 +16,7 @@ import aiohttp
 
 from ricardo.gateway.scaling import PoolSpec, ScalingAdvisor
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.urls import redact
 from ricardo.policies.planner import PlanError
 from ricardo.policies.types import SLO
 
@@ -116,6 +117,6 @@ class ScalingLoop:
                 session.post(url, json=hints) as response,
             ):
                 if response.status >= 300:
-                    log.warning("scaling webhook %s answered %d", url, response.status)
+                    log.warning("scaling webhook %s answered %d", redact(url), response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("scaling webhook %s failed: %s", url, exc)
+            log.warning("scaling webhook %s failed: %s", redact(url), redact(str(exc)))

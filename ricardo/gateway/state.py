@@ -20,12 +20,15 @@ from collections.abc import Callable
 import aiohttp
 from pydantic import ValidationError
 
-from ricardo.gateway.config import GatewayConfig, SharedConfig, backend_key, check_shared
+from ricardo.errors import InvalidInput
+from ricardo.gateway.config import ConfigError, GatewayConfig, SharedConfig, backend_id, backend_key, check_shared
+from ricardo.gateway.keys import KeyRing
 from ricardo.gateway.learning import PredictorLearning, load_predictor
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.pools import Backend, Pool, new_session
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
+from ricardo.gateway.urls import Listener, is_loopback, redact, split_credentials
 from ricardo.policies.routing import get_policy, request_cost_usd
 from ricardo.policies.types import SLO, Choice, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
@@ -44,6 +47,7 @@ class GatewayState:
             for slo in modelled_slos()
         }  # by TPOT SLO
         self.metrics = GatewayMetrics()
+        self.listener = Listener(config.host, config.port)
         self.store = store or open_store(config.redis_url)
         self.pools: dict[str, Pool] = {}
         self.shared = config.shared()
@@ -55,6 +59,8 @@ class GatewayState:
             predictor, self.store, config.predictor, self.replica_id, self.metrics.registry, source
         )
         self.shaper.outcome_hooks.append(self.learning.observe)
+        required = config.auth.require_api_keys
+        self.keys = KeyRing(self.store, self.metrics, not is_loopback(config.host) if required is None else required)
         self._index = itertools.count()
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task] = []
@@ -82,11 +88,14 @@ class GatewayState:
 
     # -- shared config ------------------------------------------------------------------------
     def check(self, shared: SharedConfig) -> None:
-        """Raise ValueError if this replica could not apply `shared` (unknown hardware, model, policy)."""
+        """Raise ConfigError (or UnsafeURL) if this replica could not apply `shared` (unknown hardware, model,
+        policy, a backend that is this gateway itself)."""
         check_shared(shared, self.config.models)
         for pool in shared.pools:
+            for url in pool.backends:
+                self.listener.check(str(url))
             if not self.book.has(pool.hardware):
-                raise ValueError(
+                raise ConfigError(
                     f"pool {pool.name}: no profile for hardware {pool.hardware!r}; "
                     f"known: {', '.join(self.book.hardware_names())}"
                 )
@@ -94,7 +103,7 @@ class GatewayState:
                 try:
                     self.book.price(pool.hardware)
                 except ValueError:
-                    raise ValueError(
+                    raise ConfigError(
                         f"pool {pool.name}: price set {self.config.price_set!r} has no price for "
                         f"{pool.hardware}; give price_per_hour"
                     ) from None
@@ -104,10 +113,10 @@ class GatewayState:
         try:
             shared = SharedConfig.model_validate(doc)
             self.check(shared)
-        except (ValidationError, ValueError) as exc:
-            log.error("config version %d refused, keeping version %d: %s", version, self.version, exc)
+        except (ValidationError, InvalidInput) as exc:
+            log.error("config version %d refused, keeping version %d: %s", version, self.version, redact(str(exc)))
             return
-        old_backends = {(p.name, b.url): b for p in self.pools.values() for b in p.backends}
+        old_backends = {(p.name, backend_id(b.shown)): b for p in self.pools.values() for b in p.backends}
         pools: dict[str, Pool] = {}
         for pool_config in shared.pools:
             price = pool_config.price_per_hour
@@ -119,13 +128,18 @@ class GatewayState:
                 pool = Pool.new(pool_config, models, price)
             pool.config = pool_config
             pool.ledger.reprice(price, models)
-            draining = {backend_key(u) for u in pool_config.draining}
+            draining = {backend_id(u) for u in pool_config.draining}
             pool.backends = []
-            for url in map(backend_key, pool_config.backends):
-                backend = old_backends.pop((pool.name, url), None)
-                if backend is None:
-                    backend = Backend(url, new_session(self.config.limits, pool_config.api_key))
-                backend.draining = url in draining
+            for configured in map(backend_key, pool_config.backends):
+                key = backend_id(configured)
+                backend = old_backends.pop((pool.name, key), None)
+                if backend is None or backend.shown != redact(configured):  # new, or its credentials changed
+                    if backend is not None:
+                        old_backends[(pool.name, key)] = backend  # closed below
+                    url, credentials = split_credentials(configured)
+                    session = new_session(self.config.limits, pool_config.api_key, credentials)
+                    backend = Backend(url.rstrip("/"), session, shown=redact(configured))
+                backend.draining = key in draining
                 pool.backends.append(backend)
             pools[pool.name] = pool
             self.metrics.price.labels(pool.name).set(price)
@@ -144,6 +158,7 @@ class GatewayState:
         self.store.watch_config(self.apply)
         await self.store.start()
         await self.learning.start()
+        await self.keys.start()
         await self.probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
 
@@ -152,6 +167,7 @@ class GatewayState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.learning.close()
+        await self.keys.close()
         await self.store.close()
         for pool in self.pools.values():
             for backend in pool.backends:
@@ -179,15 +195,15 @@ class GatewayState:
         """A backend is healthy when it answers GET /v1/models, which every OpenAI-compatible server has."""
         try:
             async with backend.session.get(
-                backend.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2.0)
+                backend.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2.0), allow_redirects=False
             ) as response:
                 healthy = response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             healthy = False
         if healthy != backend.healthy:
-            log.warning("backend %s of pool %s is now %s", backend.url, pool.name, "up" if healthy else "down")
+            log.warning("backend %s of pool %s is now %s", backend.shown, pool.name, "up" if healthy else "down")
         backend.healthy = healthy
-        self.metrics.backend_up.labels(pool.name, backend.url).set(1 if backend.available(time.monotonic()) else 0)
+        self.metrics.backend_up.labels(pool.name, backend.shown).set(1 if backend.available(time.monotonic()) else 0)
 
 
 async def _close_when_idle(backend: Backend, patience_s: float = 600.0) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import aiohttp
 from tqdm import tqdm
 
+from ricardo.errors import Unavailable
 from ricardo.loadgen.prompts import prepare as prepare_prompts
 from ricardo.loadgen.prompts import synthetic_prompt
 from ricardo.loadgen.traces import TraceRequest
@@ -40,7 +41,7 @@ ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completion
 ERROR_TEXT_LIMIT = 300
 
 
-class ServerUnreachable(RuntimeError):
+class ServerUnreachable(Unavailable):
     """The server could not be reached (or named no model) before the replay started."""
 
 

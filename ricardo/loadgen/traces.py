@@ -24,6 +24,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ricardo.errors import InvalidInput
+
 DATA_DIR = Path(__file__).with_name("data")
 NAMED_TRACES = {
     "azure-conv": DATA_DIR / "AzureLLMInferenceTrace_conv.csv",
@@ -33,7 +35,7 @@ AZURE_COLUMNS = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
 SHAREGPT_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
 
 
-class TraceError(ValueError):
+class TraceError(InvalidInput):
     """The trace cannot be read: unknown name, missing file, malformed content."""
 
 
@@ -106,7 +108,7 @@ def with_poisson_arrivals(requests: list[TraceRequest], rate: float, seed: int =
     import numpy as np
 
     if rate <= 0:
-        raise ValueError("rate must be > 0")
+        raise InvalidInput("rate must be > 0")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(requests))
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(requests)))
@@ -192,7 +194,7 @@ def select(
     max_requests: keep at most the first N requests of the window.
     """
     if speed <= 0:
-        raise ValueError("speed must be > 0")
+        raise InvalidInput("speed must be > 0")
     end_s = float("inf") if duration_s is None else start_s + duration_s * speed
     window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed) for r in requests if start_s <= r.arrival_s < end_s]
     return window if max_requests is None else window[:max_requests]

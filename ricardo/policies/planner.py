@@ -26,13 +26,16 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from ricardo.errors import InvalidInput
 from ricardo.profiles.catalog import ProfileBook
 
 DEFAULT_SLICE_FACTOR = 8
 
 
-class PlanError(ValueError):
+class PlanError(InvalidInput):
     """The planning problem is malformed or has no solution."""
+
+    status = 422
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 
+from ricardo.errors import InvalidInput
 from ricardo.policies.types import SLO, Choice, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook
 
@@ -275,4 +276,4 @@ def get_policy(name: str) -> Policy:
     try:
         return POLICIES[name]
     except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+        raise InvalidInput(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ricardo.errors import InvalidInput
 from ricardo.policies.planner import Plan, plan
 from ricardo.policies.routing import SLACK_TARGET, safe_utilization
 from ricardo.policies.types import SLO
@@ -80,7 +81,7 @@ def planner_seconds(
         return request_seconds(book, inputs, outputs, weights=weights)
     if planner == "melange":
         return None
-    raise ValueError(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
+    raise InvalidInput(f"unknown planner {planner!r}; known: {', '.join(PLANNERS)}")
 
 
 def size_demand(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ricardo.errors import InvalidInput, NotFound
 from ricardo.profiles.engine_params import ALIASES, EngineParams, engine_catalog
 from ricardo.profiles.schema import ProfileFile, read_profile_file
 
@@ -74,7 +75,7 @@ def load_prices(price_set: str, profile: ProfileFile | None = None) -> dict[str,
         return dict(_catalog_prices()[price_set])
     if profile is not None and price_set in profile.price_per_hour_usd:
         return {profile_name(k): v for k, v in profile.price_per_hour_usd[price_set].items()}
-    raise ValueError(f"unknown price set {price_set!r}; known: {', '.join(price_set_names(profile))}")
+    raise InvalidInput(f"unknown price set {price_set!r}; known: {', '.join(price_set_names(profile))}")
 
 
 class ProfileBook:
@@ -108,7 +109,7 @@ class ProfileBook:
         for name, table in tables.items():
             table = np.array(table, dtype=float)
             if table.shape != self.shape:
-                raise ValueError(f"{name}: table shape {table.shape} is not the bucket grid {self.shape}")
+                raise InvalidInput(f"{name}: table shape {table.shape} is not the bucket grid {self.shape}")
             table.flags.writeable = False
             self._capacity[name] = table
         self._prices = {hw: float(prices[hw]) for hw in self._names if hw in prices}
@@ -140,7 +141,7 @@ class ProfileBook:
         try:
             return self._canonical[hardware]
         except KeyError:
-            raise KeyError(f"no profile for hardware {hardware!r}; known: {', '.join(self._names)}") from None
+            raise NotFound(f"no profile for hardware {hardware!r}; known: {', '.join(self._names)}") from None
 
     def source(self, hardware: str) -> str:
         """'measured' or 'estimated'."""
@@ -153,7 +154,7 @@ class ProfileBook:
     def price(self, hardware: str) -> float:
         hw = self.canonical(hardware)
         if hw not in self._prices:
-            raise ValueError(f"price set {self.price_set!r} has no price for {hw}; give the pool a price_per_hour")
+            raise InvalidInput(f"price set {self.price_set!r} has no price for {hw}; give the pool a price_per_hour")
         return self._prices[hw]
 
     def with_prices(self, prices: Mapping[str, float], price_set: str = "custom") -> ProfileBook:
@@ -320,7 +321,7 @@ class ProfileBook:
             return self._workloads[name].copy()
         except KeyError:
             known = ", ".join(self._workloads) or "none"
-            raise KeyError(f"no workload {name!r} in the profile; known: {known}") from None
+            raise NotFound(f"no workload {name!r} in the profile; known: {known}") from None
 
     def histogram(
         self,
@@ -332,7 +333,7 @@ class ProfileBook:
         (how many requests each stands for, > 0)."""
         inputs, outputs = np.asarray(input_tokens), np.asarray(output_tokens)
         if inputs.shape != outputs.shape or inputs.size == 0:
-            raise ValueError("need the same, non-zero number of input and output lengths")
+            raise InvalidInput("need the same, non-zero number of input and output lengths")
         weight = _weights(weights, inputs.size)
         counts = np.zeros(self.shape)
         np.add.at(counts, self.buckets(inputs, outputs), weight)
@@ -346,7 +347,7 @@ def _weights(weights: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray
         return np.ones(n)
     weight = np.asarray(weights, dtype=float)
     if weight.shape != (n,) or not (np.isfinite(weight) & (weight > 0)).all():
-        raise ValueError(f"need {n} finite, positive weights, one per request")
+        raise InvalidInput(f"need {n} finite, positive weights, one per request")
     return weight
 
 
@@ -407,7 +408,7 @@ def book_from_profiles(
     for profile in profiles:
         grid = (profile.input_bucket_upper_edges, profile.output_bucket_upper_edges, profile.slo_tpot_ms)
         if grid != (first.input_bucket_upper_edges, first.output_bucket_upper_edges, first.slo_tpot_ms):
-            raise ValueError("profiles to merge must share bucket edges and SLO")
+            raise InvalidInput("profiles to merge must share bucket edges and SLO")
         for name, table in profile.gpus.items():
             if {name, catalog_name(name), profile_name(name)} & known:
                 continue
@@ -435,7 +436,7 @@ def book_from_profiles(
 def load_book(*paths: str | Path, price_set: str = "melange", model: str | None = None) -> ProfileBook:
     """A book from profile files (Mélange format or this project's; JSON or YAML)."""
     if not paths:
-        raise ValueError("need at least one profile file")
+        raise InvalidInput("need at least one profile file")
     return book_from_profiles([read_profile_file(p) for p in paths], price_set=price_set, model=model)
 
 
@@ -444,7 +445,7 @@ def modelled_profile_path(model: str, slo_tpot_ms: float) -> Path:
     try:
         stem = MODELLED_STEMS[model]
     except KeyError:
-        raise ValueError(f"no shipped profile for model {model!r}; known: {', '.join(MODELLED_STEMS)}") from None
+        raise InvalidInput(f"no shipped profile for model {model!r}; known: {', '.join(MODELLED_STEMS)}") from None
     return DATA_DIR / f"{stem}_tpot{slo_tpot_ms:g}.json"
 
 
@@ -460,7 +461,7 @@ def default_profile_paths(model: str = "llama2-7b", include_estimated: bool = Fa
     try:
         measured, estimated = PROFILE_FILES[model]
     except KeyError:
-        raise ValueError(f"no shipped profile for model {model!r}; known: {', '.join(PROFILE_FILES)}") from None
+        raise InvalidInput(f"no shipped profile for model {model!r}; known: {', '.join(PROFILE_FILES)}") from None
     paths = [DATA_DIR / measured]
     if include_estimated:
         if not (DATA_DIR / estimated).is_file():
@@ -487,7 +488,7 @@ def load_default_book(
         return _with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
     path = modelled_profile_path(model, slo_tpot_ms)
     if not path.is_file():
-        raise ValueError(
+        raise InvalidInput(
             f"no capacity tables of {model} at a {slo_tpot_ms:g} ms TPOT SLO (the measured ones are "
             f"at {measured.slo_tpot_ms:g} ms); build them with "
             f"`python -m ricardo.emulator.slo_tables --slo-tpot-ms {slo_tpot_ms:g}`"

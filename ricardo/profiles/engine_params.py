@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ricardo.errors import NotFound
+
 ENGINE_PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params_llama2_7b.json"
 # other names the same hardware goes by (gpus.csv rows -> catalog names)
 ALIASES = {"H100-SXM": "H100", "CPU-SPR-AMX (1 socket c7i)": "CPU"}
@@ -161,5 +163,5 @@ def load_engine_params(hardware: str) -> EngineParams:
     catalog = _catalog()
     name = ALIASES.get(hardware, hardware)
     if name not in catalog:
-        raise KeyError(f"no engine parameters for {hardware!r}; known: {', '.join(sorted(catalog))}")
+        raise NotFound(f"no engine parameters for {hardware!r}; known: {', '.join(sorted(catalog))}")
     return catalog[name]

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, field_validator, model_validator
 
+from ricardo.errors import InvalidInput
+
 
 class HardwareTable(BaseModel):
     """The capacity table of one hardware type (further keys, e.g. provenance, are kept as they are)."""
@@ -89,5 +91,8 @@ def read_profile_file(path: str | Path) -> ProfileFile:
     """Parse and validate a profile file (JSON, or YAML by its suffix)."""
     path = Path(path)
     text = path.read_text()
-    data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-    return ProfileFile.model_validate(data)
+    try:
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        return ProfileFile.model_validate(data)
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: JSON's and pydantic's errors
+        raise InvalidInput(f"{path}: not a profile file: {exc}") from None

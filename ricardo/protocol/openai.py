@@ -12,9 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ricardo.errors import RicardoError
 
-class OpenAIError(Exception):
+
+class OpenAIError(RicardoError):
     """An error that becomes `{"error": {...}}` with an HTTP status."""
+
+    status: int
 
     def __init__(
         self,
@@ -124,12 +128,42 @@ def message_text(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str))
 
 
-def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], ParsedRequest]:
-    """Decode and validate a request body; raise a 400 OpenAIError that says what is wrong."""
+# Deeper JSON is refused: Python's decoder and encoder recurse on the C stack, so a body nested ~1000 deep raises
+# RecursionError somewhere between parsing and forwarding it. No OpenAI request nests near this (a structured
+# output's JSON schema: two levels per object property).
+MAX_JSON_DEPTH = 100
+
+
+def load_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a request body; raise a 400 OpenAIError for bytes that are not JSON or nest deeper than `max_depth`."""
     try:
-        body = json.loads(raw)
+        value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OpenAIError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        value = None
+        too_deep = True
+    else:  # each level needs a bracket: counting them (in C) spares the walk for nearly every body
+        too_deep = raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(value, max_depth)
+    if too_deep:
+        raise OpenAIError(400, f"request body nests deeper than {max_depth} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], ParsedRequest]:
+    """Decode and validate a request body; raise a 400 OpenAIError that says what is wrong."""
+    body = load_json(raw)
     if not isinstance(body, dict):
         raise OpenAIError(400, "request body must be a JSON object")
     try:

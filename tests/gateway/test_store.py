@@ -12,8 +12,11 @@ import time
 import uuid
 
 import pytest
+from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from ricardo.gateway.keys import KeyBody, KeyRing, digest, today
+from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.store import MemoryStore, RedisStore, StateStore, StoreUnavailable, open_store
 
 from tests.redis_server import RedisServer, available
@@ -426,3 +429,86 @@ async def test_after_data_loss_an_update_on_a_written_back_copy_is_final(stale_a
     assert await stale.update_config(1, {"price": 9}) == 2  # an operator acts on what Redis holds now
     assert await fresh.read_config() == (2, {"price": 9})  # fresh converges, though it knew version 3
     assert await fresh.update_config(2, {"price": 10}) == 3
+
+
+# -- client keys: records, rate-limit counters, spend (both stores; then a Redis outage) ----------
+
+
+async def test_key_records_are_shared_and_revoked(pair):
+    a, b = pair
+    await a.put_key("key-1", {"id": "key-1", "digest": "d1"})
+    assert (await b.read_keys())["key-1"]["digest"] == "d1"
+    assert await b.delete_key("key-1") is True
+    assert await a.read_keys() == {}
+    assert await a.delete_key("key-1") is False
+
+
+async def test_request_rate_is_counted_across_replicas(pair):
+    a, b = pair
+    rate = RateLimitItemPerSecond(3)
+    hits = []
+    for store in (a, b, a, b, a):
+        hits.append(await store.rate_limit(lambda limiters: limiters.moving.hit(rate, "k")))
+    assert hits == [True, True, True, False, False]
+
+
+async def test_tokens_are_charged_whatever_the_amount(pair):
+    a, b = pair
+    tokens = RateLimitItemPerMinute(100)
+    assert await a.rate_limit(lambda limiters: limiters.fixed.test(tokens, "k"))
+    await a.rate_limit(lambda limiters: limiters.fixed.hit(tokens, "k", cost=150))  # over the limit: still counted
+    assert not await b.rate_limit(lambda limiters: limiters.fixed.test(tokens, "k"))
+    stats = await b.rate_limit(lambda limiters: limiters.fixed.get_window_stats(tokens, "k"))
+    assert stats.remaining == 0 and 0 < stats.reset_time - time.time() <= 60
+
+
+async def test_spend_adds_up_over_replicas_and_days(pair):
+    a, b = pair
+    await a.add_spend("2030-01-01", {"k1": 0.25, "k2": 1.0})
+    await b.add_spend("2030-01-01", {"k1": 0.5})
+    await b.add_spend("2030-01-02", {"k1": 2.0})
+    assert await a.read_spend("2030-01-01") == pytest.approx({"k1": 0.75, "k2": 1.0})
+    assert await b.read_spend("2030-01-02") == pytest.approx({"k1": 2.0})
+    assert await a.read_spend("2030-01-03") == {}
+
+
+@needs_server
+async def test_a_redis_outage_keeps_keys_limits_and_spend_working(server, replicas):
+    store = await replicas.open(server.url, namespace(), **FAST_RECOVERY)
+    ring = KeyRing(store, GatewayMetrics(), required=True)
+    key, plain = await ring.create(KeyBody(name="alice", requests_per_second=2, budget_usd_per_day=1.0))
+    await ring.refresh()
+    rate = RateLimitItemPerSecond(2)
+    ring.charge(key, 0.25, 10)
+    await ring._flush()
+    assert (await store.read_spend(today()))[key.id] == pytest.approx(0.25)
+
+    server.stop()
+    took = []
+    with timed(took):  # the call that finds Redis gone pays one failed connection, not a timeout per call
+        assert await store.rate_limit(lambda limiters: limiters.moving.hit(rate, "k"))
+    with timed(took):
+        await ring.refresh()
+        assert await store.rate_limit(lambda limiters: limiters.moving.hit(rate, "k"))
+        # counted on this replica alone now: the third hit in the second is refused
+        assert not await store.rate_limit(lambda limiters: limiters.moving.hit(rate, "k"))
+    assert max(took) < 0.3, took
+    assert digest(plain) in {k.digest for k in ring._by_digest.values()}, "the last known keys still serve"
+    with pytest.raises(StoreUnavailable):
+        await ring.create(KeyBody(name="bob"))  # a key the other replicas would not see is not made
+    ring.charge(key, 0.5, 10)
+    with pytest.raises(StoreUnavailable):
+        await ring._flush()
+    assert (await ring.spend_today())[key.id] == pytest.approx(0.75), "last known shared spend + this replica's"
+
+    server.start()  # empty: the spend written before is lost with Redis's data, what was pending is not
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            await ring._flush()
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    assert (await store.read_spend(today()))[key.id] == pytest.approx(0.5)
+    await ring.close()

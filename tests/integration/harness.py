@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from ricardo.gateway.security import read_admin_token
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -35,7 +36,8 @@ class Process:
         self.name = name
         # open while the child writes to it; closed in stop()
         self.log = tempfile.NamedTemporaryFile(prefix=f"ricardo-{name}-", suffix=".log", delete=False)  # noqa: SIM115
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # the tests say which admin token a gateway has (its config's, or the one it generates)
+        env = {k: v for k, v in os.environ.items() if k != "RICARDO_ADMIN_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def output(self) -> str:
@@ -93,6 +95,7 @@ class Cluster:
         self.config_path = tmp / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.speed = speed
+        self.admin_token: str | None = gateway_settings.get("admin_token")
         self.processes: list[Process] = []
 
     @property
@@ -102,6 +105,13 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.gateway_ports]
+
+    def admin_headers(self, port: int | None = None) -> dict[str, str]:
+        """The admin API's bearer header: the configured token, or the one the gateway generated and wrote
+        where `ricardo admin` reads it."""
+        token = self.admin_token or read_admin_token(port or self.gateway_port)
+        assert token, "the gateway wrote no admin token"
+        return {"Authorization": f"Bearer {token}"}
 
     def start(self) -> Cluster:
         """Start the emulators and gateways and wait until they answer; on failure stop what started."""

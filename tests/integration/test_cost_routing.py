@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 import urllib.request
@@ -253,10 +252,7 @@ def check_answer(outcome: Outcome) -> None:
 
 
 def admin_pools(cluster: Cluster) -> dict[str, dict]:
-    token = os.environ.get("RICARDO_ADMIN_TOKEN")
-    request = urllib.request.Request(
-        cluster.url + "/admin/pools", headers={"Authorization": f"Bearer {token}"} if token else {}
-    )
+    request = urllib.request.Request(cluster.url + "/admin/pools", headers=cluster.admin_headers())
     with urllib.request.urlopen(request, timeout=5) as response:
         return {p["name"]: p for p in json.loads(response.read())["pools"]}
 

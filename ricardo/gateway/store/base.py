@@ -1,7 +1,8 @@
 """The state store's contract, shared by the in-process and the Redis implementations.
 
 What is shared between replicas: the config document (prices, pools, backends; versioned, changed by
-compare-and-set), live stats per replica (expire on their own), blobs (the predictor's model) and leases.
+compare-and-set), live stats per replica (expire on their own), blobs (the predictor's model), leases, and the
+client API keys with their rate-limit counters and daily spend.
 What stays per replica: in-flight counts, backend health, anything on the request path.
 """
 
@@ -17,14 +18,35 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+from ricardo.errors import Unavailable
 
 log = logging.getLogger("ricardo.gateway.store")
 
 ConfigCallback = Callable[[int, dict], Awaitable[None] | None]
+T = TypeVar("T")
+SPEND_TTL_S = 3 * 24 * 3600  # a day's spend outlives the day, for whoever reads yesterday's
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Unavailable):
     """A write that must be shared could not reach the shared store (the admin API answers 503)."""
+
+
+@dataclass(frozen=True)
+class RateLimiters:
+    """The `limits` strategies over one storage: a moving window for request rates (a refused request takes no
+    slot), a fixed window for token counts (charged after the answer, so its counter must accept any amount)."""
+
+    moving: MovingWindowRateLimiter
+    fixed: FixedWindowRateLimiter
+
+    @classmethod
+    def over(cls, storage: Storage) -> RateLimiters:
+        return cls(MovingWindowRateLimiter(storage), FixedWindowRateLimiter(storage))
 
 
 @dataclass(frozen=True)
@@ -73,12 +95,14 @@ class LiveStats:
 class StateStore(abc.ABC):
     """Shared state of the gateway replicas.
 
-    When the shared store is unreachable nothing stalls and only one method raises: reads answer from
-    what this replica last knew (config, blobs, other replicas' stats until their own expiry), stats and
+    When the shared store is unreachable nothing stalls and few methods raise: reads answer from what this
+    replica last knew (config, blobs, other replicas' stats until their own expiry, keys, spend), stats and
     blob writes are dropped and counted (`status()["dropped_writes"]`), `acquire_lease` returns False,
-    `release_lease` does nothing, and `update_config` raises `StoreUnavailable`: a config change the
-    other replicas would not see must not look accepted, so the admin API answers 503 and the operator
-    retries (applying it on this replica alone would split the fleet's config).
+    `release_lease` does nothing, and `rate_limit` counts on this replica's own counters (each replica then
+    enforces a key's whole limit by itself). `update_config`, `put_key` and `delete_key` raise
+    `StoreUnavailable`: a change the other replicas would not see must not look accepted, so the admin API
+    answers 503 and the operator retries (applying it on this replica alone would split the fleet).
+    `add_spend` raises it too, so that the caller keeps the amounts and adds them later: spend is not lost.
     """
 
     backend: str
@@ -88,6 +112,13 @@ class StateStore(abc.ABC):
         self._known: Versioned | None = None  # the config version this replica runs (last delivered)
         # Serialises "read or write the config, then deliver it" so callbacks see versions in order.
         self._config_lock = asyncio.Lock()
+        self._local_limiters: RateLimiters | None = None
+
+    def local_limiters(self) -> RateLimiters:
+        """Rate-limit counters in this process (made on first use: the storage needs the running loop)."""
+        if self._local_limiters is None:
+            self._local_limiters = RateLimiters.over(MemoryStorage())
+        return self._local_limiters
 
     # -- config ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -151,6 +182,31 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up if `holder` has it."""
+
+    # -- client keys, their rate limits and spend -------------------------------------------
+    @abc.abstractmethod
+    async def put_key(self, key_id: str, record: dict) -> None:
+        """Create or replace a client key's record (never the key itself: its hash). Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    async def delete_key(self, key_id: str) -> bool:
+        """Revoke a key: False if there was none. Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    async def read_keys(self) -> dict[str, dict]:
+        """Every key's record, by id."""
+
+    @abc.abstractmethod
+    async def rate_limit(self, call: Callable[[RateLimiters], Awaitable[T]]) -> T:
+        """Run `call` on the shared rate-limit counters (this replica's own while the store is down)."""
+
+    @abc.abstractmethod
+    async def add_spend(self, day: str, amounts: dict[str, float]) -> None:
+        """Add dollars to keys' spend on `day` (UTC, YYYY-MM-DD), atomically per key. Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    async def read_spend(self, day: str) -> dict[str, float]:
+        """Every key's spend on `day`, summed over the replicas."""
 
     # -- lifecycle and health --------------------------------------------------------------
     async def start(self) -> None:  # noqa: B027 - optional hook: a store with no background work has nothing to do

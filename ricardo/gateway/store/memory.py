@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
-from ricardo.gateway.store.base import LiveStats, StateStore, Versioned
+from ricardo.gateway.store.base import LiveStats, RateLimiters, StateStore, T, Versioned
 
 
 class MemoryStore(StateStore):
@@ -15,6 +18,8 @@ class MemoryStore(StateStore):
         self._stats = LiveStats()
         self._blobs: dict[str, Versioned] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._keys: dict[str, dict] = {}
+        self._spend: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
 
     async def init_config(self, doc: dict) -> tuple[int, dict]:
         async with self._config_lock:
@@ -60,6 +65,25 @@ class MemoryStore(StateStore):
     async def release_lease(self, name: str, holder: str) -> None:
         if self._leases.get(name, ("", 0.0))[0] == holder:
             del self._leases[name]
+
+    async def put_key(self, key_id: str, record: dict) -> None:
+        self._keys[key_id] = copy.deepcopy(record)
+
+    async def delete_key(self, key_id: str) -> bool:
+        return self._keys.pop(key_id, None) is not None
+
+    async def read_keys(self) -> dict[str, dict]:
+        return copy.deepcopy(self._keys)
+
+    async def rate_limit(self, call: Callable[[RateLimiters], Awaitable[T]]) -> T:
+        return await call(self.local_limiters())
+
+    async def add_spend(self, day: str, amounts: dict[str, float]) -> None:
+        for key_id, usd in amounts.items():
+            self._spend[day][key_id] += usd
+
+    async def read_spend(self, day: str) -> dict[str, float]:
+        return dict(self._spend.get(day, {}))
 
     def status(self) -> dict:
         return {

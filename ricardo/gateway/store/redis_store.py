@@ -7,6 +7,9 @@ Keys, under "<namespace>:":
   stats:<replica>   one replica's latest stats (JSON), expiring after its ttl
   blob:<name>       hash {version, data, digest, provisional}
   lease:<name>      the holder's id, expiring after the ttl
+  keys              hash: client key id -> its record (JSON, with the key's hash, never the key)
+  spend:<day>       hash: client key id -> dollars spent that UTC day (summed by HINCRBYFLOAT), expiring
+  limits:*          the `limits` library's rate-limit counters (moving and fixed windows)
 Every write is one Lua script or one command, so there is no read-modify-write race between replicas.
 The scripts build some key names themselves: standalone Redis (or a Sentinel-managed primary), not Cluster.
 
@@ -29,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from limits.aio.storage import RedisStorage
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -36,12 +40,25 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from ricardo.gateway.store.base import LiveStats, StateStore, StoreUnavailable, Versioned, encode_doc
+from ricardo.gateway.store.base import (
+    SPEND_TTL_S,
+    LiveStats,
+    RateLimiters,
+    StateStore,
+    StoreUnavailable,
+    Versioned,
+    encode_doc,
+)
 from ricardo.gateway.store.breaker import CircuitBreaker
 from ricardo.gateway.store.scripts import ACQUIRE, PULL_STATS, PUSH_STATS, PUT, RELEASE, SEED, UPDATE
 
 log = logging.getLogger("ricardo.gateway.store")
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode()
 
 
 def _ms(seconds: float) -> int:
@@ -82,6 +99,17 @@ class RedisStore(StateStore):
             self._redis.register_script(source)
             for source in (SEED, UPDATE, PUT, PUSH_STATS, PULL_STATS, ACQUIRE, RELEASE)
         )
+        # the rate-limit counters share the client's connection pool, hence its timeouts
+        self._shared_limiters = RateLimiters.over(
+            RedisStorage(
+                "async+" + url,
+                implementation="redispy",
+                key_prefix=f"{namespace}:limits",
+                connection_pool=self._redis.connection_pool,  # type: ignore[arg-type]  # documented, typed narrower
+            )
+        )
+        self._keys: dict[str, dict] = {}
+        self._spend: dict[str, dict[str, float]] = {}
         self._stats = LiveStats()
         self._blobs: dict[str, Versioned] = {}
         self._pubsub: PubSub | None = None
@@ -312,6 +340,50 @@ class RedisStore(StateStore):
     async def release_lease(self, name: str, holder: str) -> None:
         with contextlib.suppress(StoreUnavailable):
             await self._call(lambda: self._release(keys=[f"{self._prefix}lease:{name}"], args=[holder]))
+
+    # -- client keys, rate limits, spend ---------------------------------------------------
+    async def put_key(self, key_id: str, record: dict) -> None:
+        await self._call(lambda: self._redis.hset(f"{self._prefix}keys", key_id, json.dumps(record)))
+        self._keys[key_id] = record
+
+    async def delete_key(self, key_id: str) -> bool:
+        removed = await self._call(lambda: self._redis.hdel(f"{self._prefix}keys", key_id))
+        self._keys.pop(key_id, None)
+        return bool(removed)
+
+    async def read_keys(self) -> dict[str, dict]:
+        try:
+            raw = await self._call(lambda: self._redis.hgetall(f"{self._prefix}keys"))
+        except StoreUnavailable:
+            return dict(self._keys)
+        self._keys = {_text(k): json.loads(v) for k, v in raw.items()}
+        return dict(self._keys)
+
+    async def rate_limit(self, call: Callable[[RateLimiters], Awaitable[R]]) -> R:
+        try:
+            return await self._call(lambda: call(self._shared_limiters))
+        except StoreUnavailable:
+            return await call(self.local_limiters())
+
+    async def add_spend(self, day: str, amounts: dict[str, float]) -> None:
+        key = f"{self._prefix}spend:{day}"
+
+        async def add() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key_id, usd in amounts.items():
+                    pipe.hincrbyfloat(key, key_id, usd)
+                pipe.expire(key, SPEND_TTL_S)
+                await pipe.execute()
+
+        await self._call(add)
+
+    async def read_spend(self, day: str) -> dict[str, float]:
+        try:
+            raw = await self._call(lambda: self._redis.hgetall(f"{self._prefix}spend:{day}"))
+        except StoreUnavailable:
+            return dict(self._spend.get(day, {}))
+        self._spend = {day: {_text(k): float(v) for k, v in raw.items()}}
+        return dict(self._spend[day])
 
     # -- health ----------------------------------------------------------------------------
     def status(self) -> dict:

@@ -1,0 +1,293 @@
+"""Client API keys, as LiteLLM's virtual keys: who is calling /v1, how fast they may call, what they may spend.
+
+A key (`sk-rc-` and 256 random bits) is shown once, when it is made; the store keeps its SHA-256 digest, its
+name and limits. A fast hash is enough for a secret of 256 random bits (nobody can search that space, which is
+what a slow hash like scrypt guards against for passwords), and it costs a microsecond on the request path where
+scrypt would cost milliseconds. A request's key is found by its digest, which is then compared in constant time.
+
+Per key, across replicas (the counters live in the store): requests per second (a moving window: a refused
+request takes no slot), tokens per minute (a fixed window, checked before a request and charged after it with
+its actual tokens: a burst of concurrent requests can overrun the minute's limit by their own tokens, as
+LiteLLM's can; nothing is charged in advance) and dollars per UTC day (the cost `ricardo_cost_usd` counts,
+added to the key's day in the store after each request; a request already running when the budget runs out
+finishes).
+
+While the store is down, requests are neither failed nor stalled: keys are checked against this replica's last
+copy (refreshed every second), rate limits count on this replica alone, and spend accrues locally, counts in
+this replica's budget checks and is written to the store once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
+from pydantic import BaseModel, ConfigDict, Field
+
+from ricardo.gateway.metrics import GatewayMetrics
+from ricardo.gateway.store import StateStore, StoreUnavailable
+from ricardo.protocol.openai import OpenAIError
+
+log = logging.getLogger("ricardo.gateway.keys")
+
+KEY_PREFIX = "sk-rc-"
+SHOWN_CHARACTERS = 12  # the prefix kept to tell keys apart: "sk-rc-" and 6 of the 43 random characters
+REFRESH_INTERVAL_S = 1.0
+FLUSH_RETRY_S = 1.0
+
+
+class KeyBody(BaseModel):
+    """A new key's name and limits (each optional: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    requests_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10**12)
+    budget_usd_per_day: float | None = Field(default=None, ge=0, le=10**9)
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    id: str
+    name: str
+    digest: str
+    prefix: str
+    created: float
+    requests_per_second: int | None = None
+    tokens_per_minute: int | None = None
+    budget_usd_per_day: float | None = None
+
+    @classmethod
+    def from_record(cls, record: dict) -> ClientKey:
+        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record})
+
+    def record(self) -> dict:
+        return dict(self.__dict__)
+
+    def limits(self) -> dict:
+        return {
+            "requests_per_second": self.requests_per_second,
+            "tokens_per_minute": self.tokens_per_minute,
+            "budget_usd_per_day": self.budget_usd_per_day,
+        }
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+
+
+def seconds_to_midnight() -> int:
+    now = datetime.datetime.now(datetime.UTC)
+    midnight = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((midnight - now).total_seconds()) + 1)
+
+
+def too_many(message: str, type_: str, code: str, retry_after: float) -> OpenAIError:
+    """OpenAI's 429s: type "requests" or "tokens" with code rate_limit_exceeded, or insufficient_quota."""
+    return OpenAIError(429, message, type_, code=code, headers={"Retry-After": str(max(1, round(retry_after)))})
+
+
+class KeyRing:
+    """This replica's view of the client keys, and the checks and accounting of the requests made with them."""
+
+    def __init__(self, store: StateStore, metrics: GatewayMetrics, required: bool):
+        self.store = store
+        self.metrics = metrics
+        self.required = required
+        self._by_digest: dict[str, ClientKey] = {}
+        self._pending_spend: dict[str, dict[str, float]] = {}  # not yet in the store: day -> key id -> $
+        self._pending_tokens: dict[str, int] = {}  # not yet counted: key id -> tokens
+        self._flush_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks = [asyncio.create_task(self._refresh_forever()), asyncio.create_task(self._flush_forever())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            await self._flush()  # what this replica spent is not lost at a restart, unless the store is down
+
+    async def refresh(self) -> None:
+        keys = (ClientKey.from_record(r) for r in (await self.store.read_keys()).values())
+        self._by_digest = {k.digest: k for k in keys}
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL_S)
+            try:
+                await self.refresh()
+            except Exception:  # a malformed record must not end the loop
+                log.exception("reading the client keys failed")
+
+    # -- admin ---------------------------------------------------------------------------------
+    async def create(self, body: KeyBody) -> tuple[ClientKey, str]:
+        """A new key: its record and the key itself (returned this once, stored nowhere)."""
+        plain = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ClientKey(
+            id="key-" + secrets.token_hex(6),
+            name=body.name,
+            digest=digest(plain),
+            prefix=plain[:SHOWN_CHARACTERS],
+            created=time.time(),
+            requests_per_second=body.requests_per_second,
+            tokens_per_minute=body.tokens_per_minute,
+            budget_usd_per_day=body.budget_usd_per_day,
+        )
+        await self.store.put_key(key.id, key.record())
+        self._by_digest[key.digest] = key
+        return key, plain
+
+    async def revoke(self, key_id: str) -> bool:
+        removed = await self.store.delete_key(key_id)
+        self._by_digest = {d: k for d, k in self._by_digest.items() if k.id != key_id}
+        return removed
+
+    async def describe(self) -> list[dict]:
+        await self.refresh()
+        spend = await self.spend_today()
+        return [
+            {
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "created": k.created,
+                **k.limits(),
+                "spend_today_usd": spend.get(k.id, 0.0),
+            }
+            for k in sorted(self._by_digest.values(), key=lambda k: k.created)
+        ]
+
+    async def spend_today(self) -> dict[str, float]:
+        """Each key's spend today across replicas, with what this replica has not written yet."""
+        day = today()
+        spend = await self.store.read_spend(day)
+        for key_id, usd in self._pending_spend.get(day, {}).items():
+            spend[key_id] = spend.get(key_id, 0.0) + usd
+        return spend
+
+    # -- the request path ----------------------------------------------------------------------
+    def authenticate(self, request: web.Request) -> ClientKey | None:
+        """The request's key, or None where keys are optional and the request shows none of ours (clients send
+        placeholder keys). A key of ours that is not known (revoked, mistyped) is refused either way. Raises 401."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = given.strip()
+        key = None
+        ours = scheme.lower() == "bearer" and given.isascii() and given.startswith(KEY_PREFIX)
+        if ours:
+            presented = digest(given)
+            found = self._by_digest.get(presented)
+            # found by its digest; comparing the digests in constant time as well costs nothing
+            if found is not None and hmac.compare_digest(found.digest, presented):
+                key = found
+        if key is None and (self.required or ours):
+            self.metrics.key_refusals.labels("-", "invalid_api_key").inc()
+            raise OpenAIError(
+                401,
+                "Incorrect API key provided, or none: this gateway needs a key made with POST /admin/keys.",
+                "invalid_request_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return key
+
+    async def admit(self, request: web.Request) -> ClientKey | None:
+        """Authenticate, then check the key's budget, tokens and request rate; raise 401 or 429."""
+        key = self.authenticate(request)
+        if key is None:
+            return key
+        if key.budget_usd_per_day is not None:
+            spent = (await self.spend_today()).get(key.id, 0.0)
+            if spent >= key.budget_usd_per_day:
+                self._refused(key, "budget")
+                raise too_many(
+                    f"key {key.name} has spent its budget of ${key.budget_usd_per_day:g} for today (UTC)",
+                    "insufficient_quota",
+                    "insufficient_quota",
+                    seconds_to_midnight(),
+                )
+        if key.tokens_per_minute is not None:
+            tokens = RateLimitItemPerMinute(key.tokens_per_minute)
+            if not await self.store.rate_limit(lambda limiters: limiters.fixed.test(tokens, key.id)):
+                stats = await self.store.rate_limit(lambda limiters: limiters.fixed.get_window_stats(tokens, key.id))
+                self._refused(key, "tokens")
+                raise too_many(
+                    f"key {key.name} has used its {key.tokens_per_minute} tokens per minute",
+                    "tokens",
+                    "rate_limit_exceeded",
+                    stats.reset_time - time.time(),
+                )
+        if key.requests_per_second is not None:
+            rate = RateLimitItemPerSecond(key.requests_per_second)
+            if not await self.store.rate_limit(lambda limiters: limiters.moving.hit(rate, key.id)):
+                self._refused(key, "requests")
+                raise too_many(
+                    f"key {key.name} is limited to {key.requests_per_second} requests per second",
+                    "requests",
+                    "rate_limit_exceeded",
+                    1,
+                )
+        return key
+
+    def _refused(self, key: ClientKey, reason: str) -> None:
+        self.metrics.key_refusals.labels(key.id, reason).inc()
+
+    def charge(self, key: ClientKey, usd: float, tokens: int) -> None:
+        """Account a finished request to its key (written to the store by the flush task)."""
+        self.metrics.key_spend.labels(key.id, key.name).inc(usd)
+        day = self._pending_spend.setdefault(today(), {})
+        day[key.id] = day.get(key.id, 0.0) + usd
+        if key.tokens_per_minute is not None:
+            self._pending_tokens[key.id] = self._pending_tokens.get(key.id, 0) + tokens
+        self._flush_wanted.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                await self._flush()
+            except StoreUnavailable:
+                await asyncio.sleep(FLUSH_RETRY_S)  # kept; tried again when the breaker lets a call through
+                self._flush_wanted.set()
+            except Exception:
+                log.exception("writing key spend failed")
+
+    async def _count_tokens(self, item: RateLimitItemPerMinute, key_id: str, count: int) -> None:
+        await self.store.rate_limit(lambda limiters: limiters.fixed.hit(item, key_id, cost=count))
+
+    async def _flush(self) -> None:
+        tokens, self._pending_tokens = self._pending_tokens, {}
+        limits = {k.id: k.tokens_per_minute for k in self._by_digest.values()}
+        for key_id, count in tokens.items():  # never raises: counted on this replica while the store is down
+            limit = limits.get(key_id)
+            if limit:
+                await self._count_tokens(RateLimitItemPerMinute(limit), key_id, count)
+        pending, self._pending_spend = self._pending_spend, {}
+        try:
+            for day in list(pending):
+                await self.store.add_spend(day, pending[day])
+                del pending[day]
+        finally:  # what was not written (the store is down) is kept, with what came meanwhile
+            for day, amounts in pending.items():
+                into = self._pending_spend.setdefault(day, {})
+                for key_id, usd in amounts.items():
+                    into[key_id] = into.get(key_id, 0.0) + usd

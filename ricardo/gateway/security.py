@@ -1,0 +1,166 @@
+"""Who may call the admin API, and from where.
+
+The admin API can rewire the gateway, so it always needs a bearer token. Without one in the config or
+$RICARDO_ADMIN_TOKEN the gateway makes one at start (on loopback only), prints it once and writes it to a file
+only its user can read, where `ricardo admin` and the tests find it (Jupyter's scheme). A web page the user
+visits can still send requests to loopback: a cross-site request carries a foreign `Origin` (refused on every
+/admin route), and a simple cross-site POST cannot be `application/json` (mutating calls require it). DNS
+rebinding makes the page same-origin, but its requests carry the attacker's name in `Host`: while the token
+is generated (a developer's machine), only loopback names and configured hosts are served at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from ricardo.errors import InvalidInput
+from ricardo.gateway.urls import is_loopback
+from ricardo.protocol.openai import OpenAIError
+
+log = logging.getLogger("ricardo.gateway")
+
+TOKEN_MIN_LENGTH = 16
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class WeakToken(InvalidInput):
+    pass
+
+
+def admin_token_path(port: int) -> Path:
+    """Where a generated token is kept: the user's runtime dir (tmpfs, gone at logout) or state dir."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(runtime or state) / "ricardo" / f"admin-token-{port}"
+
+
+def write_admin_token(port: int, token: str) -> Path:
+    """Write the token for `port`, readable by this user only (0600 in a 0700 directory), atomically."""
+    path = admin_token_path(port)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def read_admin_token(port: int) -> str | None:
+    """The token a gateway on `port` generated, if it wrote one."""
+    try:
+        return admin_token_path(port).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def remove_admin_token(port: int, token: str) -> None:
+    """Remove the file if it still holds `token` (another gateway may have started on the port since)."""
+    if read_admin_token(port) == token:
+        admin_token_path(port).unlink(missing_ok=True)
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without the port."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+@dataclass
+class AdminAccess:
+    """The admin API's token and whether it was generated (then the Host header is checked too)."""
+
+    token: str
+    generated: bool = False
+    allowed_hosts: set[str] = field(default_factory=set)
+
+    @classmethod
+    def for_listener(
+        cls, host: str, port: int, configured: str | None, allowed_hosts: list[str] | None = None
+    ) -> AdminAccess:
+        """The configured token if there is one (at least TOKEN_MIN_LENGTH characters), else a new one on
+        loopback (`publish` it once listening). Raises WeakToken or InvalidInput."""
+        hosts = {h.lower() for h in allowed_hosts or ()}
+        if configured is not None:
+            if len(configured) < TOKEN_MIN_LENGTH or not configured.isascii() or not configured.isprintable():
+                raise WeakToken(
+                    f"the admin token must be at least {TOKEN_MIN_LENGTH} printable ASCII characters "
+                    f"(it has {len(configured)}); make one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe())'"
+                )
+            return cls(configured, False, hosts)
+        if not is_loopback(host):
+            raise InvalidInput(
+                "the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
+                "when listening beyond loopback"
+            )
+        return cls(secrets.token_urlsafe(32), True, hosts)
+
+    def publish(self, port: int) -> None:
+        """A generated token: write it where `ricardo admin` reads it and print it, once. Called after the
+        port is bound, so that a gateway that cannot start does not overwrite the token of the one running."""
+        if self.generated:
+            path = write_admin_token(port, self.token)
+            print(f"ricardo: admin API token (also in {path}): {self.token}", file=sys.stderr, flush=True)
+
+    def withdraw(self, port: int) -> None:
+        if self.generated:
+            remove_admin_token(port, self.token)
+
+    def host_allowed(self, host_header: str) -> bool:
+        name = host_name(host_header)
+        return is_loopback(name) or name.lower() in self.allowed_hosts
+
+    def check_token(self, request: web.Request) -> None:
+        given = request.headers.get("Authorization", "")
+        # compare_digest needs equal types; a header with bytes beyond ASCII is simply wrong, not a crash
+        if not given.isascii() or not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            raise OpenAIError(
+                401,
+                "admin API: missing or wrong bearer token",
+                "authentication_error",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+
+def own_origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}".lower()
+
+
+def guard(access: AdminAccess) -> Middleware:
+    """The middleware: Host (while the token is generated, every route), then on /admin: Origin, token and,
+    for changes, the JSON content type."""
+
+    @web.middleware
+    async def admin_guard(request: web.Request, handler):
+        if access.generated and not access.host_allowed(request.host):
+            raise OpenAIError(
+                403,
+                "this gateway serves loopback names only (add the name to auth.allowed_hosts to serve it)",
+                "permission_error",
+            )
+        if request.path == "/admin" or request.path.startswith("/admin/"):
+            origin = request.headers.get("Origin")
+            if origin is not None and origin.lower() != own_origin(request):
+                raise OpenAIError(403, "admin API: cross-origin requests are refused", "permission_error")
+            if request.path != "/admin/openapi.json":
+                access.check_token(request)
+            if request.method in MUTATING and request.content_type != "application/json":
+                raise OpenAIError(
+                    415,
+                    "admin API: changes must be sent as Content-Type: application/json",
+                    code="unsupported_media_type",
+                )
+        return await handler(request)
+
+    return admin_guard
