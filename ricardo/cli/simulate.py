@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ricardo.profiles.catalog import ProfileBook
 
 from ricardo.errors import InvalidInput, RicardoError
 
@@ -27,8 +31,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--fleet",
         default="auto",
-        help="auto (the planner's fleet for the trace's mix and rate) | FILE (JSON {type: count}) | TYPE=N,TYPE=N",
+        help="auto (the planner's fleet for the trace's mix and rate) | cheapest (search the cheapest planner fleet "
+        "at which the policy keeps --target of the judged requests within the SLO: what will this traffic cost?) | "
+        "FILE (JSON {type: count}) | TYPE=N,TYPE=N",
     )
+    p.add_argument("--target", type=float, default=0.99, help="with --fleet cheapest: share of requests within SLO")
+    p.add_argument("--types", help="comma-separated hardware types to plan over (default: every priced type)")
     p.add_argument("--slo-tpot-ms", type=float, default=120.0, help="TPOT SLO (request latency / output tokens)")
     p.add_argument("--slo-ttft-ms", type=float, default=10000.0, help="TTFT SLO given to the policy")
     p.add_argument("--speed", type=float, default=1.0, help="compress the trace's arrivals by this factor")
@@ -66,7 +74,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(_text(result))
+        print(_cheapest_text(result) if args.fleet == "cheapest" else _text(result))
     return 0
 
 
@@ -90,6 +98,70 @@ def load_requests(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.fleet == "cheapest":
+        return cheapest(args)
+    return run_fleet(args)
+
+
+def _types(args: argparse.Namespace, book: ProfileBook) -> list[str]:
+    priced = [hw for hw in book.hardware_names() if hw in book.prices]
+    if not args.types:
+        return priced
+    wanted = [book.canonical(name.strip()) for name in args.types.split(",") if name.strip()]
+    unpriced = [hw for hw in wanted if hw not in book.prices]
+    if unpriced:
+        raise ValueError(f"no price for {', '.join(unpriced)} in price set {args.price_set!r}")
+    return wanted
+
+
+def cheapest(args: argparse.Namespace) -> dict:
+    """The cheapest planner fleet at which the policy keeps `--target` of the judged requests within the SLO."""
+    from tqdm import tqdm
+
+    from ricardo.emulator.fleet import FleetSearch, Trial, alone_within_slo, book_for_slo, servable
+    from ricardo.policies.types import SLO
+    from ricardo.profiles.engine_params import engine_catalog
+
+    if not 0 < args.target <= 1:
+        raise ValueError(f"--target must be in (0, 1], got {args.target:g}")
+    requests = load_requests(args)
+    book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
+    types = _types(args, book)
+    slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms)
+    engines = engine_catalog()
+    # judged: the requests some candidate type can serve within the SLO at all (the same for every approach)
+    judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)
+    search = FleetSearch(requests, book, engines, slo, judged, args.target, seed=args.seed)
+    with tqdm(desc="fleets simulated", unit="fleet", file=sys.stderr, disable=None) as bar:
+
+        def progress(trial: Trial) -> None:
+            bar.set_postfix_str(f"x{trial.scale:.3g} ${trial.cost_per_hour:.2f}/h {trial.attainment:.1%}")
+            bar.update()
+
+        found = search.cheapest(args.policy, types, planner=args.planner, on_trial=progress)
+    best = found.best
+    return {
+        "trace": args.trace,
+        "policy": args.policy,
+        "planner": args.planner,
+        "price_set": args.price_set,
+        "types": types,
+        "target": args.target,
+        "slo_tpot_ms": args.slo_tpot_ms,
+        "fleet": best.fleet if best else None,
+        "cost_per_hour": best.cost_per_hour if best else None,
+        "usd_per_million_tokens": best.summary["usd_per_million_tokens"] if best else None,
+        "slo_attainment": best.attainment if best else None,  # over the judged requests
+        "requests": len(requests),
+        "judged": int(judged.sum()),
+        "refused": len(requests) - int(judged.sum()),
+        "trials": len(found.trials),
+        "scale": best.scale if best else None,
+        "per_pool_requests": best.summary["per_pool_requests"] if best else None,
+    }
+
+
+def run_fleet(args: argparse.Namespace) -> dict:
     from ricardo.emulator.cluster import simulate
     from ricardo.emulator.fleet import book_for_slo, plan_fleet
     from ricardo.policies.types import SLO
@@ -145,10 +217,26 @@ def _text(result: dict) -> str:
         f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
         f"{result['duration_s']:.0f} s on {fleet}",
         f"  SLO attainment (TPOT <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
-        f"  rejected: {result['rejected']}",
+        f"  refused (beyond the model's context): {result['refused_context']}, unserved: {result['unserved']}",
         f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
         "  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
         "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
         "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items()),
     ]
     return "\n".join(lines)
+
+
+def _cheapest_text(result: dict) -> str:
+    head = f"{result['trace']} with {result['policy']} (planner {result['planner']}), target {result['target']:.1%}"
+    if result["fleet"] is None:
+        return f"{head}: no fleet up to the search's limit passes ({result['trials']} fleets simulated)"
+    fleet = ", ".join(f"{n} x {hw}" for hw, n in result["fleet"].items() if n)
+    return "\n".join(
+        [
+            f"{head}: cheapest fleet {fleet}",
+            f"  ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens, "
+            f"{result['slo_attainment']:.2%} of {result['judged']} judged requests within SLO",
+            f"  refused (no type serves them in time, or beyond the context): {result['refused']}; "
+            f"{result['trials']} fleets simulated",
+        ]
+    )

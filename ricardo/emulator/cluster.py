@@ -39,6 +39,7 @@ class SimRequest:
     pool: _Pool | None = None
     replica: _Replica | None = None
     ticket: Ticket | None = None
+    refused: str | None = None  # why no pool took it: "context" (beyond the model's window), "capacity"
 
 
 @dataclass(eq=False)
@@ -73,6 +74,9 @@ class SimResult:
     def cost_per_hour(self) -> float:
         return sum(self.prices[h] * n for h, n in self.fleet.items())
 
+    def refused(self, reason: str) -> int:
+        return sum(r.refused == reason for r in self.requests)
+
     def summary(self) -> dict:
         served = [r for r in self.requests if r.pool is not None]
         lpt = np.array([r.timing.latency_per_token for r in served]) * 1000
@@ -84,10 +88,12 @@ class SimResult:
         def pct(a: np.ndarray, q: float) -> float:
             return float(np.percentile(a, q)) if len(a) else math.nan
 
+        held = len(self.requests) - self.refused("context")
         return {
             "requests": len(self.requests),
-            "rejected": len(self.requests) - len(served),
-            "slo_attainment": met / len(self.requests) if self.requests else math.nan,
+            "refused_context": self.refused("context"),  # beyond the model's window: 400 before routing
+            "unserved": self.refused("capacity"),  # no pool could take them
+            "slo_attainment": met / held if held else math.nan,  # of the requests the model can hold
             "slo_tpot_ms": self.slo.tpot_ms,
             "cost_per_hour": self.cost_per_hour,
             "usd_per_million_tokens": self.cost_per_hour * hours / tokens * 1e6 if tokens else math.nan,
@@ -112,6 +118,7 @@ def simulate(
 ) -> SimResult:
     """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type."""
     rank = get_policy(policy) if isinstance(policy, str) else policy
+    context = book.context_tokens
     rng = random.Random(seed)
     pools = {
         hw: _Pool(PoolLedger(hw, hw, prices[hw]), [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
@@ -133,6 +140,9 @@ def simulate(
         requests.append(request)
         p50 = item.predicted_p50 if item.predicted_p50 is not None else item.output_tokens
         p90 = item.predicted_p90 if item.predicted_p90 is not None else max(p50, item.output_tokens)
+        if context is not None and item.input_tokens + max(1, item.output_tokens) > context:
+            request.refused = "context"  # the gateway answers 400 context_length_exceeded before routing
+            continue
         shape = RequestShape(model, item.input_tokens, p50, p90, slo)
         views = [pool.view() for pool in pools.values()]
         for choice in rank(shape, views, book, draw=rng.random(), index=index):
@@ -147,6 +157,8 @@ def simulate(
             per_pool[pool.name] += 1
             in_flight[id(request.timing)] = request
             break
+        else:
+            request.refused = "capacity"  # no pool could take it (none serves its size, or none has room)
     for _, replica in engines:
         replica.engine.drain()
         _retire(replica.engine, in_flight)

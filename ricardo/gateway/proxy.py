@@ -94,6 +94,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers)
     else:
         shape, features = state.shaper.shape(endpoint, body, req, request.headers)
+    state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens)
     now = time.monotonic()
     choices = state.rank(shape, now)
     state.metrics.routing_seconds.observe(time.monotonic() - started)

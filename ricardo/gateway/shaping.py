@@ -17,6 +17,7 @@ from ricardo.predictor.model import OutputLengthPredictor
 from ricardo.predictor.tokens import InputTokenCounter
 from ricardo.protocol.openai import Endpoint, OpenAIError, ParsedRequest
 
+ESTIMATE_MARGIN = 1.25  # an estimated input count can be this far off before a request is refused on it
 SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
 
 
@@ -51,6 +52,27 @@ class Shaper:
             stream=request.stream,
         )
         return shape, features
+
+    def check_context(self, shape: RequestShape, context_tokens: int | None) -> None:
+        """Refuse, before routing, a request that no pool's model can hold: its prompt and the answer it asks for
+        (max_tokens, else 1) beyond the model's context window (OpenAI's 400 `context_length_exceeded`). An
+        estimated count (no tokenizer configured) is refused only past ESTIMATE_MARGIN x the window: the backend
+        still refuses what it cannot hold, and a request it could hold must not be turned away on a guess."""
+        if context_tokens is None:
+            return
+        asked = shape.input_tokens + (shape.max_tokens or 1)
+        if asked <= context_tokens * (1.0 if self.counter.exact else ESTIMATE_MARGIN):
+            return
+        about = "" if self.counter.exact else "about "
+        raise OpenAIError(
+            400,
+            f"This model's maximum context length is {context_tokens} tokens. However, you requested {about}"
+            f"{asked} tokens ({about}{shape.input_tokens} in the messages, {shape.max_tokens or 1} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            "invalid_request_error",
+            "messages",
+            "context_length_exceeded",
+        )
 
     def _slo(self, headers: Mapping[str, str]) -> SLO:
         values = {}

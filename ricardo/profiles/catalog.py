@@ -95,6 +95,7 @@ class ProfileBook:
         price_set: str,
         workloads: Mapping[str, np.ndarray] | None = None,
         engines: Mapping[str, EngineParams] | None = None,
+        context_tokens: int | None = None,
     ):
         self.model = model
         self.slo_tpot_ms = float(slo_tpot_ms)
@@ -116,6 +117,10 @@ class ProfileBook:
         self._workloads = dict(workloads or {})
         # step costs of the hardware, where known: the latency of a request alone (see `alone_seconds_per_token`)
         self._engines = {hw: engines[hw] for hw in self._names if engines and hw in engines}
+        # the model's context window: the profile's, else the one its engine parameters were made for
+        known = [params.model.max_context for params in self._engines.values()]
+        self._given_context = context_tokens
+        self.context_tokens: int | None = context_tokens if context_tokens is not None else min(known, default=None)
         # alias -> profile name; the tables as nested tuples, also under every alias (hot path: one dict lookup)
         self._canonical = {alias: hw for hw in self._names for alias in (hw, catalog_name(hw))}
         self._rows: dict[str, tuple[tuple[float, ...], ...]] = {
@@ -179,6 +184,7 @@ class ProfileBook:
             price_set=self.price_set,
             workloads=self._workloads,
             engines=self._engines,
+            context_tokens=self._given_context,
         )
         return ProfileBook(**(fields | changes))
 
@@ -430,6 +436,7 @@ def book_from_profiles(
         prices={hw: p for hw, p in resolved.items() if p is not None},
         price_set=price_set,
         workloads=workloads,
+        context_tokens=first.context_tokens,
     )
 
 

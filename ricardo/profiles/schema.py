@@ -60,6 +60,9 @@ class ProfileFile(BaseModel):
     source: dict[Any, Any] | str | None = None
     slo_tpot_ms: float = Field(gt=0, description="TPOT (request latency / output tokens) the tables were measured at")
     slo_ttft_ms: float | None = Field(default=None, gt=0)
+    context_tokens: PositiveInt | None = Field(
+        default=None, description="the served model's context window (prompt + answer), where the file says it"
+    )
     input_bucket_upper_edges: list[PositiveInt] = Field(min_length=1)
     output_bucket_upper_edges: list[PositiveInt] = Field(min_length=1)
     price_per_hour_usd: dict[str, dict[str, NonNegativeFloat]] = Field(default_factory=dict)

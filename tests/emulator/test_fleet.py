@@ -96,7 +96,7 @@ def run_cli(*args: str) -> dict:
 def test_simulate_command(slo_ms):
     out = run_cli("simulate", "--trace", "azure-conv", "--duration", "300", "--slo-tpot-ms", str(slo_ms))
     assert out["requests"] > 500 and 0 <= out["slo_attainment"] <= 1
-    assert sum(out["per_pool_requests"].values()) + out["rejected"] == out["requests"]
+    assert sum(out["per_pool_requests"].values()) + out["refused_context"] + out["unserved"] == out["requests"]
     assert out["cost_per_hour"] == pytest.approx(
         sum(book_for_slo(slo_ms).prices[h] * n for h, n in out["fleet"].items())
     )
@@ -112,3 +112,19 @@ def test_simulate_rejects_bad_input():
         timeout=60,
     )
     assert done.returncode == 2 and "77 ms" in done.stderr
+
+
+def test_simulate_finds_the_cheapest_fleet_for_a_target():
+    common = ("simulate", "--trace", "azure-conv", "--speed", "4", "--max-requests", "1500", "--fleet", "cheapest")
+    out = run_cli(*common, "--target", "0.99")
+    assert out["fleet"] and out["slo_attainment"] >= 0.99 and out["judged"] + out["refused"] == out["requests"]
+    assert out["trials"] >= 2 and out["cost_per_hour"] == pytest.approx(
+        sum(book_for_slo(120).prices[h] * n for h, n in out["fleet"].items())
+    )
+    # restricted to one type, it costs at least as much; a looser target never costs more
+    a100 = run_cli(*common, "--types", "A100-80GB")
+    assert set(a100["fleet"]) == {"A100-80GB"} and a100["cost_per_hour"] >= out["cost_per_hour"]
+    assert run_cli(*common, "--target", "0.9")["cost_per_hour"] <= out["cost_per_hour"]
+    # a target no fleet meets: null, not an error
+    tiny = run_cli(*common, "--types", "L4", "--target", "1.0", "--slo-tpot-ms", "40")
+    assert tiny["fleet"] is None and tiny["cost_per_hour"] is None
