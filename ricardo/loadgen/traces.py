@@ -3,6 +3,7 @@
 Accepted sources (`read_trace(spec)`):
 - named traces `azure-conv` and `azure-code`: the Azure LLM inference traces 2023 bundled in data/
   (CSV `TIMESTAMP,ContextTokens,GeneratedTokens`, CC-BY-4.0, see data/PROVENANCE.md);
+- named synthetic stress traces `synth-longctx`, `synth-bimodal`, `synth-bursty`, `synth-shift` (`synthetic.py`);
 - a `.csv` file in that Azure format, or a lengths-only CSV with no arrival times: two columns
   `input,output` without a header (lmsys-chat-1m lengths) or sarathi-serve's ShareGPT stats
   (`num_prefill_tokens,num_decode_tokens,...`); every request of such a trace arrives at 0 (see `untimed`);
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ricardo.errors import InvalidInput
+from ricardo.loadgen.synthetic import SYNTHETIC_TRACES, synthetic_lengths_and_arrivals
 
 DATA_DIR = Path(__file__).with_name("data")
 NAMED_TRACES = {
@@ -49,9 +51,13 @@ class TraceRequest:
 
 def read_trace(spec: str) -> list[TraceRequest]:
     """All requests of a named trace or file, sorted by arrival, arrivals relative to the first."""
+    if spec in SYNTHETIC_TRACES:
+        arrivals, inputs, outputs = synthetic_lengths_and_arrivals(spec)
+        return [TraceRequest(float(t), int(i), int(o)) for t, i, o in zip(arrivals, inputs, outputs, strict=True)]
     path = NAMED_TRACES.get(spec) or Path(spec)
     if not path.is_file():
-        raise TraceError(f"unknown trace {spec!r}: neither one of {', '.join(NAMED_TRACES)} nor a file")
+        known = ", ".join([*NAMED_TRACES, *SYNTHETIC_TRACES])
+        raise TraceError(f"unknown trace {spec!r}: neither one of {known} nor a file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         requests = read_csv(path)

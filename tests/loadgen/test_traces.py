@@ -160,3 +160,22 @@ def test_select_speed_compresses_time_and_widens_the_trace_window():
 def test_select_max_requests_and_whole_trace_default():
     assert len(select(EVERY_SECOND)) == 10
     assert [r.input_tokens for r in select(EVERY_SECOND, start_s=5, max_requests=2)] == [15, 16]
+
+
+def test_synthetic_stress_traces_are_deterministic_and_shaped_as_named():
+    import numpy as np
+    from ricardo.loadgen.synthetic import SYNTHETIC_TRACES
+
+    for name in SYNTHETIC_TRACES:
+        first, again = read_trace(name), read_trace(name)
+        assert first == again and len(first) == 3600 and first[0].arrival_s == 0.0
+        assert 3500 < first[-1].arrival_s <= 3600  # one hour at 1 req/s
+    gaps = np.diff([r.arrival_s for r in read_trace("synth-bursty")])
+    assert gaps.std() / gaps.mean() > 5  # bursts
+    longctx = np.array([r.input_tokens for r in read_trace("synth-longctx")])
+    assert 5000 < np.median(longctx) < 9000 and (longctx > 16_384).any()
+    shift = read_trace("synth-shift")
+    early, late = shift[: len(shift) // 2], shift[len(shift) // 2 :]
+    assert np.median([r.input_tokens for r in late]) > 10 * np.median([r.input_tokens for r in early])
+    with pytest.raises(TraceError, match="synth-longctx"):
+        read_trace("synth-nope")
