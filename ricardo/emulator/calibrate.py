@@ -53,6 +53,9 @@ class Measurement:
     min_count: int = 500
     max_count: int = 20_000
     seed: int = 0
+    # None: judge the mean latency per output token (the profiler's rule); q: judge its q-quantile, e.g. 0.99:
+    # the rate up to which 99% of the requests meet the SLO
+    quantile: float | None = None
 
     def count(self, rate: float, output_tokens: int) -> int:
         # Little: at the SLO, rate * slo * output requests are in flight; cover `horizon` turnovers of them
@@ -61,11 +64,12 @@ class Measurement:
 
 
 def slo_margin(params: EngineParams, rate: float, prompt_tokens: int, output_tokens: int, m: Measurement) -> float:
-    """log(mean latency per output token / SLO) at `rate`: negative when the SLO holds."""
+    """log(mean (or `m.quantile` of) latency per output token / SLO) at `rate`: negative when the SLO holds."""
     count = m.count(rate, output_tokens)
     timings = run_fixed_size(params, rate, prompt_tokens, output_tokens, count=count, seed=m.seed)
-    mean = float(np.mean([t.latency_per_token for t in timings[int(count * m.warmup) :]]))
-    return math.log(mean / m.slo_s)
+    latencies = [t.latency_per_token for t in timings[int(count * m.warmup) :]]
+    judged = float(np.mean(latencies) if m.quantile is None else np.quantile(latencies, m.quantile))
+    return math.log(judged / m.slo_s)
 
 
 LOWEST_RATE, HIGHEST_RATE = 1e-4, 1e4

@@ -447,13 +447,15 @@ def load_book(*paths: str | Path, price_set: str = "melange", model: str | None 
     return book_from_profiles([read_profile_file(p) for p in paths], price_set=price_set, model=model)
 
 
-def modelled_profile_path(model: str, slo_tpot_ms: float) -> Path:
-    """Where the engine model's tables of `model` at `slo_tpot_ms` are shipped."""
+def modelled_profile_path(model: str, slo_tpot_ms: float, quantile: float | None = None) -> Path:
+    """Where the engine model's tables of `model` at `slo_tpot_ms` are shipped: judged on the mean latency per
+    token (the profiler's rule), or with a `quantile` on that quantile (0.99: the rate at which 99% meet it)."""
     try:
         stem = MODELLED_STEMS[model]
     except KeyError:
         raise InvalidInput(f"no shipped profile for model {model!r}; known: {', '.join(MODELLED_STEMS)}") from None
-    return DATA_DIR / f"{stem}_tpot{slo_tpot_ms:g}.json"
+    judged = "" if quantile is None else f"_p{quantile * 100:g}"
+    return DATA_DIR / f"{stem}{judged}_tpot{slo_tpot_ms:g}.json"
 
 
 def modelled_slos(model: str = "llama2-7b") -> list[float]:
