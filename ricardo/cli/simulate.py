@@ -19,9 +19,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "simulate",
         help="replay a trace on a virtual-time fleet behind a routing policy",
         description="Replay a trace in virtual time on a fleet of emulated engines (the same engine model as "
-        "`ricardo emulate`), routed by the same policy code as the gateway, and report SLO "
-        "attainment and cost. Sizes given to the policy are the trace's true ones (an oracle "
-        "predictor): this measures routing and fleet sizing, not prediction.",
+        "`ricardo emulate`), routed by the same decision code as the gateway, and report SLO "
+        "attainment and cost. The router is told each request's predicted output length, by the "
+        "gateway's own predictor learning online as requests finish (from the prompt where the trace "
+        "has text, else from what a gateway knows without it: input tokens and model); --oracle tells "
+        "it the true length instead.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--trace", required=True, help="azure-conv | azure-code | FILE (any trace the load generator reads)")
@@ -60,6 +62,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "utilization the cost-aware policy runs it at), exact (own sizes at the profile's operating "
         "point), melange (bucket upper edges at the operating point)",
     )
+    p.add_argument(
+        "--oracle", action="store_true", help="tell the router each answer's true length instead of a prediction"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handle)
@@ -94,7 +99,7 @@ def load_requests(args: argparse.Namespace):
     )
     if not window:
         raise InvalidInput("the selected window of the trace is empty")
-    return [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in window]
+    return [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens, r.prompt) for r in window]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -114,11 +119,16 @@ def _types(args: argparse.Namespace, book: ProfileBook) -> list[str]:
     return wanted
 
 
+def _sizes(args: argparse.Namespace) -> str:
+    return "oracle" if args.oracle else "predicted"
+
+
 def cheapest(args: argparse.Namespace) -> dict:
     """The cheapest planner fleet at which the policy keeps `--target` of the judged requests within the SLO."""
     from tqdm import tqdm
 
     from ricardo.emulator.fleet import FleetSearch, Trial, alone_within_slo, book_for_slo, servable
+    from ricardo.emulator.sizes import sizes_named
     from ricardo.policies.types import SLO
     from ricardo.profiles.engine_params import engine_catalog
 
@@ -131,7 +141,7 @@ def cheapest(args: argparse.Namespace) -> dict:
     engines = engine_catalog()
     # judged: the requests some candidate type can serve within the SLO at all (the same for every approach)
     judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)
-    search = FleetSearch(requests, book, engines, slo, judged, args.target, seed=args.seed)
+    search = FleetSearch(requests, book, engines, slo, judged, args.target, seed=args.seed, sizes=_sizes(args))
     with tqdm(desc="fleets simulated", unit="fleet", file=sys.stderr, disable=None) as bar:
 
         def progress(trial: Trial) -> None:
@@ -152,6 +162,7 @@ def cheapest(args: argparse.Namespace) -> dict:
         "cost_per_hour": best.cost_per_hour if best else None,
         "usd_per_million_tokens": best.summary["usd_per_million_tokens"] if best else None,
         "slo_attainment": best.attainment if best else None,  # over the judged requests
+        "sizes": sizes_named(_sizes(args)).name,
         "requests": len(requests),
         "judged": int(judged.sum()),
         "refused": len(requests) - int(judged.sum()),
@@ -164,6 +175,7 @@ def cheapest(args: argparse.Namespace) -> dict:
 def run_fleet(args: argparse.Namespace) -> dict:
     from ricardo.emulator.cluster import simulate
     from ricardo.emulator.fleet import book_for_slo, plan_fleet
+    from ricardo.emulator.sizes import sizes_named
     from ricardo.policies.types import SLO
     from ricardo.profiles.engine_params import engine_catalog
 
@@ -187,6 +199,7 @@ def run_fleet(args: argparse.Namespace) -> dict:
         args.policy,
         SLO(args.slo_ttft_ms, args.slo_tpot_ms),
         seed=args.seed,
+        sizes=sizes_named(_sizes(args)),
     )
     return {"trace": args.trace, "policy": args.policy, "price_set": args.price_set, **result.summary()}
 

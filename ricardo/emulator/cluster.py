@@ -13,9 +13,11 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ricardo.emulator.sizes import PredictedSizes, Sizes
 from ricardo.emulator.virtual import Timing, VirtualEngine
 from ricardo.policies.ledger import PoolLedger, Ticket
 from ricardo.policies.routing import Policy, get_policy
@@ -28,9 +30,7 @@ class TraceRequest:
     arrival: float
     input_tokens: int
     output_tokens: int
-    # what the router is told about the output (the simulator's stand-in for the predictor)
-    predicted_p50: int | None = None
-    predicted_p90: int | None = None
+    prompt: str | None = None  # the text, where the trace has it (the predictor reads it as the gateway would)
 
 
 @dataclass(eq=False)
@@ -40,6 +40,7 @@ class SimRequest:
     replica: _Replica | None = None
     ticket: Ticket | None = None
     refused: str | None = None  # why no pool took it: "context" (beyond the model's window), "capacity"
+    sizes_handle: Any = None  # what the sizes source needs to learn this request's length when it finishes
 
 
 @dataclass(eq=False)
@@ -69,6 +70,7 @@ class SimResult:
     slo: SLO
     duration_s: float
     per_pool: dict[str, int] = field(default_factory=dict)
+    sizes: str = "predicted"  # what the router was told of each answer's length
 
     @property
     def cost_per_hour(self) -> float:
@@ -100,6 +102,7 @@ class SimResult:
             "duration_s": self.duration_s,
             "fleet": dict(self.fleet),
             "per_pool_requests": dict(self.per_pool),
+            "sizes": self.sizes,
             "tpot_ms": {"p50": pct(lpt, 50), "p90": pct(lpt, 90), "p99": pct(lpt, 99)},
             "ttft_ms": {"p50": pct(ttft, 50), "p90": pct(ttft, 90), "p99": pct(ttft, 99)},
         }
@@ -115,9 +118,12 @@ def simulate(
     slo: SLO,
     model: str = "llama2-7b",
     seed: int = 0,
+    sizes: Sizes | None = None,
 ) -> SimResult:
-    """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type."""
+    """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type. The router is told each
+    request's predicted size (`sizes`; default: the gateway's predictor, fresh, learning as requests finish)."""
     rank = get_policy(policy) if isinstance(policy, str) else policy
+    told: Sizes = sizes if sizes is not None else PredictedSizes()
     context = book.context_tokens
     rng = random.Random(seed)
     pools = {
@@ -134,15 +140,14 @@ def simulate(
         last = item.arrival
         for _, replica in engines:
             replica.engine.advance_to(item.arrival)
-            _retire(replica.engine, in_flight)
+            _retire(replica.engine, in_flight, told)
         # every answer has a first token: a trace's 0-token answers (an aborted request) count as one
         request = SimRequest(Timing(item.arrival, item.input_tokens, max(1, item.output_tokens)))
         requests.append(request)
-        p50 = item.predicted_p50 if item.predicted_p50 is not None else item.output_tokens
-        p90 = item.predicted_p90 if item.predicted_p90 is not None else max(p50, item.output_tokens)
         if context is not None and item.input_tokens + max(1, item.output_tokens) > context:
             request.refused = "context"  # the gateway answers 400 context_length_exceeded before routing
             continue
+        p50, p90, request.sizes_handle = told.predict(item.input_tokens, item.output_tokens, item.prompt, model)
         shape = RequestShape(model, item.input_tokens, p50, p90, slo)
         views = [pool.view() for pool in pools.values()]
         for choice in rank(shape, views, book, draw=rng.random(), index=index):
@@ -161,12 +166,12 @@ def simulate(
             request.refused = "capacity"  # no pool could take it (none serves its size, or none has room)
     for _, replica in engines:
         replica.engine.drain()
-        _retire(replica.engine, in_flight)
-    return SimResult(requests, dict(fleet), prices, slo, duration_s=max(last, 1e-9), per_pool=per_pool)
+        _retire(replica.engine, in_flight, told)
+    return SimResult(requests, dict(fleet), prices, slo, duration_s=max(last, 1e-9), per_pool=per_pool, sizes=told.name)
 
 
-def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest]) -> None:
-    """Tell the pools' ledgers about the engine's finished requests."""
+def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest], sizes: Sizes) -> None:
+    """Tell the pools' ledgers and the predictor about the engine's finished requests."""
     for timing in engine.finished:
         request = in_flight.pop(id(timing))
         pool, replica, ticket = request.pool, request.replica, request.ticket
@@ -174,4 +179,5 @@ def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest]) -> None:
         replica.in_flight -= 1
         pool.ledger.first_token(ticket, timing.first_token_at)
         pool.ledger.finish(ticket, timing.finished_at, timing.output_tokens)
+        sizes.observe(request.sizes_handle, timing.output_tokens)
     engine.finished.clear()

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ricardo.emulator.cluster import TraceRequest, simulate
+from ricardo.emulator.sizes import sizes_named
 from ricardo.policies.planner import Plan, plan
-from ricardo.policies.routing import SLACK_TARGET
+from ricardo.policies.routing import SLACK_TARGET, Policy
 from ricardo.policies.sizing import PLANNERS, plan_sizes, planner_seconds, size_demand
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook, load_default_book
@@ -30,10 +31,10 @@ def mean_rate(requests: Sequence[TraceRequest]) -> float:
 
 def demand(requests: Sequence[TraceRequest], book: ProfileBook) -> np.ndarray:
     """req/s per bucket of the book's grid: the requests' exact size mix at their mean arrival rate."""
-    return size_demand(book, *sizes(requests), mean_rate(requests))
+    return size_demand(book, *lengths(requests), mean_rate(requests))
 
 
-def sizes(requests: Sequence[TraceRequest]) -> tuple[list[int], list[int]]:
+def lengths(requests: Sequence[TraceRequest]) -> tuple[list[int], list[int]]:
     return [r.input_tokens for r in requests], [r.output_tokens for r in requests]
 
 
@@ -42,7 +43,7 @@ def plan_fleet(
 ) -> dict[str, int]:
     """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see
     `policies.sizing` for the planners)."""
-    result = plan_sizes(book, *sizes(requests), mean_rate(requests), slo, planner, headroom=headroom)
+    result = plan_sizes(book, *lengths(requests), mean_rate(requests), slo, planner, headroom=headroom)
     return {hw: n for hw, n in result.allocation.items() if n}
 
 
@@ -118,11 +119,13 @@ class FleetSearch:
         target: float = 0.99,
         seed: int = 0,
         slack_target: float = SLACK_TARGET,
+        sizes: str = "predicted",
     ):
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
+        self.sizes = sizes  # what the router is told of each answer: the gateway's prediction, or the truth
         self.demand = demand(requests, book)
-        self.seconds = {name: planner_seconds(book, *sizes(requests), slo, name, slack_target) for name in PLANNERS}
+        self.seconds = {name: planner_seconds(book, *lengths(requests), slo, name, slack_target) for name in PLANNERS}
 
     def plan(self, scale: float, only: Sequence[str], planner: str = "exact") -> Plan:
         """The planner's fleet for `scale` x the demand, charging each request
@@ -138,9 +141,17 @@ class FleetSearch:
             time_limit_s=PLAN_TIME_LIMIT_S,
         )
 
-    def evaluate(self, fleet: dict[str, int], policy: str) -> tuple[float, dict]:
+    def evaluate(self, fleet: dict[str, int], policy: str | Policy) -> tuple[float, dict]:
         result = simulate(
-            self.requests, fleet, self.engines, self.book, self.book.prices, policy, self.slo, seed=self.seed
+            self.requests,
+            fleet,
+            self.engines,
+            self.book,
+            self.book.prices,
+            policy,
+            self.slo,
+            seed=self.seed,
+            sizes=sizes_named(self.sizes),
         )
         lpt = np.array([r.timing.latency_per_token if r.pool is not None else math.inf for r in result.requests])
         met = (lpt * 1000 <= self.slo.tpot_ms) & self.judged
@@ -148,7 +159,7 @@ class FleetSearch:
 
     def cheapest(
         self,
-        policy: str,
+        policy: str | Policy,
         only: Sequence[str],
         *,
         planner: str = "exact",
