@@ -6,7 +6,9 @@ builds the `PoolView` a policy ranks. So what the simulator evaluates is the gat
 the same load accounting and live estimates under the same policy function, not the policy alone.
 
 Load: each request in flight holds `capacity_share` of one replica (its size at the profile's operating
-point, at most one replica). Live estimates: exponentially weighted means over finished requests of TTFT and
+point, at most one replica), at its predicted p90 length: an uncertain answer counts as the longer one, since
+an overloaded pool costs the SLO of everything on it while a pool charged too much only sends its next request
+elsewhere. Live estimates: exponentially weighted means over finished requests of TTFT and
 of latency per output token (`policies.live`), for display and for policies that want them.
 """
 
@@ -52,7 +54,7 @@ class PoolLedger:
 
     def dispatch(self, shape: RequestShape, book: ProfileBook, now: float) -> Ticket:
         """A request starts on this pool: charge its load."""
-        load = capacity_share(book, self.hardware, shape.input_tokens, shape.output_p50, shape.slo)
+        load = capacity_share(book, self.hardware, shape.input_tokens, shape.output_p90, shape.slo)
         self.in_flight += 1
         self.in_flight_load += load
         self._view = None

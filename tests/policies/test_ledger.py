@@ -22,7 +22,7 @@ def test_load_is_charged_at_dispatch_and_released_exactly_once(book):
     ledger = PoolLedger("a10g", "A10G", 1.01)
     first = ledger.dispatch(shape(500, 100), book, now=0.0)
     second = ledger.dispatch(shape(50, 20), book, now=0.5)
-    assert first.load == pytest.approx(capacity_share(book, "A10G", 500, 100, SLO_DEFAULT))
+    assert first.load == pytest.approx(capacity_share(book, "A10G", 500, 200, SLO_DEFAULT))  # at the p90
     view = ledger.view(replicas=2)
     assert view.in_flight == 2 and view.in_flight_load == pytest.approx(first.load + second.load)
     assert view.utilization == pytest.approx((first.load + second.load) / 2)
