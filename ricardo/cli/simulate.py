@@ -115,7 +115,7 @@ def _types(args: argparse.Namespace, book: ProfileBook) -> list[str]:
     wanted = [book.canonical(name.strip()) for name in args.types.split(",") if name.strip()]
     unpriced = [hw for hw in wanted if hw not in book.prices]
     if unpriced:
-        raise ValueError(f"no price for {', '.join(unpriced)} in price set {args.price_set!r}")
+        raise InvalidInput(f"no price for {', '.join(unpriced)} in price set {args.price_set!r}")
     return wanted
 
 
@@ -133,7 +133,7 @@ def cheapest(args: argparse.Namespace) -> dict:
     from ricardo.profiles.engine_params import engine_catalog
 
     if not 0 < args.target <= 1:
-        raise ValueError(f"--target must be in (0, 1], got {args.target:g}")
+        raise InvalidInput(f"--target must be in (0, 1], got {args.target:g}")
     requests = load_requests(args)
     book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
     types = _types(args, book)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ricardo.errors import InvalidInput
 from ricardo.predictor.features import RequestFeatures, features_from_body, features_from_lengths
 from ricardo.predictor.model import OutputLengthPredictor
 
@@ -75,4 +76,4 @@ def sizes_named(name: str) -> Sizes:
         return PredictedSizes()
     if name == "oracle":
         return OracleSizes()
-    raise ValueError(f"unknown sizes {name!r}; known: predicted, oracle")
+    raise InvalidInput(f"unknown sizes {name!r}; known: predicted, oracle")
