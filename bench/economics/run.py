@@ -1,22 +1,26 @@
-"""Tokens per dollar on real traces: the cheapest fleet at which each approach keeps 99% of requests within SLO.
+"""Tokens per dollar on real and synthetic traces: the cheapest fleet at which each approach keeps 99% of requests
+within SLO.
 
-    .venv/bin/python bench/economics/run.py [--quick] [--jobs 2] [--out bench/economics]
+    .venv/bin/python bench/economics/run.py [--quick] [--jobs 2] [--catalog measured] [--trace NAME] [--out DIR]
 
-For every trace, request rate and TPOT SLO (40 and 120 ms), in the virtual-time simulator (the emulator's
-engine model, the real policy code):
-- bound: the planner's ILP fleet for the trace's exact size mix at its mean rate (perfect knowledge, no
-  bursts, every GPU at the profile's operating point): its $/h, not simulated;
-- each hardware type alone; Mélange (its ILP fleet, bucket upper edges, with its weighted-random router);
-  ricardo (its planner: exact sizes, each type sized for the utilization the cost-aware policy runs it at;
-  with the cost-aware policy): the cheapest fleet, found by `FleetSearch` scaling the planner's demand, at
-  which the simulator keeps >= 99% of the judged requests within the SLO, with its $/h and $ per 1M tokens
-  (prompt + output). Requests no hardware serves in time even alone are not judged, for any approach.
-The router is told each request's true output length (an oracle predictor), for every approach alike: this
-measures routing and fleet sizing, not prediction.
+For every trace of the corpus (corpus.py: the Azure, lmsys, ShareGPT and ServeGen traces and the synthetic stress
+traces), three request rates and two TPOT SLOs (40 and 120 ms), in the virtual-time simulator (the emulator's engine
+model behind the gateway's own decision code):
+- each hardware type alone, Mélange (its ILP fleet at bucket upper edges, with its weighted-random router) and
+  ricardo (its planner: each request at its own size, each type sized for the utilization the cost-aware router
+  runs it at; the cost-aware router): the cheapest fleet, found by `FleetSearch` scaling the planner's demand, at
+  which the simulator keeps >= 99% of the judged requests within the SLO, with its $/h and $ per 1M tokens (prompt
+  + output). Requests no hardware serves in time even alone, or beyond the model's context, are not judged.
+- Every router is told each request's PREDICTED output length, by the gateway's own predictor learning online as
+  requests finish (these traces have no text: from the input tokens and the model, as a gateway could without
+  the text). "ricardo (oracle)" is the same search with the true lengths: what prediction costs.
+- References, not simulated: *bound*, ricardo's ILP for the exact size mix at the mean rate with every GPU at the
+  profile's operating point (mean latency per token = SLO: 37-100% of requests miss there); *bound99*, the same
+  ILP over each type's capacity at which 99% of requests meet the SLO (the engine model's tables,
+  `slo_tables --quantile 0.99`): still no bursts and perfect packing, but judged on the target's own terms.
 
-Two runs: the four measured GPU types at the Mélange paper's prices, and the full catalogue (measured plus
-estimated types) at neocloud prices. At 40 ms the tables of every type come from the engine model
-(`python -m ricardo.emulator.slo_tables`), since nothing was measured at that SLO.
+Two catalogues: the four measured GPU types at the Mélange paper's prices, and the full catalogue (measured plus
+estimated types) at neocloud prices. At 40 ms the tables of every type come from the engine model.
 
 Writes results.json, README.md (the tables) and economics.png into --out.
 """
@@ -30,40 +34,21 @@ import sys
 import time
 from pathlib import Path
 
-from ricardo.emulator.cluster import TraceRequest
+from corpus import TRACES, available, trace_requests
 from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, mean_rate, servable
-from ricardo.loadgen.traces import read_trace, select, untimed, with_poisson_arrivals
+from ricardo.policies.sizing import plan_sizes
 from ricardo.policies.types import SLO
+from ricardo.profiles.catalog import load_default_book
 from ricardo.profiles.engine_params import engine_catalog
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[1] / ".." / "shared" / "data" / "traces" / "lengths"
-TRACES = {  # name -> (source, how its rate is set, the rates or speed-ups)
-    "azure-conv": ("azure-conv", "speed", (1, 4, 16)),
-    "azure-code": ("azure-code", "speed", (1, 4, 16)),
-    "lmsys": (str(SHARED / "lmsys_chat_1m_lengths.csv"), "rate", (2, 8, 32)),
-    "sharegpt": (str(SHARED / "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"), "rate", (2, 8, 32)),
-}
-QUICK = {"azure-conv": (4,), "azure-code": (4,), "lmsys": (8,), "sharegpt": (8,)}
+QUICK = {name: (knobs[1],) for name, (_, _, knobs) in TRACES.items()}
 SLOS_MS = (40, 120)
 CATALOGS = {"measured": "melange", "full": "neocloud"}  # catalogue -> price set
 SLO_TTFT_MS = 10_000.0  # the Mélange SLO is on latency per output token only; TTFT gets a loose bound
 TARGET = 0.99
 SINGLE_TYPE_SPAN = 2.0
-
-
-def trace_requests(name: str, knob: float, max_requests: int, seed: int = 0) -> list[TraceRequest]:
-    source, kind, _ = TRACES[name]
-    requests = read_trace(source)
-    if kind == "rate":
-        if not untimed(requests):
-            raise ValueError(f"{name} has timestamps; give it a speed, not a rate")
-        requests = with_poisson_arrivals(requests, knob, seed=seed)
-        window = select(requests, max_requests=max_requests)
-    else:
-        window = select(requests, speed=knob, max_requests=max_requests)
-    return [TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in window]
 
 
 def run_case(case: tuple) -> dict:
@@ -73,6 +58,7 @@ def run_case(case: tuple) -> dict:
     book = book_for_slo(slo_ms, price_set=CATALOGS[catalog], full_catalog=catalog == "full")
     types = [hw for hw in book.hardware_names() if hw in book.prices]
     requests = trace_requests(trace, knob, max_requests)
+    lengths = ([r.input_tokens for r in requests], [r.output_tokens for r in requests])
     slo = SLO(SLO_TTFT_MS, slo_ms)
     engines = engine_catalog()
     judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)
@@ -81,7 +67,12 @@ def run_case(case: tuple) -> dict:
         return servable(requests, book, [hw])[judged]
 
     search = FleetSearch(requests, book, engines, slo, judged, TARGET)
+    oracle = FleetSearch(requests, book, engines, slo, judged, TARGET, sizes="oracle")
     bound = search.plan(1.0, types)
+    reference = load_default_book(
+        price_set=CATALOGS[catalog], include_estimated=catalog == "full", slo_tpot_ms=slo_ms, quantile=0.99
+    )
+    bound99 = plan_sizes(reference, *lengths, mean_rate(requests), slo, "exact", only=types, time_limit_s=10.0)
     melange_ilp = search.plan(1.0, types, planner="melange")
     tokens = sum(r.input_tokens + r.output_tokens for r in requests)
     hours = (requests[-1].arrival - requests[0].arrival) / 3600
@@ -112,6 +103,7 @@ def run_case(case: tuple) -> dict:
     }
     approaches["melange"] = outcome(search.cheapest("melange", types, planner="melange"))
     approaches["ricardo"] = outcome(search.cheapest("cost-aware", types, planner="ricardo"))
+    approaches["ricardo (oracle)"] = outcome(oracle.cheapest("cost-aware", types, planner="ricardo"))
     return {
         "catalog": catalog,
         "price_set": CATALOGS[catalog],
@@ -128,6 +120,13 @@ def run_case(case: tuple) -> dict:
             "cost_per_hour": bound.cost_per_hour,
             "usd_per_million_tokens": bound.cost_per_hour * hours / tokens * 1e6,
         },
+        "bound99": {
+            "fleet": {hw: n for hw, n in bound99.allocation.items() if n},
+            "cost_per_hour": bound99.cost_per_hour,
+            "usd_per_million_tokens": bound99.cost_per_hour * hours / tokens * 1e6,
+            "unserved_rate": bound99.unserved_rate,
+        },
+        "sizes": "predicted (lengths only)",
         "melange_ilp": {
             "fleet": {hw: n for hw, n in melange_ilp.allocation.items() if n},
             "cost_per_hour": melange_ilp.cost_per_hour,
@@ -156,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", action="append", choices=list(TRACES), help="default: all")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
-    if not SHARED.is_dir() and any(TRACES[t][1] == "rate" for t in (args.trace or TRACES)):
-        print(f"bench/economics: the lengths traces are read from {SHARED}, which is missing", file=sys.stderr)
-        return 2
-    todo = cases(args.quick, args.max_requests, args.catalog or list(CATALOGS), args.trace or list(TRACES))
+    traces, missing = available(args.trace or list(TRACES))
+    if missing:
+        print(f"bench/economics: skipping {', '.join(missing)} (no ../shared/data here)", file=sys.stderr)
+    todo = cases(args.quick, args.max_requests, args.catalog or list(CATALOGS), traces)
     results = []
     with multiprocessing.Pool(args.jobs) as workers:
         for result in tqdm(workers.imap_unordered(run_case, todo), total=len(todo), desc="cases", unit="case"):

@@ -484,23 +484,28 @@ def load_default_book(
     price_set: str = "melange",
     include_estimated: bool = False,
     slo_tpot_ms: float | None = None,
+    quantile: float | None = None,
 ) -> ProfileBook:
     """The shipped profile of `model` (measured tables; with `include_estimated`, plus estimated ones for
     hardware that was not measured) under a named price set.
 
     At a `slo_tpot_ms` other than the measured tables' own, the tables are the engine model's at that
     SLO (`python -m ricardo.emulator.slo_tables`), for the measured hardware only unless `include_estimated`.
+    With a `quantile` (0.99), always the engine model's tables judged on that quantile of the latency per token
+    instead of its mean: the capacity at which 99% of requests meet the SLO (a reference, not for routing).
     """
     paths = default_profile_paths(model, include_estimated)
     measured = read_profile_file(paths[0])
-    if slo_tpot_ms is None or abs(slo_tpot_ms - measured.slo_tpot_ms) < 1e-9:
+    slo_tpot_ms = measured.slo_tpot_ms if slo_tpot_ms is None else slo_tpot_ms
+    if quantile is None and abs(slo_tpot_ms - measured.slo_tpot_ms) < 1e-9:
         return _with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
-    path = modelled_profile_path(model, slo_tpot_ms)
+    path = modelled_profile_path(model, slo_tpot_ms, quantile)
     if not path.is_file():
+        judged = "" if quantile is None else f" --quantile {quantile:g}"
         raise InvalidInput(
-            f"no capacity tables of {model} at a {slo_tpot_ms:g} ms TPOT SLO (the measured ones are "
-            f"at {measured.slo_tpot_ms:g} ms); build them with "
-            f"`python -m ricardo.emulator.slo_tables --slo-tpot-ms {slo_tpot_ms:g}`"
+            f"no capacity tables of {model} at a {slo_tpot_ms:g} ms TPOT SLO{judged and ' (' + judged.strip() + ')'} "
+            f"(the measured ones are at {measured.slo_tpot_ms:g} ms); build them with "
+            f"`python -m ricardo.emulator.slo_tables --slo-tpot-ms {slo_tpot_ms:g}{judged}`"
         )
     modelled = read_profile_file(path)
     if not include_estimated:
