@@ -148,7 +148,10 @@ def cheapest(args: argparse.Namespace) -> dict:
             bar.set_postfix_str(f"x{trial.scale:.3g} ${trial.cost_per_hour:.2f}/h {trial.attainment:.1%}")
             bar.update()
 
-        found = search.cheapest(args.policy, types, planner=args.planner, on_trial=progress)
+        if args.policy == "cost-aware":  # ricardo's own search: the planner's mix, each type alone, trimmed
+            found = search.cheapest_verified(args.policy, types, planner=args.planner, on_trial=progress)
+        else:
+            found = search.cheapest(args.policy, types, planner=args.planner, on_trial=progress)
     best = found.best
     return {
         "trace": args.trace,

@@ -93,6 +93,7 @@ class Search:
 
     best: Trial | None
     trials: list[Trial] = field(default_factory=list)
+    by_types: dict[tuple[str, ...], Trial | None] = field(default_factory=dict)  # per candidate type set
 
 
 class FleetSearch:
@@ -215,6 +216,55 @@ class FleetSearch:
                     break
                 failing, scale = scale, scale * factor
         search.best = best[passing]
+        return search
+
+    def cheapest_verified(
+        self,
+        policy: str | Policy,
+        types: Sequence[str],
+        *,
+        planner: str = "ricardo",
+        singles: Sequence[str] | None = None,
+        on_trial: Callable[[Trial], None] | None = None,
+    ) -> Search:
+        """The cheapest fleet the simulator verifies, as ricardo searches it: the planner's fleet over every type
+        and over each type alone (of `singles`, default every type), each at its smallest passing scale
+        (`cheapest`), then the cheapest of those trimmed: one replica at a time, dearest type first, as long as
+        the target still holds. `Search.by_types` keeps each candidate set's own result.
+
+        The planner sizes each type for the load the router is expected to put on it, but the router decides
+        each request on the live state, so a planned mix can need more scale than a single type (a tight SLO
+        where the dearer type's few requests cost more than they save), and a uniform scale-up over-provisions
+        the types that did not need it. Each candidate the search keeps is a fleet the simulator ran."""
+        alone = list(types if singles is None else singles) if len(types) > 1 else []
+        sets = [tuple(types)] + [(hw,) for hw in alone]
+        found = {only: self.cheapest(policy, only, planner=planner, on_trial=on_trial) for only in sets}
+        search = Search(None, [trial for f in found.values() for trial in f.trials])
+        search.by_types = {only: f.best for only, f in found.items()}
+        passing = [f.best for f in found.values() if f.best is not None]
+        if not passing:
+            return search
+        best = min(passing, key=lambda trial: trial.cost_per_hour)
+        tried = {tuple(sorted(trial.fleet.items())) for trial in search.trials}
+        improved = True
+        while improved:
+            improved = False
+            for hw in sorted(best.fleet, key=lambda h: -self.book.prices[h]):
+                smaller = {h: n - (h == hw) for h, n in best.fleet.items() if n - (h == hw) > 0}
+                key = tuple(sorted(smaller.items()))
+                if not smaller or key in tried:
+                    continue
+                tried.add(key)
+                attainment, summary = self.evaluate(smaller, policy)
+                cost = sum(self.book.prices[h] * n for h, n in smaller.items())
+                trial = Trial(best.scale, smaller, cost, attainment, summary)
+                search.trials.append(trial)
+                if on_trial:
+                    on_trial(trial)
+                if attainment >= self.target:
+                    best, improved = trial, True
+                    break
+        search.best = best
         return search
 
     def _fleet(self, scale: float, only: Sequence[str], planner: str) -> dict[str, int]:

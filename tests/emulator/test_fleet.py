@@ -71,6 +71,24 @@ def test_the_search_finds_a_fleet_that_passes_where_one_gpu_less_fails():
     assert all(t.cost_per_hour >= found.best.cost_per_hour for t in found.trials if t.attainment >= 0.99)
 
 
+def test_the_verified_search_is_never_dearer_than_its_candidates_and_every_answer_was_simulated():
+    book = book_for_slo(120)
+    requests = poisson_trace(rate=8.0, count=1200, seed=3)
+    judged = servable(requests, book, book.hardware_names())
+    search = FleetSearch(requests, book, engine_catalog(), SLO_120, judged, target=0.99)
+    types = ["A10G", "A100-80GB", "H100"]
+    found = search.cheapest_verified("cost-aware", types, singles=["A10G", "A100-80GB"])
+    assert set(found.by_types) == {tuple(types), ("A10G",), ("A100-80GB",)}
+    assert found.best is not None and found.best.attainment >= 0.99
+    assert all(found.best.cost_per_hour <= t.cost_per_hour for t in found.by_types.values() if t is not None)
+    assert found.best in found.trials  # the answer is a fleet the simulator ran, not a plan
+    # trimmed: no single replica less passes
+    for hw in found.best.fleet:
+        smaller = {h: m - (h == hw) for h, m in found.best.fleet.items() if m - (h == hw) > 0}
+        if smaller:
+            assert search.evaluate(smaller, "cost-aware")[0] < 0.99, (hw, smaller)
+
+
 def test_planners_exact_sizes_below_upper_edges_and_ricardo_provisions_for_its_router():
     book = book_for_slo(120)
     requests = poisson_trace(rate=20.0, count=3000)
