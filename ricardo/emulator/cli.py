@@ -22,11 +22,19 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default=1.0,
         help="run the emulated hardware this many times faster than real time (default: 1)",
     )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="[PORT:]SPEC",
+        help="give backends a fault, e.g. cut-after=2, stall-after=3, no-done, hang, error-rate=0.3, slow=5 "
+        "(comma-separated; PORT: for one backend of --config); see ricardo/emulator/faults.py",
+    )
     p.set_defaults(func=_emulate)
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from ricardo.emulator.launch import BackendSpec, backends_from_config, run_backends
+    from ricardo.emulator.launch import BackendSpec, backends_from_config, run_backends, with_faults
 
     if args.config:
         specs = backends_from_config(args.config)
@@ -34,4 +42,8 @@ def _emulate(args: argparse.Namespace) -> int:
         specs = [BackendSpec(hardware=args.gpu, model=args.model, host=args.host, port=args.port)]
     else:
         raise SystemExit("ricardo emulate: give --gpu (with --port) or --config")
+    try:
+        specs = with_faults(specs, args.fault)
+    except ValueError as exc:
+        raise SystemExit(f"ricardo emulate: {exc}") from None
     return run_backends(specs, speed=args.speed)

@@ -12,6 +12,7 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from ricardo.emulator.faults import parse_faults
 from ricardo.emulator.server import EmulatedBackend
 from ricardo.profiles.engine_params import load_engine_params
 from ricardo.protocol.runtime import run_event_loop
@@ -25,6 +26,7 @@ class BackendSpec:
     model: str
     host: str
     port: int
+    faults: str | None = None  # a fault spec (emulator/faults.py)
 
 
 class _Pool(BaseModel):
@@ -40,6 +42,21 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="ignore")
     models: list[str] = ["llama2-7b"]
     pools: list[_Pool]
+
+
+def with_faults(specs: list[BackendSpec], faults: list[str]) -> list[BackendSpec]:
+    """Give backends faults: `SPEC` for every backend, `PORT:SPEC` for the one on that port (it wins)."""
+    common = [f for f in faults if not f.partition(":")[0].isdigit()]
+    by_port = {int(f.partition(":")[0]): f.partition(":")[2] for f in faults if f.partition(":")[0].isdigit()}
+    unknown = set(by_port) - {s.port for s in specs}
+    if unknown:
+        raise SystemExit(f"--fault for a port no backend listens on: {sorted(unknown)}")
+    result = []
+    for spec in specs:
+        chosen = by_port.get(spec.port, ",".join(common) or None)
+        parse_faults(chosen)  # fail at start, not at the first request
+        result.append(BackendSpec(spec.hardware, spec.model, spec.host, spec.port, chosen))
+    return result
 
 
 def backends_from_config(path: str) -> list[BackendSpec]:
@@ -61,12 +78,15 @@ async def serve_backends(specs: list[BackendSpec], speed: float, stop: asyncio.E
     runners = []
     try:
         for spec in specs:
-            backend = EmulatedBackend(load_engine_params(spec.hardware), spec.model, speed=speed)
-            runner = web.AppRunner(backend.app(), access_log=None)
+            faults = parse_faults(spec.faults)
+            backend = EmulatedBackend(load_engine_params(spec.hardware), spec.model, speed=speed, faults=faults)
+            # a client that goes away cancels its handler, and so its sequence, as vLLM aborts such a request
+            runner = web.AppRunner(backend.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
             await runner.setup()
             await web.TCPSite(runner, spec.host, spec.port).start()
             runners.append(runner)
-            print(f"emulating {spec.hardware} serving {spec.model} on http://{spec.host}:{spec.port}", flush=True)
+            note = f" with faults {spec.faults}" if spec.faults else ""
+            print(f"emulating {spec.hardware} serving {spec.model} on http://{spec.host}:{spec.port}{note}", flush=True)
         await stop.wait()
     finally:
         for runner in runners:

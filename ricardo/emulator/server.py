@@ -8,13 +8,19 @@ exports vLLM's gauge and histogram names so anything that scrapes vLLM can scrap
 How long an answer is: the header `x-emulator-output-tokens` (set by a load generator that knows
 the trace's true length; a gateway forwards it without reading it), else a deterministic draw from
 the prompt's text. `max_tokens` caps either; `ignore_eos` with `max_tokens` forces that length, as
-vLLM's benchmarks do. `x-emulator-fail-status: 500` makes it answer that error instead, for fault tests.
+vLLM's benchmarks do. `x-emulator-fail-status: 500` makes it answer that error instead, for fault tests, and
+`Faults` (emulator/faults.py, `ricardo emulate --fault`) give a backend a standing fault: errors, hangs, stalls,
+dropped or truncated answers, slowness.
+
+A client that goes away cancels its request (the server runs with aiohttp's handler cancellation): its
+sequence leaves the engine, as vLLM aborts a request whose connection closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import time
 import uuid
@@ -25,6 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ricardo.emulator.engine import Engine, Sequence
+from ricardo.emulator.faults import Faults
 from ricardo.emulator.text import TokenCounter, token_text
 from ricardo.profiles.engine_params import EngineParams
 from ricardo.protocol.http import as_openai_error
@@ -107,11 +114,26 @@ class Metrics:
         self.preemptions = counter("vllm:num_preemptions", "Preemptions.")
 
 
+NO_FAULTS = Faults()
+
+
+class _Cut(Exception):
+    """The fault `cut-after` says: drop the connection now."""
+
+
 class EmulatedBackend:
-    def __init__(self, params: EngineParams, model: str, speed: float = 1.0, encoding: str = "llama3"):
+    def __init__(
+        self,
+        params: EngineParams,
+        model: str,
+        speed: float = 1.0,
+        encoding: str = "llama3",
+        faults: Faults | None = None,
+    ):
         self.params = params
         self.model = model
-        self.speed = speed
+        self.faults = faults or Faults()
+        self.speed = speed / self.faults.slow
         self.engine = Engine(params)
         self.counter = TokenCounter(encoding)
         self.metrics = Metrics(self)
@@ -234,6 +256,11 @@ class EmulatedBackend:
                 f"messages, {output_tokens} in the completion).",
                 param="messages",
             )
+        faults = self.faults if self.faults.applies(output_tokens) else NO_FAULTS
+        if faults.fail_now():
+            raise OpenAIError(500, "failure injected (error-rate)", "upstream_error")
+        if faults.hang:
+            await _forever()
         pending = Pending(arrived=asyncio.get_running_loop().time())
         seq = Sequence(prompt_tokens, output_tokens, tag=pending)
         self.engine.submit(seq)
@@ -244,21 +271,15 @@ class EmulatedBackend:
         ident = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + rid
         try:
             if req.stream:
-                return await self._stream(request, endpoint, ident, rid, seq, req.include_usage, finish_reason)
+                return await self._stream(request, endpoint, ident, rid, seq, req.include_usage, finish_reason, faults)
             await self._wait_finished(pending)
             content = "".join(token_text(i) for i in range(output_tokens))
-            return web.json_response(
-                _completion(
-                    endpoint,
-                    ident,
-                    self.model,
-                    self.created,
-                    content,
-                    finish_reason,
-                    usage(prompt_tokens, output_tokens),
-                ),
-                headers={"x-request-id": rid},
+            answer = _completion(
+                endpoint, ident, self.model, self.created, content, finish_reason, usage(prompt_tokens, output_tokens)
             )
+            if faults.breaks_answers:
+                return await self._broken_answer(request, answer, rid, faults)
+            return web.json_response(answer, headers={"x-request-id": rid})
         finally:
             if not pending.finished:
                 self.engine.cancel(seq)
@@ -280,6 +301,22 @@ class EmulatedBackend:
             wanted = drawn_output_tokens(text)
         return (min(wanted, cap) if cap is not None else wanted), cap
 
+    async def _broken_answer(self, request: web.Request, answer: dict, rid: str, faults: Faults) -> web.StreamResponse:
+        """Half of a whole answer: dropped (cut-after), left hanging (stall-after) or ended cleanly (no-done)."""
+        raw = json.dumps(answer).encode()
+        half = raw[: len(raw) // 2]
+        headers = {"Content-Type": "application/json", "x-request-id": rid}
+        if faults.cut_after is None and faults.stall_after is None:
+            return web.Response(body=half, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = len(raw)
+        await response.prepare(request)
+        await response.write(half)
+        if faults.cut_after is None:
+            await _forever()
+        _drop(request)
+        return response
+
     async def _wait_finished(self, pending: Pending) -> None:
         while not pending.finished:
             await pending.wake.wait()
@@ -300,23 +337,27 @@ class EmulatedBackend:
         seq: Sequence,
         include_usage: bool,
         finish_reason: str,
+        faults: Faults,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": rid}
         )
         await response.prepare(request)
         chunk = _Chunker(endpoint, ident, self.model, self.created, include_usage)
+        events = _Events(response, faults)
         try:
             if endpoint == "chat":
-                await response.write(sse(chunk({"role": "assistant", "content": ""}, None)))
-            await self._stream_tokens(response, chunk, ident, seq, include_usage, finish_reason)
+                await events.send(sse(chunk({"role": "assistant", "content": ""}, None)))
+            await self._stream_tokens(events, chunk, ident, seq, include_usage, finish_reason)
         except ConnectionResetError:
             pass  # the client went away; the caller frees the sequence
+        except _Cut:
+            _drop(request)
         return response
 
     async def _stream_tokens(
         self,
-        response: web.StreamResponse,
+        events: _Events,
         chunk: _Chunker,
         ident: str,
         seq: Sequence,
@@ -325,18 +366,22 @@ class EmulatedBackend:
     ) -> None:
         pending: Pending = seq.tag
         sent = 0
+        no_done = events.faults.no_done
         while sent < seq.output_tokens:
             await pending.wake.wait()
             pending.wake.clear()
             upto = pending.delivered
             if upto > sent:
                 text = "".join(token_text(i) for i in range(sent, upto))
-                done = upto >= seq.output_tokens
-                await response.write(sse(chunk(text, finish_reason if done else None)))
+                done = upto >= seq.output_tokens and not no_done
+                await events.send(sse(chunk(text, finish_reason if done else None)))
                 sent = upto
         await self._wait_finished(pending)
+        if no_done:  # ends as if complete, without saying so
+            await events.response.write_eof()
+            return
         if include_usage:
-            await response.write(
+            await events.send(
                 sse(
                     {
                         "id": ident,
@@ -348,8 +393,36 @@ class EmulatedBackend:
                     }
                 )
             )
-        await response.write(SSE_DONE)
-        await response.write_eof()
+        await events.send(SSE_DONE)
+        await events.response.write_eof()
+
+
+class _Events:
+    """Writes a stream's events, and breaks it where the backend's faults say."""
+
+    def __init__(self, response: web.StreamResponse, faults: Faults):
+        self.response = response
+        self.faults = faults
+        self.sent = 0
+
+    async def send(self, event: bytes) -> None:
+        if self.faults.cut_after is not None and self.sent >= self.faults.cut_after:
+            raise _Cut
+        if self.faults.stall_after is not None and self.sent >= self.faults.stall_after:
+            await _forever()
+        await self.response.write(event)
+        self.sent += 1
+
+
+async def _forever() -> None:
+    """Wait until the client goes away (the handler is cancelled then)."""
+    await asyncio.Event().wait()
+
+
+def _drop(request: web.Request) -> None:
+    """Drop the connection without ending the answer, as a crashed server or a broken proxy would."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 @dataclass(frozen=True)
