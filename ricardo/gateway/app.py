@@ -77,13 +77,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when at least one backend of some pool can take requests; says which pools can, and
-    whether the shared state store answers (a replica without it serves on its last known state)."""
+    """Ready when at least one backend of some pool can take requests and the gateway is not shutting down;
+    says which pools can, and whether the shared state store answers (a replica without it serves on its last
+    known state)."""
     state: GatewayState = request.app["state"]
     available = state.ready()
-    ready = any(available.values())
+    ready = any(available.values()) and not state.draining
     return web.json_response(
-        {"ready": ready, "pools": available, "config_version": state.version, "store": state.store.status()},
+        {
+            "ready": ready,
+            "draining": state.draining,
+            "pools": available,
+            "config_version": state.version,
+            "store": state.store.status(),
+        },
         status=200 if ready else 503,
     )
 

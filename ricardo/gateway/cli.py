@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ricardo.gateway.app import build_app
     from ricardo.gateway.config import load_config
     from ricardo.gateway.security import AdminAccess
+    from ricardo.gateway.shutdown import drain
     from ricardo.gateway.state import GatewayState
     from ricardo.gateway.urls import redact
     from ricardo.protocol.runtime import run_event_loop
@@ -79,7 +80,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
-        runner = web.AppRunner(build_app(config, state, admin), access_log=None)
+        # handler cancellation: a client that goes away cancels its request, and so the upstream one
+        runner = web.AppRunner(
+            build_app(config, state, admin), access_log=None, handler_cancellation=True, shutdown_timeout=2.0
+        )
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
         admin.publish(config.port)
@@ -89,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
+            await drain(state, config.shutdown)
         finally:
             await runner.cleanup()
             admin.withdraw(config.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,15 @@ class SLOConfig(_Strict):
     tpot_ms: float = Field(default=120.0, gt=0)
 
 
+class PoolTimeouts(_Strict):
+    """A pool's own timeouts (a slow CPU pool may need a longer first byte); unset fields: `limits`'."""
+
+    connect_timeout_s: float | None = Field(default=None, gt=0)
+    first_byte_timeout_s: float | None = Field(default=None, gt=0)
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+    response_timeout_s: float | None = Field(default=None, gt=0)
+
+
 class PoolConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     hardware: str = Field(
@@ -39,6 +49,7 @@ class PoolConfig(_Strict):
     api_key: str | None = Field(default=None, description="bearer token the backends expect")
     draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
     role: Literal["unified"] = "unified"
+    timeouts: PoolTimeouts | None = Field(default=None, description="this pool's timeouts; unset: the limits'")
 
     @field_validator("backends")
     @classmethod
@@ -71,11 +82,100 @@ def backend_id(url: HttpUrl | str) -> str:
 
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    connect_timeout_s: float = Field(default=3.0, gt=0)
-    first_byte_timeout_s: float = Field(default=300.0, gt=0, description="until the upstream answers with headers")
-    idle_timeout_s: float = Field(default=120.0, gt=0, description="longest silence inside a stream")
+    # Each timeout is enforced on its own (none is derived from another), and `upstream_timeouts` checks that
+    # none caps another. A stream's first byte waits for queueing and prefill at a busy backend: 60 s is past
+    # what a backend that keeps its SLO queues (the planner sizes pools for seconds, not minutes) and still
+    # surfaces a hang within a minute. Inside a stream, tokens come every few tens of ms: 20 s of silence is
+    # a stall. A whole (non-streamed) answer arrives at once, so its first byte is its last: it gets the time
+    # of a long answer (2,000 tokens at a 120 ms SLO take 4 minutes); stream to have a hang surface sooner.
+    connect_timeout_s: float = Field(default=3.0, gt=0, description="to open a connection to a backend")
+    first_byte_timeout_s: float = Field(
+        default=60.0, gt=0, description="stream: from sending the request to the answer's first event"
+    )
+    idle_timeout_s: float = Field(default=20.0, gt=0, description="stream: longest silence between two events")
+    response_timeout_s: float = Field(
+        default=300.0, gt=0, description="whole answer (not streamed): from sending the request to its end"
+    )
     max_attempts: int = Field(default=3, ge=1, description="backends tried per request before giving up")
     connections_per_backend: int = Field(default=512, gt=0)
+
+    @model_validator(mode="after")
+    def _timeouts_consistent(self) -> LimitsConfig:
+        upstream_timeouts(self, None)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The timeouts in force for one pool's backends."""
+
+    connect_s: float
+    first_byte_s: float
+    idle_s: float
+    response_s: float
+
+
+def upstream_timeouts(limits: LimitsConfig, pool: PoolConfig | None) -> Timeouts:
+    """The pool's timeouts (its own where set, else the limits'); ConfigError where one would cap another:
+    a connection is part of the wait for the first byte, and a whole answer's wait includes its first byte."""
+    own = pool.timeouts if pool is not None and pool.timeouts is not None else PoolTimeouts()
+    timeouts = Timeouts(
+        connect_s=own.connect_timeout_s or limits.connect_timeout_s,
+        first_byte_s=own.first_byte_timeout_s or limits.first_byte_timeout_s,
+        idle_s=own.idle_timeout_s or limits.idle_timeout_s,
+        response_s=own.response_timeout_s or limits.response_timeout_s,
+    )
+    where = f"pool {pool.name}: " if pool is not None else ""
+    if timeouts.connect_s >= timeouts.first_byte_s:
+        raise ConfigError(
+            f"{where}connect_timeout_s ({timeouts.connect_s}) must be below first_byte_timeout_s "
+            f"({timeouts.first_byte_s}): the connection is part of the wait for the first byte"
+        )
+    if timeouts.first_byte_s > timeouts.response_s:
+        raise ConfigError(
+            f"{where}first_byte_timeout_s ({timeouts.first_byte_s}) must not exceed response_timeout_s "
+            f"({timeouts.response_s}): a whole answer's wait includes its first byte"
+        )
+    return timeouts
+
+
+class OutlierConfig(_Strict):
+    """When a backend is taken out of service on its outcomes (gateway/outlier.py; Envoy's outlier detection)."""
+
+    consecutive_failures: int = Field(default=3, ge=1, description="failed outcomes in a row that eject")
+    failure_ratio: float = Field(default=0.5, gt=0, le=1, description="share of failed outcomes that ejects ...")
+    window_s: float = Field(default=30.0, gt=0, description="... over this sliding window ...")
+    min_requests: int = Field(default=10, ge=1, description="... once it holds this many outcomes")
+    base_ejection_s: float = Field(default=5.0, gt=0, description="first ejection; each next one lasts twice as long")
+    max_ejection_s: float = Field(default=120.0, gt=0, description="longest ejection")
+
+
+class AdmissionConfig(_Strict):
+    """Load shedding (policies/admission.py): refuse at once with 429 what no pool can serve in time."""
+
+    enabled: bool = True
+    max_utilization: float = Field(
+        default=1.0,
+        gt=0,
+        description="a request predicted to miss its SLO on every pool is refused once each pool that could "
+        "serve it is past this utilization (1.0: the profile's operating point)",
+    )
+    priority_factor: float = Field(
+        default=1.5, ge=1, description="each priority level above 0 multiplies the bound by this, each below divides"
+    )
+    max_header_priority: int = Field(default=2, ge=0, le=5, description="highest priority `x-priority` can claim")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a refusal")
+
+
+class ShutdownConfig(_Strict):
+    """What SIGTERM does: readiness goes 503, new requests are refused, in-flight work gets a deadline."""
+
+    unready_wait_s: float = Field(
+        default=1.0, ge=0, description="keep serving new requests this long after /readyz turns 503 (load balancers)"
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, gt=0, description="from SIGTERM until the streams still open end with an error event"
+    )
 
 
 class ScalingConfig(_Strict):
@@ -146,7 +246,9 @@ class GatewayConfig(_Strict):
     price_set: str = "melange"
     slo: SLOConfig = Field(default_factory=SLOConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    health_interval_s: float = Field(default=5.0, gt=0)
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="a backend without a clean answer for this long gets a probe completion"
+    )
     admin_token: str | None = Field(
         default=None, min_length=16, description="bearer token of the admin API; default: $RICARDO_ADMIN_TOKEN"
     )
@@ -161,11 +263,16 @@ class GatewayConfig(_Strict):
     )
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
         check_shared(self.shared(), self.models)
+        for pool in self.pools:
+            upstream_timeouts(self.limits, pool)
         return self
 
     def shared(self) -> SharedConfig:

@@ -60,6 +60,18 @@ class GatewayMetrics:
         self.upstream_errors = Counter(
             "ricardo_upstream_errors", "Upstream failures, by kind.", ["pool", "kind"], registry=r
         )
+        self.ejections = Counter(
+            "ricardo_backend_ejections",
+            "Backends taken out of service on their failed answers (outlier detection).",
+            ["pool", "backend"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "ricardo_shed",
+            "Requests refused with 429 because no pool could serve them in time (admission control).",
+            ["model", "priority"],
+            registry=r,
+        )
         self.in_flight = Gauge("ricardo_pool_in_flight", "Requests in flight per pool.", ["pool"], registry=r)
         self.utilization = Gauge(
             "ricardo_pool_utilization", "Share of profiled capacity in use per pool.", ["pool"], registry=r

@@ -1,20 +1,25 @@
-"""Live state of pools and their backends in this gateway process."""
+"""Live state of pools and their backends in this gateway process.
+
+A backend takes requests when its last health probe passed, it is not draining, it is not resting (it
+could not be reached, or said it is overloaded: 429/503) and its outlier detector has it in service
+(its recent answers completed; gateway/outlier.py).
+"""
 
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from ricardo.gateway.config import LimitsConfig, PoolConfig
+from ricardo.gateway.config import LimitsConfig, OutlierConfig, PoolConfig, Timeouts
+from ricardo.gateway.outlier import OutlierDetector
+from ricardo.gateway.urls import redact, split_credentials
 from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PoolView
 
-COOLDOWN_BASE_S = 1.0
-COOLDOWN_MAX_S = 30.0
-ERRORS_BEFORE_COOLDOWN = 3  # consecutive HTTP 500 / 502 / 504 answers (connection errors, 429 and 503: the first)
+REST_BASE_S = 1.0
+REST_MAX_S = 30.0
 
 
 @dataclass(eq=False)
@@ -23,47 +28,63 @@ class Backend:
 
     url: str  # where requests go, without credentials (the session sends them)
     session: aiohttp.ClientSession
+    outlier: OutlierDetector
     shown: str = ""  # the configured URL with its password redacted: what logs, metrics and the admin API show
     in_flight: int = 0
     healthy: bool = True  # last health probe succeeded
-    failures: int = 0  # consecutive failures, for the cooldown's back-off
-    cooldown_until: float = 0.0
+    failures: int = 0  # unreachable or overloaded answers in a row, for the rest's back-off
+    cooldown_until: float = 0.0  # resting until then
     draining: bool = False
+    last_clean_at: float = 0.0  # last clean answer or passed probe: a backend recently proven needs no probe
+    last_probed_at: float = 0.0
+    probe_completions: bool = True  # False once it refused a probe completion: probed with GET /v1/models
+
+    def last_checked_at(self) -> float:
+        return max(self.last_clean_at, self.last_probed_at)
 
     def __post_init__(self) -> None:
         self.shown = self.shown or self.url
 
     def available(self, now: float) -> bool:
-        return self.healthy and not self.draining and now >= self.cooldown_until
+        return self.healthy and not self.draining and now >= self.cooldown_until and self.outlier.takes_requests()
 
-    def record_failure(self, now: float, retry_after: float | None = None, *, at_once: bool = True) -> None:
-        """Count a failure and cool the backend down, with an exponential back-off. `at_once=False` (an HTTP 500,
-        502 or 504: maybe this request's fault, a "poison" body that fails every backend) cools it down only from
-        the ERRORS_BEFORE_COOLDOWN-th failure in a row, as Envoy's consecutive-5xx outlier detection does: one
-        bad request must not take every backend out of service."""
+    def rest(self, now: float, retry_after: float | None = None) -> None:
+        """It could not be reached or said it is overloaded (429, 503): rest it at once, 1 s doubling to 30 s
+        (or as long as its Retry-After says). No trial needed to come back: the next attempt is one, and an
+        attempt that fails before the first byte costs the client nothing but the retry."""
         self.failures += 1
-        strikes = self.failures if at_once else self.failures - ERRORS_BEFORE_COOLDOWN + 1
-        if strikes <= 0:
-            return
-        backoff = min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** (strikes - 1))
-        # a later failure extends the cooldown, never shortens it
+        backoff = min(REST_MAX_S, REST_BASE_S * 2 ** (self.failures - 1))
+        # a later failure extends the rest, never shortens it
         self.cooldown_until = max(self.cooldown_until, now + max(backoff, retry_after or 0.0))
 
-    def record_success(self) -> None:
+    def reached(self) -> None:
+        """It took a request (answered 200): whatever it said before, it is not overloaded now."""
         self.failures = 0
         self.cooldown_until = 0.0
+
+    def outcome(self, now: float, ok: bool, trial: bool = False) -> bool:
+        """How an answer ended (`trial`: the half-open trial's; gateway/outlier.py); True if that ejects it."""
+        if ok:
+            self.last_clean_at = now
+        return self.outlier.record(now, ok, trial)
 
 
 @dataclass(eq=False)
 class Pool:
     config: PoolConfig
     ledger: PoolLedger  # requests in flight, their load, live latency: the same accounting as the simulator's
+    timeouts: Timeouts
     backends: list[Backend] = field(default_factory=list)
     _tiebreak: itertools.count = field(default_factory=itertools.count)
 
     @classmethod
-    def new(cls, config: PoolConfig, models: tuple[str, ...], price_per_hour: float) -> Pool:
-        return cls(config, PoolLedger(config.name, config.hardware, price_per_hour, models))
+    def new(cls, config: PoolConfig, models: tuple[str, ...], price_per_hour: float, timeouts: Timeouts) -> Pool:
+        return cls(config, PoolLedger(config.name, config.hardware, price_per_hour, models), timeouts)
+
+    @property
+    def model(self) -> str:
+        """The model a probe asks for."""
+        return self.models[0]
 
     @property
     def name(self) -> str:
@@ -97,19 +118,26 @@ class Pool:
         return tied[next(self._tiebreak) % len(tied)]
 
 
+def new_backend(configured: str, limits: LimitsConfig, outlier: OutlierConfig, api_key: str | None) -> Backend:
+    """A backend for the URL as configured: requests go to it without its credentials, which the session sends
+    as basic auth; logs, metrics and the admin API show it redacted."""
+    url, credentials = split_credentials(configured)
+    session = new_session(limits, api_key, credentials)
+    return Backend(url.rstrip("/"), session, OutlierDetector(outlier), shown=redact(configured))
+
+
 def new_session(
     limits: LimitsConfig, api_key: str | None, credentials: tuple[str, str] | None = None
 ) -> aiohttp.ClientSession:
     """One pooled client session per backend, so one slow backend cannot starve the others' connections.
-    The backend's credentials: a bearer `api_key`, or the user and password its URL carried (basic auth)."""
+    The backend's credentials: a bearer `api_key`, or the user and password its URL carried (basic auth).
+    No timeout here: each request sets the connect timeout of its pool, and the gateway enforces the first-byte
+    and idle timeouts itself (aiohttp's sock_read would apply one read timeout to both: the idle timeout
+    silently capped the wait for the first byte)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limits.connections_per_backend, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s, sock_read=limits.idle_timeout_s),
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         headers=headers,
         auth=aiohttp.BasicAuth(*credentials) if credentials else None,
     )
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -19,11 +19,20 @@ from ricardo.protocol.openai import Endpoint, OpenAIError, ParsedRequest
 
 ESTIMATE_MARGIN = 1.25  # an estimated input count can be this far off before a request is refused on it
 SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
+PRIORITY_HEADER = "x-priority"
+MIN_PRIORITY = -5
 
 
 class Shaper:
-    def __init__(self, default_slo: SLO, encoding: str | None = None, predictor: OutputLengthPredictor | None = None):
+    def __init__(
+        self,
+        default_slo: SLO,
+        encoding: str | None = None,
+        predictor: OutputLengthPredictor | None = None,
+        max_header_priority: int = 0,
+    ):
         self.default_slo = default_slo
+        self.max_header_priority = max_header_priority
         self.counter = InputTokenCounter(encoding)
         self.predictor = predictor or OutputLengthPredictor.load_default()
         # the first prediction loads the features' tokenizer (~0.3 s): here, not on the event loop's first request
@@ -32,8 +41,14 @@ class Shaper:
         self.outcome_hooks: list[Callable[[RequestFeatures, int], None]] = []
 
     def shape(
-        self, endpoint: Endpoint, body: dict[str, Any], request: ParsedRequest, headers: Mapping[str, str]
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        request: ParsedRequest,
+        headers: Mapping[str, str],
+        priority: int | None = None,
     ) -> tuple[RequestShape, RequestFeatures]:
+        """`priority`: granted by a layer in front (an API key's); without it, the `x-priority` header's."""
         if endpoint == "chat":
             input_tokens = self.counter.count_messages(body["messages"])
         else:
@@ -50,6 +65,7 @@ class Shaper:
             slo=self._slo(headers),
             max_tokens=request.output_cap,
             stream=request.stream,
+            priority=self._priority(headers) if priority is None else priority,
         )
         return shape, features
 
@@ -73,6 +89,18 @@ class Shaper:
             "messages",
             "context_length_exceeded",
         )
+
+    def _priority(self, headers: Mapping[str, str]) -> int:
+        """`x-priority`: an integer; anyone may lower their own priority, but claim at most `max_header_priority`
+        (an unauthenticated header must not let a client jump every queue)."""
+        raw = headers.get(PRIORITY_HEADER)
+        if raw is None:
+            return 0
+        try:
+            value = int(raw)
+        except ValueError:
+            raise OpenAIError(400, f"header {PRIORITY_HEADER} must be an integer", param=PRIORITY_HEADER) from None
+        return max(MIN_PRIORITY, min(self.max_header_priority, value))
 
     def _slo(self, headers: Mapping[str, str]) -> SLO:
         values = {}

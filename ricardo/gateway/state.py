@@ -16,22 +16,34 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import aiohttp
 from pydantic import ValidationError
 
 from ricardo.errors import InvalidInput
-from ricardo.gateway.config import ConfigError, GatewayConfig, SharedConfig, backend_id, backend_key, check_shared
+from ricardo.gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    SharedConfig,
+    backend_id,
+    backend_key,
+    check_shared,
+    upstream_timeouts,
+)
+from ricardo.gateway.health import Health
 from ricardo.gateway.keys import KeyRing
 from ricardo.gateway.learning import PredictorLearning, load_predictor
 from ricardo.gateway.metrics import GatewayMetrics
-from ricardo.gateway.pools import Backend, Pool, new_session
+from ricardo.gateway.pools import Backend, Pool, new_backend
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
-from ricardo.gateway.urls import Listener, is_loopback, redact, split_credentials
+from ricardo.gateway.urls import Listener, is_loopback, redact
 from ricardo.policies.routing import get_policy, request_cost_usd
-from ricardo.policies.types import SLO, Choice, RequestShape
+from ricardo.policies.types import SLO, Choice, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
+
+if TYPE_CHECKING:
+    from ricardo.gateway.trip import Trip
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -54,7 +66,12 @@ class GatewayState:
         self.version = 0
         self.policy = get_policy(self.shared.policy)
         predictor, source = load_predictor(config.predictor.model_path)
-        self.shaper = Shaper(SLO(self.shared.slo.ttft_ms, self.shared.slo.tpot_ms), config.tokenizer, predictor)
+        self.shaper = Shaper(
+            SLO(self.shared.slo.ttft_ms, self.shared.slo.tpot_ms),
+            config.tokenizer,
+            predictor,
+            max_header_priority=config.admission.max_header_priority,
+        )
         self.learning = PredictorLearning(
             predictor, self.store, config.predictor, self.replica_id, self.metrics.registry, source
         )
@@ -66,6 +83,10 @@ class GatewayState:
         self._tasks: list[asyncio.Task] = []
         # called with (prompt_tokens, completion_tokens) of every request that completed with usage
         self.outcome_listeners: list[Callable[[int, int], None]] = []
+        self.health = Health(self)
+        self.trips: set[Trip] = set()  # requests in flight, for a graceful shutdown
+        self.draining = False  # shutting down: /readyz says 503
+        self.refusing = False  # shutting down: new requests are refused
         self.check(self.shared)
 
     @property
@@ -78,8 +99,11 @@ class GatewayState:
         (at another SLO, `capacity_share` scales their concurrency linearly: a first-order guess)."""
         return self._books.get(slo.tpot_ms, self.book)
 
-    def rank(self, shape: RequestShape, now: float) -> list[Choice]:
-        views = [p.view(now) for p in self.pools.values() if shape.model in p.models]
+    def views(self, shape: RequestShape, now: float) -> list[PoolView]:
+        """The pools that serve the request's model, as the policy sees them now."""
+        return [p.view(now) for p in self.pools.values() if shape.model in p.models]
+
+    def rank(self, shape: RequestShape, views: list[PoolView]) -> list[Choice]:
         return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
     def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
@@ -94,6 +118,7 @@ class GatewayState:
         for pool in shared.pools:
             for url in pool.backends:
                 self.listener.check(str(url))
+            upstream_timeouts(self.config.limits, pool)
             if not self.book.has(pool.hardware):
                 raise ConfigError(
                     f"pool {pool.name}: no profile for hardware {pool.hardware!r}; "
@@ -123,10 +148,11 @@ class GatewayState:
             if price is None:
                 price = self.book.price(pool_config.hardware)
             models = tuple(self.config.pool_models(pool_config))
+            timeouts = upstream_timeouts(self.config.limits, pool_config)
             pool = self.pools.get(pool_config.name)
             if pool is None or pool.hardware != pool_config.hardware:
-                pool = Pool.new(pool_config, models, price)
-            pool.config = pool_config
+                pool = Pool.new(pool_config, models, price, timeouts)
+            pool.config, pool.timeouts = pool_config, timeouts
             pool.ledger.reprice(price, models)
             draining = {backend_id(u) for u in pool_config.draining}
             pool.backends = []
@@ -136,9 +162,7 @@ class GatewayState:
                 if backend is None or backend.shown != redact(configured):  # new, or its credentials changed
                     if backend is not None:
                         old_backends[(pool.name, key)] = backend  # closed below
-                    url, credentials = split_credentials(configured)
-                    session = new_session(self.config.limits, pool_config.api_key, credentials)
-                    backend = Backend(url.rstrip("/"), session, shown=redact(configured))
+                    backend = new_backend(configured, self.config.limits, self.config.outlier, pool_config.api_key)
                 backend.draining = key in draining
                 pool.backends.append(backend)
             pools[pool.name] = pool
@@ -159,8 +183,8 @@ class GatewayState:
         await self.store.start()
         await self.learning.start()
         await self.keys.start()
-        await self.probe_all()
-        self._tasks.append(asyncio.create_task(self._health_loop()))
+        await self.health.probe_all()
+        self._tasks.append(asyncio.create_task(self.health.run()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -176,34 +200,6 @@ class GatewayState:
     def ready(self) -> dict[str, int]:
         now = time.monotonic()
         return {name: len(pool.available_backends(now)) for name, pool in self.pools.items()}
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.health_interval_s)
-            await self.probe_all()
-
-    async def probe_all(self) -> None:
-        checks = [self._probe(pool, b) for pool in list(self.pools.values()) for b in pool.backends]
-        await asyncio.gather(*checks)
-        now = time.monotonic()
-        for pool in self.pools.values():
-            self.metrics.in_flight.labels(pool.name).set(pool.ledger.in_flight)
-            self.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
-        self.metrics.store_up.set(1 if self.store.healthy else 0)
-
-    async def _probe(self, pool: Pool, backend: Backend) -> None:
-        """A backend is healthy when it answers GET /v1/models, which every OpenAI-compatible server has."""
-        try:
-            async with backend.session.get(
-                backend.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2.0), allow_redirects=False
-            ) as response:
-                healthy = response.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            healthy = False
-        if healthy != backend.healthy:
-            log.warning("backend %s of pool %s is now %s", backend.shown, pool.name, "up" if healthy else "down")
-        backend.healthy = healthy
-        self.metrics.backend_up.labels(pool.name, backend.shown).set(1 if backend.available(time.monotonic()) else 0)
 
 
 async def _close_when_idle(backend: Backend, patience_s: float = 600.0) -> None:

@@ -32,3 +32,43 @@ def test_config_file_round_trip(tmp_path):
 def test_bad_configs_are_refused_with_a_reason(pools, message):
     with pytest.raises(ValidationError, match=message):
         GatewayConfig.model_validate({"pools": pools})
+
+
+def test_timeouts_default_to_seconds_and_none_caps_another():
+    from ricardo.gateway.config import upstream_timeouts
+
+    config = GatewayConfig.model_validate({"pools": [{"name": "a", "hardware": "L4"}]})
+    t = upstream_timeouts(config.limits, config.pools[0])
+    assert t.connect_s <= 5 and t.first_byte_s <= 60 and t.idle_s <= 30, "a hang surfaces in seconds"
+    assert t.connect_s < t.first_byte_s <= t.response_s
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"limits": {"connect_timeout_s": 10, "first_byte_timeout_s": 5}}, "connection is part of the wait"),
+        ({"limits": {"first_byte_timeout_s": 300, "response_timeout_s": 120}}, "includes its first byte"),
+        (
+            {"pools": [{"name": "cpu", "hardware": "CPU", "timeouts": {"first_byte_timeout_s": 900}}]},
+            "pool cpu: first_byte_timeout_s",
+        ),
+        ({"pools": [{"name": "a", "hardware": "L4", "timeouts": {"idle_timeout_s": 0}}]}, "greater than 0"),
+    ],
+)
+def test_timeouts_that_would_cap_one_another_are_refused(settings, message):
+    doc = {"pools": [{"name": "a", "hardware": "L4"}], **settings}
+    with pytest.raises(ValidationError, match=message):
+        GatewayConfig.model_validate(doc)
+
+
+def test_a_pool_overrides_some_timeouts_and_keeps_the_rest():
+    from ricardo.gateway.config import upstream_timeouts
+
+    config = GatewayConfig.model_validate(
+        {
+            "limits": {"idle_timeout_s": 15},
+            "pools": [{"name": "cpu", "hardware": "CPU", "timeouts": {"first_byte_timeout_s": 120}}],
+        }
+    )
+    t = upstream_timeouts(config.limits, config.pools[0])
+    assert (t.first_byte_s, t.idle_s, t.response_s) == (120, 15, config.limits.response_timeout_s)

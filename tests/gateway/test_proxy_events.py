@@ -1,8 +1,11 @@
-"""The SSE relay's per-event decisions: usage capture, usage-chunk stripping, first-token time."""
+"""The SSE relay's per-event decisions: usage capture, usage-chunk stripping, first-token time, completeness."""
 
 import json
 
-from ricardo.gateway.proxy import Trip, _keep, _upstream_body
+from ricardo.gateway.dispatch import checked_json
+from ricardo.gateway.proxy import _upstream_body
+from ricardo.gateway.relay import StreamCheck, _keep
+from ricardo.gateway.trip import Trip
 from ricardo.policies.types import SLO, RequestShape
 
 SHAPE = RequestShape("m", 10, 5, 9, SLO(1000, 100))
@@ -13,28 +16,61 @@ def trip() -> Trip:
 
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}'
-TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":" the"}}],"usage":null}'
+TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":" the"},"finish_reason":null}],"usage":null}'
+LAST = b'data: {"choices":[{"index":0,"delta":{"content":"."},"finish_reason":"stop"}],"usage":null}'
+LAST_SPACED = b'data: {"choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": "length"}]}'
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}'
+ERROR = b'data: {"error":{"message":"engine died","type":"internal_error"}}'
 
 
 def test_usage_chunk_is_captured_and_stripped_unless_asked():
     t = trip()
-    assert _keep(t, USAGE, client_wants_usage=False) is False
+    assert _keep(t, StreamCheck(), USAGE, client_wants_usage=False) is False
     assert t.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-    assert _keep(trip(), USAGE, client_wants_usage=True) is True
+    assert _keep(trip(), StreamCheck(), USAGE, client_wants_usage=True) is True
 
 
 def test_first_token_time_waits_for_content_not_the_role_chunk():
     t = trip()
-    _keep(t, ROLE, False)
+    _keep(t, StreamCheck(), ROLE, False)
     assert t.first_token_at is None
-    _keep(t, TOKEN, False)
+    _keep(t, StreamCheck(), TOKEN, False)
     assert t.first_token_at is not None
 
 
 def test_done_and_content_chunks_pass_through():
     t = trip()
-    assert _keep(t, TOKEN, False) and _keep(t, b"data: [DONE]", False)
+    assert _keep(t, StreamCheck(), TOKEN, False) and _keep(t, StreamCheck(), b"data: [DONE]", False)
+
+
+def test_a_stream_is_complete_with_a_finish_reason_and_done_only():
+    t, check = trip(), StreamCheck()
+    for event in (ROLE, TOKEN, TOKEN):
+        _keep(t, check, event, False)
+    assert not check.finished and not check.done
+    _keep(t, check, LAST, False)
+    assert check.finished and not check.done
+    _keep(t, check, b"data:[DONE]", False)  # the space after the colon is optional in SSE
+    assert check.done and not check.error
+    spaced = StreamCheck()
+    _keep(t, spaced, LAST_SPACED, False)
+    assert spaced.finished, "JSON with spaces is parsed, not pattern-matched"
+
+
+def test_an_upstream_error_event_is_relayed_and_noted():
+    check = StreamCheck()
+    assert _keep(trip(), check, ERROR, False) is True
+    assert check.error
+
+
+def test_a_whole_answer_must_be_json_with_choices():
+    good = {"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}
+    raw = json.dumps(good).encode()
+    assert checked_json(raw) == good
+    assert checked_json(raw[: len(raw) // 2]) is None
+    assert checked_json(b'{"choices": []}') is None
+    assert checked_json(b'{"error": {"message": "x"}}') is None
+    assert checked_json(b"[1, 2]") is None
 
 
 def test_upstream_always_asked_for_usage_and_other_fields_kept():

@@ -72,28 +72,60 @@ class Cluster:
     """Emulated pools and a gateway in front of them, as separate processes."""
 
     def __init__(
-        self, pools: dict[str, tuple[str, int]], tmp: Path, speed: float = 1.0, gateways: int = 1, **gateway_settings
+        self,
+        pools: dict[str, tuple[str, int]],
+        tmp: Path,
+        speed: float = 1.0,
+        gateways: int = 1,
+        faults: dict[str, list[str | None]] | None = None,
+        pool_settings: dict[str, dict] | None = None,
+        **gateway_settings,
     ):
+        """`faults`: per pool, a fault spec (ricardo/emulator/faults.py; "" for none) or None for each of its
+        backends; a backend with a spec runs in a process of its own, which `replace_backend` restarts with
+        other faults. `pool_settings`: more fields of each pool's config (models, timeouts)."""
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
+        self.hardware = {port: pools[name][0] for name, ports in self.pool_ports.items() for port in ports}
+        self.faults = {
+            port: spec
+            for name, specs in (faults or {}).items()
+            for port, spec in zip(self.pool_ports[name], specs, strict=True)
+            if spec is not None
+        }
+        self.backend_processes: dict[int, Process] = {}
+        default_model = gateway_settings.get("models", ["llama2-7b"])[0]
+        self.model = {
+            port: (pool_settings or {}).get(name, {}).get("models", [default_model])[0]
+            for name, ports in self.pool_ports.items()
+            for port in ports
+        }
         config = {
             "host": "127.0.0.1",
             "port": self.gateway_port,
             "models": ["llama2-7b"],
             "health_interval_s": 0.5,
+            "shutdown": {"unready_wait_s": 0},  # no load balancer to tell: stop at once
             **gateway_settings,
             "pools": [
                 {
                     "name": name,
                     "hardware": hardware,
                     "backends": [f"http://127.0.0.1:{p}" for p in self.pool_ports[name]],
+                    **(pool_settings or {}).get(name, {}),
                 }
                 for name, (hardware, _) in pools.items()
             ],
         }
         self.config_path = tmp / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+        sound = [
+            {**pool, "backends": [b for b in pool["backends"] if int(b.rsplit(":", 1)[1]) not in self.faults]}
+            for pool in config["pools"]
+        ]
+        self.emulator_config_path = tmp / "emulators.yaml"
+        self.emulator_config_path.write_text(yaml.safe_dump({**config, "pools": [p for p in sound if p["backends"]]}))
         self.speed = speed
         self.admin_token: str | None = gateway_settings.get("admin_token")
         self.processes: list[Process] = []
@@ -122,13 +154,18 @@ class Cluster:
             raise
 
     def _start(self) -> Cluster:
-        emulator = Process(
-            ricardo_command("emulate", "--config", str(self.config_path), "--speed", str(self.speed)), "emulator"
-        )
-        self.processes.append(emulator)
+        if len(self.faults) < len(self.hardware):
+            emulator = Process(
+                ricardo_command("emulate", "--config", str(self.emulator_config_path), "--speed", str(self.speed)),
+                "emulator",
+            )
+            self.processes.append(emulator)
+        for port, spec in self.faults.items():
+            self._start_backend(port, spec)
         for ports in self.pool_ports.values():
             for port in ports:
-                emulator.wait_http(f"http://127.0.0.1:{port}/v1/models")
+                process = self.backend_processes.get(port, self.processes[0])
+                process.wait_http(f"http://127.0.0.1:{port}/v1/models")
         gateways = []
         for index, port in enumerate(self.gateway_ports):
             gateway = Process(
@@ -139,9 +176,24 @@ class Cluster:
             )
             self.processes.append(gateway)
             gateways.append(gateway)
+        self.gateways = gateways
         for gateway, url in zip(gateways, self.urls, strict=True):
             gateway.wait_http(f"{url}/readyz")
         return self
+
+    def _start_backend(self, port: int, faults: str | None) -> Process:
+        args = ["emulate", "--gpu", self.hardware[port], "--model", self.model[port], "--port", str(port)]
+        args += ["--speed", str(self.speed)]
+        process = Process(ricardo_command(*args, *(["--fault", faults] if faults else [])), f"emulator-{port}")
+        self.processes.append(process)
+        self.backend_processes[port] = process
+        return process
+
+    def replace_backend(self, port: int, faults: str | None = None) -> None:
+        """Stop the backend on `port` (one started with faults) and start it again with `faults`."""
+        self.backend_processes[port].stop()
+        process = self._start_backend(port, faults)
+        process.wait_http(f"http://127.0.0.1:{port}/v1/models")
 
     def emulate_more(self, hardware: str) -> str:
         """Start one more emulated backend (its own process); return its URL."""
@@ -161,3 +213,27 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.output()}" for p in self.processes)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples at `url`/metrics whose labels include `labels` (0 if none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_for(condition, timeout: float, interval: float = 0.1):
+    """Poll `condition` until it returns a true value (returned) or `timeout` seconds pass (its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from ricardo.gateway.pools import ERRORS_BEFORE_COOLDOWN
+from ricardo.gateway.config import OutlierConfig
 
 from tests.integration.harness import Cluster
 
@@ -36,7 +36,7 @@ def post(cluster: Cluster, **headers: str) -> tuple[int, dict, dict]:
 
 def test_requests_that_crash_every_backend_do_not_take_the_pool_out(cluster):
     # a "poison" request: every backend answers it 500; the gateway tries both, then answers 502
-    assert ERRORS_BEFORE_COOLDOWN >= 3
+    assert OutlierConfig().consecutive_failures >= 3
     for _ in range(2):
         status, _, error = post(cluster, **{"x-emulator-fail-status": "500"})
         assert status == 502 and error["type"] == "upstream_error" and "Traceback" not in error["message"]

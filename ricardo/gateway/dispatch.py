@@ -1,0 +1,217 @@
+"""Choosing and attempting backends: try them in the policy's order until one gives an answer the gateway can
+commit to the client.
+
+Nothing reaches the client before an attempt has succeeded, so every failure until then is retried on the next
+backend (up to `limits.max_attempts`): for a stream, until its first event has arrived; for a whole answer,
+until all of it has been read and found to be valid JSON with choices. Each attempt has its pool's timeouts:
+connect, then first byte (stream: the first event) or whole answer (not streamed), then idle between reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ricardo.gateway.config import Timeouts
+from ricardo.gateway.pools import Backend, Pool
+from ricardo.gateway.trip import Trip, fail, give_up, start
+from ricardo.policies.types import Choice
+from ricardo.protocol.openai import OpenAIError, error_for_status
+
+if TYPE_CHECKING:
+    from ricardo.gateway.state import GatewayState
+
+RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
+UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# Counts the gateways a request has passed through: a backend that is (or leads back to) a gateway would otherwise
+# loop until file descriptors run out. Every request a gateway sends upstream carries it, probes too.
+HOPS_HEADER = "x-ricardo-hops"
+
+
+@dataclass
+class Answer:
+    """What a successful attempt got: the upstream response and what was read of it (a stream's first events,
+    or a whole answer's body and its parsed JSON)."""
+
+    response: aiohttp.ClientResponse
+    head: bytes
+    body: dict[str, Any] | None = None
+
+
+class AttemptFailed(Exception):
+    def __init__(self, kind: str, error: OpenAIError, overloaded: bool = False, retry_after: float | None = None):
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+        self.overloaded = overloaded
+        self.retry_after = retry_after
+
+
+async def dispatch(
+    state: GatewayState, trip: Trip, choices: list[Choice], payload: bytes, headers: dict[str, str], stream: bool
+) -> Answer:
+    """Try backends in the policy's order until one answers; raise the most telling error otherwise."""
+    limits = state.config.limits
+    last_error: OpenAIError | None = None
+    for choice in choices:
+        pool = state.pools.get(choice.pool)
+        while pool is not None and trip.attempts < limits.max_attempts:
+            backend = pool.pick_backend(time.monotonic(), trip.tried)
+            if backend is None:
+                break
+            trip.attempts += 1
+            trip.tried.add(backend)
+            start(state, trip, pool, backend, choice)
+            try:
+                return await attempt(pool, backend, trip, payload, headers, stream)
+            except AttemptFailed as failure:
+                last_error = failure.error
+                fail(state, trip, failure.kind, overloaded=failure.overloaded, retry_after=failure.retry_after)
+            except OpenAIError:
+                give_up(trip)  # the request itself is wrong; another backend would say the same
+                raise
+        if trip.attempts >= limits.max_attempts:
+            break
+    if last_error is None:
+        raise OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
+    if last_error.status in (429, 503):
+        last_error.headers.setdefault("Retry-After", "1")
+    raise last_error
+
+
+async def attempt(
+    pool: Pool, backend: Backend, trip: Trip, payload: bytes, headers: dict[str, str], stream: bool
+) -> Answer:
+    """One attempt on one backend; AttemptFailed (retry elsewhere) or OpenAIError (answer the client that)."""
+    t = pool.timeouts
+    url = backend.url + UPSTREAM_PATHS[trip.endpoint]
+    response: aiohttp.ClientResponse | None = None
+    done = False
+    try:
+        async with asyncio.timeout(t.first_byte_s if stream else t.response_s) as budget:
+            try:
+                response = await backend.session.post(
+                    url,
+                    data=payload,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(sock_connect=t.connect_s),
+                    allow_redirects=False,  # a redirect could lead anywhere the gateway can reach
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                raise AttemptFailed(
+                    "connect", error_for_status(502, f"upstream {pool.name} unreachable"), overloaded=True
+                ) from exc
+            if response.status != 200:
+                await _refused(pool, response)
+            backend.reached()
+            if stream:
+                head = await _first_event(response)
+                done = True
+                return Answer(response, head)
+            raw = await _read_all(response, budget, t)
+            body = checked_json(raw)
+            if body is None:
+                raise AttemptFailed("bad_json", error_for_status(502, f"upstream {pool.name} answered invalid JSON"))
+            trip.outcome = True
+            done = True
+            return Answer(response, raw, body)
+    except TimeoutError as exc:
+        what = "first byte" if stream else "whole answer"
+        seconds = t.first_byte_s if stream else t.response_s
+        raise AttemptFailed(
+            "timeout", error_for_status(504, f"upstream {pool.name}: no {what} within {seconds:g} s")
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise AttemptFailed(
+            "broken", error_for_status(502, f"upstream {pool.name} broke off: {type(exc).__name__}")
+        ) from exc
+    finally:
+        if response is not None and not done:
+            response.close()  # the backend sees the connection close and can stop the work
+
+
+async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
+    """A non-200 answer: AttemptFailed if another backend may do better, else the client's error."""
+    status = response.status
+    error = await _upstream_error(response)
+    if status not in RETRIABLE_STATUSES:
+        raise error
+    raise AttemptFailed(
+        f"http_{status}",
+        error,
+        overloaded=status in (429, 503),  # overloaded, it says; a 500 may be the request's fault
+        retry_after=_retry_after(response),
+    )
+
+
+async def _first_event(response: aiohttp.ClientResponse) -> bytes:
+    """Read a stream up to its first whole event (within the first-byte budget)."""
+    head = b""
+    while b"\n\n" not in head:
+        data = await response.content.readany()
+        if not data:
+            raise aiohttp.ClientPayloadError("the stream ended before its first event")
+        head += data
+    return head
+
+
+async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t: Timeouts) -> bytes:
+    """Read a whole answer: within the whole-answer budget, and with no silence longer than the idle timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = budget.when()
+    chunks: list[bytes] = []
+    while True:
+        idle_end = loop.time() + t.idle_s
+        if deadline is None or idle_end < deadline:
+            budget.reschedule(idle_end)
+        data = await response.content.readany()
+        budget.reschedule(deadline)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def checked_json(raw: bytes) -> dict[str, Any] | None:
+    """A whole answer's JSON when it is complete (an object with a non-empty list of choices), else None."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+        return None
+    return body
+
+
+async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
+    """Normalise an upstream error (OpenAI-shaped, vLLM's flat shape, or plain text) to ours."""
+    status = response.status
+    try:
+        body = await response.json(content_type=None)
+        detail = body.get("error", body) if isinstance(body, dict) else {}
+        message = detail.get("message") if isinstance(detail, dict) else str(detail)
+    except (ValueError, aiohttp.ClientError):
+        detail, message = {}, None
+    message = message or f"upstream answered HTTP {status}"
+    if status == 508:  # a gateway further on found the loop: the client should hear that, not a bare 502
+        return OpenAIError(508, message, "api_error", code="loop_detected")
+    if status >= 500 or status < 400:  # a redirect is not followed: it could lead anywhere the gateway can reach
+        return error_for_status(502 if status != 503 else 503, f"upstream error: {message}")
+    return OpenAIError(
+        status,
+        message,
+        detail.get("type") or "invalid_request_error",
+        detail.get("param"),
+        detail.get("code") if isinstance(detail.get("code"), str) else None,
+    )
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    try:
+        return float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None

@@ -1,0 +1,137 @@
+"""Health of the backends: probes for backends not recently proven, and the trials that bring ejected ones back.
+
+The probe is a tiny real completion (the pool's model, `max_tokens: 1`, not streamed), read whole and checked
+as a client's answer would be: a backend whose `/v1/models` answers while its completions fail is found out.
+A backend that does not take such a request (400, 404, 405, 422: no chat template, another route) is probed with
+`GET /v1/models` from then on. To stay cheap, only a backend that has given no clean answer for
+`health_interval_s` is probed: traffic already says how busy backends are doing. The same probe is the trial
+of an ejected backend once its ejection is over (gateway/outlier.py): if it passes, one real request decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from ricardo.gateway.dispatch import HOPS_HEADER, checked_json
+from ricardo.gateway.pools import Backend, Pool
+
+if TYPE_CHECKING:
+    from ricardo.gateway.state import GatewayState
+
+log = logging.getLogger("ricardo.gateway")
+
+TICK_S = 0.5  # how often ejections that ended and backends due for a probe are looked for
+NOT_FOR_PROBES = {400, 404, 405, 422}  # the backend does not take the probe completion; it may still be healthy
+PROBE_HEADERS = {"Content-Type": "application/json", "x-ricardo-probe": "1", HOPS_HEADER: "1"}
+
+
+class Health:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self._busy: set[Backend] = set()  # probed or on trial now
+        self._tasks: set[asyncio.Task] = set()
+
+    async def probe_all(self) -> None:
+        """Probe every backend now (at start)."""
+        backends = [(pool, b) for pool in list(self.state.pools.values()) for b in pool.backends]
+        await asyncio.gather(*(self._check(pool, b, trial=False) for pool, b in backends))
+        self._gauges()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(TICK_S)
+                now = time.monotonic()
+                interval = self.state.config.health_interval_s
+                for pool in list(self.state.pools.values()):
+                    for backend in pool.backends:
+                        if backend in self._busy:
+                            continue
+                        if backend.outlier.probe_due(now):
+                            self._spawn(pool, backend, trial=True)
+                        elif backend.outlier.in_service() and now - backend.last_checked_at() >= interval:
+                            self._spawn(pool, backend, trial=False)
+                self._gauges()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, pool: Pool, backend: Backend, trial: bool) -> None:
+        self._busy.add(backend)
+        task = asyncio.create_task(self._check(pool, backend, trial))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, pool: Pool, backend: Backend, trial: bool) -> None:
+        try:
+            backend.last_probed_at = time.monotonic()
+            ok = await probe(pool, backend)
+        finally:
+            self._busy.discard(backend)
+        now = time.monotonic()
+        if trial:
+            backend.outlier.probe_result(now, ok)
+            log.warning(
+                "backend %s of pool %s: probe after ejection %s",
+                backend.shown,
+                pool.name,
+                "passed; half-open: the next request decides"
+                if ok
+                else f"failed; ejected for {backend.outlier.ejected_until - now:.0f} s",
+            )
+        if ok:
+            backend.last_clean_at = now
+        if ok != backend.healthy:
+            log.warning("backend %s of pool %s is now %s", backend.shown, pool.name, "up" if ok else "down")
+        backend.healthy = ok
+
+    def _gauges(self) -> None:
+        state, now = self.state, time.monotonic()
+        for pool in state.pools.values():
+            state.metrics.in_flight.labels(pool.name).set(pool.ledger.in_flight)
+            state.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
+            for b in pool.backends:
+                state.metrics.backend_up.labels(pool.name, b.shown).set(1 if b.available(now) else 0)
+        state.metrics.store_up.set(1 if state.store.healthy else 0)
+
+
+async def probe(pool: Pool, backend: Backend) -> bool:
+    """Whether the backend gives a clean answer to a tiny completion (or, if it does not take one, answers
+    `GET /v1/models`), within its pool's first-byte timeout."""
+    t = pool.timeouts
+    timeout = aiohttp.ClientTimeout(sock_connect=t.connect_s)
+    try:
+        async with asyncio.timeout(t.first_byte_s):
+            if backend.probe_completions:
+                body = {"model": pool.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+                async with backend.session.post(
+                    backend.url + "/v1/chat/completions",
+                    data=json.dumps(body),
+                    headers=PROBE_HEADERS,
+                    timeout=timeout,
+                    allow_redirects=False,
+                ) as response:
+                    if response.status == 200:
+                        return checked_json(await response.read()) is not None
+                    if response.status not in NOT_FOR_PROBES:
+                        return False
+                log.warning(
+                    "backend %s of pool %s does not take a probe completion (HTTP %d); probing GET /v1/models",
+                    backend.shown,
+                    pool.name,
+                    response.status,
+                )
+                backend.probe_completions = False
+            async with backend.session.get(
+                backend.url + "/v1/models", timeout=timeout, allow_redirects=False
+            ) as response:
+                return response.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False

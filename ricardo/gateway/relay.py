@@ -1,0 +1,165 @@
+"""Relaying an upstream stream to the client, and checking that it is complete.
+
+A stream is complete when a choice carried a `finish_reason` and the stream ended with `data: [DONE]`. One that
+ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
+client, with an OpenAI-shaped error event (`data: {"error": {...}}`, then the end of the stream: the openai
+client raises it), never as if it were complete; and it counts as a failed answer of its backend (metrics,
+outlier detection). Usage is always asked of the upstream; its extra chunk is stripped for clients that did
+not ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ricardo.gateway.dispatch import Answer
+from ricardo.gateway.state import GatewayState
+from ricardo.gateway.trip import Trip, failed
+from ricardo.protocol.openai import error_body, sse
+
+log = logging.getLogger("ricardo.gateway")
+
+
+@dataclass
+class StreamCheck:
+    """What a stream has said so far about its completeness."""
+
+    finished: bool = False  # a choice carried a finish_reason
+    done: bool = False  # data: [DONE]
+    error: bool = False  # the upstream sent an error event
+
+
+async def relay_stream(
+    request: web.Request,
+    state: GatewayState,
+    trip: Trip,
+    answer: Answer,
+    headers: dict[str, str],
+    client_wants_usage: bool,
+) -> web.StreamResponse:
+    pool, backend = trip.pool, trip.backend
+    assert pool is not None and backend is not None  # an attempt succeeded
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})
+    await response.prepare(request)
+    check = StreamCheck()
+    upstream = answer.response
+    idle = pool.timeouts.idle_s
+    loop = asyncio.get_running_loop()
+    buffer = answer.head
+    ending: tuple[str, int, str] | None = None  # (kind, status, message) of a stream that did not complete
+    try:
+        async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
+            while True:
+                *events, buffer = buffer.split(b"\n\n")
+                out = [e + b"\n\n" for e in events if e.strip() and _keep(trip, check, e, client_wants_usage)]
+                if out:
+                    await response.write(b"".join(out))
+                if check.done or check.error:
+                    break
+                quiet.reschedule(loop.time() + idle)
+                data = await upstream.content.readany()
+                quiet.reschedule(None)
+                if not data:
+                    break
+                buffer += data
+    except TimeoutError:
+        ending = ("stall", 504, f"upstream stalled: no data for {idle:g} s")
+    except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
+        trip.status = 499
+        return response
+    except aiohttp.ClientError as exc:
+        ending = ("broken", 502, f"upstream stream broke off ({type(exc).__name__})")
+    except asyncio.CancelledError:
+        if trip.aborted is None:  # the client went away: aiohttp cancels its handler
+            trip.status = 499
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the gateway cancelled it itself, to end the stream with a word
+        trip.status = 503
+        await _end(response, error_body(f"the gateway is {trip.aborted}; retry", "service_unavailable"))
+        return response
+    else:
+        if check.error:
+            ending = ("error_event", 502, "")  # the upstream's error event has reached the client
+        elif not (check.finished and check.done):
+            ending = ("incomplete", 502, "upstream ended the stream before it was complete")
+    if ending is None:
+        trip.outcome = True
+        await _end(response, None)
+        return response
+    kind, trip.status, message = ending
+    trip.outcome = False
+    log.warning("request %s: stream from %s of pool %s failed (%s)", trip.request_id, backend.shown, pool.name, kind)
+    failed(state, trip, kind)
+    await _end(response, error_body(message, "upstream_error", code=kind) if message else None)
+    return response
+
+
+def _keep(trip: Trip, check: StreamCheck, event: bytes, client_wants_usage: bool) -> bool:
+    """Note what the gateway needs from one SSE event and say whether the client should see it."""
+    data = _data(event)
+    if data is None:
+        return True  # a comment (keep-alive) or a field without data
+    if data == b"[DONE]":
+        check.done = True
+        return True
+    worth_parsing = (
+        trip.first_token_at is None
+        or b'"usage":{' in data
+        or b'"error"' in data
+        or (b'"finish_reason"' in data and b'"finish_reason":null' not in data)
+    )
+    if not worth_parsing:
+        return True
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return True
+    if not isinstance(payload, dict):
+        return True
+    if payload.get("error"):
+        check.error = True
+        return True
+    choices = payload.get("choices")
+    choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    if trip.first_token_at is None and any(_has_content(c) for c in choices):
+        trip.first_token_at = time.monotonic()
+    if any(c.get("finish_reason") for c in choices):
+        check.finished = True
+    usage = payload.get("usage")
+    if isinstance(usage, dict):
+        trip.usage = usage
+        if not choices:
+            return client_wants_usage
+    return True
+
+
+def _data(event: bytes) -> bytes | None:
+    """The data of one SSE event (its first `data:` line), or None."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            return line[5:].strip()
+    return None
+
+
+def _has_content(choice: dict[str, Any]) -> bool:
+    return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
+
+
+async def _end(response: web.StreamResponse, error: dict[str, Any] | None) -> None:
+    """End the stream, with an error event first if there is one; a client already gone is no error."""
+    try:
+        if error is not None:
+            await response.write(sse(error))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass

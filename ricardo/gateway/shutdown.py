@@ -1,0 +1,47 @@
+"""A graceful shutdown (SIGTERM): stop taking work, let the work in flight finish, end what is left with a word.
+
+1. `/readyz` turns 503 at once, so load balancers stop sending; new requests are still served for
+   `unready_wait_s`, the time they take to notice.
+2. Then new requests are refused (503 with Retry-After: the openai client retries them elsewhere).
+3. Requests in flight finish, until `drain_timeout_s` after the signal.
+4. Those still running then are ended: a stream with an SSE error event (never a silent cut), a request that
+   has not answered yet with a 503. Then the upstream connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ricardo.gateway.config import ShutdownConfig
+from ricardo.gateway.state import GatewayState
+
+log = logging.getLogger("ricardo.gateway")
+
+POLL_S = 0.05
+WORDS_S = 2.0  # how long the requests ended at the deadline get to say so
+
+
+async def drain(state: GatewayState, config: ShutdownConfig) -> None:
+    signalled = time.monotonic()
+    state.draining = True
+    log.info("shutting down: unready now, refusing new requests in %g s", config.unready_wait_s)
+    await asyncio.sleep(config.unready_wait_s)
+    state.refusing = True
+    deadline = signalled + config.drain_timeout_s
+    if state.trips:
+        log.info("waiting up to %.0f s for %d requests in flight", deadline - time.monotonic(), len(state.trips))
+    while state.trips and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+    left = list(state.trips)
+    if not left:
+        return
+    log.warning("drain deadline: ending %d requests still in flight", len(left))
+    for trip in left:
+        trip.aborted = "shutting down"
+        if trip.task is not None:
+            trip.task.cancel()
+    end = time.monotonic() + WORDS_S
+    while state.trips and time.monotonic() < end:
+        await asyncio.sleep(POLL_S)

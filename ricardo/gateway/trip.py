@@ -1,0 +1,154 @@
+"""One request in flight, and the events of its life: an attempt starts on a backend, fails, or the trip ends.
+
+Every path out of a request (clean answer, upstream failure, client gone, shutdown) ends in `account`, which
+releases what `start` took (the pool ledger's ticket, the backend's in-flight count) exactly once, and tells
+the backend's outlier detector how the answer ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ricardo.gateway.keys import ClientKey
+from ricardo.gateway.pools import Backend, Pool
+from ricardo.policies.ledger import Ticket
+from ricardo.policies.types import Choice, RequestShape
+from ricardo.predictor.features import RequestFeatures
+from ricardo.protocol.openai import Endpoint
+
+if TYPE_CHECKING:
+    from ricardo.gateway.state import GatewayState
+
+log = logging.getLogger("ricardo.gateway")
+
+
+@dataclass(eq=False)
+class Trip:
+    """What the gateway knows about one request while it is in flight."""
+
+    endpoint: Endpoint
+    request_id: str
+    shape: RequestShape
+    features: RequestFeatures
+    started: float
+    key: ClientKey | None = None  # the client's API key, charged for the answer
+    pool: Pool | None = None
+    backend: Backend | None = None
+    choice: Choice | None = None
+    ticket: Ticket | None = None
+    attempts: int = 0
+    first_token_at: float | None = None
+    usage: dict | None = None
+    status: int = 200
+    # how the answer ended for the backend: True clean, False its failure, None says nothing (client gone)
+    outcome: bool | None = None
+    tried: set = field(default_factory=set)
+    trial: bool = False  # the attempt in progress is its backend's half-open trial (gateway/outlier.py)
+    task: asyncio.Task | None = None  # the handler's, which shutdown cancels
+    aborted: str | None = None  # why the gateway itself ends the request early (shutdown)
+
+
+def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
+    """An attempt starts on `backend`."""
+    trip.pool, trip.backend, trip.choice = pool, backend, choice
+    trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic())
+    trip.trial = backend.outlier.begin()
+    backend.in_flight += 1
+
+
+def _release(trip: Trip) -> None:
+    pool, backend, ticket = trip.pool, trip.backend, trip.ticket
+    assert pool is not None and backend is not None and ticket is not None  # started
+    pool.ledger.abandon(ticket)  # a no-op if `finish` released it already
+    backend.in_flight -= 1
+    if trip.trial:  # it ended without saying anything about the backend: the next request is the trial
+        backend.outlier.end_trial()
+        trip.trial = False
+    trip.pool = trip.backend = None
+
+
+def give_up(trip: Trip) -> None:
+    """The attempt ends without an answer for the client and without saying anything about the backend
+    (it answered that the request itself is wrong)."""
+    _release(trip)
+
+
+def fail(
+    state: GatewayState, trip: Trip, kind: str, *, overloaded: bool = False, retry_after: float | None = None
+) -> None:
+    """The attempt failed before anything reached the client; the caller tries the next backend. `overloaded`:
+    the backend could not be reached or said it is overloaded (it rests); otherwise the failure is an outcome."""
+    pool, backend = trip.pool, trip.backend
+    assert pool is not None and backend is not None  # started
+    now = time.monotonic()
+    if overloaded:
+        backend.rest(now, retry_after)
+    else:
+        failed(state, trip, kind)
+    state.metrics.fallbacks.labels(pool.name, kind).inc()
+    log.warning("request %s: backend %s of pool %s failed (%s)", trip.request_id, backend.shown, pool.name, kind)
+    _release(trip)
+
+
+def failed(state: GatewayState, trip: Trip, kind: str) -> None:
+    """Count a failed answer of the trip's backend: a metric, its outlier detector."""
+    pool, backend = trip.pool, trip.backend
+    assert pool is not None and backend is not None  # started
+    now = time.monotonic()
+    state.metrics.upstream_errors.labels(pool.name, kind).inc()
+    ejected = backend.outcome(now, False, trip.trial)
+    trip.trial = False
+    if ejected:
+        state.metrics.ejections.labels(pool.name, backend.shown).inc()
+        log.warning(
+            "backend %s of pool %s ejected for %.0f s after failed answers (%s)",
+            backend.shown,
+            pool.name,
+            backend.outlier.ejected_until - now,
+            kind,
+        )
+
+
+def account(state: GatewayState, trip: Trip) -> None:
+    """Everything that learns from a finished request: pool load, the backend's outcomes, metrics, the predictor."""
+    pool, backend = trip.pool, trip.backend
+    if pool is None or backend is None:
+        return
+    end = time.monotonic()
+    name = pool.name
+    m = state.metrics
+    m.requests.labels(trip.shape.model, name, str(trip.status)).inc()
+    m.duration.labels(name).observe(end - trip.started)
+    if trip.outcome is True:
+        backend.outcome(end, True, trip.trial)
+        trip.trial = False
+    if trip.first_token_at is not None:
+        m.ttft.labels(name).observe(trip.first_token_at - trip.started)
+    usage = trip.usage or {}
+    prompt_tokens = usage.get("prompt_tokens")
+    completion_tokens = usage.get("completion_tokens")
+    clean = trip.status == 200 and trip.outcome is True
+    if clean and isinstance(completion_tokens, int) and completion_tokens > 1 and trip.first_token_at is not None:
+        m.tpot.labels(name).observe((end - trip.first_token_at) / (completion_tokens - 1))
+    assert trip.ticket is not None  # dispatched
+    if trip.first_token_at is not None:
+        pool.ledger.first_token(trip.ticket, trip.first_token_at)
+    # the ledger learns latency only from a clean answer's token count
+    pool.ledger.finish(trip.ticket, end, completion_tokens if clean and isinstance(completion_tokens, int) else None)
+    _release(trip)
+    if clean and isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
+        m.tokens.labels(name, "input").inc(prompt_tokens)
+        m.tokens.labels(name, "output").inc(completion_tokens)
+        m.token_usage.labels("input").observe(prompt_tokens)
+        m.token_usage.labels("output").observe(completion_tokens)
+        cost = state.request_cost(pool, prompt_tokens, completion_tokens)
+        m.cost.labels(name).inc(cost)
+        if trip.key is not None:
+            state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
+        state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
+        for listener in state.outcome_listeners:
+            listener(prompt_tokens, completion_tokens)
