@@ -79,11 +79,13 @@ class Cluster:
         gateways: int = 1,
         faults: dict[str, list[str | None]] | None = None,
         pool_settings: dict[str, dict] | None = None,
+        fault_processes: bool = True,
         **gateway_settings,
     ):
         """`faults`: per pool, a fault spec (ricardo/emulator/faults.py; "" for none) or None for each of its
         backends; a backend with a spec runs in a process of its own, which `replace_backend` restarts with
-        other faults. `pool_settings`: more fields of each pool's config (models, timeouts)."""
+        other faults (with `fault_processes=False`, they share the one emulator process instead, and cannot be
+        restarted). `pool_settings`: more fields of each pool's config (models, timeouts)."""
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
@@ -95,6 +97,9 @@ class Cluster:
             if spec is not None
         }
         self.backend_processes: dict[int, Process] = {}
+        self.shared_faults = [] if fault_processes else [f"{port}:{spec}" for port, spec in self.faults.items() if spec]
+        if not fault_processes:
+            self.faults = {}
         default_model = gateway_settings.get("models", ["llama2-7b"])[0]
         self.model = {
             port: (pool_settings or {}).get(name, {}).get("models", [default_model])[0]
@@ -155,8 +160,11 @@ class Cluster:
 
     def _start(self) -> Cluster:
         if len(self.faults) < len(self.hardware):
+            faults = [arg for spec in self.shared_faults for arg in ("--fault", spec)]
             emulator = Process(
-                ricardo_command("emulate", "--config", str(self.emulator_config_path), "--speed", str(self.speed)),
+                ricardo_command(
+                    "emulate", "--config", str(self.emulator_config_path), "--speed", str(self.speed), *faults
+                ),
                 "emulator",
             )
             self.processes.append(emulator)
