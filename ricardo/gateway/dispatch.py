@@ -156,8 +156,13 @@ async def _first_event(response: aiohttp.ClientResponse) -> bytes:
         data = await response.content.readany()
         if not data:
             raise aiohttp.ClientPayloadError("the stream ended before its first event")
-        head += data
+        head += sse_lines(data)
     return head
+
+
+def sse_lines(data: bytes) -> bytes:
+    """SSE lines may end with CRLF (sse-starlette's default): the relay splits events on LF alone."""
+    return data.replace(b"\r\n", b"\n") if b"\r" in data else data
 
 
 async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t: Timeouts) -> bytes:

@@ -8,6 +8,8 @@ could not be reached, or said it is overloaded: 429/503) and its outlier detecto
 from __future__ import annotations
 
 import itertools
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -20,6 +22,7 @@ from ricardo.policies.types import PoolView
 
 REST_BASE_S = 1.0
 REST_MAX_S = 30.0
+QUEUE_WINDOW_S = 2.0  # recent starts a pool's queueing delay is measured over
 
 
 @dataclass(eq=False)
@@ -76,6 +79,31 @@ class Pool:
     timeouts: Timeouts
     backends: list[Backend] = field(default_factory=list)
     _tiebreak: itertools.count = field(default_factory=itertools.count)
+    _starts: deque[tuple[float, float]] = field(default_factory=deque)  # (when, time to first token ms)
+    _waiting: dict[int, float] = field(default_factory=dict)  # streams sent and not started: key -> sent at
+
+    def waits(self, key: int, sent: float) -> None:
+        """A stream was sent to one of the pool's backends and waits for its first token."""
+        self._waiting[key] = sent
+
+    def started(self, key: int, now: float) -> None:
+        """Its first token arrived."""
+        sent = self._waiting.pop(key, None)
+        if sent is not None:
+            self._starts.append((now, (now - sent) * 1000))
+
+    def left(self, key: int) -> None:
+        """It ended (or moved to another backend) without a first token here."""
+        self._waiting.pop(key, None)
+
+    def queue_delay_ms(self, now: float) -> float | None:
+        """How long streams wait for their first token here now: the median over the streams that started in the
+        last QUEUE_WINDOW_S (their time to first token) and those still waiting (how long they have waited so
+        far, a lower bound: a queue that grows shows in it before its requests start); None without either."""
+        while self._starts and self._starts[0][0] < now - QUEUE_WINDOW_S:
+            self._starts.popleft()
+        samples = [ttft for _, ttft in self._starts] + [(now - sent) * 1000 for sent in self._waiting.values()]
+        return statistics.median(samples) if samples else None
 
     @classmethod
     def new(cls, config: PoolConfig, models: tuple[str, ...], price_per_hour: float, timeouts: Timeouts) -> Pool:

@@ -90,7 +90,9 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     admission = state.config.admission
     if admission.enabled:
         limits = AdmissionLimits(admission.max_utilization, admission.priority_factor)
-        decision = admit(shape, choices, {v.name: v for v in views}, limits)
+        now = time.monotonic()
+        delays = {v.name: state.pools[v.name].queue_delay_ms(now) for v in views if v.name in state.pools}
+        decision = admit(shape, choices, {v.name: v for v in views}, limits, delays)
         if not decision.admit:
             state.metrics.shed.labels(req.model, str(shape.priority)).inc()
             raise OpenAIError(

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import Answer
+from ricardo.gateway.dispatch import Answer, sse_lines
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, failed
 from ricardo.protocol.openai import error_body, sse
@@ -67,9 +67,11 @@ async def relay_stream(
                 quiet.reschedule(loop.time() + idle)
                 data = await upstream.content.readany()
                 quiet.reschedule(None)
-                if not data:
+                if not data:  # a last event without its blank line: completed, passed on and counted
+                    if buffer.strip() and _keep(trip, check, buffer, client_wants_usage):
+                        await response.write(buffer + b"\n\n")
                     break
-                buffer += data
+                buffer += sse_lines(data)
     except TimeoutError:
         ending = ("stall", 504, f"upstream stalled: no data for {idle:g} s")
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
@@ -132,7 +134,9 @@ def _keep(trip: Trip, check: StreamCheck, event: bytes, client_wants_usage: bool
     choices = payload.get("choices")
     choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
     if trip.first_token_at is None and any(_has_content(c) for c in choices):
-        trip.first_token_at = time.monotonic()
+        trip.first_token_at = now = time.monotonic()
+        if trip.pool is not None:
+            trip.pool.started(id(trip), now)
     if any(c.get("finish_reason") for c in choices):
         check.finished = True
     usage = payload.get("usage")

@@ -58,12 +58,15 @@ def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice:
     trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic())
     trip.trial = backend.outlier.begin()
     backend.in_flight += 1
+    if trip.shape.stream:
+        pool.waits(id(trip), trip.started)
 
 
 def _release(trip: Trip) -> None:
     pool, backend, ticket = trip.pool, trip.backend, trip.ticket
     assert pool is not None and backend is not None and ticket is not None  # started
     pool.ledger.abandon(ticket)  # a no-op if `finish` released it already
+    pool.left(id(trip))
     backend.in_flight -= 1
     if trip.trial:  # it ended without saying anything about the backend: the next request is the trial
         backend.outlier.end_trial()

@@ -80,3 +80,11 @@ def test_upstream_always_asked_for_usage_and_other_fields_kept():
     assert sent["ignore_eos"] is True
     assert body["stream_options"] == {"x": 1}, "the client's body is not modified in place"
     assert "stream_options" not in json.loads(_upstream_body({"model": "m"}, stream=False))
+
+
+def test_crlf_line_ends_are_read_as_lf():
+    from ricardo.gateway.dispatch import sse_lines
+
+    assert sse_lines(b"data: {}\r\n\r\ndata: [DONE]\r\n\r\n").split(b"\n\n") == [b"data: {}", b"data: [DONE]", b""]
+    same = b"data: {}\n\n"
+    assert sse_lines(same) is same

@@ -48,3 +48,21 @@ def test_a_policy_without_slack_is_judged_by_the_queue_alone():
 
 def test_no_choice_is_not_a_refusal_of_admission():
     assert admit(shape(), [], {}, LIMITS).admit
+
+
+def test_a_standing_queue_refuses_what_the_model_would_admit():
+    # the model sees room (the predictor under-sized the requests, or the backend is bound by its KV cache), but
+    # most requests there lately waited past the TTFT SLO (2 s) for their first token: a newcomer would too
+    pools = {"a": PoolView("a", "A10G", 1.0, 2, in_flight=10, in_flight_load=1.0)}
+    choices = [choice("a", 0.3)]
+    assert admit(shape(), choices, pools, LIMITS, {"a": 1500.0}).admit
+    refused = admit(shape(), choices, pools, LIMITS, {"a": 2100.0})
+    assert not refused.admit and "queueing 2100 ms" in refused.reason
+    assert admit(shape(1), choices, pools, LIMITS, {"a": 2100.0}).admit, "priority 1 waits up to 3 s"
+    assert admit(shape(), choices, pools, LIMITS, {"a": None}).admit, "no recent start: no evidence"
+
+
+def test_a_slow_start_with_no_queue_is_not_a_standing_queue():
+    # one long prompt on slow hardware takes longer than the TTFT SLO alone: as many requests as replicas
+    idle = PoolView("cpu", "CPU", 1.0, 2, in_flight=2, in_flight_load=0.4)
+    assert admit(shape(), [choice("cpu", -0.5)], {"cpu": idle}, LIMITS, {"cpu": 9000.0}).admit
