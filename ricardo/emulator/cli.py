@@ -35,6 +35,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _emulate(args: argparse.Namespace) -> int:
     from ricardo.emulator.launch import BackendSpec, backends_from_config, run_backends, with_faults
+    from ricardo.errors import InvalidInput
 
     if args.config:
         specs = backends_from_config(args.config)
@@ -44,6 +45,6 @@ def _emulate(args: argparse.Namespace) -> int:
         raise SystemExit("ricardo emulate: give --gpu (with --port) or --config")
     try:
         specs = with_faults(specs, args.fault)
-    except ValueError as exc:
+    except InvalidInput as exc:
         raise SystemExit(f"ricardo emulate: {exc}") from None
     return run_backends(specs, speed=args.speed)

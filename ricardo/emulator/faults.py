@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ricardo.errors import InvalidInput
+
 
 @dataclass
 class Faults:
@@ -51,7 +53,7 @@ class Faults:
 
 
 def parse_faults(spec: str | None) -> Faults:
-    """`Faults` from a spec string; ValueError saying what is wrong."""
+    """`Faults` from a spec string; InvalidInput saying what is wrong."""
     faults = Faults()
     for item in (spec or "").split(","):
         item = item.strip()
@@ -82,7 +84,7 @@ def parse_faults(spec: str | None) -> Faults:
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(
+            raise InvalidInput(
                 f"bad fault {item!r}: expected error-rate=P (0-1), hang, stall-after=N, cut-after=N, no-done, "
                 "slow=X (> 0), min-tokens=K or seed=S"
             ) from None

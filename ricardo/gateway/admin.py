@@ -90,6 +90,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
                 "draining": b.draining,
                 "in_flight": b.in_flight,
                 "cooling_down": b.failures > 0,
+                "outlier": b.outlier.state,  # in service, ejected, probing, half-open (gateway/outlier.py)
             }
             for b in pool.backends
         ],
@@ -418,7 +419,8 @@ def openapi_document() -> dict:
             },
         }
         if route.method in ("POST", "PUT", "DELETE"):
-            operation["responses"]["415"] = {"description": "a change not sent as application/json"}
+            # a DELETE needs no content type without a body (security.guard)
+            operation["responses"]["415"] = {"description": "a change with a body not sent as application/json"}
             operation["responses"]["503"] = {"description": "the shared state store is unreachable"}
         parameters = [name for name in ("pool", "key_id") if "{" + name + "}" in route.path]
         if parameters:

@@ -124,7 +124,9 @@ def _admin(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {token}"}
+    if args.body is not None or args.method in ("POST", "PUT"):  # a DELETE without a body needs no content type
+        headers["Content-Type"] = "application/json"
     data = args.body.encode() if args.body is not None else None
     request = urllib.request.Request(args.url.rstrip("/") + args.path, data=data, method=args.method, headers=headers)
     try:

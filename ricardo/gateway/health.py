@@ -2,10 +2,12 @@
 
 The probe is a tiny real completion (the pool's model, `max_tokens: 1`, not streamed), read whole and checked
 as a client's answer would be: a backend whose `/v1/models` answers while its completions fail is found out.
-A backend that does not take such a request (400, 404, 405, 422: no chat template, another route) is probed with
-`GET /v1/models` from then on. To stay cheap, only a backend that has given no clean answer for
-`health_interval_s` is probed: traffic already says how busy backends are doing. The same probe is the trial
-of an ejected backend once its ejection is over (gateway/outlier.py): if it passes, one real request decides.
+A backend that does not take such a request (400, 404, 405, 422, 501: no chat template, another route) is
+probed with `GET /v1/models` from then on. A probe carries the hop header like any request the gateway sends:
+a backend that is another gateway is probed through it, and gateways that route to each other never pass.
+To stay cheap, only a backend that has given no clean answer for `health_interval_s` is probed: traffic already
+says how busy backends are doing. The same probe is the trial of an ejected backend once its ejection is over
+(gateway/outlier.py): if it passes, one real request decides.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ricardo.gateway")
 
 TICK_S = 0.5  # how often ejections that ended and backends due for a probe are looked for
-NOT_FOR_PROBES = {400, 404, 405, 422}  # the backend does not take the probe completion; it may still be healthy
+NOT_FOR_PROBES = {400, 404, 405, 422, 501}  # the backend does not take the probe completion; it may still be healthy
 PROBE_HEADERS = {"Content-Type": "application/json", "x-ricardo-probe": "1", HOPS_HEADER: "1"}
 
 

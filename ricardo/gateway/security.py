@@ -4,7 +4,8 @@ The admin API can rewire the gateway, so it always needs a bearer token. Without
 $RICARDO_ADMIN_TOKEN the gateway makes one at start (on loopback only), prints it once and writes it to a file
 only its user can read, where `ricardo admin` and the tests find it (Jupyter's scheme). A web page the user
 visits can still send requests to loopback: a cross-site request carries a foreign `Origin` (refused on every
-/admin route), and a simple cross-site POST cannot be `application/json` (mutating calls require it). DNS
+/admin route), and a simple cross-site POST cannot be `application/json` (changes with a body require it; a
+DELETE, which no page can send cross-site without a preflight, needs none without a body). DNS
 rebinding makes the page same-origin, but its requests carry the attacker's name in `Host`: while the token
 is generated (a developer's machine), only loopback names and configured hosts are served at all.
 """
@@ -155,7 +156,10 @@ def guard(access: AdminAccess) -> Middleware:
                 raise OpenAIError(403, "admin API: cross-origin requests are refused", "permission_error")
             if request.path != "/admin/openapi.json":
                 access.check_token(request)
-            if request.method in MUTATING and request.content_type != "application/json":
+            # a DELETE without a body needs no content type: a page cannot send a DELETE cross-site without a CORS
+            # preflight, which this gateway never grants; a body, on any method, must be JSON
+            needs_json = request.method in MUTATING and (request.method != "DELETE" or request.body_exists)
+            if needs_json and request.content_type != "application/json":
                 raise OpenAIError(
                     415,
                     "admin API: changes must be sent as Content-Type: application/json",

@@ -45,7 +45,7 @@ def call(url: str, method: str = "GET", body: bytes | dict | None = None, header
 
 
 def admin(cluster: Cluster, path: str, method: str = "GET", body: dict | None = None, **headers: str):
-    changes = body is not None or method != "GET"
+    changes = body is not None or method in ("POST", "PUT")  # a DELETE without a body needs no content type
     sent = {**cluster.admin_headers(), **({"Content-Type": "application/json"} if changes else {}), **headers}
     return call(cluster.url + path, method, body, sent)
 
@@ -92,6 +92,21 @@ def test_a_cross_site_post_cannot_add_a_backend(cluster):
     assert admin(cluster, "/admin/openapi.json", Origin="null")[0] == 403
     assert backends(cluster) == before
     assert admin(cluster, "/admin/slo", Origin=cluster.url)[0] == 200  # the gateway's own origin is fine
+
+
+def test_a_delete_needs_json_only_if_it_has_a_body(cluster):
+    """No page can send a DELETE cross-site without a CORS preflight (never granted), so a DELETE without a body
+    needs no content type; a body, on any method, must still be JSON."""
+    made = [admin(cluster, "/admin/keys", "POST", {"name": f"deleted{i}"})[1]["id"] for i in range(2)]
+    url = cluster.url + "/admin/keys/"
+    status, answer, _ = call(url + made[0], "DELETE", b"{}", {"Content-Type": "text/plain", **cluster.admin_headers()})
+    assert status == 415 and answer["error"]["code"] == "unsupported_media_type"
+    assert call(url + made[0], "DELETE", None, cluster.admin_headers())[0] == 200  # no body, no content type
+    assert call(url + made[1], "DELETE", None, {"Origin": "http://evil.example", **cluster.admin_headers()})[0] == 403
+    status, answer, _ = call(cluster.url + "/admin/keys", "POST", None, cluster.admin_headers())
+    assert status == 415, "a POST without a body still needs the JSON content type"
+    assert admin(cluster, url.removeprefix(cluster.url) + made[1], "DELETE")[0] == 200
+    assert not {k["id"] for k in admin(cluster, "/admin/keys")[1]["keys"]} & set(made)
 
 
 def test_dns_rebinding_is_refused_by_host(cluster):
@@ -166,13 +181,24 @@ def test_the_gateway_itself_is_refused_as_a_backend(cluster):
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
-    """A backend that records the Authorization header it receives (the health probe's GET /v1/models)."""
+    """A backend that records the Authorization header it receives (the health probe's completion, or its
+    GET /v1/models)."""
 
     seen: ClassVar[list[str | None]] = []
 
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        message = {"role": "assistant", "content": "pong"}
+        self.answer(
+            {"object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "length"}]}
+        )
+
     def do_GET(self):
+        self.answer({"object": "list", "data": []})
+
+    def answer(self, body: dict) -> None:
         Recorder.seen.append(self.headers.get("Authorization"))
-        payload = b'{"object": "list", "data": []}'
+        payload = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -225,28 +251,54 @@ def test_a_weak_or_missing_token_stops_the_gateway_from_starting(cluster, env, a
     assert done.returncode == 2 and message in done.stderr, (done.returncode, done.stderr)
 
 
-def test_two_gateways_routing_to_each_other_end_in_a_508(tmp_path):
-    """A loop no static check sees (each is the other's backend): the hop header ends it after 2 gateways."""
+def start_gateway(tmp_path, name: str, port: int, backend: str) -> Process:
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "health_interval_s": 0.2,
+        "pools": [{"name": "next", "hardware": "A10G", "backends": [backend]}],
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(config))
+    return Process(ricardo_command("serve", "--config", str(path)), name)
+
+
+def test_a_request_past_two_gateways_ends_in_a_508(cluster, tmp_path):
+    """A gateway in front of the cluster's: two in a row serve; a request that had passed through two gateways
+    before reaching them is refused by the second, and the first passes the 508 on."""
+    port = free_port()
+    front = start_gateway(tmp_path, "front", port, cluster.url)
+    try:
+        front.wait_http(f"http://127.0.0.1:{port}/readyz")  # its probe completion went through both
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        assert call(url, "POST", SMALL, {"Content-Type": "application/json"})[0] == 200
+        started = time.monotonic()
+        status, answer, _ = call(url, "POST", SMALL, {"Content-Type": "application/json", "x-ricardo-hops": "2"})
+        assert status == 508 and answer["error"]["code"] == "loop_detected", answer
+        assert time.monotonic() - started < 5
+        assert "passed through 3 gateways" in answer["error"]["message"]
+    finally:
+        front.stop()
+
+
+def test_two_gateways_routing_to_each_other_never_become_ready(tmp_path):
+    """A loop no static check sees (each is the other's backend): each one's probe completion can only pass if the
+    other's backend is up already, so neither ever is, and a request is refused at once instead of looping."""
     ports = [free_port(), free_port()]
     processes = []
     try:
         for i, (own, other) in enumerate([ports, ports[::-1]]):
-            config = {
-                "host": "127.0.0.1",
-                "port": own,
-                "health_interval_s": 0.2,
-                "pools": [{"name": "next", "hardware": "A10G", "backends": [f"http://127.0.0.1:{other}"]}],
-            }
-            path = tmp_path / f"gateway{i}.yaml"
-            path.write_text(json.dumps(config))
-            processes.append(Process(ricardo_command("serve", "--config", str(path)), f"loop{i}"))
+            processes.append(start_gateway(tmp_path, f"loop{i}", own, f"http://127.0.0.1:{other}"))
         for process, port in zip(processes, ports, strict=True):
-            process.wait_http(f"http://127.0.0.1:{port}/readyz")
+            process.wait_http(f"http://127.0.0.1:{port}/healthz")
+        time.sleep(1.0)  # a few health rounds (every 0.5 s) with both listening
+        for port in ports:
+            status, ready, _ = call(f"http://127.0.0.1:{port}/readyz")
+            assert status == 503 and ready["pools"] == {"next": 0}, ready
         started = time.monotonic()
         status, answer, _ = call(f"http://127.0.0.1:{ports[0]}/v1/chat/completions", "POST", SMALL)
-        assert status == 508 and answer["error"]["code"] == "loop_detected", answer
+        assert status == 503 and answer["error"]["type"] == "service_unavailable", answer
         assert time.monotonic() - started < 5
-        assert "passed through 3 gateways" in answer["error"]["message"]
     finally:
         for process in processes:
             process.stop()
@@ -266,6 +318,7 @@ def test_ricardo_admin_reads_the_generated_token(cluster):
     assert listed.returncode == 0 and "cli" in listed.stdout and "sk-rc-" in listed.stdout  # the prefix only
     assert json.loads(made.stdout)["key"] not in listed.stdout
     assert admin_cli("DELETE", "/admin/keys/key-nonesuch").returncode == 1
+    assert admin_cli("DELETE", f"/admin/keys/{json.loads(made.stdout)['id']}").returncode == 0
 
 
 def test_keys_are_optional_on_loopback_but_a_revoked_one_is_refused(cluster):
