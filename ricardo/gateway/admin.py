@@ -288,9 +288,16 @@ async def create_key(request: web.Request) -> web.Response:
         raise _store_down() from None
     state.metrics.admin_changes.labels("create_key").inc()
     audit.info(
-        "admin create_key by %s: key %s (%s, %s...): %s", request.remote, key.id, key.name, key.prefix, key.limits()
+        "admin create_key by %s: key %s (%s, %s...): %s, priority %d",
+        request.remote,
+        key.id,
+        key.name,
+        key.prefix,
+        key.limits(),
+        key.priority,
     )
-    answer = {"id": key.id, "name": key.name, "prefix": key.prefix, **key.limits(), "key": plain}
+    answer = {"id": key.id, "name": key.name, "prefix": key.prefix, **key.limits(), "priority": key.priority}
+    answer["key"] = plain
     return web.json_response({**answer, "note": "the key is shown this once; only its hash is kept"}, status=201)
 
 

@@ -12,6 +12,10 @@ LiteLLM's can; nothing is charged in advance) and dollars per UTC day (the cost 
 added to the key's day in the store after each request; a request already running when the budget runs out
 finishes).
 
+A key may carry a priority (0-2) for admission control (policies/admission.py): the priority its requests run at,
+and the most an `x-priority` header sent with it may claim. A client can lower its own priority, never raise it
+past what its key allows: the header alone is unauthenticated.
+
 While the store is down, requests are neither failed nor stalled: keys are checked against this replica's last
 copy (refreshed every second), rate limits count on this replica alone, and spend accrues locally, counts in
 this replica's budget checks and is written to the store once it is back.
@@ -35,6 +39,7 @@ from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from pydantic import BaseModel, ConfigDict, Field
 
 from ricardo.gateway.metrics import GatewayMetrics
+from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.store import StateStore, StoreUnavailable
 from ricardo.protocol.openai import OpenAIError
 
@@ -54,6 +59,9 @@ class KeyBody(BaseModel):
     requests_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
     tokens_per_minute: int | None = Field(default=None, ge=1, le=10**12)
     budget_usd_per_day: float | None = Field(default=None, ge=0, le=10**9)
+    priority: int = Field(
+        default=0, ge=0, le=2, description="admission priority of the key's requests, and the most x-priority may ask"
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class ClientKey:
     requests_per_second: int | None = None
     tokens_per_minute: int | None = None
     budget_usd_per_day: float | None = None
+    priority: int = 0  # records made before keys had priorities have none: 0
 
     @classmethod
     def from_record(cls, record: dict) -> ClientKey:
@@ -151,6 +160,7 @@ class KeyRing:
             requests_per_second=body.requests_per_second,
             tokens_per_minute=body.tokens_per_minute,
             budget_usd_per_day=body.budget_usd_per_day,
+            priority=body.priority,
         )
         await self.store.put_key(key.id, key.record())
         self._by_digest[key.digest] = key
@@ -171,6 +181,7 @@ class KeyRing:
                 "prefix": k.prefix,
                 "created": k.created,
                 **k.limits(),
+                "priority": k.priority,
                 "spend_today_usd": spend.get(k.id, 0.0),
             }
             for k in sorted(self._by_digest.values(), key=lambda k: k.created)
@@ -210,10 +221,12 @@ class KeyRing:
         return key
 
     async def admit(self, request: web.Request) -> ClientKey | None:
-        """Authenticate, then check the key's budget, tokens and request rate; raise 401 or 429."""
+        """Authenticate, then check the key's budget, tokens and request rate; raise 401 or 429. Grants the
+        request its key's priority (`request[PRIORITY_GRANT]`, which the shaper reads)."""
         key = self.authenticate(request)
         if key is None:
             return key
+        request[PRIORITY_GRANT] = key.priority
         if key.budget_usd_per_day is not None:
             spent = (await self.spend_today()).get(key.id, 0.0)
             if spent >= key.budget_usd_per_day:

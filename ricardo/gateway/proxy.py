@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ricardo.gateway.dispatch import HOPS_HEADER, dispatch
 from ricardo.gateway.relay import relay_stream
+from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, account
 from ricardo.policies.admission import AdmissionLimits, admit
@@ -49,8 +50,6 @@ HOP_BY_HOP = {
 SHAPE_IN_THREAD_BYTES = 64 * 1024
 # Two gateways in a row are legitimate (a regional tier in front of another); a third means a loop (HOPS_HEADER)
 MAX_HOPS = 2
-# where a layer in front of the proxy (client API keys) puts the priority it grants; it wins over `x-priority`
-PRIORITY_KEY = "ricardo.priority"
 
 
 async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -74,11 +73,11 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     request_id = request.headers.get("x-request-id", "")
     if not (request_id.isascii() and request_id.isprintable() and 0 < len(request_id) <= 200):
         request_id = uuid.uuid4().hex  # a header we could not send on is not propagated
-    priority = request.get(PRIORITY_KEY)
+    granted = request.get(PRIORITY_GRANT)  # by the client's API key (state.keys.admit)
     if len(raw) > SHAPE_IN_THREAD_BYTES:
-        shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, priority)
+        shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
     else:
-        shape, features = state.shaper.shape(endpoint, body, req, request.headers, priority)
+        shape, features = state.shaper.shape(endpoint, body, req, request.headers, granted)
     state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens)
     views = state.views(shape, time.monotonic())
     choices = state.rank(shape, views)

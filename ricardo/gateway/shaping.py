@@ -21,6 +21,9 @@ ESTIMATE_MARGIN = 1.25  # an estimated input count can be this far off before a 
 SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
 PRIORITY_HEADER = "x-priority"
 MIN_PRIORITY = -5
+# where a layer in front of the proxy (client API keys) puts the priority it grants a request: its default priority
+# and the most `x-priority` may claim (without a grant: 0, and `max_header_priority`)
+PRIORITY_GRANT = "ricardo.priority"
 
 
 class Shaper:
@@ -46,9 +49,9 @@ class Shaper:
         body: dict[str, Any],
         request: ParsedRequest,
         headers: Mapping[str, str],
-        priority: int | None = None,
+        granted: int | None = None,
     ) -> tuple[RequestShape, RequestFeatures]:
-        """`priority`: granted by a layer in front (an API key's); without it, the `x-priority` header's."""
+        """`granted`: the priority a layer in front granted (an API key's; see `_priority`)."""
         if endpoint == "chat":
             input_tokens = self.counter.count_messages(body["messages"])
         else:
@@ -65,7 +68,7 @@ class Shaper:
             slo=self._slo(headers),
             max_tokens=request.output_cap,
             stream=request.stream,
-            priority=self._priority(headers) if priority is None else priority,
+            priority=self._priority(headers, granted),
         )
         return shape, features
 
@@ -90,17 +93,19 @@ class Shaper:
             "context_length_exceeded",
         )
 
-    def _priority(self, headers: Mapping[str, str]) -> int:
-        """`x-priority`: an integer; anyone may lower their own priority, but claim at most `max_header_priority`
-        (an unauthenticated header must not let a client jump every queue)."""
+    def _priority(self, headers: Mapping[str, str], granted: int | None) -> int:
+        """`x-priority`: an integer; anyone may lower their own priority, but claim at most what was granted (an
+        API key's priority, which is also the default), or without a grant `max_header_priority` (an
+        unauthenticated header must not let a client jump every queue)."""
+        default, ceiling = (0, self.max_header_priority) if granted is None else (granted, granted)
         raw = headers.get(PRIORITY_HEADER)
         if raw is None:
-            return 0
+            return default
         try:
             value = int(raw)
         except ValueError:
             raise OpenAIError(400, f"header {PRIORITY_HEADER} must be an integer", param=PRIORITY_HEADER) from None
-        return max(MIN_PRIORITY, min(self.max_header_priority, value))
+        return max(MIN_PRIORITY, min(ceiling, value))
 
     def _slo(self, headers: Mapping[str, str]) -> SLO:
         values = {}

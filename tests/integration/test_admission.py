@@ -3,8 +3,11 @@ Retry-After, higher priorities still get in, and what is admitted is served."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -32,16 +35,46 @@ def client(cluster):
     return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def short(client, priority: str | None = None):
+@pytest.fixture(scope="module")
+def keys(cluster) -> dict[str, str]:
+    """Client keys by the priority they grant (keys are optional on loopback: the anonymous client still works)."""
+    made = {}
+    for priority in (0, 2):
+        body = json.dumps({"name": f"priority{priority}", "priority": priority}).encode()
+        headers = {"Content-Type": "application/json", **cluster.admin_headers()}
+        request = urllib.request.Request(cluster.url + "/admin/keys", data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+        assert answer["priority"] == priority
+        made[str(priority)] = answer["key"]
+    return made
+
+
+def short(client, priority: str | None = None, key: str | None = None):
     headers = {"x-emulator-output-tokens": "2"}
     if priority is not None:
         headers["x-priority"] = priority
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     return client.chat.completions.with_raw_response.create(
         model="llama2-7b", messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=2, extra_headers=headers
     )
 
 
-def test_a_full_pool_sheds_normal_priority_at_once_and_still_admits_higher(client):
+def test_a_key_priority_is_kept_with_the_key_and_bounded(cluster, keys):
+    listed = urllib.request.Request(cluster.url + "/admin/keys", headers=cluster.admin_headers())
+    with urllib.request.urlopen(listed, timeout=10) as response:
+        shown = {k["name"]: k["priority"] for k in json.loads(response.read())["keys"]}
+    assert shown["priority0"] == 0 and shown["priority2"] == 2
+    body = json.dumps({"name": "too-high", "priority": 3}).encode()
+    headers = {"Content-Type": "application/json", **cluster.admin_headers()}
+    request = urllib.request.Request(cluster.url + "/admin/keys", data=body, headers=headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 422
+
+
+def test_a_full_pool_sheds_normal_priority_at_once_and_still_admits_higher(client, keys):
     stop = threading.Event()
     holders: list[threading.Thread] = []
 
@@ -81,6 +114,12 @@ def test_a_full_pool_sheds_normal_priority_at_once_and_still_admits_higher(clien
             short(client, priority="-1")
         with pytest.raises(openai.BadRequestError, match="x-priority"):
             short(client, priority="high")
+        # a key's priority is its requests' priority, and the most x-priority may claim with it
+        assert short(client, key=keys["2"]).http_response.status_code == 200, "the key grants priority 2"
+        with pytest.raises(openai.RateLimitError):
+            short(client, priority="2", key=keys["0"])  # the header cannot raise a key's priority
+        with pytest.raises(openai.RateLimitError):
+            short(client, priority="-1", key=keys["2"])  # but a client may lower its own
     finally:
         stop.set()
         for thread in holders:
