@@ -20,7 +20,9 @@ unreachable the store answers reads from its last copy, drops writes and grants 
 serving the model it has and nobody refits until Redis is back; a request never waits on any of this.
 What is lost, by design: outcomes beyond `shared_outcomes` produced by one replica between two reads of the lease
 holder (the model needs a sample of the traffic, not all of it), and the outcomes a lease holder had buffered from
-others when it stops (the next holder starts from its own outcomes and what the others still hold).
+others when it stops (the next holder starts from its own outcomes and what the others still hold). When the lease
+moves and comes back, the holder still knows how far it read each replica (for FORGET_AFTER_S), so an outbox sent
+anew is not counted twice; a holder that never held the lease before may read outcomes another holder had read.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ SEEN_BLOB = "predictor-seen"
 OUTBOX_BLOB = "predictor-outcomes:"
 ANNOUNCE = "predictor:"
 RETRY_AFTER_FAILURE_S = 60.0  # a refit that failed is not retried sooner, whatever refit_min_interval_s says
+# A lease holder forgets what it read of a replica unannounced this long (a restarted process has a new id), not
+# at once: a replica that held the lease meanwhile did not announce itself, and sends its whole outbox anew
+FORGET_AFTER_S = 600.0
 
 
 def load_predictor(model_path: str | None) -> tuple[OutputLengthPredictor, str]:
@@ -100,6 +105,7 @@ class PredictorLearning:
         self._outbox: deque[tuple[int, Sample]] = deque(maxlen=max(1, settings.shared_outcomes))
         self._seq = self._published_seq = 0
         self._seen: dict[str, list] = {}  # lease holder: replica -> [epoch, last sequence number read]
+        self._announced_at: dict[str, float] = {}  # lease holder: replica -> when it was last announced
         self._outbox_versions: dict[str, int] = {}
         self._refused_version = 0  # a model blob this replica cannot read (another feature version)
         self._unpublished: bytes | None = None  # a refit the store did not take (down): published at the next tick
@@ -262,10 +268,15 @@ class PredictorLearning:
         if not self.settings.shared_outcomes:
             return
         announced = [r[len(ANNOUNCE) :] for r in await self.store.pull_stats() if r.startswith(ANNOUNCE)]
-        # forget replicas that stopped announcing themselves (ids of restarted processes would pile up)
-        changed = not self._seen.keys() <= set(announced)
-        self._seen = {r: v for r, v in self._seen.items() if r in announced}
-        self._outbox_versions = {r: v for r, v in self._outbox_versions.items() if r in announced}
+        now = time.monotonic()
+        self._announced_at.update(dict.fromkeys(announced, now))
+        # forget replicas long unannounced (ids of restarted processes would pile up; see FORGET_AFTER_S)
+        gone = {r for r, at in self._announced_at.items() if now - at > FORGET_AFTER_S}
+        for replica in gone:
+            del self._announced_at[replica]
+        changed = bool(gone & self._seen.keys())
+        self._seen = {r: v for r, v in self._seen.items() if r not in gone}
+        self._outbox_versions = {r: v for r, v in self._outbox_versions.items() if r not in gone}
         for replica in announced:
             if replica == self.replica_id:
                 continue

@@ -143,3 +143,32 @@ async def test_no_refit_before_enough_outcomes_and_time(reservoir):
     await learning.tick()
     assert learning.status()["refitting"] is False
     await learning.close()
+
+
+async def test_outcomes_are_counted_once_when_the_lease_moves_away_and_back(reservoir):
+    """A lease holder stops announcing itself: when the lease comes back to the first holder, what it had read of
+    the other replica must still be known, or the other's outbox, sent anew, is counted twice (seen as 202
+    outcomes for 160 in the two-replica integration test under load, where a late tick let the lease expire)."""
+    store = MemoryStore()
+    slow = dict(refit_min_outcomes=10_000, sync_interval_s=0.5)  # leases and announcements last 1.5 s
+    a, b = replica(store, "a", reservoir, **slow), replica(store, "b", reservoir, **slow)
+    await a.tick()  # a holds the lease
+    serve(b, requests(100, seed=26))
+    await b.tick()  # b announces itself and publishes its outbox
+    await a.tick()
+    assert a.received == 100
+    await store.release_lease("predictor", "a")  # a tick of a's came too late: the lease expired
+    await b.tick()  # b holds the lease now, and stops announcing itself
+    await a.tick()
+    assert (a.status()["role"], b.status()["role"]) == ("follower", "refitter")
+    await asyncio.sleep(1.6)  # b's announcement expires
+    await store.release_lease("predictor", "b")
+    await a.tick()  # a holds the lease again; b is not announced (yet)
+    await b.tick()  # b is a follower again and sends its outbox anew
+    await a.tick()
+    assert a.status()["role"] == "refitter" and a.received == 100
+    serve(b, requests(5, seed=27))
+    await b.tick()
+    await a.tick()
+    assert a.received == 105
+    await asyncio.gather(a.close(), b.close())
