@@ -127,8 +127,10 @@ def cost_aware(
 
     Slack, as a share of the SLO, is how far below it the request's latency per token is expected to be
     (`predicted_slack`): from `alone`, its latency per token alone on an idle replica (where the book knows
-    the hardware's step costs; 0 otherwise), and the pool's utilization after adding this request (its
-    share at the p90 output: an uncertain size counts as the larger one). So a request that barely fits the
+    the hardware's step costs; 0 otherwise), and the pool's utilization after adding this request, both at the
+    p90 output: an uncertain size counts as the larger one. (Judged at the p50, a long prompt whose answer the
+    predictor guesses short looks hopeless everywhere, prefill over a few tokens, and is sunk into an
+    overloaded pool though its real answer would have met the SLO anywhere.) So a request that barely fits the
     SLO even alone (a long prompt with a short answer) goes only to nearly idle pools, and one the pool cannot
     serve in time at all ranks as a predicted miss, though the capacity table (measured at the bucket's
     longest answer) says the bucket is servable. The pool's recent latency is not used: it is the latency
@@ -148,7 +150,7 @@ def cost_aware(
         rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
         if rps90 > 0:
             utilization = (pool.in_flight_load + _share_at(book, rps90, shape.output_p90, shape.slo)) / pool.replicas
-            alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p50)
+            alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p90)
             slack = predicted_slack(0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, utilization)
         key: tuple[float, ...]
         if slack is None or slack >= slack_target:

@@ -12,6 +12,7 @@ Hardware names: profiles use short names ("H100"), the price catalog `gpus.csv` 
 from __future__ import annotations
 
 import csv
+import math
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -392,6 +393,27 @@ def _growth_exponents(
     return by_input, by_output
 
 
+def _extend_rows(rows: list[list[float]], shape: tuple[int, int], output_edges: Sequence[int]) -> np.ndarray:
+    """A capacity table on the full grid. A ragged row (a profile that measured fewer answer lengths for long
+    prompts: Mélange's last A100/H100 row stops at 250 output tokens) is extended to the longer answers by the
+    row's own trend between its last two measured lengths, at least proportionally (the same rule as past the
+    last edge, `_growth_exponents`): "not measured" is not "cannot serve", and a router that refuses a request
+    because its *predicted* answer falls in an unmeasured cell turns prediction error into refusals. Rows with
+    no measured cell stay 0 (cannot serve)."""
+    table = _dense(rows, shape)
+    for i, row in enumerate(rows):
+        measured = len(row)
+        if measured == 0 or measured >= shape[1] or row[-1] <= 0:
+            continue
+        exponent = 1.0
+        if measured >= 2 and row[-2] > 0:
+            ratio = output_edges[measured - 1] / output_edges[measured - 2]
+            exponent = min(2.0, max(1.0, math.log(row[-2] / row[-1]) / math.log(ratio)))
+        for j in range(measured, shape[1]):
+            table[i, j] = row[-1] * (output_edges[measured - 1] / output_edges[j]) ** exponent
+    return table
+
+
 def _dense(rows: list[list[float]], shape: tuple[int, int]) -> np.ndarray:
     """A ragged table padded with zeros (not profiled = cannot serve) to the full grid."""
     table = np.zeros(shape)
@@ -419,7 +441,7 @@ def book_from_profiles(
             if {name, catalog_name(name), profile_name(name)} & known:
                 continue
             known |= {name, catalog_name(name), profile_name(name)}
-            tables[name] = _dense(table.max_rps, shape)
+            tables[name] = _extend_rows(table.max_rps, shape, first.output_bucket_upper_edges)
             sources[name] = table.source
         for name, mix in profile.workloads.items():
             workloads.setdefault(name, _dense(mix.fraction, shape))

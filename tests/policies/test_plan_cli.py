@@ -105,10 +105,10 @@ def test_timestamped_traces_default_to_their_mean_rate(tmp_path, capsys):
 
 def test_unservable_sizes_are_an_error_unless_dropped(tmp_path, capsys):
     path = tmp_path / "long.csv"
-    path.write_text("10,20\n20000,1500\n")
-    assert ricardo_plan("--workload", str(path), "--rate", "1") == 2
+    path.write_text("10,20\n3000,1500\n")  # L4 and A10G were not profiled past 2,000 prompt tokens
+    assert ricardo_plan("--workload", str(path), "--rate", "1", "--only", "L4,A10G") == 2
     assert "no candidate type" in capsys.readouterr().err
-    out = plan_json(capsys, "--workload", str(path), "--rate", "1", "--drop-unservable")
+    out = plan_json(capsys, "--workload", str(path), "--rate", "1", "--only", "L4,A10G", "--drop-unservable")
     assert out["unserved_rate"] == pytest.approx(0.5)
     assert out["single_type"]["L4"] is not None  # compared on what the mixed fleet serves
 

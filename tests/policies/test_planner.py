@@ -234,10 +234,10 @@ def test_zero_rate_needs_no_gpus(book):
 
 def test_unservable_buckets_are_an_error_or_dropped(book):
     rates = np.zeros(book.shape)
-    rates[0, 0], rates[9, 5] = 10.0, 0.5  # nobody serves > 12000 input with > 1000 output
-    with pytest.raises(PlanError, match=r"in 12001\+ x out 1001\+ \(0.5 req/s\)"):
-        plan(rates, book)
-    result = plan(rates, book, drop_unservable=True)
+    rates[0, 0], rates[6, 2] = 10.0, 0.5  # neither L4 nor A10G was profiled past 2000 input tokens
+    with pytest.raises(PlanError, match=r"in 2001-4000 x out 101-250 \(0.5 req/s\)"):
+        plan(rates, book, only=["L4", "A10G"])
+    result = plan(rates, book, only=["L4", "A10G"], drop_unservable=True)
     assert result.unserved_rate == 0.5 and result.assignment["L4"][0, 0] + result.assignment["A10G"][0, 0] > 0
     long_input = np.zeros(book.shape)
     long_input[7, 0] = 1.0

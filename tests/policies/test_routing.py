@@ -65,7 +65,7 @@ def test_cost_aware_fills_the_choice(book):
     rps = book.rate_at("A100-80GB", 1500, 300)
     assert best.cost_usd == pytest.approx(3.67 / 3600 / rps)
     share = capacity_share(book, "A100-80GB", 1500, 450, SLO_DEFAULT)
-    alone = book.alone_seconds_per_token("A100-80GB", 1500, 300)
+    alone = book.alone_seconds_per_token("A100-80GB", 1500, 450)  # both at the p90: uncertain counts as longer
     assert best.slack == pytest.approx(predicted_slack(alone / 0.120, share / 2))
     assert best.extra["tier"] == 0 and "A100-80GB" in best.reason
     ranked = cost_aware(LONG_INPUT, fleet(book), book)
@@ -136,13 +136,27 @@ def test_cost_aware_does_not_read_the_pools_recent_latency(book):
     assert ranked[0].tpot_ms == 150.0 and ranked[0].ttft_ms == 3000.0  # still reported with the choice
 
 
-def test_cost_aware_p90_beyond_the_profile_ranks_last(book):
-    # > 12000 input: A100/H100 have only 3 output columns there; p50 of 200 fits, p90 of 800 does not
-    shape = RequestShape("llama2-7b", 13_000, 200, 800, SLO_DEFAULT)
-    ranked = cost_aware(shape, fleet(book), book)
-    assert set(names(ranked)) == {"A100-80GB", "H100"}
-    assert all(c.extra["tier"] == 3 and c.slack is None for c in ranked)
-    assert [c.cost_usd for c in ranked] == sorted(c.cost_usd for c in ranked)  # by cost within the tier
+def test_cost_aware_p90_beyond_what_the_hardware_can_serve_ranks_last():
+    """A type whose table serves the p50 size but not the p90 one (here: a profile measured to 100 output tokens
+    only, on a book built directly, where nothing extends the row) ranks after every pool with a slack, by cost."""
+    full = load_default_book()
+    tables = {hw: full.capacity(hw).copy() for hw in ("A10G", "A100-80GB")}
+    tables["A10G"][:, 2:] = 0.0
+    book = ProfileBook(
+        model="llama2-7b",
+        slo_tpot_ms=120,
+        slo_ttft_ms=None,
+        input_edges=full.input_edges,
+        output_edges=full.output_edges,
+        tables=tables,
+        sources={hw: "measured" for hw in tables},
+        prices={"A10G": 1.01, "A100-80GB": 3.67},
+        price_set="melange",
+    )
+    shape = RequestShape("llama2-7b", 200, 80, 400, SLO_DEFAULT)
+    ranked = cost_aware(shape, [PoolView(hw, hw, book.price(hw), 2) for hw in tables], book)
+    assert names(ranked) == ["A100-80GB", "A10G"]
+    assert ranked[-1].extra["tier"] == 3 and ranked[-1].slack is None
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
