@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ricardo.policies.live import ewma, latency_per_token_ms
 from ricardo.policies.routing import capacity_share
-from ricardo.policies.types import PoolView, RequestShape
+from ricardo.policies.types import PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook
 
 
@@ -41,8 +41,10 @@ class PoolLedger:
         hardware: str,
         price_per_hour: float,
         models: tuple[str, ...] = (),
+        pair: PairSpec | None = None,
     ) -> None:
         self.name = name
+        self.pair = pair
         self.hardware = hardware
         self.price_per_hour = price_per_hour
         self.models = models
@@ -90,10 +92,10 @@ class PoolLedger:
         if (price_per_hour, models) != (self.price_per_hour, self.models):
             self.price_per_hour, self.models, self._view = price_per_hour, models, None
 
-    def view(self, replicas: int) -> PoolView:
-        """The pool as a policy sees it, given how many replicas can take a request now."""
+    def view(self, replicas: int, decode_replicas: int = 0) -> PoolView:
+        """The pool as a policy sees it, given how many replicas (of a pair: prefill, decode) can take a request now."""
         view = self._view
-        if view is None or view.replicas != replicas:
+        if view is None or view.replicas != replicas or view.decode_replicas != decode_replicas:
             view = self._view = PoolView(
                 name=self.name,
                 hardware=self.hardware,
@@ -104,5 +106,10 @@ class PoolLedger:
                 ttft_ms=self.ttft_ms,
                 tpot_ms=self.tpot_ms,
                 models=self.models,
+                role="pair" if self.pair else "unified",
+                prefill_hardware=self.pair.prefill_hardware if self.pair else "",
+                decode_hardware=self.pair.decode_hardware if self.pair else "",
+                pair=self.pair,
+                decode_replicas=decode_replicas,
             )
         return view

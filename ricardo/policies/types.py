@@ -27,6 +27,17 @@ class RequestShape:
 
 
 @dataclass(frozen=True, slots=True)
+class PairSpec:
+    """The two sides of a disaggregated prefill/decode pool and the link the KV cache crosses between them."""
+
+    prefill_hardware: str
+    decode_hardware: str
+    prefill_price_per_hour: float  # one prefill replica
+    decode_price_per_hour: float  # one decode replica
+    link_gbps: float
+
+
+@dataclass(frozen=True, slots=True)
 class PoolView:
     """A snapshot of one pool at decision time.
 
@@ -46,6 +57,8 @@ class PoolView:
     prefill_hardware: str = ""
     decode_hardware: str = ""
     models: tuple[str, ...] = ()
+    pair: PairSpec | None = None  # set for role "pair": `replicas` counts prefill replicas, `decode_replicas` decode
+    decode_replicas: int = 0
 
     @property
     def utilization(self) -> float:
