@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from ricardo.errors import InvalidInput, NotFound
 from ricardo.profiles.engine_params import ALIASES, EngineParams, engine_catalog
+from ricardo.profiles.roles import RoleParams, role_params
 from ricardo.profiles.schema import ProfileFile, read_profile_file
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -124,6 +125,10 @@ class ProfileBook:
         self.context_tokens: int | None = context_tokens if context_tokens is not None else min(known, default=None)
         # alias -> profile name; the tables as nested tuples, also under every alias (hot path: one dict lookup)
         self._canonical = {alias: hw for hw in self._names for alias in (hw, catalog_name(hw))}
+        # the role model's floats (prefill-only and decode-only workers, `roles.py`), under every alias
+        self._roles = {
+            alias: role_params(self._engines[hw]) for alias, hw in self._canonical.items() if hw in self._engines
+        }
         self._rows: dict[str, tuple[tuple[float, ...], ...]] = {
             alias: tuple(map(tuple, self._capacity[hw].tolist())) for alias, hw in self._canonical.items()
         }
@@ -195,6 +200,10 @@ class ProfileBook:
         bucket's upper edge; this says whether this request, however short its output, can meet the SLO at all."""
         params = self._engines.get(self._canonical.get(hardware, hardware))
         return None if params is None else params.alone_seconds_per_token(input_tokens, output_tokens)
+
+    def role(self, hardware: str) -> RoleParams | None:
+        """The type's parameters as a prefill-only or decode-only worker (`profiles.roles`), None without step costs."""
+        return self._roles.get(hardware)
 
     # -- buckets and capacity (hot path) ----------------------------------------------------
     def input_bucket(self, tokens: int) -> int:
