@@ -8,7 +8,9 @@ the same load accounting and live estimates under the same policy function, not 
 Load: each request in flight holds `capacity_share` of one replica (its size at the profile's operating
 point, at most one replica), at its predicted p90 length: an uncertain answer counts as the longer one, since
 an overloaded pool costs the SLO of everything on it while a pool charged too much only sends its next request
-elsewhere. Live estimates: exponentially weighted means over finished requests of TTFT and
+elsewhere. A disaggregated pair's requests hold a share of a prefill replica and of a decode replica each
+(`pair_shares`, from the role model), summed apart: `in_flight_load` is the prefill role's, `decode_load` the
+decode role's. Live estimates: exponentially weighted means over finished requests of TTFT and
 of latency per output token (`policies.live`), for display and for policies that want them.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ricardo.policies.live import ewma, latency_per_token_ms
-from ricardo.policies.routing import capacity_share
+from ricardo.policies.routing import capacity_share, pair_estimate, pair_shares
 from ricardo.policies.types import PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook
 
@@ -28,6 +30,7 @@ class Ticket:
 
     load: float
     started: float
+    decode_load: float = 0.0  # of a pair: the decode role's share (`load` is the prefill's)
     first_token_at: float | None = None
     open: bool = True
 
@@ -50,17 +53,29 @@ class PoolLedger:
         self.models = models
         self.in_flight = 0
         self.in_flight_load = 0.0
+        self.decode_load = 0.0
         self.ttft_ms: float | None = None
         self.tpot_ms: float | None = None
         self._view: PoolView | None = None  # until the next event or replica count change
 
     def dispatch(self, shape: RequestShape, book: ProfileBook, now: float) -> Ticket:
         """A request starts on this pool: charge its load."""
-        load = capacity_share(book, self.hardware, shape.input_tokens, shape.output_p90, shape.slo)
+        decode = 0.0
+        if self.pair is not None:
+            cost = pair_estimate(book, self.pair, shape.input_tokens, shape.output_p90, shape.slo)
+            # a size the role model cannot price holds a whole replica of each role, as `capacity_share` charges it
+            load, decode = (
+                (1.0, 1.0)
+                if cost is None or not cost.servable
+                else pair_shares(book, cost, shape.output_p90, shape.slo)
+            )
+            self.decode_load += decode
+        else:
+            load = capacity_share(book, self.hardware, shape.input_tokens, shape.output_p90, shape.slo)
         self.in_flight += 1
         self.in_flight_load += load
         self._view = None
-        return Ticket(load, now)
+        return Ticket(load, now, decode)
 
     def first_token(self, ticket: Ticket, now: float) -> None:
         if ticket.first_token_at is None:
@@ -85,6 +100,7 @@ class PoolLedger:
         ticket.open = False
         self.in_flight -= 1
         self.in_flight_load = max(0.0, self.in_flight_load - ticket.load) if self.in_flight else 0.0
+        self.decode_load = max(0.0, self.decode_load - ticket.decode_load) if self.in_flight else 0.0
         self._view = None
         return True
 
@@ -111,5 +127,6 @@ class PoolLedger:
                 decode_hardware=self.pair.decode_hardware if self.pair else "",
                 pair=self.pair,
                 decode_replicas=decode_replicas,
+                decode_load=self.decode_load,
             )
         return view

@@ -12,6 +12,8 @@ p50 output); they differ in the order.
 
 - `cost-aware` (default): cheapest expected dollars per request among pools with SLO headroom,
   spilling to the next-cheapest before a pool saturates.
+  Disaggregated pairs (role "pair") rank beside unified pools by the same rule, their cost and latency from
+  the role model (`pair_estimate`): a request goes to a pair only where that is cheaper within its SLO.
 - baselines: `round-robin`, `least-outstanding`, `cheapest-price` (list price, like LiteLLM's
   cost-based routing) and `melange` (the Mélange paper's router: weighted random by capacity).
 """
@@ -24,8 +26,9 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 from ricardo.errors import InvalidInput
-from ricardo.policies.types import SLO, Choice, PoolView, RequestShape
+from ricardo.policies.types import SLO, Choice, PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook
+from ricardo.profiles.roles import PairCost, pair_cost
 
 Policy = Callable[..., list[Choice]]
 
@@ -63,6 +66,36 @@ def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> fl
     return min(1.0, 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)))
 
 
+def pair_estimate(
+    book: ProfileBook, pair: PairSpec, input_tokens: int, output_tokens: int, slo: SLO
+) -> PairCost | None:
+    """The role model's figures for a request on a pair (`profiles.roles.pair_cost`); None where the book has no
+    step costs for one of its types."""
+    prefill, decode = book.role(pair.prefill_hardware), book.role(pair.decode_hardware)
+    if prefill is None or decode is None:
+        return None
+    return pair_cost(prefill, decode, input_tokens, output_tokens, slo.tpot_ms / 1000.0, pair.link_gbps)
+
+
+def pair_shares(book: ProfileBook, cost: PairCost, output_tokens: int, slo: SLO) -> tuple[float, float]:
+    """(share of one prefill replica, share of one decode replica) a request holds while in flight on a pair.
+
+    Little's law as in `capacity_share`: the request is in flight about SLO x output seconds (at least the
+    shortest profiled answer's, as there) and uses each role's replica-seconds of `cost` in that time; at most
+    one replica of each role. Held from dispatch to finish for both roles, so the sums over requests in flight
+    are each role's utilisation at the rate they arrive."""
+    hold = slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)
+    return min(1.0, cost.prefill_seconds / hold), min(1.0, cost.decode_seconds / hold)
+
+
+def pair_request_cost_usd(book: ProfileBook, pair: PairSpec, input_tokens: int, output_tokens: int, slo: SLO) -> float:
+    """Dollars a request of this size costs on a pair at its SLO (0 where the pair cannot serve it)."""
+    cost = pair_estimate(book, pair, input_tokens, output_tokens, slo)
+    if cost is None or not cost.servable:
+        return 0.0
+    return cost.usd(pair.prefill_price_per_hour, pair.decode_price_per_hour)
+
+
 def predicted_slack(alone_share: float, utilization: float) -> float:
     """How far below the SLO, as a share of it, a request's latency per output token is expected to stay on a
     pool at `utilization` (1.0: the profile's operating point), when its latency alone on an idle replica is
@@ -83,18 +116,29 @@ def safe_utilization(alone_share: float, slack_target: float = SLACK_TARGET) -> 
 
 def _servable(
     shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, interpolated: bool = True
-) -> list[tuple[PoolView, float]]:
-    """(pool, max rate for the request's p50 size) for every pool that can take the request: the rate at the
-    exact size (`ProfileBook.rate_at`), or with `interpolated=False` its bucket's (the upper edge's)."""
+) -> list[tuple[PoolView, float, float]]:
+    """(pool, expected $ for the request's p50 size, requests/s of that size the pool's healthy replicas sustain)
+    for every pool that can take the request. A unified pool's rate is the one at the exact size
+    (`ProfileBook.rate_at`), or with `interpolated=False` its bucket's (the upper edge's); a pair's comes from the
+    role model, the rate of its busier role."""
     i, j = book.input_bucket(shape.input_tokens), book.output_bucket(shape.output_p50)
     servable = []
     for pool in pools:
         if pool.replicas <= 0 or (pool.models and shape.model not in pool.models):
             continue
+        if pool.pair is not None:
+            if pool.decode_replicas <= 0:
+                continue
+            cost = pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p50, shape.slo)
+            if cost is not None and cost.servable:
+                usd = cost.usd(pool.pair.prefill_price_per_hour, pool.pair.decode_price_per_hour)
+                rate = min(pool.replicas / cost.prefill_seconds, pool.decode_replicas / cost.decode_seconds)
+                servable.append((pool, usd, rate))
+            continue
         rows = book.rows(pool.hardware)
         if rows is not None and rows[i][j] > 0:
             rate = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p50) if interpolated else rows[i][j]
-            servable.append((pool, rate))
+            servable.append((pool, _cost_usd(pool, rate), pool.replicas * rate))
     return servable
 
 
@@ -144,14 +188,9 @@ def cost_aware(
     make every pool late (the fleet is too small for the traffic; see `admission` in the gateway).
     """
     ranked = []
-    for position, (pool, rps50) in enumerate(_servable(shape, pools, book)):
-        cost = _cost_usd(pool, rps50)
-        utilization = slack = None
-        rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
-        if rps90 > 0:
-            utilization = (pool.in_flight_load + _share_at(book, rps90, shape.output_p90, shape.slo)) / pool.replicas
-            alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p90)
-            slack = predicted_slack(0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, utilization)
+    for position, (pool, cost, _) in enumerate(_servable(shape, pools, book)):
+        utilization, alone = _after_dispatch(shape, pool, book)
+        slack = None if utilization is None else predicted_slack(alone, utilization)
         key: tuple[float, ...]
         if slack is None or slack >= slack_target:
             tier, key = (3 if slack is None else 0), (cost,)
@@ -163,7 +202,8 @@ def cost_aware(
             tier, overloaded = 2, pool.utilization >= 1.0
             key = (0.0, -pool.utilization) if overloaded else (1.0, -slack)
             frac = 1.0 / (1.0 + math.exp(-pool.utilization if overloaded else slack))
-        reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {pool.hardware}"
+        where = f"{pool.pair.prefill_hardware}>{pool.pair.decode_hardware}" if pool.pair else pool.hardware
+        reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {where}"
         if slack is not None:
             reason += f", util {utilization:.0%}, slack {slack:+.2f}"
         choice = Choice(
@@ -181,6 +221,27 @@ def cost_aware(
     return [choice for _, choice in ranked]
 
 
+def _after_dispatch(shape: RequestShape, pool: PoolView, book: ProfileBook) -> tuple[float | None, float]:
+    """(the pool's utilization with this request added, its latency per token alone as a share of the SLO), both
+    at the p90 output; utilization None where the p90 size is beyond what the pool can serve. A pair's
+    utilization is its busier role's."""
+    if pool.pair is not None:
+        cost = pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p90, shape.slo)
+        if cost is None or not cost.servable:
+            return None, 0.0
+        prefill, decode = pair_shares(book, cost, shape.output_p90, shape.slo)
+        utilization = max(
+            (pool.in_flight_load + prefill) / pool.replicas, (pool.decode_load + decode) / pool.decode_replicas
+        )
+        return utilization, cost.alone_seconds_per_token * 1000.0 / shape.slo.tpot_ms
+    rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
+    if rps90 <= 0:
+        return None, 0.0
+    utilization = (pool.in_flight_load + _share_at(book, rps90, shape.output_p90, shape.slo)) / pool.replicas
+    alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p90)
+    return utilization, 0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms
+
+
 def round_robin(
     shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *, draw: float = 0.0, index: int = 0
 ) -> list[Choice]:
@@ -189,15 +250,15 @@ def round_robin(
     servable = _servable(shape, pools, book)
     if not servable:
         return []
-    slot = index % sum(pool.replicas for pool, _ in servable)
+    slot = index % sum(pool.replicas for pool, _, _ in servable)
     start = 0
     while slot >= servable[start][0].replicas:
         slot -= servable[start][0].replicas
         start += 1
     order = servable[start:] + servable[:start]
     return [
-        Choice(pool.name, float(k), _cost_usd(pool, rps), pool.ttft_ms, pool.tpot_ms, reason=f"round-robin #{k}")
-        for k, (pool, rps) in enumerate(order)
+        Choice(pool.name, float(k), cost, pool.ttft_ms, pool.tpot_ms, reason=f"round-robin #{k}")
+        for k, (pool, cost, _) in enumerate(order)
     ]
 
 
@@ -210,12 +271,12 @@ def least_outstanding(
         Choice(
             pool.name,
             pool.in_flight / pool.replicas,
-            _cost_usd(pool, rps),
+            cost,
             pool.ttft_ms,
             pool.tpot_ms,
             reason=f"{pool.in_flight / pool.replicas:.2f} in flight per replica",
         )
-        for pool, rps in servable
+        for pool, cost, _ in servable
     ]
 
 
@@ -230,12 +291,12 @@ def cheapest_price(
         Choice(
             pool.name,
             pool.price_per_hour,
-            _cost_usd(pool, rps),
+            cost,
             pool.ttft_ms,
             pool.tpot_ms,
             reason=f"list price ${pool.price_per_hour:.3g}/h",
         )
-        for pool, rps in servable
+        for pool, cost, _ in servable
     ]
 
 
@@ -243,11 +304,12 @@ def melange(
     shape: RequestShape, pools: Sequence[PoolView], book: ProfileBook, *, draw: float = 0.0, index: int = 0
 ) -> list[Choice]:
     """Mélange's router: pick a pool at random with weight replicas x max_rps for the request's bucket
-    (its share of the fleet's capacity for this size); the others follow by decreasing weight."""
+    (its share of the fleet's capacity for this size; a pair's from the role model); the others follow by
+    decreasing weight."""
     servable = _servable(shape, pools, book, interpolated=False)
     if not servable:
         return []
-    weights = [pool.replicas * rps for pool, rps in servable]
+    weights = [rate for _, _, rate in servable]
     cumulative = list(accumulate(weights))
     total = cumulative[-1]
     pick = min(bisect_right(cumulative, draw * total), len(servable) - 1)
@@ -256,7 +318,7 @@ def melange(
         Choice(
             servable[k][0].name,
             float(n),
-            _cost_usd(*servable[k]),
+            servable[k][1],
             servable[k][0].ttft_ms,
             servable[k][0].tpot_ms,
             reason=f"capacity weight {weights[k] / total:.2f}",
