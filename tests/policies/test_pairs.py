@@ -95,7 +95,7 @@ def test_every_policy_ranks_pairs(book):
 
 def test_transfer_time_can_make_a_pair_miss_a_tight_slo(book):
     """A long prompt with a one-token answer: its latency per token is prefill + transfer; over a slow link the
-    transfer alone exceeds a 40 ms SLO, so the pair ranks as a predicted miss."""
+    transfer alone exceeds a 40 ms SLO: that pair leaves no time to decode and is not ranked at all."""
     slo = SLO(10_000, 40)
     shape = RequestShape("llama2-7b", 4000, 2, 2, slo)
     fast = PairSpec("B200", "MI300X", book.price("B200"), book.price("MI300X"), 400.0)
@@ -105,8 +105,7 @@ def test_transfer_time_can_make_a_pair_miss_a_tight_slo(book):
         return PoolView(name, "MI300X", 1.0, 1, role="pair", pair=spec, decode_replicas=1)
 
     choices = {c.pool: c for c in cost_aware(shape, [pool("fast", fast), pool("slow", slow)], book)}
-    assert choices["slow"].extra["tier"] == 2 and choices["slow"].slack < 0
-    assert choices["fast"].extra["tier"] < 2
+    assert list(choices) == ["fast"]
     assert pair_estimate(book, slow, 4000, 2, slo).transfer_seconds > 16
     assert (
         pair_estimate(book, slow, 4000, 2, slo).alone_seconds_per_token
