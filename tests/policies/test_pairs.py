@@ -94,10 +94,10 @@ def test_every_policy_ranks_pairs(book):
 
 
 def test_transfer_time_can_make_a_pair_miss_a_tight_slo(book):
-    """A long prompt with a one-token answer: its latency per token is prefill + transfer; over a slow link the
+    """A long prompt with a short answer: its latency per token is mostly prefill + transfer; over a slow link the
     transfer alone exceeds a 40 ms SLO: that pair leaves no time to decode and is not ranked at all."""
     slo = SLO(10_000, 40)
-    shape = RequestShape("llama2-7b", 4000, 2, 2, slo)
+    shape = RequestShape("llama2-7b", 4000, 20, 20, slo)
     fast = PairSpec("B200", "MI300X", book.price("B200"), book.price("MI300X"), 400.0)
     slow = PairSpec("B200", "MI300X", book.price("B200"), book.price("MI300X"), 1.0)
 
@@ -106,10 +106,10 @@ def test_transfer_time_can_make_a_pair_miss_a_tight_slo(book):
 
     choices = {c.pool: c for c in cost_aware(shape, [pool("fast", fast), pool("slow", slow)], book)}
     assert list(choices) == ["fast"]
-    assert pair_estimate(book, slow, 4000, 2, slo).transfer_seconds > 16
+    assert pair_estimate(book, slow, 4000, 20, slo).transfer_seconds > 16
     assert (
-        pair_estimate(book, slow, 4000, 2, slo).alone_seconds_per_token
-        > 8 * pair_estimate(book, fast, 4000, 2, slo).alone_seconds_per_token
+        pair_estimate(book, slow, 4000, 20, slo).alone_seconds_per_token
+        > 8 * pair_estimate(book, fast, 4000, 20, slo).alone_seconds_per_token
     )
 
 
