@@ -5,10 +5,18 @@ the pools' live estimates, as in the gateway), builds the same `PoolView`s the g
 asks the policy for a ranking and submits the request to the least-loaded engine of the first
 pool that has one, as the gateway's dispatcher does. Nothing here sleeps: an hour of trace runs
 in seconds.
+
+A disaggregated pair (fleet keys `pair_key(prefill, decode, role)`) is a pool of prefill engines and decode
+engines: a request is prefilled on the least-loaded prefill engine (a one-token request), its KV cache crosses
+the link (input tokens x the model's KV bytes per token / `link_gbps`), then the least-loaded decode engine
+admits it without computing its prompt, the transferred blocks counted in its KV cache; its first token comes
+with that admission. The pair's ledger gets the same events as a unified pool's.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
 from collections.abc import Iterable
@@ -21,8 +29,51 @@ from ricardo.emulator.sizes import PredictedSizes, Sizes
 from ricardo.emulator.virtual import Timing, VirtualEngine
 from ricardo.policies.ledger import PoolLedger, Ticket
 from ricardo.policies.routing import Policy, get_policy
-from ricardo.policies.types import SLO, PoolView, RequestShape
+from ricardo.policies.types import SLO, PairSpec, PoolView, RequestShape
 from ricardo.profiles.engine_params import EngineParams
+from ricardo.profiles.roles import DEFAULT_LINK_GBPS, transfer_seconds
+
+ROLES = ("prefill", "decode")
+
+
+def pair_key(prefill: str, decode: str, role: str) -> str:
+    """The fleet key of one role of a pair: {\"A>B:prefill\": 2, \"A>B:decode\": 3} is a pair of 2 A prefill and 3 B
+    decode workers."""
+    return f"{prefill}>{decode}:{role}"
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """(prefill type, decode type, role) of a pair's fleet key; None for a unified type."""
+    types, sep, role = key.rpartition(":")
+    prefill, arrow, decode = types.partition(">")
+    return (prefill, decode, role) if sep and arrow and role in ROLES else None
+
+
+def key_hardware(key: str) -> str:
+    """The hardware type a fleet key pays for (a pair role's own type)."""
+    parsed = parse_key(key)
+    return key if parsed is None else parsed[0 if parsed[2] == "prefill" else 1]
+
+
+def fleet_cost(fleet: dict[str, int], prices: dict[str, float]) -> float:
+    """$/h of a fleet whose keys are types or pair roles."""
+    return sum(prices[key_hardware(key)] * n for key, n in fleet.items())
+
+
+def split_fleet(fleet: dict[str, int]) -> tuple[dict[str, int], list[dict]]:
+    """({type: unified replicas}, [{prefill, decode, prefill_replicas, decode_replicas}]) of a fleet."""
+    unified: dict[str, int] = {}
+    pairs: dict[tuple[str, str], dict] = {}
+    for key, n in fleet.items():
+        parsed = parse_key(key)
+        if parsed is None:
+            unified[key] = n
+            continue
+        entry = pairs.setdefault(
+            parsed[:2], {"prefill": parsed[0], "decode": parsed[1], "prefill_replicas": 0, "decode_replicas": 0}
+        )
+        entry[f"{parsed[2]}_replicas"] = n
+    return unified, list(pairs.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +103,23 @@ class _Replica:
 @dataclass(eq=False)
 class _Pool:
     ledger: PoolLedger  # the load and live estimates, kept as the gateway keeps them
-    replicas: list[_Replica]
+    replicas: list[_Replica]  # of a pair: its prefill engines
+    decode: list[_Replica] = field(default_factory=list)  # of a pair: its decode engines
+    transfer_per_token: float = 0.0  # of a pair: seconds the KV cache of one prompt token takes over the link
 
     @property
     def name(self) -> str:
         return self.ledger.name
 
     def view(self) -> PoolView:
-        return self.ledger.view(len(self.replicas))
+        return self.ledger.view(len(self.replicas), len(self.decode))
+
+    def fits(self, input_tokens: int, output_tokens: int) -> bool:
+        """Can its engines hold the request's KV cache (the decode side's, for a pair)?"""
+        if self.ledger.pair is None:
+            return input_tokens + output_tokens <= self.replicas[0].engine.engine.capacity
+        prefill, decode = self.replicas[0].engine.engine, self.decode[0].engine.engine
+        return input_tokens + 1 <= prefill.capacity and input_tokens + output_tokens <= decode.capacity
 
 
 @dataclass
@@ -74,7 +134,7 @@ class SimResult:
 
     @property
     def cost_per_hour(self) -> float:
-        return sum(self.prices[h] * n for h, n in self.fleet.items())
+        return fleet_cost(self.fleet, self.prices)
 
     def refused(self, reason: str) -> int:
         return sum(r.refused == reason for r in self.requests)
@@ -100,7 +160,8 @@ class SimResult:
             "cost_per_hour": self.cost_per_hour,
             "usd_per_million_tokens": self.cost_per_hour * hours / tokens * 1e6 if tokens else math.nan,
             "duration_s": self.duration_s,
-            "fleet": dict(self.fleet),
+            "fleet": split_fleet(self.fleet)[0],
+            "pairs": split_fleet(self.fleet)[1],
             "per_pool_requests": dict(self.per_pool),
             "sizes": self.sizes,
             "tpot_ms": {"p50": pct(lpt, 50), "p90": pct(lpt, 90), "p99": pct(lpt, 99)},
@@ -119,26 +180,51 @@ def simulate(
     model: str = "llama2-7b",
     seed: int = 0,
     sizes: Sizes | None = None,
+    link_gbps: float = DEFAULT_LINK_GBPS,
 ) -> SimResult:
-    """Replay `trace` on a fleet {hardware: replicas}; one pool per hardware type. The router is told each
-    request's predicted size (`sizes`; default: the gateway's predictor, fresh, learning as requests finish)."""
+    """Replay `trace` on a fleet {hardware: replicas, pair_key(...): replicas}; one pool per hardware type and per
+    pair. The router is told each request's predicted size (`sizes`; default: the gateway's predictor, fresh,
+    learning as requests finish)."""
     rank = get_policy(policy) if isinstance(policy, str) else policy
     told: Sizes = sizes if sizes is not None else PredictedSizes()
     context = book.context_tokens
     rng = random.Random(seed)
-    pools = {
-        hw: _Pool(PoolLedger(hw, hw, prices[hw]), [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)])
-        for hw, n in fleet.items()
-        if n > 0
-    }
-    engines = [(pool, replica) for pool in pools.values() for replica in pool.replicas]
+    pools = _pools(fleet, engine_params, prices, link_gbps)
+    engines = [replica for pool in pools.values() for replica in pool.replicas + pool.decode]
+    prefill_engines = [replica for pool in pools.values() if pool.decode for replica in pool.replicas]
+    last_engines = [replica for pool in pools.values() for replica in (pool.decode or pool.replicas)]
     in_flight: dict[int, SimRequest] = {}  # id(timing) -> request
+    prefilling: dict[int, SimRequest] = {}  # id(prefill timing) -> request, on a pair's prefill engine
+    handoffs: list[tuple[float, int, SimRequest]] = []  # (KV cache arrives at the decode side, order, request)
+    order = itertools.count()
     requests: list[SimRequest] = []
-    per_pool = {hw: 0 for hw in pools}
+    per_pool = dict.fromkeys(pools, 0)
     last = 0.0
+
+    def hand_off(until: float) -> None:
+        """Run the prefill engines to `until`; hand every prompt whose KV cache has arrived by then to a decode
+        engine of its pair (the least loaded when it arrives)."""
+        for replica in prefill_engines:
+            replica.engine.advance_to(until)
+            for timing in replica.engine.finished:
+                request = prefilling.pop(id(timing))
+                replica.in_flight -= 1
+                assert request.pool is not None
+                arrives = timing.finished_at + request.timing.prompt_tokens * request.pool.transfer_per_token
+                heapq.heappush(handoffs, (arrives, next(order), request))
+            replica.engine.finished.clear()
+        while handoffs and handoffs[0][0] <= until:
+            at, _, request = heapq.heappop(handoffs)
+            assert request.pool is not None
+            decode = min(request.pool.decode, key=lambda r: r.in_flight)
+            decode.in_flight += 1
+            request.replica = decode
+            decode.engine.submit_prefilled(request.timing, at)
+
     for index, item in enumerate(trace):
         last = item.arrival
-        for _, replica in engines:
+        hand_off(item.arrival)
+        for replica in last_engines:
             replica.engine.advance_to(item.arrival)
             _retire(replica.engine, in_flight, told)
         # every answer has a first token: a trace's 0-token answers (an aborted request) count as one
@@ -152,22 +238,56 @@ def simulate(
         views = [pool.view() for pool in pools.values()]
         for choice in rank(shape, views, book, draw=rng.random(), index=index):
             pool = pools[choice.pool]
-            replica = min(pool.replicas, key=lambda r: r.in_flight)
-            if item.input_tokens + item.output_tokens > replica.engine.engine.capacity:
+            if not pool.fits(item.input_tokens, item.output_tokens):
                 continue
-            request.pool, request.replica = pool, replica
+            replica = min(pool.replicas, key=lambda r: r.in_flight)
+            request.pool = pool
             request.ticket = pool.ledger.dispatch(shape, book, item.arrival)
             replica.in_flight += 1
-            replica.engine.submit(request.timing)
+            if pool.decode:  # a pair: prefill first (one token), the decode side takes it at hand-off
+                prefill = Timing(item.arrival, item.input_tokens, 1)
+                prefilling[id(prefill)] = request
+                replica.engine.submit(prefill)
+            else:
+                request.replica = replica
+                replica.engine.submit(request.timing)
             per_pool[pool.name] += 1
             in_flight[id(request.timing)] = request
             break
         else:
             request.refused = "capacity"  # no pool could take it (none serves its size, or none has room)
-    for _, replica in engines:
+    for replica in prefill_engines:
+        replica.engine.drain()
+    hand_off(math.inf)
+    for replica in engines:
         replica.engine.drain()
         _retire(replica.engine, in_flight, told)
     return SimResult(requests, dict(fleet), prices, slo, duration_s=max(last, 1e-9), per_pool=per_pool, sizes=told.name)
+
+
+def _pools(
+    fleet: dict[str, int], engine_params: dict[str, EngineParams], prices: dict[str, float], link_gbps: float
+) -> dict[str, _Pool]:
+    """One pool per unified type and per pair (named "prefill>decode") of the fleet."""
+    pools: dict[str, _Pool] = {}
+    for hw, n in split_fleet(fleet)[0].items():
+        if n > 0:
+            replicas = [_Replica(VirtualEngine(engine_params[hw])) for _ in range(n)]
+            pools[hw] = _Pool(PoolLedger(hw, hw, prices[hw]), replicas)
+    for pair in split_fleet(fleet)[1]:
+        prefill, decode = pair["prefill"], pair["decode"]
+        if pair["prefill_replicas"] <= 0 or pair["decode_replicas"] <= 0:
+            continue
+        spec = PairSpec(prefill, decode, prices[prefill], prices[decode], link_gbps)
+        name = f"{prefill}>{decode}"
+        ledger = PoolLedger(name, decode, prices[prefill] + prices[decode], pair=spec)
+        pools[name] = _Pool(
+            ledger,
+            [_Replica(VirtualEngine(engine_params[prefill])) for _ in range(pair["prefill_replicas"])],
+            [_Replica(VirtualEngine(engine_params[decode])) for _ in range(pair["decode_replicas"])],
+            transfer_seconds(1, engine_params[decode].model.kv_bytes_per_token, link_gbps),
+        )
+    return pools
 
 
 def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest], sizes: Sizes) -> None:

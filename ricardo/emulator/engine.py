@@ -34,6 +34,7 @@ class Sequence:
     tag: Any = None  # the caller's handle (a stream, a simulated request ...): the engine never reads it
     generated: int = 0
     preemptions: int = 0
+    prefilled: bool = False  # its KV cache arrives from a prefill worker: admission computes nothing
 
     @property
     def context(self) -> int:
@@ -135,25 +136,36 @@ class Engine:
     def _admit(self) -> list[Sequence]:
         p = self.params
         admitted: list[Sequence] = []
-        batched = longest = 0
+        computed = batched = longest = held = 0  # prompts to compute (padded budget); transferred KV (cache only)
         while self.waiting and len(self._running) + len(admitted) < p.max_num_seqs:
             head = self.waiting[0]
-            if admitted:  # a prompt longer than the budget still runs, alone
-                padded = (len(admitted) + 1) * max(longest, head.context)
+            if head.prefilled:
+                if not self._fits(head.context, batched + held):
+                    break
+                admitted.append(self.waiting.popleft())
+                held += head.context
+                continue
+            if computed:  # a prompt longer than the budget still runs, alone
+                padded = (computed + 1) * max(longest, head.context)
                 if padded > p.max_batched_tokens or padded - batched - head.context > p.max_paddings:
                     break
-            if not self._fits(head.context, batched):
+            if not self._fits(head.context, batched + held):
                 break
             admitted.append(self.waiting.popleft())
+            computed += 1
             batched += head.context
             longest = max(longest, head.context)
         return admitted
 
     def _prefill(self, admitted: list[Sequence]) -> Step:
-        longest = max(s.context for s in admitted)
-        seconds = self.params.prefill_seconds(len(admitted) * longest, len(admitted), longest)
+        computed = [s for s in admitted if not s.prefilled]
+        seconds = 0.0
+        if computed:
+            longest = max(s.context for s in computed)
+            seconds = self.params.prefill_seconds(len(computed) * longest, len(computed), longest)
         step = Step(seconds=seconds, kind="prefill", advanced=list(admitted))
         for seq in admitted:  # the prefill pass samples each sequence's next token
+            seq.prefilled = False  # preempted later, it is recomputed here
             seq.generated += 1
             if seq.finished:
                 step.finished.append(seq)

@@ -54,6 +54,11 @@ class VirtualEngine:
         self.advance_to(timing.arrival)
         self.engine.submit(Sequence(timing.prompt_tokens, timing.output_tokens, tag=timing))
 
+    def submit_prefilled(self, timing: Timing, at: float) -> None:
+        """A request whose prompt a prefill worker computed, its KV cache arriving here at `at` (a decode worker)."""
+        self.advance_to(at)
+        self.engine.submit(Sequence(timing.prompt_tokens, timing.output_tokens, tag=timing, prefilled=True))
+
     def advance_to(self, t: float) -> None:
         """Run every iteration that starts before `t`."""
         engine = self.engine
