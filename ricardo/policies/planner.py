@@ -13,12 +13,17 @@ the load is rate_s x request_seconds_g(bucket_s) instead, which is what ricardo 
 edge overstates the load of a trace's requests by up to 2x. Slices of one bucket are interchangeable, so instead of one
 binary per (slice, type) this solves for y[b, g] in {0..N} = how many of bucket b's N slices go to type g: the
 same feasible fleets and optimum, without the symmetry that slows branch and bound.
+
+Disaggregated pairs (`PairSeconds`: a prefill type and a decode type, with each role's replica-seconds per request
+of each bucket, from the role model) are units beside the types: a bucket's slices may go to a pair, which then
+has two integer counts (prefill replicas, decode replicas) and two fit constraints, one per role, each role
+paid at its type's price. The same type may serve unified and in pairs: the counts are separate.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +44,20 @@ class PlanError(InvalidInput):
 
 
 @dataclass(frozen=True)
+class PairSeconds:
+    """A candidate pair for the planner: replica-seconds per request of each bucket on each role (inf: cannot)."""
+
+    prefill: str
+    decode: str
+    prefill_seconds: np.ndarray
+    decode_seconds: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefill}>{self.decode}"
+
+
+@dataclass(frozen=True)
 class Plan:
     allocation: dict[str, int]  # GPUs of each candidate type (0 included)
     cost_per_hour: float
@@ -50,10 +69,24 @@ class Plan:
     optimal: bool  # False: the time limit cut the search; `cost_per_hour` is the best fleet found by then
     lower_bound: float  # the solver's proven lower bound on the optimal cost
     solve_seconds: float
+    # pairs with replicas: {"prefill", "decode", "prefill_replicas", "decode_replicas", "load": [prefill, decode]}
+    pairs: tuple[dict[str, Any], ...] = ()
+
+    def desired_replicas(self) -> dict[str, dict[str, int]]:
+        """Replicas per pool and role, as scaling hints want them: {type: {"unified": n}} for every candidate type
+        and {"P>D": {"prefill": n, "decode": m}} for every pair the plan uses."""
+        wanted: dict[str, dict[str, int]] = {hw: {"unified": n} for hw, n in self.allocation.items()}
+        for pair in self.pairs:
+            wanted[f"{pair['prefill']}>{pair['decode']}"] = {
+                "prefill": pair["prefill_replicas"],
+                "decode": pair["decode_replicas"],
+            }
+        return wanted
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "allocation": self.allocation,
+            "pairs": [{k: v for k, v in pair.items() if k != "assignment"} for pair in self.pairs],
             "cost_per_hour": round(self.cost_per_hour, 6),
             "load": {hw: round(v, 6) for hw, v in self.load.items()},
             "unserved_rate": round(self.unserved_rate, 6),
@@ -77,6 +110,7 @@ def plan(
     drop_unservable: bool = False,
     time_limit_s: float = 1.0,
     request_seconds: Mapping[str, np.ndarray] | None = None,
+    pairs: Sequence[PairSeconds] = (),
 ) -> Plan:
     """The cheapest integer fleet for `rates` (req/s per (input bucket, output bucket) of `book`'s grid;
     a smaller array covers the first buckets).
@@ -87,6 +121,7 @@ def plan(
     `drop_unservable` is left out and reported as `unserved_rate`. Optimality is proven (relative
     gap 1e-6) unless `time_limit_s` runs out: then the best fleet found is returned, `optimal=False`.
     `request_seconds` ({type: grid of replica-seconds per request}) replaces 1 / capacity where given.
+    `pairs` are disaggregated candidates beside the types (their roles' types need a price too).
     """
     started = time.perf_counter()
     rates = _on_grid(rates, book)
@@ -98,39 +133,78 @@ def plan(
     types = _candidates(book, prices, only)
 
     buckets = np.argwhere(rates > 0)  # (k, 2) bucket indices with demand
-    # load[k, t]: GPUs of type t that bucket k alone would need (inf where t cannot serve it)
-    seconds = np.stack([_seconds(book, hw, request_seconds)[buckets[:, 0], buckets[:, 1]] for hw in types], axis=1)
     demand = rates[buckets[:, 0], buckets[:, 1]]
-    load = np.where(np.isfinite(seconds), demand[:, None] * seconds, np.inf)
-    unservable = ~np.isfinite(load).any(axis=1)
+    for pair in pairs:
+        if pair.prefill not in prices or pair.decode not in prices:
+            raise PlanError(f"no price for a role of pair {pair.name}")
+    # units: the types, then the pairs. load[k, u]: replicas of unit u (of a pair: prefill) that bucket k alone
+    # would need, inf where u cannot serve it; decode_load[k, u] the same of a pair's decode role (0 for a type)
+    names = types + [pair.name for pair in pairs]
+    seconds = np.stack(
+        [_seconds(book, hw, request_seconds)[buckets[:, 0], buckets[:, 1]] for hw in types]
+        + [np.asarray(pair.prefill_seconds, float)[buckets[:, 0], buckets[:, 1]] for pair in pairs],
+        axis=1,
+    )
+    decode_seconds = np.stack(
+        [np.zeros(len(buckets)) for _ in types]
+        + [np.asarray(pair.decode_seconds, float)[buckets[:, 0], buckets[:, 1]] for pair in pairs],
+        axis=1,
+    )
+    servable = np.isfinite(seconds) & np.isfinite(decode_seconds)
+    load = np.where(servable, demand[:, None] * np.where(servable, seconds, 0.0), np.inf)
+    decode_load = np.where(servable, demand[:, None] * np.where(servable, decode_seconds, 0.0), 0.0)
+    unservable = ~servable.any(axis=1)
     assert isinstance(unservable, np.ndarray)  # any() along an axis of a 2-D array is an array
     unserved_rate = float(demand[unservable].sum())
     if unservable.any() and drop_unservable:
-        buckets, load = buckets[~unservable], load[~unservable]
+        buckets, load, decode_load = buckets[~unservable], load[~unservable], decode_load[~unservable]
     elif unservable.any():
         where = ", ".join(
             _bucket_label(book, i, j) + f" ({demand[k]:.3g} req/s)" for k, (i, j) in enumerate(buckets) if unservable[k]
         )
         raise PlanError(f"no candidate type ({', '.join(types)}) can serve bucket(s) {where}")
 
-    pairs = np.argwhere(np.isfinite(load))  # (bucket k, type t) that may be assigned
-    n_pairs, n_types, n_buckets = len(pairs), len(types), len(buckets)
-    cost = np.concatenate([np.zeros(n_pairs), [prices[hw] for hw in types]])
-    # each bucket's slices all assigned: sum_t y[k, t] = N
-    assign = coo_array((np.ones(n_pairs), (pairs[:, 0], np.arange(n_pairs))), shape=(n_buckets, n_pairs + n_types))
-    # each type's load fits its GPUs: sum_k y[k, t] * load[k, t] / N - (1 - headroom) * n_t <= 0
-    share = load[pairs[:, 0], pairs[:, 1]] / slice_factor
-    rows = np.concatenate([pairs[:, 1], np.arange(n_types)])
-    cols = np.concatenate([np.arange(n_pairs), n_pairs + np.arange(n_types)])
-    fit = coo_array(
-        (np.concatenate([share, np.full(n_types, headroom - 1.0)]), (rows, cols)), shape=(n_types, n_pairs + n_types)
-    )
+    # count variables: one per type, two per pair (prefill, decode), each with its fit row and price
+    n_types = len(types)
+    count_price = [prices[hw] for hw in types]
+    for pair in pairs:
+        count_price += [prices[pair.prefill], prices[pair.decode]]
+    n_counts = len(count_price)
+    prefill_row = np.arange(len(names))  # unit u's (prefill) fit row = u; a pair's decode row follows the units
+    decode_row = {n_types + q: len(names) + q for q in range(len(pairs))}
+    count_of_row = list(range(n_types)) + [n_types + 2 * q for q in range(len(pairs))]
+    count_of_row += [n_types + 2 * q + 1 for q in range(len(pairs))]
+
+    assigned = np.argwhere(np.isfinite(load))  # (bucket k, unit u) that may be assigned
+    n_assigned, n_units, n_buckets, n_rows = len(assigned), len(names), len(buckets), len(count_of_row)
+    n_vars = n_assigned + n_counts
+    cost = np.concatenate([np.zeros(n_assigned), count_price])
+    # each bucket's slices all assigned: sum_u y[k, u] = N
+    assign = coo_array((np.ones(n_assigned), (assigned[:, 0], np.arange(n_assigned))), shape=(n_buckets, n_vars))
+    # each role's load fits its replicas: sum_k y[k, u] * load[k, u] / N - (1 - headroom) * n_role <= 0
+    rows, cols, values = [], [], []
+    for index, (k, u) in enumerate(assigned):
+        rows.append(prefill_row[u])
+        cols.append(index)
+        values.append(load[k, u] / slice_factor)
+        if u >= n_types:
+            rows.append(decode_row[u])
+            cols.append(index)
+            values.append(decode_load[k, u] / slice_factor)
+    for row, count in enumerate(count_of_row):
+        rows.append(row)
+        cols.append(n_assigned + count)
+        values.append(headroom - 1.0)
+    fit = coo_array((values, (rows, cols)), shape=(n_rows, n_vars))
     finite_load = np.where(np.isfinite(load), load, 0.0)
-    most_gpus = np.ceil(finite_load.sum(axis=0) / (1.0 - headroom)) + 1
-    bounds = Bounds(np.zeros(n_pairs + n_types), np.concatenate([np.full(n_pairs, slice_factor), most_gpus]))
+    most = np.zeros(n_counts)
+    for row, count in enumerate(count_of_row):
+        total = finite_load[:, row].sum() if row < n_units else decode_load[:, row - n_units + n_types].sum()
+        most[count] = np.ceil(total / (1.0 - headroom)) + 1
+    bounds = Bounds(np.zeros(n_vars), np.concatenate([np.full(n_assigned, slice_factor), most]))
     result = milp(
         cost,
-        integrality=np.ones(n_pairs + n_types),
+        integrality=np.ones(n_vars),
         constraints=[LinearConstraint(assign, slice_factor, slice_factor), LinearConstraint(fit, -np.inf, 0)],
         bounds=bounds,
         options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6},
@@ -138,25 +212,42 @@ def plan(
     if result.x is None:  # infeasible cannot happen (every bucket has a type), so: no fleet found in time
         raise PlanError(f"solver found no fleet: {result.message}")
 
-    slices = np.round(result.x[:n_pairs]).astype(int)
-    counts = np.round(result.x[n_pairs:]).astype(int)
-    assignment = {hw: np.zeros(book.shape) for hw in types}
-    used = dict.fromkeys(types, 0.0)
-    for (k, t), y in zip(pairs, slices, strict=True):
+    slices = np.round(result.x[:n_assigned]).astype(int)
+    counts = np.round(result.x[n_assigned:]).astype(int)
+    assignment = {name: np.zeros(book.shape) for name in names}
+    used = dict.fromkeys(names, 0.0)
+    used_decode = dict.fromkeys(names, 0.0)
+    for (k, u), y in zip(assigned, slices, strict=True):
         if y:
-            assignment[types[t]][tuple(buckets[k])] = y / slice_factor
-            used[types[t]] += float(y / slice_factor * load[k, t])
+            assignment[names[u]][tuple(buckets[k])] = y / slice_factor
+            used[names[u]] += float(y / slice_factor * load[k, u])
+            used_decode[names[u]] += float(y / slice_factor * decode_load[k, u])
+    chosen = []
+    for q, pair in enumerate(pairs):
+        n_prefill, n_decode = int(counts[n_types + 2 * q]), int(counts[n_types + 2 * q + 1])
+        if n_prefill or n_decode:
+            chosen.append(
+                {
+                    "prefill": pair.prefill,
+                    "decode": pair.decode,
+                    "prefill_replicas": n_prefill,
+                    "decode_replicas": n_decode,
+                    "load": [round(used[pair.name], 6), round(used_decode[pair.name], 6)],
+                    "assignment": assignment[pair.name],
+                }
+            )
     return Plan(
-        allocation={hw: int(n) for hw, n in zip(types, counts, strict=True)},
-        cost_per_hour=float(sum(prices[hw] * n for hw, n in zip(types, counts, strict=True))),
-        assignment=assignment,
-        load=used,
+        allocation={hw: int(n) for hw, n in zip(types, counts[:n_types], strict=True)},
+        cost_per_hour=float(np.dot(count_price, counts)),
+        assignment={hw: assignment[hw] for hw in types},
+        load={hw: used[hw] for hw in types},
         unserved_rate=unserved_rate,
         slice_factor=slice_factor,
         headroom=headroom,
         optimal=result.status == 0,
         lower_bound=float(result.mip_dual_bound),
         solve_seconds=time.perf_counter() - started,
+        pairs=tuple(chosen),
     )
 
 

@@ -27,6 +27,8 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ricardo.profiles.engine_params import EngineParams
 
 SOURCE = "estimated"  # role capacities are derived from the engine model, never measured
@@ -163,3 +165,44 @@ def unified_seconds(params: RoleParams, input_tokens: int, output_tokens: int, s
     decode on the same engine, no transfer (to check the role model against the measured unified tables)."""
     cost = pair_cost(params, params, input_tokens, output_tokens, slo_tpot_s, math.inf)
     return cost.prefill_seconds + cost.decode_seconds
+
+
+def pair_cost_arrays(
+    prefill: RoleParams,
+    decode: RoleParams,
+    input_tokens: np.ndarray,
+    output_tokens: np.ndarray,
+    slo_tpot_s: float,
+    link_gbps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`pair_cost` of many sizes at once: (prefill seconds, decode seconds (inf: cannot), alone seconds per token),
+    for the planner, which prices every candidate pair on every size of a sample."""
+    inputs = np.asarray(input_tokens, dtype=float)
+    outputs = np.maximum(1.0, np.asarray(output_tokens, dtype=float))
+    p, d = prefill, decode
+
+    def prefill_at(tokens: np.ndarray, seqs: np.ndarray, longest: np.ndarray) -> np.ndarray:
+        attention = seqs * longest * longest / 2 * p.attention_flops_per_pair
+        compute = tokens * p.prefill_per_token + attention / p.flops_per_second
+        seconds: np.ndarray = p.step_overhead + np.maximum(compute, p.weights_seconds) + seqs * p.seq_overhead
+        return seconds
+
+    length = np.maximum(1.0, inputs)
+    batch = np.maximum(1.0, np.minimum(p.max_num_seqs, np.floor(p.max_batched_tokens / length)))
+    prefill_seconds = prefill_at(batch * length, batch, length) / batch
+    first = prefill_at(inputs, np.ones_like(inputs), inputs)
+    transfer = inputs * p.kv_bytes_per_token * 8 / (link_gbps * 1e9)
+    decodes = outputs - 1
+    context = decodes * inputs + decodes * (decodes + 1) / 2
+    alone = (first + transfer + decodes * d.decode_fixed(1) + context * d.per_context_token) / outputs
+    step = (slo_tpot_s * outputs - first - transfer) / np.maximum(1.0, decodes)
+    budget = step - d.step_overhead - d.weights_seconds
+    held = inputs + outputs / 2
+    per_seq = d.seq_overhead + held * d.per_context_token
+    with np.errstate(divide="ignore", invalid="ignore"):
+        batch_d = np.maximum(1.0, np.minimum(np.minimum(budget / per_seq, d.kv_capacity_tokens / held), d.max_num_seqs))
+        taken = d.decode_fixed(1) + (batch_d - 1) * d.seq_overhead + batch_d * held * d.per_context_token
+        decode_seconds = np.maximum(1.0, decodes) * taken / batch_d
+    too_big = (inputs + outputs > min(p.max_context, d.max_context)) | (inputs + outputs > d.kv_capacity_tokens)
+    decode_seconds = np.where((budget <= 0) | too_big, np.inf, decode_seconds)
+    return prefill_seconds, decode_seconds, alone

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from ricardo.profiles.catalog import load_default_book
 from ricardo.profiles.engine_params import LLAMA2_7B, engine_catalog
-from ricardo.profiles.roles import SOURCE, pair_cost, role_params, transfer_seconds, unified_seconds
+from ricardo.profiles.roles import (
+    SOURCE,
+    pair_cost,
+    pair_cost_arrays,
+    role_params,
+    transfer_seconds,
+    unified_seconds,
+)
 
 
 def test_kv_bytes_per_token_of_llama2_7b_is_512_kib():
@@ -71,3 +78,19 @@ def test_transfer_time_counts_in_the_latency_alone():
         (slow.transfer_seconds - fast.transfer_seconds) / 10
     )
     assert slow.decode_seconds > fast.decode_seconds  # less of the SLO left for the decode steps
+
+
+def test_the_vectorised_pair_cost_matches_the_scalar_one():
+    cat = engine_catalog()
+    sizes = [(1, 1), (25, 0), (500, 200), (2000, 20), (4000, 1), (8000, 300), (13000, 2000), (300, 5000)]
+    for prefill, decode in (("L40S", "MI300X"), ("H100", "A10G"), ("A100-80GB", "L4")):
+        p, d = role_params(cat[prefill]), role_params(cat[decode])
+        for slo in (0.04, 0.12):
+            pre, dec, alone = pair_cost_arrays(
+                p, d, np.array([i for i, _ in sizes]), np.array([o for _, o in sizes]), slo, 100.0
+            )
+            for k, (i, o) in enumerate(sizes):
+                cost = pair_cost(p, d, i, o, slo, 100.0)
+                assert pre[k] == pytest.approx(cost.prefill_seconds)
+                assert alone[k] == pytest.approx(cost.alone_seconds_per_token)
+                assert dec[k] == pytest.approx(cost.decode_seconds) or dec[k] == cost.decode_seconds == math.inf
