@@ -72,6 +72,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "melange = its bucket's upper edge (Mélange's rule). Default: ricardo with a trace, melange with a "
         "histogram (which has no sizes)",
     )
+    p.add_argument(
+        "--disaggregated",
+        action="store_true",
+        help="also consider disaggregated prefill/decode pairs of the candidate types (role capacities from the "
+        'engine model, source: estimated); the JSON gains "pairs": [{prefill, decode, prefill_replicas, '
+        "decode_replicas}]. Needs a trace as --workload",
+    )
+    p.add_argument("--link-gbps", type=float, default=100.0, help="with --disaggregated: the pairs' KV link, Gb/s")
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds before returning the best found")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=handle)
@@ -92,9 +100,9 @@ def handle(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     from ricardo.policies.planner import PlanError, plan
-    from ricardo.policies.sizing import planner_seconds
+    from ricardo.policies.sizing import pair_seconds, planner_seconds
     from ricardo.policies.types import SLO
-    from ricardo.profiles.catalog import default_profile_paths, load_book
+    from ricardo.profiles.catalog import default_profile_paths, load_book, with_shipped_engines
 
     if args.rate is not None and args.rate < 0:
         raise InvalidInput(f"--rate must be >= 0, got {args.rate:g}")
@@ -116,13 +124,25 @@ def run(args: argparse.Namespace) -> dict:
     only = [t.strip() for t in args.only.split(",") if t.strip()] if args.only else None
     rates = fractions * rate
     options = dict(slice_factor=args.slice_factor, headroom=args.headroom, time_limit_s=args.time_limit)
+    slo = SLO(book.slo_ttft_ms or 10_000.0, book.slo_tpot_ms)
     if sizes is not None:
-        slo = SLO(book.slo_ttft_ms or 10_000.0, book.slo_tpot_ms)
         options["request_seconds"] = planner_seconds(book, *sizes, slo, planner)
-    mixed = plan(rates, book, prices, only=only, drop_unservable=args.drop_unservable, **options)
+    candidates = []
+    if args.disaggregated:
+        if sizes is None or planner == "melange":
+            raise InvalidInput("--disaggregated needs a trace as --workload and the ricardo or exact planner")
+        if args.link_gbps <= 0:
+            raise InvalidInput(f"--link-gbps must be > 0, got {args.link_gbps:g}")
+        book = with_shipped_engines(book)  # the role model reads the types' step costs
+        types = only or [hw for hw in book.hardware_names() if hw in prices]
+        candidates = pair_seconds(
+            book, *sizes, slo, [book.canonical(hw) for hw in types], planner, link_gbps=args.link_gbps, prices=prices
+        )
+    mixed = plan(rates, book, prices, only=only, drop_unservable=args.drop_unservable, pairs=candidates, **options)
     served = rates.copy()
     if mixed.unserved_rate:
-        served[sum(mixed.assignment.values()) == 0] = 0.0
+        covered = list(mixed.assignment.values()) + [pair["assignment"] for pair in mixed.pairs]
+        served[sum(covered) == 0] = 0.0
     single: dict[str, dict[str, float] | None] = {}
     for hw in mixed.allocation:
         try:
@@ -233,6 +253,11 @@ def _text(result: dict) -> str:
     ]
     if result["unserved_rate"]:
         lines.append(f"left out: {result['unserved_rate']:.4g} req/s no candidate type can serve")
+    for pair in result.get("pairs", []):
+        lines.append(
+            f"  pair: {pair['prefill_replicas']} x {pair['prefill']} prefill + "
+            f"{pair['decode_replicas']} x {pair['decode']} decode"
+        )
     for hw, alone in result["single_type"].items():
         text = (
             "cannot serve every size" if alone is None else f"{alone['count']} x {hw}: ${alone['cost_per_hour']:.2f}/h"

@@ -35,7 +35,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default="auto",
         help="auto (the planner's fleet for the trace's mix and rate) | cheapest (search the cheapest planner fleet "
         "at which the policy keeps --target of the judged requests within the SLO: what will this traffic cost?) | "
-        "FILE (JSON {type: count}) | TYPE=N,TYPE=N",
+        "FILE (JSON {type: count}) | TYPE=N,TYPE=N (a pair's role: PREFILL>DECODE:prefill=N,PREFILL>DECODE:decode=M)",
     )
     p.add_argument("--target", type=float, default=0.99, help="with --fleet cheapest: share of requests within SLO")
     p.add_argument("--types", help="comma-separated hardware types to plan over (default: every priced type)")
@@ -62,6 +62,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "utilization the cost-aware policy runs it at), exact (own sizes at the profile's operating "
         "point), melange (bucket upper edges at the operating point)",
     )
+    p.add_argument(
+        "--disaggregated",
+        action="store_true",
+        help="let the planner choose disaggregated prefill/decode pairs too (role capacities from the engine model); "
+        "with --fleet cheapest, the search runs with and without pairs and keeps the cheaper. The JSON gains "
+        '"pairs": [{prefill, decode, prefill_replicas, decode_replicas}] beside "fleet" (unified replicas)',
+    )
+    p.add_argument("--link-gbps", type=float, default=100.0, help="the pairs' KV link, Gb/s")
     p.add_argument(
         "--oracle", action="store_true", help="tell the router each answer's true length instead of a prediction"
     )
@@ -127,6 +135,7 @@ def cheapest(args: argparse.Namespace) -> dict:
     """The cheapest planner fleet at which the policy keeps `--target` of the judged requests within the SLO."""
     from tqdm import tqdm
 
+    from ricardo.emulator.cluster import split_fleet
     from ricardo.emulator.fleet import FleetSearch, Trial, alone_within_slo, book_for_slo, servable
     from ricardo.emulator.sizes import sizes_named
     from ricardo.policies.types import SLO
@@ -141,7 +150,9 @@ def cheapest(args: argparse.Namespace) -> dict:
     engines = engine_catalog()
     # judged: the requests some candidate type can serve within the SLO at all (the same for every approach)
     judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)
-    search = FleetSearch(requests, book, engines, slo, judged, args.target, seed=args.seed, sizes=_sizes(args))
+    search = FleetSearch(
+        requests, book, engines, slo, judged, args.target, seed=args.seed, sizes=_sizes(args), link_gbps=args.link_gbps
+    )
     with tqdm(desc="fleets simulated", unit="fleet", file=sys.stderr, disable=None) as bar:
 
         def progress(trial: Trial) -> None:
@@ -149,10 +160,31 @@ def cheapest(args: argparse.Namespace) -> dict:
             bar.update()
 
         if args.policy == "cost-aware":  # ricardo's own search: the planner's mix, each type alone, trimmed
-            found = search.cheapest_verified(args.policy, types, planner=args.planner, on_trial=progress)
+            found = search.cheapest_verified(
+                args.policy, types, planner=args.planner, on_trial=progress, disaggregated=args.disaggregated
+            )
         else:
             found = search.cheapest(args.policy, types, planner=args.planner, on_trial=progress)
+            if args.disaggregated:  # with pairs allowed too; the cheaper of the two
+                paired = search.cheapest(args.policy, types, planner=args.planner, on_trial=progress, pairs=True)
+                found.without_pairs, found.trials = found.best, found.trials + paired.trials
+                if paired.best is not None and (
+                    found.best is None or paired.best.cost_per_hour < found.best.cost_per_hour
+                ):
+                    found.best = paired.best
     best = found.best
+    unified, pairs = split_fleet(best.fleet) if best else (None, None)
+    extra = {}
+    if args.disaggregated:
+        plain = found.without_pairs
+        extra = {
+            "without_pairs": {
+                "fleet": plain.fleet if plain else None,
+                "cost_per_hour": plain.cost_per_hour if plain else None,
+                "usd_per_million_tokens": plain.summary["usd_per_million_tokens"] if plain else None,
+                "slo_attainment": plain.attainment if plain else None,
+            }
+        }
     return {
         "trace": args.trace,
         "policy": args.policy,
@@ -161,7 +193,8 @@ def cheapest(args: argparse.Namespace) -> dict:
         "types": types,
         "target": args.target,
         "slo_tpot_ms": args.slo_tpot_ms,
-        "fleet": best.fleet if best else None,
+        "fleet": unified,
+        "pairs": pairs,
         "cost_per_hour": best.cost_per_hour if best else None,
         "usd_per_million_tokens": best.summary["usd_per_million_tokens"] if best else None,
         "slo_attainment": best.attainment if best else None,  # over the judged requests
@@ -172,11 +205,13 @@ def cheapest(args: argparse.Namespace) -> dict:
         "trials": len(found.trials),
         "scale": best.scale if best else None,
         "per_pool_requests": best.summary["per_pool_requests"] if best else None,
+        "link_gbps": args.link_gbps,
+        **extra,
     }
 
 
 def run_fleet(args: argparse.Namespace) -> dict:
-    from ricardo.emulator.cluster import simulate
+    from ricardo.emulator.cluster import key_hardware, simulate
     from ricardo.emulator.fleet import book_for_slo, plan_fleet
     from ricardo.emulator.sizes import sizes_named
     from ricardo.policies.types import SLO
@@ -186,11 +221,16 @@ def run_fleet(args: argparse.Namespace) -> dict:
     book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
     if args.fleet == "auto":
         fleet = plan_fleet(
-            requests, book, SLO(args.slo_ttft_ms, args.slo_tpot_ms), headroom=args.headroom, planner=args.planner
+            requests,
+            book,
+            SLO(args.slo_ttft_ms, args.slo_tpot_ms),
+            headroom=args.headroom,
+            planner=args.planner,
+            disaggregated=args.disaggregated,
         )
     else:
         fleet = _read_fleet(args.fleet, book)
-    unknown = [hw for hw in fleet if not book.has(hw)]
+    unknown = [hw for hw in map(key_hardware, fleet) if not book.has(hw)]
     if unknown:
         raise InvalidInput(f"no profile for {', '.join(unknown)}; known: {', '.join(book.hardware_names())}")
     result = simulate(
@@ -203,6 +243,7 @@ def run_fleet(args: argparse.Namespace) -> dict:
         SLO(args.slo_ttft_ms, args.slo_tpot_ms),
         seed=args.seed,
         sizes=sizes_named(_sizes(args)),
+        link_gbps=args.link_gbps,
     )
     return {"trace": args.trace, "policy": args.policy, "price_set": args.price_set, **result.summary()}
 
@@ -218,8 +259,16 @@ def _read_fleet(spec: str, book) -> dict[str, int]:
         for part in spec.split(","):
             name, _, count = part.partition("=")
             raw[name.strip()] = count
+    from ricardo.emulator.cluster import pair_key, parse_key
+
+    def canonical(name: str) -> str:  # a type, or a pair's role "PREFILL>DECODE:prefill|decode"
+        parsed = parse_key(name.strip())
+        if parsed is None:
+            return book.canonical(name.strip())
+        return pair_key(book.canonical(parsed[0]), book.canonical(parsed[1]), parsed[2])
+
     try:
-        fleet = {book.canonical(name): int(count) for name, count in raw.items()}
+        fleet = {canonical(name): int(count) for name, count in raw.items()}
     except (TypeError, ValueError):
         raise InvalidInput(f"--fleet: expected TYPE=N,... or a JSON file of {{type: count}}, got {spec!r}") from None
     if any(n < 0 for n in fleet.values()) or not any(fleet.values()):
@@ -227,8 +276,15 @@ def _read_fleet(spec: str, book) -> dict[str, int]:
     return fleet
 
 
+def _pairs_text(pairs: list[dict] | None) -> list[str]:
+    return [
+        f"{p['prefill_replicas']} x {p['prefill']} prefill + {p['decode_replicas']} x {p['decode']} decode"
+        for p in pairs or []
+    ]
+
+
 def _text(result: dict) -> str:
-    fleet = ", ".join(f"{n} x {hw}" for hw, n in result["fleet"].items() if n)
+    fleet = ", ".join([f"{n} x {hw}" for hw, n in result["fleet"].items() if n] + _pairs_text(result.get("pairs")))
     lines = [
         f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
         f"{result['duration_s']:.0f} s on {fleet}",
@@ -246,7 +302,7 @@ def _cheapest_text(result: dict) -> str:
     head = f"{result['trace']} with {result['policy']} (planner {result['planner']}), target {result['target']:.1%}"
     if result["fleet"] is None:
         return f"{head}: no fleet up to the search's limit passes ({result['trials']} fleets simulated)"
-    fleet = ", ".join(f"{n} x {hw}" for hw, n in result["fleet"].items() if n)
+    fleet = ", ".join([f"{n} x {hw}" for hw, n in result["fleet"].items() if n] + _pairs_text(result.get("pairs")))
     return "\n".join(
         [
             f"{head}: cheapest fleet {fleet}",

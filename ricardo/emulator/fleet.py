@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ricardo.emulator.cluster import TraceRequest, simulate
+from ricardo.emulator.cluster import TraceRequest, fleet_cost, key_hardware, pair_key, parse_key, simulate
 from ricardo.emulator.sizes import sizes_named
-from ricardo.policies.planner import Plan, plan
+from ricardo.policies.planner import PairSeconds, Plan, plan
 from ricardo.policies.routing import SLACK_TARGET, Policy
-from ricardo.policies.sizing import PLANNERS, plan_sizes, planner_seconds, size_demand
+from ricardo.policies.sizing import PLANNERS, pair_seconds, plan_sizes, planner_seconds, size_demand
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook, load_default_book
 from ricardo.profiles.engine_params import EngineParams
+from ricardo.profiles.roles import DEFAULT_LINK_GBPS
 
 
 def book_for_slo(slo_tpot_ms: float, price_set: str = "melange", full_catalog: bool = False) -> ProfileBook:
@@ -39,12 +40,37 @@ def lengths(requests: Sequence[TraceRequest]) -> tuple[list[int], list[int]]:
 
 
 def plan_fleet(
-    requests: Sequence[TraceRequest], book: ProfileBook, slo: SLO, headroom: float = 0.0, planner: str = "ricardo"
+    requests: Sequence[TraceRequest],
+    book: ProfileBook,
+    slo: SLO,
+    headroom: float = 0.0,
+    planner: str = "ricardo",
+    disaggregated: bool = False,
 ) -> dict[str, int]:
     """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see
-    `policies.sizing` for the planners)."""
-    result = plan_sizes(book, *lengths(requests), mean_rate(requests), slo, planner, headroom=headroom)
-    return {hw: n for hw, n in result.allocation.items() if n}
+    `policies.sizing` for the planners), pairs keyed by role (`cluster.pair_key`) with `disaggregated`."""
+    priced = [hw for hw in book.hardware_names() if hw in book.prices]
+    result = plan_sizes(
+        book,
+        *lengths(requests),
+        mean_rate(requests),
+        slo,
+        planner,
+        headroom=headroom,
+        only=priced,
+        disaggregated=disaggregated,
+    )
+    return fleet_of(result)
+
+
+def fleet_of(result: Plan) -> dict[str, int]:
+    """A plan as the simulator's fleet: {type: replicas, pair_key(prefill, decode, role): replicas}."""
+    fleet = {hw: n for hw, n in result.allocation.items() if n}
+    for pair in result.pairs:
+        if pair["prefill_replicas"] and pair["decode_replicas"]:
+            fleet[pair_key(pair["prefill"], pair["decode"], "prefill")] = pair["prefill_replicas"]
+            fleet[pair_key(pair["prefill"], pair["decode"], "decode")] = pair["decode_replicas"]
+    return fleet
 
 
 def servable(requests: Sequence[TraceRequest], book: ProfileBook, hardware: Sequence[str]) -> np.ndarray:
@@ -94,6 +120,7 @@ class Search:
     best: Trial | None
     trials: list[Trial] = field(default_factory=list)
     by_types: dict[tuple[str, ...], Trial | None] = field(default_factory=dict)  # per candidate type set
+    without_pairs: Trial | None = None  # with pairs allowed (`cheapest_verified(disaggregated=True)`): the best without
 
 
 class FleetSearch:
@@ -121,18 +148,38 @@ class FleetSearch:
         seed: int = 0,
         slack_target: float = SLACK_TARGET,
         sizes: str = "predicted",
+        link_gbps: float = DEFAULT_LINK_GBPS,
     ):
         self.requests, self.book, self.engines, self.slo = requests, book, engines, slo
         self.judged, self.target, self.seed = judged, target, seed
         self.sizes = sizes  # what the router is told of each answer: the gateway's prediction, or the truth
+        self.link_gbps = link_gbps
         self.demand = demand(requests, book)
         self.seconds = {name: planner_seconds(book, *lengths(requests), slo, name, slack_target) for name in PLANNERS}
+        self._pairs: dict[str, list[PairSeconds]] = {}  # per planner, the pair candidates, computed when first asked
+        self._slack_target = slack_target
 
-    def plan(self, scale: float, only: Sequence[str], planner: str = "exact") -> Plan:
+    def pair_candidates(self, planner: str) -> list[PairSeconds]:
+        if planner not in self._pairs:
+            priced = [hw for hw in self.book.hardware_names() if hw in self.book.prices]
+            self._pairs[planner] = pair_seconds(
+                self.book,
+                *lengths(self.requests),
+                self.slo,
+                priced,
+                planner,
+                link_gbps=self.link_gbps,
+                slack_target=self._slack_target,
+            )
+        return self._pairs[planner]
+
+    def plan(self, scale: float, only: Sequence[str], planner: str = "exact", pairs: bool = False) -> Plan:
         """The planner's fleet for `scale` x the demand, charging each request
         - "exact": its own size at the profile's operating point (the bound's planner);
         - "ricardo": its own size at the utilization the cost-aware policy runs its hardware at (`request_seconds`);
-        - "melange": its bucket's upper edge at the operating point (Mélange's planner)."""
+        - "melange": its bucket's upper edge at the operating point (Mélange's planner).
+        With `pairs`, the pairs of `only`'s types may be chosen too."""
+        candidates = [p for p in self.pair_candidates(planner) if {p.prefill, p.decode} <= set(only)] if pairs else []
         return plan(
             self.demand * scale,
             self.book,
@@ -140,6 +187,7 @@ class FleetSearch:
             drop_unservable=True,
             request_seconds=self.seconds[planner],
             time_limit_s=PLAN_TIME_LIMIT_S,
+            pairs=candidates,
         )
 
     def evaluate(self, fleet: dict[str, int], policy: str | Policy) -> tuple[float, dict]:
@@ -153,6 +201,7 @@ class FleetSearch:
             self.slo,
             seed=self.seed,
             sizes=sizes_named(self.sizes),
+            link_gbps=self.link_gbps,
         )
         lpt = np.array([r.timing.latency_per_token if r.pool is not None else math.inf for r in result.requests])
         met = (lpt * 1000 <= self.slo.tpot_ms) & self.judged
@@ -168,17 +217,18 @@ class FleetSearch:
         highest: float = 64.0,
         factors: Sequence[float] = (1.25, 1.04),
         on_trial: Callable[[Trial], None] | None = None,
+        pairs: bool = False,
     ) -> Search:
         search = Search(None)
         trials: dict[tuple, Trial] = {}
         best: dict[float, Trial] = {}  # the passing trial of each passing scale
 
         def passes(scale: float) -> bool:
-            fleet = self._fleet(scale, only, planner)
+            fleet = self._fleet(scale, only, planner, pairs)
             key = tuple(sorted(fleet.items()))
             if key not in trials:
                 attainment, summary = self.evaluate(fleet, policy) if fleet else (0.0, {})
-                cost = sum(self.book.prices[hw] * n for hw, n in fleet.items())
+                cost = fleet_cost(fleet, self.book.prices)
                 trials[key] = Trial(scale, fleet, cost, attainment, summary)
                 search.trials.append(trials[key])
                 if on_trial:
@@ -226,6 +276,7 @@ class FleetSearch:
         planner: str = "ricardo",
         singles: Sequence[str] | None = None,
         on_trial: Callable[[Trial], None] | None = None,
+        disaggregated: bool = False,
     ) -> Search:
         """The cheapest fleet the simulator verifies, as ricardo searches it: the planner's fleet over every type
         and over each type alone (of `singles`, default every type), each at its smallest passing scale
@@ -235,10 +286,37 @@ class FleetSearch:
         The planner sizes each type for the load the router is expected to put on it, but the router decides
         each request on the live state, so a planned mix can need more scale than a single type (a tight SLO
         where the dearer type's few requests cost more than they save), and a uniform scale-up over-provisions
-        the types that did not need it. Each candidate the search keeps is a fleet the simulator ran."""
+        the types that did not need it. Each candidate the search keeps is a fleet the simulator ran.
+
+        With `disaggregated`, the same search runs a second time with the planner's pairs allowed over every type
+        (its own smallest passing scale, then trimmed), and the cheaper of the two answers is kept: a fleet with
+        pairs allowed is never dearer than the one without. `Search.by_types[(*types, "+pairs")]` is the
+        pairs search's own answer, `Search.without_pairs` the other's."""
         alone = list(types if singles is None else singles) if len(types) > 1 else []
         sets = [tuple(types)] + [(hw,) for hw in alone]
-        found = {only: self.cheapest(policy, only, planner=planner, on_trial=on_trial) for only in sets}
+        plain = self._verified(policy, [(only, False) for only in sets], planner, on_trial)
+        if not disaggregated:
+            return plain
+        with_pairs = self._verified(policy, [(tuple(types), True)], planner, on_trial)
+        search = Search(None, plain.trials + with_pairs.trials)
+        search.by_types = plain.by_types | {(*types, "+pairs"): with_pairs.best}
+        search.without_pairs = plain.best
+        passing = [found.best for found in (plain, with_pairs) if found.best is not None]
+        # ties go to the fleet without pairs: the simpler one
+        search.best = min(passing, key=lambda trial: trial.cost_per_hour) if passing else None
+        return search
+
+    def _verified(
+        self,
+        policy: str | Policy,
+        sets: Sequence[tuple[tuple[str, ...], bool]],
+        planner: str,
+        on_trial: Callable[[Trial], None] | None,
+    ) -> Search:
+        """`cheapest` of each (types, pairs allowed) candidate set, the cheapest of them trimmed."""
+        found = {
+            only: self.cheapest(policy, only, planner=planner, on_trial=on_trial, pairs=pairs) for only, pairs in sets
+        }
         search = Search(None, [trial for f in found.values() for trial in f.trials])
         search.by_types = {only: f.best for only, f in found.items()}
         passing = [f.best for f in found.values() if f.best is not None]
@@ -249,15 +327,14 @@ class FleetSearch:
         improved = True
         while improved:
             improved = False
-            for hw in sorted(best.fleet, key=lambda h: -self.book.prices[h]):
-                smaller = {h: n - (h == hw) for h, n in best.fleet.items() if n - (h == hw) > 0}
-                key = tuple(sorted(smaller.items()))
-                if not smaller or key in tried:
+            for key in sorted(best.fleet, key=lambda k: -self.book.prices[key_hardware(k)]):
+                smaller = _without_one(best.fleet, key)
+                signature = tuple(sorted(smaller.items()))
+                if not smaller or signature in tried:
                     continue
-                tried.add(key)
+                tried.add(signature)
                 attainment, summary = self.evaluate(smaller, policy)
-                cost = sum(self.book.prices[h] * n for h, n in smaller.items())
-                trial = Trial(best.scale, smaller, cost, attainment, summary)
+                trial = Trial(best.scale, smaller, fleet_cost(smaller, self.book.prices), attainment, summary)
                 search.trials.append(trial)
                 if on_trial:
                     on_trial(trial)
@@ -267,5 +344,15 @@ class FleetSearch:
         search.best = best
         return search
 
-    def _fleet(self, scale: float, only: Sequence[str], planner: str) -> dict[str, int]:
-        return {hw: n for hw, n in self.plan(scale, only, planner).allocation.items() if n}
+    def _fleet(self, scale: float, only: Sequence[str], planner: str, pairs: bool = False) -> dict[str, int]:
+        return fleet_of(self.plan(scale, only, planner, pairs))
+
+
+def _without_one(fleet: dict[str, int], key: str) -> dict[str, int]:
+    """The fleet with one replica fewer of `key`; a pair left without one of its roles goes whole."""
+    smaller = {k: n - (k == key) for k, n in fleet.items() if n - (k == key) > 0}
+    parsed = parse_key(key)
+    if parsed is not None and key not in smaller:
+        other = pair_key(parsed[0], parsed[1], "decode" if parsed[2] == "prefill" else "prefill")
+        smaller.pop(other, None)
+    return smaller

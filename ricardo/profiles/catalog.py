@@ -529,7 +529,7 @@ def load_default_book(
     measured = read_profile_file(paths[0])
     slo_tpot_ms = measured.slo_tpot_ms if slo_tpot_ms is None else slo_tpot_ms
     if quantile is None and abs(slo_tpot_ms - measured.slo_tpot_ms) < 1e-9:
-        return _with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
+        return with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
     path = modelled_profile_path(model, slo_tpot_ms, quantile)
     if not path.is_file():
         judged = "" if quantile is None else f" --quantile {quantile:g}"
@@ -543,10 +543,10 @@ def load_default_book(
         modelled.gpus = {name: table for name, table in modelled.gpus.items() if name in measured.gpus}
     modelled.price_per_hour_usd = {**measured.price_per_hour_usd, **modelled.price_per_hour_usd}
     modelled.workloads = {**measured.workloads, **modelled.workloads}
-    return _with_shipped_engines(book_from_profiles([modelled], price_set=price_set, model=model))
+    return with_shipped_engines(book_from_profiles([modelled], price_set=price_set, model=model))
 
 
-def _with_shipped_engines(book: ProfileBook) -> ProfileBook:
+def with_shipped_engines(book: ProfileBook) -> ProfileBook:
     """The shipped book knows the step costs calibrated for its hardware (profiles/data/engine_params_*.json)."""
     catalog = engine_catalog()
     engines = {hw: catalog[ALIASES.get(hw, hw)] for hw in book.hardware_names() if ALIASES.get(hw, hw) in catalog}
