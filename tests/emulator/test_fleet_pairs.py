@@ -119,3 +119,12 @@ def test_simulate_cheapest_disaggregated_reports_pairs_beside_the_fleet():
     assert out["cost_per_hour"] == pytest.approx(total)
     assert out["cost_per_hour"] <= out["without_pairs"]["cost_per_hour"]
     assert out["slo_attainment"] >= 0.99
+
+
+def test_trimming_a_pair_role_to_nothing_drops_the_pair():
+    from ricardo.emulator.fleet import _without_one
+
+    fleet = {"MI300X": 1, "L40S>MI300X:prefill": 1, "L40S>MI300X:decode": 2}
+    assert _without_one(fleet, "L40S>MI300X:decode") == {"MI300X": 1, "L40S>MI300X:prefill": 1, "L40S>MI300X:decode": 1}
+    assert _without_one(fleet, "L40S>MI300X:prefill") == {"MI300X": 1}
+    assert _without_one(fleet, "MI300X") == {"L40S>MI300X:prefill": 1, "L40S>MI300X:decode": 2}
