@@ -233,7 +233,13 @@ def _after_dispatch(shape: RequestShape, pool: PoolView, book: ProfileBook) -> t
         utilization = max(
             (pool.in_flight_load + prefill) / pool.replicas, (pool.decode_load + decode) / pool.decode_replicas
         )
-        return utilization, cost.alone_seconds_per_token * 1000.0 / shape.slo.tpot_ms
+        # its latency alone at the p50 answer, if that is worse: a pair adds a fixed wait before the first token
+        # (the prefill, often on the type with cheaper but fewer FLOPs, then the transfer) that a short answer
+        # cannot spread, and judged at the p90 alone a prompt-heavy request whose answer turns out short was sent
+        # to a pair it could not meet the SLO on at any scale
+        median = pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p50, shape.slo)
+        alone = max(cost.alone_seconds_per_token, median.alone_seconds_per_token if median else 0.0)
+        return utilization, alone * 1000.0 / shape.slo.tpot_ms
     rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
     if rps90 <= 0:
         return None, 0.0

@@ -136,3 +136,15 @@ def test_ranking_pairs_stays_fast(book):
         cost_aware(RequestShape("llama2-7b", 100 + 17 * k, 50 + k, 80 + k, SLO_120), views, book)
     per_request = (time.perf_counter() - started) / 300
     assert per_request < 2e-3  # 19 pools; loose for a loaded CI machine
+
+
+def test_a_pair_is_judged_at_the_shorter_answer_too(book):
+    """A prompt-heavy request whose answer may be short: the pair's fixed wait (prefill + transfer) spread over
+    the p50 answer is what decides its slack, not the p90's."""
+    slo = SLO(10_000, 40)
+    sure = RequestShape("llama2-7b", 3000, 200, 200, slo)
+    unsure = RequestShape("llama2-7b", 3000, 25, 200, slo)
+    view = [pair_view(book, "L40S", "MI300X")]
+    sure_slack, unsure_slack = cost_aware(sure, view, book)[0].slack, cost_aware(unsure, view, book)[0].slack
+    alone = pair_estimate(book, view[0].pair, 3000, 25, slo).alone_seconds_per_token * 1000 / 40
+    assert alone > 0.7 and unsure_slack < 0.3 < sure_slack
