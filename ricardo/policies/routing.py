@@ -238,8 +238,8 @@ def _after_dispatch(shape: RequestShape, pool: PoolView, book: ProfileBook) -> t
         # cannot spread, and judged at the p90 alone a prompt-heavy request whose answer turns out short was sent
         # to a pair it could not meet the SLO on at any scale
         median = pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p50, shape.slo)
-        alone = max(cost.alone_seconds_per_token, median.alone_seconds_per_token if median else 0.0)
-        return utilization, alone * 1000.0 / shape.slo.tpot_ms
+        worst = max(cost.alone_seconds_per_token, median.alone_seconds_per_token if median else 0.0)
+        return utilization, worst * 1000.0 / shape.slo.tpot_ms
     rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
     if rps90 <= 0:
         return None, 0.0

@@ -121,13 +121,16 @@ def plan_sizes(
     time_limit_s: float = 1.0,
     disaggregated: bool = False,
     link_gbps: float = DEFAULT_LINK_GBPS,
+    pairs: Mapping[tuple[str, str], float] | None = None,
 ) -> Plan:
     """The planner's cheapest fleet for requests of these sizes arriving at `rate` req/s (the size mix of the
     sample, the total rate given: a sample of a window's requests plans for the whole window). `weights` say how
     many requests each size stands for (a sample drawn unevenly, e.g. merged from several gateway replicas);
     `prices` ($/h per type) replace the book's. Sizes no candidate type can serve are left out
     (`Plan.unserved_rate`). With `disaggregated`, pairs of the candidate types may be chosen too (`Plan.pairs`,
-    `Plan.desired_replicas`: replicas per pool and role)."""
+    `Plan.desired_replicas`: replicas per pool and role). `pairs` ({(prefill, decode): link Gb/s}) gives the
+    candidate pairs instead (a gateway's configured pair pools; their types need a price, and need not be in
+    `only`, which restricts the unified candidates)."""
     if len(inputs) == 0 and rate == 0:  # no traffic: the empty fleet (there are no sizes to charge)
         return plan(np.zeros(book.shape), book, prices, only=only, headroom=headroom, time_limit_s=time_limit_s)
     return plan(
@@ -149,8 +152,9 @@ def plan_sizes(
             link_gbps=link_gbps,
             weights=weights,
             prices=prices,
+            given=pairs,
         )
-        if disaggregated
+        if disaggregated or pairs
         else (),
     )
 
@@ -168,16 +172,24 @@ def pair_seconds(
     weights: Weights | None = None,
     prices: Mapping[str, float] | None = None,
     max_pairs: int = MAX_PAIRS,
+    given: Mapping[tuple[str, str], float] | None = None,
 ) -> list[PairSeconds]:
     """The pair candidates for the planner over `types` (every ordered (prefill, decode) pair, the same type on
     both sides included: disaggregation alone), each with its roles' mean replica-seconds per request of each
     bucket (inf where some request of the bucket cannot be served by the pair in time). Rule "ricardo" divides
     them by the safe utilization of the pair's latency alone, "exact" does not; "melange" plans no pairs.
-    Only the `max_pairs` that save most on the sample against the best unified type are kept."""
+    Only the `max_pairs` that save most on the sample against the best unified type are kept. With `given`
+    ({(prefill, decode): link Gb/s}: the pairs a gateway has configured), exactly those are the candidates, each
+    over its own link, whatever they save."""
     if planner == "melange":
         return []
     prices = book.prices if prices is None else prices
     roles = {hw: book.role(hw) for hw in types if book.role(hw) is not None and hw in prices}
+    if given is None:
+        combos = {(p, d): link_gbps for p in roles for d in roles}
+    else:
+        roles = {hw: book.role(hw) for pair in given for hw in pair if book.role(hw) is not None and hw in prices}
+        combos = {pair: link for pair, link in given.items() if set(pair) <= set(roles)}
     sizes = list(zip(np.asarray(inputs).tolist(), np.asarray(outputs).tolist(), strict=True))
     weight = np.ones(len(sizes)) if weights is None else np.asarray(weights, dtype=float)
     distinct = sorted(set(sizes))
@@ -196,25 +208,27 @@ def pair_seconds(
                 room = np.maximum(room, 1.0 - np.array(alone_hw) * 1000 / slo.tpot_ms)
     seconds = slo.tpot_ms / 1000.0
     candidates = []
-    for prefill, p_roles in roles.items():
-        for decode, d_roles in roles.items():
-            assert p_roles is not None and d_roles is not None
-            pre, dec, alone = pair_cost_arrays(p_roles, d_roles, d_in, d_out, seconds, link_gbps)
-            # ranked at the operating point, as the unified types' dollars are
-            dollars = (prices[prefill] * pre + prices[decode] * dec) / 3600
-            best = np.where(np.isfinite(unified), unified, 1.0)
-            saving = np.where(np.isfinite(dollars), np.maximum(0.0, best - dollars), 0.0)
-            if planner == "ricardo":  # `safe_utilization`, vectorised
-                share = alone * 1000 / slo.tpot_ms
-                target = np.minimum(slack_target, 0.5 * np.maximum(room, 1.0 - share))
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    safe = np.where(1.0 - share > target, 1.0 - target / (1.0 - share), 0.0)
-                safe = np.maximum(MIN_SAFE_UTILIZATION, safe)
-                pre, dec = pre / safe, dec / safe
-            total = float(np.dot(saving[rows], weight))
-            if total > 0:
-                candidates.append((total, prefill, decode, pre[rows], dec[rows]))
+    for (prefill, decode), link in combos.items():
+        p_roles, d_roles = roles[prefill], roles[decode]
+        assert p_roles is not None and d_roles is not None
+        pre, dec, alone = pair_cost_arrays(p_roles, d_roles, d_in, d_out, seconds, link)
+        # ranked at the operating point, as the unified types' dollars are
+        dollars = (prices[prefill] * pre + prices[decode] * dec) / 3600
+        best = np.where(np.isfinite(unified), unified, 1.0)
+        saving = np.where(np.isfinite(dollars), np.maximum(0.0, best - dollars), 0.0)
+        if planner == "ricardo":  # `safe_utilization`, vectorised
+            share = alone * 1000 / slo.tpot_ms
+            target = np.minimum(slack_target, 0.5 * np.maximum(room, 1.0 - share))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                safe = np.where(1.0 - share > target, 1.0 - target / (1.0 - share), 0.0)
+            safe = np.maximum(MIN_SAFE_UTILIZATION, safe)
+            pre, dec = pre / safe, dec / safe
+        total = float(np.dot(saving[rows], weight))
+        if total > 0 or given is not None:
+            candidates.append((total, prefill, decode, pre[rows], dec[rows]))
     candidates.sort(key=lambda c: -c[0])
+    if given is not None:
+        max_pairs = len(candidates)
     result = []
     for _, prefill, decode, pre, dec in candidates[:max_pairs]:
         result.append(
@@ -242,3 +256,19 @@ def _bucket_mean(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean: np.ndarray = np.where((count > 0) & (bad == 0), total / np.where(count > 0, count, 1.0), np.inf)
     return mean
+
+
+def desired_replicas(result: Plan, pools: Mapping[str, str | tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Replicas per pool and role, from a plan: `pools` names each pool's hardware (a type, or (prefill, decode)
+    for a pair). {pool: {"unified": n}} or {pool: {"prefill": n, "decode": m}}; of several pools of the same
+    type or pair the first listed gets the count, the others 0 (what the scaling hints export)."""
+    wanted = result.desired_replicas()
+    out: dict[str, dict[str, int]] = {}
+    taken: set[str] = set()
+    for name, hardware in pools.items():
+        unit = hardware if isinstance(hardware, str) else f"{hardware[0]}>{hardware[1]}"
+        roles = ("unified",) if isinstance(hardware, str) else ("prefill", "decode")
+        counts = wanted.get(unit, {}) if unit not in taken else {}
+        taken.add(unit)
+        out[name] = {role: counts.get(role, 0) for role in roles}
+    return out

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from ricardo.policies.planner import PairSeconds, plan
-from ricardo.policies.sizing import pair_seconds, plan_sizes
+from ricardo.policies.sizing import desired_replicas, pair_seconds, plan_sizes
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import load_default_book
 
@@ -71,3 +71,31 @@ def test_pair_candidates_are_the_ones_that_save(book):
     # the L40S's cheap FLOPs and the MI300X's cheap bandwidth and large KV cache: the model's best pair here
     assert ("L40S", "MI300X") in [(c.prefill, c.decode) for c in candidates]
     assert pair_seconds(book, inputs, outputs, SLO_120, types, "melange") == []
+
+
+def test_a_gateways_configured_pairs_are_the_only_candidates_and_map_to_its_pools(book):
+    """The scaling loop plans its own pools: unified types in `only`, its pair pools given with their links."""
+    inputs, outputs = sample()
+    prices = {hw: book.price(hw) for hw in ("H100", "A10G", "L40S", "MI300X")}
+    result = plan_sizes(
+        book,
+        inputs,
+        outputs,
+        30.0,
+        SLO_120,
+        "exact",
+        prices=prices,
+        only=["H100", "A10G"],
+        pairs={("L40S", "MI300X"): 100.0},
+        time_limit_s=10,
+    )
+    assert set(result.allocation) == {"H100", "A10G"}
+    assert all((p["prefill"], p["decode"]) == ("L40S", "MI300X") for p in result.pairs)
+    assert result.pairs, "at 30 req/s of prompt-heavy chat the configured pair pays"
+    pools = {"big": "H100", "small": "A10G", "split": ("L40S", "MI300X"), "split-2": ("L40S", "MI300X")}
+    wanted = desired_replicas(result, pools)
+    pair = result.pairs[0]
+    assert wanted["split"] == {"prefill": pair["prefill_replicas"], "decode": pair["decode_replicas"]}
+    assert wanted["split-2"] == {"prefill": 0, "decode": 0}
+    assert wanted["big"] == {"unified": result.allocation["H100"]}
+    assert wanted["small"] == {"unified": result.allocation["A10G"]}
