@@ -11,7 +11,7 @@ the two, so it is never dearer. "pairs search" is the second search's own answer
 prefill:decode ratio it chose. Requests judged: those some unified type can serve within the SLO alone (the same
 set for both columns). Every pair figure is the engine model's (`source: estimated`), not a measurement.
 
-Writes pairs.json and pairs.md (the table; the paragraph below it is written by hand from the results).
+Writes pairs.json and prints the table (pairs.md holds it, with a paragraph written by hand from the results).
 """
 
 from __future__ import annotations
@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "pairs.json").write_text(json.dumps(results, indent=1) + "\n")
     text = table(results)
     print(text)
-    (args.out / "pairs_table.md").write_text(text + "\n")
     return 0
 
 
