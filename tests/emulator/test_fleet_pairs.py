@@ -128,3 +128,14 @@ def test_trimming_a_pair_role_to_nothing_drops_the_pair():
     assert _without_one(fleet, "L40S>MI300X:decode") == {"MI300X": 1, "L40S>MI300X:prefill": 1, "L40S>MI300X:decode": 1}
     assert _without_one(fleet, "L40S>MI300X:prefill") == {"MI300X": 1}
     assert _without_one(fleet, "MI300X") == {"L40S>MI300X:prefill": 1, "L40S>MI300X:decode": 2}
+
+
+def test_a_fleet_spec_names_pair_roles():
+    from ricardo.cli.simulate import _read_fleet
+
+    book = book_for_slo(120, price_set="neocloud", full_catalog=True)
+    fleet = _read_fleet("MI300X=1,L40S>MI300X:prefill=2,L40S>MI300X:decode=1", book)
+    assert fleet == {"MI300X": 1, "L40S>MI300X:prefill": 2, "L40S>MI300X:decode": 1}
+    assert split_fleet(fleet)[1] == [
+        {"prefill": "L40S", "decode": "MI300X", "prefill_replicas": 2, "decode_replicas": 1}
+    ]
