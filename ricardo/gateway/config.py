@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from ricardo.errors import InvalidInput
 from ricardo.gateway.urls import check_backend_url, redact, split_credentials
@@ -38,35 +38,106 @@ class PoolTimeouts(_Strict):
     response_timeout_s: float | None = Field(default=None, gt=0)
 
 
+class RoleConfig(_Strict):
+    """One side of a disaggregated prefill/decode pair: its hardware type, backends and price."""
+
+    hardware: str = Field(description="profile name of this role's hardware type", examples=["H100", "A10G"])
+    price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
+    backends: list[HttpUrl] = Field(default_factory=list)
+    draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
+
+
+ROLES = ("prefill", "decode")
+
+
+@dataclass(frozen=True, slots=True)
+class RoleView:
+    """The backends of one role of a pool, whatever its kind: `unified` (one role), or `prefill` and `decode`."""
+
+    role: str
+    hardware: str
+    backends: list[HttpUrl]
+    draining: list[HttpUrl]
+    price_per_hour: float | None
+
+
 class PoolConfig(_Strict):
+    """A unified pool (`hardware`, `backends`), or a disaggregated pair (`prefill`, `decode`, `link_gbps`).
+
+    A pair's `hardware` is its decode type (the profile its load is charged on), filled in when left out; its
+    backends, draining list and prices are per role."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    hardware: str = Field(
-        description="profile name of the hardware type, e.g. A10G, H100", examples=["A10G", "L4", "A100-80GB", "H100"]
+    hardware: str | None = Field(
+        default=None,
+        description="profile name of the hardware type, e.g. A10G, H100 (a pair: its decode type)",
+        examples=["A10G", "L4", "A100-80GB", "H100"],
     )
     price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
     backends: list[HttpUrl] = Field(default_factory=list)
     models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
     api_key: str | None = Field(default=None, description="bearer token the backends expect")
     draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
-    role: Literal["unified"] = "unified"
+    role: Literal["unified", "pair"] = "unified"
     timeouts: PoolTimeouts | None = Field(default=None, description="this pool's timeouts; unset: the limits'")
-
-    @field_validator("backends")
-    @classmethod
-    def _no_duplicates(cls, urls: list[HttpUrl]) -> list[HttpUrl]:
-        for url in urls:
-            check_backend_url(str(url))
-        if len({backend_id(u) for u in urls}) != len(urls):
-            raise ValueError("a backend is listed twice")
-        return urls
+    prefill: RoleConfig | None = Field(default=None, description="a pair's prefill side")
+    decode: RoleConfig | None = Field(default=None, description="a pair's decode side")
+    link_gbps: float | None = Field(default=None, gt=0, description="a pair: the link the KV cache crosses, Gb/s")
 
     @model_validator(mode="after")
-    def _drain_known_backends(self) -> PoolConfig:
-        unknown = {backend_id(u) for u in self.draining} - {backend_id(u) for u in self.backends}
-        if unknown:
-            raise ValueError(f"draining backends that are not in the pool: {sorted(map(redact, unknown))}")
-        if self.api_key and any(split_credentials(str(u))[1] for u in self.backends):
-            raise ValueError("give the backends' credentials as api_key or in their URLs, not both")
+    def _one_kind(self) -> PoolConfig:
+        if self.prefill is None and self.decode is None:
+            if self.role == "pair":
+                raise ValueError("a pair needs `prefill` and `decode`")
+            if self.hardware is None:
+                raise ValueError("a unified pool needs `hardware`")
+            if self.link_gbps is not None:
+                raise ValueError("link_gbps is for pairs (with `prefill` and `decode`)")
+            return self
+        if self.prefill is None or self.decode is None:
+            raise ValueError("a pair needs both `prefill` and `decode`")
+        if self.backends or self.draining or self.price_per_hour is not None:
+            raise ValueError("a pair's backends, draining backends and prices go under `prefill` and `decode`")
+        if self.link_gbps is None:
+            raise ValueError("a pair needs `link_gbps`: the link the KV cache crosses")
+        if self.hardware not in (None, self.decode.hardware):
+            raise ValueError("a pair's `hardware` is its decode type; leave it out")
+        self.hardware, self.role = self.decode.hardware, "pair"
+        return self
+
+    @property
+    def kind_hardware(self) -> str:
+        assert self.hardware is not None  # set by the validator
+        return self.hardware
+
+    @property
+    def is_pair(self) -> bool:
+        return self.prefill is not None
+
+    def roles(self) -> list[RoleView]:
+        """The pool's roles: one `unified`, or `prefill` then `decode`."""
+        if self.prefill is None or self.decode is None:
+            return [RoleView("unified", self.kind_hardware, self.backends, self.draining, self.price_per_hour)]
+        return [
+            RoleView(name, side.hardware, side.backends, side.draining, side.price_per_hour)
+            for name, side in (("prefill", self.prefill), ("decode", self.decode))
+        ]
+
+    @model_validator(mode="after")
+    def _backends_sound(self) -> PoolConfig:
+        seen: set[str] = set()
+        for role in self.roles():
+            for url in role.backends:
+                check_backend_url(str(url))
+            ids = {backend_id(u) for u in role.backends}
+            if len(ids) != len(role.backends) or ids & seen:
+                raise ValueError("a backend is listed twice")
+            seen |= ids
+            unknown = {backend_id(u) for u in role.draining} - ids
+            if unknown:
+                raise ValueError(f"draining backends that are not in the pool: {sorted(map(redact, unknown))}")
+            if self.api_key and any(split_credentials(str(u))[1] for u in role.backends):
+                raise ValueError("give the backends' credentials as api_key or in their URLs, not both")
         return self
 
 

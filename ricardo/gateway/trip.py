@@ -43,6 +43,7 @@ class Trip:
     attempts: int = 0
     first_token_at: float | None = None
     usage: dict | None = None
+    prefill_usage: dict | None = None  # a pair's: the prefill side's answer's (its prompt tokens count)
     status: int = 200
     # how the answer ended for the backend: True clean, False its failure, None says nothing (client gone)
     outcome: bool | None = None
@@ -60,6 +61,19 @@ def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice:
     backend.in_flight += 1
     if trip.shape.stream:
         pool.waits(id(trip), trip.started)
+
+
+def hand_over(trip: Trip, decode: Backend) -> None:
+    """A pair's prefill side answered cleanly: its backend is done (a clean outcome, released), and the request
+    moves, with the pool's load it holds, to the decode backend (gateway/handoff.py)."""
+    prefill = trip.backend
+    assert prefill is not None and trip.pool is not None  # started on the prefill side
+    prefill.outcome(time.monotonic(), True, trip.trial)
+    trip.trial = False
+    prefill.in_flight -= 1
+    trip.backend = decode
+    trip.trial = decode.outlier.begin()
+    decode.in_flight += 1
 
 
 def _release(trip: Trip) -> None:
@@ -132,6 +146,8 @@ def account(state: GatewayState, trip: Trip) -> None:
     if trip.first_token_at is not None:
         m.ttft.labels(name).observe(trip.first_token_at - trip.started)
     usage = trip.usage or {}
+    if trip.prefill_usage is not None:  # a pair: the prompt was the prefill side's work
+        usage = {**usage, "prompt_tokens": trip.prefill_usage.get("prompt_tokens", usage.get("prompt_tokens"))}
     prompt_tokens = usage.get("prompt_tokens")
     completion_tokens = usage.get("completion_tokens")
     clean = trip.status == 200 and trip.outcome is True
@@ -153,5 +169,6 @@ def account(state: GatewayState, trip: Trip) -> None:
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
-        for listener in state.outcome_listeners:
-            listener(prompt_tokens, completion_tokens)
+        if pool.pair is None:  # the planner's traffic; pairs are sized on their roles' load (gateway/scaling.py)
+            for listener in state.outcome_listeners:
+                listener(prompt_tokens, completion_tokens)

@@ -88,9 +88,10 @@ class PoolLedger:
         self._view = None
         return True
 
-    def reprice(self, price_per_hour: float, models: tuple[str, ...]) -> None:
-        if (price_per_hour, models) != (self.price_per_hour, self.models):
-            self.price_per_hour, self.models, self._view = price_per_hour, models, None
+    def reprice(self, price_per_hour: float, models: tuple[str, ...], pair: PairSpec | None = None) -> None:
+        """New prices (of a pair: its spec with the new role prices) or models."""
+        if (price_per_hour, models, pair) != (self.price_per_hour, self.models, self.pair):
+            self.price_per_hour, self.models, self.pair, self._view = price_per_hour, models, pair, None
 
     def view(self, replicas: int, decode_replicas: int = 0) -> PoolView:
         """The pool as a policy sees it, given how many replicas (of a pair: prefill, decode) can take a request now."""
