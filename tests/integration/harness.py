@@ -159,6 +159,7 @@ class Cluster:
         }
         self.config_path = tmp / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+
         def sound(backends: list[str]) -> list[str]:
             return [b for b in backends if int(b.rsplit(":", 1)[1]) not in self.faults]
 

@@ -112,24 +112,36 @@ def test_the_admin_api_shows_the_pair_by_role(cluster):
     assert sorted(b["role"] for b in pool["backends"]) == ["decode", "prefill"]
 
 
-# -- a decode worker killed -------------------------------------------------------------------------------
+# -- decode workers killed ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def killable(tmp_path):
-    """A pair with two decode workers, each its own process, and slow ones: a request is in flight long enough to
-    kill the worker it is on."""
+@pytest.fixture(scope="module")
+def killable(tmp_path_factory):
+    """A pair with three decode workers, each its own process, whose KV transfers are slow (a request is in flight
+    long enough to kill the worker it is on), and a dear unified pool behind it: `cheapest-price` ranks the pair
+    first and the unified pool second. The tests below kill one decode worker each, in file order."""
     pairs = {
         "h100-a10g": {
             "prefill": ("H100", 1),
-            "decode": ("A10G", 2),
+            "decode": ("A10G", 3),
             "link_gbps": 1.0,  # the transfer of PROMPT takes about 1 s: time to kill a worker before its first byte
             "own_process": ["decode"],
         }
     }
-    cluster = Cluster({}, tmp_path, pairs=pairs, policy="least-outstanding", tokenizer="llama3").start()
+    cluster = Cluster(
+        {"a100": ("A100-80GB", 1)},
+        tmp_path_factory.mktemp("killable"),
+        pairs=pairs,
+        pool_settings={"a100": {"price_per_hour": 100.0}},
+        policy="cheapest-price",
+        tokenizer="llama3",
+    ).start()
     yield cluster
     cluster.stop()
+
+
+def decode_ports(cluster: Cluster) -> list[int]:
+    return [p for p in cluster.role_ports[("h100-a10g", "decode")] if cluster.backend_processes[p].proc.poll() is None]
 
 
 def busy_decode_port(cluster: Cluster) -> int | None:
@@ -145,37 +157,30 @@ def kill(cluster: Cluster, port: int) -> None:
     process.wait(timeout=5)
 
 
-def test_a_decode_worker_killed_before_the_first_byte_is_retried_to_a_complete_answer(killable):
-    client = client_for(killable)
+def kill_while_in_flight(cluster: Cluster, call) -> dict:
+    """Run `call` in a thread, kill the decode worker its request reaches, and return what `call` returned."""
     result: dict = {}
 
-    def call() -> None:
+    def run() -> None:
         try:
-            stream = client.chat.completions.create(
-                model="llama2-7b",
-                messages=MESSAGES,
-                stream=True,
-                extra_headers={"x-emulator-output-tokens": "12"},
-            )
-            result["text"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        except openai.APIError as exc:  # pragma: no cover - the failure the test looks for
+            result["value"] = call()
+        except openai.APIError as exc:  # pragma: no cover - what the tests say must not happen
             result["error"] = exc
 
-    thread = threading.Thread(target=call)
+    thread = threading.Thread(target=run)
     thread.start()
-    port = wait_for(lambda: busy_decode_port(killable), 10, interval=0.02)
+    port = wait_for(lambda: busy_decode_port(cluster), 10, interval=0.02)
     assert port is not None, "no decode worker took the request"
-    kill(killable, port)  # while it pulls the KV cache: nothing has reached the client yet
+    kill(cluster, port)  # while it pulls the KV cache: nothing has reached the client yet
     thread.join(30)
     assert not thread.is_alive()
     assert "error" not in result, result.get("error")
-    assert result["text"] == expected_text(12)
-    assert metric(killable.url, "ricardo_fallbacks_total", pool="h100-a10g") >= 1
+    return result["value"]
 
 
 def test_a_decode_worker_killed_mid_stream_ends_the_stream_with_an_error_not_a_hang(killable):
-    client = client_for(killable)
-    stream = client.chat.completions.create(
+    assert len(decode_ports(killable)) == 3
+    stream = client_for(killable).chat.completions.create(
         model="llama2-7b",
         messages=[{"role": "user", "content": "Hello"}],  # a short prompt: the transfer is quick
         stream=True,
@@ -194,3 +199,33 @@ def test_a_decode_worker_killed_mid_stream_ends_the_stream_with_an_error_not_a_h
     assert received  # the client had the first tokens, then a clean error
     assert time.monotonic() - started < 20  # the error came at once, not after a timeout
     assert wait_for(lambda: metric(killable.url, "ricardo_upstream_errors_total", pool="h100-a10g") >= 1, 5)
+
+
+def test_a_decode_worker_killed_before_the_first_byte_is_retried_on_the_pair(killable):
+    assert len(decode_ports(killable)) == 2
+    client = client_for(killable)
+
+    def call() -> tuple[str, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="llama2-7b", messages=MESSAGES, stream=True, extra_headers={"x-emulator-output-tokens": "12"}
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        return raw.headers["x-ricardo-pool"], text
+
+    pool, text = kill_while_in_flight(killable, call)
+    assert (pool, text) == ("h100-a10g", expected_text(12))  # the pair's third decode worker answered
+    assert metric(killable.url, "ricardo_fallbacks_total", pool="h100-a10g") >= 1
+
+
+def test_the_last_decode_worker_killed_before_the_first_byte_falls_back_to_a_unified_pool(killable):
+    assert len(decode_ports(killable)) == 1
+    client = client_for(killable)
+
+    def call() -> tuple[str, str, str | None]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="llama2-7b", messages=MESSAGES, extra_headers={"x-emulator-output-tokens": "9"}
+        )
+        return raw.headers["x-ricardo-pool"], raw.headers["x-ricardo-attempts"], raw.parse().choices[0].message.content
+
+    pool, attempts, text = kill_while_in_flight(killable, call)
+    assert (pool, attempts, text) == ("a100", "2", expected_text(9))
