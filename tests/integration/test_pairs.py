@@ -51,7 +51,12 @@ def admin_get(cluster: Cluster, path: str) -> dict:
 def cluster(tmp_path_factory):
     pairs = {"h100-a10g": {"prefill": ("H100", 1), "decode": ("A10G", 1), "link_gbps": LINK_GBPS}}
     cluster = Cluster(
-        {}, tmp_path_factory.mktemp("pairs"), pairs=pairs, policy="least-outstanding", tokenizer="llama3"
+        {},
+        tmp_path_factory.mktemp("pairs"),
+        pairs=pairs,
+        policy="least-outstanding",
+        tokenizer="llama3",
+        scaling={"interval_s": 0.5},
     ).start()
     yield cluster
     cluster.stop()
@@ -110,6 +115,25 @@ def test_the_admin_api_shows_the_pair_by_role(cluster):
     prices = pool["roles"]["prefill"]["price_per_hour"], pool["roles"]["decode"]["price_per_hour"]
     assert pool["price_per_hour"] == pytest.approx(sum(prices)) and prices[0] > prices[1]
     assert sorted(b["role"] for b in pool["backends"]) == ["decode", "prefill"]
+
+
+def test_scaling_hints_size_each_role_of_the_pair(cluster):
+    client_for(cluster).chat.completions.create(  # a second or so of decoding: load on the decode side
+        model="llama2-7b", messages=MESSAGES, extra_headers={"x-emulator-output-tokens": "60"}
+    )
+
+    def loaded() -> dict | None:
+        hints = admin_get(cluster, "/admin/scaling")
+        pair = hints.get("inputs", {}).get("pools", {}).get("h100-a10g")
+        return hints if pair and pair["roles"]["decode"]["load"] > 0 else None
+
+    hints = wait_for(loaded, 10, interval=0.2)
+    assert hints is not None, "no hints with the pair's decode load"
+    assert hints["desired"]["h100-a10g"] == {"prefill": 1, "decode": 1}  # a light load: one of each side
+    assert hints["inputs"]["pools"]["h100-a10g"]["roles"]["prefill"]["hardware"] == "H100"
+    for role in ("prefill", "decode"):
+        assert metric(cluster.url, "ricardo_desired_replicas", pool="h100-a10g", role=role) == 1
+    assert metric(cluster.url, "ricardo_desired_replicas", pool="h100-a10g", role="unified") == 0
 
 
 # -- decode workers killed ---------------------------------------------------------------------------------
