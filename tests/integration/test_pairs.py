@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -106,6 +107,46 @@ def test_a_stream_relays_the_decode_side_and_its_first_token_waits_for_the_trans
     buckets_below = [b for b in (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25) if b < transfer_s()]
     for bucket in buckets_below:
         assert metric(cluster.url, "ricardo_time_to_first_token_seconds_bucket", pool="h100-a10g", le=str(bucket)) == 0
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_emulated_sides_speak_vllms_hand_off(cluster):
+    """What the gateway relies on, asked of the workers directly: the prefill side's answer names where the KV
+    cache waits (NixlConnector's fields), the decode side takes those and nothing less."""
+    (prefill_port,), (decode_port,) = (
+        cluster.role_ports[("h100-a10g", "prefill")],
+        cluster.role_ports[("h100-a10g", "decode")],
+    )
+    request = {"model": "llama2-7b", "messages": MESSAGES, "max_tokens": 1, "stream": False}
+    status, answer = post(
+        f"http://127.0.0.1:{prefill_port}/v1/chat/completions",
+        request | {"kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False}},
+    )
+    assert status == 200 and answer["usage"]["completion_tokens"] == 1
+    params = answer["kv_transfer_params"]
+    assert params["do_remote_prefill"] is True and params["do_remote_decode"] is False
+    assert len(params["remote_block_ids"]) == prompt_tokens() // 16  # the full blocks of the prompt
+    assert params["remote_port"] == prefill_port and params["remote_host"] == "127.0.0.1"
+    assert {"remote_engine_id", "remote_request_id", "tp_size"} <= set(params)
+
+    decode_url = f"http://127.0.0.1:{decode_port}/v1/chat/completions"
+    status, answer = post(decode_url, request | {"max_tokens": 5, "kv_transfer_params": params})
+    assert status == 200 and answer["choices"][0]["message"]["content"] == expected_text(5)
+    assert answer["usage"] == {
+        "prompt_tokens": prompt_tokens(),
+        "completion_tokens": 5,
+        "total_tokens": prompt_tokens() + 5,
+    }
+    status, answer = post(decode_url, request | {"kv_transfer_params": {"do_remote_prefill": True}})
+    assert status == 400 and "remote_engine_id" in answer["error"]["message"]
 
 
 def test_the_admin_api_shows_the_pair_by_role(cluster):
