@@ -1,8 +1,9 @@
 """One request's trip: shape it, rank the pools, admit or shed it, attempt backends, relay the answer, account.
 
 The rooms of the trip, importing one way: `proxy` (this: the whole trip) -> `relay` (a stream to the client,
-checked for completeness) -> `dispatch` (choosing and attempting backends, retries before the first byte)
--> `trip` (the request's state and its events: start, fail, account).
+checked for completeness) -> `dispatch` (choosing and attempting backends, retries before the first byte; on a
+disaggregated pair, `handoff`'s prefill-then-decode attempt) -> `trip` (the request's state and its events: start,
+fail, hand over, account).
 
 Retries and fallbacks happen only before anything reaches the client: for a stream, until its first event has
 arrived; a whole answer is read and checked before it is sent. After that, a failure ends the stream with an
