@@ -17,6 +17,8 @@ import openai
 import pytest
 from ricardo.emulator.kvtransfer import transfer_seconds
 from ricardo.emulator.text import TokenCounter, token_text
+from ricardo.policies.routing import request_cost_usd
+from ricardo.profiles.catalog import load_default_book
 from ricardo.profiles.engine_params import LLAMA2_7B
 
 from tests.integration.harness import Cluster, metric, wait_for
@@ -80,6 +82,12 @@ def test_a_whole_answer_comes_from_the_decode_side_with_usage_counted_once(clust
     assert wait_for(lambda: metric(cluster.url, "ricardo_tokens_total", pool="h100-a10g", type="output") >= 23, 5)
     assert metric(cluster.url, "ricardo_tokens_total", pool="h100-a10g", type="output") == 23
     assert metric(cluster.url, "ricardo_tokens_total", pool="h100-a10g", type="input") == prompt_tokens()
+    # its cost: each side's part at its own type's price (the prefill side a one-token answer)
+    book = load_default_book(price_set="melange", include_estimated=True)
+    n = prompt_tokens()
+    cost = request_cost_usd(book, "H100", book.price("H100"), n, 1)
+    cost += request_cost_usd(book, "A10G", book.price("A10G"), n, 23)
+    assert metric(cluster.url, "ricardo_cost_usd_total", pool="h100-a10g") == pytest.approx(cost)
 
 
 def test_a_stream_relays_the_decode_side_and_its_first_token_waits_for_the_transfer(cluster):
