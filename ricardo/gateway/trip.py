@@ -116,6 +116,8 @@ def failed(state: GatewayState, trip: Trip, kind: str) -> None:
     pool, backend = trip.pool, trip.backend
     assert pool is not None and backend is not None  # started
     now = time.monotonic()
+    if backend.role != "unified" and not kind.startswith(backend.role):  # a side of a pair: which one failed
+        kind = f"{backend.role}_{kind}"
     state.metrics.upstream_errors.labels(pool.name, kind).inc()
     ejected = backend.outcome(now, False, trip.trial)
     trip.trial = False
