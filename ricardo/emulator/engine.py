@@ -34,7 +34,7 @@ class Sequence:
     tag: Any = None  # the caller's handle (a stream, a simulated request ...): the engine never reads it
     generated: int = 0
     preemptions: int = 0
-    prefilled: bool = False  # its prompt's KV cache came from elsewhere (a disaggregated prefill): no prefill pass
+    prefilled: bool = False  # its KV cache arrives from a prefill worker: admission computes nothing
 
     @property
     def context(self) -> int:
@@ -136,40 +136,36 @@ class Engine:
     def _admit(self) -> list[Sequence]:
         p = self.params
         admitted: list[Sequence] = []
-        batched = longest = prefills = 0
-        held = 0  # KV of the admitted, prefilled or not
+        computed = batched = longest = held = 0  # prompts to compute (padded budget); transferred KV (cache only)
         while self.waiting and len(self._running) + len(admitted) < p.max_num_seqs:
             head = self.waiting[0]
-            if prefills and not head.prefilled:  # a prompt longer than the budget still runs, alone
-                padded = (prefills + 1) * max(longest, head.context)
+            if head.prefilled:
+                if not self._fits(head.context, batched + held):
+                    break
+                admitted.append(self.waiting.popleft())
+                held += head.context
+                continue
+            if computed:  # a prompt longer than the budget still runs, alone
+                padded = (computed + 1) * max(longest, head.context)
                 if padded > p.max_batched_tokens or padded - batched - head.context > p.max_paddings:
                     break
-            if not self._fits(head.context, held):
+            if not self._fits(head.context, batched + held):
                 break
             admitted.append(self.waiting.popleft())
-            held += head.context
-            if not head.prefilled:  # a transferred KV cache takes no room in the prefill batch
-                prefills += 1
-                batched += head.context
-                longest = max(longest, head.context)
+            computed += 1
+            batched += head.context
+            longest = max(longest, head.context)
         return admitted
 
     def _prefill(self, admitted: list[Sequence]) -> Step:
-        """Admit sequences: prefill those whose KV cache is not here yet; a sequence whose KV cache was transferred
-        (`prefilled`) joins the running batch as it is, holding its blocks, and gets its first token at the next
-        decode iteration (0 s when nothing admitted needs a prefill)."""
-        for seq in (s for s in admitted if s.prefilled):
-            self.context_tokens += seq.context
-            at = self._iteration + seq.remaining
-            self._running[seq] = at
-            heapq.heappush(self._finish_heap, (at, next(self._order), seq))
-        admitted = [s for s in admitted if not s.prefilled]
-        if not admitted:
-            return Step(seconds=0.0, kind="prefill")
-        longest = max(s.context for s in admitted)
-        seconds = self.params.prefill_seconds(len(admitted) * longest, len(admitted), longest)
+        computed = [s for s in admitted if not s.prefilled]
+        seconds = 0.0
+        if computed:
+            longest = max(s.context for s in computed)
+            seconds = self.params.prefill_seconds(len(computed) * longest, len(computed), longest)
         step = Step(seconds=seconds, kind="prefill", advanced=list(admitted))
         for seq in admitted:  # the prefill pass samples each sequence's next token
+            seq.prefilled = False  # preempted later, it is recomputed here
             seq.generated += 1
             if seq.finished:
                 step.finished.append(seq)
@@ -237,7 +233,6 @@ class Engine:
             victim = next(reversed(self._running))  # the newest
             self._leave(victim)
             victim.preemptions += 1
-            victim.prefilled = False  # its transferred blocks are gone: recomputed here
             self.waiting.appendleft(victim)  # recomputed (prompt + generated) when readmitted
             preempted.append(victim)
         return preempted

@@ -252,11 +252,11 @@ def test_a_prefilled_sequence_skips_the_prefill_and_holds_its_transferred_blocks
     engine = Engine(params())
     seq = Sequence(prompt_tokens=1000, output_tokens=3, prefilled=True)
     engine.submit(seq)
-    admitted = engine.step()
-    assert admitted.kind == "prefill" and admitted.seconds == 0.0 and admitted.advanced == []
-    assert engine.context_tokens == 1000  # the transferred blocks count against the KV cache
+    admitted = engine.step()  # admitted at no compute cost, its first token sampled from the transferred cache
+    assert admitted.kind == "prefill" and admitted.seconds == 0.0 and admitted.advanced == [seq]
+    assert seq.generated == 1 and engine.context_tokens == 1001  # the transferred blocks count against the KV cache
     steps = run_to_completion(engine)
-    assert [s.kind for s in steps] == ["decode"] * 3 and seq.generated == 3
+    assert [s.kind for s in steps] == ["decode"] * 2 and seq.generated == 3
     # a decode iteration costs far less than prefilling the 1,000-token prompt would have
     assert steps[0].seconds < engine.params.prefill_seconds(1000, 1, 1000)
 
@@ -267,8 +267,8 @@ def test_a_prefilled_sequence_beside_a_new_one_charges_only_the_new_prompt():
     engine.submit(fresh)
     engine.submit(moved)
     step = engine.step()
-    assert step.advanced == [fresh] and step.seconds == engine.params.prefill_seconds(100, 1, 100)
-    assert engine.context_tokens == 101 + 4000
+    assert step.advanced == [fresh, moved] and step.seconds == engine.params.prefill_seconds(100, 1, 100)
+    assert engine.context_tokens == 101 + 4001
 
 
 def test_a_preempted_prefilled_sequence_is_recomputed_here():
