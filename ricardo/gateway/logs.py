@@ -59,10 +59,12 @@ def _log(request: web.Request, status: int, latency_ms: float) -> None:
     level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
     if not access.isEnabledFor(level):
         return
+    request_id = request.headers.get("x-request-id")
     fields: dict = {
-        "request_id": request.headers.get("x-request-id"),
+        # as sent on by proxy.handle: printable ASCII only, so that a text line stays one line
+        "request_id": request_id if request_id and request_id.isascii() and request_id.isprintable() else None,
         "method": request.method,
-        "path": request.path,
+        "path": request.raw_path.partition("?")[0],  # still percent-encoded; no query string
         "status": status,
         "latency_ms": round(latency_ms, 1),
     }
@@ -80,4 +82,4 @@ def _log(request: web.Request, status: int, latency_ms: float) -> None:
             "cost_usd": trip.cost_usd,
         }
     text = " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items() if k not in ("method", "path"))
-    access.log(level, "%s %s %s", request.method, request.path, text, extra=fields)
+    access.log(level, "%s %s %s", request.method, fields["path"], text, extra=fields)
