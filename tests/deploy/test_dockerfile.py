@@ -4,6 +4,7 @@ venv's pip, then the installed `ricardo` answers --help and finds its embedded d
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shlex
@@ -42,6 +43,24 @@ def test_slim_base_non_root_user_healthcheck_and_serve_on_the_embedded_config():
     assert command[:2] == ["ricardo", "serve"]
     assert "--config" not in command  # the embedded default
     assert "0.0.0.0" in command  # reachable from outside the container
+
+
+def test_the_build_context_keeps_what_the_copy_steps_need():
+    """deploy/Dockerfile.dockerignore (BuildKit reads it beside the Dockerfile): the last matching rule wins."""
+    rules = [line for line in DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().splitlines() if line.strip()]
+    rules = [line for line in rules if not line.startswith("#")]
+
+    def kept(path: str) -> bool:
+        verdict = True
+        for rule in rules:
+            negated, pattern = rule.startswith("!"), rule.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern + "/*"):
+                verdict = negated
+        return verdict
+
+    sources = [src for value in values("COPY") for src in shlex.split(value)[:-1]]
+    assert sources and all(kept(src) for src in sources), sources
+    assert not kept(".venv") and not kept(".git")
 
 
 @pytest.mark.timeout(600)  # a fresh install of the dependencies: about 2 minutes here, mostly downloads
