@@ -298,12 +298,11 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
             new_version = await state.store.update_config(version, shared.model_dump(mode="json"))
         except StoreUnavailable:
             raise _store_down() from None
+        # The store delivers each new version to its watchers, state.apply among them, before it returns (here and
+        # in read_config): applying it here too ran, and logged, every change twice.
         if new_version is None:  # someone else changed it: catch up and redo the change on theirs
-            fresh = await state.store.read_config()
-            if fresh:
-                state.apply(*fresh)
+            await state.store.read_config()
             continue
-        state.apply(new_version, shared.model_dump(mode="json"))
         state.metrics.admin_changes.labels(action).inc()
         audit.info("admin %s by %s (version %d -> %d): %s", action, request.remote, version, new_version, redact(line))
         return web.json_response({"version": new_version, "change": redact(line)}, status=status)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ricardo.gateway import proxy
 from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
+from ricardo.gateway.logs import access_log
 from ricardo.gateway.scaling_loop import ScalingLoop
 from ricardo.gateway.security import AdminAccess, guard
 from ricardo.gateway.state import GatewayState
@@ -21,7 +22,9 @@ log = logging.getLogger("ricardo.gateway")
 
 
 def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) -> web.Application:
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors, guard(admin)])
+    app = web.Application(
+        client_max_size=config.limits.max_body_bytes, middlewares=[access_log, openai_errors, guard(admin)]
+    )
     app["state"] = state
     app["scaling"] = scaling = ScalingLoop(state)
     app["scaling_hints"] = scaling.current

@@ -22,6 +22,7 @@ import uuid
 from aiohttp import web
 
 from ricardo.gateway.dispatch import HOPS_HEADER, dispatch
+from ricardo.gateway.logs import TRIP_KEY
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
@@ -106,6 +107,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
     payload = _upstream_body(body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
+    request[TRIP_KEY] = trip  # for the access line
     state.trips.add(trip)
     answer = None
     try:

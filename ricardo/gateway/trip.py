@@ -51,11 +51,13 @@ class Trip:
     trial: bool = False  # the attempt in progress is its backend's half-open trial (gateway/outlier.py)
     task: asyncio.Task | None = None  # the handler's, which shutdown cancels
     aborted: str | None = None  # why the gateway itself ends the request early (shutdown)
+    served_by: str | None = None  # the last backend attempted (shown, without credentials), for the access log
+    cost_usd: float | None = None  # what the answer cost, from its actual tokens (as ricardo_cost_usd)
 
 
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
     """An attempt starts on `backend`."""
-    trip.pool, trip.backend, trip.choice = pool, backend, choice
+    trip.pool, trip.backend, trip.choice, trip.served_by = pool, backend, choice, backend.shown
     trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic())
     trip.trial = backend.outlier.begin()
     backend.in_flight += 1
@@ -166,7 +168,7 @@ def account(state: GatewayState, trip: Trip) -> None:
         m.tokens.labels(name, "output").inc(completion_tokens)
         m.token_usage.labels("input").observe(prompt_tokens)
         m.token_usage.labels("output").observe(completion_tokens)
-        cost = state.request_cost(pool, prompt_tokens, completion_tokens)
+        cost = trip.cost_usd = state.request_cost(pool, prompt_tokens, completion_tokens)
         m.cost.labels(name).inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)

@@ -81,15 +81,18 @@ class Cluster:
         pool_settings: dict[str, dict] | None = None,
         fault_processes: bool = True,
         pairs: dict[str, dict] | None = None,
+        serve_args: tuple[str, ...] = (),
         **gateway_settings,
     ):
         """`faults`: per pool, a fault spec (ricardo/emulator/faults.py; "" for none) or None for each of its
         backends; a backend with a spec runs in a process of its own, which `replace_backend` restarts with
         other faults (with `fault_processes=False`, they share the one emulator process instead, and cannot be
-        restarted). `pool_settings`: more fields of each pool's config (models, timeouts).
+        restarted). `pool_settings`: more fields of each pool's config (models, timeouts). `serve_args`: more
+        arguments of every `ricardo serve` (e.g. --log-format json).
         `pairs`: disaggregated prefill/decode pools, name -> {"prefill": (hardware, replicas), "decode": (hardware,
         replicas), "link_gbps": Gb/s, "own_process": roles whose backends each run in a process of their own (to
         be killed: `role_ports`, `backend_processes`)}."""
+        self.serve_args = serve_args
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
@@ -220,7 +223,14 @@ class Cluster:
         for index, port in enumerate(self.gateway_ports):
             gateway = Process(
                 ricardo_command(
-                    "serve", "--config", str(self.config_path), "--port", str(port), "--replica-id", f"gw{index}"
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--port",
+                    str(port),
+                    "--replica-id",
+                    f"gw{index}",
+                    *self.serve_args,
                 ),
                 f"gateway{index}",
             )
