@@ -107,12 +107,12 @@ class GatewayState:
     def rank(self, shape: RequestShape, views: list[PoolView]) -> list[Choice]:
         return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
-    def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
+    def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO | None = None) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point.
 
         A pair: each side charged as a unified replica of its type would be for its part (the prefill side a
         one-token answer, the decode side the whole request), an upper bound until policies/ prices pairs
-        itself (hook: replace this with the pair cost of policies.routing once it has one)."""
+        itself (hook: the pair cost of policies.routing at the request's `slo`, once it has one)."""
         pair = pool.pair
         if pair is None:
             return request_cost_usd(self.book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)

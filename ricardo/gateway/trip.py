@@ -168,7 +168,7 @@ def account(state: GatewayState, trip: Trip) -> None:
         m.tokens.labels(name, "output").inc(completion_tokens)
         m.token_usage.labels("input").observe(prompt_tokens)
         m.token_usage.labels("output").observe(completion_tokens)
-        cost = trip.cost_usd = state.request_cost(pool, prompt_tokens, completion_tokens)
+        cost = trip.cost_usd = state.request_cost(pool, prompt_tokens, completion_tokens, trip.shape.slo)
         m.cost.labels(name).inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
