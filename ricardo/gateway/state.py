@@ -222,8 +222,9 @@ class GatewayState:
                 await backend.session.close()
 
     def ready(self) -> dict[str, int]:
+        """Backends that can take a request now, per pool (a pair: its prefill side's, 0 without a decode side)."""
         now = time.monotonic()
-        return {name: len(pool.available_backends(now)) for name, pool in self.pools.items()}
+        return {name: pool.view(now).replicas for name, pool in self.pools.items()}
 
 
 def pair_spec(pool_config: PoolConfig, prices: dict[str, float]) -> PairSpec | None:
