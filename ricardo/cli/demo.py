@@ -112,8 +112,8 @@ def _print_pool_totals(gateway_url: str, pools: list[str]) -> None:
                 requests[pool] += sample.value
             elif sample.name == "ricardo_cost_usd_total":
                 cost[pool] += sample.value
-    print("\ngateway totals per pool (from /metrics):")
-    print(f"  {'pool':<8} {'requests':>9} {'est. cost $':>12}")
+    print("\ngateway totals per pool (from /metrics; cost as billed, the report's `cost $`):")
+    print(f"  {'pool':<8} {'requests':>9} {'cost $':>12}")
     for pool in pools:
         print(f"  {pool:<8} {requests[pool]:>9.0f} {cost[pool]:>12.5f}")
     print(json.dumps({"requests": requests, "cost_usd": cost}))

@@ -43,6 +43,7 @@ class Trip:
     attempts: int = 0
     first_token_at: float | None = None
     usage: dict | None = None
+    cost_usd: float | None = None  # the answer's actual cost (`priced`), once its usage is known
     status: int = 200
     # how the answer ended for the backend: True clean, False its failure, None says nothing (client gone)
     outcome: bool | None = None
@@ -116,6 +117,22 @@ def failed(state: GatewayState, trip: Trip, kind: str) -> None:
         )
 
 
+def priced(state: GatewayState, trip: Trip, usage: dict) -> dict:
+    """Note the answer's usage and price its actual tokens on the pool that served it; return the usage with the
+    cost for the client (`ricardo_cost_usd`, and the estimate the pool was chosen on, `ricardo_expected_cost_usd`).
+    Called when the usage arrives, before the client sees it: `account` charges this same figure to the metrics
+    and the client's key, so what a client is told and what the gateway counts agree to the last digit."""
+    trip.usage = usage
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if trip.pool is None or not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+        return usage
+    trip.cost_usd = state.request_cost(trip.pool, prompt_tokens, completion_tokens)
+    extension = {"ricardo_cost_usd": trip.cost_usd}
+    if trip.choice is not None:
+        extension["ricardo_expected_cost_usd"] = trip.choice.cost_usd
+    return {**usage, **extension}
+
+
 def account(state: GatewayState, trip: Trip) -> None:
     """Everything that learns from a finished request: pool load, the backend's outcomes, metrics, the predictor."""
     pool, backend = trip.pool, trip.backend
@@ -148,7 +165,9 @@ def account(state: GatewayState, trip: Trip) -> None:
         m.tokens.labels(name, "output").inc(completion_tokens)
         m.token_usage.labels("input").observe(prompt_tokens)
         m.token_usage.labels("output").observe(completion_tokens)
-        cost = state.request_cost(pool, prompt_tokens, completion_tokens)
+        cost = trip.cost_usd  # the figure the client was told (`priced`), else priced now
+        if cost is None:
+            cost = state.request_cost(pool, prompt_tokens, completion_tokens)
         m.cost.labels(name).inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
