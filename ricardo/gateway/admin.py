@@ -82,7 +82,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "in_flight": pool.ledger.in_flight,
         "utilization": round(pool.ledger.in_flight_load / max(1, len(pool.backends)), 4),
         "ttft_ms": pool.ledger.ttft_ms,
-        "tpot_ms": pool.ledger.tpot_ms,
+        "latency_per_token_ms": pool.ledger.latency_per_token_ms,  # latency / output tokens, the profiles' measure
         "backends": [
             {
                 "url": b.shown,
