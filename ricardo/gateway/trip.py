@@ -133,6 +133,15 @@ def priced(state: GatewayState, trip: Trip, usage: dict) -> dict:
     return {**usage, **extension}
 
 
+def _met_slo(trip: Trip, clean: bool, tpot_s: float | None) -> bool:
+    """Whether a stream met its SLO, judged as loadgen judges it: a clean answer whose first token came within the
+    TTFT SLO and whose TPOT (none below two tokens) is within the TPOT SLO; a failed answer misses."""
+    if not clean or trip.first_token_at is None:
+        return False
+    slo = trip.shape.slo
+    return trip.first_token_at - trip.started <= slo.ttft_ms / 1000 and (tpot_s is None or tpot_s <= slo.tpot_ms / 1000)
+
+
 def account(state: GatewayState, trip: Trip) -> None:
     """Everything that learns from a finished request: pool load, the backend's outcomes, metrics, the predictor."""
     pool, backend = trip.pool, trip.backend
@@ -152,8 +161,12 @@ def account(state: GatewayState, trip: Trip) -> None:
     prompt_tokens = usage.get("prompt_tokens")
     completion_tokens = usage.get("completion_tokens")
     clean = trip.status == 200 and trip.outcome is True
+    tpot_s = None  # (latency - TTFT) / (output tokens - 1), as loadgen measures it
     if clean and isinstance(completion_tokens, int) and completion_tokens > 1 and trip.first_token_at is not None:
-        m.tpot.labels(name).observe((end - trip.first_token_at) / (completion_tokens - 1))
+        tpot_s = (end - trip.first_token_at) / (completion_tokens - 1)
+        m.tpot.labels(name).observe(tpot_s)
+    if trip.shape.stream and trip.status != 499:  # a client gone is not judged
+        m.slo.labels(name, "true" if _met_slo(trip, clean, tpot_s) else "false").inc()
     assert trip.ticket is not None  # dispatched
     if trip.first_token_at is not None:
         pool.ledger.first_token(trip.ticket, trip.first_token_at)

@@ -3,9 +3,10 @@
 A real gateway in front of emulated pools at three prices (one an override); `ricardo loadgen` (a subprocess)
 replays a small trace through it with a client key, and the official openai client adds whole answers and a
 stream that did not ask for usage. The bill is the actual cost of the tokens used, priced on the pool that served
-them: what each answer reports (`usage.ricardo_cost_usd`), what `ricardo_cost_usd_total` counts per pool, and what
-the key is charged (`GET /admin/keys`), summed, are the same number. The estimate the pool was chosen on stays
-visible, as `expected`, and differs from the bill (the answers' lengths were predicted).
+them: what each answer reports (`usage.ricardo_cost_usd`), what `ricardo_cost_usd_total` counts per pool (and the
+status page shows, `GET /admin/status`), and what the key is charged (`GET /admin/keys`), summed, are the same
+number. The estimate the pool was chosen on stays visible, as `expected`, and differs from the bill (the answers'
+lengths were predicted).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def test_metrics_admin_spend_and_loadgen_report_agree_to_the_cent(cluster, tmp_p
         assert per_pool[name] == pytest.approx(reported[name] + extra.get(name, 0.0), rel=1e-9, abs=1e-12), name
     total = metric(cluster.url, "ricardo_cost_usd_total")
     assert total == pytest.approx(summary["overall"]["cost_usd"] + sum(extra.values()), rel=1e-9)
+    status = {p["name"]: p for p in admin(cluster, "/admin/status")["pools"]}  # what the status page shows
+    assert {name: status[name]["cost_usd"] for name in POOLS} == per_pool
     spend = {k["id"]: k["spend_today_usd"] for k in admin(cluster, "/admin/keys")["keys"]}[key["id"]]
     assert spend == pytest.approx(total, rel=1e-9)
     assert round(spend, 2) == round(total, 2) == round(summary["overall"]["cost_usd"] + sum(extra.values()), 2)
