@@ -57,6 +57,10 @@ def test_gateway_and_loadgen_measure_tpot_alike_and_judge_by_the_gateways_slo(cl
     latency_per_token_ms = sum(r["latency_per_token_ms"] for r in records) / len(records)
     for r in records:
         assert r["tpot_ms"] == pytest.approx((r["e2e_ms"] - r["ttft_ms"]) / (OUTPUT_TOKENS - 1), abs=1e-3)
+    # the gateway judges each stream by its SLO as loadgen does (what the status page shows as SLO met)
+    judged = metric(cluster.url, "ricardo_slo_judged_total")
+    met = metric(cluster.url, "ricardo_slo_judged_total", met="true")
+    assert judged == len(lines) and met / judged == summary["overall"]["slo_attainment"]
     # two ends of one connection: milliseconds apart over a decode of a second or so
     assert gateway_tpot_ms == pytest.approx(loadgen_tpot_ms, rel=0.15)
     assert latency_per_token_ms > loadgen_tpot_ms * 1.05, "a 3,000-token prefill weighs in latency per token only"
