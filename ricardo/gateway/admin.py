@@ -1,4 +1,5 @@
-"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints, client keys.
+"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints, client keys,
+and the status page's one document (gateway/status.py).
 
 Every change is validated, written to the state store as a new config version (compare-and-set,
 so two admins cannot silently overwrite each other), applied by every replica from there, and
@@ -20,6 +21,7 @@ from ricardo.errors import InvalidInput
 from ricardo.gateway.config import ROLES, PoolConfig, SharedConfig, SLOConfig, backend_id, backend_key
 from ricardo.gateway.keys import KeyBody
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.status import status_document
 from ricardo.gateway.store import StoreUnavailable
 from ricardo.gateway.urls import UnsafeURL, check_resolved, redact
 from ricardo.protocol.openai import OpenAIError, load_json
@@ -95,7 +97,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "in_flight": pool.ledger.in_flight,
         "utilization": round(pool.ledger.in_flight_load / max(1, len(sized_on)), 4),
         "ttft_ms": pool.ledger.ttft_ms,
-        "tpot_ms": pool.ledger.tpot_ms,
+        "latency_per_token_ms": pool.ledger.latency_per_token_ms,  # latency / output tokens, the profiles' measure
         "backends": [
             {
                 "url": b.shown,
@@ -145,6 +147,11 @@ async def get_predictor(request: web.Request) -> web.Response:
             "input_tokens": {"exact": state.shaper.counter.exact, "correction": state.shaper.counter.ratio()},
         }
     )
+
+
+async def get_status(request: web.Request) -> web.Response:
+    hints = request.app.get("scaling_hints")
+    return web.json_response(status_document(_state(request), hints() if hints else {}))
 
 
 async def get_scaling(request: web.Request) -> web.Response:
@@ -460,6 +467,12 @@ ROUTES = [
     Route("PUT", "/admin/policy", "Change the active routing policy", set_policy, PolicyBody),
     Route(
         "GET", "/admin/predictor", "Accuracy of the request-size predictor, its model and how it learns", get_predictor
+    ),
+    Route(
+        "GET",
+        "/admin/status",
+        "What the status page shows: per pool price, load, scaling hint and running totals; predictor error",
+        get_status,
     ),
     Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs", get_scaling),
     Route("GET", "/admin/keys", "List client keys: limits and spend today (never the keys)", list_keys),

@@ -15,6 +15,7 @@ from ricardo.gateway.logs import access_log
 from ricardo.gateway.scaling_loop import ScalingLoop
 from ricardo.gateway.security import AdminAccess, guard
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.ui import add_ui_routes
 from ricardo.protocol.http import as_openai_error
 from ricardo.protocol.openai import OpenAIError
 
@@ -30,6 +31,7 @@ def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) ->
     app["scaling_hints"] = scaling.current
     state.outcome_listeners.append(scaling.observe)
     add_admin_routes(app)
+    add_ui_routes(app)  # the status page; its data comes from the admin API
     for prefix in ("/v1", ""):  # many clients also call the un-prefixed paths
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/completions", completions)

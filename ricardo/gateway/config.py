@@ -10,6 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from ricardo.defaults import default_slo_ms
 from ricardo.errors import InvalidInput
 from ricardo.gateway.urls import check_backend_url, redact, split_credentials
 
@@ -25,11 +26,13 @@ class _Strict(BaseModel):
 
 
 class SLOConfig(_Strict):
-    """The latency a request is routed to meet, unless its headers set another."""
+    """The default SLO of requests that send no x-slo-* header; unset fields: the embedded default config's."""
 
-    ttft_ms: float = Field(default=2000.0, gt=0, description="time to first token a request may take, ms")
+    ttft_ms: float = Field(default=default_slo_ms()[0], gt=0, description="time to first token, ms")
     tpot_ms: float = Field(
-        default=120.0, gt=0, description="time per output token after the first a request may take, ms"
+        default=default_slo_ms()[1],
+        gt=0,
+        description="time per output token after the first, ms: (latency - TTFT) / (output tokens - 1)",
     )
 
 

@@ -26,7 +26,7 @@ from ricardo.gateway.logs import TRIP_KEY
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
-from ricardo.gateway.trip import Trip, account
+from ricardo.gateway.trip import Trip, account, priced
 from ricardo.policies.admission import AdmissionLimits, admit
 from ricardo.protocol.openai import Endpoint, OpenAIError, parse_request
 
@@ -118,8 +118,10 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             )
         assert answer.body is not None  # a whole answer, checked
         usage = answer.body.get("usage")
-        trip.usage = usage if isinstance(usage, dict) else None
-        return web.Response(body=answer.head, content_type="application/json", headers=_routing_headers(state, trip))
+        content = answer.head
+        if isinstance(usage, dict):  # the actual cost goes in the body: a header would leave before it is known
+            content = json.dumps({**answer.body, "usage": priced(state, trip, usage)}).encode()
+        return web.Response(body=content, content_type="application/json", headers=_routing_headers(state, trip))
     except asyncio.CancelledError:
         if trip.aborted is None:
             trip.status = 499  # the client went away
@@ -178,7 +180,8 @@ def _routing_headers(state: GatewayState, trip: Trip) -> dict[str, str]:
         "x-request-id": trip.request_id,
         "x-ricardo-pool": trip.pool.name,
         "x-ricardo-policy": state.policy_name,
-        "x-ricardo-cost-usd": f"{trip.choice.cost_usd:.6g}",
+        # the estimate the pool was chosen on; the actual cost follows in the answer's usage (ricardo_cost_usd)
+        "x-ricardo-expected-cost-usd": f"{trip.choice.cost_usd:.6g}",
         "x-ricardo-predicted-output-tokens": str(trip.shape.output_p50),
         "x-ricardo-attempts": str(trip.attempts),
     }

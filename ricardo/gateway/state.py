@@ -113,13 +113,12 @@ class GatewayState:
         A pair: each side charged as a unified replica of its type would be for its part (the prefill side a
         one-token answer, the decode side the whole request), an upper bound until policies/ prices pairs
         itself (hook: the pair cost of policies.routing at the request's `slo`, once it has one)."""
+        book = self.book if slo is None else self.book_for(slo)  # the tables the request was ranked by
         pair = pool.pair
         if pair is None:
-            return request_cost_usd(self.book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
-        prefill = request_cost_usd(self.book, pair.prefill_hardware, pair.prefill_price_per_hour, input_tokens, 1)
-        decode = request_cost_usd(
-            self.book, pair.decode_hardware, pair.decode_price_per_hour, input_tokens, output_tokens
-        )
+            return request_cost_usd(book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
+        prefill = request_cost_usd(book, pair.prefill_hardware, pair.prefill_price_per_hour, input_tokens, 1)
+        decode = request_cost_usd(book, pair.decode_hardware, pair.decode_price_per_hour, input_tokens, output_tokens)
         return prefill + decode
 
     # -- shared config ------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class PoolLedger:
         self.in_flight = 0
         self.in_flight_load = 0.0
         self.ttft_ms: float | None = None
-        self.tpot_ms: float | None = None
+        self.latency_per_token_ms: float | None = None  # request latency / output tokens (policies/live.py)
         self._view: PoolView | None = None  # until the next event or replica count change
 
     def dispatch(self, shape: RequestShape, book: ProfileBook, now: float) -> Ticket:
@@ -73,7 +73,9 @@ class PoolLedger:
         if ticket.first_token_at is not None:
             self.ttft_ms = ewma(self.ttft_ms, (ticket.first_token_at - ticket.started) * 1000)
         if output_tokens is not None:
-            self.tpot_ms = ewma(self.tpot_ms, latency_per_token_ms(ticket.started, now, output_tokens))
+            self.latency_per_token_ms = ewma(
+                self.latency_per_token_ms, latency_per_token_ms(ticket.started, now, output_tokens)
+            )
 
     def abandon(self, ticket: Ticket) -> None:
         """The attempt failed or was given up: release its load, learn nothing from it."""
@@ -105,7 +107,7 @@ class PoolLedger:
                 in_flight=self.in_flight,
                 in_flight_load=self.in_flight_load,
                 ttft_ms=self.ttft_ms,
-                tpot_ms=self.tpot_ms,
+                latency_per_token_ms=self.latency_per_token_ms,
                 models=self.models,
                 role="pair" if self.pair else "unified",
                 prefill_hardware=self.pair.prefill_hardware if self.pair else "",
