@@ -12,7 +12,7 @@ import sys
 
 # module path of every room that contributes subcommands, in help order
 COMMAND_MODULES = (
-    "ricardo.gateway.cli",  # serve, admin
+    "ricardo.gateway.cli",  # serve, config, admin
     "ricardo.emulator.cli",  # emulate
     "ricardo.loadgen.cli",  # loadgen
     "ricardo.cli.plan",  # plan

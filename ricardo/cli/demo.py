@@ -83,7 +83,8 @@ def _demo(args: argparse.Namespace) -> int:
                     str(logs),
                 )
             )
-            _print_pool_totals(gateway_url, [p.name for p in config.pools])
+            cost = _print_pool_totals(gateway_url, [p.name for p in config.pools])
+            _print_agreement(logs / "summary.json", cost)
             return loadgen.returncode
     finally:
         for child in reversed(children):
@@ -95,7 +96,22 @@ def _demo(args: argparse.Namespace) -> int:
                 child.kill()
 
 
-def _print_pool_totals(gateway_url: str, pools: list[str]) -> None:
+def _print_agreement(summary_path: Path, cost: dict[str, float]) -> None:
+    """The load generator's bill beside the gateway's: the same answers' actual costs, so the same dollars."""
+    try:
+        overall = json.loads(summary_path.read_text())["overall"]
+    except (OSError, ValueError, KeyError):
+        return
+    billed, expected = overall.get("cost_usd"), overall.get("expected_cost_usd")
+    if billed is None:
+        return
+    print(
+        f"billed: ${billed:.4f} in the load generator's report, ${sum(cost.values()):.4f} on /metrics"
+        + (f" (expected before the answers: ${expected:.4f})" if expected is not None else "")
+    )
+
+
+def _print_pool_totals(gateway_url: str, pools: list[str]) -> dict[str, float]:
     """The gateway's own view: every pool, including those the policy chose not to use."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,8 +128,9 @@ def _print_pool_totals(gateway_url: str, pools: list[str]) -> None:
                 requests[pool] += sample.value
             elif sample.name == "ricardo_cost_usd_total":
                 cost[pool] += sample.value
-    print("\ngateway totals per pool (from /metrics):")
-    print(f"  {'pool':<8} {'requests':>9} {'est. cost $':>12}")
+    print("\ngateway totals per pool (from /metrics; cost as billed, the report's `cost $`):")
+    print(f"  {'pool':<8} {'requests':>9} {'cost $':>12}")
     for pool in pools:
         print(f"  {pool:<8} {requests[pool]:>9.0f} {cost[pool]:>12.5f}")
     print(json.dumps({"requests": requests, "cost_usd": cost}))
+    return cost

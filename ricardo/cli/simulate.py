@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ricardo.profiles.catalog import ProfileBook
 
+from ricardo.defaults import default_slo_ms
 from ricardo.errors import InvalidInput, RicardoError
 
 
@@ -39,7 +40,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--target", type=float, default=0.99, help="with --fleet cheapest: share of requests within SLO")
     p.add_argument("--types", help="comma-separated hardware types to plan over (default: every priced type)")
-    p.add_argument("--slo-tpot-ms", type=float, default=120.0, help="TPOT SLO (request latency / output tokens)")
+    p.add_argument(
+        "--slo-tpot-ms",
+        type=float,
+        default=default_slo_ms()[1],
+        help="TPOT SLO (default: the gateway's). The simulator judges it as the profiles measure it, by latency per "
+        "token (request latency / output tokens, Mélange's 'TPOT'), at least the TPOT whenever the TTFT is",
+    )
     p.add_argument("--slo-ttft-ms", type=float, default=10000.0, help="TTFT SLO given to the policy")
     p.add_argument("--speed", type=float, default=1.0, help="compress the trace's arrivals by this factor")
     p.add_argument("--rate", type=float, help="arrival rate (req/s) for a trace without timestamps (Poisson)")
@@ -288,10 +295,11 @@ def _text(result: dict) -> str:
     lines = [
         f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
         f"{result['duration_s']:.0f} s on {fleet}",
-        f"  SLO attainment (TPOT <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
+        f"  SLO attainment (latency per token <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
         f"  refused (beyond the model's context): {result['refused_context']}, unserved: {result['unserved']}",
         f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
-        "  TPOT ms p50/p90/p99: " + "/".join(f"{result['tpot_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+        "  latency per token ms p50/p90/p99: "
+        + "/".join(f"{result['latency_per_token_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
         "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
         "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items()),
     ]

@@ -17,6 +17,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--port", type=int, default=9001)
     p.add_argument("--config", help="a gateway config: start an emulator for every local backend of every pool")
     p.add_argument(
+        "--link-gbps",
+        type=float,
+        default=100.0,
+        help="as the decode side of a prefill/decode pair, pull KV caches over a link this fast, Gb/s "
+        "(default: %(default)s; with --config, each pair's link_gbps)",
+    )
+    p.add_argument(
         "--speed",
         type=float,
         default=1.0,
@@ -40,7 +47,9 @@ def _emulate(args: argparse.Namespace) -> int:
     if args.config:
         specs = backends_from_config(args.config)
     elif args.gpu:
-        specs = [BackendSpec(hardware=args.gpu, model=args.model, host=args.host, port=args.port)]
+        specs = [
+            BackendSpec(hardware=args.gpu, model=args.model, host=args.host, port=args.port, link_gbps=args.link_gbps)
+        ]
     else:
         raise SystemExit("ricardo emulate: give --gpu (with --port) or --config")
     try:

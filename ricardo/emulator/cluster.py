@@ -164,7 +164,7 @@ class SimResult:
             "pairs": split_fleet(self.fleet)[1],
             "per_pool_requests": dict(self.per_pool),
             "sizes": self.sizes,
-            "tpot_ms": {"p50": pct(lpt, 50), "p90": pct(lpt, 90), "p99": pct(lpt, 99)},
+            "latency_per_token_ms": {"p50": pct(lpt, 50), "p90": pct(lpt, 90), "p99": pct(lpt, 99)},
             "ttft_ms": {"p50": pct(ttft, 50), "p90": pct(ttft, 90), "p99": pct(ttft, 99)},
         }
 

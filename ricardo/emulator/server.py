@@ -10,7 +10,8 @@ the trace's true length; a gateway forwards it without reading it), else a deter
 the prompt's text. `max_tokens` caps either; `ignore_eos` with `max_tokens` forces that length, as
 vLLM's benchmarks do. `x-emulator-fail-status: 500` makes it answer that error instead, for fault tests, and
 `Faults` (emulator/faults.py, `ricardo emulate --fault`) give a backend a standing fault: errors, hangs, stalls,
-dropped or truncated answers, slowness.
+dropped or truncated answers, slowness. A request's `kv_transfer_params` make it the prefill or the decode side of
+a disaggregated pair (emulator/kvtransfer.py).
 
 A client that goes away cancels its request (the server runs with aiohttp's handler cancellation): its
 sequence leaves the engine, as vLLM aborts a request whose connection closed.
@@ -32,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from ricardo.emulator.engine import Engine, Sequence
 from ricardo.emulator.faults import Faults
+from ricardo.emulator.kvtransfer import DEFAULT_LINK_GBPS, KVProducer, role_of, transfer_seconds
 from ricardo.emulator.text import TokenCounter, token_text
 from ricardo.profiles.engine_params import EngineParams
 from ricardo.protocol.http import as_openai_error
@@ -129,8 +131,11 @@ class EmulatedBackend:
         speed: float = 1.0,
         encoding: str = "llama3",
         faults: Faults | None = None,
+        link_gbps: float = DEFAULT_LINK_GBPS,
     ):
         self.params = params
+        self.link_gbps = link_gbps  # the link a decode side pulls KV caches over
+        self.kv = KVProducer()  # the prefill side's engine id and block ids
         self.model = model
         self.faults = faults or Faults()
         self.speed = speed / self.faults.slow
@@ -246,6 +251,7 @@ class EmulatedBackend:
             prompt_tokens = self.counter.count_chat([(m.role, m.content) for m in req.messages])
         else:
             prompt_tokens = self.counter.count(text)
+        role = role_of(body)  # prefill or decode side of a disaggregated pair, or neither (emulator/kvtransfer.py)
         output_tokens, cap = self._output_tokens(request, body, req, text)
         limit = min(self.params.model.max_context, self.engine.capacity)
         if prompt_tokens + output_tokens > limit:
@@ -262,10 +268,14 @@ class EmulatedBackend:
         if faults.hang:
             await _forever()
         pending = Pending(arrived=asyncio.get_running_loop().time())
-        seq = Sequence(prompt_tokens, output_tokens, tag=pending)
+        if role == "decode":  # pull the prompt's KV cache from the prefill side, then decode it without a prefill
+            kv_bytes = self.params.model.kv_bytes_per_token
+            await asyncio.sleep(transfer_seconds(prompt_tokens, kv_bytes, self.link_gbps) / self.speed)
+        seq = Sequence(prompt_tokens, output_tokens, tag=pending, prefilled=role == "decode")
         self.engine.submit(seq)
         self._work.set()
-        self.metrics.prompt_tokens.inc(prompt_tokens)
+        if role != "decode":
+            self.metrics.prompt_tokens.inc(prompt_tokens)
         finish_reason = "length" if cap is not None and output_tokens >= cap else "stop"
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         ident = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + rid
@@ -277,6 +287,9 @@ class EmulatedBackend:
             answer = _completion(
                 endpoint, ident, self.model, self.created, content, finish_reason, usage(prompt_tokens, output_tokens)
             )
+            if role == "prefill":  # where the decode side finds the KV cache
+                host, port = _local_address(request)
+                answer["kv_transfer_params"] = self.kv.params(rid, prompt_tokens, host, port)
             if faults.breaks_answers:
                 return await self._broken_answer(request, answer, rid, faults)
             return web.json_response(answer, headers={"x-request-id": rid})
@@ -417,6 +430,11 @@ class _Events:
 async def _forever() -> None:
     """Wait until the client goes away (the handler is cancelled then)."""
     await asyncio.Event().wait()
+
+
+def _local_address(request: web.Request) -> tuple[str, int]:
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return (str(sockname[0]), int(sockname[1])) if sockname else ("127.0.0.1", 0)
 
 
 def _drop(request: web.Request) -> None:

@@ -31,12 +31,12 @@ class Timing:
 
     @property
     def latency_per_token(self) -> float:
-        """Mélange's TPOT: request latency / output tokens, prefill and queueing included."""
+        """Request latency / output tokens, prefill and queueing included: Mélange's "TPOT", the profiles' measure."""
         return self.latency / self.output_tokens
 
     @property
     def tpot(self) -> float:
-        """Streaming TPOT: time between tokens after the first."""
+        """TPOT as the gateway and loadgen measure it: (latency - TTFT) / (output tokens - 1)."""
         if self.output_tokens <= 1:
             return 0.0
         return (self.finished_at - self.first_token_at) / (self.output_tokens - 1)

@@ -1,4 +1,5 @@
-"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints, client keys.
+"""The admin REST API under /admin: pools, prices, backends, SLO, policy, predictor, scaling hints, client keys,
+and the status page's one document (gateway/status.py).
 
 Every change is validated, written to the state store as a new config version (compare-and-set,
 so two admins cannot silently overwrite each other), applied by every replica from there, and
@@ -11,14 +12,16 @@ import copy
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
 
 from ricardo.errors import InvalidInput
-from ricardo.gateway.config import PoolConfig, SharedConfig, SLOConfig, backend_id, backend_key
+from ricardo.gateway.config import ROLES, PoolConfig, SharedConfig, SLOConfig, backend_id, backend_key
 from ricardo.gateway.keys import KeyBody
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.status import status_document
 from ricardo.gateway.store import StoreUnavailable
 from ricardo.gateway.urls import UnsafeURL, check_resolved, redact
 from ricardo.protocol.openai import OpenAIError, load_json
@@ -31,16 +34,25 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Role = Literal["prefill", "decode"]
+
+
 class PriceBody(_Body):
     price_per_hour: float = Field(ge=0, le=10_000, description="$/h per replica")
+    role: Role | None = Field(default=None, description="of a prefill/decode pair: the side whose price this is")
 
 
 class PricesBody(_Body):
-    prices: dict[str, float] = Field(min_length=1, description="pool name -> $/h per replica")
+    prices: dict[str, float | dict[Role, float]] = Field(
+        min_length=1, description="pool name -> $/h per replica (a pair: {prefill: $/h, decode: $/h})"
+    )
 
 
 class BackendBody(_Body):
     url: HttpUrl
+    role: Role | None = Field(
+        default=None, description="of a prefill/decode pair: the side the backend serves (needed to add one)"
+    )
 
 
 class PolicyBody(_Body):
@@ -72,20 +84,24 @@ async def get_pool(request: web.Request) -> web.Response:
 
 def _pool_status(state: GatewayState, name: str) -> dict:
     pool = state.pools[name]
-    return {
+    config = pool.config
+    sized_on = [b for b in pool.backends if b.role in ("unified", "decode")]  # the ledger charges the decode side
+    status = {
         "name": name,
+        "role": config.role,
         "hardware": pool.hardware,
         "price_per_hour": pool.price_per_hour,
-        "price_source": "override" if pool.config.price_per_hour is not None else f"price set {state.book.price_set}",
+        "price_source": "override" if config.price_per_hour is not None else f"price set {state.book.price_set}",
         "profile": state.book.source(pool.hardware),
         "models": list(pool.models),
         "in_flight": pool.ledger.in_flight,
-        "utilization": round(pool.ledger.in_flight_load / max(1, len(pool.backends)), 4),
+        "utilization": round(pool.ledger.in_flight_load / max(1, len(sized_on)), 4),
         "ttft_ms": pool.ledger.ttft_ms,
-        "tpot_ms": pool.ledger.tpot_ms,
+        "latency_per_token_ms": pool.ledger.latency_per_token_ms,  # latency / output tokens, the profiles' measure
         "backends": [
             {
                 "url": b.shown,
+                "role": b.role,
                 "healthy": b.healthy,
                 "draining": b.draining,
                 "in_flight": b.in_flight,
@@ -95,6 +111,20 @@ def _pool_status(state: GatewayState, name: str) -> dict:
             for b in pool.backends
         ],
     }
+    if pool.pair is not None:  # a pair's unit price is one replica of each side; each side's price and source
+        status["link_gbps"] = pool.pair.link_gbps
+        status["price_source"] = "per role"
+        status["roles"] = {
+            role.role: {
+                "hardware": role.hardware,
+                "price_per_hour": state.role_prices(config)[role.role],
+                "price_source": "override" if role.price_per_hour is not None else f"price set {state.book.price_set}",
+                "profile": state.book.source(role.hardware),
+                "backends": len(role.backends),
+            }
+            for role in config.roles()
+        }
+    return status
 
 
 async def get_slo(request: web.Request) -> web.Response:
@@ -119,6 +149,11 @@ async def get_predictor(request: web.Request) -> web.Response:
     )
 
 
+async def get_status(request: web.Request) -> web.Response:
+    hints = request.app.get("scaling_hints")
+    return web.json_response(status_document(_state(request), hints() if hints else {}))
+
+
 async def get_scaling(request: web.Request) -> web.Response:
     hints = request.app.get("scaling_hints")
     return web.json_response(hints() if hints else {"desired": {}, "note": "no hints computed yet"})
@@ -130,9 +165,9 @@ async def set_price(request: web.Request) -> web.Response:
     body = await _parse(request, PriceBody)
 
     def change(doc: dict) -> str:
-        pool = _pool_in(doc, name)
-        old, pool["price_per_hour"] = pool.get("price_per_hour"), body.price_per_hour
-        return f"price of pool {name}: {old} -> {body.price_per_hour}"
+        side = _side(_pool_in(doc, name), body.role)
+        old, side["price_per_hour"] = side.get("price_per_hour"), body.price_per_hour
+        return f"price of pool {name}{_of(body.role)}: {old} -> {body.price_per_hour}"
 
     return await _commit(request, "set_price", change)
 
@@ -141,10 +176,13 @@ async def set_prices(request: web.Request) -> web.Response:
     body = await _parse(request, PricesBody)
 
     def change(doc: dict) -> str:
-        for name, price in body.prices.items():
-            if not 0 <= price <= 10_000:
-                raise OpenAIError(422, f"price of pool {name} must be between 0 and 10000 $/h", param=name)
-            _pool_in(doc, name)["price_per_hour"] = price
+        for name, given in body.prices.items():
+            pool = _pool_in(doc, name)
+            by_role: dict[Role | None, float] = {None: given} if isinstance(given, float | int) else {**given}
+            for role, price in by_role.items():
+                if not 0 <= price <= 10_000:
+                    raise OpenAIError(422, f"price of pool {name} must be between 0 and 10000 $/h", param=name)
+                _side(pool, role)["price_per_hour"] = price
         return "prices: " + ", ".join(f"{n}={p}" for n, p in body.prices.items())
 
     return await _commit(request, "set_prices", change)
@@ -152,14 +190,16 @@ async def set_prices(request: web.Request) -> web.Response:
 
 async def add_pool(request: web.Request) -> web.Response:
     body = await _parse(request, PoolConfig)
-    for url in body.backends:
-        await _check_url(request, str(url))
+    for role in body.roles():
+        for url in role.backends:
+            await _check_url(request, str(url))
 
     def change(doc: dict) -> str:
         if any(p["name"] == body.name for p in doc["pools"]):
             raise OpenAIError(409, f"pool {body.name} exists already", "conflict_error", "name")
         doc["pools"].append(body.model_dump(mode="json"))
-        return f"pool {body.name} added ({body.hardware}, {len(body.backends)} backends)"
+        kinds = ", ".join(f"{r.role} {r.hardware}: {len(r.backends)} backends" for r in body.roles())
+        return f"pool {body.name} added ({kinds})"
 
     return await _commit(request, "add_pool", change, status=201)
 
@@ -176,15 +216,17 @@ async def remove_pool(request: web.Request) -> web.Response:
 
 
 async def add_backend(request: web.Request) -> web.Response:
-    name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+    body = await _parse(request, BackendBody)
+    name, url = request.match_info["pool"], backend_key(body.url)
     await _check_url(request, url)
 
     def change(doc: dict) -> str:
         pool = _pool_in(doc, name)
-        if backend_id(url) in map(backend_id, pool["backends"]):
+        side = _side(pool, body.role)
+        if any(backend_id(url) in map(backend_id, s.get("backends", [])) for s in _sides(pool)):
             raise OpenAIError(409, f"backend {redact(url)} is in pool {name} already", "conflict_error", "url")
-        pool["backends"].append(url)
-        return f"backend {redact(url)} added to pool {name}"
+        side.setdefault("backends", []).append(url)
+        return f"backend {redact(url)} added to pool {name}{_of(body.role)}"
 
     return await _commit(request, "add_backend", change, status=201)
 
@@ -198,26 +240,27 @@ async def undrain_backend(request: web.Request) -> web.Response:
 
 
 async def _set_draining(request: web.Request, draining: bool) -> web.Response:
-    name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+    body = await _parse(request, BackendBody)
+    name, url = request.match_info["pool"], backend_key(body.url)
 
     def change(doc: dict) -> str:
         pool = _pool_in(doc, name)
-        configured = _backend_in(pool, url)
-        others = [u for u in pool.get("draining", []) if backend_id(u) != backend_id(url)]
-        pool["draining"] = [*others, configured] if draining else others
+        side, configured = _backend_in(pool, url, body.role)
+        others = [u for u in side.get("draining", []) if backend_id(u) != backend_id(url)]
+        side["draining"] = [*others, configured] if draining else others
         return f"backend {redact(url)} of pool {name} {'draining' if draining else 'back in service'}"
 
     return await _commit(request, "drain_backend" if draining else "undrain_backend", change)
 
 
 async def remove_backend(request: web.Request) -> web.Response:
-    name, url = request.match_info["pool"], backend_key((await _parse(request, BackendBody)).url)
+    body = await _parse(request, BackendBody)
+    name, url = request.match_info["pool"], backend_key(body.url)
 
     def change(doc: dict) -> str:
-        pool = _pool_in(doc, name)
-        _backend_in(pool, url)
-        pool["backends"] = [u for u in pool["backends"] if backend_id(u) != backend_id(url)]
-        pool["draining"] = [u for u in pool.get("draining", []) if backend_id(u) != backend_id(url)]
+        side, _ = _backend_in(_pool_in(doc, name), url, body.role)
+        side["backends"] = [u for u in side["backends"] if backend_id(u) != backend_id(url)]
+        side["draining"] = [u for u in side.get("draining", []) if backend_id(u) != backend_id(url)]
         return f"backend {redact(url)} removed from pool {name}"
 
     return await _commit(request, "remove_backend", change)
@@ -262,12 +305,11 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
             new_version = await state.store.update_config(version, shared.model_dump(mode="json"))
         except StoreUnavailable:
             raise _store_down() from None
+        # The store delivers each new version to its watchers, state.apply among them, before it returns (here and
+        # in read_config): applying it here too ran, and logged, every change twice.
         if new_version is None:  # someone else changed it: catch up and redo the change on theirs
-            fresh = await state.store.read_config()
-            if fresh:
-                state.apply(*fresh)
+            await state.store.read_config()
             continue
-        state.apply(new_version, shared.model_dump(mode="json"))
         state.metrics.admin_changes.labels(action).inc()
         audit.info("admin %s by %s (version %d -> %d): %s", action, request.remote, version, new_version, redact(line))
         return web.json_response({"version": new_version, "change": redact(line)}, status=status)
@@ -341,12 +383,35 @@ def _pool_in(doc: dict, name: str) -> dict:
     raise OpenAIError(404, f"no pool named {name!r}", "not_found_error", "pool")
 
 
-def _backend_in(pool: dict, url: str) -> str:
-    """The pool's configured spelling of the backend `url` names (with or without its credentials)."""
-    for configured in pool["backends"]:
-        if backend_id(configured) == backend_id(url):
-            return configured
-    raise OpenAIError(404, f"pool {pool['name']} has no backend {redact(url)}", "not_found_error", "url")
+def _sides(pool: dict) -> list[dict]:
+    """The parts of a pool's document that hold backends and a price: the pool, or a pair's two sides."""
+    return [pool[r] for r in ROLES] if pool.get("prefill") else [pool]
+
+
+def _side(pool: dict, role: str | None) -> dict:
+    """The part of a pool's document for `role`: a unified pool has none, a pair's change must name one."""
+    if not pool.get("prefill"):
+        if role is not None:
+            raise OpenAIError(422, f"pool {pool['name']} is not a prefill/decode pair: give no role", param="role")
+        return pool
+    if role is None:
+        raise OpenAIError(422, f"pool {pool['name']} is a prefill/decode pair: say which role", param="role")
+    return pool[role]
+
+
+def _of(role: str | None) -> str:
+    return f" ({role})" if role else ""
+
+
+def _backend_in(pool: dict, url: str, role: str | None = None) -> tuple[dict, str]:
+    """The side of the pool that holds the backend `url` names (the pool, or the pair's side, of `role` if given)
+    and its configured spelling there (with or without its credentials)."""
+    sides = [_side(pool, role)] if role is not None else _sides(pool)
+    for side in sides:
+        for configured in side.get("backends", []):
+            if backend_id(configured) == backend_id(url):
+                return side, configured
+    raise OpenAIError(404, f"pool {pool['name']} has no backend {redact(url)}{_of(role)}", "not_found_error", "url")
 
 
 async def _check_url(request: web.Request, url: str) -> None:
@@ -402,6 +467,12 @@ ROUTES = [
     Route("PUT", "/admin/policy", "Change the active routing policy", set_policy, PolicyBody),
     Route(
         "GET", "/admin/predictor", "Accuracy of the request-size predictor, its model and how it learns", get_predictor
+    ),
+    Route(
+        "GET",
+        "/admin/status",
+        "What the status page shows: per pool price, load, scaling hint and running totals; predictor error",
+        get_status,
     ),
     Route("GET", "/admin/scaling", "Scaling hints: desired replicas per pool and role, with their inputs", get_scaling),
     Route("GET", "/admin/keys", "List client keys: limits and spend today (never the keys)", list_keys),

@@ -11,9 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ricardo.gateway import proxy
 from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
+from ricardo.gateway.logs import access_log
 from ricardo.gateway.scaling_loop import ScalingLoop
 from ricardo.gateway.security import AdminAccess, guard
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.ui import add_ui_routes
 from ricardo.protocol.http import as_openai_error
 from ricardo.protocol.openai import OpenAIError
 
@@ -21,12 +23,15 @@ log = logging.getLogger("ricardo.gateway")
 
 
 def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) -> web.Application:
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[openai_errors, guard(admin)])
+    app = web.Application(
+        client_max_size=config.limits.max_body_bytes, middlewares=[access_log, openai_errors, guard(admin)]
+    )
     app["state"] = state
     app["scaling"] = scaling = ScalingLoop(state)
     app["scaling_hints"] = scaling.current
     state.outcome_listeners.append(scaling.observe)
     add_admin_routes(app)
+    add_ui_routes(app)  # the status page; its data comes from the admin API
     for prefix in ("/v1", ""):  # many clients also call the un-prefixed paths
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/completions", completions)

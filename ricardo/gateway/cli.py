@@ -1,4 +1,5 @@
-"""`ricardo serve`: run the gateway; `ricardo admin`: call its admin API."""
+"""`ricardo serve`: run the gateway; `ricardo config reference`: its config's keys; `ricardo admin`: call its admin
+API."""
 
 from __future__ import annotations
 
@@ -15,7 +16,23 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--redis-url", help="share state with other replicas through this Redis (default: in-process)")
     p.add_argument("--replica-id", help="name of this replica in shared state (default: host-pid-random)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object per line (ts, level, logger, msg and the record's fields); default: %(default)s",
+    )
     p.set_defaults(func=_serve)
+
+    c = subparsers.add_parser("config", help="about the gateway config", description="About the gateway config.")
+    config_commands = c.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    r = config_commands.add_parser(
+        "reference",
+        help="print the config reference (every key, type, default, meaning) as Markdown",
+        description="Generate the config reference (docs/config.md) from the config's schema.",
+    )
+    r.add_argument("--out", help="write it to this file (default: print it)")
+    r.set_defaults(func=_config_reference)
 
     a = subparsers.add_parser(
         "admin",
@@ -33,7 +50,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
     import os
     import signal
     import sys
@@ -44,13 +60,14 @@ def _serve(args: argparse.Namespace) -> int:
     from ricardo.errors import InvalidInput
     from ricardo.gateway.app import build_app
     from ricardo.gateway.config import load_config
+    from ricardo.gateway.logs import setup_logging
     from ricardo.gateway.security import AdminAccess
     from ricardo.gateway.shutdown import drain
     from ricardo.gateway.state import GatewayState
     from ricardo.gateway.urls import redact
     from ricardo.protocol.runtime import run_event_loop
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except (OSError, ValidationError, InvalidInput) as exc:
@@ -103,6 +120,19 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ricardo serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ricardo.gateway.reference import reference
+
+    text = reference()
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
     return 0
 
 

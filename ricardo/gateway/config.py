@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from ricardo.defaults import default_slo_ms
 from ricardo.errors import InvalidInput
 from ricardo.gateway.urls import check_backend_url, redact, split_credentials
 
@@ -25,48 +26,134 @@ class _Strict(BaseModel):
 
 
 class SLOConfig(_Strict):
-    ttft_ms: float = Field(default=2000.0, gt=0)
-    tpot_ms: float = Field(default=120.0, gt=0)
+    """The default SLO of requests that send no x-slo-* header; unset fields: the embedded default config's."""
+
+    ttft_ms: float = Field(default=default_slo_ms()[0], gt=0, description="time to first token, ms")
+    tpot_ms: float = Field(
+        default=default_slo_ms()[1],
+        gt=0,
+        description="time per output token after the first, ms: (latency - TTFT) / (output tokens - 1)",
+    )
 
 
 class PoolTimeouts(_Strict):
     """A pool's own timeouts (a slow CPU pool may need a longer first byte); unset fields: `limits`'."""
 
-    connect_timeout_s: float | None = Field(default=None, gt=0)
-    first_byte_timeout_s: float | None = Field(default=None, gt=0)
-    idle_timeout_s: float | None = Field(default=None, gt=0)
-    response_timeout_s: float | None = Field(default=None, gt=0)
+    connect_timeout_s: float | None = Field(default=None, gt=0, description="as `limits.connect_timeout_s`")
+    first_byte_timeout_s: float | None = Field(default=None, gt=0, description="as `limits.first_byte_timeout_s`")
+    idle_timeout_s: float | None = Field(default=None, gt=0, description="as `limits.idle_timeout_s`")
+    response_timeout_s: float | None = Field(default=None, gt=0, description="as `limits.response_timeout_s`")
+
+
+class RoleConfig(_Strict):
+    """One side of a disaggregated prefill/decode pair: its hardware type, backends and price."""
+
+    hardware: str = Field(description="profile name of this role's hardware type", examples=["H100", "A10G"])
+    price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
+    backends: list[HttpUrl] = Field(
+        default_factory=list,
+        description="base URLs of this side's workers (vLLM with a KV connector; credentials allowed)",
+    )
+    draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
+
+
+ROLES = ("prefill", "decode")
+
+
+@dataclass(frozen=True, slots=True)
+class RoleView:
+    """The backends of one role of a pool, whatever its kind: `unified` (one role), or `prefill` and `decode`."""
+
+    role: str
+    hardware: str
+    backends: list[HttpUrl]
+    draining: list[HttpUrl]
+    price_per_hour: float | None
 
 
 class PoolConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    hardware: str = Field(
-        description="profile name of the hardware type, e.g. A10G, H100", examples=["A10G", "L4", "A100-80GB", "H100"]
+    """One pool: a unified one (`hardware`, `backends`: each backend does prefill and decode), or a disaggregated
+    prefill/decode pair (`prefill`, `decode`, `link_gbps`). A pair's `hardware` is its decode type (the profile its
+    load is charged on), filled in when left out; its backends, draining list and prices are per role."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the pool's name in metrics, headers and the admin API"
+    )
+    hardware: str | None = Field(
+        default=None,
+        description="profile name of the hardware type, e.g. A10G, H100 (a pair: its decode type, filled in)",
+        examples=["A10G", "L4", "A100-80GB", "H100"],
     )
     price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
-    backends: list[HttpUrl] = Field(default_factory=list)
+    backends: list[HttpUrl] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs of the pool's replicas (credentials allowed)"
+    )
     models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
     api_key: str | None = Field(default=None, description="bearer token the backends expect")
     draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
-    role: Literal["unified"] = "unified"
+    role: Literal["unified", "pair"] = Field(
+        default="unified",
+        description="`unified`: each backend does prefill and decode; `pair`: a pool with `prefill` and `decode`",
+    )
     timeouts: PoolTimeouts | None = Field(default=None, description="this pool's timeouts; unset: the limits'")
-
-    @field_validator("backends")
-    @classmethod
-    def _no_duplicates(cls, urls: list[HttpUrl]) -> list[HttpUrl]:
-        for url in urls:
-            check_backend_url(str(url))
-        if len({backend_id(u) for u in urls}) != len(urls):
-            raise ValueError("a backend is listed twice")
-        return urls
+    prefill: RoleConfig | None = Field(default=None, description="a pair's prefill side")
+    decode: RoleConfig | None = Field(default=None, description="a pair's decode side")
+    link_gbps: float | None = Field(default=None, gt=0, description="a pair: the link the KV cache crosses, Gb/s")
 
     @model_validator(mode="after")
-    def _drain_known_backends(self) -> PoolConfig:
-        unknown = {backend_id(u) for u in self.draining} - {backend_id(u) for u in self.backends}
-        if unknown:
-            raise ValueError(f"draining backends that are not in the pool: {sorted(map(redact, unknown))}")
-        if self.api_key and any(split_credentials(str(u))[1] for u in self.backends):
-            raise ValueError("give the backends' credentials as api_key or in their URLs, not both")
+    def _one_kind(self) -> PoolConfig:
+        if self.prefill is None and self.decode is None:
+            if self.role == "pair":
+                raise ValueError("a pair needs `prefill` and `decode`")
+            if self.hardware is None:
+                raise ValueError("a unified pool needs `hardware`")
+            if self.link_gbps is not None:
+                raise ValueError("link_gbps is for pairs (with `prefill` and `decode`)")
+            return self
+        if self.prefill is None or self.decode is None:
+            raise ValueError("a pair needs both `prefill` and `decode`")
+        if self.backends or self.draining or self.price_per_hour is not None:
+            raise ValueError("a pair's backends, draining backends and prices go under `prefill` and `decode`")
+        if self.link_gbps is None:
+            raise ValueError("a pair needs `link_gbps`: the link the KV cache crosses")
+        if self.hardware not in (None, self.decode.hardware):
+            raise ValueError("a pair's `hardware` is its decode type; leave it out")
+        self.hardware, self.role = self.decode.hardware, "pair"
+        return self
+
+    @property
+    def kind_hardware(self) -> str:
+        assert self.hardware is not None  # set by the validator
+        return self.hardware
+
+    @property
+    def is_pair(self) -> bool:
+        return self.prefill is not None
+
+    def roles(self) -> list[RoleView]:
+        """The pool's roles: one `unified`, or `prefill` then `decode`."""
+        if self.prefill is None or self.decode is None:
+            return [RoleView("unified", self.kind_hardware, self.backends, self.draining, self.price_per_hour)]
+        return [
+            RoleView(name, side.hardware, side.backends, side.draining, side.price_per_hour)
+            for name, side in (("prefill", self.prefill), ("decode", self.decode))
+        ]
+
+    @model_validator(mode="after")
+    def _backends_sound(self) -> PoolConfig:
+        seen: set[str] = set()
+        for role in self.roles():
+            for url in role.backends:
+                check_backend_url(str(url))
+            ids = {backend_id(u) for u in role.backends}
+            if len(ids) != len(role.backends) or ids & seen:
+                raise ValueError("a backend is listed twice")
+            seen |= ids
+            unknown = {backend_id(u) for u in role.draining} - ids
+            if unknown:
+                raise ValueError(f"draining backends that are not in the pool: {sorted(map(redact, unknown))}")
+            if self.api_key and any(split_credentials(str(u))[1] for u in role.backends):
+                raise ValueError("give the backends' credentials as api_key or in their URLs, not both")
         return self
 
 
@@ -81,7 +168,9 @@ def backend_id(url: HttpUrl | str) -> str:
 
 
 class LimitsConfig(_Strict):
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Request size, upstream timeouts (each enforced on its own) and retries."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="largest request body accepted")
     # Each timeout is enforced on its own (none is derived from another), and `upstream_timeouts` checks that
     # none caps another. A stream's first byte waits for queueing and prefill at a busy backend: 60 s is past
     # what a backend that keeps its SLO queues (the planner sizes pools for seconds, not minutes) and still
@@ -97,7 +186,7 @@ class LimitsConfig(_Strict):
         default=300.0, gt=0, description="whole answer (not streamed): from sending the request to its end"
     )
     max_attempts: int = Field(default=3, ge=1, description="backends tried per request before giving up")
-    connections_per_backend: int = Field(default=512, gt=0)
+    connections_per_backend: int = Field(default=512, gt=0, description="open connections kept per backend")
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> LimitsConfig:
@@ -153,7 +242,7 @@ class OutlierConfig(_Strict):
 class AdmissionConfig(_Strict):
     """Load shedding (policies/admission.py): refuse at once with 429 what no pool can serve in time."""
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="shed load; off: every request is sent to some pool")
     max_utilization: float = Field(
         default=1.0,
         gt=0,
@@ -179,12 +268,14 @@ class ShutdownConfig(_Strict):
 
 
 class ScalingConfig(_Strict):
+    """Scaling hints: desired replicas per pool, at /admin/scaling, in `ricardo_desired_replicas` and to a webhook."""
+
     interval_s: float = Field(default=5.0, gt=0, description="how often scaling hints are recomputed")
     window_s: float = Field(default=30.0, gt=0, description="sliding window of observed traffic")
     scale_down_hold_s: float = Field(default=60.0, ge=0, description="a lower target must hold this long")
     headroom: float = Field(default=0.0, ge=0, lt=1, description="extra: load each type to (1 - headroom) of its plan")
-    min_replicas: int = Field(default=0, ge=0)
-    webhook_url: HttpUrl | None = None
+    min_replicas: int = Field(default=0, ge=0, description="no pool's hint goes below this")
+    webhook_url: HttpUrl | None = Field(default=None, description="POSTed the hints when they change")
 
 
 class PredictorConfig(_Strict):
@@ -211,9 +302,9 @@ class PredictorConfig(_Strict):
 class SharedConfig(_Strict):
     """What operators change at run time and replicas share: pools, backends, prices, SLO, policy."""
 
-    policy: str = "cost-aware"
-    slo: SLOConfig = Field(default_factory=SLOConfig)
-    pools: list[PoolConfig] = Field(min_length=1)
+    policy: str = Field(default="cost-aware", description="the routing policy (policies/routing.py)")
+    slo: SLOConfig = Field(default_factory=SLOConfig, description="the default SLO")
+    pools: list[PoolConfig] = Field(min_length=1, description="the pools")
 
     @model_validator(mode="after")
     def _unique_pools(self) -> SharedConfig:
@@ -239,13 +330,27 @@ class AuthConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, lt=65536)
-    models: list[str] = Field(default_factory=lambda: ["llama2-7b"], min_length=1)
-    policy: str = "cost-aware"
-    price_set: str = "melange"
-    slo: SLOConfig = Field(default_factory=SLOConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """The whole gateway config: a YAML file given to `ricardo serve --config`, or the embedded default."""
+
+    host: str = Field(
+        default="127.0.0.1", description="listen address; beyond loopback, API keys and an admin token are required"
+    )
+    port: int = Field(default=8000, ge=0, lt=65536, description="listen port")
+    models: list[str] = Field(
+        default_factory=lambda: ["llama2-7b"], min_length=1, description="model ids served (`/v1/models`)"
+    )
+    policy: str = Field(
+        default="cost-aware",
+        description="routing policy: cost-aware, round-robin, least-outstanding, cheapest-price, melange "
+        "(policies/routing.py); changeable at run time",
+    )
+    price_set: str = Field(
+        default="melange", description="the profiles' price list a pool without price_per_hour is charged at"
+    )
+    slo: SLOConfig = Field(
+        default_factory=SLOConfig, description="default SLO; a request may set its own (x-slo-ttft-ms, x-slo-tpot-ms)"
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="request size, timeouts and retries")
     health_interval_s: float = Field(
         default=5.0, gt=0, description="a backend without a clean answer for this long gets a probe completion"
     )
@@ -253,20 +358,26 @@ class GatewayConfig(_Strict):
         default=None, min_length=16, description="bearer token of the admin API; default: $RICARDO_ADMIN_TOKEN"
     )
     redis_url: str | None = Field(default=None, description="share state with other replicas through Redis")
-    replica_id: str | None = None
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    log_prompts: bool = False
+    replica_id: str | None = Field(
+        default=None, description="this replica's name in shared state; default: host-pid-random"
+    )
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="scaling hints (desired replicas)")
+    log_prompts: bool = Field(
+        default=False, description="reserved: no log line carries prompt text, and this setting changes nothing yet"
+    )
     tokenizer: str | None = Field(
         default=None,
         description="exact input counts with this encoding "
         "(cl100k_base, o200k_base, llama3); default: an estimate corrected online",
     )
-    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
-    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
-    pools: list[PoolConfig] = Field(min_length=1)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="output-length learning")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="who may call the OpenAI API")
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig, description="taking failing backends out")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig, description="load shedding")
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="graceful shutdown on SIGTERM")
+    pools: list[PoolConfig] = Field(
+        min_length=1, description="the pools of backends, one hardware type each; changeable at run time"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:

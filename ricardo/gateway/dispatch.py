@@ -1,7 +1,8 @@
 """Choosing and attempting backends: try them in the policy's order until one gives an answer the gateway can
 commit to the client.
 
-Nothing reaches the client before an attempt has succeeded, so every failure until then is retried on the next
+An attempt on a disaggregated pair is two requests, prefill then decode (gateway/handoff.py). Nothing reaches the
+client before an attempt has succeeded, so every failure until then is retried on the next
 backend (up to `limits.max_attempts`): for a stream, until its first event has arrived; for a whole answer,
 until all of it has been read and found to be valid JSON with choices. Each attempt has its pool's timeouts:
 connect, then first byte (stream: the first event) or whole answer (not streamed), then idle between reads.
@@ -58,17 +59,23 @@ async def dispatch(
     """Try backends in the policy's order until one answers; raise the most telling error otherwise."""
     limits = state.config.limits
     last_error: OpenAIError | None = None
+    from ricardo.gateway.handoff import NoPair, attempt_pair  # handoff builds on this module's `attempt`
+
     for choice in choices:
         pool = state.pools.get(choice.pool)
         while pool is not None and trip.attempts < limits.max_attempts:
-            backend = pool.pick_backend(time.monotonic(), trip.tried)
-            if backend is None:
-                break
-            trip.attempts += 1
-            trip.tried.add(backend)
-            start(state, trip, pool, backend, choice)
             try:
+                if pool.pair is not None:  # a disaggregated pair: prefill, then decode (gateway/handoff.py)
+                    return await attempt_pair(state, trip, pool, choice, payload, headers, stream)
+                backend = pool.pick_backend(time.monotonic(), trip.tried)
+                if backend is None:
+                    break
+                trip.attempts += 1
+                trip.tried.add(backend)
+                start(state, trip, pool, backend, choice)
                 return await attempt(pool, backend, trip, payload, headers, stream)
+            except NoPair:
+                break
             except AttemptFailed as failure:
                 last_error = failure.error
                 fail(state, trip, failure.kind, overloaded=failure.overloaded, retry_after=failure.retry_after)
@@ -85,10 +92,17 @@ async def dispatch(
 
 
 async def attempt(
-    pool: Pool, backend: Backend, trip: Trip, payload: bytes, headers: dict[str, str], stream: bool
+    pool: Pool,
+    backend: Backend,
+    trip: Trip,
+    payload: bytes,
+    headers: dict[str, str],
+    stream: bool,
+    timeouts: Timeouts | None = None,
 ) -> Answer:
-    """One attempt on one backend; AttemptFailed (retry elsewhere) or OpenAIError (answer the client that)."""
-    t = pool.timeouts
+    """One attempt on one backend (with the pool's timeouts, or `timeouts`); AttemptFailed (retry elsewhere) or
+    OpenAIError (answer the client that)."""
+    t = timeouts or pool.timeouts
     url = backend.url + UPSTREAM_PATHS[trip.endpoint]
     response: aiohttp.ClientResponse | None = None
     done = False

@@ -41,6 +41,13 @@ class GatewayMetrics:
             buckets=TPOT_BUCKETS,
             registry=r,
         )
+        self.slo = Counter(
+            "ricardo_slo_judged",
+            "Streamed requests judged against their SLO (TTFT, and TPOT after the first token), by pool and whether "
+            "they met it; a failed answer misses it.",
+            ["pool", "met"],
+            registry=r,
+        )
         self.tokens = Counter("ricardo_tokens", "Tokens reported by backends.", ["pool", "type"], registry=r)
         self.token_usage = Histogram(
             "ricardo_token_usage", "Tokens per request.", ["type"], buckets=TOKEN_BUCKETS, registry=r

@@ -18,7 +18,7 @@ from ricardo.gateway.config import LimitsConfig, OutlierConfig, PoolConfig, Time
 from ricardo.gateway.outlier import OutlierDetector
 from ricardo.gateway.urls import redact, split_credentials
 from ricardo.policies.ledger import PoolLedger
-from ricardo.policies.types import PoolView
+from ricardo.policies.types import PairSpec, PoolView
 
 REST_BASE_S = 1.0
 REST_MAX_S = 30.0
@@ -32,6 +32,7 @@ class Backend:
     url: str  # where requests go, without credentials (the session sends them)
     session: aiohttp.ClientSession
     outlier: OutlierDetector
+    role: str = "unified"  # of a pair: "prefill" or "decode"
     shown: str = ""  # the configured URL with its password redacted: what logs, metrics and the admin API show
     in_flight: int = 0
     healthy: bool = True  # last health probe succeeded
@@ -106,8 +107,20 @@ class Pool:
         return statistics.median(samples) if samples else None
 
     @classmethod
-    def new(cls, config: PoolConfig, models: tuple[str, ...], price_per_hour: float, timeouts: Timeouts) -> Pool:
-        return cls(config, PoolLedger(config.name, config.hardware, price_per_hour, models), timeouts)
+    def new(
+        cls,
+        config: PoolConfig,
+        models: tuple[str, ...],
+        price_per_hour: float,
+        timeouts: Timeouts,
+        pair: PairSpec | None = None,
+    ) -> Pool:
+        """A pool; a pair's ledger is charged on its decode type, at the price of one prefill + one decode replica."""
+        return cls(config, PoolLedger(config.name, config.kind_hardware, price_per_hour, models, pair=pair), timeouts)
+
+    @property
+    def pair(self) -> PairSpec | None:
+        return self.ledger.pair
 
     @property
     def model(self) -> str:
@@ -120,7 +133,7 @@ class Pool:
 
     @property
     def hardware(self) -> str:
-        return self.config.hardware
+        return self.config.kind_hardware
 
     @property
     def price_per_hour(self) -> float:
@@ -130,15 +143,20 @@ class Pool:
     def models(self) -> tuple[str, ...]:
         return self.ledger.models
 
-    def available_backends(self, now: float) -> list[Backend]:
-        return [b for b in self.backends if b.available(now)]
+    def available_backends(self, now: float, role: str | None = None) -> list[Backend]:
+        return [b for b in self.backends if b.available(now) and (role is None or b.role == role)]
 
     def view(self, now: float) -> PoolView:
-        return self.ledger.view(len(self.available_backends(now)))
+        if self.pair is None:
+            return self.ledger.view(len(self.available_backends(now)))
+        # a pair takes a request only with both sides up: with either at 0, it shows 0 replicas of both
+        prefill = len(self.available_backends(now, "prefill"))
+        decode = len(self.available_backends(now, "decode"))
+        return self.ledger.view(prefill if decode else 0, decode if prefill else 0)
 
-    def pick_backend(self, now: float, exclude: set[Backend]) -> Backend | None:
-        """The available backend with the fewest requests in flight (rotating among ties)."""
-        candidates = [b for b in self.available_backends(now) if b not in exclude]
+    def pick_backend(self, now: float, exclude: set[Backend], role: str | None = None) -> Backend | None:
+        """The available backend (of `role`, if given) with the fewest requests in flight (rotating among ties)."""
+        candidates = [b for b in self.available_backends(now, role) if b not in exclude]
         if not candidates:
             return None
         least = min(b.in_flight for b in candidates)
@@ -146,12 +164,14 @@ class Pool:
         return tied[next(self._tiebreak) % len(tied)]
 
 
-def new_backend(configured: str, limits: LimitsConfig, outlier: OutlierConfig, api_key: str | None) -> Backend:
+def new_backend(
+    configured: str, limits: LimitsConfig, outlier: OutlierConfig, api_key: str | None, role: str = "unified"
+) -> Backend:
     """A backend for the URL as configured: requests go to it without its credentials, which the session sends
     as basic auth; logs, metrics and the admin API show it redacted."""
     url, credentials = split_credentials(configured)
     session = new_session(limits, api_key, credentials)
-    return Backend(url.rstrip("/"), session, OutlierDetector(outlier), shown=redact(configured))
+    return Backend(url.rstrip("/"), session, OutlierDetector(outlier), role=role, shown=redact(configured))
 
 
 def new_session(

@@ -1,8 +1,9 @@
 """One request's trip: shape it, rank the pools, admit or shed it, attempt backends, relay the answer, account.
 
 The rooms of the trip, importing one way: `proxy` (this: the whole trip) -> `relay` (a stream to the client,
-checked for completeness) -> `dispatch` (choosing and attempting backends, retries before the first byte)
--> `trip` (the request's state and its events: start, fail, account).
+checked for completeness) -> `dispatch` (choosing and attempting backends, retries before the first byte; on a
+disaggregated pair, `handoff`'s prefill-then-decode attempt) -> `trip` (the request's state and its events: start,
+fail, hand over, account).
 
 Retries and fallbacks happen only before anything reaches the client: for a stream, until its first event has
 arrived; a whole answer is read and checked before it is sent. After that, a failure ends the stream with an
@@ -21,10 +22,11 @@ import uuid
 from aiohttp import web
 
 from ricardo.gateway.dispatch import HOPS_HEADER, dispatch
+from ricardo.gateway.logs import TRIP_KEY
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
-from ricardo.gateway.trip import Trip, account
+from ricardo.gateway.trip import Trip, account, priced
 from ricardo.policies.admission import AdmissionLimits, admit
 from ricardo.protocol.openai import Endpoint, OpenAIError, parse_request
 
@@ -105,6 +107,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
     payload = _upstream_body(body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
+    request[TRIP_KEY] = trip  # for the access line
     state.trips.add(trip)
     answer = None
     try:
@@ -115,8 +118,10 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             )
         assert answer.body is not None  # a whole answer, checked
         usage = answer.body.get("usage")
-        trip.usage = usage if isinstance(usage, dict) else None
-        return web.Response(body=answer.head, content_type="application/json", headers=_routing_headers(state, trip))
+        content = answer.head
+        if isinstance(usage, dict):  # the actual cost goes in the body: a header would leave before it is known
+            content = json.dumps({**answer.body, "usage": priced(state, trip, usage)}).encode()
+        return web.Response(body=content, content_type="application/json", headers=_routing_headers(state, trip))
     except asyncio.CancelledError:
         if trip.aborted is None:
             trip.status = 499  # the client went away
@@ -175,7 +180,8 @@ def _routing_headers(state: GatewayState, trip: Trip) -> dict[str, str]:
         "x-request-id": trip.request_id,
         "x-ricardo-pool": trip.pool.name,
         "x-ricardo-policy": state.policy_name,
-        "x-ricardo-cost-usd": f"{trip.choice.cost_usd:.6g}",
+        # the estimate the pool was chosen on; the actual cost follows in the answer's usage (ricardo_cost_usd)
+        "x-ricardo-expected-cost-usd": f"{trip.choice.cost_usd:.6g}",
         "x-ricardo-predicted-output-tokens": str(trip.shape.output_p50),
         "x-ricardo-attempts": str(trip.attempts),
     }

@@ -4,8 +4,12 @@ A stream is complete when a choice carried a `finish_reason` and the stream ende
 ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
 client, with an OpenAI-shaped error event (`data: {"error": {...}}`, then the end of the stream: the openai
 client raises it), never as if it were complete; and it counts as a failed answer of its backend (metrics,
-outlier detection). Usage is always asked of the upstream; its extra chunk is stripped for clients that did
-not ask for it.
+outlier detection). Usage is always asked of the upstream and priced when it arrives (`trip.priced`): the usage
+carries the answer's actual cost as an extension (`usage.ricardo_cost_usd`, with the estimate the pool was chosen on,
+`usage.ricardo_expected_cost_usd`; the official openai client keeps unknown usage fields). A client that asked for
+usage (`stream_options.include_usage`) gets it in the usual final chunk with no choices; one that did not may not be
+sent such a chunk, so its usage rides on the last chunk that carries a `finish_reason` (as vLLM's continuous usage
+stats put usage on chunks with choices), which is held back until the usage arrives.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from aiohttp import web
 
 from ricardo.gateway.dispatch import Answer, sse_lines
 from ricardo.gateway.state import GatewayState
-from ricardo.gateway.trip import Trip, failed
+from ricardo.gateway.trip import Trip, failed, priced
 from ricardo.protocol.openai import error_body, sse
 
 log = logging.getLogger("ricardo.gateway")
@@ -35,6 +39,11 @@ class StreamCheck:
     finished: bool = False  # a choice carried a finish_reason
     done: bool = False  # data: [DONE]
     error: bool = False  # the upstream sent an error event
+    held: bytes | None = None  # a finish chunk kept back for the usage of a client that did not ask for it
+
+    def flush(self) -> list[bytes]:
+        held, self.held = self.held, None
+        return [held] if held is not None else []
 
 
 async def relay_stream(
@@ -59,7 +68,7 @@ async def relay_stream(
         async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
             while True:
                 *events, buffer = buffer.split(b"\n\n")
-                out = [e + b"\n\n" for e in events if e.strip() and _keep(trip, check, e, client_wants_usage)]
+                out = [o for e in events if e.strip() for o in _pass_on(state, trip, check, e, client_wants_usage)]
                 if out:
                     await response.write(b"".join(out))
                 if check.done or check.error:
@@ -68,8 +77,8 @@ async def relay_stream(
                 data = await upstream.content.readany()
                 quiet.reschedule(None)
                 if not data:  # a last event without its blank line: completed, passed on and counted
-                    if buffer.strip() and _keep(trip, check, buffer, client_wants_usage):
-                        await response.write(buffer + b"\n\n")
+                    if buffer.strip():
+                        await response.write(b"".join(_pass_on(state, trip, check, buffer, client_wants_usage)))
                     break
                 buffer += sse_lines(data)
     except TimeoutError:
@@ -87,7 +96,7 @@ async def relay_stream(
         if task is not None:
             task.uncancel()  # the gateway cancelled it itself, to end the stream with a word
         trip.status = 503
-        await _end(response, error_body(f"the gateway is {trip.aborted}; retry", "service_unavailable"))
+        await _end(response, check, error_body(f"the gateway is {trip.aborted}; retry", "service_unavailable"))
         return response
     else:
         if check.error:
@@ -96,24 +105,25 @@ async def relay_stream(
             ending = ("incomplete", 502, "upstream ended the stream before it was complete")
     if ending is None:
         trip.outcome = True
-        await _end(response, None)
+        await _end(response, check, None)
         return response
     kind, trip.status, message = ending
     trip.outcome = False
     log.warning("request %s: stream from %s of pool %s failed (%s)", trip.request_id, backend.shown, pool.name, kind)
     failed(state, trip, kind)
-    await _end(response, error_body(message, "upstream_error", code=kind) if message else None)
+    await _end(response, check, error_body(message, "upstream_error", code=kind) if message else None)
     return response
 
 
-def _keep(trip: Trip, check: StreamCheck, event: bytes, client_wants_usage: bool) -> bool:
-    """Note what the gateway needs from one SSE event and say whether the client should see it."""
+def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, wants_usage: bool) -> list[bytes]:
+    """Note what the gateway needs from one SSE event; return what the client is sent for it (none, the event,
+    a held event before it, or the event rewritten with the priced usage)."""
     data = _data(event)
     if data is None:
-        return True  # a comment (keep-alive) or a field without data
+        return [event + b"\n\n"]  # a comment (keep-alive) or a field without data
     if data == b"[DONE]":
         check.done = True
-        return True
+        return [*check.flush(), event + b"\n\n"]
     worth_parsing = (
         trip.first_token_at is None
         or b'"usage":{' in data
@@ -121,30 +131,48 @@ def _keep(trip: Trip, check: StreamCheck, event: bytes, client_wants_usage: bool
         or (b'"finish_reason"' in data and b'"finish_reason":null' not in data)
     )
     if not worth_parsing:
-        return True
+        return [*check.flush(), event + b"\n\n"]
     try:
         payload = json.loads(data)
     except ValueError:
-        return True
+        return [*check.flush(), event + b"\n\n"]
     if not isinstance(payload, dict):
-        return True
+        return [*check.flush(), event + b"\n\n"]
     if payload.get("error"):
         check.error = True
-        return True
+        return [*check.flush(), event + b"\n\n"]
     choices = payload.get("choices")
     choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
     if trip.first_token_at is None and any(_has_content(c) for c in choices):
         trip.first_token_at = now = time.monotonic()
         if trip.pool is not None:
             trip.pool.started(id(trip), now)
+    usage = payload.get("usage")
+    if isinstance(usage, dict) and not choices:  # the final usage chunk: price it
+        usage = priced(state, trip, usage)
+        if wants_usage:
+            return [*check.flush(), _with(event, data, {**payload, "usage": usage})]
+        held, check.held = check.held, None
+        if held is None:
+            return []  # no finish chunk to carry it: the client did not ask, so it goes without
+        held = held.removesuffix(b"\n\n")
+        held_data = _data(held)
+        assert held_data is not None  # held events are parsed chunks
+        return [_with(held, held_data, {**json.loads(held_data), "usage": usage})]
+    if isinstance(usage, dict):
+        trip.usage = usage  # usage on every chunk (vLLM's continuous usage stats); the final chunk prices it
+    out = check.flush()
     if any(c.get("finish_reason") for c in choices):
         check.finished = True
-    usage = payload.get("usage")
-    if isinstance(usage, dict):
-        trip.usage = usage
-        if not choices:
-            return client_wants_usage
-    return True
+        if not wants_usage:
+            check.held = event + b"\n\n"
+            return out
+    return [*out, event + b"\n\n"]
+
+
+def _with(event: bytes, data: bytes, payload: dict[str, Any]) -> bytes:
+    """`event` (without its blank line) with its data replaced by `payload`, ended by a blank line."""
+    return event.replace(data, json.dumps(payload, separators=(",", ":")).encode(), 1) + b"\n\n"
 
 
 def _data(event: bytes) -> bytes | None:
@@ -159,9 +187,12 @@ def _has_content(choice: dict[str, Any]) -> bool:
     return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
 
 
-async def _end(response: web.StreamResponse, error: dict[str, Any] | None) -> None:
-    """End the stream, with an error event first if there is one; a client already gone is no error."""
+async def _end(response: web.StreamResponse, check: StreamCheck, error: dict[str, Any] | None) -> None:
+    """End the stream (a finish chunk still held back first, then an error event if there is one); a client
+    already gone is no error."""
     try:
+        for event in check.flush():
+            await response.write(event)
         if error is not None:
             await response.write(sse(error))
         await response.write_eof()

@@ -1,5 +1,8 @@
 """Scaling hints: desired replicas per pool (and role) from the observed traffic, the profiles and live prices.
 
+Disaggregated prefill/decode pairs are not planned yet (the planner sizes unified types): each role of a pair is
+sized on its own observed load (`size_pairs`), and the requests pairs serve stay out of the planner's window.
+
 Every few seconds the gateway's loop calls `ScalingAdvisor.compute`: the arrival rate and a sample of the
 request sizes of a sliding window (this replica's, merged with the other replicas' summaries from the store)
 go through the planner `ricardo plan` and the simulator's fleet search use (`policies.sizing.plan_sizes`,
@@ -323,6 +326,58 @@ def plan_replicas(
     )
 
 
+# -- prefill/decode pairs: each role sized on its observed load ---------------------------------
+
+# the load each role of a pair is sized to run at: a round figure below saturation, leaving the router room (not
+# tuned on any trace)
+PAIR_TARGET_UTILIZATION = 0.7
+
+
+class LoadMeter:
+    """The mean of a load figure sampled every so often over the last `window_s` seconds (samples taken at a steady
+    pace, so their plain mean is the time average)."""
+
+    def __init__(self, window_s: float):
+        self.window_s = float(window_s)
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def sample(self, t: float, value: float) -> None:
+        self._samples.append((t, value))
+        while self._samples and self._samples[0][0] <= t - self.window_s:
+            self._samples.popleft()
+
+    def mean(self, now: float) -> float:
+        values = [v for t, v in self._samples if t > now - self.window_s]
+        return sum(values) / len(values) if values else 0.0
+
+
+def size_pairs(
+    loads: Mapping[str, Mapping[str, float]],
+    pools: Sequence[PoolSpec],
+    headroom: float = 0.0,
+    min_replicas: int = 0,
+    target: float = PAIR_TARGET_UTILIZATION,
+) -> dict[str, dict[str, int]]:
+    """Replicas per role of each pair (`pools` with role prefill or decode), from each role's observed load
+    (`loads`: pool -> role -> mean load over the window, summed over gateway replicas), as an HPA scales on
+    utilization: ceil(load / (target x (1 - headroom))), at least one replica of each role while the pair carries
+    load, at least `min_replicas`.
+
+    The loads the gateway measures (scaling_loop.py): a prefill side's, its busy replicas (one running a prefill
+    is busy: prefill is compute-bound, a batch takes the whole GPU); a decode side's, the pool ledger's load (each
+    request's share of a decode replica at the profile's SLO operating point).
+
+    Hook: once the planner (policies/) sizes pairs from their profiles, plan_replicas passes the pair specs to it
+    and this rule retires; the hints' shape (pool -> role -> replicas) stays."""
+    sized: dict[str, dict[str, int]] = {}
+    share = target * (1.0 - headroom)
+    for pool in pools:
+        load = float(loads.get(pool.name, {}).get(pool.role, 0.0))
+        needed = math.ceil(load / share - 1e-9) if load > 0 else 0
+        sized.setdefault(pool.name, {})[pool.role] = max(needed, min_replicas)
+    return sized
+
+
 # -- damping -----------------------------------------------------------------------------------
 
 
@@ -436,20 +491,28 @@ class ScalingAdvisor:
         book: ProfileBook | None = None,
         own: Mapping | None = None,
         extra_summaries: Iterable[Mapping] = (),
+        pair_loads: Mapping[str, Mapping[str, float]] | None = None,
     ) -> Hints:
         """Hints at `now` for `pools` at `slo`, from this replica's window summary (`own`, default: `summary(now)`)
         merged with other replicas' summaries (not this one's own again); summaries this version cannot read are
         left out and counted in the inputs. `book` (default: the advisor's) may bring new profiles. Raises
-        PlanError if the planner finds no fleet within its time limit: keep the previous hints then."""
+        PlanError if the planner finds no fleet within its time limit: keep the previous hints then.
+
+        A pair is given as one PoolSpec per role (prefill, decode); its roles are sized on `pair_loads` (pool ->
+        role -> observed load, `size_pairs`), the unified pools by the planner."""
         book = book or self.book
         own = self.summary(now) if own is None else own
         others = list(extra_summaries)
         merged = [own, *filter(is_summary, others)]
         traffic = merge_summaries(merged, self.plan_sample)
+        unified = [p for p in pools if p.role == UNIFIED]
+        sides = [p for p in pools if p.role != UNIFIED]
         fleet = plan_replicas(
-            traffic, book, pools, slo, self.headroom, self.min_replicas, time_limit_s=self.time_limit_s
+            traffic, book, unified, slo, self.headroom, self.min_replicas, time_limit_s=self.time_limit_s
         )
-        raw = {(pool, role): n for pool, roles in fleet.replicas.items() for role, n in roles.items()}
+        loads = pair_loads or {}
+        planned = fleet.replicas | size_pairs(loads, sides, self.headroom, self.min_replicas)
+        raw = {(pool, role): n for pool, roles in planned.items() for role, n in roles.items()}
         current = {(p.name, p.role): p.current_replicas for p in pools}
         damped = self.damper.update(now, raw, current)
         desired: dict[str, dict[str, int]] = {}
@@ -460,11 +523,24 @@ class ScalingAdvisor:
             if traffic.sample_size
             else np.zeros(book.shape)
         )
+        described: dict[str, dict] = {}
+        for p in pools:
+            entry: dict = {
+                "hardware": p.hardware,
+                "role": p.role,
+                "price_per_hour": p.price_per_hour,
+                "current_replicas": p.current_replicas,
+            }
+            if p.role == UNIFIED:
+                described[p.name] = entry
+            else:
+                pair = described.setdefault(p.name, {"role": "pair", "sized_on": "observed role load", "roles": {}})
+                pair["roles"][p.role] = entry | {"load": round(float(loads.get(p.name, {}).get(p.role, 0.0)), 6)}
         return Hints(
             computed_at=now,
             desired=desired,
-            raw=fleet.replicas,
-            cost_per_hour=sum(p.price_per_hour * sum(desired[p.name].values()) for p in pools),
+            raw=planned,
+            cost_per_hour=sum(p.price_per_hour * desired[p.name][p.role] for p in pools),
             inputs={
                 "window_s": self.window.window_s,
                 "span_s": round(float(own["span_s"]), 6),
@@ -478,18 +554,11 @@ class ScalingAdvisor:
                 "input_edges": list(book.input_edges),
                 "output_edges": list(book.output_edges),
                 "rates": np.round(demand, 6).tolist(),  # the sample's mix at the total rate, on the book's grid
-                "pools": {
-                    p.name: {
-                        "hardware": p.hardware,
-                        "role": p.role,
-                        "price_per_hour": p.price_per_hour,
-                        "current_replicas": p.current_replicas,
-                    }
-                    for p in pools
-                },
+                "pools": described,
                 "headroom": self.headroom,
                 "min_replicas": self.min_replicas,
                 "scale_down_hold_s": self.damper.hold_s,
+                "pair_target_utilization": PAIR_TARGET_UTILIZATION,
             },
             planner=_planner_dict(fleet, traffic),
         )

@@ -1,8 +1,12 @@
 """The scaling loop: every few seconds, share this replica's traffic window, and on the replica that
 holds the lease, turn all replicas' windows into scaling hints for the others to read.
 
-Hints go to the gauge `ricardo_desired_replicas{pool,role}`, to `GET /admin/scaling`, and, when a
-webhook is configured, are POSTed there whenever the damped figures change.
+Hints go to the gauge `ricardo_desired_replicas{pool,role}` (role `unified`, or `prefill` / `decode` for a pair),
+to `GET /admin/scaling`, and, when a webhook is configured, are POSTed there whenever the damped figures change.
+
+Each role of a pair is sized on its observed load (gateway/scaling.py, `size_pairs`): every `SAMPLE_S` the loop
+samples each pair's busy prefill replicas and its decode load; replicas share their window means like their
+traffic windows, and the lease holder adds them up.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 
 import aiohttp
 
-from ricardo.gateway.scaling import PoolSpec, ScalingAdvisor
+from ricardo.gateway.scaling import LoadMeter, PoolSpec, ScalingAdvisor
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.urls import redact
 from ricardo.policies.planner import PlanError
@@ -23,6 +27,7 @@ from ricardo.policies.types import SLO
 log = logging.getLogger("ricardo.scaling")
 LEASE = "scaling"
 HINTS_BLOB = "scaling-hints"
+SAMPLE_S = 0.5  # how often the load of each role of a pair is sampled
 
 
 class ScalingLoop:
@@ -39,6 +44,8 @@ class ScalingLoop:
         self.hints: dict | None = None
         self._blob_version: int | None = None
         self._task: asyncio.Task | None = None
+        self._sampler: asyncio.Task | None = None
+        self.meters: dict[tuple[str, str], LoadMeter] = {}  # (pair pool, role) -> its load over the window
         self._webhooks: set[asyncio.Task] = set()  # the loop holds tasks weakly: a post could be collected mid-flight
 
     def observe(self, input_tokens: int, output_tokens: int) -> None:
@@ -49,11 +56,13 @@ class ScalingLoop:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._sampler = asyncio.create_task(self._sample_run())
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._sampler) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.state.store.release_lease(LEASE, self.state.replica_id)
 
     async def _run(self) -> None:
@@ -64,17 +73,60 @@ class ScalingLoop:
             except Exception:  # a bad tick must not end the loop
                 log.exception("scaling tick failed")
 
+    async def _sample_run(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            self.sample(time.monotonic())
+
+    def sample(self, now: float) -> None:
+        """One sample of each pair's role loads: its prefill replicas running a prefill, its decode ledger's load."""
+        seen = set()
+        for pool in self.state.pools.values():
+            if pool.pair is None:
+                continue
+            busy = sum(1 for b in pool.backends if b.role == "prefill" and b.in_flight > 0)
+            for role, load in (("prefill", float(busy)), ("decode", pool.ledger.in_flight_load)):
+                meter = self.meters.get((pool.name, role))
+                if meter is None:
+                    meter = self.meters[(pool.name, role)] = LoadMeter(self.settings.window_s)
+                meter.sample(now, load)
+                seen.add((pool.name, role))
+        for gone in self.meters.keys() - seen:
+            del self.meters[gone]
+
+    def pair_loads(self, now: float) -> dict[str, dict[str, float]]:
+        loads: dict[str, dict[str, float]] = {}
+        for (pool, role), meter in self.meters.items():
+            loads.setdefault(pool, {})[role] = meter.mean(now)
+        return loads
+
+    def pool_specs(self) -> list[PoolSpec]:
+        """One spec per unified pool, one per role of a pair (its role's hardware, price and replicas)."""
+        specs = []
+        for p in self.state.pools.values():
+            if p.pair is None:
+                specs.append(PoolSpec(p.name, p.hardware, p.price_per_hour, len(p.backends)))
+                continue
+            for role, hardware, price in (
+                ("prefill", p.pair.prefill_hardware, p.pair.prefill_price_per_hour),
+                ("decode", p.pair.decode_hardware, p.pair.decode_price_per_hour),
+            ):
+                replicas = sum(1 for b in p.backends if b.role == role)
+                specs.append(PoolSpec(p.name, hardware, price, replicas, role=role))
+        return specs
+
     async def tick(self) -> None:
         store, me = self.state.store, self.state.replica_id
         now = time.time()
         ttl = 3 * self.settings.interval_s
         summary = self.advisor.summary(now)  # here, on the loop: `observe` writes the window from the loop too
-        await store.push_stats(me, {"window": summary}, ttl)
+        own_loads = self.pair_loads(time.monotonic())
+        await store.push_stats(me, {"window": summary, "pairs": own_loads}, ttl)
         if await store.acquire_lease(LEASE, me, ttl):
-            others = [
-                s["window"] for replica, s in (await store.pull_stats()).items() if replica != me and "window" in s
-            ]
-            pools = [PoolSpec(p.name, p.hardware, p.price_per_hour, len(p.backends)) for p in self.state.pools.values()]
+            stats = [s for replica, s in (await store.pull_stats()).items() if replica != me]
+            others = [s["window"] for s in stats if "window" in s]
+            pair_loads = _sum_loads([own_loads, *(s["pairs"] for s in stats if isinstance(s.get("pairs"), dict))])
+            pools = self.pool_specs()
             slo = SLO(self.state.shared.slo.ttft_ms, self.state.shared.slo.tpot_ms)
             try:  # the sizing and the solve take a few hundred ms: keep them off the event loop
                 hints = await asyncio.to_thread(
@@ -85,6 +137,7 @@ class ScalingLoop:
                     book=self.state.book_for(slo),
                     own=summary,
                     extra_summaries=others,
+                    pair_loads=pair_loads,
                 )
             except PlanError as exc:
                 log.warning("scaling hints not updated: %s", exc)
@@ -120,3 +173,16 @@ class ScalingLoop:
                     log.warning("scaling webhook %s answered %d", redact(url), response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("scaling webhook %s failed: %s", redact(url), redact(str(exc)))
+
+
+def _sum_loads(loads: list[dict]) -> dict[str, dict[str, float]]:
+    """The gateway replicas' role loads added up (each replica's requests load the same backends)."""
+    total: dict[str, dict[str, float]] = {}
+    for replica in loads:
+        for pool, roles in replica.items():
+            if not isinstance(roles, dict):
+                continue
+            for role, load in roles.items():
+                if isinstance(load, int | float):
+                    total.setdefault(pool, {})[role] = total.get(pool, {}).get(role, 0.0) + float(load)
+    return total

@@ -24,6 +24,7 @@ from ricardo.errors import InvalidInput
 from ricardo.gateway.config import (
     ConfigError,
     GatewayConfig,
+    PoolConfig,
     SharedConfig,
     backend_id,
     backend_key,
@@ -39,7 +40,7 @@ from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
 from ricardo.gateway.urls import Listener, is_loopback, redact
 from ricardo.policies.routing import get_policy, request_cost_usd
-from ricardo.policies.types import SLO, Choice, PoolView, RequestShape
+from ricardo.policies.types import SLO, Choice, PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
 
 if TYPE_CHECKING:
@@ -106,9 +107,19 @@ class GatewayState:
     def rank(self, shape: RequestShape, views: list[PoolView]) -> list[Choice]:
         return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
-    def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int) -> float:
-        """Dollars of the pool's time a request of this size uses at the profile's operating point."""
-        return request_cost_usd(self.book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
+    def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO | None = None) -> float:
+        """Dollars of the pool's time a request of this size uses at the profile's operating point.
+
+        A pair: each side charged as a unified replica of its type would be for its part (the prefill side a
+        one-token answer, the decode side the whole request), an upper bound until policies/ prices pairs
+        itself (hook: the pair cost of policies.routing at the request's `slo`, once it has one)."""
+        book = self.book if slo is None else self.book_for(slo)  # the tables the request was ranked by
+        pair = pool.pair
+        if pair is None:
+            return request_cost_usd(book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
+        prefill = request_cost_usd(book, pair.prefill_hardware, pair.prefill_price_per_hour, input_tokens, 1)
+        decode = request_cost_usd(book, pair.decode_hardware, pair.decode_price_per_hour, input_tokens, output_tokens)
+        return prefill + decode
 
     # -- shared config ------------------------------------------------------------------------
     def check(self, shared: SharedConfig) -> None:
@@ -116,22 +127,31 @@ class GatewayState:
         policy, a backend that is this gateway itself)."""
         check_shared(shared, self.config.models)
         for pool in shared.pools:
-            for url in pool.backends:
-                self.listener.check(str(url))
             upstream_timeouts(self.config.limits, pool)
-            if not self.book.has(pool.hardware):
-                raise ConfigError(
-                    f"pool {pool.name}: no profile for hardware {pool.hardware!r}; "
-                    f"known: {', '.join(self.book.hardware_names())}"
-                )
-            if pool.price_per_hour is None:
-                try:
-                    self.book.price(pool.hardware)
-                except ValueError:
+            for role in pool.roles():
+                for url in role.backends:
+                    self.listener.check(str(url))
+                side = f" ({role.role})" if pool.is_pair else ""
+                if not self.book.has(role.hardware):
                     raise ConfigError(
-                        f"pool {pool.name}: price set {self.config.price_set!r} has no price for "
-                        f"{pool.hardware}; give price_per_hour"
-                    ) from None
+                        f"pool {pool.name}{side}: no profile for hardware {role.hardware!r}; "
+                        f"known: {', '.join(self.book.hardware_names())}"
+                    )
+                if role.price_per_hour is None:
+                    try:
+                        self.book.price(role.hardware)
+                    except ValueError:
+                        raise ConfigError(
+                            f"pool {pool.name}{side}: price set {self.config.price_set!r} has no price for "
+                            f"{role.hardware}; give price_per_hour"
+                        ) from None
+
+    def role_prices(self, pool_config: PoolConfig) -> dict[str, float]:
+        """$/h per replica of each role of the pool (its override, else the price set's)."""
+        return {
+            role.role: role.price_per_hour if role.price_per_hour is not None else self.book.price(role.hardware)
+            for role in pool_config.roles()
+        }
 
     def apply(self, version: int, doc: dict) -> None:
         """Make `doc` (a SharedConfig) the state in force; keep live backends and their connections."""
@@ -141,33 +161,36 @@ class GatewayState:
         except (ValidationError, InvalidInput) as exc:
             log.error("config version %d refused, keeping version %d: %s", version, self.version, redact(str(exc)))
             return
-        old_backends = {(p.name, backend_id(b.shown)): b for p in self.pools.values() for b in p.backends}
+        old_backends = {(p.name, b.role, backend_id(b.shown)): b for p in self.pools.values() for b in p.backends}
         pools: dict[str, Pool] = {}
         for pool_config in shared.pools:
-            price = pool_config.price_per_hour
-            if price is None:
-                price = self.book.price(pool_config.hardware)
+            prices = self.role_prices(pool_config)
+            pair = pair_spec(pool_config, prices)
+            price = sum(prices.values())  # a pair's unit is one prefill and one decode replica
             models = tuple(self.config.pool_models(pool_config))
             timeouts = upstream_timeouts(self.config.limits, pool_config)
             pool = self.pools.get(pool_config.name)
-            if pool is None or pool.hardware != pool_config.hardware:
-                pool = Pool.new(pool_config, models, price, timeouts)
+            if pool is None or _kinds(pool.config) != _kinds(pool_config):
+                pool = Pool.new(pool_config, models, price, timeouts, pair)
             pool.config, pool.timeouts = pool_config, timeouts
-            pool.ledger.reprice(price, models)
-            draining = {backend_id(u) for u in pool_config.draining}
+            pool.ledger.reprice(price, models, pair)
             pool.backends = []
-            for configured in map(backend_key, pool_config.backends):
-                key = backend_id(configured)
-                backend = old_backends.pop((pool.name, key), None)
-                if backend is None or backend.shown != redact(configured):  # new, or its credentials changed
-                    if backend is not None:
-                        old_backends[(pool.name, key)] = backend  # closed below
-                    backend = new_backend(configured, self.config.limits, self.config.outlier, pool_config.api_key)
-                backend.draining = key in draining
-                pool.backends.append(backend)
+            for role in pool_config.roles():
+                draining = {backend_id(u) for u in role.draining}
+                for configured in map(backend_key, role.backends):
+                    key = (pool.name, role.role, backend_id(configured))
+                    backend = old_backends.pop(key, None)
+                    if backend is None or backend.shown != redact(configured):  # new, or its credentials changed
+                        if backend is not None:
+                            old_backends[key] = backend  # closed below
+                        backend = new_backend(
+                            configured, self.config.limits, self.config.outlier, pool_config.api_key, role.role
+                        )
+                    backend.draining = backend_id(configured) in draining
+                    pool.backends.append(backend)
             pools[pool.name] = pool
             self.metrics.price.labels(pool.name).set(price)
-        for (_, _), backend in old_backends.items():  # removed: close once their requests are done
+        for backend in old_backends.values():  # removed: close once their requests are done
             self._tasks.append(asyncio.create_task(_close_when_idle(backend)))
         self.pools, self.shared, self.version = pools, shared, version
         self.policy = get_policy(shared.policy)
@@ -198,8 +221,27 @@ class GatewayState:
                 await backend.session.close()
 
     def ready(self) -> dict[str, int]:
+        """Backends that can take a request now, per pool (a pair: its prefill side's, 0 without a decode side)."""
         now = time.monotonic()
-        return {name: len(pool.available_backends(now)) for name, pool in self.pools.items()}
+        return {name: pool.view(now).replicas for name, pool in self.pools.items()}
+
+
+def pair_spec(pool_config: PoolConfig, prices: dict[str, float]) -> PairSpec | None:
+    """The PairSpec of a pair pool (None for a unified one), at the role prices in force."""
+    if pool_config.prefill is None or pool_config.decode is None or pool_config.link_gbps is None:
+        return None
+    return PairSpec(
+        prefill_hardware=pool_config.prefill.hardware,
+        decode_hardware=pool_config.decode.hardware,
+        prefill_price_per_hour=prices["prefill"],
+        decode_price_per_hour=prices["decode"],
+        link_gbps=pool_config.link_gbps,
+    )
+
+
+def _kinds(pool_config: PoolConfig) -> tuple[str, ...]:
+    """The hardware of each role: a pool whose hardware changed starts a new ledger."""
+    return tuple(f"{role.role}:{role.hardware}" for role in pool_config.roles())
 
 
 async def _close_when_idle(backend: Backend, patience_s: float = 600.0) -> None:

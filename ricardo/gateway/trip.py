@@ -43,6 +43,8 @@ class Trip:
     attempts: int = 0
     first_token_at: float | None = None
     usage: dict | None = None
+    prefill_usage: dict | None = None  # a pair's: the prefill side's answer's (its prompt tokens count)
+    cost_usd: float | None = None  # the answer's actual cost (`priced`), once its usage is known
     status: int = 200
     # how the answer ended for the backend: True clean, False its failure, None says nothing (client gone)
     outcome: bool | None = None
@@ -50,16 +52,30 @@ class Trip:
     trial: bool = False  # the attempt in progress is its backend's half-open trial (gateway/outlier.py)
     task: asyncio.Task | None = None  # the handler's, which shutdown cancels
     aborted: str | None = None  # why the gateway itself ends the request early (shutdown)
+    served_by: str | None = None  # the last backend attempted (shown, without credentials), for the access log
 
 
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
     """An attempt starts on `backend`."""
-    trip.pool, trip.backend, trip.choice = pool, backend, choice
+    trip.pool, trip.backend, trip.choice, trip.served_by = pool, backend, choice, backend.shown
     trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic())
     trip.trial = backend.outlier.begin()
     backend.in_flight += 1
     if trip.shape.stream:
         pool.waits(id(trip), trip.started)
+
+
+def hand_over(trip: Trip, decode: Backend) -> None:
+    """A pair's prefill side answered cleanly: its backend is done (a clean outcome, released), and the request
+    moves, with the pool's load it holds, to the decode backend (gateway/handoff.py)."""
+    prefill = trip.backend
+    assert prefill is not None and trip.pool is not None  # started on the prefill side
+    prefill.outcome(time.monotonic(), True, trip.trial)
+    trip.trial = False
+    prefill.in_flight -= 1
+    trip.backend = decode
+    trip.trial = decode.outlier.begin()
+    decode.in_flight += 1
 
 
 def _release(trip: Trip) -> None:
@@ -102,6 +118,8 @@ def failed(state: GatewayState, trip: Trip, kind: str) -> None:
     pool, backend = trip.pool, trip.backend
     assert pool is not None and backend is not None  # started
     now = time.monotonic()
+    if backend.role != "unified" and not kind.startswith(backend.role):  # a side of a pair: which one failed
+        kind = f"{backend.role}_{kind}"
     state.metrics.upstream_errors.labels(pool.name, kind).inc()
     ejected = backend.outcome(now, False, trip.trial)
     trip.trial = False
@@ -114,6 +132,31 @@ def failed(state: GatewayState, trip: Trip, kind: str) -> None:
             backend.outlier.ejected_until - now,
             kind,
         )
+
+
+def priced(state: GatewayState, trip: Trip, usage: dict) -> dict:
+    """Note the answer's usage and price its actual tokens on the pool that served it; return the usage with the
+    cost for the client (`ricardo_cost_usd`, and the estimate the pool was chosen on, `ricardo_expected_cost_usd`).
+    Called when the usage arrives, before the client sees it: `account` charges this same figure to the metrics
+    and the client's key, so what a client is told and what the gateway counts agree to the last digit."""
+    trip.usage = usage
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if trip.pool is None or not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+        return usage
+    trip.cost_usd = state.request_cost(trip.pool, prompt_tokens, completion_tokens, trip.shape.slo)
+    extension = {"ricardo_cost_usd": trip.cost_usd}
+    if trip.choice is not None:
+        extension["ricardo_expected_cost_usd"] = trip.choice.cost_usd
+    return {**usage, **extension}
+
+
+def _met_slo(trip: Trip, clean: bool, tpot_s: float | None) -> bool:
+    """Whether a stream met its SLO, judged as loadgen judges it: a clean answer whose first token came within the
+    TTFT SLO and whose TPOT (none below two tokens) is within the TPOT SLO; a failed answer misses."""
+    if not clean or trip.first_token_at is None:
+        return False
+    slo = trip.shape.slo
+    return trip.first_token_at - trip.started <= slo.ttft_ms / 1000 and (tpot_s is None or tpot_s <= slo.tpot_ms / 1000)
 
 
 def account(state: GatewayState, trip: Trip) -> None:
@@ -132,11 +175,17 @@ def account(state: GatewayState, trip: Trip) -> None:
     if trip.first_token_at is not None:
         m.ttft.labels(name).observe(trip.first_token_at - trip.started)
     usage = trip.usage or {}
+    if trip.prefill_usage is not None:  # a pair: the prompt was the prefill side's work
+        usage = {**usage, "prompt_tokens": trip.prefill_usage.get("prompt_tokens", usage.get("prompt_tokens"))}
     prompt_tokens = usage.get("prompt_tokens")
     completion_tokens = usage.get("completion_tokens")
     clean = trip.status == 200 and trip.outcome is True
+    tpot_s = None  # (latency - TTFT) / (output tokens - 1), as loadgen measures it
     if clean and isinstance(completion_tokens, int) and completion_tokens > 1 and trip.first_token_at is not None:
-        m.tpot.labels(name).observe((end - trip.first_token_at) / (completion_tokens - 1))
+        tpot_s = (end - trip.first_token_at) / (completion_tokens - 1)
+        m.tpot.labels(name).observe(tpot_s)
+    if trip.shape.stream and trip.status != 499:  # a client gone is not judged
+        m.slo.labels(name, "true" if _met_slo(trip, clean, tpot_s) else "false").inc()
     assert trip.ticket is not None  # dispatched
     if trip.first_token_at is not None:
         pool.ledger.first_token(trip.ticket, trip.first_token_at)
@@ -148,10 +197,13 @@ def account(state: GatewayState, trip: Trip) -> None:
         m.tokens.labels(name, "output").inc(completion_tokens)
         m.token_usage.labels("input").observe(prompt_tokens)
         m.token_usage.labels("output").observe(completion_tokens)
-        cost = state.request_cost(pool, prompt_tokens, completion_tokens)
+        cost = trip.cost_usd  # the figure the client was told (`priced`), else priced now
+        if cost is None:
+            cost = trip.cost_usd = state.request_cost(pool, prompt_tokens, completion_tokens, trip.shape.slo)
         m.cost.labels(name).inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
-        for listener in state.outcome_listeners:
-            listener(prompt_tokens, completion_tokens)
+        if pool.pair is None:  # the planner's traffic; pairs are sized on their roles' load (gateway/scaling.py)
+            for listener in state.outcome_listeners:
+                listener(prompt_tokens, completion_tokens)

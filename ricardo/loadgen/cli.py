@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-DEFAULT_SLO_TTFT_MS = 2000.0  # interactive chat: the answer starts within 2 s
-DEFAULT_SLO_TPOT_MS = 100.0  # 10 tokens/s, faster than people read
+from ricardo.defaults import default_slo_ms
+
+# unless told otherwise, requests are judged by the SLO the gateway's embedded default config states
+DEFAULT_SLO_TTFT_MS, DEFAULT_SLO_TPOT_MS = default_slo_ms()
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,14 +83,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--slo-ttft-ms",
         type=float,
         metavar="MS",
-        help=f"TTFT SLO: sent as x-slo-ttft-ms when given; SLO attainment uses it, else {DEFAULT_SLO_TTFT_MS:g} ms",
+        help=f"TTFT SLO: sent as x-slo-ttft-ms when given; SLO attainment uses it, else the gateway's default "
+        f"({DEFAULT_SLO_TTFT_MS:g} ms)",
     )
     p.add_argument(
         "--slo-tpot-ms",
         type=float,
         metavar="MS",
-        help=f"TPOT SLO, decode time per output token after the first: sent as x-slo-tpot-ms when "
-        f"given; SLO attainment uses it, else {DEFAULT_SLO_TPOT_MS:g} ms",
+        help=f"TPOT SLO, (latency - TTFT) / (output tokens - 1): sent as x-slo-tpot-ms when "
+        f"given; SLO attainment uses it, else the gateway's default ({DEFAULT_SLO_TPOT_MS:g} ms)",
     )
     p.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
     p.add_argument(

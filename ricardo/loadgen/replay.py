@@ -14,7 +14,12 @@ Definitions, per request (times from the moment the POST is issued):
 - tpot_ms: decode time per output token, (e2e - ttft) / (completion_tokens - 1), None when < 2 tokens;
 - latency_per_token_ms: e2e / completion_tokens, the Mélange "TPOT" (prefill included);
 - chunk_ms: arrival of every content chunk;
-- lag_ms: POST issue time minus scheduled arrival time.
+- lag_ms: POST issue time minus scheduled arrival time;
+- cost_usd: what the answer cost, as the server reports it after the answer: the usage extension
+  `ricardo_cost_usd` (a ricardo gateway prices the tokens used on the pool that served them; it is the figure
+  its /metrics and its key budgets count);
+- expected_cost_usd: the server's estimate before the answer, `x-ricardo-expected-cost-usd` (the gateway
+  chose the pool on it, with the answer's length predicted).
 Times come from time.perf_counter (uvloop's loop.time() ticks in whole milliseconds); all ms
 figures are rounded to the microsecond.
 """
@@ -90,7 +95,8 @@ class RequestRecord:
     completion_tokens: int | None = None  # from usage; else the number of content chunks, flagged
     completion_tokens_estimated: bool = False
     pool: str | None = None  # x-ricardo-pool response header
-    cost_usd: float | None = None  # x-ricardo-cost-usd response header
+    cost_usd: float | None = None  # usage.ricardo_cost_usd: the actual cost, reported after the answer
+    expected_cost_usd: float | None = None  # x-ricardo-expected-cost-usd response header: the estimate before it
     chunk_ms: list[float] = field(default_factory=list)
 
 
@@ -289,7 +295,7 @@ class _Replay:
         ) as resp:
             record.status = resp.status
             record.pool = resp.headers.get("x-ricardo-pool")
-            record.cost_usd = _float_or_none(resp.headers.get("x-ricardo-cost-usd"))
+            record.expected_cost_usd = _float_or_none(resp.headers.get("x-ricardo-expected-cost-usd"))
             if resp.status != 200:
                 record.error = f"HTTP {resp.status}: {_error_message(await resp.text())}"
                 return
@@ -306,9 +312,11 @@ class _Replay:
                 if event.get("error"):
                     record.error = f"stream error: {_error_message(payload.decode())}"
                     return
-                if event.get("usage"):
-                    record.prompt_tokens = event["usage"].get("prompt_tokens")
-                    record.completion_tokens = event["usage"].get("completion_tokens")
+                usage = event.get("usage")
+                if usage:
+                    record.prompt_tokens = usage.get("prompt_tokens")
+                    record.completion_tokens = usage.get("completion_tokens")
+                    record.cost_usd = _number_or_none(usage.get("ricardo_cost_usd"))
                 choices = event.get("choices")
                 if choices and _has_content(choices[0], content_key):
                     chunk_ms.append(_ms(time.perf_counter() - sent))
@@ -331,6 +339,10 @@ def _float_or_none(text: str | None) -> float | None:
         return float(text) if text else None
     except ValueError:
         return None
+
+
+def _number_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _error_message(text: str) -> str:

@@ -28,10 +28,13 @@ summary.json (keys are stable; add, never rename):
       "req_per_s": float, "output_tok_per_s": float,   # ok requests / run.wall_s, their completion tokens / wall_s
       "prompt_tokens": int, "completion_tokens": int,  # sums over ok requests
       "tokens_estimated": int,   # ok requests whose token counts were not in a usage chunk
-      "cost_usd": float | null,  # sum of x-ricardo-cost-usd over every response that carried it, failed
-                                 # ones included; null when none did
-      "usd_per_million_tokens": float | null,         # cost / (prompt + completion tokens delivered to them)
-      "usd_per_million_output_tokens": float | null   # cost / completion tokens delivered to them
+      "cost_usd": float | null,  # sum over ok requests of the cost the server reported after each answer
+                                 # (usage.ricardo_cost_usd: what the gateway's /metrics and key spend count);
+                                 # null when none reported one
+      "expected_cost_usd": float | null,  # sum over ok requests of x-ricardo-expected-cost-usd, the estimate
+                                          # each pool was chosen on; null when none carried it
+      "usd_per_million_tokens": float | null,         # cost / (prompt + completion tokens of those requests)
+      "usd_per_million_output_tokens": float | null   # cost / their completion tokens
     }
     STATS = {"p50": float | null, "p90": ..., "p99": ..., "mean": ...}   # over ok requests with a value
 
@@ -75,8 +78,10 @@ def group_summary(
     ok = [r for r in ended if r["outcome"] == "ok"]
     completion_tokens = sum(r["completion_tokens"] for r in ok)
     gaps = np.concatenate([np.diff(r["chunk_ms"]) for r in ok if len(r["chunk_ms"]) > 1] or [np.empty(0)])
-    priced = [r for r in records if r["cost_usd"] is not None]
+    # what failed was not billed by the gateway (it bills clean answers), so only ok requests are added up
+    priced = [r for r in ok if r["cost_usd"] is not None]
     cost = sum(r["cost_usd"] for r in priced) if priced else None
+    estimated = [r["expected_cost_usd"] for r in ok if r.get("expected_cost_usd") is not None]
     priced_output = sum(r["completion_tokens"] or 0 for r in priced)
     priced_total = priced_output + sum(r["prompt_tokens"] or 0 for r in priced)
     return {
@@ -96,6 +101,7 @@ def group_summary(
         "completion_tokens": completion_tokens,
         "tokens_estimated": sum(r["prompt_tokens_estimated"] or r["completion_tokens_estimated"] for r in ok),
         "cost_usd": cost,
+        "expected_cost_usd": sum(estimated) if estimated else None,
         "usd_per_million_tokens": cost / priced_total * 1e6 if cost is not None and priced_total else None,
         "usd_per_million_output_tokens": cost / priced_output * 1e6 if cost is not None and priced_output else None,
     }
@@ -142,24 +148,26 @@ def format_summary(summary: Mapping) -> str:
     header = (
         f"{'pool':<14}{'reqs':>7}{'errors':>7}{'SLO ok':>8}  {'TTFT ms p50/p90/p99':>22}"
         f"  {'TPOT ms p50/p90/p99':>20}  {'E2E s p50/p90/p99':>20}{'req/s':>8}{'out tok/s':>10}"
-        f"{'cost $':>10}{'$/1M tok':>10}"
+        f"{'cost $':>10}{'expected $':>11}{'$/1M tok':>10}"
     )
     rows = [("all", summary["overall"]), *summary["pools"].items()]
     lines = [header]
     for name, g in rows:
         attainment = "-" if g["slo_attainment"] is None else f"{g['slo_attainment']:.1%}"
         cost = "-" if g["cost_usd"] is None else f"{g['cost_usd']:.4f}"
+        expected = "-" if g.get("expected_cost_usd") is None else f"{g['expected_cost_usd']:.4f}"
         per_million = "-" if g["usd_per_million_tokens"] is None else f"{g['usd_per_million_tokens']:.3f}"
         lines.append(
             f"{name:<14}{g['count']:>7}{g['errors']:>7}{attainment:>8}  {_triple(g['ttft_ms']):>22}"
             f"  {_triple(g['tpot_ms'], digits=1):>20}  {_triple(g['e2e_ms'], 1e-3, 2):>20}"
-            f"{g['req_per_s']:>8.2f}{g['output_tok_per_s']:>10.1f}{cost:>10}{per_million:>10}"
+            f"{g['req_per_s']:>8.2f}{g['output_tok_per_s']:>10.1f}{cost:>10}{expected:>11}{per_million:>10}"
         )
     run = summary["run"]
     lag = run["lag_ms"]
     lag_text = "-" if lag["p99"] is None else f"p50 {lag['p50']:.1f} / p99 {lag['p99']:.1f} / max {lag['max']:.1f} ms"
     lines.append(
-        f"SLO: TTFT <= {slo['ttft_ms']:g} ms and TPOT <= {slo['tpot_ms']:g} ms (errors miss). "
+        f"SLO: TTFT <= {slo['ttft_ms']:g} ms and TPOT <= {slo['tpot_ms']:g} ms (errors miss). Cost: as billed "
+        "after each answer; expected: the estimate before it. "
         f"Sent {run['sent']} of {run['scheduled']} in {run['wall_s']:.1f} s; scheduling lag {lag_text}"
         + ("; INTERRUPTED" if run.get("interrupted") else "")
     )

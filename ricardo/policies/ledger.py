@@ -55,7 +55,7 @@ class PoolLedger:
         self.in_flight_load = 0.0
         self.decode_load = 0.0
         self.ttft_ms: float | None = None
-        self.tpot_ms: float | None = None
+        self.latency_per_token_ms: float | None = None  # request latency / output tokens (policies/live.py)
         self._view: PoolView | None = None  # until the next event or replica count change
 
     def dispatch(self, shape: RequestShape, book: ProfileBook, now: float) -> Ticket:
@@ -88,7 +88,9 @@ class PoolLedger:
         if ticket.first_token_at is not None:
             self.ttft_ms = ewma(self.ttft_ms, (ticket.first_token_at - ticket.started) * 1000)
         if output_tokens is not None:
-            self.tpot_ms = ewma(self.tpot_ms, latency_per_token_ms(ticket.started, now, output_tokens))
+            self.latency_per_token_ms = ewma(
+                self.latency_per_token_ms, latency_per_token_ms(ticket.started, now, output_tokens)
+            )
 
     def abandon(self, ticket: Ticket) -> None:
         """The attempt failed or was given up: release its load, learn nothing from it."""
@@ -104,9 +106,10 @@ class PoolLedger:
         self._view = None
         return True
 
-    def reprice(self, price_per_hour: float, models: tuple[str, ...]) -> None:
-        if (price_per_hour, models) != (self.price_per_hour, self.models):
-            self.price_per_hour, self.models, self._view = price_per_hour, models, None
+    def reprice(self, price_per_hour: float, models: tuple[str, ...], pair: PairSpec | None = None) -> None:
+        """New prices (of a pair: its spec with the new role prices) or models."""
+        if (price_per_hour, models, pair) != (self.price_per_hour, self.models, self.pair):
+            self.price_per_hour, self.models, self.pair, self._view = price_per_hour, models, pair, None
 
     def view(self, replicas: int, decode_replicas: int = 0) -> PoolView:
         """The pool as a policy sees it, given how many replicas (of a pair: prefill, decode) can take a request now."""
@@ -120,7 +123,7 @@ class PoolLedger:
                 in_flight=self.in_flight,
                 in_flight_load=self.in_flight_load,
                 ttft_ms=self.ttft_ms,
-                tpot_ms=self.tpot_ms,
+                latency_per_token_ms=self.latency_per_token_ms,
                 models=self.models,
                 role="pair" if self.pair else "unified",
                 prefill_hardware=self.pair.prefill_hardware if self.pair else "",

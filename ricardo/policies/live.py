@@ -1,9 +1,10 @@
 """Live latency estimates of a pool, kept the same way by the gateway and the simulator.
 
-A pool's TTFT and TPOT estimates are exponentially weighted means over its finished requests, updated when
-a request finishes. TPOT here is the profiles' and the SLO's measure, request latency / output tokens
-(queueing and prefill included): the time between streamed tokens alone would look fine while requests
-wait for their first token. The policies read them from `PoolView.ttft_ms` / `tpot_ms`.
+A pool's TTFT and latency-per-token estimates are exponentially weighted means over its finished requests,
+updated when a request finishes. Latency per token is the profiles' measure (Mélange's "TPOT"), request latency /
+output tokens (queueing and prefill included), not the TPOT the gateway and loadgen report, (latency - TTFT) /
+(output tokens - 1): the time between streamed tokens alone would look fine while requests wait for their first
+token. The policies read them from `PoolView.ttft_ms` / `latency_per_token_ms`.
 """
 
 from __future__ import annotations

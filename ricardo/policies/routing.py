@@ -46,8 +46,9 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     """Share of one replica a request of this size holds while in flight.
 
     Little's law at the profile's operating point: at `max_rps` requests/s, each lasting about
-    TPOT x output tokens, a replica holds max_rps * tpot * output requests at once, so one request
-    holds the inverse. TPOT is the request's SLO (equal to the profile's by default; for another SLO
+    latency per token x output tokens, a replica holds max_rps * that * output requests at once, so one request
+    holds the inverse. The latency per token is the request's TPOT SLO read as the profiles measure it, request
+    latency / output tokens (equal to the profile's by default; for another SLO
     this scales the concurrency linearly, a first-order guess). A size the profile cannot serve is
     charged a whole replica. An answer shorter than the shortest profiled one counts as that long:
     its rate is the shortest profiled answer's, and so is the time it holds the replica (mostly its
@@ -211,7 +212,7 @@ def cost_aware(
             tier + frac,
             cost,
             pool.ttft_ms,
-            pool.tpot_ms,
+            pool.latency_per_token_ms,
             slack,
             reason,
             {"tier": tier, "utilization": utilization},
@@ -263,7 +264,14 @@ def round_robin(
         start += 1
     order = servable[start:] + servable[:start]
     return [
-        Choice(pool.name, float(k), cost, pool.ttft_ms, pool.tpot_ms, reason=f"round-robin #{k}")
+        Choice(
+            pool.name,
+            float(k),
+            cost,
+            pool.ttft_ms,
+            pool.latency_per_token_ms,
+            reason=f"round-robin #{k}",
+        )
         for k, (pool, cost, _) in enumerate(order)
     ]
 
@@ -279,7 +287,7 @@ def least_outstanding(
             pool.in_flight / pool.replicas,
             cost,
             pool.ttft_ms,
-            pool.tpot_ms,
+            pool.latency_per_token_ms,
             reason=f"{pool.in_flight / pool.replicas:.2f} in flight per replica",
         )
         for pool, cost, _ in servable
@@ -299,7 +307,7 @@ def cheapest_price(
             pool.price_per_hour,
             cost,
             pool.ttft_ms,
-            pool.tpot_ms,
+            pool.latency_per_token_ms,
             reason=f"list price ${pool.price_per_hour:.3g}/h",
         )
         for pool, cost, _ in servable
@@ -326,7 +334,7 @@ def melange(
             float(n),
             servable[k][1],
             servable[k][0].ttft_ms,
-            servable[k][0].tpot_ms,
+            servable[k][0].latency_per_token_ms,
             reason=f"capacity weight {weights[k] / total:.2f}",
         )
         for n, k in enumerate([pick, *rest])

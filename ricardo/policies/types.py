@@ -8,6 +8,11 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class SLO:
+    """What a request must meet. `tpot_ms` bounds the time per output token after the first, (latency - TTFT) /
+    (output tokens - 1), as the gateway and loadgen measure it. The capacity model (profiles, `capacity_share`,
+    `alone` latencies) judges it by the profiles' measure, latency per token = latency / output tokens, which is
+    the larger of the two whenever the TTFT exceeds the TPOT: a conservative reading of the same bound."""
+
     ttft_ms: float
     tpot_ms: float
 
@@ -52,7 +57,7 @@ class PoolView:
     in_flight: int = 0
     in_flight_load: float = 0.0  # sum over in-flight requests of the capacity share each one uses
     ttft_ms: float | None = None  # live estimates from recent outcomes, if any
-    tpot_ms: float | None = None
+    latency_per_token_ms: float | None = None  # request latency / output tokens (policies/live.py), not TPOT
     role: str = "unified"
     prefill_hardware: str = ""
     decode_hardware: str = ""
@@ -78,7 +83,7 @@ class Choice:
     score: float  # lower is better
     cost_usd: float  # expected dollars for this request on this pool
     ttft_ms: float | None = None
-    tpot_ms: float | None = None
+    latency_per_token_ms: float | None = None  # the pool's live request latency / output tokens
     slack: float | None = None  # SLO slack, as a share of the SLO (negative: predicted miss)
     reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -58,7 +58,11 @@ class ProfileFile(BaseModel):
     what: str = ""
     model: str | None = None
     source: dict[Any, Any] | str | None = None
-    slo_tpot_ms: float = Field(gt=0, description="TPOT (request latency / output tokens) the tables were measured at")
+    slo_tpot_ms: float = Field(
+        gt=0,
+        description="SLO the tables were measured at, on latency per token (request latency / output tokens, "
+        "Mélange's 'TPOT'; the gateway's TPOT is (latency - TTFT) / (output tokens - 1))",
+    )
     slo_ttft_ms: float | None = Field(default=None, gt=0)
     context_tokens: PositiveInt | None = Field(
         default=None, description="the served model's context window (prompt + answer), where the file says it"

@@ -245,3 +245,39 @@ def test_untracked_tokens_time_the_same_and_sync_on_leaving():
     assert run.iterations == 10 and run.advanced == [] and seq.generated == 1  # not kept current
     engine.cancel(seq)
     assert seq.generated == 11 and engine.context_tokens == 0
+
+
+def test_a_prefilled_sequence_skips_the_prefill_and_holds_its_transferred_blocks():
+    """A disaggregated decode side: the KV cache of the prompt arrived from a prefill worker."""
+    engine = Engine(params())
+    seq = Sequence(prompt_tokens=1000, output_tokens=3, prefilled=True)
+    engine.submit(seq)
+    admitted = engine.step()  # admitted at no compute cost, its first token sampled from the transferred cache
+    assert admitted.kind == "prefill" and admitted.seconds == 0.0 and admitted.advanced == [seq]
+    assert seq.generated == 1 and engine.context_tokens == 1001  # the transferred blocks count against the KV cache
+    steps = run_to_completion(engine)
+    assert [s.kind for s in steps] == ["decode"] * 2 and seq.generated == 3
+    # a decode iteration costs far less than prefilling the 1,000-token prompt would have
+    assert steps[0].seconds < engine.params.prefill_seconds(1000, 1, 1000)
+
+
+def test_a_prefilled_sequence_beside_a_new_one_charges_only_the_new_prompt():
+    engine = Engine(params())
+    fresh, moved = Sequence(prompt_tokens=100, output_tokens=2), Sequence(4000, 2, prefilled=True)
+    engine.submit(fresh)
+    engine.submit(moved)
+    step = engine.step()
+    assert step.advanced == [fresh, moved] and step.seconds == engine.params.prefill_seconds(100, 1, 100)
+    assert engine.context_tokens == 101 + 4001
+
+
+def test_a_preempted_prefilled_sequence_is_recomputed_here():
+    engine = Engine(params(kv_tokens=300))
+    first = Sequence(prompt_tokens=100, output_tokens=150, prefilled=True)
+    second = Sequence(prompt_tokens=100, output_tokens=150, prefilled=True)
+    engine.submit(first)
+    engine.submit(second)
+    steps = run_to_completion(engine)
+    assert second.preemptions >= 1 and not second.prefilled  # its blocks were dropped: prefilled again here
+    assert any(s.kind == "prefill" and s.seconds > 0 for s in steps)
+    assert first.generated == 150 and second.generated == 150

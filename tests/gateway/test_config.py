@@ -72,3 +72,48 @@ def test_a_pool_overrides_some_timeouts_and_keeps_the_rest():
     )
     t = upstream_timeouts(config.limits, config.pools[0])
     assert (t.first_byte_s, t.idle_s, t.response_s) == (120, 15, config.limits.response_timeout_s)
+
+
+PAIR = {
+    "name": "h100-a10g",
+    "prefill": {"hardware": "H100", "backends": ["http://127.0.0.1:9101"]},
+    "decode": {"hardware": "A10G", "backends": ["http://127.0.0.1:9102", "http://127.0.0.1:9103"]},
+    "link_gbps": 100,
+}
+
+
+def test_a_pair_pool_has_its_roles_and_survives_a_round_trip():
+    config = GatewayConfig.model_validate({"pools": [PAIR]})
+    pool = config.pools[0]
+    assert pool.is_pair and pool.role == "pair" and pool.hardware == "A10G"  # the decode type, filled in
+    assert [(r.role, r.hardware, len(r.backends)) for r in pool.roles()] == [
+        ("prefill", "H100", 1),
+        ("decode", "A10G", 2),
+    ]
+    again = GatewayConfig.model_validate(config.model_dump(mode="json"))  # as the state store keeps it
+    assert again.pools[0] == pool
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"link_gbps": None}, "link_gbps"),
+        ({"decode": None}, "both"),
+        ({"backends": ["http://127.0.0.1:9104"]}, "under `prefill` and `decode`"),
+        ({"price_per_hour": 1.0}, "under `prefill` and `decode`"),
+        ({"hardware": "H100"}, "decode type"),
+        ({"decode": {"hardware": "A10G", "backends": ["http://127.0.0.1:9101"]}}, "twice"),
+        ({"decode": {"hardware": "A10G", "draining": ["http://127.0.0.1:9109"]}}, "not in the pool"),
+    ],
+)
+def test_bad_pairs_are_refused_with_a_reason(change, message):
+    pool = {k: v for k, v in (PAIR | change).items() if v is not None}
+    with pytest.raises(ValidationError, match=message):
+        GatewayConfig.model_validate({"pools": [pool]})
+
+
+def test_a_unified_pool_needs_its_hardware_and_no_link():
+    with pytest.raises(ValidationError, match="needs `hardware`"):
+        GatewayConfig.model_validate({"pools": [{"name": "a"}]})
+    with pytest.raises(ValidationError, match="for pairs"):
+        GatewayConfig.model_validate({"pools": [{"name": "a", "hardware": "L4", "link_gbps": 10}]})

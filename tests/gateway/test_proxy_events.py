@@ -1,10 +1,11 @@
-"""The SSE relay's per-event decisions: usage capture, usage-chunk stripping, first-token time, completeness."""
+"""The SSE relay's per-event decisions: usage capture, where usage goes (its own chunk when asked, else on the finish
+chunk), first-token time, completeness. (The cost in the usage is checked through a real gateway: test_money.py.)"""
 
 import json
 
 from ricardo.gateway.dispatch import checked_json
 from ricardo.gateway.proxy import _upstream_body
-from ricardo.gateway.relay import StreamCheck, _keep
+from ricardo.gateway.relay import StreamCheck, _pass_on
 from ricardo.gateway.trip import Trip
 from ricardo.policies.types import SLO, RequestShape
 
@@ -23,11 +24,35 @@ USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"
 ERROR = b'data: {"error":{"message":"engine died","type":"internal_error"}}'
 
 
-def test_usage_chunk_is_captured_and_stripped_unless_asked():
+def _keep(t: Trip, check: StreamCheck, event: bytes, client_wants_usage: bool) -> list[bytes]:
+    """What the client is sent for `event` (a trip with no pool is not priced: no gateway state is needed)."""
+    return _pass_on(None, t, check, event, client_wants_usage)  # type: ignore[arg-type]
+
+
+def payloads(sent: list[bytes]) -> list[dict]:
+    return [json.loads(e.removeprefix(b"data: ").strip()) for e in sent]
+
+
+def test_usage_chunk_is_captured_and_relayed_when_asked():
     t = trip()
-    assert _keep(t, StreamCheck(), USAGE, client_wants_usage=False) is False
+    assert payloads(_keep(t, StreamCheck(), USAGE, client_wants_usage=True))[0]["usage"]["completion_tokens"] == 3
     assert t.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-    assert _keep(trip(), StreamCheck(), USAGE, client_wants_usage=True) is True
+
+
+def test_unasked_usage_rides_on_the_finish_chunk_not_a_chunk_without_choices():
+    t, check = trip(), StreamCheck()
+    assert _keep(t, check, TOKEN, False) == [TOKEN + b"\n\n"]
+    assert _keep(t, check, LAST, False) == [], "the finish chunk waits for the usage"
+    (sent,) = payloads(_keep(t, check, USAGE, False))
+    assert sent["choices"][0]["finish_reason"] == "stop" and sent["usage"]["total_tokens"] == 10
+    assert _keep(t, check, b"data: [DONE]", False) == [b"data: [DONE]\n\n"]
+    assert t.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def test_a_held_finish_chunk_is_sent_when_no_usage_comes():
+    check = StreamCheck()
+    _keep(trip(), check, LAST, False)
+    assert _keep(trip(), check, b"data: [DONE]", False) == [LAST + b"\n\n", b"data: [DONE]\n\n"]
 
 
 def test_first_token_time_waits_for_content_not_the_role_chunk():
@@ -40,26 +65,27 @@ def test_first_token_time_waits_for_content_not_the_role_chunk():
 
 def test_done_and_content_chunks_pass_through():
     t = trip()
-    assert _keep(t, StreamCheck(), TOKEN, False) and _keep(t, StreamCheck(), b"data: [DONE]", False)
+    assert _keep(t, StreamCheck(), TOKEN, False) == [TOKEN + b"\n\n"]
+    assert _keep(t, StreamCheck(), b"data: [DONE]", False) == [b"data: [DONE]\n\n"]
 
 
 def test_a_stream_is_complete_with_a_finish_reason_and_done_only():
     t, check = trip(), StreamCheck()
     for event in (ROLE, TOKEN, TOKEN):
-        _keep(t, check, event, False)
+        _keep(t, check, event, True)
     assert not check.finished and not check.done
-    _keep(t, check, LAST, False)
+    _keep(t, check, LAST, True)
     assert check.finished and not check.done
-    _keep(t, check, b"data:[DONE]", False)  # the space after the colon is optional in SSE
+    _keep(t, check, b"data:[DONE]", True)  # the space after the colon is optional in SSE
     assert check.done and not check.error
     spaced = StreamCheck()
-    _keep(t, spaced, LAST_SPACED, False)
+    _keep(t, spaced, LAST_SPACED, True)
     assert spaced.finished, "JSON with spaces is parsed, not pattern-matched"
 
 
 def test_an_upstream_error_event_is_relayed_and_noted():
     check = StreamCheck()
-    assert _keep(trip(), check, ERROR, False) is True
+    assert _keep(trip(), check, ERROR, False) == [ERROR + b"\n\n"]
     assert check.error
 
 

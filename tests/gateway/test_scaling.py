@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ricardo.gateway.scaling import (
+    PAIR_TARGET_UTILIZATION,
     Damper,
+    LoadMeter,
     PoolSpec,
     RequestWindow,
     ScalingAdvisor,
@@ -16,6 +18,7 @@ from ricardo.gateway.scaling import (
     is_summary,
     merge_summaries,
     plan_replicas,
+    size_pairs,
     thin,
 )
 from ricardo.policies.sizing import plan_sizes
@@ -334,6 +337,47 @@ def test_advisor_with_no_traffic_yet_hints_the_floor(book):
     hints = advisor.compute(100.0, melange_pools(book), SLO_120)
     assert hints.desired == {hw: {"unified": 1} for hw in ("L4", "A10G", "A100-80GB", "H100")}
     assert hints.inputs["rate"] == 0.0 and hints.inputs["sample_size"] == 0
+
+
+# -- prefill/decode pairs: each role sized on its observed load ---------------------------------
+
+PAIR = [PoolSpec("h100-a10g", "H100", 4.0, 1, role="prefill"), PoolSpec("h100-a10g", "A10G", 1.0, 2, role="decode")]
+
+
+def test_load_meter_averages_the_samples_of_its_window():
+    meter = LoadMeter(2.0)
+    for k in range(8):  # 0.5 s apart: busy, idle, busy, idle ...
+        meter.sample(k * 0.5, 1.0 if k % 2 == 0 else 0.0)
+    assert meter.mean(3.5) == pytest.approx(0.5)
+    meter.sample(4.0, 3.0)
+    assert meter.mean(4.0) == pytest.approx((0 + 1 + 0 + 3) / 4)  # samples of (2.0, 4.0]
+    assert meter.mean(100.0) == 0.0
+
+
+def test_each_role_of_a_pair_is_sized_on_its_own_load():
+    sized = size_pairs({"h100-a10g": {"prefill": 1.5, "decode": 3.0}}, PAIR)
+    assert sized == {"h100-a10g": {"prefill": 3, "decode": 5}}  # ceil(1.5 / 0.7), ceil(3.0 / 0.7)
+    assert PAIR_TARGET_UTILIZATION == 0.7
+    light = size_pairs({"h100-a10g": {"prefill": 0.01, "decode": 0.02}}, PAIR)
+    assert light == {"h100-a10g": {"prefill": 1, "decode": 1}}  # any load: one of each side
+    assert size_pairs({}, PAIR, min_replicas=2) == {"h100-a10g": {"prefill": 2, "decode": 2}}
+    roomier = size_pairs({"h100-a10g": {"prefill": 1.5, "decode": 3.0}}, PAIR, headroom=0.5)
+    assert roomier == {"h100-a10g": {"prefill": 5, "decode": 9}}
+
+
+def test_advisor_hints_a_pair_per_role_beside_the_planned_unified_pools(book):
+    advisor = ScalingAdvisor(book, window_s=10.0, scale_down_hold_s=0.0, start=0.0)
+    for t in np.arange(0.0, 10.0, 0.1):  # 10 req/s served by unified pools
+        advisor.observe(float(t), 300, 200)
+    pools = [PoolSpec("a10g", "A10G", 1.0), *PAIR]
+    alone = advisor.compute(10.0, [PoolSpec("a10g", "A10G", 1.0)], SLO_120)
+    hints = advisor.compute(10.0, pools, SLO_120, pair_loads={"h100-a10g": {"prefill": 0.5, "decode": 2.0}})
+    assert hints.desired["a10g"] == alone.desired["a10g"]  # the planner sizes the unified pools as before
+    assert hints.desired["h100-a10g"] == {"prefill": 1, "decode": 3}
+    assert hints.cost_per_hour == pytest.approx(1.0 * hints.desired["a10g"]["unified"] + 4.0 * 1 + 1.0 * 3)
+    described = json.loads(json.dumps(hints.to_dict()))["inputs"]["pools"]["h100-a10g"]
+    assert described["role"] == "pair" and described["roles"]["decode"]["load"] == 2.0
+    assert described["roles"]["prefill"]["hardware"] == "H100" and described["roles"]["decode"]["current_replicas"] == 2
 
 
 # -- acceptance: an eight-minute up-and-down ramp in virtual time --------------------------------

@@ -80,22 +80,43 @@ class Cluster:
         faults: dict[str, list[str | None]] | None = None,
         pool_settings: dict[str, dict] | None = None,
         fault_processes: bool = True,
+        pairs: dict[str, dict] | None = None,
+        serve_args: tuple[str, ...] = (),
         **gateway_settings,
     ):
         """`faults`: per pool, a fault spec (ricardo/emulator/faults.py; "" for none) or None for each of its
         backends; a backend with a spec runs in a process of its own, which `replace_backend` restarts with
         other faults (with `fault_processes=False`, they share the one emulator process instead, and cannot be
-        restarted). `pool_settings`: more fields of each pool's config (models, timeouts)."""
+        restarted). `pool_settings`: more fields of each pool's config (models, timeouts). `serve_args`: more
+        arguments of every `ricardo serve` (e.g. --log-format json).
+        `pairs`: disaggregated prefill/decode pools, name -> {"prefill": (hardware, replicas), "decode": (hardware,
+        replicas), "link_gbps": Gb/s, "own_process": roles whose backends each run in a process of their own (to
+        be killed: `role_ports`, `backend_processes`)}."""
+        self.serve_args = serve_args
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
         self.hardware = {port: pools[name][0] for name, ports in self.pool_ports.items() for port in ports}
+        self.role_ports = {
+            (name, role): [free_port() for _ in range(pair[role][1])]
+            for name, pair in (pairs or {}).items()
+            for role in ("prefill", "decode")
+        }
+        self.link_gbps: dict[int, float] = {}
+        own_process: set[int] = set()
+        for (name, role), ports in self.role_ports.items():
+            pair = (pairs or {})[name]
+            for port in ports:
+                self.hardware[port] = pair[role][0]
+                self.link_gbps[port] = pair["link_gbps"]
+                if role in pair.get("own_process", ()):
+                    own_process.add(port)
         self.faults = {
             port: spec
             for name, specs in (faults or {}).items()
             for port, spec in zip(self.pool_ports[name], specs, strict=True)
             if spec is not None
-        }
+        } | {port: "" for port in own_process}
         self.backend_processes: dict[int, Process] = {}
         self.shared_faults = [] if fault_processes else [f"{port}:{spec}" for port, spec in self.faults.items() if spec]
         if not fault_processes:
@@ -105,7 +126,7 @@ class Cluster:
             port: (pool_settings or {}).get(name, {}).get("models", [default_model])[0]
             for name, ports in self.pool_ports.items()
             for port in ports
-        }
+        } | {port: default_model for ports in self.role_ports.values() for port in ports}
         config = {
             "host": "127.0.0.1",
             "port": self.gateway_port,
@@ -121,16 +142,40 @@ class Cluster:
                     **(pool_settings or {}).get(name, {}),
                 }
                 for name, (hardware, _) in pools.items()
+            ]
+            + [
+                {
+                    "name": name,
+                    "prefill": {
+                        "hardware": pair["prefill"][0],
+                        "backends": [f"http://127.0.0.1:{p}" for p in self.role_ports[(name, "prefill")]],
+                    },
+                    "decode": {
+                        "hardware": pair["decode"][0],
+                        "backends": [f"http://127.0.0.1:{p}" for p in self.role_ports[(name, "decode")]],
+                    },
+                    "link_gbps": pair["link_gbps"],
+                    **(pool_settings or {}).get(name, {}),
+                }
+                for name, pair in (pairs or {}).items()
             ],
         }
         self.config_path = tmp / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        sound = [
-            {**pool, "backends": [b for b in pool["backends"] if int(b.rsplit(":", 1)[1]) not in self.faults]}
-            for pool in config["pools"]
-        ]
+
+        def sound(backends: list[str]) -> list[str]:
+            return [b for b in backends if int(b.rsplit(":", 1)[1]) not in self.faults]
+
+        emulated = []
+        for pool in config["pools"]:
+            if "prefill" in pool:  # a pair: the emulator starts both sides
+                sides = {r: {**pool[r], "backends": sound(pool[r]["backends"])} for r in ("prefill", "decode")}
+                if any(side["backends"] for side in sides.values()):
+                    emulated.append({**pool, **sides})
+            elif sound(pool["backends"]):
+                emulated.append({**pool, "backends": sound(pool["backends"])})
         self.emulator_config_path = tmp / "emulators.yaml"
-        self.emulator_config_path.write_text(yaml.safe_dump({**config, "pools": [p for p in sound if p["backends"]]}))
+        self.emulator_config_path.write_text(yaml.safe_dump({**config, "pools": emulated}))
         self.speed = speed
         self.admin_token: str | None = gateway_settings.get("admin_token")
         self.processes: list[Process] = []
@@ -170,7 +215,7 @@ class Cluster:
             self.processes.append(emulator)
         for port, spec in self.faults.items():
             self._start_backend(port, spec)
-        for ports in self.pool_ports.values():
+        for ports in [*self.pool_ports.values(), *self.role_ports.values()]:
             for port in ports:
                 process = self.backend_processes.get(port, self.processes[0])
                 process.wait_http(f"http://127.0.0.1:{port}/v1/models")
@@ -178,7 +223,14 @@ class Cluster:
         for index, port in enumerate(self.gateway_ports):
             gateway = Process(
                 ricardo_command(
-                    "serve", "--config", str(self.config_path), "--port", str(port), "--replica-id", f"gw{index}"
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--port",
+                    str(port),
+                    "--replica-id",
+                    f"gw{index}",
+                    *self.serve_args,
                 ),
                 f"gateway{index}",
             )
@@ -192,6 +244,8 @@ class Cluster:
     def _start_backend(self, port: int, faults: str | None) -> Process:
         args = ["emulate", "--gpu", self.hardware[port], "--model", self.model[port], "--port", str(port)]
         args += ["--speed", str(self.speed)]
+        if port in self.link_gbps:  # a side of a pair
+            args += ["--link-gbps", str(self.link_gbps[port])]
         process = Process(ricardo_command(*args, *(["--fault", faults] if faults else [])), f"emulator-{port}")
         self.processes.append(process)
         self.backend_processes[port] = process

@@ -197,7 +197,7 @@ def outcome_of(req: Req, raw, completion) -> Outcome:
     return Outcome(
         req,
         raw.headers["x-ricardo-pool"],
-        float(raw.headers["x-ricardo-cost-usd"]),
+        float(raw.headers["x-ricardo-expected-cost-usd"]),
         int(raw.headers["x-ricardo-predicted-output-tokens"]),
         raw.headers["x-ricardo-policy"],
         completion["prompt_tokens"],

@@ -48,7 +48,10 @@ def test_non_streaming_chat_has_content_usage_and_pool(client):
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 17
     assert raw.headers["x-ricardo-pool"] in POOLS
     assert raw.headers["x-request-id"] == "req-nonstream-1"
-    assert float(raw.headers["x-ricardo-cost-usd"]) > 0
+    # the estimate the pool was chosen on in a header; the actual cost of the tokens used in the usage
+    expected = float(raw.headers["x-ricardo-expected-cost-usd"])
+    assert expected > 0 and completion.usage.ricardo_expected_cost_usd == pytest.approx(expected, rel=1e-5)
+    assert completion.usage.ricardo_cost_usd > 0
 
 
 def test_streaming_chat_relays_chunks_and_usage(client):
@@ -68,9 +71,10 @@ def test_streaming_chat_relays_chunks_and_usage(client):
     usage = [c.usage for c in chunks if c.usage]
     assert len(usage) == 1 and usage[0].completion_tokens == 40
     assert chunks[-1].choices == []  # the usage chunk comes last
+    assert usage[0].ricardo_cost_usd > 0 and usage[0].ricardo_expected_cost_usd > 0
 
 
-def test_streaming_without_usage_request_strips_the_usage_chunk(client):
+def test_streaming_without_usage_request_gets_usage_on_the_finish_chunk(client):
     stream = client.chat.completions.create(
         model="llama2-7b",
         messages=[{"role": "user", "content": "hi"}],
@@ -80,6 +84,10 @@ def test_streaming_without_usage_request_strips_the_usage_chunk(client):
     chunks = list(stream)
     assert all(c.choices for c in chunks), "a client that did not ask for usage must not get the usage chunk"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_text(5)
+    # its usage and cost ride on the last chunk, the one with the finish_reason
+    assert [c.usage is not None for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == 5 and chunks[-1].usage.ricardo_cost_usd > 0
 
 
 def test_completions_endpoint_and_max_tokens_cap(client):

@@ -4,8 +4,9 @@ It streams N one-token chunks after `ttft_s`, `itl_s` apart, then a usage chunk 
 the x-emulator-output-tokens header, else max_tokens, else 8. Prompts steer failures:
 "test-fail-429" answers 429 with an OpenAI error body, "test-fail-stream" sends one token then a
 `data: {"error": ...}` event, "test-no-stream" answers plain JSON, "test-hang" sleeps 60 s first.
-Responses carry x-ricardo-pool ("small" below 100 prompt words, else "large") and x-ricardo-cost-usd
-(1e-6 $ per prompt word and per output token), like the gateway. Every request's path, headers
+Responses carry x-ricardo-pool ("small" below 100 prompt words, else "large") and, like the gateway, an
+expected cost in x-ricardo-expected-cost-usd (2e-6 $ per prompt word and per output token) and the actual one
+in usage.ricardo_cost_usd (1e-6 $ per prompt word and per output token). Every request's path, headers
 (lower-case names) and body are kept in `seen`; `completed` counts finished streams.
 
 Standalone: python tests/loadgen/sse_server.py --port 8099 --ttft-ms 0 --itl-ms 0
@@ -57,7 +58,7 @@ class FakeServer:
             headers={
                 "Content-Type": "text/event-stream",
                 "x-ricardo-pool": "small" if prompt_tokens < 100 else "large",
-                "x-ricardo-cost-usd": f"{1e-6 * (prompt_tokens + n_output):.9f}",
+                "x-ricardo-expected-cost-usd": f"{2e-6 * (prompt_tokens + n_output):.9f}",
             }
         )
         await response.prepare(request)
@@ -81,6 +82,7 @@ class FakeServer:
                             "prompt_tokens": prompt_tokens,
                             "completion_tokens": n_output,
                             "total_tokens": prompt_tokens + n_output,
+                            "ricardo_cost_usd": 1e-6 * (prompt_tokens + n_output),
                         },
                     }
                 )

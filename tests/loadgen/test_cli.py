@@ -117,8 +117,12 @@ async def test_chat_replay_measures_streams_errors_and_pools(server, tmp_path):
             assert record["completion_tokens"] == record["output_tokens"]
             assert not record["completion_tokens_estimated"]
             assert len(record["chunk_ms"]) == record["output_tokens"]
-    served = [r for r in records if r["cost_usd"] is not None]
-    assert overall["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in served))
+    ok = [r for r in records if r["outcome"] == "ok"]
+    assert all(r["cost_usd"] == pytest.approx(1e-6 * (r["prompt_tokens"] + r["completion_tokens"])) for r in ok)
+    assert all(r["expected_cost_usd"] == pytest.approx(2 * r["cost_usd"]) for r in ok)
+    # the bill: the actual cost of the answers (usage), not the estimate (header); failed requests cost nothing
+    assert overall["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in ok))
+    assert overall["expected_cost_usd"] == pytest.approx(2 * overall["cost_usd"])
     assert "small" in stdout and "large" in stdout
 
 

@@ -8,7 +8,17 @@ SLO = {"slo_ttft_ms": 500.0, "slo_tpot_ms": 50.0}
 
 
 def record(
-    outcome="ok", ttft=100.0, tpot=20.0, e2e=1000.0, tokens=10, prompt=100, pool=None, cost=None, lag=1.0, chunks=None
+    outcome="ok",
+    ttft=100.0,
+    tpot=20.0,
+    e2e=1000.0,
+    tokens=10,
+    prompt=100,
+    pool=None,
+    cost=None,
+    lag=1.0,
+    chunks=None,
+    expected=None,
 ):
     ok = outcome == "ok"
     return {
@@ -23,6 +33,7 @@ def record(
         "completion_tokens_estimated": False,
         "pool": pool,
         "cost_usd": cost,
+        "expected_cost_usd": expected,
         "lag_ms": lag,
         "chunk_ms": chunks or [],
     }
@@ -63,13 +74,20 @@ def test_inter_token_gaps_pool_all_requests():
     assert group_summary(records, wall_s=1.0, **SLO)["itl_ms"]["p50"] == pytest.approx(20.0)  # gaps 10, 20, 40
 
 
-def test_cost_sums_headers_and_prices_per_million_tokens():
-    records = [record(cost=0.002, tokens=100, prompt=900), record(cost=0.001, tokens=50, prompt=50), record(cost=None)]
+def test_cost_sums_the_billed_cost_of_ok_requests_and_keeps_the_estimate_apart():
+    records = [
+        record(cost=0.002, expected=0.001, tokens=100, prompt=900),
+        record(cost=0.001, expected=0.0005, tokens=50, prompt=50),
+        record(cost=None),
+        record(outcome="error", cost=0.5, expected=0.5),  # a failed answer is not billed
+    ]
     group = group_summary(records, wall_s=1.0, **SLO)
     assert group["cost_usd"] == pytest.approx(0.003)
+    assert group["expected_cost_usd"] == pytest.approx(0.0015)
     assert group["usd_per_million_tokens"] == pytest.approx(0.003 / 1100 * 1e6)
     assert group["usd_per_million_output_tokens"] == pytest.approx(0.003 / 150 * 1e6)
     assert group_summary([record()], wall_s=1.0, **SLO)["cost_usd"] is None
+    assert group_summary([record()], wall_s=1.0, **SLO)["expected_cost_usd"] is None
 
 
 def test_summary_groups_by_pool_header():

@@ -30,7 +30,7 @@ def test_load_is_charged_at_dispatch_and_released_exactly_once(book):
     ledger.abandon(first)  # a second release of the same request changes nothing
     ledger.finish(first, now=3.0, output_tokens=100)
     assert ledger.view(2).in_flight == 1 and ledger.view(2).in_flight_load == pytest.approx(second.load)
-    assert ledger.tpot_ms is None  # an abandoned attempt teaches nothing about latency
+    assert ledger.latency_per_token_ms is None  # an abandoned attempt teaches nothing about latency
     ledger.finish(second, now=1.5, output_tokens=20)
     assert ledger.view(2).in_flight == 0 and ledger.view(2).in_flight_load == 0.0
 
@@ -52,10 +52,10 @@ def test_live_estimates_learn_from_clean_answers_only(book):
     ledger.first_token(ticket, 10.2)
     ledger.first_token(ticket, 10.9)  # only the first one counts
     ledger.finish(ticket, now=11.0, output_tokens=10)
-    assert ledger.ttft_ms == pytest.approx(200.0) and ledger.tpot_ms == pytest.approx(100.0)
+    assert ledger.ttft_ms == pytest.approx(200.0) and ledger.latency_per_token_ms == pytest.approx(100.0)
     broken = ledger.dispatch(shape(100, 10), book, now=20.0)
     ledger.finish(broken, now=40.0, output_tokens=None)  # ended without a clean answer
-    assert ledger.tpot_ms == pytest.approx(100.0)
+    assert ledger.latency_per_token_ms == pytest.approx(100.0)
 
 
 def test_views_are_reused_until_something_changes(book):

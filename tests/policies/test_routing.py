@@ -130,10 +130,10 @@ def test_cost_aware_sends_a_predicted_miss_to_the_most_overloaded_pool_first(boo
 def test_cost_aware_does_not_read_the_pools_recent_latency(book):
     """A pool's recent latency per token is that of the mix it served: a pool busy with long prompts and short
     answers looks slow at any load. The slack comes from the request's own size and the pool's load."""
-    slow_mix = {"in_flight": 1, "in_flight_load": 0.01, "tpot_ms": 150.0, "ttft_ms": 3000.0}
+    slow_mix = {"in_flight": 1, "in_flight_load": 0.01, "latency_per_token_ms": 150.0, "ttft_ms": 3000.0}
     ranked = cost_aware(TINY, fleet(book, L4=slow_mix), book)
     assert names(ranked)[0] == "L4" and ranked[0].extra["tier"] == 0
-    assert ranked[0].tpot_ms == 150.0 and ranked[0].ttft_ms == 3000.0  # still reported with the choice
+    assert ranked[0].latency_per_token_ms == 150.0 and ranked[0].ttft_ms == 3000.0  # still reported with the choice
 
 
 def test_cost_aware_p90_beyond_what_the_hardware_can_serve_ranks_last():
