@@ -13,10 +13,13 @@ For one request of (input, output) tokens at a TPOT SLO `s` (request latency / o
 - transfer seconds: input x kv_bytes_per_token / link bytes per second (latency only; neither worker is billed);
 - decode replica-seconds at the SLO: the decode step time `tau` the request can afford after its prefill and
   transfer, (s x output - prefill - transfer) / (output - 1); a step costs a fixed part (host overhead and the
-  weights read once) plus, per sequence, its host overhead and its KV cache read. The request holds, for
-  output x tau seconds, the larger of its share of the step budget beyond the fixed part, its share of the KV
-  cache (prompt + half the answer on average, the transferred blocks included) and one of `max_num_seqs` slots.
+  weights read once) plus, per sequence, its host overhead and its KV cache read. The worker runs the largest
+  batch of such requests that tau, its KV cache (prompt + half the answer each on average, the transferred blocks
+  included) and `max_num_seqs` allow, and its steps take what that batch costs (less than tau where the KV cache
+  binds first: a worker that is out of memory is not out of time); the request uses (output - 1) steps / batch.
   No budget left (tau at or below the fixed part): the decode type cannot serve the request at this SLO.
+  (Charging a KV-bound request its memory share for the whole SLO-paced lifetime instead put the A10G at twice its
+  measured unified capacity's cost; see tests/profiles/test_roles.py for the check against the tables.)
 
 Everything is plain float arithmetic on a few numbers per type (`RoleParams`), cheap enough per request.
 """
