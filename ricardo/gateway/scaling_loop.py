@@ -5,8 +5,8 @@ Hints go to the gauge `ricardo_desired_replicas{pool,role}` (role `unified`, or 
 to `GET /admin/scaling`, and, when a webhook is configured, are POSTed there whenever the damped figures change.
 
 Each role of a pair is sized on its observed load (gateway/scaling.py, `size_pairs`): every `SAMPLE_S` the loop
-samples each pair's busy prefill replicas and its decode load; replicas share their window means like their
-traffic windows, and the lease holder adds them up.
+samples each pair's prefill and decode load (the ledger's capacity shares of each side); replicas share their
+window means like their traffic windows, and the lease holder adds them up.
 """
 
 from __future__ import annotations
@@ -79,13 +79,13 @@ class ScalingLoop:
             self.sample(time.monotonic())
 
     def sample(self, now: float) -> None:
-        """One sample of each pair's role loads: its prefill replicas running a prefill, its decode ledger's load."""
+        """One sample of each pair's role loads, in replicas: the capacity shares its ledger charges each side."""
         seen = set()
         for pool in self.state.pools.values():
             if pool.pair is None:
                 continue
-            busy = sum(1 for b in pool.backends if b.role == "prefill" and b.in_flight > 0)
-            for role, load in (("prefill", float(busy)), ("decode", pool.ledger.in_flight_load)):
+            ledger = pool.ledger
+            for role, load in (("prefill", ledger.in_flight_load), ("decode", ledger.decode_load)):
                 meter = self.meters.get((pool.name, role))
                 if meter is None:
                     meter = self.meters[(pool.name, role)] = LoadMeter(self.settings.window_s)

@@ -39,7 +39,7 @@ from ricardo.gateway.pools import Backend, Pool, new_backend
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
 from ricardo.gateway.urls import Listener, is_loopback, redact
-from ricardo.policies.routing import get_policy, request_cost_usd
+from ricardo.policies.routing import get_policy, pair_request_cost_usd, request_cost_usd
 from ricardo.policies.types import SLO, Choice, PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
 
@@ -108,15 +108,17 @@ class GatewayState:
         return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
 
     def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO | None = None) -> float:
-        """Dollars of the pool's time a request of this size uses at the profile's operating point.
-
-        A pair: each side charged as a unified replica of its type would be for its part (the prefill side a
-        one-token answer, the decode side the whole request), an upper bound until policies/ prices pairs
-        itself (hook: the pair cost of policies.routing at the request's `slo`, once it has one)."""
-        book = self.book if slo is None else self.book_for(slo)  # the tables the request was ranked by
+        """Dollars of the pool's time a request of this size uses at the profile's operating point, on the tables
+        the request was ranked by (its SLO's). A pair: its prefill and decode sides' time at their own prices
+        (`pair_request_cost_usd`); where the role model cannot serve the size, each side as a unified replica of
+        its type would be for its part (an upper bound)."""
+        book = self.book if slo is None else self.book_for(slo)
         pair = pool.pair
         if pair is None:
             return request_cost_usd(book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
+        cost = pair_request_cost_usd(book, pair, input_tokens, output_tokens, slo or self.shaper.default_slo)
+        if cost > 0:
+            return cost
         prefill = request_cost_usd(book, pair.prefill_hardware, pair.prefill_price_per_hour, input_tokens, 1)
         decode = request_cost_usd(book, pair.decode_hardware, pair.decode_price_per_hour, input_tokens, output_tokens)
         return prefill + decode

@@ -15,9 +15,11 @@ import urllib.request
 
 import openai
 import pytest
+from ricardo.defaults import default_slo_ms
 from ricardo.emulator.kvtransfer import transfer_seconds
 from ricardo.emulator.text import TokenCounter, token_text
-from ricardo.policies.routing import request_cost_usd
+from ricardo.policies.routing import pair_request_cost_usd
+from ricardo.policies.types import SLO, PairSpec
 from ricardo.profiles.catalog import load_default_book
 from ricardo.profiles.engine_params import LLAMA2_7B
 
@@ -82,11 +84,11 @@ def test_a_whole_answer_comes_from_the_decode_side_with_usage_counted_once(clust
     assert wait_for(lambda: metric(cluster.url, "ricardo_tokens_total", pool="h100-a10g", type="output") >= 23, 5)
     assert metric(cluster.url, "ricardo_tokens_total", pool="h100-a10g", type="output") == 23
     assert metric(cluster.url, "ricardo_tokens_total", pool="h100-a10g", type="input") == prompt_tokens()
-    # its cost: each side's part at its own type's price (the prefill side a one-token answer)
+    # its cost: the pair's role model, each side's time at its own type's price, at the default SLO
     book = load_default_book(price_set="melange", include_estimated=True)
-    n = prompt_tokens()
-    cost = request_cost_usd(book, "H100", book.price("H100"), n, 1)
-    cost += request_cost_usd(book, "A10G", book.price("A10G"), n, 23)
+    pair = PairSpec("H100", "A10G", book.price("H100"), book.price("A10G"), LINK_GBPS)
+    cost = pair_request_cost_usd(book, pair, prompt_tokens(), 23, SLO(*default_slo_ms()))
+    assert cost > 0
     assert metric(cluster.url, "ricardo_cost_usd_total", pool="h100-a10g") == pytest.approx(cost)
 
 
