@@ -80,12 +80,15 @@ class Cluster:
         faults: dict[str, list[str | None]] | None = None,
         pool_settings: dict[str, dict] | None = None,
         fault_processes: bool = True,
+        workers: int = 1,
         **gateway_settings,
     ):
         """`faults`: per pool, a fault spec (ricardo/emulator/faults.py; "" for none) or None for each of its
         backends; a backend with a spec runs in a process of its own, which `replace_backend` restarts with
         other faults (with `fault_processes=False`, they share the one emulator process instead, and cannot be
-        restarted). `pool_settings`: more fields of each pool's config (models, timeouts)."""
+        restarted). `pool_settings`: more fields of each pool's config (models, timeouts). `workers`: processes per
+        gateway (`ricardo serve --workers`)."""
+        self.workers = workers
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
@@ -178,7 +181,14 @@ class Cluster:
         for index, port in enumerate(self.gateway_ports):
             gateway = Process(
                 ricardo_command(
-                    "serve", "--config", str(self.config_path), "--port", str(port), "--replica-id", f"gw{index}"
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--port",
+                    str(port),
+                    "--replica-id",
+                    f"gw{index}",
+                    *(["--workers", str(self.workers)] if self.workers > 1 else []),
                 ),
                 f"gateway{index}",
             )
