@@ -140,12 +140,37 @@ class GatewayMetrics:
             ["key", "name"],
             registry=r,
         )
+        # the children every answered request touches without a pool label, bound once
+        self.input_usage = self.token_usage.labels("input")
+        self.output_usage = self.token_usage.labels("output")
         self.key_refusals = Counter(
             "ricardo_key_refusals",
             "Requests refused for their client key: invalid_api_key, requests, tokens, budget.",
             ["key", "reason"],
             registry=r,
         )
+
+
+class PoolMetrics:
+    """One pool's labelled children, bound when the config is applied (`GatewayState.apply`): `labels()` takes a
+    lock and builds a tuple per call, and an answered request would make about a dozen such calls."""
+
+    def __init__(self, m: GatewayMetrics, pool: str, models: tuple[str, ...], policy: str):
+        self.pool = pool
+        self._requests = m.requests
+        self.answered = {model: m.requests.labels(model, pool, "200") for model in models}
+        self.decisions = m.decisions.labels(policy, pool)
+        self.duration = m.duration.labels(pool)
+        self.ttft = m.ttft.labels(pool)
+        self.tpot = m.tpot.labels(pool)
+        self.input_tokens = m.tokens.labels(pool, "input")
+        self.output_tokens = m.tokens.labels(pool, "output")
+        self.cost = m.cost.labels(pool)
+
+    def requests(self, model: str, status: int) -> Counter:
+        """The child counting answers of `status` for `model` (bound ahead for the answers that succeed)."""
+        child = self.answered.get(model) if status == 200 else None
+        return child if child is not None else self._requests.labels(model, self.pool, str(status))
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

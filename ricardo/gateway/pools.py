@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ricardo.gateway.config import LimitsConfig, OutlierConfig, PoolConfig, Timeouts
+from ricardo.gateway.metrics import PoolMetrics
 from ricardo.gateway.outlier import OutlierDetector
 from ricardo.gateway.urls import redact, split_credentials
 from ricardo.policies.ledger import PoolLedger
@@ -78,6 +79,7 @@ class Pool:
     ledger: PoolLedger  # requests in flight, their load, live latency: the same accounting as the simulator's
     timeouts: Timeouts
     backends: list[Backend] = field(default_factory=list)
+    metrics: PoolMetrics = field(init=False)  # bound by GatewayState.apply
     _tiebreak: itertools.count = field(default_factory=itertools.count)
     _starts: deque[tuple[float, float]] = field(default_factory=deque)  # (when, time to first token ms)
     _waiting: dict[int, float] = field(default_factory=dict)  # streams sent and not started: key -> sent at
@@ -134,7 +136,7 @@ class Pool:
         return [b for b in self.backends if b.available(now)]
 
     def view(self, now: float) -> PoolView:
-        return self.ledger.view(len(self.available_backends(now)))
+        return self.ledger.view(sum(1 for b in self.backends if b.available(now)))
 
     def pick_backend(self, now: float, exclude: set[Backend]) -> Backend | None:
         """The available backend with the fewest requests in flight (rotating among ties)."""

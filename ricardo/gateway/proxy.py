@@ -101,9 +101,9 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
                 code="overloaded",
                 headers={"Retry-After": str(admission.retry_after_s)},
             )
-    state.metrics.decisions.labels(state.policy_name, choices[0].pool).inc()
+    state.pools[choices[0].pool].metrics.decisions.inc()  # ranked from state.pools in this same step
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
-    payload = _upstream_body(body, req.stream)
+    payload = _upstream_body(raw, body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
     state.trips.add(trip)
     answer = None
@@ -138,10 +138,34 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         account(state, trip)
 
 
-def _upstream_body(body: dict, stream: bool) -> bytes:
+INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
+
+
+def _upstream_body(raw: bytes, body: dict, stream: bool) -> bytes:
+    """What goes upstream: the client's bytes as they came, parsed once and not serialised again, except that a
+    stream always asks for its usage (the gateway learns from it, even if the client did not ask). Without
+    `stream_options`, that field is spliced in before the object's closing brace (a UTF-8 body; the parse
+    proved it one JSON object); with other options, the body is serialised again with usage among them. So is a
+    body that may name its model or stream flag twice: JSON parsers differ on which one wins, and the backend
+    must read the request the gateway checked and routed."""
+    twice = raw.count(b'"model"') != 1 or raw.count(b'"stream"') > 1 or b"\\u" in raw  # "mod\u0065l" is "model"
+    if twice:
+        return _serialised(body, stream)
+    if not stream:
+        return raw
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return raw
+    end = raw.rstrip()
+    if options is None and "stream_options" not in body and end.endswith(b"}") and raw.lstrip().startswith(b"{"):
+        return end[:-1] + INCLUDE_USAGE
+    return _serialised(body, stream)
+
+
+def _serialised(body: dict, stream: bool) -> bytes:
     if stream:
         options = dict(body.get("stream_options") or {})
-        options["include_usage"] = True  # always learn the usage, even if the client did not ask
+        options["include_usage"] = True
         body = {**body, "stream_options": options}
     return json.dumps(body, separators=(",", ":")).encode()
 

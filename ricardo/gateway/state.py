@@ -33,7 +33,7 @@ from ricardo.gateway.config import (
 from ricardo.gateway.health import Health
 from ricardo.gateway.keys import KeyRing
 from ricardo.gateway.learning import PredictorLearning, load_predictor
-from ricardo.gateway.metrics import GatewayMetrics
+from ricardo.gateway.metrics import GatewayMetrics, PoolMetrics
 from ricardo.gateway.pools import Backend, Pool, new_backend
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
@@ -153,6 +153,7 @@ class GatewayState:
             if pool is None or pool.hardware != pool_config.hardware:
                 pool = Pool.new(pool_config, models, price, timeouts)
             pool.config, pool.timeouts = pool_config, timeouts
+            pool.metrics = PoolMetrics(self.metrics, pool.name, models, shared.policy)
             pool.ledger.reprice(price, models)
             draining = {backend_id(u) for u in pool_config.draining}
             pool.backends = []
