@@ -147,7 +147,7 @@ def version_of(venv: Path, package: str) -> str:
     return done.stdout.strip() or "?"
 
 
-def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Path) -> Target:
+def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Path, source: str | None = None) -> Target:
     config = yaml.safe_load((HERE / "gateway.yaml").read_text())
     port = free_port()
     config["port"] = port
@@ -157,10 +157,17 @@ def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Pat
     path.write_text(yaml.safe_dump(config))
     target = Target(name, f"http://127.0.0.1:{port}")
     args = [sys.executable, "-m", "ricardo.cli", "serve", "--config", str(path), "--log-level", "WARNING"]
-    if workers > 1:
-        args += ["--workers", str(workers)]
-    spawn(target, args, logdir)
-    wait_ready(target, 60)
+    if workers > 1:  # workers share state through Redis: a private redis-server, counted as the target's
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server): --workers needs it")
+        redis_port = free_port()
+        redis = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        spawn(target, redis, logdir)
+        args += ["--workers", str(workers), "--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
+    # another source tree (an earlier commit's worktree) is imported before the installed one
+    env = {"PYTHONPATH": source} if source else None
+    spawn(target, args, logdir, env=env)
+    wait_ready(target, 90)
     return target
 
 
@@ -189,7 +196,9 @@ def start_litellm(backend_port: int, logdir: Path, install: bool) -> Target:
                     "api_key": "none",
                 },
             }
-        ]
+        ],
+        # no client auth, as for the other targets (newer releases refuse to start without a key unless told)
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
     }
     path = logdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -296,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="nonstream,stream")
     parser.add_argument("--targets", default="direct,ricardo,vllm-router,litellm")
     parser.add_argument("--workers", default="1", help="ricardo's worker processes; several: one target each")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also drive ricardo from this source tree (e.g. `git worktree add DIR <commit>`) as ricardo@baseline",
+    )
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--no-install", action="store_true", help="install nothing (wrk, peers): skip instead")
     parser.add_argument("--json", help="write every figure here")
@@ -321,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                     for workers in (int(w) for w in args.workers.split(",")):
                         label = "ricardo" if workers == 1 else f"ricardo x{workers}"
                         targets.append(start_ricardo(label, backend_ports, workers, logdir))
+                    if args.baseline:
+                        targets.append(start_ricardo("ricardo@baseline", backend_ports, 1, logdir, args.baseline))
                 elif name == "vllm-router":
                     targets.append(start_vllm_router(backend_ports[0], logdir, install))
                 elif name == "litellm":
@@ -364,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
 def ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
     """Each ricardo target against each peer, per cell: req/s, CPU per request and p99, ricardo / peer."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for mine in (n for n in results if n.startswith("ricardo")):
-        for peer in (n for n in results if not n.startswith("ricardo") and n != "direct"):
+    for mine in (n for n in results if n.startswith("ricardo") and n != "ricardo@baseline"):
+        peers = [n for n in results if n != "direct" and n != mine and (n == "ricardo@baseline" or "ricardo" not in n)]
+        for peer in peers:
             out[f"{mine} / {peer}"] = {
                 cell: {
                     "rps": r["rps"] / max(1e-9, results[peer][cell]["rps"]),

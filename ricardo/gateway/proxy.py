@@ -21,6 +21,7 @@ import uuid
 from aiohttp import web
 
 from ricardo.gateway.dispatch import HOPS_HEADER, dispatch
+from ricardo.gateway.pools import QueueDelays
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
@@ -90,7 +91,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     if admission.enabled:
         limits = AdmissionLimits(admission.max_utilization, admission.priority_factor)
         now = time.monotonic()
-        delays = {v.name: state.pools[v.name].queue_delay_ms(now) for v in views if v.name in state.pools}
+        delays = QueueDelays(state.pools, [v.name for v in views if v.name in state.pools], now)
         decision = admit(shape, choices, {v.name: v for v in views}, limits, delays)
         if not decision.admit:
             state.metrics.shed.labels(req.model, str(shape.priority)).inc()
