@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
-import uuid
 
 from aiohttp import web
 
@@ -73,8 +73,10 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         )
     request_id = request.headers.get("x-request-id", "")
     if not (request_id.isascii() and request_id.isprintable() and 0 < len(request_id) <= 200):
-        request_id = uuid.uuid4().hex  # a header we could not send on is not propagated
-    granted = request.get(PRIORITY_GRANT)  # by the client's API key (state.keys.admit)
+        # a header we could not send on is not propagated; an id needs to be unique, not unguessable: no syscall
+        request_id = f"{random.getrandbits(128):032x}"
+    # by the client's API key (state.keys.admit); looked up only then: a missing key costs a raised KeyError
+    granted = request.get(PRIORITY_GRANT) if key is not None else None
     if len(raw) > SHAPE_IN_THREAD_BYTES:
         shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
     else:
