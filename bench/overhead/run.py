@@ -15,7 +15,8 @@ the project's); one that fails to install or start is reported as skipped, with 
 The load is the same for every target: wrk (Debian's `wrk`, installed here with apt-get when missing and
 allowed; else client.py, an aiohttp client in a process of its own), closed loop, non-streaming and streaming,
 at each connection count, `--duration` seconds a cell. Rounds are interleaved: each round runs every cell on
-every target in turn, so a neighbour's load on this shared machine falls on all targets alike.
+every target in turn (each round starting one target further on, and once every target is idle again), so a
+neighbour's load on this shared machine falls on all targets alike.
 
 Per target and cell it prints the median over rounds of req/s, p50 and p99, the p50 added over direct, and the
 CPU ms per request of the target's processes with the backend's (utime + stime from /proc, children included,
@@ -265,6 +266,20 @@ def load(client: str, url: str, stream: bool, connections: int, duration: int) -
     raise RuntimeError(f"{client} printed no result: {done.stdout[-500:]} {done.stderr[-500:]}")
 
 
+def settle(roots: list[int], quiet_share: float = 0.05, window_s: float = 0.3, patience_s: float = 20.0) -> None:
+    """Wait until the processes are idle (under `quiet_share` of a core over `window_s`): a target still working
+    through the requests the client left in flight (LiteLLM, seconds behind at 128 connections) would otherwise
+    eat into the next target's cell. That tail's CPU is counted nowhere, as its requests are not."""
+    deadline = time.monotonic() + patience_s
+    last = cpu_ticks(roots)
+    while time.monotonic() < deadline:
+        time.sleep(window_s)
+        now = cpu_ticks(roots)
+        if (now - last) * TICK_S <= quiet_share * window_s:
+            return
+        last = now
+
+
 def measure(client: str, target: Target, backend: Target, stream: bool, connections: int, duration: int) -> dict:
     roots = [p.pid for p in target.processes + (backend.processes if target is not backend else [])]
     before = cpu_ticks(roots)
@@ -351,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = [(mode, c) for mode in modes for c in connections]
         raw: dict[str, dict[str, list[dict]]] = {t.name: {f"{m} c{c}": [] for m, c in cells} for t in targets}
         for round_ in range(args.rounds):
+            order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]  # none always follows one
             for mode, c in cells:
-                for target in targets:
+                for target in order:
+                    settle([p.pid for t in targets for p in t.processes])
                     figures = measure(client, target, backend, mode == "stream", c, args.duration)
                     raw[target.name][f"{mode} c{c}"].append(figures)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
