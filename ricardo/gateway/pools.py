@@ -197,4 +197,6 @@ def new_session(
         timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         headers=headers,
         auth=aiohttp.BasicAuth(*credentials) if credentials else None,
+        # a backend's cookies are not kept: the session serves every client, and the jar costs every request
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
