@@ -1,7 +1,7 @@
 """Gateway overhead: ricardo against direct calls and its peers, side by side and interleaved, in one run.
 
     .venv/bin/python bench/overhead/run.py [--duration 5] [--rounds 2] [--connections 1,32,128]
-        [--targets direct,ricardo,vllm-router,litellm] [--workers 1] [--json out.json]
+        [--targets direct,ricardo,vllm-router,litellm] [--workers 1] [--baseline DIR] [--json out.json]
 
 A trivial backend (backend.py: 16 tokens at once, OpenAI-shaped, with usage) stands behind every target:
 - `direct`: the backend itself, the floor;
@@ -9,8 +9,10 @@ A trivial backend (backend.py: 16 tokens at once, OpenAI-shaped, with usage) sta
   serves it with N worker processes (`ricardo serve --workers`), and `--workers 1,2` measures both;
 - `vllm-router`: PyPI `vllm-router` (Rust), round robin over the one backend;
 - `litellm`: LiteLLM proxy, one worker, `LITELLM_LOCAL_MODEL_COST_MAP=True` (no cost map fetched).
-Each peer is installed from PyPI into a throwaway venv of its own under ~/.cache/ricardo/bench-venvs/ (never
-the project's); one that fails to install or start is reported as skipped, with the reason.
+`--baseline DIR` adds the gateway run from another source tree (`git archive <commit> ricardo | tar -x -C DIR`),
+for before/after figures from the same run. Each peer is installed from PyPI into a throwaway venv of its own
+under ~/.cache/ricardo/bench-venvs/ (never the project's); one that fails to install or start is reported as
+skipped, with the reason.
 
 The load is the same for every target: wrk (Debian's `wrk`, installed here with apt-get when missing and
 allowed; else client.py, an aiohttp client in a process of its own), closed loop, non-streaming and streaming,
