@@ -171,6 +171,11 @@ def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Pat
     env = {"PYTHONPATH": source} if source else None
     spawn(target, args, logdir, env=env)
     wait_ready(target, 90)
+    deadline = time.monotonic() + 90
+    while workers > 1 and f"({workers} workers)" not in target.output():  # the parent says so once all listen
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all {workers} workers listening after 90 s: {target.output()}")
+        time.sleep(0.2)
     return target
 
 
