@@ -70,6 +70,7 @@ class Supervisor:
         self.workers: dict[int, tuple[subprocess.Popen, float]] = {}  # index -> (process, started at)
         self.waiting: dict[int, int] = {}  # read end of a worker's ready pipe -> its index, until it says so
         self.stopping = False
+        self.listening = 0  # workers that said they listen
 
     def command(self, index: int) -> list[str]:
         a = self.args
@@ -114,7 +115,7 @@ class Supervisor:
             code = 0
             while self.workers:
                 self._wait_ready()
-                if not published and not self.waiting:
+                if not published and self.listening >= self.args.workers:
                     self.admin.publish(self.port)
                     published = True
                     print(
@@ -156,7 +157,8 @@ class Supervisor:
             return
         ready, _, _ = select.select(list(self.waiting), [], [], POLL_S)
         for fd in ready:
-            os.read(fd, 1)
+            if os.read(fd, 1):  # empty: the worker died before it listened (the supervision loop sees to that)
+                self.listening += 1
             os.close(fd)
             del self.waiting[fd]
 

@@ -71,3 +71,18 @@ def test_several_workers_need_the_shared_store():
     )
     assert done.returncode == 2
     assert "--redis-url" in done.stderr
+
+
+def test_workers_that_cannot_start_stop_their_parent(tmp_path):
+    config = tmp_path / "gateway.yaml"
+    pools = [{"name": "x", "hardware": "TPU-v9", "backends": ["http://127.0.0.1:9"]}]  # no such profile
+    config.write_text(json.dumps({"host": "127.0.0.1", "models": ["llama2-7b"], "pools": pools}))
+    done = subprocess.run(
+        ricardo_command("serve", "--config", str(config), "--workers", "2", "--redis-url", "redis://127.0.0.1:9/0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "at start; stopping" in done.stderr and "TPU-v9" in done.stderr
+    assert "listening" not in done.stdout
