@@ -128,8 +128,8 @@ class Supervisor:
                         continue
                     del self.workers[index]
                     self._forget(process.pid)
-                    if self.stopping:
-                        code = code or process.returncode
+                    if self.stopping:  # stopped by the signal before its handler was set is a stop too
+                        code = code or (0 if process.returncode == -signal.SIGTERM else process.returncode)
                     elif time.monotonic() - started < STARTUP_GRACE_S:
                         print(
                             f"ricardo serve: worker {index} exited with {process.returncode} at start; stopping",

@@ -1,15 +1,20 @@
 """`ricardo serve --workers 2`: two processes share the port, requests spread across them, `/metrics` counts
-all of them whichever worker answers the scrape, and SIGTERM to the parent stops every worker."""
+all of them whichever worker answers the scrape (a worker killed is replaced, and its counts stay), and SIGTERM
+to the parent stops every worker."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
+from ricardo.gateway.workers import STARTUP_GRACE_S
 
 from tests.integration.harness import Cluster, metric, ricardo_command, wait_for
 from tests.redis_server import available
@@ -18,6 +23,7 @@ pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not ins
 
 TOKEN = "test-admin-token-0123456789"
 REQUESTS = 12
+WORKERS = {"gw0-w0", "gw0-w1"}  # their replica ids
 
 
 def children(pid: int) -> set[int]:
@@ -43,11 +49,12 @@ def test_two_workers_share_the_port_and_their_metrics(redis, tmp_path):
     cluster.start()
     try:
         parent = cluster.gateways[0].proc
+        started = time.monotonic()
         assert wait_for(lambda: "(2 workers)" in cluster.gateways[0].output(), 60), cluster.logs()
         workers = children(parent.pid)
         assert len(workers) == 2, cluster.logs()
         seen = {replica_on_a_new_connection(cluster.url) for _ in range(30)}
-        assert seen == {"gw0-w0", "gw0-w1"}, "the kernel spreads new connections over both workers"
+        assert seen == WORKERS, "the kernel spreads new connections over both workers"
         for _ in range(REQUESTS):
             with openai.OpenAI(base_url=cluster.url + "/v1", api_key="none", max_retries=0) as client:  # new conn.
                 answer = client.chat.completions.create(
@@ -58,6 +65,17 @@ def test_two_workers_share_the_port_and_their_metrics(redis, tmp_path):
         for _ in range(6):
             assert metric(cluster.url, "ricardo_requests_total", status="200") == REQUESTS
         assert metric(cluster.url, "ricardo_pool_price_per_hour", pool="a10g") == pytest.approx(1.01)
+        # a worker that dies after its start is replaced; what it counted still counts
+        time.sleep(max(0.0, STARTUP_GRACE_S + 0.5 - (time.monotonic() - started)))
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_for(lambda: len(children(parent.pid) - {victim}) == 2, 30)
+        assert replaced, cluster.logs()
+        workers = children(parent.pid)
+        both = wait_for(lambda: {replica_on_a_new_connection(cluster.url) for _ in range(20)} == WORKERS, 60)
+        assert both, cluster.logs()
+        for _ in range(4):
+            assert metric(cluster.url, "ricardo_requests_total", status="200") == REQUESTS
         parent.terminate()
         assert parent.wait(timeout=30) == 0, cluster.logs()
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived its parent"
