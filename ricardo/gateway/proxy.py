@@ -147,12 +147,12 @@ INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
 def _upstream_body(raw: bytes, body: dict, stream: bool) -> bytes:
     """What goes upstream: the client's bytes as they came, parsed once and not serialised again, except that a
     stream always asks for its usage (the gateway learns from it, even if the client did not ask). Without
-    `stream_options`, that field is spliced in before the object's closing brace (a UTF-8 body; the parse
-    proved it one JSON object); with other options, the body is serialised again with usage among them. So is a
+    `stream_options`, that field is spliced in before the object's closing brace (the parse proved it one JSON
+    object); with other options, the body is serialised again with usage among them. So is a
     body that may name its model or stream flag twice: JSON parsers differ on which one wins, and the backend
     must read the request the gateway checked and routed."""
     twice = raw.count(b'"model"') != 1 or raw.count(b'"stream"') > 1 or b"\\u" in raw  # "mod\u0065l" is "model"
-    if twice:
+    if twice or not raw.lstrip().startswith(b"{"):  # or not plain UTF-8 (a BOM, UTF-16: json.loads reads them)
         return _serialised(body, stream)
     if not stream:
         return raw
@@ -160,7 +160,7 @@ def _upstream_body(raw: bytes, body: dict, stream: bool) -> bytes:
     if isinstance(options, dict) and options.get("include_usage") is True:
         return raw
     end = raw.rstrip()
-    if options is None and "stream_options" not in body and end.endswith(b"}") and raw.lstrip().startswith(b"{"):
+    if options is None and "stream_options" not in body and end.endswith(b"}"):
         return end[:-1] + INCLUDE_USAGE
     return _serialised(body, stream)
 

@@ -46,9 +46,11 @@ def test_other_stream_options_are_kept_beside_usage() -> None:
         b'{"model": "evil", "model": "llama2-7b", ' + MESSAGES.encode() + b"}",
         b'{"mod\\u0065l": "evil", "model": "llama2-7b", ' + MESSAGES.encode() + b"}",
         b'{"model": "llama2-7b", "stream": true, "stream": false, ' + MESSAGES.encode() + b"}",
+        b"\xef\xbb\xbf" + b'{"model": "llama2-7b", ' + MESSAGES.encode() + b"}",  # a BOM: a backend may refuse it
+        ('{"model": "llama2-7b", ' + MESSAGES + "}").encode("utf-16"),
     ],
 )
-def test_a_body_that_may_say_a_field_twice_is_sent_as_the_gateway_read_it(raw: bytes) -> None:
+def test_a_body_that_may_say_a_field_twice_or_is_not_plain_utf8_is_sent_as_the_gateway_read_it(raw: bytes) -> None:
     body, _ = parse_request("chat", raw)
     sent = upstream(raw)
     assert sent != raw
