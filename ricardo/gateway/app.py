@@ -6,12 +6,13 @@ import logging
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ricardo.gateway import proxy
 from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
 from ricardo.gateway.logs import access_log
+from ricardo.gateway.metrics import exposition
 from ricardo.gateway.scaling_loop import ScalingLoop
 from ricardo.gateway.security import AdminAccess, guard
 from ricardo.gateway.state import GatewayState
@@ -95,6 +96,7 @@ async def readyz(request: web.Request) -> web.Response:
             "pools": available,
             "config_version": state.version,
             "store": state.store.status(),
+            "replica": state.replica_id,  # which replica (or worker process) answered
         },
         status=200 if ready else 503,
     )
@@ -102,7 +104,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
-    return web.Response(body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=exposition(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @web.middleware

@@ -15,6 +15,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--port", type=int, help="override the config's port")
     p.add_argument("--redis-url", help="share state with other replicas through this Redis (default: in-process)")
     p.add_argument("--replica-id", help="name of this replica in shared state (default: host-pid-random)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve with this many processes sharing the port (SO_REUSEPORT); more than 1 needs --redis-url",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of the processes of --workers
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--log-format",
@@ -65,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ricardo.gateway.shutdown import drain
     from ricardo.gateway.state import GatewayState
     from ricardo.gateway.urls import redact
+    from ricardo.gateway.workers import Supervisor, tell_parent_ready, worker_admin
     from ricardo.protocol.runtime import run_event_loop
 
     setup_logging(args.log_level, args.log_format)
@@ -84,16 +92,26 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     config = config.model_copy(update=updates)
+    if args.workers > 1 and not config.redis_url:
+        print(
+            "ricardo serve: --workers above 1 needs --redis-url: the workers share config changes, key limits, "
+            "learning and scaling samples through it (each would otherwise keep its own)",
+            file=sys.stderr,
+        )
+        return 2
+    configured = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
+    try:
+        admin = worker_admin(config) if args.worker else None
+        admin = admin or AdminAccess.for_listener(config.host, config.port, configured, config.auth.allowed_hosts)
+    except InvalidInput as exc:
+        print(f"ricardo serve: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1:  # the parent: its workers check the config and hold the state
+        return Supervisor(args, config, admin).run()
     try:
         state = GatewayState(config)
     except InvalidInput as exc:
         print(f"ricardo serve: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    configured = config.admin_token or os.environ.get("RICARDO_ADMIN_TOKEN") or None
-    try:
-        admin = AdminAccess.for_listener(config.host, config.port, configured, config.auth.allowed_hosts)
-    except InvalidInput as exc:
-        print(f"ricardo serve: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> None:
@@ -102,8 +120,12 @@ def _serve(args: argparse.Namespace) -> int:
             build_app(config, state, admin), access_log=None, handler_cancellation=True, shutdown_timeout=2.0
         )
         await runner.setup()
-        await web.TCPSite(runner, config.host, config.port).start()
-        admin.publish(config.port)
+        # a worker shares the port with its siblings: the kernel spreads connections across them
+        await web.TCPSite(runner, config.host, config.port, reuse_port=args.worker or None).start()
+        if args.worker:
+            tell_parent_ready()
+        else:  # a worker's parent publishes the token it generated, once
+            admin.publish(config.port)
         print(f"ricardo gateway listening on http://{config.host}:{config.port}", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,7 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
             await drain(state, config.shutdown)
         finally:
             await runner.cleanup()
-            admin.withdraw(config.port)
+            if not args.worker:
+                admin.withdraw(config.port)
 
     try:
         run_event_loop(main())

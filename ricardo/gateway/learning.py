@@ -323,13 +323,22 @@ class PredictorLearning:
 class _Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.version = Gauge(
-            "ricardo_predictor_model_version", "Version of the output-length model in use.", registry=registry
+            "ricardo_predictor_model_version",
+            "Version of the output-length model in use.",
+            multiprocess_mode="livemax",
+            registry=registry,
         )
         self.samples = Gauge(
-            "ricardo_predictor_model_samples", "Samples the output-length model was fitted on.", registry=registry
+            "ricardo_predictor_model_samples",
+            "Samples the output-length model was fitted on.",
+            multiprocess_mode="livemax",
+            registry=registry,
         )
         self.refitter = Gauge(
-            "ricardo_predictor_refitter", "1 on the replica that refits the output-length model.", registry=registry
+            "ricardo_predictor_refitter",
+            "1 on the replica that refits the output-length model.",
+            multiprocess_mode="livesum",
+            registry=registry,
         )
         self.refits = Counter(
             "ricardo_predictor_refits", "Refits of the output-length model on this replica.", registry=registry

@@ -1,9 +1,18 @@
 """The gateway's Prometheus metrics, all under `ricardo_`. Latency and token histograms use the
-OpenTelemetry GenAI bucket boundaries so dashboards built for those conventions read them as is."""
+OpenTelemetry GenAI bucket boundaries so dashboards built for those conventions read them as is.
+
+With several worker processes (`ricardo serve --workers`), prometheus-client's multiprocess mode keeps each
+worker's values in files of a directory the parent made (PROMETHEUS_MULTIPROC_DIR), and `/metrics` sums them:
+counters and histograms add up; each gauge says how its workers' values combine (`multiprocess_mode`: in-flight
+load adds up, a backend is up only where every worker sees it up, a config version is the oldest in force).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # gen_ai.server.time_to_first_token, gen_ai.server.time_per_output_token, gen_ai.server.request.duration
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -79,14 +88,30 @@ class GatewayMetrics:
             ["model", "priority"],
             registry=r,
         )
-        self.in_flight = Gauge("ricardo_pool_in_flight", "Requests in flight per pool.", ["pool"], registry=r)
+        self.in_flight = Gauge(
+            "ricardo_pool_in_flight", "Requests in flight per pool.", ["pool"], multiprocess_mode="livesum", registry=r
+        )
         self.utilization = Gauge(
-            "ricardo_pool_utilization", "Share of profiled capacity in use per pool.", ["pool"], registry=r
+            "ricardo_pool_utilization",
+            "Share of profiled capacity in use per pool.",
+            ["pool"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.backend_up = Gauge(
-            "ricardo_backend_up", "1 when a backend may take requests.", ["pool", "backend"], registry=r
+            "ricardo_backend_up",
+            "1 when a backend may take requests.",
+            ["pool", "backend"],
+            multiprocess_mode="livemin",
+            registry=r,
         )
-        self.price = Gauge("ricardo_pool_price_per_hour", "Price per replica-hour in force.", ["pool"], registry=r)
+        self.price = Gauge(
+            "ricardo_pool_price_per_hour",
+            "Price per replica-hour in force.",
+            ["pool"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.predicted_output = Histogram(
             "ricardo_predicted_output_tokens", "Predicted output tokens (p50).", buckets=TOKEN_BUCKETS, registry=r
         )
@@ -99,10 +124,18 @@ class GatewayMetrics:
         self.prediction_under_p90 = Counter(
             "ricardo_output_within_p90", "Outcomes at or under the predicted p90.", registry=r
         )
-        self.store_up = Gauge("ricardo_state_store_up", "1 when the shared state store answers.", registry=r)
-        self.config_version = Gauge("ricardo_config_version", "Version of the shared config in force.", registry=r)
+        self.store_up = Gauge(
+            "ricardo_state_store_up", "1 when the shared state store answers.", multiprocess_mode="livemin", registry=r
+        )
+        self.config_version = Gauge(
+            "ricardo_config_version", "Version of the shared config in force.", multiprocess_mode="livemin", registry=r
+        )
         self.desired_replicas = Gauge(
-            "ricardo_desired_replicas", "Scaling hint: replicas each pool needs.", ["pool", "role"], registry=r
+            "ricardo_desired_replicas",
+            "Scaling hint: replicas each pool needs.",
+            ["pool", "role"],
+            multiprocess_mode="livemax",
+            registry=r,
         )
         self.admin_changes = Counter(
             "ricardo_admin_changes", "Accepted admin changes, by action.", ["action"], registry=r
@@ -114,9 +147,44 @@ class GatewayMetrics:
             ["key", "name"],
             registry=r,
         )
+        # the children every answered request touches without a pool label, bound once
+        self.input_usage = self.token_usage.labels("input")
+        self.output_usage = self.token_usage.labels("output")
         self.key_refusals = Counter(
             "ricardo_key_refusals",
             "Requests refused for their client key: invalid_api_key, requests, tokens, budget.",
             ["key", "reason"],
             registry=r,
         )
+
+
+class PoolMetrics:
+    """One pool's labelled children, bound when the config is applied (`GatewayState.apply`): `labels()` takes a
+    lock and builds a tuple per call, and an answered request would make about a dozen such calls."""
+
+    def __init__(self, m: GatewayMetrics, pool: str, models: tuple[str, ...], policy: str):
+        self.pool = pool
+        self._requests = m.requests
+        self.answered = {model: m.requests.labels(model, pool, "200") for model in models}
+        self.decisions = m.decisions.labels(policy, pool)
+        self.duration = m.duration.labels(pool)
+        self.ttft = m.ttft.labels(pool)
+        self.tpot = m.tpot.labels(pool)
+        self.input_tokens = m.tokens.labels(pool, "input")
+        self.output_tokens = m.tokens.labels(pool, "output")
+        self.cost = m.cost.labels(pool)
+        self.slo_met, self.slo_missed = m.slo.labels(pool, "true"), m.slo.labels(pool, "false")
+
+    def requests(self, model: str, status: int) -> Counter:
+        """The child counting answers of `status` for `model` (bound ahead for the answers that succeed)."""
+        child = self.answered.get(model) if status == 200 else None
+        return child if child is not None else self._requests.labels(model, self.pool, str(status))
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text `/metrics` serves: this process's registry, or with workers every worker's values combined."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)
+        return generate_latest(combined)
+    return generate_latest(registry)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from ricardo.gateway.config import LimitsConfig, OutlierConfig, PoolConfig, Timeouts
+from ricardo.gateway.metrics import PoolMetrics
 from ricardo.gateway.outlier import OutlierDetector
 from ricardo.gateway.urls import redact, split_credentials
 from ricardo.policies.ledger import PoolLedger
@@ -23,6 +25,7 @@ from ricardo.policies.types import PairSpec, PoolView
 REST_BASE_S = 1.0
 REST_MAX_S = 30.0
 QUEUE_WINDOW_S = 2.0  # recent starts a pool's queueing delay is measured over
+QUEUE_REFRESH_S = 0.01  # how long a pool's queueing delay, once measured, stands
 
 
 @dataclass(eq=False)
@@ -79,9 +82,11 @@ class Pool:
     ledger: PoolLedger  # requests in flight, their load, live latency: the same accounting as the simulator's
     timeouts: Timeouts
     backends: list[Backend] = field(default_factory=list)
+    metrics: PoolMetrics = field(init=False)  # bound by GatewayState.apply
     _tiebreak: itertools.count = field(default_factory=itertools.count)
     _starts: deque[tuple[float, float]] = field(default_factory=deque)  # (when, time to first token ms)
     _waiting: dict[int, float] = field(default_factory=dict)  # streams sent and not started: key -> sent at
+    _delay: tuple[float, float | None] = (-1.0, None)  # queue_delay_ms's last (when, value)
 
     def waits(self, key: int, sent: float) -> None:
         """A stream was sent to one of the pool's backends and waits for its first token."""
@@ -101,10 +106,15 @@ class Pool:
         """How long streams wait for their first token here now: the median over the streams that started in the
         last QUEUE_WINDOW_S (their time to first token) and those still waiting (how long they have waited so
         far, a lower bound: a queue that grows shows in it before its requests start); None without either."""
+        computed_at, delay = self._delay
+        if 0 <= now - computed_at < QUEUE_REFRESH_S:  # a median over hundreds of samples: not once per request
+            return delay
         while self._starts and self._starts[0][0] < now - QUEUE_WINDOW_S:
             self._starts.popleft()
         samples = [ttft for _, ttft in self._starts] + [(now - sent) * 1000 for sent in self._waiting.values()]
-        return statistics.median(samples) if samples else None
+        delay = statistics.median(samples) if samples else None
+        self._delay = (now, delay)
+        return delay
 
     @classmethod
     def new(
@@ -164,6 +174,25 @@ class Pool:
         return tied[next(self._tiebreak) % len(tied)]
 
 
+class QueueDelays(Mapping[str, float | None]):
+    """The pools' queueing delays as admission reads them: measured when asked for, and it asks for the first
+    pool that can take the request (nearly always the first ranked) only."""
+
+    def __init__(self, pools: dict[str, Pool], names: list[str], now: float):
+        self._pools, self._names, self._now = pools, names, now
+
+    def __getitem__(self, name: str) -> float | None:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._pools[name].queue_delay_ms(self._now)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def new_backend(
     configured: str, limits: LimitsConfig, outlier: OutlierConfig, api_key: str | None, role: str = "unified"
 ) -> Backend:
@@ -188,4 +217,6 @@ def new_session(
         timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         headers=headers,
         auth=aiohttp.BasicAuth(*credentials) if credentials else None,
+        # a backend's cookies are not kept: the session serves every client, and the jar costs every request
+        cookie_jar=aiohttp.DummyCookieJar(),
     )

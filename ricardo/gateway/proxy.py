@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
-import uuid
 
 from aiohttp import web
 
 from ricardo.gateway.dispatch import HOPS_HEADER, dispatch
 from ricardo.gateway.logs import TRIP_KEY
+from ricardo.gateway.pools import QueueDelays
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
@@ -74,8 +75,10 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         )
     request_id = request.headers.get("x-request-id", "")
     if not (request_id.isascii() and request_id.isprintable() and 0 < len(request_id) <= 200):
-        request_id = uuid.uuid4().hex  # a header we could not send on is not propagated
-    granted = request.get(PRIORITY_GRANT)  # by the client's API key (state.keys.admit)
+        # a header we could not send on is not propagated; an id needs to be unique, not unguessable: no syscall
+        request_id = f"{random.getrandbits(128):032x}"
+    # by the client's API key (state.keys.admit); looked up only then: a missing key costs a raised KeyError
+    granted = request.get(PRIORITY_GRANT) if key is not None else None
     if len(raw) > SHAPE_IN_THREAD_BYTES:
         shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
     else:
@@ -92,7 +95,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     if admission.enabled:
         limits = AdmissionLimits(admission.max_utilization, admission.priority_factor)
         now = time.monotonic()
-        delays = {v.name: state.pools[v.name].queue_delay_ms(now) for v in views if v.name in state.pools}
+        delays = QueueDelays(state.pools, [v.name for v in views if v.name in state.pools], now)
         decision = admit(shape, choices, {v.name: v for v in views}, limits, delays)
         if not decision.admit:
             state.metrics.shed.labels(req.model, str(shape.priority)).inc()
@@ -103,9 +106,9 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
                 code="overloaded",
                 headers={"Retry-After": str(admission.retry_after_s)},
             )
-    state.metrics.decisions.labels(state.policy_name, choices[0].pool).inc()
+    state.pools[choices[0].pool].metrics.decisions.inc()  # ranked from state.pools in this same step
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
-    payload = _upstream_body(body, req.stream)
+    payload = _upstream_body(raw, body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
     request[TRIP_KEY] = trip  # for the access line
     state.trips.add(trip)
@@ -143,10 +146,34 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         account(state, trip)
 
 
-def _upstream_body(body: dict, stream: bool) -> bytes:
+INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
+
+
+def _upstream_body(raw: bytes, body: dict, stream: bool) -> bytes:
+    """What goes upstream: the client's bytes as they came, parsed once and not serialised again, except that a
+    stream always asks for its usage (the gateway learns from it, even if the client did not ask). Without
+    `stream_options`, that field is spliced in before the object's closing brace (the parse proved it one JSON
+    object); with other options, the body is serialised again with usage among them. So is a
+    body that may name its model or stream flag twice: JSON parsers differ on which one wins, and the backend
+    must read the request the gateway checked and routed."""
+    twice = raw.count(b'"model"') != 1 or raw.count(b'"stream"') > 1 or b"\\u" in raw  # "mod\u0065l" is "model"
+    if twice or not raw.lstrip().startswith(b"{"):  # or not plain UTF-8 (a BOM, UTF-16: json.loads reads them)
+        return _serialised(body, stream)
+    if not stream:
+        return raw
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return raw
+    end = raw.rstrip()
+    if options is None and "stream_options" not in body and end.endswith(b"}"):
+        return end[:-1] + INCLUDE_USAGE
+    return _serialised(body, stream)
+
+
+def _serialised(body: dict, stream: bool) -> bytes:
     if stream:
         options = dict(body.get("stream_options") or {})
-        options["include_usage"] = True  # always learn the usage, even if the client did not ask
+        options["include_usage"] = True
         body = {**body, "stream_options": options}
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -32,6 +32,13 @@ from ricardo.protocol.openai import error_body, sse
 log = logging.getLogger("ricardo.gateway")
 
 
+class _Relayed(web.StreamResponse):
+    """A relayed stream's response: its headers leave with its first events, which the gateway already holds when
+    it starts the response (aiohttp's StreamResponse would send them alone first: one more write per request)."""
+
+    _send_headers_immediately = False
+
+
 @dataclass
 class StreamCheck:
     """What a stream has said so far about its completeness."""
@@ -56,7 +63,7 @@ async def relay_stream(
 ) -> web.StreamResponse:
     pool, backend = trip.pool, trip.backend
     assert pool is not None and backend is not None  # an attempt succeeded
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})
+    response = _Relayed(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})
     await response.prepare(request)
     check = StreamCheck()
     upstream = answer.response

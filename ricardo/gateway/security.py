@@ -31,6 +31,7 @@ log = logging.getLogger("ricardo.gateway")
 
 TOKEN_MIN_LENGTH = 16
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+HOSTS_REMEMBERED = 64
 
 
 class WeakToken(InvalidInput):
@@ -84,6 +85,7 @@ class AdminAccess:
     token: str
     generated: bool = False
     allowed_hosts: set[str] = field(default_factory=set)
+    _hosts_seen: dict[str, bool] = field(default_factory=dict, repr=False)  # Host header -> allowed
 
     @classmethod
     def for_listener(
@@ -119,8 +121,13 @@ class AdminAccess:
             remove_admin_token(port, self.token)
 
     def host_allowed(self, host_header: str) -> bool:
-        name = host_name(host_header)
-        return is_loopback(name) or name.lower() in self.allowed_hosts
+        known = self._hosts_seen.get(host_header)
+        if known is None:
+            name = host_name(host_header)
+            known = is_loopback(name) or name.lower() in self.allowed_hosts
+            if len(self._hosts_seen) < HOSTS_REMEMBERED:  # every request asks; clients send a handful of names
+                self._hosts_seen[host_header] = known
+        return known
 
     def check_token(self, request: web.Request) -> None:
         given = request.headers.get("Authorization", "")

@@ -34,7 +34,7 @@ from ricardo.gateway.config import (
 from ricardo.gateway.health import Health
 from ricardo.gateway.keys import KeyRing
 from ricardo.gateway.learning import PredictorLearning, load_predictor
-from ricardo.gateway.metrics import GatewayMetrics
+from ricardo.gateway.metrics import GatewayMetrics, PoolMetrics
 from ricardo.gateway.pools import Backend, Pool, new_backend
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
@@ -175,6 +175,7 @@ class GatewayState:
             if pool is None or _kinds(pool.config) != _kinds(pool_config):
                 pool = Pool.new(pool_config, models, price, timeouts, pair)
             pool.config, pool.timeouts = pool_config, timeouts
+            pool.metrics = PoolMetrics(self.metrics, pool.name, models, shared.policy)
             pool.ledger.reprice(price, models, pair)
             pool.backends = []
             for role in pool_config.roles():

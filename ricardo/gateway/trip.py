@@ -165,15 +165,14 @@ def account(state: GatewayState, trip: Trip) -> None:
     if pool is None or backend is None:
         return
     end = time.monotonic()
-    name = pool.name
-    m = state.metrics
-    m.requests.labels(trip.shape.model, name, str(trip.status)).inc()
-    m.duration.labels(name).observe(end - trip.started)
+    m, pm = state.metrics, pool.metrics
+    pm.requests(trip.shape.model, trip.status).inc()
+    pm.duration.observe(end - trip.started)
     if trip.outcome is True:
         backend.outcome(end, True, trip.trial)
         trip.trial = False
     if trip.first_token_at is not None:
-        m.ttft.labels(name).observe(trip.first_token_at - trip.started)
+        pm.ttft.observe(trip.first_token_at - trip.started)
     usage = trip.usage or {}
     if trip.prefill_usage is not None:  # a pair: the prompt was the prefill side's work
         usage = {**usage, "prompt_tokens": trip.prefill_usage.get("prompt_tokens", usage.get("prompt_tokens"))}
@@ -183,9 +182,9 @@ def account(state: GatewayState, trip: Trip) -> None:
     tpot_s = None  # (latency - TTFT) / (output tokens - 1), as loadgen measures it
     if clean and isinstance(completion_tokens, int) and completion_tokens > 1 and trip.first_token_at is not None:
         tpot_s = (end - trip.first_token_at) / (completion_tokens - 1)
-        m.tpot.labels(name).observe(tpot_s)
+        pm.tpot.observe(tpot_s)
     if trip.shape.stream and trip.status != 499:  # a client gone is not judged
-        m.slo.labels(name, "true" if _met_slo(trip, clean, tpot_s) else "false").inc()
+        (pm.slo_met if _met_slo(trip, clean, tpot_s) else pm.slo_missed).inc()
     assert trip.ticket is not None  # dispatched
     if trip.first_token_at is not None:
         pool.ledger.first_token(trip.ticket, trip.first_token_at)
@@ -193,14 +192,14 @@ def account(state: GatewayState, trip: Trip) -> None:
     pool.ledger.finish(trip.ticket, end, completion_tokens if clean and isinstance(completion_tokens, int) else None)
     _release(trip)
     if clean and isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
-        m.tokens.labels(name, "input").inc(prompt_tokens)
-        m.tokens.labels(name, "output").inc(completion_tokens)
-        m.token_usage.labels("input").observe(prompt_tokens)
-        m.token_usage.labels("output").observe(completion_tokens)
+        pm.input_tokens.inc(prompt_tokens)
+        pm.output_tokens.inc(completion_tokens)
+        m.input_usage.observe(prompt_tokens)
+        m.output_usage.observe(completion_tokens)
         cost = trip.cost_usd  # the figure the client was told (`priced`), else priced now
         if cost is None:
             cost = trip.cost_usd = state.request_cost(pool, prompt_tokens, completion_tokens, trip.shape.slo)
-        m.cost.labels(name).inc(cost)
+        pm.cost.inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)

@@ -101,11 +101,12 @@ def test_a_whole_answer_must_be_json_with_choices():
 
 def test_upstream_always_asked_for_usage_and_other_fields_kept():
     body = {"model": "m", "stream": True, "stream_options": {"x": 1}, "ignore_eos": True}
-    sent = json.loads(_upstream_body(body, stream=True))
+    sent = json.loads(_upstream_body(json.dumps(body).encode(), body, stream=True))
     assert sent["stream_options"] == {"x": 1, "include_usage": True}
     assert sent["ignore_eos"] is True
     assert body["stream_options"] == {"x": 1}, "the client's body is not modified in place"
-    assert "stream_options" not in json.loads(_upstream_body({"model": "m"}, stream=False))
+    plain = json.dumps({"model": "m"}).encode()
+    assert "stream_options" not in json.loads(_upstream_body(plain, {"model": "m"}, stream=False))
 
 
 def test_crlf_line_ends_are_read_as_lf():

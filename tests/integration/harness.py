@@ -82,17 +82,20 @@ class Cluster:
         fault_processes: bool = True,
         pairs: dict[str, dict] | None = None,
         serve_args: tuple[str, ...] = (),
+        workers: int = 1,
         **gateway_settings,
     ):
         """`faults`: per pool, a fault spec (ricardo/emulator/faults.py; "" for none) or None for each of its
         backends; a backend with a spec runs in a process of its own, which `replace_backend` restarts with
         other faults (with `fault_processes=False`, they share the one emulator process instead, and cannot be
         restarted). `pool_settings`: more fields of each pool's config (models, timeouts). `serve_args`: more
-        arguments of every `ricardo serve` (e.g. --log-format json).
+        arguments of every `ricardo serve` (e.g. --log-format json). `workers`: processes per gateway
+        (`ricardo serve --workers`).
         `pairs`: disaggregated prefill/decode pools, name -> {"prefill": (hardware, replicas), "decode": (hardware,
         replicas), "link_gbps": Gb/s, "own_process": roles whose backends each run in a process of their own (to
         be killed: `role_ports`, `backend_processes`)}."""
         self.serve_args = serve_args
+        self.workers = workers
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateway_port = self.gateway_ports[0]
         self.pool_ports = {name: [free_port() for _ in range(replicas)] for name, (_, replicas) in pools.items()}
@@ -231,6 +234,7 @@ class Cluster:
                     "--replica-id",
                     f"gw{index}",
                     *self.serve_args,
+                    *(["--workers", str(self.workers)] if self.workers > 1 else []),
                 ),
                 f"gateway{index}",
             )
