@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ricardo.gateway.dispatch import Answer, AttemptFailed, attempt
-from ricardo.gateway.trip import Trip, hand_over, start
+from ricardo.gateway.trip import Trip, give_up, hand_over, start
 from ricardo.policies.types import Choice
 from ricardo.protocol.openai import error_for_status
 
@@ -101,8 +101,12 @@ async def attempt_pair(
         raise
     usage = answer.body.get("usage")
     trip.prefill_usage = usage if isinstance(usage, dict) else None
-    # the decode backend picked before the prefill, unless a less loaded one is available now
-    decode = pool.pick_backend(time.monotonic(), trip.tried, "decode") or decode
+    # picked again: the least loaded decode backend now. The one picked before the prefill may have left the
+    # config meanwhile (its session is closed once it has nothing in flight, and a picked backend has nothing yet)
+    decode = pool.pick_backend(time.monotonic(), trip.tried, "decode")
+    if decode is None or decode.session.closed:
+        give_up(trip)  # release the prefill's charge; the next choice starts afresh
+        raise NoPair
     hand_over(trip, decode)
     try:
         return await attempt(pool, decode, trip, decode_body(body, params), headers, stream)
