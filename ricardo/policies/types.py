@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,5 +86,11 @@ class Choice:
     ttft_ms: float | None = None
     latency_per_token_ms: float | None = None  # the pool's live request latency / output tokens
     slack: float | None = None  # SLO slack, as a share of the SLO (negative: predicted miss)
-    reason: str = ""
+    explain: str | Callable[[Choice], str] = ""  # the reason, or the function that words it from the choice
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """Why the option ranks where it does. Worded when asked: a policy ranks every pool for every request, and
+        formatting the numbers of each cost as much as ranking it, while only a choice that is read needs words."""
+        return self.explain if isinstance(self.explain, str) else self.explain(self)

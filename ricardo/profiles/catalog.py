@@ -198,7 +198,7 @@ class ProfileBook:
         """Latency per output token of this request alone on an idle replica, or None where the book has no
         step costs for the hardware. A capacity table says what a replica sustains for requests as long as a
         bucket's upper edge; this says whether this request, however short its output, can meet the SLO at all."""
-        params = self._engines.get(self._canonical.get(hardware, hardware))
+        params = self._roles.get(hardware)  # the step costs as floats (hot path)
         return None if params is None else params.alone_seconds_per_token(input_tokens, output_tokens)
 
     def role(self, hardware: str) -> RoleParams | None:
