@@ -249,7 +249,9 @@ class ProfileBook:
             seconds = 1.0 / top
         else:
             seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
-        return 1.0 / (seconds * self._beyond(hardware, i, j, input_tokens, output_tokens))
+        if input_tokens > self.input_edges[-1] or output_tokens > self.output_edges[-1]:  # most requests are not
+            seconds *= self._beyond(hardware, i, j, input_tokens, output_tokens)
+        return 1.0 / seconds
 
     def _beyond(self, hardware: str, i: int, j: int, input_tokens: int, output_tokens: int) -> float:
         """How many times the last edge's replica-seconds a request past the last edges uses (1 within them)."""
