@@ -1,4 +1,5 @@
-"""The data a routing decision is made of. Plain, immutable, cheap to build on the request path."""
+"""The data a routing decision is made of. Plain, immutable (a `Choice` by convention), cheap to build on the request
+path."""
 
 from __future__ import annotations
 
@@ -76,9 +77,11 @@ class PoolView:
         return max(prefill, self.decode_load / self.decode_replicas if self.decode_replicas else float("inf"))
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass sets each field through object.__setattr__, which made building a Choice 4x dearer
+# (1.1 against 0.25 µs), and a policy builds one per pool for every request
+@dataclass(slots=True)
 class Choice:
-    """One ranked option, with the reason it ranks where it does."""
+    """One ranked option, with the reason it ranks where it does. Read, never changed, once the policy returns it."""
 
     pool: str
     score: float  # lower is better
