@@ -242,7 +242,7 @@ def simulate(
                 continue
             replica = min(pool.replicas, key=lambda r: r.in_flight)
             request.pool = pool
-            request.ticket = pool.ledger.dispatch(shape, book, item.arrival)
+            request.ticket = pool.ledger.dispatch(shape, book, item.arrival, choice)
             replica.in_flight += 1
             if pool.decode:  # a pair: prefill first (one token), the decode side takes it at hand-off
                 prefill = Timing(item.arrival, item.input_tokens, 1)

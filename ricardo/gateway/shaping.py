@@ -57,8 +57,9 @@ class Shaper:
         else:
             input_tokens = self.counter.count_prompt(request.text())
         features = features_from_body(body, input_tokens)
+        cap = request.output_cap  # a property that builds a list: read once
         # the validated cap: the body may spell it "3" or 3.0, which pydantic accepts and the features do not
-        features.max_tokens = None if request.output_cap is None else min(request.output_cap, MAX_CAP)
+        features.max_tokens = None if cap is None else min(cap, MAX_CAP)
         prediction = self.predictor.predict(features)
         shape = RequestShape(
             model=request.model,
@@ -66,7 +67,7 @@ class Shaper:
             output_p50=prediction.p50,
             output_p90=prediction.p90,
             slo=self._slo(headers),
-            max_tokens=request.output_cap,
+            max_tokens=cap,
             stream=request.stream,
             priority=self._priority(headers, granted),
         )
@@ -108,6 +109,8 @@ class Shaper:
         return max(MIN_PRIORITY, min(ceiling, value))
 
     def _slo(self, headers: Mapping[str, str]) -> SLO:
+        if SLO_HEADERS["ttft_ms"] not in headers and SLO_HEADERS["tpot_ms"] not in headers:
+            return self.default_slo  # most requests: immutable, shared
         values = {}
         for field, header in SLO_HEADERS.items():
             raw = headers.get(header)

@@ -58,7 +58,7 @@ class Trip:
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
     """An attempt starts on `backend`."""
     trip.pool, trip.backend, trip.choice, trip.served_by = pool, backend, choice, backend.shown
-    trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic())
+    trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic(), choice)
     trip.trial = backend.outlier.begin()
     backend.in_flight += 1
     if trip.shape.stream:

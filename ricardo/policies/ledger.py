@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ricardo.policies.live import ewma, latency_per_token_ms
 from ricardo.policies.routing import capacity_share, pair_estimate, pair_shares
-from ricardo.policies.types import PairSpec, PoolView, RequestShape
+from ricardo.policies.types import Choice, PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook
 
 
@@ -58,24 +58,26 @@ class PoolLedger:
         self.latency_per_token_ms: float | None = None  # request latency / output tokens (policies/live.py)
         self._view: PoolView | None = None  # until the next event or replica count change
 
-    def dispatch(self, shape: RequestShape, book: ProfileBook, now: float) -> Ticket:
-        """A request starts on this pool: charge its load."""
-        decode = 0.0
-        if self.pair is not None:
-            cost = pair_estimate(book, self.pair, shape.input_tokens, shape.output_p90, shape.slo)
-            # a size the role model cannot price holds a whole replica of each role, as `capacity_share` charges it
-            load, decode = (
-                (1.0, 1.0)
-                if cost is None or not cost.servable
-                else pair_shares(book, cost, shape.output_p90, shape.slo)
-            )
-            self.decode_load += decode
-        else:
-            load = capacity_share(book, self.hardware, shape.input_tokens, shape.output_p90, shape.slo)
+    def dispatch(self, shape: RequestShape, book: ProfileBook, now: float, choice: Choice | None = None) -> Ticket:
+        """A request starts on this pool: charge its load. `choice`: the policy's choice of this pool, if it carries
+        the shares it computed while ranking (`cost_aware`'s `extra["shares"]`), which are then not computed again."""
+        carried = choice.extra.get("shares") if choice is not None and choice.pool == self.name else None
+        load, decode = self.shares(shape, book) if carried is None else carried
         self.in_flight += 1
         self.in_flight_load += load
+        self.decode_load += decode
         self._view = None
         return Ticket(load, now, decode)
+
+    def shares(self, shape: RequestShape, book: ProfileBook) -> tuple[float, float]:
+        """(share of a replica, of a pair: of a prefill replica; share of a decode replica) the request holds here."""
+        if self.pair is None:
+            return capacity_share(book, self.hardware, shape.input_tokens, shape.output_p90, shape.slo), 0.0
+        cost = pair_estimate(book, self.pair, shape.input_tokens, shape.output_p90, shape.slo)
+        # a size the role model cannot price holds a whole replica of each role, as `capacity_share` charges it
+        if cost is None or not cost.servable:
+            return 1.0, 1.0
+        return pair_shares(book, cost, shape.output_p90, shape.slo)
 
     def first_token(self, ticket: Ticket, now: float) -> None:
         if ticket.first_token_at is None:

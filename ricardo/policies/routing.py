@@ -190,7 +190,7 @@ def cost_aware(
     """
     ranked = []
     for position, (pool, cost, _) in enumerate(_servable(shape, pools, book)):
-        utilization, alone = _after_dispatch(shape, pool, book)
+        utilization, alone, shares = _after_dispatch(shape, pool, book)
         slack = None if utilization is None else predicted_slack(alone, utilization)
         key: tuple[float, ...]
         if slack is None or slack >= slack_target:
@@ -203,10 +203,7 @@ def cost_aware(
             tier, overloaded = 2, pool.utilization >= 1.0
             key = (0.0, -pool.utilization) if overloaded else (1.0, -slack)
             frac = 1.0 / (1.0 + math.exp(-pool.utilization if overloaded else slack))
-        where = f"{pool.pair.prefill_hardware}>{pool.pair.decode_hardware}" if pool.pair else pool.hardware
-        reason = f"{_TIERS[tier]}: ${cost:.3g}/req on {where}"
-        if slack is not None:
-            reason += f", util {utilization:.0%}, slack {slack:+.2f}"
+        where = pool.hardware if pool.pair is None else f"{pool.pair.prefill_hardware}>{pool.pair.decode_hardware}"
         choice = Choice(
             pool.name,
             tier + frac,
@@ -214,22 +211,35 @@ def cost_aware(
             pool.ttft_ms,
             pool.latency_per_token_ms,
             slack,
-            reason,
-            {"tier": tier, "utilization": utilization},
+            _explain,
+            # `shares`: what the pool's ledger charges the request once dispatched there (`PoolLedger.dispatch`)
+            {"tier": tier, "utilization": utilization, "on": where, "shares": shares},
         )
         ranked.append(((tier, *key, utilization or 0.0, position), choice))
     ranked.sort(key=lambda item: item[0])
     return [choice for _, choice in ranked]
 
 
-def _after_dispatch(shape: RequestShape, pool: PoolView, book: ProfileBook) -> tuple[float | None, float]:
-    """(the pool's utilization with this request added, its latency per token alone as a share of the SLO), both
-    at the p90 output; utilization None where the p90 size is beyond what the pool can serve. A pair's
-    utilization is its busier role's."""
+def _explain(choice: Choice) -> str:
+    """The reason of a `cost_aware` choice, worded from its numbers (only for a choice that is read)."""
+    extra = choice.extra
+    reason = f"{_TIERS[extra['tier']]}: ${choice.cost_usd:.3g}/req on {extra['on']}"
+    if choice.slack is not None:
+        reason += f", util {extra['utilization']:.0%}, slack {choice.slack:+.2f}"
+    return reason
+
+
+def _after_dispatch(
+    shape: RequestShape, pool: PoolView, book: ProfileBook
+) -> tuple[float | None, float, tuple[float, float]]:
+    """(the pool's utilization with this request added, its latency per token alone as a share of the SLO, the
+    shares of a replica it holds there), all at the p90 output; utilization None where the p90 size is beyond what
+    the pool can serve. A pair's utilization is its busier role's; the shares are (prefill, decode) for a pair,
+    (share, 0) for a unified pool, as `PoolLedger.dispatch` charges them (a whole replica where unservable)."""
     if pool.pair is not None:
         cost = pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p90, shape.slo)
         if cost is None or not cost.servable:
-            return None, 0.0
+            return None, 0.0, (1.0, 1.0)
         prefill, decode = pair_shares(book, cost, shape.output_p90, shape.slo)
         utilization = max(
             (pool.in_flight_load + prefill) / pool.replicas, (pool.decode_load + decode) / pool.decode_replicas
@@ -238,15 +248,20 @@ def _after_dispatch(shape: RequestShape, pool: PoolView, book: ProfileBook) -> t
         # (the prefill, often on the type with cheaper but fewer FLOPs, then the transfer) that a short answer
         # cannot spread, and judged at the p90 alone a prompt-heavy request whose answer turns out short was sent
         # to a pair it could not meet the SLO on at any scale
-        median = pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p50, shape.slo)
+        median = (
+            cost
+            if shape.output_p50 == shape.output_p90
+            else pair_estimate(book, pool.pair, shape.input_tokens, shape.output_p50, shape.slo)
+        )
         worst = max(cost.alone_seconds_per_token, median.alone_seconds_per_token if median else 0.0)
-        return utilization, worst * 1000.0 / shape.slo.tpot_ms
+        return utilization, worst * 1000.0 / shape.slo.tpot_ms, (prefill, decode)
     rps90 = book.rate_at(pool.hardware, shape.input_tokens, shape.output_p90)
     if rps90 <= 0:
-        return None, 0.0
-    utilization = (pool.in_flight_load + _share_at(book, rps90, shape.output_p90, shape.slo)) / pool.replicas
+        return None, 0.0, (1.0, 0.0)
+    share = _share_at(book, rps90, shape.output_p90, shape.slo)
+    utilization = (pool.in_flight_load + share) / pool.replicas
     alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p90)
-    return utilization, 0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms
+    return utilization, 0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, (share, 0.0)
 
 
 def round_robin(
@@ -270,7 +285,7 @@ def round_robin(
             cost,
             pool.ttft_ms,
             pool.latency_per_token_ms,
-            reason=f"round-robin #{k}",
+            explain=f"round-robin #{k}",
         )
         for k, (pool, cost, _) in enumerate(order)
     ]
@@ -288,7 +303,7 @@ def least_outstanding(
             cost,
             pool.ttft_ms,
             pool.latency_per_token_ms,
-            reason=f"{pool.in_flight / pool.replicas:.2f} in flight per replica",
+            explain=f"{pool.in_flight / pool.replicas:.2f} in flight per replica",
         )
         for pool, cost, _ in servable
     ]
@@ -308,7 +323,7 @@ def cheapest_price(
             cost,
             pool.ttft_ms,
             pool.latency_per_token_ms,
-            reason=f"list price ${pool.price_per_hour:.3g}/h",
+            explain=f"list price ${pool.price_per_hour:.3g}/h",
         )
         for pool, cost, _ in servable
     ]
@@ -335,7 +350,7 @@ def melange(
             servable[k][1],
             servable[k][0].ttft_ms,
             servable[k][0].latency_per_token_ms,
-            reason=f"capacity weight {weights[k] / total:.2f}",
+            explain=f"capacity weight {weights[k] / total:.2f}",
         )
         for n, k in enumerate([pick, *rest])
     ]

@@ -198,7 +198,7 @@ class ProfileBook:
         """Latency per output token of this request alone on an idle replica, or None where the book has no
         step costs for the hardware. A capacity table says what a replica sustains for requests as long as a
         bucket's upper edge; this says whether this request, however short its output, can meet the SLO at all."""
-        params = self._engines.get(self._canonical.get(hardware, hardware))
+        params = self._roles.get(hardware)  # the step costs as floats (hot path)
         return None if params is None else params.alone_seconds_per_token(input_tokens, output_tokens)
 
     def role(self, hardware: str) -> RoleParams | None:
@@ -249,7 +249,9 @@ class ProfileBook:
             seconds = 1.0 / top
         else:
             seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
-        return 1.0 / (seconds * self._beyond(hardware, i, j, input_tokens, output_tokens))
+        if input_tokens > self.input_edges[-1] or output_tokens > self.output_edges[-1]:  # most requests are not
+            seconds *= self._beyond(hardware, i, j, input_tokens, output_tokens)
+        return 1.0 / seconds
 
     def _beyond(self, hardware: str, i: int, j: int, input_tokens: int, output_tokens: int) -> float:
         """How many times the last edge's replica-seconds a request past the last edges uses (1 within them)."""

@@ -83,6 +83,15 @@ class RoleParams:
         context = decodes * input_tokens + decodes * (decodes + 1) / 2
         return decodes * self.decode_fixed(1) + context * self.per_context_token
 
+    def alone_seconds_per_token(self, input_tokens: int, output_tokens: int) -> float:
+        """`EngineParams.alone_seconds_per_token` (one unified replica, prefill then decodes), on floats: the same
+        figure, term for term, at a third of the cost of reading the pydantic model's properties."""
+        output_tokens = max(1, output_tokens)
+        decodes = output_tokens - 1
+        context = decodes * input_tokens + decodes * (decodes + 1) / 2
+        seconds = self.prefill_alone(input_tokens) + decodes * self.decode_fixed(1) + context * self.per_context_token
+        return seconds / output_tokens
+
     def decode_seconds(self, input_tokens: int, output_tokens: int, step_seconds: float) -> float:
         """Replica-seconds the request uses on a decode worker whose steps may take up to `step_seconds` (inf: the
         type cannot decode it that fast, or cannot hold it).

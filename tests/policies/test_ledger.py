@@ -2,8 +2,8 @@
 
 import pytest
 from ricardo.policies.ledger import PoolLedger
-from ricardo.policies.routing import capacity_share
-from ricardo.policies.types import SLO, RequestShape
+from ricardo.policies.routing import capacity_share, cost_aware
+from ricardo.policies.types import SLO, PairSpec, RequestShape
 from ricardo.profiles.catalog import load_default_book
 
 SLO_DEFAULT = SLO(ttft_ms=2000, tpot_ms=120)
@@ -69,3 +69,25 @@ def test_views_are_reused_until_something_changes(book):
     assert ledger.view(1).price_per_hour == 0.5
     ledger.finish(ticket, now=1.0, output_tokens=10)
     assert ledger.view(1).in_flight == 0
+
+
+def test_the_shares_cost_aware_carries_are_what_the_ledger_charges():
+    """`cost_aware` computes, while ranking, the share each pool's ledger charges on dispatch, and the ledger takes
+    it from the choice instead of computing it again: the same figures, for unified pools and pairs, servable or
+    not (a size beyond a pool holds a whole replica), and a choice of another pool is not taken."""
+    book = load_default_book(price_set="neocloud", include_estimated=True)
+    pair = PairSpec("L40S", "MI300X", book.price("L40S"), book.price("MI300X"), 100.0)
+    fresh = [PoolLedger(hw, hw, book.price(hw), ("llama2-7b",)) for hw in ("L4", "A10G", "H100")]
+    fresh.append(PoolLedger("pair", "L40S", book.price("L40S") + book.price("MI300X"), ("llama2-7b",), pair))
+    for size in [(500, 100), (3000, 20), (20, 3000), (9000, 9000)]:
+        request = shape(*size)
+        computed = {ledger.name: ledger.shares(request, book) for ledger in fresh}
+        views = [ledger.view(2, 2 if ledger.pair else 0) for ledger in fresh]
+        for choice in cost_aware(request, views, book):
+            ledger = next(ledger for ledger in fresh if ledger.name == choice.pool)
+            assert choice.extra["shares"] == computed[choice.pool], (size, choice.pool)
+            ticket = ledger.dispatch(request, book, 0.0, choice)
+            assert (ticket.load, ticket.decode_load) == computed[choice.pool]
+            ledger.abandon(ticket)
+    other = cost_aware(shape(500, 100), [fresh[0].view(2)], book)[0]
+    assert fresh[1].dispatch(shape(500, 100), book, 0.0, other).load == fresh[1].shares(shape(500, 100), book)[0]

@@ -248,3 +248,13 @@ def test_cost_aware_is_cheap_per_request(book):
         cost_aware(RequestShape("m", i % 3000, 1 + i % 900, 1 + i % 1800, SLO_DEFAULT), pools, book)
     per_call = (time.perf_counter() - started) / 2000
     assert per_call < 500e-6, f"{per_call * 1e6:.0f} us per ranking of 8 pools"
+
+
+def test_every_cost_aware_choice_words_its_reason_from_its_own_numbers(book):
+    """The reason is worded when read (`Choice.reason`), from the choice's own figures, for every choice."""
+    views = fleet(book, A10G={"in_flight": 3, "in_flight_load": 1.9}, L4={"in_flight": 2, "in_flight_load": 2.5})
+    for choice in cost_aware(RequestShape("llama2-7b", 900, 150, 400, SLO(2000, 120)), views, book):
+        tier = ("headroom", "saturating", "predicted SLO miss", "p90 size not profiled")[choice.extra["tier"]]
+        assert choice.reason.startswith(f"{tier}: ${choice.cost_usd:.3g}/req on {choice.pool}"), choice.reason
+        if choice.slack is not None:
+            assert choice.reason.endswith(f"util {choice.extra['utilization']:.0%}, slack {choice.slack:+.2f}")

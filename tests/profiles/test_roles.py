@@ -94,3 +94,17 @@ def test_the_vectorised_pair_cost_matches_the_scalar_one():
                 assert pre[k] == pytest.approx(cost.prefill_seconds)
                 assert alone[k] == pytest.approx(cost.alone_seconds_per_token)
                 assert dec[k] == pytest.approx(cost.decode_seconds) or dec[k] == cost.decode_seconds == math.inf
+
+
+def test_the_floats_give_the_engine_models_latency_alone_exactly():
+    """`ProfileBook.alone_seconds_per_token` reads the role model's floats instead of the engine parameters: the
+    same figure to the bit, for every type, short and long prompts and answers (routing must not change)."""
+    sizes = [(1, 1), (8, 1), (100, 2), (448, 59), (2000, 16), (4000, 1500), (30000, 3)]
+    for name, params in engine_catalog().items():
+        floats = role_params(params)
+        for prompt, output in sizes:
+            assert floats.alone_seconds_per_token(prompt, output) == params.alone_seconds_per_token(prompt, output), (
+                name,
+                prompt,
+                output,
+            )
