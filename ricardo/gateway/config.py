@@ -242,6 +242,11 @@ class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, lt=65536)
     models: list[str] = Field(default_factory=lambda: ["llama2-7b"], min_length=1)
+    embedding_models: dict[str, float] = Field(
+        default_factory=dict,
+        description="models of `models` that embed (served on /v1/embeddings by the pools that list them), "
+        "each with its price in $ per million input tokens",
+    )
     policy: str = "cost-aware"
     price_set: str = "melange"
     slo: SLOConfig = Field(default_factory=SLOConfig)
@@ -271,6 +276,11 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
         check_shared(self.shared(), self.models)
+        unknown = set(self.embedding_models) - set(self.models)
+        if unknown:
+            raise ConfigError(f"embedding models not in `models`: {sorted(unknown)}")
+        if any(price < 0 for price in self.embedding_models.values()):
+            raise ConfigError("an embedding model's price cannot be negative")
         for pool in self.pools:
             upstream_timeouts(self.limits, pool)
         return self

@@ -75,10 +75,11 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         request_id = uuid.uuid4().hex  # a header we could not send on is not propagated
     granted = request.get(PRIORITY_GRANT)  # by the client's API key (state.keys.admit)
     if len(raw) > SHAPE_IN_THREAD_BYTES:
-        shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
+        shaped = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
     else:
-        shape, features = state.shaper.shape(endpoint, body, req, request.headers, granted)
-    state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens)
+        shaped = state.shaper.shape(endpoint, body, req, request.headers, granted)
+    shape, features = shaped.shape, shaped.features
+    state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens, shaped.longest_input)
     views = state.views(shape, time.monotonic())
     choices = state.rank(shape, views)
     state.metrics.routing_seconds.observe(time.monotonic() - started)
@@ -103,6 +104,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             )
     state.metrics.decisions.labels(state.policy_name, choices[0].pool).inc()
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
+    trip.sequences = shaped.sequences
     payload = _upstream_body(body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
     state.trips.add(trip)

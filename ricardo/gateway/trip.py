@@ -50,6 +50,7 @@ class Trip:
     trial: bool = False  # the attempt in progress is its backend's half-open trial (gateway/outlier.py)
     task: asyncio.Task | None = None  # the handler's, which shutdown cancels
     aborted: str | None = None  # why the gateway itself ends the request early (shutdown)
+    sequences: int = 1  # answers the backend generates (`n` per prompt); usage counts them all
 
 
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
@@ -152,6 +153,6 @@ def account(state: GatewayState, trip: Trip) -> None:
         m.cost.labels(name).inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
-        state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
+        state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m, trip.sequences)
         for listener in state.outcome_listeners:
             listener(prompt_tokens, completion_tokens)

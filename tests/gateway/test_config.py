@@ -72,3 +72,11 @@ def test_a_pool_overrides_some_timeouts_and_keeps_the_rest():
     )
     t = upstream_timeouts(config.limits, config.pools[0])
     assert (t.first_byte_s, t.idle_s, t.response_s) == (120, 15, config.limits.response_timeout_s)
+
+
+@pytest.mark.parametrize(
+    ("embedding_models", "message"), [({"bge": 0.02}, "not in `models`"), ({"llama2-7b": -1}, "negative")]
+)
+def test_embedding_models_are_served_models_with_a_price(embedding_models, message):
+    with pytest.raises(ValidationError, match=message):
+        GatewayConfig.model_validate({"pools": [{"name": "a", "hardware": "L4"}], "embedding_models": embedding_models})

@@ -20,7 +20,7 @@ def priority(shaper: Shaper, header: str | None, granted: int | None = None) -> 
     raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
     body, request = parse_request("chat", raw)
     headers = {} if header is None else {"x-priority": header}
-    shape, _ = shaper.shape("chat", body, request, headers, granted)
+    shape = shaper.shape("chat", body, request, headers, granted).shape
     return shape.priority
 
 
@@ -48,3 +48,23 @@ def test_a_priority_that_is_no_integer_is_a_400(shaper):
     with pytest.raises(OpenAIError) as refused:
         priority(shaper, "high", 2)
     assert refused.value.status == 400 and refused.value.param == "x-priority"
+
+
+def shaped(shaper: Shaper, endpoint: str, **fields):
+    body, request = parse_request(endpoint, json.dumps({"model": "m", **fields}).encode())  # type: ignore[arg-type]
+    return shaper.shape(endpoint, body, request, {})  # type: ignore[arg-type]
+
+
+def test_several_answers_are_shaped_as_the_work_of_all_of_them(shaper):
+    one = shaped(shaper, "completions", prompt="Write a poem about the sea.")
+    many = shaped(shaper, "completions", prompt=["Write a poem about the sea."] * 2, n=3)
+    assert many.sequences == 6 and one.sequences == 1
+    assert many.shape.input_tokens == 2 * one.shape.input_tokens and many.longest_input == one.shape.input_tokens
+    per_answer = many.features.prediction
+    assert per_answer is not None and many.shape.output_p50 == 6 * per_answer.p50  # per answer, times the answers
+
+
+def test_token_ids_count_as_themselves(shaper):
+    assert shaped(shaper, "completions", prompt=[5, 6, 7]).shape.input_tokens == 3
+    lists = shaped(shaper, "completions", prompt=[[5, 6], [7, 8, 9, 10]])
+    assert lists.shape.input_tokens == 6 and lists.longest_input == 4 and lists.sequences == 2
