@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ricardo.errors import RicardoError
 
@@ -71,6 +71,8 @@ class StreamOptions(BaseModel):
 
 MAX_CHOICES = 128  # OpenAI's bound on `n`
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+# a text (OpenAI's description allows an empty one: the backend decides), texts, token ids, or lists of token ids
+Prompt = str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
 
 
 class _Request(BaseModel):
@@ -83,7 +85,13 @@ class _Request(BaseModel):
     # choices per prompt, passed through to the backend (vLLM, SGLang, llama.cpp honour it); OpenAI's bound
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)  # 0 is valid in OpenAI's description: the backend decides
+
+    @field_validator("stream", "n", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        """OpenAI's description lets these be null, meaning the default."""
+        return cls.model_fields[info.field_name].default if value is None and info.field_name else value
 
     @property
     def include_usage(self) -> bool:
@@ -117,7 +125,7 @@ class ChatCompletionRequest(_Request):
 class CompletionRequest(_Request):
     # a text, texts, token ids, or lists of token ids (OpenAI's and vLLM's four forms); each prompt of a list is a
     # request of its own for the backend, with `n` choices of its own
-    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(min_length=1)
+    prompt: Prompt
 
     @property
     def output_cap(self) -> int | None:
@@ -149,7 +157,7 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    input: str | list[str] | TokenIds | list[TokenIds] = Field(min_length=1)
+    input: Prompt
 
     @property
     def inputs(self) -> list[str | list[int]]:
@@ -175,9 +183,7 @@ def parse_embedding_request(raw: bytes) -> tuple[dict[str, Any], EmbeddingReques
         raise OpenAIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
 
 
-PROMPT_FORMS = (
-    "must be a non-empty string, a list of strings, a list of token ids (integers >= 0) or a list of such lists"
-)
+PROMPT_FORMS = "must be a string, a non-empty list of strings, of token ids (integers >= 0) or of lists of token ids"
 
 Endpoint = Literal["chat", "completions"]
 ParsedRequest = ChatCompletionRequest | CompletionRequest
