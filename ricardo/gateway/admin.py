@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ async def get_pool(request: web.Request) -> web.Response:
 
 def _pool_status(state: GatewayState, name: str) -> dict:
     pool = state.pools[name]
+    now = time.monotonic()
     return {
         "name": name,
         "hardware": pool.hardware,
@@ -91,6 +93,8 @@ def _pool_status(state: GatewayState, name: str) -> dict:
                 "in_flight": b.in_flight,
                 "cooling_down": b.failures > 0,
                 "outlier": b.outlier.state,  # in service, ejected, probing, half-open (gateway/outlier.py)
+                # what it says of itself on its /metrics (gateway/telemetry.py); null if nothing we know
+                "telemetry": None if b.telemetry is None else b.telemetry.as_json(now),
             }
             for b in pool.backends
         ],

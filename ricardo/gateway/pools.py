@@ -16,6 +16,7 @@ import aiohttp
 
 from ricardo.gateway.config import LimitsConfig, OutlierConfig, PoolConfig, Timeouts
 from ricardo.gateway.outlier import OutlierDetector
+from ricardo.gateway.telemetry import Telemetry
 from ricardo.gateway.urls import redact, split_credentials
 from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PoolView
@@ -41,6 +42,9 @@ class Backend:
     last_clean_at: float = 0.0  # last clean answer or passed probe: a backend recently proven needs no probe
     last_probed_at: float = 0.0
     probe_completions: bool = True  # False once it refused a probe completion: probed with GET /v1/models
+    telemetry: Telemetry | None = None  # its own /metrics, last scraped (gateway/telemetry.py)
+    telemetry_tried_at: float = 0.0
+    telemetry_misses: int = 0  # scrapes in a row, while healthy, that found no metrics we know
 
     def last_checked_at(self) -> float:
         return max(self.last_clean_at, self.last_probed_at)

@@ -4,6 +4,7 @@ prompts, token-id prompts, `created`, and the fields of a chat message."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 
@@ -11,12 +12,13 @@ import openai
 import pytest
 from ricardo.emulator.text import token_text
 
-from tests.integration.harness import Cluster, metric
+from tests.integration.harness import Cluster, metric, wait_for
 
 POOLS = {"a100": ("A100-80GB", 1), "embed": ("L4", 1)}  # the A100's profile serves long inputs
 MODEL = "llama2-7b"
 EMBEDDER = "embed-small"
 EMBED_USD_PER_MILLION = 0.02
+ADMIN_TOKEN = "compat-admin-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def cluster(tmp_path_factory):
         models=[MODEL, EMBEDDER],
         embedding_models={EMBEDDER: EMBED_USD_PER_MILLION},
         pool_settings={"a100": {"models": [MODEL]}, "embed": {"models": [EMBEDDER]}},
+        admin_token=ADMIN_TOKEN,
     ).start()
     yield cluster
     cluster.stop()
@@ -140,3 +143,25 @@ def test_embeddings_of_a_model_that_does_not_embed_are_refused(client):
         client.embeddings.create(model=MODEL, input="hello")
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="hello")
+
+
+def telemetry(cluster: Cluster, pool: str) -> dict | None:
+    request = urllib.request.Request(cluster.url + f"/admin/pools/{pool}", headers=cluster.admin_headers())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())["backends"][0]["telemetry"]
+
+
+def test_backends_own_metrics_are_scraped_into_the_pool_view(cluster, client):
+    seen = wait_for(lambda: telemetry(cluster, "a100"), timeout=5)
+    assert seen is not None and seen["waiting"] == 0 and 0 <= seen["kv_cache_usage"] <= 1
+    # a long answer in flight: the backend's own count of running requests shows it within a health interval
+    long = threading.Thread(
+        target=lambda: client.completions.create(model=MODEL, prompt="go on", max_tokens=3000, **tokens(3000))
+    )
+    long.start()
+    try:
+        busy = wait_for(lambda: (telemetry(cluster, "a100") or {}).get("running", 0) >= 1, timeout=5)
+        assert busy
+        assert wait_for(lambda: metric(cluster.url, "ricardo_backend_running", pool="a100") >= 1, timeout=2)
+    finally:
+        long.join(timeout=60)
