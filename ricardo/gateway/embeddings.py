@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from ricardo.gateway.dispatch import RETRIABLE_STATUSES
+from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
 from ricardo.gateway.state import GatewayState
 from ricardo.protocol.openai import OpenAIError, error_for_status, parse_embedding_request
@@ -58,7 +59,8 @@ async def handle(request: web.Request) -> web.Response:
             backend.in_flight += 1
             try:
                 async with asyncio.timeout(t.response_s):
-                    response = await backend.session.post(
+                    response = await post(
+                        backend.session,
                         backend.url + UPSTREAM_PATH,
                         data=payload,
                         headers=headers,

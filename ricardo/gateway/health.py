@@ -23,7 +23,7 @@ import aiohttp
 
 from ricardo.gateway import telemetry
 from ricardo.gateway.dispatch import HOPS_HEADER, checked_json
-from ricardo.gateway.pools import Backend, Pool
+from ricardo.gateway.pools import Backend, Pool, post
 
 if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
@@ -148,7 +148,8 @@ async def probe(pool: Pool, backend: Backend) -> bool:
         async with asyncio.timeout(t.first_byte_s):
             if backend.probe_completions:
                 body = {"model": pool.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-                async with backend.session.post(
+                async with await post(
+                    backend.session,
                     backend.url + "/v1/chat/completions",
                     data=json.dumps(body),
                     headers=PROBE_HEADERS,

@@ -11,6 +11,7 @@ import itertools
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -173,3 +174,19 @@ def new_session(
         headers=headers,
         auth=aiohttp.BasicAuth(*credentials) if credentials else None,
     )
+
+
+async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    """POST on a pooled connection, sent again once on a fresh one if the server closed the pooled one under it.
+
+    Some servers close a kept-alive connection after a streamed answer without saying so (llama.cpp's
+    llama-server): the next request on it then meets a closed socket before any answer, through no fault of the
+    backend's. aiohttp sends such requests again by itself only for idempotent methods; a POST that got no
+    answer at all did nothing on the backend, so it is sent once more here (a backend that is really gone fails
+    the second time too, and is counted then)."""
+    try:
+        return await session.post(url, **kwargs)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        if isinstance(exc, aiohttp.ClientConnectorError):  # could not connect at all: not a stale connection
+            raise
+        return await session.post(url, **kwargs)
