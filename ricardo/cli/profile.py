@@ -18,7 +18,7 @@ with another tokenizer counts somewhat differently, which `usage.prompt_tokens` 
 `--speed X` is for an emulator run at `--speed X`: its latencies are multiplied and its rates divided by X, so the
 file is in the emulated hardware's own time. The file is rewritten after every bucket with what is measured
 so far (`cells`, `complete: false`), and a run with the same `--out` resumes from it; `--budget-s` stops a run
-between trials (the file says what is missing).
+before a trial that would not end within it (the bucket in progress is measured again on resuming).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ async def _search(
     rate = args.start_rate
     trials = 0
     while True:
-        if time.monotonic() > deadline:
+        if time.monotonic() + trial_wall_s(settings, o, rate) > deadline:  # it would not end within --budget-s
             return None
         bar.set_postfix(rate=f"{rate:.3g}", best=f"{best.rate:.3g}" if best else "-")
         trial = await run_trial(settings, i, o, rate)
@@ -219,15 +219,26 @@ async def _search(
     }
 
 
+def trial_size(settings: Settings, output_tokens: int, rate: float) -> int:
+    """Requests in a trial: arrivals over `horizon` SLO latencies of one request (at least --trial-s), so the
+    queue can settle, and at least --min-requests."""
+    seconds = max(settings.trial_s, settings.horizon * output_tokens * settings.slo_tpot_ms / 1000 / settings.speed)
+    return max(settings.min_requests, math.ceil(rate * settings.speed * seconds))
+
+
+def trial_wall_s(settings: Settings, output_tokens: int, rate: float) -> float:
+    """How long a trial takes at least: its arrivals, then one answer at the SLO."""
+    arrivals = trial_size(settings, output_tokens, rate) / (rate * settings.speed)
+    return arrivals + output_tokens * settings.slo_tpot_ms / 1000 / settings.speed
+
+
 async def run_trial(settings: Settings, input_tokens: int, output_tokens: int, rate: float) -> Trial:
     """One Poisson stream of identical requests at `rate` (backend time), judged by the SLO."""
     from ricardo.loadgen.replay import ReplayConfig, replay
     from ricardo.loadgen.traces import TraceRequest
 
     wall_rate = rate * settings.speed
-    # long enough for the queue to settle: `horizon` SLO latencies of one request, at least --trial-s
-    seconds = max(settings.trial_s, settings.horizon * output_tokens * settings.slo_tpot_ms / 1000 / settings.speed)
-    count = max(settings.min_requests, math.ceil(wall_rate * seconds))
+    count = trial_size(settings, output_tokens, rate)
     rng = random.Random(f"{settings.seed}:{input_tokens}:{output_tokens}:{rate}")
     arrivals, t = [], 0.0
     for _ in range(count):
