@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "ricardo.loadgen.cli",  # loadgen
     "ricardo.cli.plan",  # plan
     "ricardo.cli.simulate",  # simulate
+    "ricardo.cli.profile",  # profile
     "ricardo.predictor.cli",  # predictor eval|train
     "ricardo.cli.demo",  # demo
 )

@@ -40,8 +40,10 @@ from ricardo.protocol.http import as_openai_error
 from ricardo.protocol.openai import (
     SSE_DONE,
     ChatCompletionRequest,
+    CompletionRequest,
     Endpoint,
     OpenAIError,
+    parse_embedding_request,
     parse_request,
     sse,
     usage,
@@ -61,6 +63,14 @@ def drawn_output_tokens(text: str) -> int:
     u = (int.from_bytes(digest, "big") + 0.5) / 2**64
     z = math.sqrt(2) * _erfinv(2 * u - 1)
     return max(1, min(2048, round(128 * math.exp(z))))
+
+
+def _vector(text: str, dimensions: int = 8) -> list[float]:
+    """A unit vector drawn from the text: the same input embeds the same way."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=dimensions).digest()
+    raw = [b / 127.5 - 1 for b in digest]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
 
 
 def _erfinv(y: float) -> float:
@@ -198,6 +208,7 @@ class EmulatedBackend:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/health", self.health)
         app.on_startup.append(self.start)
@@ -223,6 +234,24 @@ class EmulatedBackend:
             }
         )
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """vLLM's `/v1/embeddings` answer: a small deterministic vector per input, at once (the engine model times
+        generation, not pooling), with the input tokens in `usage`."""
+        _, req = parse_embedding_request(await request.read())
+        if req.model != self.model:
+            raise OpenAIError(
+                404, f"The model `{req.model}` does not exist.", "NotFoundError", "model", "model_not_found"
+            )
+        counts = [self.counter.count(i) if isinstance(i, str) else len(i) for i in req.inputs]
+        data = [
+            {"index": index, "object": "embedding", "embedding": _vector(str(value))}
+            for index, value in enumerate(req.inputs)
+        ]
+        answer = {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": self.model}
+        return web.json_response(
+            {**answer, "data": data, "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}
+        )
+
     async def prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -246,63 +275,77 @@ class EmulatedBackend:
             raise OpenAIError(
                 404, f"The model `{req.model}` does not exist.", "NotFoundError", "model", "model_not_found"
             )
-        text = req.text()
-        if isinstance(req, ChatCompletionRequest):
-            prompt_tokens = self.counter.count_chat([(m.role, m.content) for m in req.messages])
-        else:
-            prompt_tokens = self.counter.count(text)
+        prompts = self._prompts(req)  # (text, tokens) of each prompt
+        cap = req.output_cap
         role = role_of(body)  # prefill or decode side of a disaggregated pair, or neither (emulator/kvtransfer.py)
-        output_tokens, cap = self._output_tokens(request, body, req, text)
+        lengths = [self._output_tokens(request, body, req, text) for text, _ in prompts]
         limit = min(self.params.model.max_context, self.engine.capacity)
-        if prompt_tokens + output_tokens > limit:
-            raise OpenAIError(
-                400,
-                f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {prompt_tokens + output_tokens} tokens ({prompt_tokens} in the "
-                f"messages, {output_tokens} in the completion).",
-                param="messages",
-            )
-        faults = self.faults if self.faults.applies(output_tokens) else NO_FAULTS
+        for (_, prompt_tokens), output_tokens in zip(prompts, lengths, strict=True):
+            if prompt_tokens + output_tokens > limit:
+                raise OpenAIError(
+                    400,
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {prompt_tokens + output_tokens} tokens ({prompt_tokens} in the "
+                    f"messages, {output_tokens} in the completion).",
+                    param="messages",
+                )
+        faults = self.faults if self.faults.applies(max(lengths)) else NO_FAULTS
         if faults.fail_now():
             raise OpenAIError(500, "failure injected (error-rate)", "upstream_error")
         if faults.hang:
             await _forever()
-        pending = Pending(arrived=asyncio.get_running_loop().time())
+        # `n` answers per prompt, numbered as vLLM numbers them (prompt by prompt); they wake the handler together
+        arrived, wake = asyncio.get_running_loop().time(), asyncio.Event()
+        prompt_total = sum(t for _, t in prompts)
         if role == "decode":  # pull the prompt's KV cache from the prefill side, then decode it without a prefill
             kv_bytes = self.params.model.kv_bytes_per_token
-            await asyncio.sleep(transfer_seconds(prompt_tokens, kv_bytes, self.link_gbps) / self.speed)
-        seq = Sequence(prompt_tokens, output_tokens, tag=pending, prefilled=role == "decode")
-        self.engine.submit(seq)
+            await asyncio.sleep(transfer_seconds(prompt_total, kv_bytes, self.link_gbps) / self.speed)
+        seqs = [
+            Sequence(prompt_tokens, output_tokens, tag=Pending(arrived=arrived, wake=wake), prefilled=role == "decode")
+            for (_, prompt_tokens), output_tokens in zip(prompts, lengths, strict=True)
+            for _ in range(req.n)
+        ]
+        for seq in seqs:
+            self.engine.submit(seq)
         self._work.set()
+        total = usage(prompt_total, sum(seq.output_tokens for seq in seqs))
         if role != "decode":
-            self.metrics.prompt_tokens.inc(prompt_tokens)
-        finish_reason = "length" if cap is not None and output_tokens >= cap else "stop"
+            self.metrics.prompt_tokens.inc(prompt_total)
+        reasons = ["length" if cap is not None and seq.output_tokens >= cap else "stop" for seq in seqs]
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         ident = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + rid
         try:
             if req.stream:
-                return await self._stream(request, endpoint, ident, rid, seq, req.include_usage, finish_reason, faults)
-            await self._wait_finished(pending)
-            content = "".join(token_text(i) for i in range(output_tokens))
-            answer = _completion(
-                endpoint, ident, self.model, self.created, content, finish_reason, usage(prompt_tokens, output_tokens)
-            )
+                return await self._stream(
+                    request, endpoint, ident, rid, seqs, total, req.include_usage, reasons, faults
+                )
+            await self._wait_finished(seqs)
+            contents = ["".join(token_text(i) for i in range(seq.output_tokens)) for seq in seqs]
+            # `created` is when the answer was made, as vLLM's (a request's, not the server's start)
+            answer = _completion(endpoint, ident, self.model, int(time.time()), contents, reasons, total)
             if role == "prefill":  # where the decode side finds the KV cache
                 host, port = _local_address(request)
-                answer["kv_transfer_params"] = self.kv.params(rid, prompt_tokens, host, port)
+                answer["kv_transfer_params"] = self.kv.params(rid, prompt_total, host, port)
             if faults.breaks_answers:
                 return await self._broken_answer(request, answer, rid, faults)
             return web.json_response(answer, headers={"x-request-id": rid})
         finally:
-            if not pending.finished:
-                self.engine.cancel(seq)
-            else:
-                self._record_finished(pending, output_tokens, finish_reason)
+            for seq, reason in zip(seqs, reasons, strict=True):
+                if not seq.tag.finished:
+                    self.engine.cancel(seq)
+                else:
+                    self._record_finished(seq.tag, seq.output_tokens, reason)
 
-    def _output_tokens(self, request: web.Request, body: dict, req, text: str) -> tuple[int, int | None]:
+    def _prompts(self, req: ChatCompletionRequest | CompletionRequest) -> list[tuple[str, int]]:
+        """Each prompt's text (what an answer's length is drawn from) and tokens; token ids count as themselves."""
+        if isinstance(req, ChatCompletionRequest):
+            return [(req.text(), self.counter.count_chat([(m.role, m.content) for m in req.messages]))]
+        return [(p, self.counter.count(p)) if isinstance(p, str) else (str(p), len(p)) for p in req.prompts]
+
+    def _output_tokens(self, request: web.Request, body: dict, req, text: str) -> int:
         cap = req.output_cap
         if cap is not None and body.get("ignore_eos"):
-            return cap, cap
+            return cap
         header = request.headers.get(OUTPUT_TOKENS_HEADER)
         if header is not None:
             try:
@@ -312,7 +355,7 @@ class EmulatedBackend:
             wanted = max(1, wanted)
         else:
             wanted = drawn_output_tokens(text)
-        return (min(wanted, cap) if cap is not None else wanted), cap
+        return min(wanted, cap) if cap is not None else wanted
 
     async def _broken_answer(self, request: web.Request, answer: dict, rid: str, faults: Faults) -> web.StreamResponse:
         """Half of a whole answer: dropped (cut-after), left hanging (stall-after) or ended cleanly (no-done)."""
@@ -330,10 +373,10 @@ class EmulatedBackend:
         _drop(request)
         return response
 
-    async def _wait_finished(self, pending: Pending) -> None:
-        while not pending.finished:
-            await pending.wake.wait()
-            pending.wake.clear()
+    async def _wait_finished(self, seqs: list[Sequence]) -> None:
+        while not all(seq.tag.finished for seq in seqs):
+            await seqs[0].tag.wake.wait()  # one event for all of a request's answers
+            seqs[0].tag.wake.clear()
 
     def _record_finished(self, pending: Pending, output_tokens: int, finish_reason: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -347,23 +390,25 @@ class EmulatedBackend:
         endpoint: Endpoint,
         ident: str,
         rid: str,
-        seq: Sequence,
+        seqs: list[Sequence],
+        total: dict[str, int],
         include_usage: bool,
-        finish_reason: str,
+        reasons: list[str],
         faults: Faults,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": rid}
         )
         await response.prepare(request)
-        chunk = _Chunker(endpoint, ident, self.model, self.created, include_usage)
+        chunk = _Chunker(endpoint, ident, self.model, int(time.time()), include_usage)
         events = _Events(response, faults)
         try:
             if endpoint == "chat":
-                await events.send(sse(chunk({"role": "assistant", "content": ""}, None)))
-            await self._stream_tokens(events, chunk, ident, seq, include_usage, finish_reason)
+                for index in range(len(seqs)):
+                    await events.send(sse(chunk({"role": "assistant", "content": ""}, None, index)))
+            await self._stream_tokens(events, chunk, seqs, reasons, total if include_usage else None)
         except ConnectionResetError:
-            pass  # the client went away; the caller frees the sequence
+            pass  # the client went away; the caller frees the sequences
         except _Cut:
             _drop(request)
         return response
@@ -372,40 +417,30 @@ class EmulatedBackend:
         self,
         events: _Events,
         chunk: _Chunker,
-        ident: str,
-        seq: Sequence,
-        include_usage: bool,
-        finish_reason: str,
+        seqs: list[Sequence],
+        reasons: list[str],
+        total: dict[str, int] | None,
     ) -> None:
-        pending: Pending = seq.tag
-        sent = 0
+        wake = seqs[0].tag.wake  # shared by the request's answers
+        sent = [0] * len(seqs)
         no_done = events.faults.no_done
-        while sent < seq.output_tokens:
-            await pending.wake.wait()
-            pending.wake.clear()
-            upto = pending.delivered
-            if upto > sent:
-                text = "".join(token_text(i) for i in range(sent, upto))
-                done = upto >= seq.output_tokens and not no_done
-                await events.send(sse(chunk(text, finish_reason if done else None)))
-                sent = upto
-        await self._wait_finished(pending)
+        while any(s < seq.output_tokens for s, seq in zip(sent, seqs, strict=True)):
+            await wake.wait()
+            wake.clear()
+            for index, seq in enumerate(seqs):
+                upto = seq.tag.delivered
+                if upto > sent[index]:
+                    text = "".join(token_text(i) for i in range(sent[index], upto))
+                    done = upto >= seq.output_tokens and not no_done
+                    await events.send(sse(chunk(text, reasons[index] if done else None, index)))
+                    sent[index] = upto
+        await self._wait_finished(seqs)
         if no_done:  # ends as if complete, without saying so
             await events.response.write_eof()
             return
-        if include_usage:
-            await events.send(
-                sse(
-                    {
-                        "id": ident,
-                        "object": chunk.object,
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": usage(seq.prompt_tokens, seq.output_tokens),
-                    }
-                )
-            )
+        if total is not None:
+            payload = {"id": chunk.ident, "object": chunk.object, "created": chunk.created, "model": self.model}
+            await events.send(sse({**payload, "choices": [], "usage": total}))
         await events.send(SSE_DONE)
         await events.response.write_eof()
 
@@ -457,12 +492,12 @@ class _Chunker:
     def object(self) -> str:
         return "chat.completion.chunk" if self.endpoint == "chat" else "text_completion"
 
-    def __call__(self, content: str | dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    def __call__(self, content: str | dict[str, Any], finish_reason: str | None, index: int = 0) -> dict[str, Any]:
         if self.endpoint == "chat":
             delta = content if isinstance(content, dict) else {"content": content}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": content, "logprobs": None, "finish_reason": finish_reason}
         payload = {
             "id": self.ident,
             "object": self.object,
@@ -476,20 +511,19 @@ class _Chunker:
 
 
 def _completion(
-    endpoint: str, ident: str, model: str, created: int, content: str, finish_reason: str, usage_: dict
+    endpoint: str, ident: str, model: str, created: int, contents: list[str], reasons: list[str], usage_: dict
 ) -> dict:
-    if endpoint == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }
-        object_ = "chat.completion"
-    else:
-        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
-        object_ = "text_completion"
-    return {"id": ident, "object": object_, "created": created, "model": model, "choices": [choice], "usage": usage_}
+    """A whole answer with one choice per content. A chat message carries what vLLM's does within OpenAI's schema:
+    `refusal: null` (required there) but not vLLM's `annotations`/`function_call` nulls, which the schema refuses."""
+    choices: list[dict[str, Any]] = []
+    for index, (content, finish_reason) in enumerate(zip(contents, reasons, strict=True)):
+        if endpoint == "chat":
+            message = {"role": "assistant", "content": content, "refusal": None}
+            choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason})
+        else:
+            choices.append({"index": index, "text": content, "logprobs": None, "finish_reason": finish_reason})
+    object_ = "chat.completion" if endpoint == "chat" else "text_completion"
+    return {"id": ident, "object": object_, "created": created, "model": model, "choices": choices, "usage": usage_}
 
 
 @web.middleware

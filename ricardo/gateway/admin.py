@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -86,6 +87,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
     pool = state.pools[name]
     config = pool.config
     sized_on = [b for b in pool.backends if b.role in ("unified", "decode")]  # the ledger charges the decode side
+    now = time.monotonic()
     status = {
         "name": name,
         "role": config.role,
@@ -107,6 +109,8 @@ def _pool_status(state: GatewayState, name: str) -> dict:
                 "in_flight": b.in_flight,
                 "cooling_down": b.failures > 0,
                 "outlier": b.outlier.state,  # in service, ejected, probing, half-open (gateway/outlier.py)
+                # what it says of itself on its /metrics (gateway/telemetry.py); null if nothing we know
+                "telemetry": None if b.telemetry is None else b.telemetry.as_json(now),
             }
             for b in pool.backends
         ],

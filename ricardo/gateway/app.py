@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ricardo.gateway import proxy
+from ricardo.gateway import embeddings, proxy
 from ricardo.gateway.admin import add_admin_routes
 from ricardo.gateway.config import GatewayConfig
 from ricardo.gateway.logs import access_log
@@ -37,7 +37,9 @@ def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) ->
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", models)
+        app.router.add_post(f"{prefix}/embeddings", embeddings.handle)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", healthz)  # vLLM's and SGLang's name, which guidellm and others check first
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.on_startup.append(_start)

@@ -339,6 +339,11 @@ class GatewayConfig(_Strict):
     models: list[str] = Field(
         default_factory=lambda: ["llama2-7b"], min_length=1, description="model ids served (`/v1/models`)"
     )
+    embedding_models: dict[str, float] = Field(
+        default_factory=dict,
+        description="models of `models` that embed (served on /v1/embeddings by the pools that list them), "
+        "each with its price in $ per million input tokens",
+    )
     policy: str = Field(
         default="cost-aware",
         description="routing policy: cost-aware, round-robin, least-outstanding, cheapest-price, melange "
@@ -382,6 +387,11 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
         check_shared(self.shared(), self.models)
+        unknown = set(self.embedding_models) - set(self.models)
+        if unknown:
+            raise ConfigError(f"embedding models not in `models`: {sorted(unknown)}")
+        if any(price < 0 for price in self.embedding_models.values()):
+            raise ConfigError("an embedding model's price cannot be negative")
         for pool in self.pools:
             upstream_timeouts(self.limits, pool)
         return self

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from ricardo.gateway.config import Timeouts
-from ricardo.gateway.pools import Backend, Pool
+from ricardo.gateway.pools import Backend, Pool, post
 from ricardo.gateway.trip import Trip, fail, give_up, start
 from ricardo.policies.types import Choice
 from ricardo.protocol.openai import OpenAIError, error_for_status
@@ -109,7 +109,8 @@ async def attempt(
     try:
         async with asyncio.timeout(t.first_byte_s if stream else t.response_s) as budget:
             try:
-                response = await backend.session.post(
+                response = await post(
+                    backend.session,
                     url,
                     data=payload,
                     headers=headers,

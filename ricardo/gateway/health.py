@@ -6,7 +6,8 @@ A backend that does not take such a request (400, 404, 405, 422, 501: no chat te
 probed with `GET /v1/models` from then on. A probe carries the hop header like any request the gateway sends:
 a backend that is another gateway is probed through it, and gateways that route to each other never pass.
 To stay cheap, only a backend that has given no clean answer for `health_interval_s` is probed: traffic already
-says how busy backends are doing. The same probe is the trial of an ejected backend once its ejection is over
+says how busy backends are doing. On the same interval every healthy backend's own `/metrics` is read
+(gateway/telemetry.py). The same probe is the trial of an ejected backend once its ejection is over
 (gateway/outlier.py): if it passes, one real request decides.
 """
 
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ricardo.gateway import telemetry
 from ricardo.gateway.dispatch import HOPS_HEADER, checked_json
-from ricardo.gateway.pools import Backend, Pool
+from ricardo.gateway.pools import Backend, Pool, post
 
 if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
@@ -30,6 +32,7 @@ log = logging.getLogger("ricardo.gateway")
 
 TICK_S = 0.5  # how often ejections that ended and backends due for a probe are looked for
 NOT_FOR_PROBES = {400, 404, 405, 422, 501}  # the backend does not take the probe completion; it may still be healthy
+MAX_TELEMETRY_MISSES = 3  # a healthy backend whose /metrics shows nothing we know this often is not asked again
 PROBE_HEADERS = {"Content-Type": "application/json", "x-ricardo-probe": "1", HOPS_HEADER: "1"}
 
 
@@ -37,6 +40,7 @@ class Health:
     def __init__(self, state: GatewayState) -> None:
         self.state = state
         self._busy: set[Backend] = set()  # probed or on trial now
+        self._scraping: set[Backend] = set()
         self._tasks: set[asyncio.Task] = set()
 
     async def probe_all(self) -> None:
@@ -59,6 +63,9 @@ class Health:
                             self._spawn(pool, backend, trial=True)
                         elif backend.outlier.in_service() and now - backend.last_checked_at() >= interval:
                             self._spawn(pool, backend, trial=False)
+                    for backend in pool.backends:
+                        if self._scrape_due(backend, now, interval):
+                            self._scrape(backend, now)
                 self._gauges()
         finally:
             for task in self._tasks:
@@ -68,6 +75,30 @@ class Health:
     def _spawn(self, pool: Pool, backend: Backend, trial: bool) -> None:
         self._busy.add(backend)
         task = asyncio.create_task(self._check(pool, backend, trial))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _scrape_due(self, backend: Backend, now: float, interval: float) -> bool:
+        """A healthy backend's /metrics, once per health interval, until it has shown it has none we know."""
+        return (
+            backend not in self._scraping
+            and backend.healthy
+            and backend.telemetry_misses < MAX_TELEMETRY_MISSES
+            and now - backend.telemetry_tried_at >= interval
+        )
+
+    def _scrape(self, backend: Backend, now: float) -> None:
+        self._scraping.add(backend)
+        backend.telemetry_tried_at = now
+
+        async def run() -> None:
+            try:
+                backend.telemetry = await telemetry.scrape(backend.session, backend.url)
+            finally:
+                self._scraping.discard(backend)
+            backend.telemetry_misses = 0 if backend.telemetry is not None else backend.telemetry_misses + 1
+
+        task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -101,6 +132,10 @@ class Health:
             state.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
             for b in pool.backends:
                 state.metrics.backend_up.labels(pool.name, b.shown).set(1 if b.available(now) else 0)
+                seen = b.telemetry
+                if seen is not None:
+                    for gauge, value in state.metrics.backend_telemetry(seen):
+                        gauge.labels(pool.name, b.shown).set(value)
         state.metrics.store_up.set(1 if state.store.healthy else 0)
 
 
@@ -113,7 +148,8 @@ async def probe(pool: Pool, backend: Backend) -> bool:
         async with asyncio.timeout(t.first_byte_s):
             if backend.probe_completions:
                 body = {"model": pool.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-                async with backend.session.post(
+                async with await post(
+                    backend.session,
                     backend.url + "/v1/chat/completions",
                     data=json.dumps(body),
                     headers=PROBE_HEADERS,

@@ -14,6 +14,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ricardo.gateway.telemetry import Telemetry
+
 # gen_ai.server.time_to_first_token, gen_ai.server.time_per_output_token, gen_ai.server.request.duration
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -112,6 +114,28 @@ class GatewayMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        labels = ["pool", "backend"]
+        self.backend_running = Gauge(
+            "ricardo_backend_running",
+            "Requests a backend says it runs (its /metrics).",
+            labels,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.backend_waiting = Gauge(
+            "ricardo_backend_waiting",
+            "Requests a backend says it queues (its /metrics).",
+            labels,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.backend_kv_cache = Gauge(
+            "ricardo_backend_kv_cache_usage",
+            "KV-cache share a backend says is used, 0-1.",
+            labels,
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.predicted_output = Histogram(
             "ricardo_predicted_output_tokens", "Predicted output tokens (p50).", buckets=TOKEN_BUCKETS, registry=r
         )
@@ -156,6 +180,15 @@ class GatewayMetrics:
             ["key", "reason"],
             registry=r,
         )
+
+    def backend_telemetry(self, seen: Telemetry) -> list[tuple[Gauge, float]]:
+        """The gauges a backend's scraped figures set (those its page had)."""
+        pairs = [
+            (self.backend_running, seen.running),
+            (self.backend_waiting, seen.waiting),
+            (self.backend_kv_cache, seen.kv_cache_usage),
+        ]
+        return [(gauge, value) for gauge, value in pairs if value is not None]
 
 
 class PoolMetrics:

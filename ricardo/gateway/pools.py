@@ -12,12 +12,14 @@ import statistics
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from ricardo.gateway.config import LimitsConfig, OutlierConfig, PoolConfig, Timeouts
 from ricardo.gateway.metrics import PoolMetrics
 from ricardo.gateway.outlier import OutlierDetector
+from ricardo.gateway.telemetry import Telemetry
 from ricardo.gateway.urls import redact, split_credentials
 from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PairSpec, PoolView
@@ -45,6 +47,9 @@ class Backend:
     last_clean_at: float = 0.0  # last clean answer or passed probe: a backend recently proven needs no probe
     last_probed_at: float = 0.0
     probe_completions: bool = True  # False once it refused a probe completion: probed with GET /v1/models
+    telemetry: Telemetry | None = None  # its own /metrics, last scraped (gateway/telemetry.py)
+    telemetry_tried_at: float = 0.0
+    telemetry_misses: int = 0  # scrapes in a row, while healthy, that found no metrics we know
 
     def last_checked_at(self) -> float:
         return max(self.last_clean_at, self.last_probed_at)
@@ -220,3 +225,19 @@ def new_session(
         # a backend's cookies are not kept: the session serves every client, and the jar costs every request
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    """POST on a pooled connection, sent again once on a fresh one if the server closed the pooled one under it.
+
+    Some servers close a kept-alive connection after a streamed answer without saying so (llama.cpp's
+    llama-server): the next request on it then meets a closed socket before any answer, through no fault of the
+    backend's. aiohttp sends such requests again by itself only for idempotent methods; a POST that got no
+    answer at all did nothing on the backend, so it is sent once more here (a backend that is really gone fails
+    the second time too, and is counted then)."""
+    try:
+        return await session.post(url, **kwargs)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        if isinstance(exc, aiohttp.ClientConnectorError):  # could not connect at all: not a stale connection
+            raise
+        return await session.post(url, **kwargs)

@@ -80,10 +80,11 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     # by the client's API key (state.keys.admit); looked up only then: a missing key costs a raised KeyError
     granted = request.get(PRIORITY_GRANT) if key is not None else None
     if len(raw) > SHAPE_IN_THREAD_BYTES:
-        shape, features = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
+        shaped = await asyncio.to_thread(state.shaper.shape, endpoint, body, req, request.headers, granted)
     else:
-        shape, features = state.shaper.shape(endpoint, body, req, request.headers, granted)
-    state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens)
+        shaped = state.shaper.shape(endpoint, body, req, request.headers, granted)
+    shape, features = shaped.shape, shaped.features
+    state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens, shaped.longest_input)
     views = state.views(shape, time.monotonic())
     choices = state.rank(shape, views)
     state.metrics.routing_seconds.observe(time.monotonic() - started)
@@ -108,6 +109,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             )
     state.pools[choices[0].pool].metrics.decisions.inc()  # ranked from state.pools in this same step
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
+    trip.sequences = shaped.sequences
     payload = _upstream_body(raw, body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
     request[TRIP_KEY] = trip  # for the access line

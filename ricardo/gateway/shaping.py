@@ -7,15 +7,16 @@ that header on without reading it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.policies.types import SLO, RequestShape
 from ricardo.predictor.features import MAX_CAP, RequestFeatures, features_from_body
 from ricardo.predictor.model import OutputLengthPredictor
 from ricardo.predictor.tokens import InputTokenCounter
-from ricardo.protocol.openai import Endpoint, OpenAIError, ParsedRequest
+from ricardo.protocol.openai import CompletionRequest, Endpoint, OpenAIError, ParsedRequest
 
 ESTIMATE_MARGIN = 1.25  # an estimated input count can be this far off before a request is refused on it
 SLO_HEADERS = {"ttft_ms": "x-slo-ttft-ms", "tpot_ms": "x-slo-tpot-ms"}
@@ -24,6 +25,17 @@ MIN_PRIORITY = -5
 # where a layer in front of the proxy (client API keys) puts the priority it grants a request: its default priority
 # and the most `x-priority` may claim (without a grant: 0, and `max_header_priority`)
 PRIORITY_GRANT = "ricardo.priority"
+
+
+class Shaped(NamedTuple):
+    """A request's shape, its features, and what sizing it took: `longest_input` is its longest prompt (each prompt of
+    a list is a sequence of its own, which must fit the context alone), `sequences` how many answers the backend
+    generates (`n` per prompt)."""
+
+    shape: RequestShape
+    features: RequestFeatures
+    longest_input: int
+    sequences: int
 
 
 class Shaper:
@@ -50,13 +62,17 @@ class Shaper:
         request: ParsedRequest,
         headers: Mapping[str, str],
         granted: int | None = None,
-    ) -> tuple[RequestShape, RequestFeatures]:
-        """`granted`: the priority a layer in front granted (an API key's; see `_priority`)."""
-        if endpoint == "chat":
-            input_tokens = self.counter.count_messages(body["messages"])
-        else:
-            input_tokens = self.counter.count_prompt(request.text())
-        features = features_from_body(body, input_tokens)
+    ) -> Shaped:
+        """`granted`: the priority a layer in front granted (an API key's; see `_priority`).
+
+        A request for several answers (`n`, or a list of prompts) is shaped as the total work the backend does: its
+        input tokens summed over prompts (as backends report them), its output predicted per answer and multiplied
+        by the number of answers. The features describe one answer of the average prompt, so that the predictor
+        learns per answer (`observe` with `sequences`)."""
+        sizes = self._prompt_sizes(endpoint, body, request)
+        input_tokens = sum(sizes)
+        sequences = request.sequences
+        features = features_from_body(body, round(input_tokens / len(sizes)))
         cap = request.output_cap  # a property that builds a list: read once
         # the validated cap: the body may spell it "3" or 3.0, which pydantic accepts and the features do not
         features.max_tokens = None if cap is None else min(cap, MAX_CAP)
@@ -64,30 +80,38 @@ class Shaper:
         shape = RequestShape(
             model=request.model,
             input_tokens=input_tokens,
-            output_p50=prediction.p50,
-            output_p90=prediction.p90,
+            output_p50=prediction.p50 * sequences,
+            output_p90=prediction.p90 * sequences,
             slo=self._slo(headers),
             max_tokens=cap,
             stream=request.stream,
             priority=self._priority(headers, granted),
         )
-        return shape, features
+        return Shaped(shape, features, max(sizes), sequences)
 
-    def check_context(self, shape: RequestShape, context_tokens: int | None) -> None:
-        """Refuse, before routing, a request that no pool's model can hold: its prompt and the answer it asks for
-        (max_tokens, else 1) beyond the model's context window (OpenAI's 400 `context_length_exceeded`). An
+    def _prompt_sizes(self, endpoint: Endpoint, body: dict[str, Any], request: ParsedRequest) -> list[int]:
+        """Input tokens of each prompt: a chat's messages; each text or list of token ids of a completions prompt (a
+        list of token ids is its own count, exact whatever the tokenizer)."""
+        if endpoint == "chat" or not isinstance(request, CompletionRequest):
+            return [self.counter.count_messages(body["messages"])]
+        return [self.counter.count_prompt(p) if isinstance(p, str) else len(p) for p in request.prompts]
+
+    def check_context(self, shape: RequestShape, context_tokens: int | None, longest_input: int | None = None) -> None:
+        """Refuse, before routing, a request that no pool's model can hold: its (longest) prompt and the answer it
+        asks for (max_tokens, else 1) beyond the model's context window (OpenAI's 400 `context_length_exceeded`). An
         estimated count (no tokenizer configured) is refused only past ESTIMATE_MARGIN x the window: the backend
         still refuses what it cannot hold, and a request it could hold must not be turned away on a guess."""
         if context_tokens is None:
             return
-        asked = shape.input_tokens + (shape.max_tokens or 1)
+        prompt = shape.input_tokens if longest_input is None else longest_input
+        asked = prompt + (shape.max_tokens or 1)
         if asked <= context_tokens * (1.0 if self.counter.exact else ESTIMATE_MARGIN):
             return
         about = "" if self.counter.exact else "about "
         raise OpenAIError(
             400,
             f"This model's maximum context length is {context_tokens} tokens. However, you requested {about}"
-            f"{asked} tokens ({about}{shape.input_tokens} in the messages, {shape.max_tokens or 1} in the completion). "
+            f"{asked} tokens ({about}{prompt} in the messages, {shape.max_tokens or 1} in the completion). "
             "Please reduce the length of the messages or completion.",
             "invalid_request_error",
             "messages",
@@ -133,12 +157,15 @@ class Shaper:
         prompt_tokens: int,
         completion_tokens: int,
         metrics: GatewayMetrics,
+        sequences: int = 1,
     ) -> None:
-        """Learn from what the backend reported: the true input count and the true output length."""
+        """Learn from what the backend reported: the true input count and the true output length (per answer, of
+        a request for `sequences` answers)."""
         self.counter.observe(shape.input_tokens, prompt_tokens)
-        self.predictor.observe(features, completion_tokens)
+        per_answer = math.ceil(completion_tokens / sequences)
+        self.predictor.observe(features, per_answer)
         for hook in self.outcome_hooks:
-            hook(features, completion_tokens)
+            hook(features, per_answer)
         metrics.outcomes.inc()
         metrics.predicted_output.observe(shape.output_p50)
         metrics.prediction_error.observe(abs(completion_tokens - shape.output_p50))

@@ -53,6 +53,7 @@ class Trip:
     task: asyncio.Task | None = None  # the handler's, which shutdown cancels
     aborted: str | None = None  # why the gateway itself ends the request early (shutdown)
     served_by: str | None = None  # the last backend attempted (shown, without credentials), for the access log
+    sequences: int = 1  # answers the backend generates (`n` per prompt); usage counts them all
 
 
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
@@ -202,7 +203,7 @@ def account(state: GatewayState, trip: Trip) -> None:
         pm.cost.inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
-        state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m)
+        state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m, trip.sequences)
         if pool.pair is None:  # the planner's traffic; pairs are sized on their roles' load (gateway/scaling.py)
             for listener in state.outcome_listeners:
                 listener(prompt_tokens, completion_tokens)

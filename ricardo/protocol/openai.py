@@ -8,9 +8,9 @@ interpret is kept and passed on untouched (`extra="allow"`), so vendor extension
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ricardo.errors import RicardoError
 
@@ -69,6 +69,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+MAX_CHOICES = 128  # OpenAI's bound on `n`
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+# a text (OpenAI's description allows an empty one: the backend decides), texts, token ids, or lists of token ids
+Prompt = str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -76,9 +82,16 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1, le=1)  # several choices per request are not supported
+    # choices per prompt, passed through to the backend (vLLM, SGLang, llama.cpp honour it); OpenAI's bound
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)  # 0 is valid in OpenAI's description: the backend decides
+
+    @field_validator("stream", "n", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        """OpenAI's description lets these be null, meaning the default."""
+        return cls.model_fields[info.field_name].default if value is None and info.field_name else value
 
     @property
     def include_usage(self) -> bool:
@@ -103,17 +116,74 @@ class ChatCompletionRequest(_Request):
     def text(self) -> str:
         return "\n".join(message_text(m.content) for m in self.messages)
 
+    @property
+    def sequences(self) -> int:
+        """How many answers the backend generates: `n`."""
+        return self.n
+
 
 class CompletionRequest(_Request):
-    prompt: str | list[str] = Field(min_length=1)
+    # a text, texts, token ids, or lists of token ids (OpenAI's and vLLM's four forms); each prompt of a list is a
+    # request of its own for the backend, with `n` choices of its own
+    prompt: Prompt
 
     @property
     def output_cap(self) -> int | None:
         return self.max_tokens
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else "\n".join(self.prompt)
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, one per entry: a text or a list of token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if all(isinstance(p, int) for p in prompt):
+            return [prompt]  # type: ignore[list-item]  # one prompt of token ids
+        return list(prompt)  # type: ignore[arg-type]  # texts or lists of token ids
 
+    @property
+    def sequences(self) -> int:
+        """How many answers the backend generates: `n` for each prompt."""
+        return self.n * len(self.prompts)
+
+    def text(self) -> str:
+        """The prompts' text (token ids have none)."""
+        return "\n".join(p for p in self.prompts if isinstance(p, str))
+
+
+class EmbeddingRequest(BaseModel):
+    """`/v1/embeddings`: validated enough to route and price it (by its input tokens); the rest passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: Prompt
+
+    @property
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs, one per entry: a text or a list of token ids."""
+        value = self.input
+        if isinstance(value, str) or all(isinstance(v, int) for v in value):
+            return [value]  # type: ignore[list-item]  # one text, or one input of token ids
+        return list(value)  # type: ignore[arg-type]
+
+
+def parse_embedding_request(raw: bytes) -> tuple[dict[str, Any], EmbeddingRequest]:
+    """Decode and validate an embeddings body; raise a 400 OpenAIError that says what is wrong."""
+    body = load_json(raw)
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "request body must be a JSON object")
+    try:
+        return body, EmbeddingRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["loc"][:1] == ("input",):
+            raise OpenAIError(400, f"input: {PROMPT_FORMS}", param="input") from None
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise OpenAIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+PROMPT_FORMS = "must be a string, a non-empty list of strings, of token ids (integers >= 0) or of lists of token ids"
 
 Endpoint = Literal["chat", "completions"]
 ParsedRequest = ChatCompletionRequest | CompletionRequest
@@ -170,6 +240,8 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], Parse
         request = REQUEST_MODELS[endpoint].model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if endpoint == "completions" and first["loc"][:1] == ("prompt",):  # a union: say what it may be
+            raise OpenAIError(400, f"prompt: {PROMPT_FORMS}", param="prompt") from None
         param = ".".join(str(p) for p in first["loc"]) or None
         raise OpenAIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
     return body, request

@@ -117,3 +117,11 @@ def test_a_unified_pool_needs_its_hardware_and_no_link():
         GatewayConfig.model_validate({"pools": [{"name": "a"}]})
     with pytest.raises(ValidationError, match="for pairs"):
         GatewayConfig.model_validate({"pools": [{"name": "a", "hardware": "L4", "link_gbps": 10}]})
+
+
+@pytest.mark.parametrize(
+    ("embedding_models", "message"), [({"bge": 0.02}, "not in `models`"), ({"llama2-7b": -1}, "negative")]
+)
+def test_embedding_models_are_served_models_with_a_price(embedding_models, message):
+    with pytest.raises(ValidationError, match=message):
+        GatewayConfig.model_validate({"pools": [{"name": "a", "hardware": "L4"}], "embedding_models": embedding_models})

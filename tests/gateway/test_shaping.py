@@ -23,7 +23,7 @@ def priority(shaper: Shaper, header: str | None, granted: int | None = None) -> 
     raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
     body, request = parse_request("chat", raw)
     headers = {} if header is None else {"x-priority": header}
-    shape, _ = shaper.shape("chat", body, request, headers, granted)
+    shape = shaper.shape("chat", body, request, headers, granted).shape
     return shape.priority
 
 
@@ -77,7 +77,8 @@ def shapes(shaper: Shaper) -> list[list[float | int | None]]:
     out = []
     for raw, headers in sample_requests():
         body, request = parse_request("chat", raw)
-        shape, features = shaper.shape("chat", body, request, headers)
+        shaped = shaper.shape("chat", body, request, headers)
+        shape, features = shaped.shape, shaped.features
         out.append([shape.input_tokens, shape.output_p50, shape.output_p90, shape.slo.ttft_ms, shape.slo.tpot_ms])
         out[-1] += [shape.max_tokens, features.max_tokens]
     return out
@@ -88,3 +89,23 @@ def test_shaping_gives_the_same_shapes_as_before_it_was_made_faster():
     (0d58a96) shaped them (`shapes_before.json`, written by `shapes` on that tree): a faster shaping that changed a
     prediction would fail here."""
     assert shapes(Shaper(SLO(2000, 120))) == json.loads(GOLDEN.read_text())
+
+
+def shaped(shaper: Shaper, endpoint: str, **fields):
+    body, request = parse_request(endpoint, json.dumps({"model": "m", **fields}).encode())  # type: ignore[arg-type]
+    return shaper.shape(endpoint, body, request, {})  # type: ignore[arg-type]
+
+
+def test_several_answers_are_shaped_as_the_work_of_all_of_them(shaper):
+    one = shaped(shaper, "completions", prompt="Write a poem about the sea.")
+    many = shaped(shaper, "completions", prompt=["Write a poem about the sea."] * 2, n=3)
+    assert many.sequences == 6 and one.sequences == 1
+    assert many.shape.input_tokens == 2 * one.shape.input_tokens and many.longest_input == one.shape.input_tokens
+    per_answer = many.features.prediction
+    assert per_answer is not None and many.shape.output_p50 == 6 * per_answer.p50  # per answer, times the answers
+
+
+def test_token_ids_count_as_themselves(shaper):
+    assert shaped(shaper, "completions", prompt=[5, 6, 7]).shape.input_tokens == 3
+    lists = shaped(shaper, "completions", prompt=[[5, 6], [7, 8, 9, 10]])
+    assert lists.shape.input_tokens == 6 and lists.longest_input == 4 and lists.sequences == 2

@@ -1,0 +1,112 @@
+"""`/v1/embeddings`, passed through to the pools of an embedding model and priced by its input tokens.
+
+An embedding is one forward pass over the input: no output to predict, no stream, no SLO per token. So it skips
+the policy and the ledger: the cheapest pool that serves the model, its least-loaded backend, the next backend on
+a failure before the answer (as `dispatch` does), and the cost `prompt_tokens` x the model's price
+(`embedding_models` in the config, $ per million input tokens), charged to the client's key like any answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import aiohttp
+from aiohttp import web
+
+from ricardo.gateway.dispatch import RETRIABLE_STATUSES
+from ricardo.gateway.pools import post
+from ricardo.gateway.proxy import _forwarded_headers, _hops
+from ricardo.gateway.state import GatewayState
+from ricardo.protocol.openai import OpenAIError, error_for_status, parse_embedding_request
+
+UPSTREAM_PATH = "/v1/embeddings"
+
+
+async def handle(request: web.Request) -> web.Response:
+    state: GatewayState = request.app["state"]
+    if state.refusing:
+        raise OpenAIError(
+            503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
+        )
+    hops = _hops(request)
+    key = await state.keys.admit(request)
+    payload = await request.read()
+    _, req = parse_embedding_request(payload)
+    price = state.config.embedding_models.get(req.model)
+    if req.model not in state.models:
+        raise OpenAIError(
+            404, f"The model `{req.model}` does not exist.", "not_found_error", "model", "model_not_found"
+        )
+    if price is None:
+        raise OpenAIError(400, f"The model `{req.model}` does not embed (see `embedding_models`).", param="model")
+    request_id = request.headers.get("x-request-id", "")
+    if not (request_id.isascii() and request_id.isprintable() and 0 < len(request_id) <= 200):
+        request_id = uuid.uuid4().hex
+    headers = _forwarded_headers(request, request_id, hops)
+    pools = sorted((p for p in state.pools.values() if req.model in p.models), key=lambda p: p.price_per_hour)
+    tried: set = set()
+    last_error = OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
+    for pool in pools:
+        while len(tried) < state.config.limits.max_attempts:
+            backend = pool.pick_backend(time.monotonic(), tried)
+            if backend is None:
+                break
+            tried.add(backend)
+            t = pool.timeouts
+            backend.in_flight += 1
+            try:
+                async with asyncio.timeout(t.response_s):
+                    response = await post(
+                        backend.session,
+                        backend.url + UPSTREAM_PATH,
+                        data=payload,
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(sock_connect=t.connect_s),
+                        allow_redirects=False,
+                    )
+                    async with response:
+                        status, raw = response.status, await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                backend.rest(time.monotonic(), None)
+                last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
+                continue
+            finally:
+                backend.in_flight -= 1
+            if status in RETRIABLE_STATUSES:
+                if status in (429, 503):
+                    backend.rest(time.monotonic(), None)
+                last_error = error_for_status(502 if status != 503 else 503, f"upstream {pool.name}: HTTP {status}")
+                continue
+            backend.reached()
+            if status != 200:  # the request's fault (4xx): what the backend says, as it says it
+                return web.Response(body=raw, status=status, content_type="application/json")
+            tokens = _input_tokens(raw)
+            if tokens is None:
+                last_error = error_for_status(502, f"upstream {pool.name} answered no embeddings")
+                continue
+            cost = tokens * price / 1e6
+            m = state.metrics
+            m.requests.labels(req.model, pool.name, "200").inc()
+            m.tokens.labels(pool.name, "input").inc(tokens)
+            m.cost.labels(pool.name).inc(cost)
+            if key is not None:
+                state.keys.charge(key, cost, tokens)
+            routing = {"x-request-id": request_id, "x-ricardo-pool": pool.name, "x-ricardo-cost-usd": f"{cost:.6g}"}
+            return web.Response(body=raw, content_type="application/json", headers=routing)
+    raise last_error
+
+
+def _input_tokens(raw: bytes) -> int | None:
+    """The input tokens of a complete embeddings answer (a list of data and the usage), else None."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if not isinstance(body.get("data"), list) or not isinstance(tokens, int) or isinstance(tokens, bool):
+        return None
+    return tokens

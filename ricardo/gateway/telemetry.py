@@ -1,0 +1,92 @@
+"""What backends say about their own load: their Prometheus `/metrics`, scraped on the health interval.
+
+The gateway counts what it sent (in flight per backend); an engine knows what it runs and queues, including work
+that did not come through this gateway (another replica, a direct client), and how full its KV cache is. The names
+read, per engine (the sum over a page's label sets, so a server of several models reports its total):
+- vLLM: `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (before v0.10
+  `vllm:gpu_cache_usage_perc`);
+- llama.cpp (`--metrics`): `llamacpp:requests_processing`, `llamacpp:requests_deferred`,
+  `llamacpp:kv_cache_usage_ratio`;
+- SGLang (`--enable-metrics`): `sglang:num_running_reqs`, `sglang:num_queue_reqs`, `sglang:token_usage`;
+
+as requests running, requests waiting, and the share of the KV cache in use (0-1).
+
+The emulator exports vLLM's names. A healthy backend whose `/metrics` shows none of these names three times in a
+row (a 404, another server's page) is not asked again (gateway/health.py). The figures are shown in
+`GET /admin/pools` and as `ricardo_backend_{running,waiting,kv_cache_usage}` gauges; they do not steer routing
+(yet): the pool views the policies rank are the gateway's own counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+SCRAPE_TIMEOUT_S = 2.0
+MAX_PAGE_BYTES = 4 * 1024 * 1024  # a metrics page is tens of KB; a larger answer is not one
+
+# (running, waiting, kv cache) names, first match wins per field
+NAMES: dict[str, tuple[str, ...]] = {
+    "running": ("vllm:num_requests_running", "llamacpp:requests_processing", "sglang:num_running_reqs"),
+    "waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "sglang:num_queue_reqs"),
+    "kv_cache_usage": (
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "llamacpp:kv_cache_usage_ratio",
+        "sglang:token_usage",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """One scrape of a backend: each figure None where its page does not have it."""
+
+    running: float | None
+    waiting: float | None
+    kv_cache_usage: float | None
+    at: float  # time.monotonic() of the scrape
+
+    def as_json(self, now: float) -> dict[str, float | None]:
+        return {
+            "running": self.running,
+            "waiting": self.waiting,
+            "kv_cache_usage": self.kv_cache_usage,
+            "age_s": round(now - self.at, 3),
+        }
+
+
+def parse(page: str, now: float) -> Telemetry | None:
+    """The figures of a Prometheus text page; None if it has none of the names known."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    found = {field: next((sums[n] for n in names if n in sums), None) for field, names in NAMES.items()}
+    if all(value is None for value in found.values()):
+        return None
+    return Telemetry(found["running"], found["waiting"], found["kv_cache_usage"], now)
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> Telemetry | None:
+    """GET `url`/metrics and parse it; None if it does not answer with metrics we know (or is not reached)."""
+    try:
+        async with (
+            asyncio.timeout(SCRAPE_TIMEOUT_S),
+            session.get(url + "/metrics", allow_redirects=False) as response,
+        ):
+            if response.status != 200:
+                return None
+            raw = await response.content.read(MAX_PAGE_BYTES + 1)
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    if len(raw) > MAX_PAGE_BYTES:
+        return None
+    try:
+        return parse(raw.decode("utf-8", "replace"), time.monotonic())
+    except ValueError:  # not Prometheus' text format
+        return None
