@@ -133,7 +133,8 @@ class Decision:
         """One decision; (shape, rank, charge) nanoseconds, and the thread's CPU time for the three."""
         cpu = time.thread_time_ns()
         t0 = time.perf_counter_ns()
-        shape, _ = self.shaper.shape("chat", body, request, {})
+        shaped = self.shaper.shape("chat", body, request, {})
+        shape = shaped[0] if isinstance(shaped, tuple) and len(shaped) == 2 else shaped.shape  # a --baseline tree's
         t1 = time.perf_counter_ns()
         views = [ledger.view(replicas, decode) for ledger, replicas, decode in self.pools]
         choices = self.policies[policy](shape, views, self.book, draw=self.rng.random(), index=self.index)

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.harness import Cluster
+from tests.integration.harness import Cluster, wait_for
 from tests.redis_server import available
 
 pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not installed")
@@ -80,7 +80,12 @@ def test_a_pair_is_made_priced_and_staffed_per_role_on_one_replica_and_used_by_t
     assert status == 201, answer
     assert call(url, "POST", {"url": decode, "role": "prefill"})[0] == 409  # one backend, one role
 
-    # the pair costs the list prices of both its sides: dearer than an A10G until its prices fall
+    # the pair costs the list prices of both its sides: dearer than an A10G until its prices fall (once the other
+    # replica has the config version with its decode backend: it arrives through Redis)
+    def decode_seen() -> bool:
+        return bool(call(second + "/admin/pools/h100-a10g")[1].get("roles", {}).get("decode", {}).get("backends"))
+
+    assert wait_for(decode_seen)
     shown = call(second + "/admin/pools/h100-a10g")[1]
     assert shown["price_per_hour"] > call(second + "/admin/pools/a10g")[1]["price_per_hour"]
     assert pool_of_a_request(second) == "a10g"
