@@ -85,7 +85,7 @@ def test_a_pair_is_made_priced_and_staffed_per_role_on_one_replica_and_used_by_t
     def decode_seen() -> bool:
         return bool(call(second + "/admin/pools/h100-a10g")[1].get("roles", {}).get("decode", {}).get("backends"))
 
-    assert wait_for(decode_seen)
+    assert wait_for(decode_seen, 10)
     shown = call(second + "/admin/pools/h100-a10g")[1]
     assert shown["price_per_hour"] > call(second + "/admin/pools/a10g")[1]["price_per_hour"]
     assert pool_of_a_request(second) == "a10g"
