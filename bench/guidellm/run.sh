@@ -122,11 +122,11 @@ HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$VENV/bin/guidellm" run \
     --data "kind=synthetic_text,prompt_tokens=256,output_tokens=64" \
     --tokenizer "kind=huggingface_auto,model=$TOKENIZER" \
     --output "kind=json,path=$OUT/benchmarks.json" \
-    --output kind=console \
     --disable-progress 2>&1 | tee "$OUT/guidellm.log"
 status=${PIPESTATUS[0]}
-# The gateway's side of the same run, from its access log: answers by status, and the pools that served them.
-echo "gateway access log: $(grep -o 'status=[0-9]*' "$OUT/gateway.log" | sort | uniq -c | xargs);" \
+# The gateway's side of the same run, from its access log: each route by status, and the pools that answered.
+echo "gateway access log: $(grep -o 'ricardo.access: [A-Z]* [^ ]* .*status=[0-9]*' "$OUT/gateway.log" |
+    sed -E 's/ricardo.access: ([A-Z]+ [^ ]+) .*(status=[0-9]+)/\1 \2/' | sort | uniq -c | paste -sd ';' | xargs);" \
     "completed by pool: $(grep 'status=200' "$OUT/gateway.log" | grep -o 'pool=[a-z0-9-]*' | sort | uniq -c | xargs)" >&2
 echo "guidellm exited $status after $(( $(date +%s) - start )) s; report: $OUT/benchmarks.json" >&2
 exit "$status"
