@@ -68,7 +68,10 @@ def test_each_model_has_its_book_and_context(state):
     assert (
         state.book_for("llama2-7b", at_40).slo_tpot_ms == 40 and state.book_for("llama2-7b", at_40).model == "llama2-7b"
     )
-    assert state.book_for("llama3.1-8b", at_40).model == "llama3.1-8b"
+    tight = state.book_for("llama3.1-8b", at_40)
+    assert (tight.model, tight.slo_tpot_ms) == ("llama3.1-8b", 40)
+    # an A10G reads the 8B's 16 GB of weights in more than 40 ms: it serves nothing of it at that SLO
+    assert tight.rate_at("A10G", 100, 100) == 0 < tight.rate_at("H100", 100, 100)
     # a model the gateway does not serve never reaches a pool (404); asked anyway, the first model's book answers
     assert state.book_for("gpt-2", at_120) is state.book
 
