@@ -22,6 +22,7 @@ def cluster(tmp_path_factory):
         POOLS,
         tmp_path_factory.mktemp("models"),
         speed=8.0,
+        faults={"old": [""], "new": [""]},  # no faults, but a process each: `ricardo emulate --gpu A10G --model NAME`
         models=MODELS,
         pool_settings={"old": {"model": "llama2-7b"}, "new": {"model": "llama3.1-8b"}},
     ).start()
