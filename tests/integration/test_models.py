@@ -4,6 +4,9 @@ same GPU at the same price cost what each book says, not the same."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import openai
 import pytest
 from ricardo.policies.routing import request_cost_usd
@@ -54,6 +57,16 @@ def test_each_model_goes_to_its_pool_and_is_billed_on_its_book(cluster):
     # the 8B model's KV cache is a quarter of the 7B's (GQA): an A10G holds more of its requests at once, so the same
     # tokens use less of a replica, though its weights are larger
     assert costs["llama3.1-8b"] < 0.8 * costs["llama2-7b"], costs
+
+
+def test_the_admin_api_shows_each_pools_model_and_book(cluster):
+    request = urllib.request.Request(cluster.url + "/admin/pools", headers=cluster.admin_headers())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        pools = {p["name"]: p for p in json.loads(response.read())["pools"]}
+    assert {name: (p["model"], p["models"], p["profile"]) for name, p in pools.items()} == {
+        "old": ("llama2-7b", ["llama2-7b"], "measured"),
+        "new": ("llama3.1-8b", ["llama3.1-8b"], "estimated"),
+    }
 
 
 def test_an_unknown_model_is_404(cluster):
