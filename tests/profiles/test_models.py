@@ -35,3 +35,12 @@ def test_the_llama31_8b_book_is_estimated_for_every_type_with_its_context():
 def test_an_unknown_model_has_no_book():
     with pytest.raises(ValueError, match="no shipped profile"):
         load_default_book("gpt-2")
+
+
+def test_the_smollm2_book_prices_the_cpu_pool_and_stops_at_its_8k_context():
+    book = load_default_book("smollm2-135m")
+    assert book.model == "smollm2-135m" and book.context_tokens == 8192 and book.source("CPU") == "estimated"
+    assert book.rate_at("CPU", 100, 100) > 0
+    assert book.max_rps("H100", 8000, 500) == 0, "8000 + 500 tokens do not fit an 8k context"
+    # a 135M model on the same GPU: far more requests per second than Llama-2-7B
+    assert book.rate_at("A10G", 500, 200) > 5 * load_default_book().rate_at("A10G", 500, 200)
