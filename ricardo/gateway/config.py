@@ -90,7 +90,7 @@ class PoolConfig(_Strict):
     )
     model: str | None = Field(
         default=None,
-        description="the model this pool serves (whose profile book prices and times it); default: the only one of "
+        description="the model this pool serves (whose profile book prices and times it); default: the first of "
         "`models`, else the gateway's first model",
     )
     models: list[str] | None = Field(
@@ -348,8 +348,8 @@ class GatewayConfig(_Strict):
     )
     profiles: dict[str, str] = Field(
         default_factory=dict,
-        description="model id -> the shipped profile book it is priced and timed by (llama2-7b, llama3.1-8b); "
-        "default: the book of the same name, else llama2-7b's",
+        description="model id -> the shipped profile book it is priced and timed by (llama2-7b, llama3.1-8b, "
+        "smollm2-135m); default: the book of the same name, else llama2-7b's",
         examples=[{"meta-llama/Llama-3.1-8B-Instruct": "llama3.1-8b"}],
     )
     embedding_models: dict[str, float] = Field(
