@@ -43,6 +43,7 @@ class _Pool(BaseModel):
     model_config = ConfigDict(extra="ignore")
     hardware: str | None = None
     backends: list[str] = []
+    model: str | None = None
     models: list[str] | None = None
     prefill: _Side | None = None  # a disaggregated pair's sides
     decode: _Side | None = None
@@ -86,7 +87,7 @@ def backends_from_config(path: str) -> list[BackendSpec]:
         config = _Config.model_validate(yaml.safe_load(f))
     specs = []
     for pool in config.pools:
-        model = (pool.models or config.models)[0]
+        model = pool.model or (pool.models or config.models)[0]
         for role, hardware, backends in pool.sides():
             for url in backends:
                 parts = urlsplit(url)
@@ -102,7 +103,9 @@ async def serve_backends(specs: list[BackendSpec], speed: float, stop: asyncio.E
     try:
         for spec in specs:
             faults = parse_faults(spec.faults)
-            params = load_engine_params(spec.hardware)
+            params = load_engine_params(
+                spec.hardware, spec.model
+            )  # timed as its model, where the engine model knows it
             backend = EmulatedBackend(params, spec.model, speed=speed, faults=faults, link_gbps=spec.link_gbps)
             # a client that goes away cancels its handler, and so its sequence, as vLLM aborts such a request
             runner = web.AppRunner(backend.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)

@@ -11,6 +11,11 @@ mean latency per output token stays within the SLO. Every table it writes says `
 
 writes ricardo/profiles/data/modelled_llama2_7b_tpot40.json for every hardware type of the engine
 catalogue (measured and estimated alike), on the measured profile's bucket grid.
+
+    python -m ricardo.emulator.slo_tables --model llama3.1-8b --slo-tpot-ms 120
+
+does the same for another model the engine model knows (`engine_params.MODELS`): the step costs fitted on
+Llama-2-7B with that model's weights, FLOPs and KV cache per token. Nothing of that model was measured.
 """
 
 from __future__ import annotations
@@ -27,21 +32,29 @@ from tqdm import tqdm
 
 from ricardo.emulator.calibrate import DATA, Evaluator, Measurement, as_rows, grid, load_profile
 from ricardo.profiles.catalog import modelled_profile_path
-from ricardo.profiles.engine_params import engine_catalog
+from ricardo.profiles.engine_params import LLAMA2_7B, MODELS, engine_catalog
 
 COMMAND = "python -m ricardo.emulator.slo_tables"
 
 
-def slo_document(slo_tpot_ms: float, processes: int | None = None, quantile: float | None = None) -> dict:
-    """Every catalogue type's capacity table at `slo_tpot_ms`, as a profile file (JSON-ready dict); judged on
-    the mean latency per output token, or on its `quantile`."""
+def slo_document(
+    slo_tpot_ms: float,
+    processes: int | None = None,
+    quantile: float | None = None,
+    model: str = LLAMA2_7B.name,
+    hardware: list[str] | None = None,
+) -> dict:
+    """Every catalogue type's capacity table of `model` at `slo_tpot_ms`, as a profile file (JSON-ready dict);
+    judged on the mean latency per output token, or on its `quantile`."""
     profile = load_profile()
     sizes = grid(profile)
     columns = len(profile["output_bucket_upper_edges"])
     m = Measurement(slo_s=slo_tpot_ms / 1000, quantile=quantile)
     judged = "mean" if quantile is None else f"{quantile:.0%} quantile of the"
     flag = "" if quantile is None else f" --quantile {quantile:g}"
-    catalog = engine_catalog()
+    catalog = {name: p for name, p in engine_catalog(model).items() if not hardware or name in hardware}
+    other = "" if model == LLAMA2_7B.name else f" --model {model}"
+    spec = MODELS[model]
     evaluator = Evaluator(m, processes)
     tables, seconds = {}, {}
     try:
@@ -52,18 +65,28 @@ def slo_document(slo_tpot_ms: float, processes: int | None = None, quantile: flo
     finally:
         evaluator.close()
     return {
-        "what": f"Single-replica capacity of Llama-2-7B per request-size bucket at a {slo_tpot_ms:g} ms TPOT SLO "
+        "what": f"Single-replica capacity of {model} per request-size bucket at a {slo_tpot_ms:g} ms TPOT SLO "
         "(request latency / output tokens), computed by ricardo's engine model, NOT measured. "
         "max_rps[i][j] = the Poisson rate of identical requests (input = upper edge of input bucket i, "
         f"output = upper edge of output bucket j) up to which the model's steady-state {judged} latency per "
         "output token stays within the SLO. Engine parameters: engine_params_llama2_7b.json (fitted to "
-        "the measured 120 ms tables for L4/A10G/A100-80GB/H100, datasheet estimates for the others). "
+        "the measured 120 ms tables for L4/A10G/A100-80GB/H100, datasheet estimates for the others)"
+        + (
+            ""
+            if not other
+            else f", with {model}'s sizes ({spec.params_billion:g} B parameters, "
+            f"{spec.kv_bytes_per_token / 1024:g} KiB of KV per token, {spec.max_context} tokens of context)"
+        )
+        + ". "
         "0 = the SLO fails even for one such request alone, or it does not fit the KV cache. "
-        f"Produced by `{COMMAND} --slo-tpot-ms {slo_tpot_ms:g}{flag}`.",
-        "model": "llama2-7b",
+        f"Produced by `{COMMAND}{other} --slo-tpot-ms {slo_tpot_ms:g}{flag}"
+        + (f" --hardware {' '.join(catalog)}`." if hardware else "`."),
+        "model": model,
+        "context_tokens": spec.max_context,
         "slo_tpot_ms": slo_tpot_ms,
         "input_bucket_upper_edges": profile["input_bucket_upper_edges"],
         "output_bucket_upper_edges": profile["output_bucket_upper_edges"],
+        "price_per_hour_usd": profile["price_per_hour_usd"],
         "measurement": asdict(m),
         "seconds": seconds,
         "gpus": {
@@ -80,6 +103,8 @@ def slo_document(slo_tpot_ms: float, processes: int | None = None, quantile: flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
     parser.add_argument("--slo-tpot-ms", type=float, required=True)
+    parser.add_argument("--model", default=LLAMA2_7B.name, choices=sorted(MODELS), help="default: %(default)s")
+    parser.add_argument("--hardware", nargs="+", help="only these types of the catalogue (default: all)")
     parser.add_argument(
         "--quantile",
         type=float,
@@ -93,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--slo-tpot-ms must be positive")
     if args.quantile is not None and not 0 < args.quantile < 1:
         parser.error("--quantile must be in (0, 1)")
-    out = args.out or modelled_profile_path("llama2-7b", args.slo_tpot_ms, args.quantile)
-    doc = slo_document(args.slo_tpot_ms, args.processes, args.quantile)
+    out = args.out or modelled_profile_path(args.model, args.slo_tpot_ms, args.quantile)
+    doc = slo_document(args.slo_tpot_ms, args.processes, args.quantile, args.model, args.hardware)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     served = {n: int(np.count_nonzero(np.array(t["max_rps"]))) for n, t in doc["gpus"].items()}
     print(f"wrote {out}; buckets each type can serve: {served}")

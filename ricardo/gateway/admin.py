@@ -88,13 +88,15 @@ def _pool_status(state: GatewayState, name: str) -> dict:
     config = pool.config
     sized_on = [b for b in pool.backends if b.role in ("unified", "decode")]  # the ledger charges the decode side
     now = time.monotonic()
+    book = state.model_book(state.config.pool_model(config))
     status = {
         "name": name,
         "role": config.role,
         "hardware": pool.hardware,
         "price_per_hour": pool.price_per_hour,
         "price_source": "override" if config.price_per_hour is not None else f"price set {state.book.price_set}",
-        "profile": state.book.source(pool.hardware),
+        "profile": book.source(pool.hardware),
+        "model": book.model,
         "models": list(pool.models),
         "in_flight": pool.ledger.in_flight,
         "utilization": round(pool.ledger.in_flight_load / max(1, len(sized_on)), 4),
@@ -123,7 +125,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
                 "hardware": role.hardware,
                 "price_per_hour": state.role_prices(config)[role.role],
                 "price_source": "override" if role.price_per_hour is not None else f"price set {state.book.price_set}",
-                "profile": state.book.source(role.hardware),
+                "profile": book.source(role.hardware),
                 "backends": len(role.backends),
             }
             for role in config.roles()

@@ -88,7 +88,14 @@ class PoolConfig(_Strict):
     backends: list[HttpUrl] = Field(
         default_factory=list, description="OpenAI-compatible base URLs of the pool's replicas (credentials allowed)"
     )
-    models: list[str] | None = Field(default=None, description="models this pool serves; default: all")
+    model: str | None = Field(
+        default=None,
+        description="the model this pool serves (whose profile book prices and times it); default: the first of "
+        "`models`, else the gateway's first model",
+    )
+    models: list[str] | None = Field(
+        default=None, description="model ids this pool answers; default: `model` if given, else all"
+    )
     api_key: str | None = Field(default=None, description="bearer token the backends expect")
     draining: list[HttpUrl] = Field(default_factory=list, description="backends that take no new requests")
     role: Literal["unified", "pair"] = Field(
@@ -339,6 +346,12 @@ class GatewayConfig(_Strict):
     models: list[str] = Field(
         default_factory=lambda: ["llama2-7b"], min_length=1, description="model ids served (`/v1/models`)"
     )
+    profiles: dict[str, str] = Field(
+        default_factory=dict,
+        description="model id -> the shipped profile book it is priced and timed by (llama2-7b, llama3.1-8b, "
+        "smollm2-135m); default: the book of the same name, else llama2-7b's",
+        examples=[{"meta-llama/Llama-3.1-8B-Instruct": "llama3.1-8b"}],
+    )
     embedding_models: dict[str, float] = Field(
         default_factory=dict,
         description="models of `models` that embed (served on /v1/embeddings by the pools that list them), "
@@ -387,6 +400,14 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
         check_shared(self.shared(), self.models)
+        from ricardo.profiles.catalog import shipped_models
+
+        unknown_books = {book for book in self.profiles.values() if book not in shipped_models()}
+        if unknown_books or set(self.profiles) - set(self.models):
+            raise ConfigError(
+                f"`profiles` maps models of `models` to shipped books ({', '.join(shipped_models())}); "
+                f"unknown: {sorted(unknown_books | (set(self.profiles) - set(self.models)))}"
+            )
         unknown = set(self.embedding_models) - set(self.models)
         if unknown:
             raise ConfigError(f"embedding models not in `models`: {sorted(unknown)}")
@@ -400,7 +421,22 @@ class GatewayConfig(_Strict):
         return SharedConfig(policy=self.policy, slo=self.slo, pools=self.pools)
 
     def pool_models(self, pool: PoolConfig) -> list[str]:
-        return pool.models or self.models
+        """The model ids a request may name to be sent to this pool."""
+        return pool.models or ([pool.model] if pool.model else self.models)
+
+    def pool_model(self, pool: PoolConfig) -> str:
+        """The model the pool serves: its `model`, else the (first) one of its `models`, else the gateway's first."""
+        return pool.model or (pool.models or self.models)[0]
+
+    def profile_of(self, model: str) -> str:
+        """The shipped profile book a model id is priced and timed by: `profiles`' entry, else the book of the same
+        name (ignoring case and dashes: `Llama-3.1-8B` is `llama3.1-8b`), else Llama-2-7B's."""
+        from ricardo.profiles.catalog import shipped_models
+
+        if model in self.profiles:
+            return self.profiles[model]
+        loose = {book.replace("-", ""): book for book in shipped_models()}
+        return loose.get(model.lower().replace("-", ""), "llama2-7b")
 
 
 def check_shared(shared: SharedConfig, models: list[str]) -> None:
@@ -411,6 +447,10 @@ def check_shared(shared: SharedConfig, models: list[str]) -> None:
         raise ConfigError(f"unknown policy {shared.policy!r}; known: {', '.join(POLICIES)}")
     for pool in shared.pools:
         unknown = set(pool.models or ()) - set(models)
+        if pool.model is not None and pool.model not in models:
+            raise ConfigError(f"pool {pool.name} serves model {pool.model!r}, not in `models`")
+        if pool.model is not None and pool.models and pool.model not in pool.models:
+            raise ConfigError(f"pool {pool.name}: its `model` {pool.model!r} is not among its `models`")
         if unknown:
             raise ConfigError(f"pool {pool.name} serves models not in `models`: {sorted(unknown)}")
 

@@ -84,7 +84,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     else:
         shaped = state.shaper.shape(endpoint, body, req, request.headers, granted)
     shape, features = shaped.shape, shaped.features
-    state.shaper.check_context(shape, state.book_for(shape.slo).context_tokens, shaped.longest_input)
+    state.shaper.check_context(shape, state.book_for(shape.model, shape.slo).context_tokens, shaped.longest_input)
     views = state.views(shape, time.monotonic())
     choices = state.rank(shape, views)
     state.metrics.routing_seconds.observe(time.monotonic() - started)

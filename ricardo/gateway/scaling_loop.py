@@ -134,7 +134,7 @@ class ScalingLoop:
                     now,
                     pools,
                     slo,
-                    book=self.state.book_for(slo),
+                    book=self.state.book_for(self.state.config.models[0], slo),
                     own=summary,
                     extra_summaries=others,
                     pair_loads=pair_loads,

@@ -54,11 +54,26 @@ class GatewayState:
         self.config = config
         self.models = set(config.models)
         self.replica_id = config.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.book = load_default_book(price_set=config.price_set, include_estimated=True)
+        # one profile book per model (`config.profiles`: which shipped book a model id goes by), and per model the
+        # books at each TPOT SLO the engine model's tables are shipped for
+        by_profile = {
+            name: load_default_book(name, price_set=config.price_set, include_estimated=True)
+            for name in {config.profile_of(m) for m in config.models}
+        }
+        self.books = {model: by_profile[config.profile_of(model)] for model in config.models}
+        self.book = self.books[config.models[0]]  # the gateway's first model's: prices, scaling hints
+        at_slo = {
+            (name, slo): load_default_book(name, price_set=config.price_set, include_estimated=True, slo_tpot_ms=slo)
+            for name in by_profile
+            for slo in modelled_slos(name)
+            if slo != by_profile[name].slo_tpot_ms
+        }
         self._books = {
-            slo: load_default_book(price_set=config.price_set, include_estimated=True, slo_tpot_ms=slo)
-            for slo in modelled_slos()
-        }  # by TPOT SLO
+            (model, slo): book
+            for model in config.models
+            for (name, slo), book in at_slo.items()
+            if name == config.profile_of(model)
+        }  # by (model, TPOT SLO)
         self.metrics = GatewayMetrics()
         self.listener = Listener(config.host, config.port)
         self.store = store or open_store(config.redis_url)
@@ -95,24 +110,33 @@ class GatewayState:
         return self.shared.policy
 
     # -- decisions --------------------------------------------------------------------------
-    def book_for(self, slo: SLO) -> ProfileBook:
-        """The capacity tables at the request's TPOT SLO where they are shipped (40 ms), else the measured ones
-        (at another SLO, `capacity_share` scales their concurrency linearly: a first-order guess)."""
-        return self._books.get(slo.tpot_ms, self.book)
+    def book_for(self, model: str, slo: SLO) -> ProfileBook:
+        """The model's capacity tables at the request's TPOT SLO where they are shipped (40 ms), else its book at
+        its own SLO (at another SLO, `capacity_share` scales their concurrency linearly: a first-order guess)."""
+        book = self._books.get((model, slo.tpot_ms))
+        return book if book is not None else self.model_book(model)
+
+    def model_book(self, model: str) -> ProfileBook:
+        """The model's book at its own SLO (the first model's for a model id the gateway does not serve)."""
+        return self.books.get(model, self.book)
 
     def views(self, shape: RequestShape, now: float) -> list[PoolView]:
         """The pools that serve the request's model, as the policy sees them now."""
         return [p.view(now) for p in self.pools.values() if shape.model in p.models]
 
     def rank(self, shape: RequestShape, views: list[PoolView]) -> list[Choice]:
-        return self.policy(shape, views, self.book_for(shape.slo), draw=self._rng.random(), index=next(self._index))
+        book = self.book_for(shape.model, shape.slo)
+        return self.policy(shape, views, book, draw=self._rng.random(), index=next(self._index))
 
-    def request_cost(self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO | None = None) -> float:
+    def request_cost(
+        self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO | None = None, model: str | None = None
+    ) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point, on the tables
-        the request was ranked by (its SLO's). A pair: its prefill and decode sides' time at their own prices
-        (`pair_request_cost_usd`); where the role model cannot serve the size, each side as a unified replica of
-        its type would be for its part (an upper bound)."""
-        book = self.book if slo is None else self.book_for(slo)
+        the request was ranked by (its model's at its SLO). A pair: its prefill and decode sides' time at their own
+        prices (`pair_request_cost_usd`); where the role model cannot serve the size, each side as a unified replica
+        of its type would be for its part (an upper bound)."""
+        model = model or self.config.pool_model(pool.config)
+        book = self.model_book(model) if slo is None else self.book_for(model, slo)
         pair = pool.pair
         if pair is None:
             return request_cost_usd(book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
@@ -130,18 +154,19 @@ class GatewayState:
         check_shared(shared, self.config.models)
         for pool in shared.pools:
             upstream_timeouts(self.config.limits, pool)
+            book = self.model_book(self.config.pool_model(pool))
             for role in pool.roles():
                 for url in role.backends:
                     self.listener.check(str(url))
                 side = f" ({role.role})" if pool.is_pair else ""
-                if not self.book.has(role.hardware):
+                if not book.has(role.hardware):
                     raise ConfigError(
-                        f"pool {pool.name}{side}: no profile for hardware {role.hardware!r}; "
-                        f"known: {', '.join(self.book.hardware_names())}"
+                        f"pool {pool.name}{side}: no profile of {book.model} for hardware {role.hardware!r}; "
+                        f"known: {', '.join(book.hardware_names())}"
                     )
                 if role.price_per_hour is None:
                     try:
-                        self.book.price(role.hardware)
+                        book.price(role.hardware)
                     except ValueError:
                         raise ConfigError(
                             f"pool {pool.name}{side}: price set {self.config.price_set!r} has no price for "
@@ -150,8 +175,9 @@ class GatewayState:
 
     def role_prices(self, pool_config: PoolConfig) -> dict[str, float]:
         """$/h per replica of each role of the pool (its override, else the price set's)."""
+        book = self.model_book(self.config.pool_model(pool_config))
         return {
-            role.role: role.price_per_hour if role.price_per_hour is not None else self.book.price(role.hardware)
+            role.role: role.price_per_hour if role.price_per_hour is not None else book.price(role.hardware)
             for role in pool_config.roles()
         }
 

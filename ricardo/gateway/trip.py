@@ -59,7 +59,9 @@ class Trip:
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
     """An attempt starts on `backend`."""
     trip.pool, trip.backend, trip.choice, trip.served_by = pool, backend, choice, backend.shown
-    trip.ticket = pool.ledger.dispatch(trip.shape, state.book_for(trip.shape.slo), time.monotonic(), choice)
+    trip.ticket = pool.ledger.dispatch(
+        trip.shape, state.book_for(trip.shape.model, trip.shape.slo), time.monotonic(), choice
+    )
     trip.trial = backend.outlier.begin()
     backend.in_flight += 1
     if trip.shape.stream:
@@ -144,7 +146,7 @@ def priced(state: GatewayState, trip: Trip, usage: dict) -> dict:
     prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if trip.pool is None or not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
         return usage
-    trip.cost_usd = state.request_cost(trip.pool, prompt_tokens, completion_tokens, trip.shape.slo)
+    trip.cost_usd = state.request_cost(trip.pool, prompt_tokens, completion_tokens, trip.shape.slo, trip.shape.model)
     extension = {"ricardo_cost_usd": trip.cost_usd}
     if trip.choice is not None:
         extension["ricardo_expected_cost_usd"] = trip.choice.cost_usd
@@ -199,7 +201,9 @@ def account(state: GatewayState, trip: Trip) -> None:
         m.output_usage.observe(completion_tokens)
         cost = trip.cost_usd  # the figure the client was told (`priced`), else priced now
         if cost is None:
-            cost = trip.cost_usd = state.request_cost(pool, prompt_tokens, completion_tokens, trip.shape.slo)
+            cost = trip.cost_usd = state.request_cost(
+                pool, prompt_tokens, completion_tokens, trip.shape.slo, trip.shape.model
+            )
         pm.cost.inc(cost)
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)

@@ -34,7 +34,11 @@ PROFILE_FILES = {
     "llama2-7b": ("melange_llama2_7b.json", "estimated_llama2_7b.json"),
 }
 # per model: the file stem of tables the engine model computed at another SLO (`emulator/slo_tables.py`)
-MODELLED_STEMS = {"llama2-7b": "modelled_llama2_7b"}
+MODELLED_STEMS = {
+    "llama2-7b": "modelled_llama2_7b",
+    "llama3.1-8b": "modelled_llama31_8b",
+    "smollm2-135m": "modelled_smollm2_135m",
+}
 # profile name -> gpus.csv name, where they differ
 CATALOG_NAMES = {"H100": "H100-SXM"}
 PROFILE_NAMES = {v: k for k, v in CATALOG_NAMES.items()}
@@ -527,11 +531,13 @@ def load_default_book(
     With a `quantile` (0.99), always the engine model's tables judged on that quantile of the latency per token
     instead of its mean: the capacity at which 99% of requests meet the SLO (a reference, not for routing).
     """
+    if model not in PROFILE_FILES:  # nothing measured: only the engine model's tables, every type estimated
+        return _modelled_book(model, price_set, slo_tpot_ms, quantile)
     paths = default_profile_paths(model, include_estimated)
     measured = read_profile_file(paths[0])
     slo_tpot_ms = measured.slo_tpot_ms if slo_tpot_ms is None else slo_tpot_ms
     if quantile is None and abs(slo_tpot_ms - measured.slo_tpot_ms) < 1e-9:
-        return with_shipped_engines(load_book(*paths, price_set=price_set, model=model))
+        return with_shipped_engines(load_book(*paths, price_set=price_set, model=model), model)
     path = modelled_profile_path(model, slo_tpot_ms, quantile)
     if not path.is_file():
         judged = "" if quantile is None else f" --quantile {quantile:g}"
@@ -545,11 +551,31 @@ def load_default_book(
         modelled.gpus = {name: table for name, table in modelled.gpus.items() if name in measured.gpus}
     modelled.price_per_hour_usd = {**measured.price_per_hour_usd, **modelled.price_per_hour_usd}
     modelled.workloads = {**measured.workloads, **modelled.workloads}
-    return with_shipped_engines(book_from_profiles([modelled], price_set=price_set, model=model))
+    return with_shipped_engines(book_from_profiles([modelled], price_set=price_set, model=model), model)
 
 
-def with_shipped_engines(book: ProfileBook) -> ProfileBook:
-    """The shipped book knows the step costs calibrated for its hardware (profiles/data/engine_params_*.json)."""
-    catalog = engine_catalog()
+def _modelled_book(model: str, price_set: str, slo_tpot_ms: float | None, quantile: float | None) -> ProfileBook:
+    """The book of a model nothing was measured for: the engine model's tables at `slo_tpot_ms` (default: the
+    loosest shipped SLO, 120 ms like the measured Llama-2-7B tables)."""
+    slos = modelled_slos(model)
+    if not slos:
+        known = sorted(set(PROFILE_FILES) | set(MODELLED_STEMS))
+        raise InvalidInput(f"no shipped profile for model {model!r}; known: {', '.join(known)}")
+    path = modelled_profile_path(model, max(slos) if slo_tpot_ms is None else slo_tpot_ms, quantile)
+    if not path.is_file():
+        raise InvalidInput(f"no capacity tables of {model} at {path.name}; shipped TPOT SLOs: {slos}")
+    book = book_from_profiles([read_profile_file(path)], price_set=price_set, model=model)
+    return with_shipped_engines(book, model)
+
+
+def shipped_models() -> list[str]:
+    """Models with a shipped profile book (measured or the engine model's)."""
+    return [m for m in dict.fromkeys([*PROFILE_FILES, *MODELLED_STEMS]) if m in PROFILE_FILES or modelled_slos(m)]
+
+
+def with_shipped_engines(book: ProfileBook, model: str = "llama2-7b") -> ProfileBook:
+    """The shipped book knows the step costs calibrated for its hardware (profiles/data/engine_params_*.json),
+    with `model`'s sizes (`engine_catalog`)."""
+    catalog = engine_catalog(model)
     engines = {hw: catalog[ALIASES.get(hw, hw)] for hw in book.hardware_names() if ALIASES.get(hw, hw) in catalog}
     return book.with_engines(engines)

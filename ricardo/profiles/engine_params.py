@@ -56,6 +56,33 @@ LLAMA2_7B = ModelSpec(
     hidden_size=4096,
 )
 
+# Llama-3.1-8B, bf16: GQA with 8 KV heads, so 2 x 32 layers x 8 heads x 128 dims x 2 bytes = 128 KiB of KV per token
+# (a quarter of Llama-2-7B's); 8.03 B parameters, 128k context.
+LLAMA31_8B = ModelSpec(
+    name="llama3.1-8b",
+    params_billion=8.03,
+    weight_bytes=16.06e9,
+    kv_bytes_per_token=2 * 32 * 8 * 128 * 2,
+    max_context=131072,
+    layers=32,
+    hidden_size=4096,
+)
+
+# SmolLM2-135M, bf16 (the llama.cpp CPU pool's model): GQA with 3 KV heads of 64 dims over 30 layers,
+# 2 x 30 x 3 x 64 x 2 bytes = 22.5 KiB of KV per token; 8k context.
+SMOLLM2_135M = ModelSpec(
+    name="smollm2-135m",
+    params_billion=0.135,
+    weight_bytes=0.27e9,
+    kv_bytes_per_token=2 * 30 * 3 * 64 * 2,
+    max_context=8192,
+    layers=30,
+    hidden_size=576,
+)
+
+# the models the engine model knows, by the name their shipped profiles go by (profiles/catalog.py)
+MODELS = {spec.name: spec for spec in (LLAMA2_7B, LLAMA31_8B, SMOLLM2_135M)}
+
 
 class EngineParams(BaseModel):
     """Everything the engine model needs to time one hardware type on one model."""
@@ -154,13 +181,22 @@ def _catalog() -> dict[str, EngineParams]:
     return {name: EngineParams.model_validate(entry["params"]) for name, entry in entries.items()}
 
 
-def engine_catalog() -> dict[str, EngineParams]:
-    """Every hardware type with engine parameters, fitted or estimated, by name."""
-    return dict(_catalog())
+def engine_catalog(model: str = LLAMA2_7B.name) -> dict[str, EngineParams]:
+    """Every hardware type with engine parameters, fitted or estimated, by name. For another model than Llama-2-7B
+    (the one they were fitted on): the same efficiencies and host overheads, with that model's weights, FLOPs and
+    KV cache (an estimate: the engine and the hardware are the same, only the sizes change)."""
+    if model == LLAMA2_7B.name:
+        return dict(_catalog())
+    try:
+        spec = MODELS[model]
+    except KeyError:
+        raise NotFound(f"no engine model of {model!r}; known: {', '.join(MODELS)}") from None
+    return {name: params.model_copy(update={"model": spec}) for name, params in _catalog().items()}
 
 
-def load_engine_params(hardware: str) -> EngineParams:
-    catalog = _catalog()
+def load_engine_params(hardware: str, model: str = LLAMA2_7B.name) -> EngineParams:
+    """The type's parameters serving `model` (a model the engine model does not know: as Llama-2-7B)."""
+    catalog = engine_catalog(model) if model in MODELS else _catalog()
     name = ALIASES.get(hardware, hardware)
     if name not in catalog:
         raise NotFound(f"no engine parameters for {hardware!r}; known: {', '.join(sorted(catalog))}")

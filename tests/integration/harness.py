@@ -126,7 +126,8 @@ class Cluster:
             self.faults = {}
         default_model = gateway_settings.get("models", ["llama2-7b"])[0]
         self.model = {
-            port: (pool_settings or {}).get(name, {}).get("models", [default_model])[0]
+            port: (pool_settings or {}).get(name, {}).get("model")
+            or (pool_settings or {}).get(name, {}).get("models", [default_model])[0]
             for name, ports in self.pool_ports.items()
             for port in ports
         } | {port: default_model for ports in self.role_ports.values() for port in ports}
