@@ -363,12 +363,12 @@ def size_pairs(
     utilization: ceil(load / (target x (1 - headroom))), at least one replica of each role while the pair carries
     load, at least `min_replicas`.
 
-    The loads the gateway measures (scaling_loop.py): a prefill side's, its busy replicas (one running a prefill
-    is busy: prefill is compute-bound, a batch takes the whole GPU); a decode side's, the pool ledger's load (each
-    request's share of a decode replica at the profile's SLO operating point).
+    The loads the gateway measures (scaling_loop.py): each side's load in the pool's ledger, each request's share
+    of a prefill and of a decode replica by the role model (policies/routing.py `pair_shares`).
 
-    Hook: once the planner (policies/) sizes pairs from their profiles, plan_replicas passes the pair specs to it
-    and this rule retires; the hints' shape (pool -> role -> replicas) stays."""
+    Hook: the planner can size pairs (`policies.sizing.plan_sizes(pairs=...)`, `desired_replicas`); once the traffic
+    window keeps the requests pairs serve, plan_replicas passes the pair specs to it and this rule retires; the
+    hints' shape (pool -> role -> replicas) stays."""
     sized: dict[str, dict[str, int]] = {}
     share = target * (1.0 - headroom)
     for pool in pools:
