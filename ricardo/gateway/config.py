@@ -381,7 +381,9 @@ class GatewayConfig(_Strict):
     )
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="scaling hints (desired replicas)")
     log_prompts: bool = Field(
-        default=False, description="reserved: no log line carries prompt text, and this setting changes nothing yet"
+        default=False,
+        description="put each request's prompt text (its messages or prompts, at most 4,000 characters) in its "
+        "access line; off: no log line carries prompt text",
     )
     tokenizer: str | None = Field(
         default=None,

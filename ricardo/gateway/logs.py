@@ -1,12 +1,13 @@
 """The gateway's logs: text or JSON lines, and one access line per request on the logger `ricardo.access`.
 
-The access line says who answered, how fast and at what cost, never what was asked: it carries no prompt or
-answer text (`log_prompts` is a separate, off-by-default setting).
+The access line says who answered, how fast and at what cost, not what was asked: it carries no prompt or answer
+text unless the config's `log_prompts` asks for the prompt (its first PROMPT_LOG_CHARS characters, JSON-quoted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Literal
@@ -21,6 +22,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}
 # where proxy.handle leaves the request's Trip for the access line
 TRIP_KEY = "ricardo.trip"
+PROMPT_LOG_CHARS = 4000
 
 
 def setup_logging(level: str, fmt: Literal["text", "json"]) -> None:
@@ -81,5 +83,7 @@ def _log(request: web.Request, status: int, latency_ms: float) -> None:
             "ttft_ms": None if trip.first_token_at is None else round((trip.first_token_at - trip.started) * 1000, 1),
             "cost_usd": trip.cost_usd,
         }
+        if trip.prompt is not None:  # only with log_prompts: quoted, so that a text line stays one line
+            fields["prompt"] = json.dumps(trip.prompt, ensure_ascii=True)
     text = " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items() if k not in ("method", "path"))
     access.log(level, "%s %s %s", request.method, fields["path"], text, extra=fields)

@@ -22,7 +22,7 @@ import time
 from aiohttp import web
 
 from ricardo.gateway.dispatch import HOPS_HEADER, dispatch
-from ricardo.gateway.logs import TRIP_KEY
+from ricardo.gateway.logs import PROMPT_LOG_CHARS, TRIP_KEY
 from ricardo.gateway.pools import QueueDelays
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
@@ -110,6 +110,8 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     state.pools[choices[0].pool].metrics.decisions.inc()  # ranked from state.pools in this same step
     trip = Trip(endpoint, request_id, shape, features, started, key, task=asyncio.current_task())
     trip.sequences = shaped.sequences
+    if state.config.log_prompts:  # asked for: the access line carries it (gateway/logs.py)
+        trip.prompt = req.text()[:PROMPT_LOG_CHARS]
     payload = _upstream_body(raw, body, req.stream)
     headers = _forwarded_headers(request, request_id, hops)
     request[TRIP_KEY] = trip  # for the access line

@@ -54,6 +54,7 @@ class Trip:
     aborted: str | None = None  # why the gateway itself ends the request early (shutdown)
     served_by: str | None = None  # the last backend attempted (shown, without credentials), for the access log
     sequences: int = 1  # answers the backend generates (`n` per prompt); usage counts them all
+    prompt: str | None = None  # the prompt text, only where the config asks for it in the access log (log_prompts)
 
 
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:

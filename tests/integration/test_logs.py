@@ -101,3 +101,19 @@ def test_each_config_version_is_logged_once(cluster):
     assert version == 2
     in_force = [r["msg"] for r in records(cluster) if r["msg"].startswith("config version")]
     assert [m.split()[2] for m in in_force] == ["1", "2"], in_force
+
+
+def test_the_prompt_is_logged_only_where_the_config_asks_for_it(tmp_path):
+    asked = Cluster(POOLS, tmp_path, speed=8.0, serve_args=("--log-format", "json"), log_prompts=True)
+    asked.start()
+    try:
+        client = openai.OpenAI(base_url=asked.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        client.chat.completions.create(
+            model="llama2-7b",
+            messages=[{"role": "user", "content": f"Remember {SECRET}\nand say hello."}],
+            extra_headers={"x-emulator-output-tokens": "3", "x-request-id": "access-prompt"},
+        )
+        [line] = access_lines(asked, "access-prompt")
+        assert SECRET in json.loads(line["prompt"]) and "\n" not in line["prompt"]  # quoted: one line
+    finally:
+        asked.stop()
