@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import yaml
+from ricardo.cli.demo import ricardo_command, wait_ready
 from ricardo.loadgen.replay import ReplayConfig, RequestRecord
 from ricardo.loadgen.replay import run as replay
 from ricardo.loadgen.traces import TraceRequest, read_trace, with_poisson_arrivals
@@ -42,30 +40,12 @@ SLO_TPOT_MS = 120.0
 HERE = Path(__file__).resolve().parent
 
 
-def ricardo(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from ricardo.cli import main; sys.exit(main())", *args]
-
-
 def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args[-1]} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    raise SystemExit(f"not ready at {url} after {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -100,9 +80,11 @@ def run_setting(name: str, admission: dict, base: dict, requests: list[TraceRequ
     config_path = out / f"gateway-{name}.yaml"
     config_path.write_text(yaml.safe_dump({**base, "port": port, "admission": admission}))
     with open(out / f"gateway-{name}.log", "w") as log:
-        gateway = subprocess.Popen(ricardo("serve", "--config", str(config_path)), stdout=log, stderr=subprocess.STDOUT)
+        gateway = subprocess.Popen(
+            ricardo_command("serve", "--config", str(config_path)), stdout=log, stderr=subprocess.STDOUT
+        )
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", gateway)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", gateway, "the gateway")
         result = replay(
             requests,
             ReplayConfig(base_url=f"http://127.0.0.1:{port}", progress=False, timeout_s=600, drain_timeout_s=30),
@@ -201,14 +183,14 @@ def main() -> int:
     (work / "emulators.yaml").write_text(yaml.safe_dump(base))
     with open(work / "emulator.log", "w") as log:
         emulator = subprocess.Popen(
-            ricardo("emulate", "--config", str(work / "emulators.yaml"), "--speed", str(args.speed)),
+            ricardo_command("emulate", "--config", str(work / "emulators.yaml"), "--speed", str(args.speed)),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     rows = []
     try:
         for port in ports:
-            wait_http(f"http://127.0.0.1:{port}/v1/models", emulator)
+            wait_ready(f"http://127.0.0.1:{port}/v1/models", emulator, "the emulators")
         settings = [("admission off", {"enabled": False})] + [
             (f"admission on, bound {b}", {"enabled": True, "max_utilization": float(b)}) for b in args.bounds.split(",")
         ]

@@ -28,22 +28,22 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=_demo)
 
 
-def _ricardo(*args: str) -> list[str]:
+def ricardo_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from ricardo.cli import main; sys.exit(main())", *args]
 
 
-def _wait_ready(url: str, process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
+def wait_ready(url: str, process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"ricardo demo: {name} exited with code {process.returncode}")
+            raise SystemExit(f"{name} exited with code {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.2)
-    raise SystemExit(f"ricardo demo: {name} not ready at {url} after {timeout:.0f}s")
+    raise SystemExit(f"{name} not ready at {url} after {timeout:.0f}s")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -56,22 +56,22 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         with open(logs / "emulator.log", "w") as emulator_log, open(logs / "gateway.log", "w") as gateway_log:
             emulator = subprocess.Popen(
-                _ricardo("emulate", "--config", config_path), stdout=emulator_log, stderr=subprocess.STDOUT
+                ricardo_command("emulate", "--config", config_path), stdout=emulator_log, stderr=subprocess.STDOUT
             )
             children.append(emulator)
             for pool in config.pools:
                 for url in pool.backends:
-                    _wait_ready(f"{str(url).rstrip('/')}/v1/models", emulator, "emulator")
-            gateway = subprocess.Popen(_ricardo("serve"), stdout=gateway_log, stderr=subprocess.STDOUT)
+                    wait_ready(f"{str(url).rstrip('/')}/v1/models", emulator, "ricardo demo: emulator")
+            gateway = subprocess.Popen(ricardo_command("serve"), stdout=gateway_log, stderr=subprocess.STDOUT)
             children.append(gateway)
-            _wait_ready(f"{gateway_url}/readyz", gateway, "gateway")
+            wait_ready(f"{gateway_url}/readyz", gateway, "ricardo demo: gateway")
             print(
                 f"gateway on {gateway_url} with pools: "
                 + ", ".join(f"{p.name} ({p.hardware} x{len(p.backends)})" for p in config.pools),
                 flush=True,
             )
             loadgen = subprocess.run(
-                _ricardo(
+                ricardo_command(
                     "loadgen",
                     "--url",
                     gateway_url,
