@@ -129,18 +129,18 @@ class GatewayState:
         return self.policy(shape, views, book, draw=self._rng.random(), index=next(self._index))
 
     def request_cost(
-        self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO | None = None, model: str | None = None
+        self, pool: Pool, input_tokens: int, output_tokens: int, slo: SLO, model: str | None = None
     ) -> float:
         """Dollars of the pool's time a request of this size uses at the profile's operating point, on the tables
         the request was ranked by (its model's at its SLO). A pair: its prefill and decode sides' time at their own
         prices (`pair_request_cost_usd`); where the role model cannot serve the size, each side as a unified replica
         of its type would be for its part (an upper bound)."""
         model = model or self.config.pool_model(pool.config)
-        book = self.model_book(model) if slo is None else self.book_for(model, slo)
+        book = self.book_for(model, slo)
         pair = pool.pair
         if pair is None:
             return request_cost_usd(book, pool.hardware, pool.price_per_hour, input_tokens, output_tokens)
-        cost = pair_request_cost_usd(book, pair, input_tokens, output_tokens, slo or self.shaper.default_slo)
+        cost = pair_request_cost_usd(book, pair, input_tokens, output_tokens, slo)
         if cost > 0:
             return cost
         prefill = request_cost_usd(book, pair.prefill_hardware, pair.prefill_price_per_hour, input_tokens, 1)
