@@ -76,8 +76,8 @@ async def attempt_pair(
     """Prefill on one backend, decode on another; AttemptFailed (retry), NoPair (next choice) or OpenAIError."""
     now = time.monotonic()
     prefill = pool.pick_backend(now, trip.tried, "prefill")
-    decode = pool.pick_backend(now, trip.tried, "decode")
-    if prefill is None or decode is None:
+    # a decode side must be there before a prefill is spent; which one decodes is picked once the prefill is done
+    if prefill is None or pool.pick_backend(now, trip.tried, "decode") is None:
         raise NoPair
     body = json.loads(payload)
     trip.attempts += 1
@@ -101,8 +101,8 @@ async def attempt_pair(
         raise
     usage = answer.body.get("usage")
     trip.prefill_usage = usage if isinstance(usage, dict) else None
-    # picked again: the least loaded decode backend now. The one picked before the prefill may have left the
-    # config meanwhile (its session is closed once it has nothing in flight, and a picked backend has nothing yet)
+    # the least loaded decode backend now; one there before the prefill may have left the config meanwhile (its
+    # session is closed once it has nothing in flight), and this pool object may be one a new config replaced
     decode = pool.pick_backend(time.monotonic(), trip.tried, "decode")
     if decode is None or decode.session.closed:
         give_up(trip)  # release the prefill's charge; the next choice starts afresh
