@@ -169,19 +169,27 @@ def test_the_admin_api_shows_the_pair_by_role(cluster):
 
 
 def test_scaling_hints_size_each_role_of_the_pair(cluster):
-    client_for(cluster).chat.completions.create(  # a second or so of decoding: load on the decode side
+    """The pair's roles are the planner's counts for the requests it has served (a light load: one of each side)."""
+    client_for(cluster).chat.completions.create(
         model="llama2-7b", messages=MESSAGES, extra_headers={"x-emulator-output-tokens": "60"}
     )
 
-    def loaded() -> dict | None:
+    def planned() -> dict | None:
         hints = admin_get(cluster, "/admin/scaling")
-        pair = hints.get("inputs", {}).get("pools", {}).get("h100-a10g")
-        return hints if pair and pair["roles"]["decode"]["load"] > 0 else None
+        return hints if hints.get("inputs", {}).get("models", {}).get("llama2-7b", {}).get("requests") else None
 
-    hints = wait_for(loaded, 10, interval=0.2)
-    assert hints is not None, "no hints with the pair's decode load"
-    assert hints["desired"]["h100-a10g"] == {"prefill": 1, "decode": 1}  # a light load: one of each side
-    assert hints["inputs"]["pools"]["h100-a10g"]["roles"]["prefill"]["hardware"] == "H100"
+    hints = wait_for(planned, 10, interval=0.2)
+    assert hints is not None, "no hints with the pair's requests"
+    assert hints["desired"]["h100-a10g"] == {"prefill": 1, "decode": 1}
+    (chosen,) = hints["planner"]["llama2-7b"]["pairs"]
+    assert (chosen["prefill"], chosen["decode"], chosen["prefill_replicas"], chosen["decode_replicas"]) == (
+        "H100",
+        "A10G",
+        1,
+        1,
+    )
+    described = hints["inputs"]["pools"]["h100-a10g"]
+    assert described["roles"]["prefill"]["hardware"] == "H100" and described["link_gbps"] == LINK_GBPS
     for role in ("prefill", "decode"):
         assert metric(cluster.url, "ricardo_desired_replicas", pool="h100-a10g", role=role) == 1
     assert metric(cluster.url, "ricardo_desired_replicas", pool="h100-a10g", role="unified") == 0
