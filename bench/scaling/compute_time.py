@@ -52,42 +52,44 @@ async def main_async(args: argparse.Namespace) -> None:
     book = load_default_book(price_set=args.price_set, include_estimated=True)
     requests = read_trace(args.trace)
     per_window = round(args.rate * WINDOW_S)
-    advisors = [ScalingAdvisor(book, window_s=WINDOW_S, start=0.0) for _ in range(args.replicas)]
+    advisors = [ScalingAdvisor(window_s=WINDOW_S, start=0.0) for _ in range(args.replicas)]
     for k in range(per_window * args.replicas):  # round-robin over the replicas, in arrival order
         r = requests[k % len(requests)]
-        advisors[k % args.replicas].observe(k / (args.rate * args.replicas), r.input_tokens, r.output_tokens)
+        t = k / (args.rate * args.replicas)
+        advisors[k % args.replicas].observe(t, book.model, r.input_tokens, r.output_tokens)
     now = WINDOW_S
     leader, others = advisors[0], advisors[1:]
-    pools = [PoolSpec(hw, hw, book.price(hw)) for hw in HARDWARE]
+    pools = [PoolSpec(hw, hw, book.price(hw), model=book.model) for hw in HARDWARE]
 
     summary_ms, compute_s, lags = [], [], []
     hints = None
     for _ in range(args.repeat):
         started = time.perf_counter()
-        own = leader.summary(now)
+        own = leader.summaries(now)
         summary_ms.append((time.perf_counter() - started) * 1e3)
-        extra = [a.summary(now) for a in others]
+        extra = [a.summaries(now) for a in others]
 
         def work(own=own, extra=extra) -> None:
             nonlocal hints
-            hints = leader.compute(now, pools, SLO_DEFAULT, own=own, extra_summaries=extra)
+            hints = leader.compute(now, pools, SLO_DEFAULT, {book.model: book}, own=own, extra_summaries=extra)
 
         elapsed, tick_lags = await lag_while(work)
         compute_s.append(elapsed)
         lags.append(tick_lags)
     _, idle_lags = await lag_while(None, float(np.mean(compute_s)))
     assert hints is not None
+    planned = hints.planner[book.model]
     busy = np.concatenate(lags)
     print(
         f"{args.replicas} replica(s) x {per_window} requests in {WINDOW_S:g} s ({args.trace} sizes), "
         f"{len(HARDWARE)} pool types, {args.price_set} prices, SLO TPOT {SLO_DEFAULT.tpot_ms:g} ms"
     )
-    print(f"  sizes planned                  {hints.planner['sample_size']} (of {hints.inputs['requests']} requests)")
-    print(f"  fleet                          {hints.planner['allocation']}  ${hints.planner['cost_per_hour']:.2f}/h")
+    print(f"  sizes planned                  {planned['sample_size']} (of {hints.inputs['requests']} requests)")
+    print(f"  fleet                          {planned['allocation']}  ${planned['cost_per_hour']:.2f}/h")
     print(f"  summary on the loop, ms        median {np.median(summary_ms):.1f}, max {max(summary_ms):.1f}")
     print(f"  hints in a thread, ms          median {np.median(compute_s) * 1e3:.0f}, max {max(compute_s) * 1e3:.0f}")
-    print(f"    of which sizing + solve, ms  {hints.planner['plan_seconds'] * 1e3:.0f} (last tick)")
-    print(f"    of which solve, ms           {hints.planner['solve_seconds'] * 1e3:.0f} (last tick)")
+    print(f"    of which sizing + solve, ms  {planned['plan_seconds'] * 1e3:.0f} (last tick)")
+    print(f"    of which solve, ms           {planned['solve_seconds'] * 1e3:.0f} (last tick)")
     print(
         f"  loop lag during, ms            p50 {np.median(busy) * 1e3:.2f}, p99 {np.quantile(busy, 0.99) * 1e3:.2f}, "
         f"max {busy.max() * 1e3:.2f}"

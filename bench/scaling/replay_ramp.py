@@ -76,7 +76,7 @@ def replay(
     slo: SLO = DEFAULT_SLO,
     compare: bool = True,
 ) -> Replay:
-    advisor = ScalingAdvisor(book, window_s=window_s, scale_down_hold_s=hold_s, headroom=headroom, start=0.0)
+    advisor = ScalingAdvisor(window_s=window_s, scale_down_hold_s=hold_s, headroom=headroom, start=0.0)
     arrivals = np.array([r.arrival_s for r in requests])
     ticks = np.arange(interval_s, arrivals[-1] + interval_s, interval_s)
     current = dict.fromkeys(HARDWARE, 0)
@@ -85,17 +85,17 @@ def replay(
     for now in ticks:
         while next_request < len(requests) and requests[next_request].arrival_s <= now:
             r = requests[next_request]
-            advisor.observe(r.arrival_s, r.input_tokens, r.output_tokens)
+            advisor.observe(r.arrival_s, book.model, r.input_tokens, r.output_tokens)
             next_request += 1
-        pools = [PoolSpec(hw, hw, book.price(hw), current[hw]) for hw in HARDWARE]
+        pools = [PoolSpec(hw, hw, book.price(hw), current[hw], model=book.model) for hw in HARDWARE]
         started = time.perf_counter()
-        summary = advisor.summary(float(now))
-        hint = advisor.compute(float(now), pools, slo, own=summary)
+        summaries = advisor.summaries(float(now))
+        hint = advisor.compute(float(now), pools, slo, {book.model: book}, own=summaries)
         seconds.append(time.perf_counter() - started)
         hints.append(hint)
         current = {pool: sum(roles.values()) for pool, roles in hint.desired.items()}
         if compare:
-            traffic = merge_summaries([summary])
+            traffic = merge_summaries(list(summaries.values()))
             for rule, rule_headroom in OTHER_RULES.items():
                 fleet = plan_sizes(
                     book,
@@ -160,7 +160,8 @@ def figures(run: Replay) -> dict:
     lag_centred, corr_centred = best_lag(cost, centred, max_shift)
     lag_trailing, _ = best_lag(cost, trailing, max_shift)
     deadband = LOAD_DEADBAND * float(np.ptp(trailing))
-    solve = np.array([h.planner["solve_seconds"] for h in run.hints])
+    planned = [next(iter(h.planner.values())) for h in run.hints]  # the one model's
+    solve = np.array([p["solve_seconds"] for p in planned])
     return {
         "requests": len(run.arrivals),
         "duration_s": float(run.arrivals[-1]),
@@ -188,13 +189,13 @@ def figures(run: Replay) -> dict:
             f"corr_undamped_cost_vs_trailing_load_{rule}": float(np.corrcoef(costs, trailing)[0, 1])
             for rule, costs in run.other_costs.items()
         },
-        "sample_size_median": float(np.median([h.planner["sample_size"] for h in run.hints])),
-        "sample_size_max": max(h.planner["sample_size"] for h in run.hints),
+        "sample_size_median": float(np.median([p["sample_size"] for p in planned])),
+        "sample_size_max": max(p["sample_size"] for p in planned),
         "compute_ms_median": float(np.median(run.compute_seconds) * 1e3),
         "compute_ms_max": float(run.compute_seconds.max() * 1e3),
         "solve_ms_median": float(np.median(solve) * 1e3),
         "solve_ms_max": float(solve.max() * 1e3),
-        "all_optimal": all(h.planner["optimal"] for h in run.hints),
+        "all_optimal": all(p["optimal"] for p in planned),
     }
 
 
@@ -242,7 +243,7 @@ def plot(run: Replay, path: Path) -> None:
     load_ax.legend(loc="upper right", fontsize=8)
     load_ax.set_title(
         "Scaling hints on ShareGPT, 8-minute up-and-down ramp "
-        f"(hold {run.hold_s:g} s, planner {run.hints[0].planner['planner']}, "
+        f"(hold {run.hold_s:g} s, planner {run.hints[0].inputs['planner']}, "
         f"headroom {run.hints[0].inputs['headroom']:g})",
         fontsize=10,
     )

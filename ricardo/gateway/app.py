@@ -30,7 +30,7 @@ def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) ->
     app["state"] = state
     app["scaling"] = scaling = ScalingLoop(state)
     app["scaling_hints"] = scaling.current
-    state.outcome_listeners.append(scaling.observe)
+    state.shaper.usage_hooks.append(scaling.observe)
     add_admin_routes(app)
     add_ui_routes(app)  # the status page; its data comes from the admin API
     for prefix in ("/v1", ""):  # many clients also call the un-prefixed paths

@@ -1,17 +1,15 @@
 """Scaling hints: desired replicas per pool (and role) from the observed traffic, the profiles and live prices.
 
-Disaggregated prefill/decode pairs are not planned yet (the planner sizes unified types): each role of a pair is
-sized on its own observed load (`size_pairs`), and the requests pairs serve stay out of the planner's window.
-
-Every few seconds the gateway's loop calls `ScalingAdvisor.compute`: the arrival rate and a sample of the
-request sizes of a sliding window (this replica's, merged with the other replicas' summaries from the store)
-go through the planner `ricardo plan` and the simulator's fleet search use (`policies.sizing.plan_sizes`,
-rule "ricardo": each request charged its own size, at the utilization the cost-aware router runs each type
-at), and a `Damper` turns its answer into a target an autoscaler can follow without thrashing: up at once,
-down only after the lower figure has held for `scale_down_hold_s`.
+Every few seconds the gateway's loop calls `ScalingAdvisor.compute`: per model, the arrival rate and a sample of the
+request sizes of a sliding window (this replica's, merged with the other replicas' summaries from the store) go
+through the planner `ricardo plan` and the simulator's fleet search use (`policies.sizing.plan_sizes`, rule
+"ricardo": each request charged its own size, at the utilization the cost-aware router runs each type at) on that
+model's book, over the pools serving that model: unified types and prefill/decode pairs in one solve, a pair's
+roles sized separately (`sizing.desired_replicas`). A `Damper` turns the answer into a target an autoscaler can
+follow without thrashing: up at once, down only after the lower figure has held for `scale_down_hold_s`.
 
 Everything here is pure and synchronous; the clock is always passed in (`now`, `t`: seconds), so a
-simulation can drive it in virtual time. One advisor per model (the book is per model).
+simulation can drive it in virtual time.
 """
 
 from __future__ import annotations
@@ -27,11 +25,13 @@ from typing import TypeVar
 import numpy as np
 
 from ricardo.policies.planner import Plan
-from ricardo.policies.sizing import plan_sizes, size_demand
+from ricardo.policies.sizing import desired_replicas, plan_sizes, size_demand
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook
+from ricardo.profiles.roles import DEFAULT_LINK_GBPS
 
 UNIFIED = "unified"
+PAIR_ROLES = ("prefill", "decode")
 PLANNER = "ricardo"
 Key = TypeVar("Key", bound=Hashable)
 
@@ -251,11 +251,16 @@ class RequestWindow:
 
 @dataclass(frozen=True)
 class PoolSpec:
+    """A unified pool, or one side (role prefill or decode) of a pair: a pair is given as one spec per role, both
+    with its name, model and `link_gbps`."""
+
     name: str
     hardware: str
     price_per_hour: float
     current_replicas: int = 0
     role: str = UNIFIED
+    model: str = ""  # the model the pool serves: it is planned on that model's book with that model's traffic
+    link_gbps: float | None = None  # a pair's: the link its KV cache crosses
 
 
 @dataclass(frozen=True)
@@ -263,8 +268,25 @@ class ReplicaPlan:
     replicas: dict[str, dict[str, int]]  # pool -> role -> replicas
     prices: dict[str, float]  # hardware -> $/h the planner used: its cheapest pool's
     plan: Plan | None  # None when no pool has a profiled hardware type
-    unprofiled: tuple[str, ...]  # pools whose hardware the book has no profile for: held at the floor
+    unprofiled: tuple[str, ...]  # pools whose hardware the book has no profile (or role model) for: held at the floor
     seconds: float  # wall time of the sizing and the solve
+
+
+def pair_sides(pools: Sequence[PoolSpec]) -> dict[str, dict[str, PoolSpec]]:
+    """The pairs among `pools`: name -> role -> spec, each pair with exactly one prefill and one decode spec."""
+    sides: dict[str, dict[str, PoolSpec]] = {}
+    for pool in pools:
+        if pool.role not in (UNIFIED, *PAIR_ROLES):
+            raise ValueError(f"pool {pool.name}: unknown role {pool.role!r}")
+        if pool.role != UNIFIED:
+            if pool.role in sides.get(pool.name, {}):
+                raise ValueError(f"pool {pool.name}: its {pool.role} side is given twice")
+            sides.setdefault(pool.name, {})[pool.role] = pool
+    if any(len(roles) != len(PAIR_ROLES) for roles in sides.values()):
+        raise ValueError("a pair needs one prefill and one decode spec")
+    if len({p.name for p in pools if p.role == UNIFIED}) + len(sides) != len({p.name for p in pools}):
+        raise ValueError("pool names must be unique")
+    return sides
 
 
 def plan_replicas(
@@ -277,27 +299,42 @@ def plan_replicas(
     *,
     time_limit_s: float = 1.0,
 ) -> ReplicaPlan:
-    """Replicas per pool for `traffic`: the cheapest fleet of `plan_sizes` (rule "ricardo") at `slo`.
+    """Replicas per pool and role for `traffic`: the cheapest fleet of `plan_sizes` (rule "ricardo") at `slo`, unified
+    types and the configured prefill/decode pairs (each role's replicas: `sizing.desired_replicas`) in one solve.
 
     Pools sharing a hardware type are one candidate for the planner, priced at the cheapest of them;
     that pool gets the type's whole count (ties: the pool already running more replicas, then the first
-    listed), the others only the floor: identical hardware costs less there. Every pool gets at least
-    `min_replicas` (the floor is added after planning: its capacity is not counted). Demand no pool's
-    hardware can serve is left out (`plan.unserved_rate`). Only unified pools are planned so far; the
-    per-role shape is there for prefill/decode pairs.
+    listed), the others only the floor: identical hardware costs less there. Pairs of the same two types likewise.
+    A pair's side is priced as the unified pools of its type where there are some (the planner has one price per
+    type), else at the cheapest side of its type. Every pool gets at least `min_replicas` (the floor is added after
+    planning: its capacity is not counted). Demand no candidate can serve is left out (`plan.unserved_rate`).
     """
-    if len({p.name for p in pools}) != len(pools):
-        raise ValueError("pool names must be unique")
     if min_replicas < 0:
         raise ValueError(f"min_replicas must be >= 0, got {min_replicas}")
-    if any(p.role != UNIFIED for p in pools):
-        raise ValueError("only unified pools can be planned; prefill/decode pairs are not supported yet")
-    owners: dict[str, PoolSpec] = {}  # hardware -> the pool that gets its replicas
-    for pool in sorted(
-        (p for p in pools if book.has(p.hardware)), key=lambda p: (p.price_per_hour, -p.current_replicas)
-    ):
-        owners.setdefault(book.canonical(pool.hardware), pool)
-    prices = {hw: pool.price_per_hour for hw, pool in owners.items()}
+    sides = pair_sides(pools)
+
+    def profiled_pair(roles: Mapping[str, PoolSpec]) -> bool:
+        return all(book.has(s.hardware) and book.role(book.canonical(s.hardware)) is not None for s in roles.values())
+
+    def cheapest_first(pool: PoolSpec | Mapping[str, PoolSpec]) -> tuple[float, int]:
+        roles = [pool] if isinstance(pool, PoolSpec) else list(pool.values())
+        return sum(p.price_per_hour for p in roles), -sum(p.current_replicas for p in roles)
+
+    # the planner's units, each pool's in order of preference (sizing.desired_replicas gives the first the count)
+    units: dict[str, str | tuple[str, str]] = {}
+    prices: dict[str, float] = {}
+    for pool in sorted((p for p in pools if p.role == UNIFIED and book.has(p.hardware)), key=cheapest_first):
+        units[pool.name] = book.canonical(pool.hardware)
+        prices.setdefault(book.canonical(pool.hardware), pool.price_per_hour)
+    only = list(prices)
+    links: dict[tuple[str, str], float] = {}
+    pairs = sorted(((n, r) for n, r in sides.items() if profiled_pair(r)), key=lambda item: cheapest_first(item[1]))
+    for name, roles in pairs:
+        types = (book.canonical(roles["prefill"].hardware), book.canonical(roles["decode"].hardware))
+        units[name] = types
+        links.setdefault(types, roles["prefill"].link_gbps or DEFAULT_LINK_GBPS)
+    for side in sorted((s for _, roles in pairs for s in roles.values()), key=lambda s: s.price_per_hour):
+        prices.setdefault(book.canonical(side.hardware), side.price_per_hour)
     started = time.perf_counter()
     fleet = (
         plan_sizes(
@@ -309,73 +346,25 @@ def plan_replicas(
             PLANNER,
             weights=traffic.weights,
             prices=prices,
-            only=list(prices),
+            only=only,
             headroom=headroom,
             time_limit_s=time_limit_s,
+            pairs=links,
         )
-        if owners
+        if units and (only or traffic.sample_size)  # pairs alone and no traffic: nothing to plan
         else None
     )
-    planned = {pool.name: fleet.allocation[hw] for hw, pool in owners.items()} if fleet else {}
+    planned = desired_replicas(fleet, units) if fleet else {}
+    replicas: dict[str, dict[str, int]] = {}
+    for p in pools:
+        replicas.setdefault(p.name, {})[p.role] = max(planned.get(p.name, {}).get(p.role, 0), min_replicas)
     return ReplicaPlan(
-        replicas={p.name: {p.role: max(planned.get(p.name, 0), min_replicas)} for p in pools},
+        replicas=replicas,
         prices=prices,
         plan=fleet,
-        unprofiled=tuple(p.name for p in pools if not book.has(p.hardware)),
+        unprofiled=tuple(dict.fromkeys(p.name for p in pools if p.name not in units)),
         seconds=time.perf_counter() - started,
     )
-
-
-# -- prefill/decode pairs: each role sized on its observed load ---------------------------------
-
-# the load each role of a pair is sized to run at: a round figure below saturation, leaving the router room (not
-# tuned on any trace)
-PAIR_TARGET_UTILIZATION = 0.7
-
-
-class LoadMeter:
-    """The mean of a load figure sampled every so often over the last `window_s` seconds (samples taken at a steady
-    pace, so their plain mean is the time average)."""
-
-    def __init__(self, window_s: float):
-        self.window_s = float(window_s)
-        self._samples: deque[tuple[float, float]] = deque()
-
-    def sample(self, t: float, value: float) -> None:
-        self._samples.append((t, value))
-        while self._samples and self._samples[0][0] <= t - self.window_s:
-            self._samples.popleft()
-
-    def mean(self, now: float) -> float:
-        values = [v for t, v in self._samples if t > now - self.window_s]
-        return sum(values) / len(values) if values else 0.0
-
-
-def size_pairs(
-    loads: Mapping[str, Mapping[str, float]],
-    pools: Sequence[PoolSpec],
-    headroom: float = 0.0,
-    min_replicas: int = 0,
-    target: float = PAIR_TARGET_UTILIZATION,
-) -> dict[str, dict[str, int]]:
-    """Replicas per role of each pair (`pools` with role prefill or decode), from each role's observed load
-    (`loads`: pool -> role -> mean load over the window, summed over gateway replicas), as an HPA scales on
-    utilization: ceil(load / (target x (1 - headroom))), at least one replica of each role while the pair carries
-    load, at least `min_replicas`.
-
-    The loads the gateway measures (scaling_loop.py): each side's load in the pool's ledger, each request's share
-    of a prefill and of a decode replica by the role model (policies/routing.py `pair_shares`).
-
-    Hook: the planner can size pairs (`policies.sizing.plan_sizes(pairs=...)`, `desired_replicas`); once the traffic
-    window keeps the requests pairs serve, plan_replicas passes the pair specs to it and this rule retires; the
-    hints' shape (pool -> role -> replicas) stays."""
-    sized: dict[str, dict[str, int]] = {}
-    share = target * (1.0 - headroom)
-    for pool in pools:
-        load = float(loads.get(pool.name, {}).get(pool.role, 0.0))
-        needed = math.ceil(load / share - 1e-9) if load > 0 else 0
-        sized.setdefault(pool.name, {})[pool.role] = max(needed, min_replicas)
-    return sized
 
 
 # -- damping -----------------------------------------------------------------------------------
@@ -433,8 +422,8 @@ class Hints:
     desired: dict[str, dict[str, int]]  # pool -> role -> replicas, damped: what autoscalers should follow
     raw: dict[str, dict[str, int]]  # the planner's answer (with the floor) before damping
     cost_per_hour: float  # of the desired fleet, at the pools' prices
-    inputs: dict  # what produced them (JSON-able)
-    planner: dict  # the planner's fleet per hardware type, cost, solve time, optimality, unserved demand
+    inputs: dict  # what produced them (JSON-able); per model under "models"
+    planner: dict  # per model: the planner's fleet per hardware type and pair, cost, solve time, unserved demand
 
     def to_dict(self) -> dict:
         return {
@@ -448,11 +437,11 @@ class Hints:
 
 
 class ScalingAdvisor:
-    """Window + planner + damper: feed it requests with `observe`, ask it for `Hints` every few seconds."""
+    """A window per model + planner + damper: feed it requests with `observe`, ask it for `Hints` every few seconds.
+    Each model's pools are planned on that model's book with that model's traffic."""
 
     def __init__(
         self,
-        book: ProfileBook,
         *,
         window_s: float = 60.0,
         scale_down_hold_s: float = 120.0,
@@ -465,8 +454,10 @@ class ScalingAdvisor:
         shared_sample: int = SHARED_SAMPLE,
         plan_sample: int = PLAN_SAMPLE,
     ):
-        self.book = book
-        self.window = RequestWindow(window_s, slot_s=slot_s, sample_size=window_sample, start=start)
+        RequestWindow(window_s, slot_s=slot_s)  # the window's own checks, before the first request
+        self.window_s, self.slot_s, self.window_sample = float(window_s), float(slot_s), window_sample
+        self.windows: dict[str, RequestWindow] = {}  # model -> its requests
+        self._start = start  # every model's window covers time from here (a model first seen later had no requests)
         self.damper = Damper(scale_down_hold_s)
         self.headroom = headroom
         self.min_replicas = min_replicas
@@ -474,94 +465,132 @@ class ScalingAdvisor:
         self.shared_sample = shared_sample
         self.plan_sample = plan_sample
 
-    def observe(self, t: float, input_tokens: int, output_tokens: int) -> None:
-        self.window.observe(t, input_tokens, output_tokens)
+    def observe(self, t: float, model: str, input_tokens: int, output_tokens: int) -> None:
+        window = self.windows.get(model)
+        if window is None:
+            if self._start is None:
+                self._start = t
+            window = self.windows[model] = RequestWindow(
+                self.window_s, slot_s=self.slot_s, sample_size=self.window_sample, start=self._start
+            )
+        window.observe(t, input_tokens, output_tokens)
 
-    def summary(self, now: float) -> dict:
-        """This replica's window, for the store (other replicas pass it as one of `extra_summaries`). Not thread-
-        safe against `observe`: take it on the thread that observes."""
-        return self.window.snapshot(now).to_dict(self.shared_sample)
+    def summaries(self, now: float) -> dict[str, dict]:
+        """This replica's windows, model -> summary, for the store (other replicas pass them as one of
+        `extra_summaries`). Not thread-safe against `observe`: take them on the thread that observes."""
+        if self._start is None:
+            self._start = now
+        return {model: w.snapshot(now).to_dict(self.shared_sample) for model, w in self.windows.items()}
 
     def compute(
         self,
         now: float,
         pools: Sequence[PoolSpec],
         slo: SLO,
+        books: Mapping[str, ProfileBook],
         *,
-        book: ProfileBook | None = None,
-        own: Mapping | None = None,
-        extra_summaries: Iterable[Mapping] = (),
-        pair_loads: Mapping[str, Mapping[str, float]] | None = None,
+        own: Mapping[str, Mapping] | None = None,
+        extra_summaries: Iterable[object] = (),
+        planned_as: Mapping[str, str] | None = None,
     ) -> Hints:
-        """Hints at `now` for `pools` at `slo`, from this replica's window summary (`own`, default: `summary(now)`)
-        merged with other replicas' summaries (not this one's own again); summaries this version cannot read are
-        left out and counted in the inputs. `book` (default: the advisor's) may bring new profiles. Raises
-        PlanError if the planner finds no fleet within its time limit: keep the previous hints then.
-
-        A pair is given as one PoolSpec per role (prefill, decode); its roles are sized on `pair_loads` (pool ->
-        role -> observed load, `size_pairs`), the unified pools by the planner."""
-        book = book or self.book
-        own = self.summary(now) if own is None else own
-        others = list(extra_summaries)
-        merged = [own, *filter(is_summary, others)]
-        traffic = merge_summaries(merged, self.plan_sample)
-        unified = [p for p in pools if p.role == UNIFIED]
-        sides = [p for p in pools if p.role != UNIFIED]
-        fleet = plan_replicas(
-            traffic, book, unified, slo, self.headroom, self.min_replicas, time_limit_s=self.time_limit_s
-        )
-        loads = pair_loads or {}
-        planned = fleet.replicas | size_pairs(loads, sides, self.headroom, self.min_replicas)
-        raw = {(pool, role): n for pool, roles in planned.items() for role, n in roles.items()}
-        current = {(p.name, p.role): p.current_replicas for p in pools}
-        damped = self.damper.update(now, raw, current)
-        desired: dict[str, dict[str, int]] = {}
-        for (pool, role), n in damped.items():
-            desired.setdefault(pool, {})[role] = n
-        demand = (
-            size_demand(book, traffic.inputs, traffic.outputs, traffic.rate, traffic.weights)
-            if traffic.sample_size
-            else np.zeros(book.shape)
-        )
-        described: dict[str, dict] = {}
-        for p in pools:
-            entry: dict = {
-                "hardware": p.hardware,
-                "role": p.role,
-                "price_per_hour": p.price_per_hour,
-                "current_replicas": p.current_replicas,
-            }
-            if p.role == UNIFIED:
-                described[p.name] = entry
-            else:
-                pair = described.setdefault(p.name, {"role": "pair", "sized_on": "observed role load", "roles": {}})
-                pair["roles"][p.role] = entry | {"load": round(float(loads.get(p.name, {}).get(p.role, 0.0)), 6)}
-        return Hints(
-            computed_at=now,
-            desired=desired,
-            raw=planned,
-            cost_per_hour=sum(p.price_per_hour * desired[p.name][p.role] for p in pools),
-            inputs={
-                "window_s": self.window.window_s,
-                "span_s": round(float(own["span_s"]), 6),
+        """Hints at `now` for `pools` at `slo`: each model's pools (`PoolSpec.model`) planned on `books[model]` with
+        that model's traffic, this replica's windows (`own`, default: `summaries(now)`) merged with other replicas'
+        (`extra_summaries`, one model -> summary mapping each; what this version cannot read is left out and counted
+        in the inputs). `planned_as` maps a request's model to the model whose pools serve it, where they differ (a
+        pool answering several model ids runs one model). Raises PlanError if the planner finds no fleet within its
+        time limit: keep the previous hints then."""
+        own = self.summaries(now) if own is None else own
+        planned_as = planned_as or {}
+        windows: dict[str, list[Mapping]] = {}
+        merged = ignored = 0
+        for replica in [own, *extra_summaries]:
+            if not isinstance(replica, Mapping):
+                ignored += 1
+                continue
+            merged += 1
+            for model, summary in replica.items():
+                if is_summary(summary):
+                    windows.setdefault(planned_as.get(model, model), []).append(summary)
+                else:
+                    ignored += 1
+        raw: dict[str, dict[str, int]] = {}
+        per_model: dict[str, dict] = {}
+        planner: dict[str, dict] = {}
+        for model in dict.fromkeys([p.model for p in pools] + list(windows)):
+            traffic = merge_summaries(windows[model], self.plan_sample) if model in windows else NO_TRAFFIC
+            served = [p for p in pools if p.model == model]
+            per_model[model] = {
                 "rate": round(traffic.rate, 6),
                 "requests": traffic.requests,
                 "sample_size": traffic.sample_size,
-                "replicas_merged": len(merged),
-                "summaries_ignored": len(others) - (len(merged) - 1),
-                "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
-                "planner": PLANNER,
+                "pools": list(dict.fromkeys(p.name for p in served)),
+            }
+            if not served:  # requests of a model no pool serves any more
+                continue
+            book = books[model]
+            fleet = plan_replicas(
+                traffic, book, served, slo, self.headroom, self.min_replicas, time_limit_s=self.time_limit_s
+            )
+            raw |= fleet.replicas
+            planner[model] = _planner_dict(fleet, traffic)
+            demand = (
+                size_demand(book, traffic.inputs, traffic.outputs, traffic.rate, traffic.weights)
+                if traffic.sample_size
+                else np.zeros(book.shape)
+            )
+            per_model[model] |= {
+                "book": book.model,
                 "input_edges": list(book.input_edges),
                 "output_edges": list(book.output_edges),
-                "rates": np.round(demand, 6).tolist(),  # the sample's mix at the total rate, on the book's grid
-                "pools": described,
+                "rates": np.round(demand, 6).tolist(),  # the sample's mix at the model's rate, on its book's grid
+            }
+        flat = {(pool, role): n for pool, roles in raw.items() for role, n in roles.items()}
+        damped = self.damper.update(now, flat, {(p.name, p.role): p.current_replicas for p in pools})
+        desired: dict[str, dict[str, int]] = {}
+        for (pool, role), n in damped.items():
+            desired.setdefault(pool, {})[role] = n
+        return Hints(
+            computed_at=now,
+            desired=desired,
+            raw=raw,
+            cost_per_hour=sum(p.price_per_hour * desired[p.name][p.role] for p in pools),
+            inputs={
+                "window_s": self.window_s,
+                "span_s": round(max((float(s["span_s"]) for s in own.values()), default=0.0), 6),
+                "rate": round(sum(m["rate"] for m in per_model.values() if m["pools"]), 6),
+                "requests": sum(m["requests"] for m in per_model.values() if m["pools"]),
+                "replicas_merged": merged,
+                "summaries_ignored": ignored,
+                "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
+                "planner": PLANNER,
+                "models": per_model,
+                "pools": _describe(pools),
                 "headroom": self.headroom,
                 "min_replicas": self.min_replicas,
                 "scale_down_hold_s": self.damper.hold_s,
-                "pair_target_utilization": PAIR_TARGET_UTILIZATION,
             },
-            planner=_planner_dict(fleet, traffic),
+            planner=planner,
         )
+
+
+NO_TRAFFIC = Traffic(0.0, 0, np.zeros(0, int), np.zeros(0, int), np.zeros(0))
+
+
+def _describe(pools: Sequence[PoolSpec]) -> dict[str, dict]:
+    described: dict[str, dict] = {}
+    for p in pools:
+        entry: dict = {
+            "hardware": p.hardware,
+            "role": p.role,
+            "price_per_hour": p.price_per_hour,
+            "current_replicas": p.current_replicas,
+        }
+        if p.role == UNIFIED:
+            described[p.name] = entry | {"model": p.model}
+        else:
+            pair: dict = {"role": "pair", "model": p.model, "link_gbps": p.link_gbps, "roles": {}}
+            described.setdefault(p.name, pair)["roles"][p.role] = entry
+    return described
 
 
 def _planner_dict(fleet: ReplicaPlan, traffic: Traffic) -> dict:

@@ -54,6 +54,9 @@ class Shaper:
         self.predictor.predict(features_from_body({"prompt": "warm up"}, 2))
         # called with (features, completion tokens) of every outcome, after the predictor has buffered it
         self.outcome_hooks: list[Callable[[RequestFeatures, int], None]] = []
+        # called with (model, prompt tokens, completion tokens) of every outcome, on a pair or a unified pool: the
+        # scaling hints' traffic (gateway/scaling_loop.py)
+        self.usage_hooks: list[Callable[[str, int, int], None]] = []
 
     def shape(
         self,
@@ -166,6 +169,8 @@ class Shaper:
         self.predictor.observe(features, per_answer)
         for hook in self.outcome_hooks:
             hook(features, per_answer)
+        for usage_hook in self.usage_hooks:
+            usage_hook(shape.model, prompt_tokens, completion_tokens)
         metrics.outcomes.inc()
         metrics.predicted_output.observe(shape.output_p50)
         metrics.prediction_error.observe(abs(completion_tokens - shape.output_p50))

@@ -61,7 +61,7 @@ class GatewayState:
             for name in {config.profile_of(m) for m in config.models}
         }
         self.books = {model: by_profile[config.profile_of(model)] for model in config.models}
-        self.book = self.books[config.models[0]]  # the gateway's first model's: prices, scaling hints
+        self.book = self.books[config.models[0]]  # the gateway's first model's: its price set, unknown model ids
         at_slo = {
             (name, slo): load_default_book(name, price_set=config.price_set, include_estimated=True, slo_tpot_ms=slo)
             for name in by_profile

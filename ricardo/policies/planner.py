@@ -131,6 +131,8 @@ def plan(
         raise PlanError(f"headroom must be in [0, 1), got {headroom}")
     prices = book.prices if prices is None else _resolve_prices(book, prices)
     types = _candidates(book, prices, only)
+    if not types and not pairs:
+        raise PlanError("no candidate hardware with a price")
 
     buckets = np.argwhere(rates > 0)  # (k, 2) bucket indices with demand
     demand = rates[buckets[:, 0], buckets[:, 1]]
@@ -292,8 +294,6 @@ def _candidates(book: ProfileBook, prices: Mapping[str, float], only: Iterable[s
                 raise PlanError(f"no price for {hw} (give one)")
             if hw not in types:
                 types.append(hw)
-    if not types:
-        raise PlanError("no candidate hardware with a price")
     return types
 
 

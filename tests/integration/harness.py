@@ -93,7 +93,8 @@ class Cluster:
         (`ricardo serve --workers`).
         `pairs`: disaggregated prefill/decode pools, name -> {"prefill": (hardware, replicas), "decode": (hardware,
         replicas), "link_gbps": Gb/s, "own_process": roles whose backends each run in a process of their own (to
-        be killed: `role_ports`, `backend_processes`)}."""
+        be killed: `role_ports`, `backend_processes`), "faults": role -> the fault spec of that role's backends (each
+        in a process of its own)}."""
         self.serve_args = serve_args
         self.workers = workers
         self.gateway_ports = [free_port() for _ in range(gateways)]
@@ -106,20 +107,20 @@ class Cluster:
             for role in ("prefill", "decode")
         }
         self.link_gbps: dict[int, float] = {}
-        own_process: set[int] = set()
+        own_process: dict[int, str] = {}  # port -> its fault spec ("": none)
         for (name, role), ports in self.role_ports.items():
             pair = (pairs or {})[name]
             for port in ports:
                 self.hardware[port] = pair[role][0]
                 self.link_gbps[port] = pair["link_gbps"]
-                if role in pair.get("own_process", ()):
-                    own_process.add(port)
+                if role in pair.get("own_process", ()) or role in pair.get("faults", {}):
+                    own_process[port] = pair.get("faults", {}).get(role, "")
         self.faults = {
             port: spec
             for name, specs in (faults or {}).items()
             for port, spec in zip(self.pool_ports[name], specs, strict=True)
             if spec is not None
-        } | {port: "" for port in own_process}
+        } | own_process
         self.backend_processes: dict[int, Process] = {}
         self.shared_faults = [] if fault_processes else [f"{port}:{spec}" for port, spec in self.faults.items() if spec]
         if not fault_processes:

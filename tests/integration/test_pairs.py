@@ -169,19 +169,27 @@ def test_the_admin_api_shows_the_pair_by_role(cluster):
 
 
 def test_scaling_hints_size_each_role_of_the_pair(cluster):
-    client_for(cluster).chat.completions.create(  # a second or so of decoding: load on the decode side
+    """The pair's roles are the planner's counts for the requests it has served (a light load: one of each side)."""
+    client_for(cluster).chat.completions.create(
         model="llama2-7b", messages=MESSAGES, extra_headers={"x-emulator-output-tokens": "60"}
     )
 
-    def loaded() -> dict | None:
+    def planned() -> dict | None:
         hints = admin_get(cluster, "/admin/scaling")
-        pair = hints.get("inputs", {}).get("pools", {}).get("h100-a10g")
-        return hints if pair and pair["roles"]["decode"]["load"] > 0 else None
+        return hints if hints.get("inputs", {}).get("models", {}).get("llama2-7b", {}).get("requests") else None
 
-    hints = wait_for(loaded, 10, interval=0.2)
-    assert hints is not None, "no hints with the pair's decode load"
-    assert hints["desired"]["h100-a10g"] == {"prefill": 1, "decode": 1}  # a light load: one of each side
-    assert hints["inputs"]["pools"]["h100-a10g"]["roles"]["prefill"]["hardware"] == "H100"
+    hints = wait_for(planned, 10, interval=0.2)
+    assert hints is not None, "no hints with the pair's requests"
+    assert hints["desired"]["h100-a10g"] == {"prefill": 1, "decode": 1}
+    (chosen,) = hints["planner"]["llama2-7b"]["pairs"]
+    assert (chosen["prefill"], chosen["decode"], chosen["prefill_replicas"], chosen["decode_replicas"]) == (
+        "H100",
+        "A10G",
+        1,
+        1,
+    )
+    described = hints["inputs"]["pools"]["h100-a10g"]
+    assert described["roles"]["prefill"]["hardware"] == "H100" and described["link_gbps"] == LINK_GBPS
     for role in ("prefill", "decode"):
         assert metric(cluster.url, "ricardo_desired_replicas", pool="h100-a10g", role=role) == 1
     assert metric(cluster.url, "ricardo_desired_replicas", pool="h100-a10g", role="unified") == 0
@@ -313,3 +321,57 @@ def test_the_last_decode_worker_killed_before_the_first_byte_falls_back_to_a_uni
 
     pool, attempts, text = kill_while_in_flight(killable, call)
     assert (pool, attempts, text) == ("a100", "2", expected_text(9))
+
+
+# -- a pair that fails falls back to another pair ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_pairs(tmp_path_factory):
+    """Two pairs and no unified pool: `cheapest-price` ranks `first` (an A10G decode side) before `second` (an A100
+    one). Every decode answer of `first` is an HTTP 500 (`error-rate=1`), but its one-token health probes pass
+    (`min-tokens=2`), so the pair stays in service and is tried first."""
+    pairs = {
+        "first": {
+            "prefill": ("H100", 1),
+            "decode": ("A10G", 1),
+            "link_gbps": LINK_GBPS,
+            "faults": {"decode": "error-rate=1,min-tokens=2"},
+        },
+        "second": {"prefill": ("H100", 1), "decode": ("A100-80GB", 1), "link_gbps": LINK_GBPS},
+    }
+    cluster = Cluster(
+        {}, tmp_path_factory.mktemp("two-pairs"), pairs=pairs, policy="cheapest-price", tokenizer="llama3"
+    ).start()
+    yield cluster
+    cluster.stop()
+
+
+def fallback_reasons(url: str, pool: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ricardo_fallbacks_total" and sample.labels.get("pool") == pool and sample.value
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_whose_pair_fails_falls_back_to_another_pair(two_pairs, stream):
+    pools = {p["name"]: p for p in admin_get(two_pairs, "/admin/pools")["pools"]}
+    assert pools["first"]["price_per_hour"] < pools["second"]["price_per_hour"]  # `first` is ranked first
+    before = sum(fallback_reasons(two_pairs.url, "first").values())
+    raw = client_for(two_pairs).chat.completions.with_raw_response.create(
+        model="llama2-7b", messages=MESSAGES, stream=stream, extra_headers={"x-emulator-output-tokens": "9"}
+    )
+    answer = raw.parse()
+    text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream else None
+    assert (raw.headers["x-ricardo-pool"], raw.headers["x-ricardo-attempts"]) == ("second", "2")
+    assert (text if stream else answer.choices[0].message.content) == expected_text(9)
+    reasons = fallback_reasons(two_pairs.url, "first")
+    assert sum(reasons.values()) == before + 1 and all(r.startswith("decode_") for r in reasons), reasons
+    assert fallback_reasons(two_pairs.url, "second") == {}

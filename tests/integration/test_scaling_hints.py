@@ -71,9 +71,9 @@ def test_hints_merge_both_replicas_and_are_the_planners_fleet_for_their_sizes(cl
         time.sleep(0.25)
     leader = next(h for h in seen if "computed_by" in h)
     assert all(h["computed_by"] == leader["computed_by"] for h in seen)  # one replica plans, both publish
-    inputs, planner = leader["inputs"], leader["planner"]
+    inputs, planner = leader["inputs"], leader["planner"]["llama2-7b"]
     assert inputs["replicas_merged"] == 2 and inputs["summaries_ignored"] == 0
-    assert inputs["sample_size"] == planner["sample_size"] == sum(SENT)  # few requests: every size kept
+    assert inputs["models"]["llama2-7b"]["sample_size"] == planner["sample_size"] == sum(SENT)  # every size kept
     assert inputs["planner"] == planner["planner"] == "ricardo"
     assert inputs["headroom"] == 0.0 and inputs["slo"] == {"ttft_ms": 2000.0, "tpot_ms": 120.0}
 
