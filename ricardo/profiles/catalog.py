@@ -248,12 +248,12 @@ class ProfileBook:
         the upper-edge cell cannot serve, neither can this (the profile does not say how far it could).
         """
         i, j, i0, j0, tx, ty, beyond = self.grid_point(input_tokens, output_tokens)
-        rows = self._rows[hardware]
-        top = rows[i][j]
+        low, high = self._rows[hardware][i0], self._rows[hardware][i]
+        top = high[j]
         if top <= 0:
             return 0.0
-        low_low, low_high, high_low = rows[i0][j0], rows[i0][j], rows[i][j0]
-        if min(low_low, low_high, high_low) <= 0:  # a ragged or noisy table: keep the upper edge's figure
+        low_low, low_high, high_low = low[j0], low[j], high[j0]
+        if low_low <= 0 or low_high <= 0 or high_low <= 0:  # a ragged or noisy table: keep the upper edge's figure
             seconds = 1.0 / top
         else:
             seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
