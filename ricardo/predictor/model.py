@@ -187,18 +187,19 @@ class TermIndex:
             inside = (vocab >= low) & (vocab < low + VOCAB)
             self.table[offset * VOCAB + vocab[inside] - low] = columns[inside]
         bigram = (vocab >= BIGRAM_BASE) & (vocab < HEAD_BASE)
-        self.bigrams, self.bigram_columns = vocab[bigram] - BIGRAM_BASE, columns[bigram]
+        # after the bigram keys, one past any pair of token ids: a search never lands beyond the end
+        self.bigrams = np.append(vocab[bigram] - BIGRAM_BASE, VOCAB * VOCAB)
+        self.bigram_columns = np.append(columns[bigram], np.int32(-1))
 
     def columns(self, tokens: np.ndarray) -> np.ndarray:
         direct = self.table[np.concatenate([tokens, VOCAB + tokens[:EDGE_TOKENS], 2 * VOCAB + tokens[-EDGE_TOKENS:]])]
-        found = [direct[direct >= 0]]
-        if len(self.bigrams):
-            pairs = tokens[:-1] * VOCAB + tokens[1:]
-            pairs.sort()
-            positions = np.searchsorted(self.bigrams, pairs)
-            np.minimum(positions, len(self.bigrams) - 1, out=positions)
-            found.append(self.bigram_columns[positions[self.bigrams[positions] == pairs]])
-        return _sorted_unique(np.concatenate(found))
+        pairs = tokens[:-1] * VOCAB + tokens[1:]
+        pairs.sort()
+        positions = np.searchsorted(self.bigrams, pairs)
+        bigrams = self.bigram_columns[positions[self.bigrams[positions] == pairs]]
+        # the keys not in the vocabulary are the -1s, which sort first: one at most once deduplicated
+        found = _sorted_unique(np.concatenate([direct, bigrams]))
+        return found[1:] if len(found) and found[0] < 0 else found
 
 
 def vocabulary_columns(vocab: np.ndarray, keys: np.ndarray) -> np.ndarray:

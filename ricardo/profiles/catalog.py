@@ -15,7 +15,7 @@ import csv
 import math
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,13 @@ PRICE_COLUMNS = {
     "gcp": "price_gcp_ondemand_usd_per_gpu_hr",
     "neocloud": "price_neocloud_usd_per_gpu_hr",
 }
+# sizes whose place on the grid a book remembers (`ProfileBook.grid_point`): a ranking asks `rate_at` the same two
+# sizes (the p50 and p90 answers) once per pool; a few more cover the dispatch and the bill of the same request
+GRID_MEMO = 8
+
+# where a size lies on the grid: its cell (i, j), the cell below and left (i0, j0), the position between their
+# edges (tx, ty, each in [0, 1]) and whether it lies past the last edges
+GridPoint = tuple[int, int, int, int, float, float, bool]
 
 
 def catalog_name(hardware: str) -> str:
@@ -138,6 +145,7 @@ class ProfileBook:
         }
         self._last_in = len(self.input_edges) - 1
         self._last_out = len(self.output_edges) - 1
+        self.grid_point = lru_cache(maxsize=GRID_MEMO)(self.locate)
         # past the last edges a request's replica-seconds grow as (tokens / edge) ** exponent, per type (see
         # `_growth_exponents`): (per input bucket, per output bucket) exponents, as floats for the scalar path
         self._growth = {
@@ -239,23 +247,30 @@ class ProfileBook:
         which bilinear interpolation reproduces. Below the first edge it stays at the first edge; where
         the upper-edge cell cannot serve, neither can this (the profile does not say how far it could).
         """
-        rows = self._rows[hardware]
-        i = bisect_left(self.input_edges, input_tokens, 0, self._last_in)
-        j = bisect_left(self.output_edges, output_tokens, 0, self._last_out)
-        top = rows[i][j]
+        i, j, i0, j0, tx, ty, beyond = self.grid_point(input_tokens, output_tokens)
+        low, high = self._rows[hardware][i0], self._rows[hardware][i]
+        top = high[j]
         if top <= 0:
             return 0.0
-        i0, j0 = max(i - 1, 0), max(j - 1, 0)
-        tx = _position(self.input_edges, i0, i, input_tokens)
-        ty = _position(self.output_edges, j0, j, output_tokens)
-        low_low, low_high, high_low = rows[i0][j0], rows[i0][j], rows[i][j0]
-        if min(low_low, low_high, high_low) <= 0:  # a ragged or noisy table: keep the upper edge's figure
+        low_low, low_high, high_low = low[j0], low[j], high[j0]
+        if low_low <= 0 or low_high <= 0 or high_low <= 0:  # a ragged or noisy table: keep the upper edge's figure
             seconds = 1.0 / top
         else:
             seconds = (1 - tx) * ((1 - ty) / low_low + ty / low_high) + tx * ((1 - ty) / high_low + ty / top)
-        if input_tokens > self.input_edges[-1] or output_tokens > self.output_edges[-1]:  # most requests are not
+        if beyond:  # most requests are not
             seconds *= self._beyond(hardware, i, j, input_tokens, output_tokens)
         return 1.0 / seconds
+
+    def locate(self, input_tokens: int, output_tokens: int) -> GridPoint:
+        """Where a size lies on the bucket grid (`GridPoint`), the same for every hardware type of the book: `rate_at`
+        reads it through `grid_point`, which remembers the last GRID_MEMO sizes."""
+        i = bisect_left(self.input_edges, input_tokens, 0, self._last_in)
+        j = bisect_left(self.output_edges, output_tokens, 0, self._last_out)
+        i0, j0 = max(i - 1, 0), max(j - 1, 0)
+        tx = _position(self.input_edges, i0, i, input_tokens)
+        ty = _position(self.output_edges, j0, j, output_tokens)
+        beyond = input_tokens > self.input_edges[-1] or output_tokens > self.output_edges[-1]
+        return i, j, i0, j0, tx, ty, beyond
 
     def _beyond(self, hardware: str, i: int, j: int, input_tokens: int, output_tokens: int) -> float:
         """How many times the last edge's replica-seconds a request past the last edges uses (1 within them)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,6 +56,11 @@ class RoleParams:
     max_batched_tokens: int
     max_context: int
     source: str = SOURCE
+    # `decode_fixed(1)`, the step of one sequence alone: once here, as `alone_seconds_per_token` reads it per request
+    decode_step_alone: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode_step_alone", self.decode_fixed(1))
 
     def prefill_seconds(self, tokens: int, seqs: int, longest: int) -> float:
         """`EngineParams.prefill_seconds`, on floats."""
@@ -89,7 +94,11 @@ class RoleParams:
         output_tokens = max(1, output_tokens)
         decodes = output_tokens - 1
         context = decodes * input_tokens + decodes * (decodes + 1) / 2
-        seconds = self.prefill_alone(input_tokens) + decodes * self.decode_fixed(1) + context * self.per_context_token
+        # `prefill_alone(input_tokens)` written out (one prompt: seqs 1, longest = tokens), in its order of operations
+        attention = input_tokens * input_tokens / 2 * self.attention_flops_per_pair
+        compute = input_tokens * self.prefill_per_token + attention / self.flops_per_second
+        prefill = self.step_overhead + max(compute, self.weights_seconds) + self.seq_overhead
+        seconds = prefill + decodes * self.decode_step_alone + context * self.per_context_token
         return seconds / output_tokens
 
     def decode_seconds(self, input_tokens: int, output_tokens: int, step_seconds: float) -> float:
