@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -93,9 +94,12 @@ class Health:
 
         async def run() -> None:
             try:
-                backend.telemetry = await telemetry.scrape(backend.session, backend.url)
+                seen = await telemetry.scrape(backend.session, backend.url)
             finally:
                 self._scraping.discard(backend)
+            # at the page's arrival, what of its count is ours: requests in flight there and a probe under way
+            own = backend.in_flight + (backend in self._busy)
+            backend.telemetry = None if seen is None else replace(seen, own_in_flight=own)
             backend.telemetry_misses = 0 if backend.telemetry is not None else backend.telemetry_misses + 1
 
         task = asyncio.create_task(run())

@@ -12,9 +12,14 @@ read, per engine (the sum over a page's label sets, so a server of several model
 as requests running, requests waiting, and the share of the KV cache in use (0-1).
 
 The emulator exports vLLM's names. A healthy backend whose `/metrics` shows none of these names three times in a
-row (a 404, another server's page) is not asked again (gateway/health.py). The figures are shown in
-`GET /admin/pools` and as `ricardo_backend_{running,waiting,kv_cache_usage}` gauges; they do not steer routing
-(yet): the pool views the policies rank are the gateway's own counts.
+row (a 404, another server's page) is not asked again (gateway/health.py). Each scrape also records this gateway's
+requests in flight at the backend when the page arrived (`own_in_flight`, a probe under way included), so the page's
+counts beyond them are someone else's. They steer routing: a unified pool's view carries the load its available
+backends run or queue beyond this gateway's requests, and a saturated KV cache as a full replica, as
+`PoolView.external_load` (the pure rule is policies/external.py; pages older than three health intervals are
+ignored), which the policies and admission read in the pool's utilization. Disaggregated pairs do not use them yet.
+The figures are shown in `GET /admin/pools` (per backend, and the pool's `external_load`) and as
+`ricardo_backend_{running,waiting,kv_cache_usage}` gauges.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ class Telemetry:
     waiting: float | None
     kv_cache_usage: float | None
     at: float  # time.monotonic() of the scrape
+    own_in_flight: int = 0  # this gateway's requests at the backend (probes included) when the page arrived
 
     def as_json(self, now: float) -> dict[str, float | None]:
         return {
             "running": self.running,
             "waiting": self.waiting,
             "kv_cache_usage": self.kv_cache_usage,
+            "own_in_flight": self.own_in_flight,
             "age_s": round(now - self.at, 3),
         }
 

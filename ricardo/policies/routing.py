@@ -242,7 +242,8 @@ def _after_dispatch(
             return None, 0.0, (1.0, 1.0)
         prefill, decode = pair_shares(book, cost, shape.output_p90, shape.slo)
         utilization = max(
-            (pool.in_flight_load + prefill) / pool.replicas, (pool.decode_load + decode) / pool.decode_replicas
+            (pool.in_flight_load + pool.external_load + prefill) / pool.replicas,
+            (pool.decode_load + decode) / pool.decode_replicas,
         )
         # its latency alone at the p50 answer, if that is worse: a pair adds a fixed wait before the first token
         # (the prefill, often on the type with cheaper but fewer FLOPs, then the transfer) that a short answer
@@ -259,7 +260,7 @@ def _after_dispatch(
     if rps90 <= 0:
         return None, 0.0, (1.0, 0.0)
     share = _share_at(book, rps90, shape.output_p90, shape.slo)
-    utilization = (pool.in_flight_load + share) / pool.replicas
+    utilization = (pool.in_flight_load + pool.external_load + share) / pool.replicas
     alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p90)
     return utilization, 0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, (share, 0.0)
 
