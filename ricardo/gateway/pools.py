@@ -21,7 +21,7 @@ from ricardo.gateway.metrics import PoolMetrics
 from ricardo.gateway.outlier import OutlierDetector
 from ricardo.gateway.telemetry import Telemetry
 from ricardo.gateway.urls import redact, split_credentials
-from ricardo.policies.external import BackendReport, external_load, share_per_request
+from ricardo.policies.external import external_load, share_per_request
 from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PairSpec, PoolView
 
@@ -177,16 +177,12 @@ class Pool:
 
     def external_load(self, backends: list[Backend], now: float) -> float:
         """Replicas' worth of load `backends` run or queue beyond this gateway's requests, by their own /metrics."""
-        reports = [
-            BackendReport(seen.running, seen.waiting, seen.kv_cache_usage, seen.own_in_flight, now - seen.at)
-            for seen in (b.telemetry for b in backends)
-            if seen is not None
-        ]
+        reports = [b.telemetry for b in backends if b.telemetry is not None]
         if not reports:
             return 0.0
         ledger = self.ledger
         share = share_per_request(ledger.in_flight, ledger.in_flight_load, self.typical_share)
-        return external_load(reports, share, self.telemetry_max_age_s)
+        return external_load(reports, share, now, self.telemetry_max_age_s)
 
     def pick_backend(self, now: float, exclude: set[Backend], role: str | None = None) -> Backend | None:
         """The available backend (of `role`, if given) with the fewest requests in flight (rotating among ties)."""

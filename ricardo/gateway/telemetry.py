@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from ricardo.policies.external import BackendReport
+
 SCRAPE_TIMEOUT_S = 2.0
 MAX_PAGE_BYTES = 4 * 1024 * 1024  # a metrics page is tens of KB; a larger answer is not one
 
@@ -48,14 +50,9 @@ NAMES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Telemetry:
-    """One scrape of a backend: each figure None where its page does not have it."""
-
-    running: float | None
-    waiting: float | None
-    kv_cache_usage: float | None
-    at: float  # time.monotonic() of the scrape
-    own_in_flight: int = 0  # this gateway's requests at the backend (probes included) when the page arrived
+class Telemetry(BackendReport):
+    """One scrape of a backend: each figure None where its page does not have it; `at` is its time.monotonic(),
+    `own_in_flight` this gateway's requests at the backend (a probe included) when the page arrived."""
 
     def as_json(self, now: float) -> dict[str, float | None]:
         return {

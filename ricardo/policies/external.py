@@ -31,14 +31,14 @@ STALE_INTERVALS = 3  # a page older than this many health intervals is ignored
 
 @dataclass(frozen=True, slots=True)
 class BackendReport:
-    """One backend's last page, as figures (None where its page lacks one), and this gateway's requests in flight
-    there when the page was read."""
+    """One backend's last page, as figures (None where its page lacks one), when it was read, and this gateway's
+    requests in flight there at that moment."""
 
     running: float | None
     waiting: float | None
     kv_cache_usage: float | None  # 0-1
-    own_in_flight: int
-    age_s: float
+    at: float  # the caller's clock
+    own_in_flight: int = 0
 
 
 def share_per_request(in_flight: int, in_flight_load: float, typical_share: float) -> float:
@@ -55,12 +55,12 @@ def typical_share(book: ProfileBook, hardware: str, slo: SLO) -> float:
     return capacity_share(book, hardware, middle_in, middle_out, slo)
 
 
-def external_load(reports: Iterable[BackendReport], share: float, max_age_s: float) -> float:
+def external_load(reports: Iterable[BackendReport], share: float, now: float, max_age_s: float) -> float:
     """Replicas' worth of load on the backends beyond this gateway's own requests (see the module's docstring):
     `share` per foreign request, at least the rest of a replica on a backend whose KV cache is saturated."""
     total = 0.0
     for report in reports:
-        if report.age_s > max_age_s:
+        if now - report.at > max_age_s:
             continue
         seen = (report.running or 0.0) + (report.waiting or 0.0)
         load = max(0.0, seen - report.own_in_flight) * share

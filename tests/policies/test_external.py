@@ -16,7 +16,7 @@ from ricardo.policies.types import SLO, PoolView, RequestShape
 from ricardo.profiles.catalog import load_default_book
 
 SLO_DEFAULT = SLO(ttft_ms=2000, tpot_ms=120)
-FRESH = 1.0  # seconds since the page was read
+NOW = 100.0
 MAX_AGE = 15.0
 
 
@@ -25,33 +25,33 @@ def book():
     return load_default_book()
 
 
-def report(running=0.0, waiting=0.0, kv=None, own=0, age=FRESH) -> BackendReport:
-    return BackendReport(running, waiting, kv, own, age)
+def report(running=0.0, waiting=0.0, kv=None, own=0, age=1.0) -> BackendReport:
+    return BackendReport(running, waiting, kv, NOW - age, own)
 
 
 def test_requests_beyond_the_gateways_own_count_at_the_pools_share_each():
     # 7 running + 3 waiting, 4 of them ours: 6 foreign, at 0.05 of a replica each
-    assert external_load([report(7, 3, own=4)], 0.05, MAX_AGE) == pytest.approx(0.3)
+    assert external_load([report(7, 3, own=4)], 0.05, NOW, MAX_AGE) == pytest.approx(0.3)
     # two backends add up; one that runs only ours (or fewer than we count in flight: ours in transit) adds nothing
     both = [report(7, 3, own=4), report(2, 0, own=2), report(1, 0, own=3)]
-    assert external_load(both, 0.05, MAX_AGE) == pytest.approx(0.3)
-    assert external_load([], 0.05, MAX_AGE) == 0.0
+    assert external_load(both, 0.05, NOW, MAX_AGE) == pytest.approx(0.3)
+    assert external_load([], 0.05, NOW, MAX_AGE) == 0.0
     # a page without request counts (a KV figure only) says nothing of requests
-    assert external_load([report(None, None, kv=0.5)], 0.05, MAX_AGE) == 0.0
+    assert external_load([report(None, None, kv=0.5)], 0.05, NOW, MAX_AGE) == 0.0
 
 
 def test_a_saturated_kv_cache_fills_the_backend_whatever_its_counts():
     # 2 foreign requests would be 0.1 of a replica; with the KV cache full the backend is a whole replica busy,
     # 0.2 of which is this gateway's own (4 x 0.05, charged in its ledger already)
-    assert external_load([report(6, 0, kv=KV_SATURATED, own=4)], 0.05, MAX_AGE) == pytest.approx(0.8)
-    assert external_load([report(6, 0, kv=KV_SATURATED - 0.01, own=4)], 0.05, MAX_AGE) == pytest.approx(0.1)
+    assert external_load([report(6, 0, kv=KV_SATURATED, own=4)], 0.05, NOW, MAX_AGE) == pytest.approx(0.8)
+    assert external_load([report(6, 0, kv=KV_SATURATED - 0.01, own=4)], 0.05, NOW, MAX_AGE) == pytest.approx(0.1)
     # many foreign requests already count more than a replica: saturation does not lower that
-    assert external_load([report(40, 10, kv=0.99)], 0.05, MAX_AGE) == pytest.approx(2.5)
+    assert external_load([report(40, 10, kv=0.99)], 0.05, NOW, MAX_AGE) == pytest.approx(2.5)
 
 
 def test_a_stale_page_is_ignored():
-    assert external_load([report(10, 0, kv=1.0, age=MAX_AGE + 0.1)], 0.05, MAX_AGE) == 0.0
-    assert external_load([report(10, 0, age=MAX_AGE)], 0.05, MAX_AGE) == pytest.approx(0.5)
+    assert external_load([report(10, 0, kv=1.0, age=MAX_AGE + 0.1)], 0.05, NOW, MAX_AGE) == 0.0
+    assert external_load([report(10, 0, age=MAX_AGE)], 0.05, NOW, MAX_AGE) == pytest.approx(0.5)
 
 
 def test_a_foreign_request_is_charged_the_pools_mean_share_else_a_typical_ones(book):
@@ -79,7 +79,7 @@ def test_foreign_load_on_the_cheap_pool_sends_requests_to_the_dear_one(book):
     request = RequestShape("llama2-7b", 60, 10, 20, SLO_DEFAULT)
     assert cost_aware(request, [cheap, dear], book)[0].pool == "cheap"
     share = share_per_request(cheap.in_flight, cheap.in_flight_load, typical_share(book, "A10G", SLO_DEFAULT))
-    foreign = external_load([report(30, 0)], share, MAX_AGE)
+    foreign = external_load([report(30, 0)], share, NOW, MAX_AGE)
     assert foreign > 1.0
     busy = dataclasses.replace(cheap, external_load=foreign)
     ranked = cost_aware(request, [busy, dear], book)
