@@ -133,7 +133,11 @@ class Health:
         state, now = self.state, time.monotonic()
         for pool in state.pools.values():
             state.metrics.in_flight.labels(pool.name).set(pool.ledger.in_flight)
-            state.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
+            view = pool.view(now)
+            # the gateway's own share (workers' gauges add up), and apart what the backends say beyond it
+            own = replace(view, external_load=0.0).utilization if pool.backends else 0
+            state.metrics.utilization.labels(pool.name).set(own)
+            state.metrics.external_load.labels(pool.name).set(view.external_load)
             for b in pool.backends:
                 state.metrics.backend_up.labels(pool.name, b.shown).set(1 if b.available(now) else 0)
                 seen = b.telemetry

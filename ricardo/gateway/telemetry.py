@@ -19,7 +19,7 @@ backends run or queue beyond this gateway's requests, and a saturated KV cache a
 `PoolView.external_load` (the pure rule is policies/external.py; pages older than three health intervals are
 ignored), which the policies and admission read in the pool's utilization. Disaggregated pairs do not use them yet.
 The figures are shown in `GET /admin/pools` (per backend, and the pool's `external_load`) and as
-`ricardo_backend_{running,waiting,kv_cache_usage}` gauges.
+`ricardo_backend_{running,waiting,kv_cache_usage}` gauges, and the pool's as `ricardo_pool_external_load`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.harness import Cluster, wait_for
+from tests.integration.harness import Cluster, metric, wait_for
 
 MODEL = "llama2-7b"
 POOLS = {"cheap": ("A10G", 1), "dear": ("A10G", 1)}
@@ -86,6 +86,9 @@ def _check(cluster: Cluster) -> None:
         # what the gateway counts of its own is still nothing, and the backend still takes requests
         assert status["in_flight"] == 0 and seen["healthy"] and seen["outlier"] == "in service", status
         assert seen["telemetry"]["running"] + seen["telemetry"]["waiting"] >= DIRECT_REQUESTS
+        # Prometheus shows it apart from the gateway's own utilization, which stays nothing
+        assert wait_for(lambda: metric(cluster.url, "ricardo_pool_external_load", pool="cheap") > 1.0, timeout=2)
+        assert metric(cluster.url, "ricardo_pool_utilization", pool="cheap") == 0.0
         assert [routed_to(cluster) for _ in range(3)] == ["dear"] * 3
     finally:
         for thread in direct:
