@@ -11,7 +11,8 @@ clients'. Per backend, at the moment its page was read:
   whole replica busy whatever its request counts say;
 - a page older than `max_age_s` (a backend that stopped answering its /metrics) says nothing.
 
-The sum, in replicas' worth like `PoolView.in_flight_load`, is the view's `external_load`.
+The sum, in replicas' worth like `PoolView.in_flight_load`, is the view's `external_load`. It lags the backends by up
+to a health interval. A request this gateway gave up on that its backend still runs counts as foreign: it is load.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import ProfileBook
 
 # vLLM admits a sequence only while its prompt's blocks fit beside a 1% watermark; with under 5% free, a typical
-# prompt waits for blocks or preempts a running sequence: the engine is full for new work
+# prompt waits for blocks or preempts a running sequence: the engine is full for new work (a reading of vLLM's
+# scheduler, not a figure tuned on a bench)
 KV_SATURATED = 0.95
 STALE_INTERVALS = 3  # a page older than this many health intervals is ignored
 

@@ -62,9 +62,10 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
 
 def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> float:
     """`capacity_share` of a request whose interpolated rate is `rps`."""
-    if rps <= 0:
+    held = rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)  # replicas' worth of such requests
+    if held <= 0:  # a size the profile cannot serve, or an SLO so tight (a denormal) that the product underflows
         return 1.0
-    return min(1.0, 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)))
+    return min(1.0, 1.0 / held)
 
 
 def pair_estimate(
@@ -86,6 +87,8 @@ def pair_shares(book: ProfileBook, cost: PairCost, output_tokens: int, slo: SLO)
     one replica of each role. Held from dispatch to finish for both roles, so the sums over requests in flight
     are each role's utilisation at the rate they arrive."""
     hold = slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)
+    if hold <= 0:  # an SLO so tight (a denormal) that the product underflows: a whole replica of each
+        return 1.0, 1.0
     return min(1.0, cost.prefill_seconds / hold), min(1.0, cost.decode_seconds / hold)
 
 

@@ -60,6 +60,7 @@ def test_a_foreign_request_is_charged_the_pools_mean_share_else_a_typical_ones(b
     typical = typical_share(book, "A10G", SLO_DEFAULT)
     assert typical == pytest.approx(capacity_share(book, "A10G", 1000, 250, SLO_DEFAULT))
     assert 0 < typical < 1 and typical_share(book, "H100", SLO_DEFAULT) < typical  # a bigger GPU holds more at once
+    assert typical_share(book, "A10G", SLO(2000, 5e-324)) == 1.0  # computed when a config applies: never raises
 
 
 def test_the_ledgers_view_carries_the_external_load_into_utilization(book):
