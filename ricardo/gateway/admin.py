@@ -100,6 +100,8 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "models": list(pool.models),
         "in_flight": pool.ledger.in_flight,
         "utilization": round(pool.ledger.in_flight_load / max(1, len(sized_on)), 4),
+        # replicas' worth its backends run or queue beyond this gateway's requests, by their own /metrics
+        "external_load": round(pool.view(now).external_load, 4),
         "ttft_ms": pool.ledger.ttft_ms,
         "latency_per_token_ms": pool.ledger.latency_per_token_ms,  # latency / output tokens, the profiles' measure
         "backends": [

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -93,9 +94,12 @@ class Health:
 
         async def run() -> None:
             try:
-                backend.telemetry = await telemetry.scrape(backend.session, backend.url)
+                seen = await telemetry.scrape(backend.session, backend.url)
             finally:
                 self._scraping.discard(backend)
+            # at the page's arrival, what of its count is ours: requests in flight there and a probe under way
+            own = backend.in_flight + (backend in self._busy)
+            backend.telemetry = None if seen is None else replace(seen, own_in_flight=own)
             backend.telemetry_misses = 0 if backend.telemetry is not None else backend.telemetry_misses + 1
 
         task = asyncio.create_task(run())
@@ -129,7 +133,11 @@ class Health:
         state, now = self.state, time.monotonic()
         for pool in state.pools.values():
             state.metrics.in_flight.labels(pool.name).set(pool.ledger.in_flight)
-            state.metrics.utilization.labels(pool.name).set(pool.view(now).utilization if pool.backends else 0)
+            view = pool.view(now)
+            # the gateway's own share (workers' gauges add up), and apart what the backends say beyond it
+            own = replace(view, external_load=0.0).utilization if pool.backends else 0
+            state.metrics.utilization.labels(pool.name).set(own)
+            state.metrics.external_load.labels(pool.name).set(view.external_load)
             for b in pool.backends:
                 state.metrics.backend_up.labels(pool.name, b.shown).set(1 if b.available(now) else 0)
                 seen = b.telemetry

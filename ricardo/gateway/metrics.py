@@ -95,9 +95,17 @@ class GatewayMetrics:
         )
         self.utilization = Gauge(
             "ricardo_pool_utilization",
-            "Share of profiled capacity in use per pool.",
+            "Share of profiled capacity in use per pool by this gateway's requests.",
             ["pool"],
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.external_load = Gauge(
+            "ricardo_pool_external_load",
+            "Replicas' worth of load a pool's backends report beyond this gateway's requests (their /metrics).",
+            ["pool"],
+            # a worker counts the other workers' requests as foreign: the one that sees most, not their sum
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.backend_up = Gauge(

@@ -21,6 +21,7 @@ from ricardo.gateway.metrics import PoolMetrics
 from ricardo.gateway.outlier import OutlierDetector
 from ricardo.gateway.telemetry import Telemetry
 from ricardo.gateway.urls import redact, split_credentials
+from ricardo.policies.external import external_load, share_per_request
 from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PairSpec, PoolView
 
@@ -92,6 +93,10 @@ class Pool:
     _starts: deque[tuple[float, float]] = field(default_factory=deque)  # (when, time to first token ms)
     _waiting: dict[int, float] = field(default_factory=dict)  # streams sent and not started: key -> sent at
     _delay: tuple[float, float | None] = (-1.0, None)  # queue_delay_ms's last (when, value)
+    # what a foreign request on its backends is charged while none of this gateway's is in flight, and how old their
+    # /metrics may be to count (policies/external.py); set by GatewayState.apply
+    typical_share: float = 0.0
+    telemetry_max_age_s: float = 0.0
 
     def waits(self, key: int, sent: float) -> None:
         """A stream was sent to one of the pool's backends and waits for its first token."""
@@ -163,11 +168,21 @@ class Pool:
 
     def view(self, now: float) -> PoolView:
         if self.pair is None:
-            return self.ledger.view(len(self.available_backends(now)))
+            available = self.available_backends(now)
+            return self.ledger.view(len(available), external_load=self.external_load(available, now))
         # a pair takes a request only with both sides up: with either at 0, it shows 0 replicas of both
         prefill = len(self.available_backends(now, "prefill"))
         decode = len(self.available_backends(now, "decode"))
         return self.ledger.view(prefill if decode else 0, decode if prefill else 0)
+
+    def external_load(self, backends: list[Backend], now: float) -> float:
+        """Replicas' worth of load `backends` run or queue beyond this gateway's requests, by their own /metrics."""
+        reports = [b.telemetry for b in backends if b.telemetry is not None]
+        if not reports:
+            return 0.0
+        ledger = self.ledger
+        share = share_per_request(ledger.in_flight, ledger.in_flight_load, self.typical_share)
+        return external_load(reports, share, now, self.telemetry_max_age_s)
 
     def pick_backend(self, now: float, exclude: set[Backend], role: str | None = None) -> Backend | None:
         """The available backend (of `role`, if given) with the fewest requests in flight (rotating among ties)."""

@@ -39,6 +39,7 @@ from ricardo.gateway.pools import Backend, Pool, new_backend
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
 from ricardo.gateway.urls import Listener, is_loopback, redact
+from ricardo.policies.external import STALE_INTERVALS, typical_share
 from ricardo.policies.routing import get_policy, pair_request_cost_usd, request_cost_usd
 from ricardo.policies.types import SLO, Choice, PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook, load_default_book, modelled_slos
@@ -190,6 +191,7 @@ class GatewayState:
             log.error("config version %d refused, keeping version %d: %s", version, self.version, redact(str(exc)))
             return
         old_backends = {(p.name, b.role, backend_id(b.shown)): b for p in self.pools.values() for b in p.backends}
+        slo = SLO(shared.slo.ttft_ms, shared.slo.tpot_ms)
         pools: dict[str, Pool] = {}
         for pool_config in shared.pools:
             prices = self.role_prices(pool_config)
@@ -203,6 +205,11 @@ class GatewayState:
             pool.config, pool.timeouts = pool_config, timeouts
             pool.metrics = PoolMetrics(self.metrics, pool.name, models, shared.policy)
             pool.ledger.reprice(price, models, pair)
+            if pair is None:  # a pair's view has no external load yet (policies/external.py)
+                pool.typical_share = typical_share(
+                    self.book_for(self.config.pool_model(pool_config), slo), pool.hardware, slo
+                )
+            pool.telemetry_max_age_s = STALE_INTERVALS * self.config.health_interval_s
             pool.backends = []
             for role in pool_config.roles():
                 draining = {backend_id(u) for u in role.draining}
@@ -223,7 +230,7 @@ class GatewayState:
             self._tasks.append(asyncio.create_task(_close_when_idle(backend)))
         self.pools, self.shared, self.version = pools, shared, version
         self.policy = get_policy(shared.policy)
-        self.shaper.default_slo = SLO(shared.slo.ttft_ms, shared.slo.tpot_ms)
+        self.shaper.default_slo = slo
         self.metrics.config_version.set(version)
         log.info("config version %d in force: %d pools, policy %s", version, len(pools), shared.policy)
 

@@ -63,6 +63,7 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
                 "fleet_usd_per_hour": round(pool.price_per_hour * len(pool.backends), 6),
                 "in_flight": view.in_flight,
                 "utilization": _finite(view.utilization),
+                "external_load": _finite(view.external_load),
                 "ttft_ms": _finite(view.ttft_ms, 1),
                 "latency_per_token_ms": _finite(view.latency_per_token_ms, 2),
                 **{field: value for field, value in totals[name].items()},

@@ -12,9 +12,14 @@ read, per engine (the sum over a page's label sets, so a server of several model
 as requests running, requests waiting, and the share of the KV cache in use (0-1).
 
 The emulator exports vLLM's names. A healthy backend whose `/metrics` shows none of these names three times in a
-row (a 404, another server's page) is not asked again (gateway/health.py). The figures are shown in
-`GET /admin/pools` and as `ricardo_backend_{running,waiting,kv_cache_usage}` gauges; they do not steer routing
-(yet): the pool views the policies rank are the gateway's own counts.
+row (a 404, another server's page) is not asked again (gateway/health.py). Each scrape also records this gateway's
+requests in flight at the backend when the page arrived (`own_in_flight`, a probe under way included), so the page's
+counts beyond them are someone else's. They steer routing: a unified pool's view carries the load its available
+backends run or queue beyond this gateway's requests, and a saturated KV cache as a full replica, as
+`PoolView.external_load` (the pure rule is policies/external.py; pages older than three health intervals are
+ignored), which the policies and admission read in the pool's utilization. Disaggregated pairs do not use them yet.
+The figures are shown in `GET /admin/pools` (per backend, and the pool's `external_load`) and as
+`ricardo_backend_{running,waiting,kv_cache_usage}` gauges, and the pool's as `ricardo_pool_external_load`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
+from ricardo.policies.external import BackendReport
 
 SCRAPE_TIMEOUT_S = 2.0
 MAX_PAGE_BYTES = 4 * 1024 * 1024  # a metrics page is tens of KB; a larger answer is not one
@@ -43,19 +50,16 @@ NAMES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Telemetry:
-    """One scrape of a backend: each figure None where its page does not have it."""
-
-    running: float | None
-    waiting: float | None
-    kv_cache_usage: float | None
-    at: float  # time.monotonic() of the scrape
+class Telemetry(BackendReport):
+    """One scrape of a backend: each figure None where its page does not have it; `at` is its time.monotonic(),
+    `own_in_flight` this gateway's requests at the backend (a probe included) when the page arrived."""
 
     def as_json(self, now: float) -> dict[str, float | None]:
         return {
             "running": self.running,
             "waiting": self.waiting,
             "kv_cache_usage": self.kv_cache_usage,
+            "own_in_flight": self.own_in_flight,
             "age_s": round(now - self.at, 3),
         }
 

@@ -113,10 +113,16 @@ class PoolLedger:
         if (price_per_hour, models, pair) != (self.price_per_hour, self.models, self.pair):
             self.price_per_hour, self.models, self.pair, self._view = price_per_hour, models, pair, None
 
-    def view(self, replicas: int, decode_replicas: int = 0) -> PoolView:
-        """The pool as a policy sees it, given how many replicas (of a pair: prefill, decode) can take a request now."""
+    def view(self, replicas: int, decode_replicas: int = 0, external_load: float = 0.0) -> PoolView:
+        """The pool as a policy sees it, given how many replicas (of a pair: prefill, decode) can take a request now
+        and the load its backends carry beyond this ledger's (`policies/external.py`; none in the simulator)."""
         view = self._view
-        if view is None or view.replicas != replicas or view.decode_replicas != decode_replicas:
+        if (
+            view is None
+            or view.replicas != replicas
+            or view.decode_replicas != decode_replicas
+            or view.external_load != external_load
+        ):
             view = self._view = PoolView(
                 name=self.name,
                 hardware=self.hardware,
@@ -133,5 +139,6 @@ class PoolLedger:
                 pair=self.pair,
                 decode_replicas=decode_replicas,
                 decode_load=self.decode_load,
+                external_load=external_load,
             )
         return view

@@ -63,9 +63,10 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
 
 def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> float:
     """`capacity_share` of a request whose interpolated rate is `rps`."""
-    if rps <= 0:
+    held = rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)  # replicas' worth of such requests
+    if held <= 0:  # a size the profile cannot serve, or an SLO so tight (a denormal) that the product underflows
         return 1.0
-    return min(1.0, 1.0 / (rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)))
+    return min(1.0, 1.0 / held)
 
 
 # a ranking asks `pair_estimate` for each pair at the request's p50 answer twice (its cost, and its latency alone
@@ -94,6 +95,8 @@ def pair_shares(book: ProfileBook, cost: PairCost, output_tokens: int, slo: SLO)
     one replica of each role. Held from dispatch to finish for both roles, so the sums over requests in flight
     are each role's utilisation at the rate they arrive."""
     hold = slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)
+    if hold <= 0:  # an SLO so tight (a denormal) that the product underflows: a whole replica of each
+        return 1.0, 1.0
     return min(1.0, cost.prefill_seconds / hold), min(1.0, cost.decode_seconds / hold)
 
 
@@ -250,7 +253,8 @@ def _after_dispatch(
             return None, 0.0, (1.0, 1.0)
         prefill, decode = pair_shares(book, cost, shape.output_p90, shape.slo)
         utilization = max(
-            (pool.in_flight_load + prefill) / pool.replicas, (pool.decode_load + decode) / pool.decode_replicas
+            (pool.in_flight_load + pool.external_load + prefill) / pool.replicas,
+            (pool.decode_load + decode) / pool.decode_replicas,
         )
         # its latency alone at the p50 answer, if that is worse: a pair adds a fixed wait before the first token
         # (the prefill, often on the type with cheaper but fewer FLOPs, then the transfer) that a short answer
@@ -267,7 +271,7 @@ def _after_dispatch(
     if rps90 <= 0:
         return None, 0.0, (1.0, 0.0)
     share = _share_at(book, rps90, shape.output_p90, shape.slo)
-    utilization = (pool.in_flight_load + share) / pool.replicas
+    utilization = (pool.in_flight_load + pool.external_load + share) / pool.replicas
     alone = book.alone_seconds_per_token(pool.hardware, shape.input_tokens, shape.output_p90)
     return utilization, 0.0 if alone is None else alone * 1000.0 / shape.slo.tpot_ms, (share, 0.0)
 

@@ -67,11 +67,14 @@ class PoolView:
     pair: PairSpec | None = None  # set for role "pair": `replicas` counts prefill replicas, `decode_replicas` decode
     decode_replicas: int = 0
     decode_load: float = 0.0  # of a pair: decode replicas' worth in flight (`in_flight_load` is then the prefill's)
+    # replicas' worth of load the backends run or queue beyond this gateway's requests (another replica's, a direct
+    # client's; policies/external.py), beside `in_flight_load` (of a pair: on its prefill side)
+    external_load: float = 0.0
 
     @property
     def utilization(self) -> float:
         """Share of the pool's sustainable capacity in use (1.0 = at its SLO limit); of a pair, its busier role's."""
-        prefill = self.in_flight_load / self.replicas if self.replicas else float("inf")
+        prefill = (self.in_flight_load + self.external_load) / self.replicas if self.replicas else float("inf")
         if self.pair is None:
             return prefill
         return max(prefill, self.decode_load / self.decode_replicas if self.decode_replicas else float("inf"))
