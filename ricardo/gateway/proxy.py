@@ -123,11 +123,11 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             return await relay_stream(
                 request, state, trip, answer, _routing_headers(state, trip), client_wants_usage=req.include_usage
             )
-        assert answer.body is not None  # a whole answer, checked
-        usage = answer.body.get("usage")
-        content = answer.head
-        if isinstance(usage, dict):  # the actual cost goes in the body: a header would leave before it is known
-            content = json.dumps({**answer.body, "usage": priced(state, trip, usage)}).encode()
+        whole = answer.whole
+        assert whole is not None  # a whole answer, checked
+        content = whole.raw
+        if whole.usage is not None:  # the actual cost goes in the body: a header would leave before it is known
+            content = whole.with_usage(priced(state, trip, whole.usage))
         return web.Response(body=content, content_type="application/json", headers=_routing_headers(state, trip))
     except asyncio.CancelledError:
         if trip.aborted is None:

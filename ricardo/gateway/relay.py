@@ -1,7 +1,8 @@
 """Relaying an upstream stream to the client, and checking that it is complete.
 
-A stream is complete when a choice carried a `finish_reason` and the stream ended with `data: [DONE]`. One that
-ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
+A stream is complete when every choice it asked for (`n` per prompt: `Trip.sequences`) carried a `finish_reason` and
+the stream ended with `data: [DONE]`; it is relayed until `[DONE]` (or its end), however many choices finished before.
+One that ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
 client, with an OpenAI-shaped error event (`data: {"error": {...}}`, then the end of the stream: the openai
 client raises it), never as if it were complete; and it counts as a failed answer of its backend (metrics,
 outlier detection). Usage is always asked of the upstream and priced when it arrives (`trip.priced`): the usage
@@ -18,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -43,7 +44,7 @@ class _Relayed(web.StreamResponse):
 class StreamCheck:
     """What a stream has said so far about its completeness."""
 
-    finished: bool = False  # a choice carried a finish_reason
+    finished: set[int] = field(default_factory=set)  # the indexes of the choices that carried a finish_reason
     done: bool = False  # data: [DONE]
     error: bool = False  # the upstream sent an error event
     held: bytes | None = None  # a finish chunk kept back for the usage of a client that did not ask for it
@@ -108,7 +109,7 @@ async def relay_stream(
     else:
         if check.error:
             ending = ("error_event", 502, "")  # the upstream's error event has reached the client
-        elif not (check.finished and check.done):
+        elif not (len(check.finished) >= trip.sequences and check.done):
             ending = ("incomplete", 502, "upstream ended the stream before it was complete")
     if ending is None:
         trip.outcome = True
@@ -135,7 +136,8 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
         trip.first_token_at is None
         or b'"usage":{' in data
         or b'"error"' in data
-        or (b'"finish_reason"' in data and b'"finish_reason":null' not in data)
+        # a finish_reason that is not null (one chunk may carry several choices)
+        or data.count(b'"finish_reason"') > data.count(b'"finish_reason":null')
     )
     if not worth_parsing:
         return [*check.flush(), event + b"\n\n"]
@@ -169,8 +171,9 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
     if isinstance(usage, dict):
         trip.usage = usage  # usage on every chunk (vLLM's continuous usage stats); the final chunk prices it
     out = check.flush()
-    if any(c.get("finish_reason") for c in choices):
-        check.finished = True
+    finishing = [c.get("index", 0) for c in choices if c.get("finish_reason")]
+    if finishing:
+        check.finished.update(i for i in finishing if isinstance(i, int))
         if not wants_usage:
             check.held = event + b"\n\n"
             return out
