@@ -16,6 +16,7 @@ stats put usage on chunks with choices), which is held back until the usage arri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -72,21 +73,23 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     buffer = answer.head
     ending: tuple[str, int, str] | None = None  # (kind, status, message) of a stream that did not complete
+    last: list[bytes] = []  # the stream's last events: they leave with its end, in one write
     try:
         async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
             while True:
                 *events, buffer = buffer.split(b"\n\n")
                 out = [o for e in events if e.strip() for o in _pass_on(state, trip, check, e, client_wants_usage)]
+                if check.done or check.error:
+                    last = out
+                    break
                 if out:
                     await response.write(b"".join(out))
-                if check.done or check.error:
-                    break
                 quiet.reschedule(loop.time() + idle)
                 data = await upstream.content.readany()
                 quiet.reschedule(None)
                 if not data:  # a last event without its blank line: completed, passed on and counted
                     if buffer.strip():
-                        await response.write(b"".join(_pass_on(state, trip, check, buffer, client_wants_usage)))
+                        last = _pass_on(state, trip, check, buffer, client_wants_usage)
                     break
                 buffer += sse_lines(data)
     except TimeoutError:
@@ -113,13 +116,13 @@ async def relay_stream(
             ending = ("incomplete", 502, "upstream ended the stream before it was complete")
     if ending is None:
         trip.outcome = True
-        await _end(response, check, None)
+        await _end(response, check, None, last)
         return response
     kind, trip.status, message = ending
     trip.outcome = False
     log.warning("request %s: stream from %s of pool %s failed (%s)", trip.request_id, backend.shown, pool.name, kind)
     failed(state, trip, kind)
-    await _end(response, check, error_body(message, "upstream_error", code=kind) if message else None)
+    await _end(response, check, error_body(message, "upstream_error", code=kind) if message else None, last)
     return response
 
 
@@ -197,14 +200,14 @@ def _has_content(choice: dict[str, Any]) -> bool:
     return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
 
 
-async def _end(response: web.StreamResponse, check: StreamCheck, error: dict[str, Any] | None) -> None:
-    """End the stream (a finish chunk still held back first, then an error event if there is one); a client
-    already gone is no error."""
-    try:
-        for event in check.flush():
-            await response.write(event)
-        if error is not None:
-            await response.write(sse(error))
-        await response.write_eof()
-    except ConnectionResetError:
-        pass
+async def _end(
+    response: web.StreamResponse, check: StreamCheck, error: dict[str, Any] | None, last: list[bytes] | None = None
+) -> None:
+    """End the stream: its `last` events, a finish chunk still held back, then an error event if there is one, in
+    the write that ends the stream (with its headers, if nothing was sent before); a client already gone is no
+    error."""
+    events = [*(last or ()), *check.flush()]
+    if error is not None:
+        events.append(sse(error))
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof(b"".join(events))
