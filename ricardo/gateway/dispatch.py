@@ -4,7 +4,8 @@ commit to the client.
 An attempt on a disaggregated pair is two requests, prefill then decode (gateway/handoff.py). Nothing reaches the
 client before an attempt has succeeded, so every failure until then is retried on the next
 backend (up to `limits.max_attempts`): for a stream, until its first event has arrived; for a whole answer,
-until all of it has been read and found to be valid JSON with choices. Each attempt has its pool's timeouts:
+until all of it has been read and found whole: a JSON object with choices, ending with its usage (which alone is
+parsed, `checked_answer`) or else parsed in full. Each attempt has its pool's timeouts:
 connect, then first byte (stream: the first event) or whole answer (not streamed), then idle between reads.
 """
 

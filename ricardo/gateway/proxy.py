@@ -33,7 +33,9 @@ from ricardo.protocol.openai import Endpoint, OpenAIError, parse_request
 
 log = logging.getLogger("ricardo.gateway")
 
-HOP_BY_HOP = {
+# hop-by-hop headers, what the gateway sets itself (host, length, the hop count) and the client's credentials
+NOT_FORWARDED = {
+    HOPS_HEADER,
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -198,7 +200,7 @@ def _hops(request: web.Request) -> int:
 
 
 def _forwarded_headers(request: web.Request, request_id: str, hops: int) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != HOPS_HEADER}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
     headers["x-request-id"] = request_id
     headers["Content-Type"] = "application/json"
     headers[HOPS_HEADER] = str(hops + 1)
