@@ -24,7 +24,7 @@ from ricardo.gateway.config import Timeouts
 from ricardo.gateway.pools import Backend, Pool, post
 from ricardo.gateway.trip import Trip, fail, give_up, start
 from ricardo.policies.types import Choice
-from ricardo.protocol.openai import OpenAIError, error_for_status
+from ricardo.protocol.openai import OpenAIError, compact_json, error_for_status
 
 if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
@@ -65,9 +65,9 @@ class WholeAnswer:
     def with_usage(self, usage: dict[str, Any]) -> bytes:
         """The answer's bytes with `usage` in place of the upstream's."""
         if self.usage_span is None:
-            return json.dumps({**self.body(), "usage": usage}, separators=(",", ":")).encode()
+            return compact_json({**self.body(), "usage": usage}).encode()
         start, end = self.usage_span
-        return b"".join((self.raw[:start], json.dumps(usage, separators=(",", ":")).encode(), self.raw[end:]))
+        return b"".join((self.raw[:start], compact_json(usage).encode(), self.raw[end:]))
 
 
 class AttemptFailed(Exception):

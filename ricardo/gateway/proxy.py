@@ -14,7 +14,6 @@ the upstream connection, so the backend can stop working on it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -29,7 +28,7 @@ from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, account, priced
 from ricardo.policies.admission import AdmissionLimits, admit
-from ricardo.protocol.openai import Endpoint, OpenAIError, parse_request
+from ricardo.protocol.openai import Endpoint, OpenAIError, compact_json, parse_request
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -181,7 +180,7 @@ def _serialised(body: dict, stream: bool) -> bytes:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
         body = {**body, "stream_options": options}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json(body).encode()
 
 
 def _hops(request: web.Request) -> int:

@@ -29,7 +29,7 @@ from aiohttp import web
 from ricardo.gateway.dispatch import Answer, sse_lines
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, failed, priced
-from ricardo.protocol.openai import error_body, sse
+from ricardo.protocol.openai import compact_json, error_body, sse
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -185,7 +185,7 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
 
 def _with(event: bytes, data: bytes, payload: dict[str, Any]) -> bytes:
     """`event` (without its blank line) with its data replaced by `payload`, ended by a blank line."""
-    return event.replace(data, json.dumps(payload, separators=(",", ":")).encode(), 1) + b"\n\n"
+    return event.replace(data, compact_json(payload).encode(), 1) + b"\n\n"
 
 
 def _data(event: bytes) -> bytes | None:
