@@ -167,9 +167,9 @@ def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Pat
         redis = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         spawn(target, redis, logdir)
         args += ["--workers", str(workers), "--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
-    # another source tree (an earlier commit's worktree) is imported before the installed one
-    env = {"PYTHONPATH": source} if source else None
-    spawn(target, args, logdir, env=env)
+    # the source tree is imported from PYTHONPATH, this one's as another's (an earlier commit's), before the installed
+    # package: the baseline and the current gateway are started alike
+    spawn(target, args, logdir, env={"PYTHONPATH": source or str(HERE.parent.parent)})
     wait_ready(target, 90)
     deadline = time.monotonic() + 90
     while workers > 1 and f"({workers} workers)" not in target.output():  # the parent says so once all listen
