@@ -167,9 +167,9 @@ def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Pat
         redis = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         spawn(target, redis, logdir)
         args += ["--workers", str(workers), "--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
-    # another source tree (an earlier commit's worktree) is imported before the installed one
-    env = {"PYTHONPATH": source} if source else None
-    spawn(target, args, logdir, env=env)
+    # the source tree is imported from PYTHONPATH, this one's as another's (an earlier commit's), before the installed
+    # package: the baseline and the current gateway are started alike
+    spawn(target, args, logdir, env={"PYTHONPATH": source or str(HERE.parent.parent)})
     wait_ready(target, 90)
     deadline = time.monotonic() + 90
     while workers > 1 and f"({workers} workers)" not in target.output():  # the parent says so once all listen
@@ -296,24 +296,28 @@ def measure(client: str, target: Target, backend: Target, stream: bool, connecti
     ok = result["requests"] - result["non2xx"]
     return {
         "rps": ok / seconds,
-        "p50_ms": result["p50_us"] / 1000,
-        "p99_ms": result["p99_us"] / 1000,
+        # latencies of completed requests: none when none completed (wrk then reports 0)
+        "p50_ms": result["p50_us"] / 1000 if ok else None,
+        "p99_ms": result["p99_us"] / 1000 if ok else None,
         "errors": result["errors"] + result["non2xx"],
-        "cpu_ms_per_request": 1000 * cpu_s / max(1, ok),
+        "cpu_s": cpu_s,
+        "cpu_ms_per_request": 1000 * cpu_s / ok if ok else None,
         "requests": ok,
     }
 
 
 def summarise(runs: list[dict]) -> dict:
+    """Medians over rounds; latencies over the rounds that completed requests, CPU as total CPU over total requests
+    (None where no request completed: a target that finished none in a cell has no latency or cost per request)."""
     requests = sum(r["requests"] for r in runs)
+    completed = [r for r in runs if r["requests"]]
     return {
         "rps": statistics.median(r["rps"] for r in runs),
         "rps_range": [min(r["rps"] for r in runs), max(r["rps"] for r in runs)],
-        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in completed) if completed else None,
+        "p99_ms": statistics.median(r["p99_ms"] for r in completed) if completed else None,
         "errors": sum(r["errors"] for r in runs),
-        # weighted by requests: total CPU over total requests
-        "cpu_ms_per_request": sum(r["cpu_ms_per_request"] * r["requests"] for r in runs) / max(1, requests),
+        "cpu_ms_per_request": 1000 * sum(r["cpu_s"] for r in runs) / requests if requests else None,
         "rounds": runs,
     }
 
@@ -341,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.targets.split(",")
     install = not args.no_install
     client = find_client(install, args.client)
+    load_before = os.getloadavg()  # the machine may be shared: how busy it was says how far the figures carry
     logdir = Path(tempfile.mkdtemp(prefix="ricardo-overhead-"))
     backend_ports = [free_port() for _ in range(5)]
     backend = Target("direct", f"http://127.0.0.1:{backend_ports[0]}")
@@ -387,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         stop(backend)
     results = {name: {cell: summarise(runs) for cell, runs in by_cell.items()} for name, by_cell in raw.items()}
     report = {
+        "command": " ".join(["bench/overhead/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "client": client,
         "duration_s": args.duration,
         "rounds": args.rounds,
@@ -401,40 +408,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
+def ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float | None]]]:
     """Each ricardo target against each peer, per cell: req/s, CPU per request and p99, ricardo / peer."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
     for mine in (n for n in results if n.startswith("ricardo") and n != "ricardo@baseline"):
         peers = [n for n in results if n != "direct" and n != mine and (n == "ricardo@baseline" or "ricardo" not in n)]
         for peer in peers:
             out[f"{mine} / {peer}"] = {
                 cell: {
-                    "rps": r["rps"] / max(1e-9, results[peer][cell]["rps"]),
-                    "cpu_ms_per_request": r["cpu_ms_per_request"]
-                    / max(1e-9, results[peer][cell]["cpu_ms_per_request"]),
-                    "p99_ms": r["p99_ms"] / max(1e-9, results[peer][cell]["p99_ms"]),
+                    what: _ratio(r[what], results[peer][cell][what]) for what in ("rps", "cpu_ms_per_request", "p99_ms")
                 }
                 for cell, r in results[mine].items()
             }
     return out
 
 
+def _ratio(mine: float | None, peer: float | None) -> float | None:
+    """mine / peer; None where either is unknown or the peer's is 0 (a peer that completed no request)."""
+    return mine / peer if mine is not None and peer else None
+
+
+def _figure(value: float | None, digits: int, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
 def table(report: dict) -> str:
     results = report["results"]
     direct = results.get("direct", {})
+    load = report["load_average_before_after"]
     lines = [
         f"client {report['client']}, {report['duration_s']:g} s per cell, {report['rounds']} interleaved rounds, "
-        f"{report['cpus']} CPUs; medians over rounds",
+        f"{report['cpus']} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} after); medians over rounds",
         "",
         "| target | load | req/s | p50 ms | p99 ms | p50 added ms | CPU ms/req | errors |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in results.items():
         for cell, r in cells.items():
-            added = f"{r['p50_ms'] - direct[cell]['p50_ms']:.2f}" if cell in direct and name != "direct" else "-"
+            floor = direct[cell]["p50_ms"] if cell in direct and name != "direct" else None
+            added = r["p50_ms"] - floor if r["p50_ms"] is not None and floor is not None else None
             lines.append(
-                f"| {name} | {cell} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added} | "
-                f"{r['cpu_ms_per_request']:.3f} | {r['errors']} |"
+                f"| {name} | {cell} | {r['rps']:.0f} | {_figure(r['p50_ms'], 2)} | {_figure(r['p99_ms'], 2)} | "
+                f"{_figure(added, 2)} | {_figure(r['cpu_ms_per_request'], 3)} | {r['errors']} |"
             )
     for name, reason in report["skipped"].items():
         lines.append(f"| {name} | skipped: {reason} | | | | | | |")
@@ -442,9 +457,8 @@ def table(report: dict) -> str:
         lines += ["", "| ratio | load | req/s | CPU/req | p99 |", "|---|---|---|---|---|"]
         for pair, cells in report["ratios"].items():
             for cell, r in cells.items():
-                lines.append(
-                    f"| {pair} | {cell} | {r['rps']:.2f}x | {r['cpu_ms_per_request']:.2f}x | {r['p99_ms']:.2f}x |"
-                )
+                figures = " | ".join(_figure(r[what], 2, "x") for what in ("rps", "cpu_ms_per_request", "p99_ms"))
+                lines.append(f"| {pair} | {cell} | {figures} |")
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ commit to the client.
 An attempt on a disaggregated pair is two requests, prefill then decode (gateway/handoff.py). Nothing reaches the
 client before an attempt has succeeded, so every failure until then is retried on the next
 backend (up to `limits.max_attempts`): for a stream, until its first event has arrived; for a whole answer,
-until all of it has been read and found to be valid JSON with choices. Each attempt has its pool's timeouts:
+until all of it has been read and found whole: a JSON object with choices, ending with its usage (which alone is
+parsed, `checked_answer`) or else parsed in full. Each attempt has its pool's timeouts:
 connect, then first byte (stream: the first event) or whole answer (not streamed), then idle between reads.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from ricardo.gateway.config import Timeouts
 from ricardo.gateway.pools import Backend, Pool, post
 from ricardo.gateway.trip import Trip, fail, give_up, start
 from ricardo.policies.types import Choice
-from ricardo.protocol.openai import OpenAIError, error_for_status
+from ricardo.protocol.openai import OpenAIError, compact_json, error_for_status
 
 if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
@@ -37,11 +39,35 @@ HOPS_HEADER = "x-ricardo-hops"
 @dataclass
 class Answer:
     """What a successful attempt got: the upstream response and what was read of it (a stream's first events,
-    or a whole answer's body and its parsed JSON)."""
+    or a whole answer's bytes and, found at their end, its usage)."""
 
     response: aiohttp.ClientResponse
     head: bytes
-    body: dict[str, Any] | None = None
+    whole: WholeAnswer | None = None  # a whole answer's, checked
+
+
+@dataclass
+class WholeAnswer:
+    """A whole answer checked complete: its usage, and where that lies in its bytes (so the priced usage replaces
+    it there, and the answer is not serialised again); or, where the usage was not its last member, its JSON."""
+
+    raw: bytes
+    usage: dict[str, Any] | None
+    usage_span: tuple[int, int] | None = None  # the usage object's bytes in `raw`
+    parsed: dict[str, Any] | None = None  # parsed in full: only where the tail did not show the usage
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON (parsed now, where only its usage was read: the answer was checked JSON-shaped)."""
+        if self.parsed is None:
+            self.parsed = json.loads(self.raw)
+        return self.parsed
+
+    def with_usage(self, usage: dict[str, Any]) -> bytes:
+        """The answer's bytes with `usage` in place of the upstream's."""
+        if self.usage_span is None:
+            return compact_json({**self.body(), "usage": usage}).encode()
+        start, end = self.usage_span
+        return b"".join((self.raw[:start], compact_json(usage).encode(), self.raw[end:]))
 
 
 class AttemptFailed(Exception):
@@ -129,12 +155,12 @@ async def attempt(
                 done = True
                 return Answer(response, head)
             raw = await _read_all(response, budget, t)
-            body = checked_json(raw)
-            if body is None:
+            whole = checked_answer(raw)
+            if whole is None:
                 raise AttemptFailed("bad_json", error_for_status(502, f"upstream {pool.name} answered invalid JSON"))
             trip.outcome = True
             done = True
-            return Answer(response, raw, body)
+            return Answer(response, raw, whole)
     except TimeoutError as exc:
         what = "first byte" if stream else "whole answer"
         seconds = t.first_byte_s if stream else t.response_s
@@ -196,13 +222,44 @@ async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t
         chunks.append(data)
 
 
-def checked_json(raw: bytes) -> dict[str, Any] | None:
-    """A whole answer's JSON when it is complete (an object with a non-empty list of choices), else None."""
+# The usage as the answer's last member (where vLLM, SGLang, TGI, llama.cpp and OpenAI put it): `"usage"` in bare quotes
+# is a key or a whole string, never a piece of one (a quote inside a string is escaped)
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_OBJECT = re.compile(rb"\s*\{")
+_NON_EMPTY_LIST = {key: re.compile(rb'"%s"\s*:\s*\[\s*[^\s\]]' % key.encode()) for key in ("choices", "data")}
+
+
+def checked_answer(raw: bytes, key: str = "choices") -> WholeAnswer | None:
+    """A whole answer checked complete (a JSON object with a non-empty list at `key`), with its usage; None if it
+    is not. Where the usage is the object's last member, as answers put it, only the usage is parsed (an answer
+    cut short does not end with it; the list is found before it); elsewhere the whole answer is."""
+    at = raw.rfind(b'"usage"')
+    found = _USAGE.match(raw, at) if at >= 0 else None
+    end = len(raw) - 1  # the top-level object's closing brace, if the answer is whole (rstrip would copy it all)
+    while end > 0 and raw[end] in b" \t\r\n":
+        end -= 1
+    if found is not None and raw[end] == ord("}") and _OBJECT.match(raw):
+        start = found.end() - 1
+        try:
+            usage = json.loads(raw[start:end])  # fails where more members follow it
+        except ValueError:
+            usage = None
+        if isinstance(usage, dict) and _NON_EMPTY_LIST[key].search(raw, 0, at):
+            return WholeAnswer(raw, usage, (start, raw.rindex(b"}", start, end) + 1))
+    body = checked_json(raw, key)
+    if body is None:
+        return None
+    usage = body.get("usage")
+    return WholeAnswer(raw, usage if isinstance(usage, dict) else None, parsed=body)
+
+
+def checked_json(raw: bytes, key: str = "choices") -> dict[str, Any] | None:
+    """A whole answer's JSON when it is complete (an object with a non-empty list at `key`), else None."""
     try:
         body = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+    if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
         return None
     return body
 

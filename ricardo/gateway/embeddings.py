@@ -3,20 +3,21 @@
 An embedding is one forward pass over the input: no output to predict, no stream, no SLO per token. So it skips
 the policy and the ledger: the cheapest pool that serves the model, its least-loaded backend, the next backend on
 a failure before the answer (as `dispatch` does), and the cost `prompt_tokens` x the model's price
-(`embedding_models` in the config, $ per million input tokens), charged to the client's key like any answer.
+(`embedding_models` in the config, $ per million input tokens), charged to the client's key like any answer and
+sent as completions send it, in the usage (`usage.ricardo_cost_usd`), never a header. Only the usage of the answer is
+parsed (`dispatch.checked_answer`): its vectors, the bulk of it, pass through as they came.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import RETRIABLE_STATUSES
+from ricardo.gateway.dispatch import RETRIABLE_STATUSES, checked_answer
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
 from ricardo.gateway.state import GatewayState
@@ -83,8 +84,10 @@ async def handle(request: web.Request) -> web.Response:
             backend.reached()
             if status != 200:  # the request's fault (4xx): what the backend says, as it says it
                 return web.Response(body=raw, status=status, content_type="application/json")
-            tokens = _input_tokens(raw)
-            if tokens is None:
+            whole = checked_answer(raw, "data")
+            usage = whole.usage if whole is not None else None
+            tokens = usage.get("prompt_tokens") if usage is not None else None
+            if whole is None or usage is None or not isinstance(tokens, int) or isinstance(tokens, bool):
                 last_error = error_for_status(502, f"upstream {pool.name} answered no embeddings")
                 continue
             cost = tokens * price / 1e6
@@ -94,19 +97,7 @@ async def handle(request: web.Request) -> web.Response:
             m.cost.labels(pool.name).inc(cost)
             if key is not None:
                 state.keys.charge(key, cost, tokens)
-            routing = {"x-request-id": request_id, "x-ricardo-pool": pool.name, "x-ricardo-cost-usd": f"{cost:.6g}"}
-            return web.Response(body=raw, content_type="application/json", headers=routing)
+            content = whole.with_usage({**usage, "ricardo_cost_usd": cost})
+            routing = {"x-request-id": request_id, "x-ricardo-pool": pool.name}
+            return web.Response(body=content, content_type="application/json", headers=routing)
     raise last_error
-
-
-def _input_tokens(raw: bytes) -> int | None:
-    """The input tokens of a complete embeddings answer (a list of data and the usage), else None."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    usage = body.get("usage") if isinstance(body, dict) else None
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    if not isinstance(body.get("data"), list) or not isinstance(tokens, int) or isinstance(tokens, bool):
-        return None
-    return tokens

@@ -88,8 +88,8 @@ async def attempt_pair(
         answer = await attempt(pool, prefill, trip, prefill_body(body), headers, stream=False, timeouts=timeouts)
         trip.outcome = None  # a clean prefill is not yet the client's answer
         answer.response.release()
-        assert answer.body is not None  # a whole answer, checked
-        params = answer.body.get("kv_transfer_params")
+        assert answer.whole is not None  # a whole answer, checked
+        params = answer.whole.body().get("kv_transfer_params")
         if not isinstance(params, dict) or not params:
             raise AttemptFailed(
                 "no_kv_transfer_params",
@@ -99,8 +99,7 @@ async def attempt_pair(
         trip.tried.add(prefill)
         failure.kind = f"prefill_{failure.kind}"
         raise
-    usage = answer.body.get("usage")
-    trip.prefill_usage = usage if isinstance(usage, dict) else None
+    trip.prefill_usage = answer.whole.usage
     # the least loaded decode backend now; one there before the prefill may have left the config meanwhile (its
     # session is closed once it has nothing in flight), and this pool object may be one a new config replaced
     decode = pool.pick_backend(time.monotonic(), trip.tried, "decode")

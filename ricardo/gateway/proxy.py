@@ -14,7 +14,6 @@ the upstream connection, so the backend can stop working on it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -29,11 +28,13 @@ from ricardo.gateway.shaping import PRIORITY_GRANT
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, account, priced
 from ricardo.policies.admission import AdmissionLimits, admit
-from ricardo.protocol.openai import Endpoint, OpenAIError, parse_request
+from ricardo.protocol.openai import Endpoint, OpenAIError, compact_json, parse_request
 
 log = logging.getLogger("ricardo.gateway")
 
-HOP_BY_HOP = {
+# hop-by-hop headers, what the gateway sets itself (host, length, the hop count) and the client's credentials
+NOT_FORWARDED = {
+    HOPS_HEADER,
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -123,11 +124,11 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
             return await relay_stream(
                 request, state, trip, answer, _routing_headers(state, trip), client_wants_usage=req.include_usage
             )
-        assert answer.body is not None  # a whole answer, checked
-        usage = answer.body.get("usage")
-        content = answer.head
-        if isinstance(usage, dict):  # the actual cost goes in the body: a header would leave before it is known
-            content = json.dumps({**answer.body, "usage": priced(state, trip, usage)}).encode()
+        whole = answer.whole
+        assert whole is not None  # a whole answer, checked
+        content = whole.raw
+        if whole.usage is not None:  # the actual cost goes in the body: a header would leave before it is known
+            content = whole.with_usage(priced(state, trip, whole.usage))
         return web.Response(body=content, content_type="application/json", headers=_routing_headers(state, trip))
     except asyncio.CancelledError:
         if trip.aborted is None:
@@ -179,7 +180,7 @@ def _serialised(body: dict, stream: bool) -> bytes:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
         body = {**body, "stream_options": options}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json(body).encode()
 
 
 def _hops(request: web.Request) -> int:
@@ -198,7 +199,7 @@ def _hops(request: web.Request) -> int:
 
 
 def _forwarded_headers(request: web.Request, request_id: str, hops: int) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != HOPS_HEADER}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
     headers["x-request-id"] = request_id
     headers["Content-Type"] = "application/json"
     headers[HOPS_HEADER] = str(hops + 1)

@@ -1,7 +1,8 @@
 """Relaying an upstream stream to the client, and checking that it is complete.
 
-A stream is complete when a choice carried a `finish_reason` and the stream ended with `data: [DONE]`. One that
-ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
+A stream is complete when every choice it asked for (`n` per prompt: `Trip.sequences`) carried a `finish_reason` and
+the stream ended with `data: [DONE]`; it is relayed until `[DONE]` (or its end), however many choices finished before.
+One that ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
 client, with an OpenAI-shaped error event (`data: {"error": {...}}`, then the end of the stream: the openai
 client raises it), never as if it were complete; and it counts as a failed answer of its backend (metrics,
 outlier detection). Usage is always asked of the upstream and priced when it arrives (`trip.priced`): the usage
@@ -15,10 +16,11 @@ stats put usage on chunks with choices), which is held back until the usage arri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -27,7 +29,7 @@ from aiohttp import web
 from ricardo.gateway.dispatch import Answer, sse_lines
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, failed, priced
-from ricardo.protocol.openai import error_body, sse
+from ricardo.protocol.openai import compact_json, error_body, sse
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -43,7 +45,7 @@ class _Relayed(web.StreamResponse):
 class StreamCheck:
     """What a stream has said so far about its completeness."""
 
-    finished: bool = False  # a choice carried a finish_reason
+    finished: set[int] = field(default_factory=set)  # the indexes of the choices that carried a finish_reason
     done: bool = False  # data: [DONE]
     error: bool = False  # the upstream sent an error event
     held: bytes | None = None  # a finish chunk kept back for the usage of a client that did not ask for it
@@ -71,21 +73,23 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     buffer = answer.head
     ending: tuple[str, int, str] | None = None  # (kind, status, message) of a stream that did not complete
+    last: list[bytes] = []  # the stream's last events: they leave with its end, in one write
     try:
         async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
             while True:
                 *events, buffer = buffer.split(b"\n\n")
                 out = [o for e in events if e.strip() for o in _pass_on(state, trip, check, e, client_wants_usage)]
+                if check.done or check.error:
+                    last = out
+                    break
                 if out:
                     await response.write(b"".join(out))
-                if check.done or check.error:
-                    break
                 quiet.reschedule(loop.time() + idle)
                 data = await upstream.content.readany()
                 quiet.reschedule(None)
                 if not data:  # a last event without its blank line: completed, passed on and counted
                     if buffer.strip():
-                        await response.write(b"".join(_pass_on(state, trip, check, buffer, client_wants_usage)))
+                        last = _pass_on(state, trip, check, buffer, client_wants_usage)
                     break
                 buffer += sse_lines(data)
     except TimeoutError:
@@ -108,17 +112,17 @@ async def relay_stream(
     else:
         if check.error:
             ending = ("error_event", 502, "")  # the upstream's error event has reached the client
-        elif not (check.finished and check.done):
+        elif not (len(check.finished) >= trip.sequences and check.done):
             ending = ("incomplete", 502, "upstream ended the stream before it was complete")
     if ending is None:
         trip.outcome = True
-        await _end(response, check, None)
+        await _end(response, check, None, last)
         return response
     kind, trip.status, message = ending
     trip.outcome = False
     log.warning("request %s: stream from %s of pool %s failed (%s)", trip.request_id, backend.shown, pool.name, kind)
     failed(state, trip, kind)
-    await _end(response, check, error_body(message, "upstream_error", code=kind) if message else None)
+    await _end(response, check, error_body(message, "upstream_error", code=kind) if message else None, last)
     return response
 
 
@@ -135,7 +139,8 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
         trip.first_token_at is None
         or b'"usage":{' in data
         or b'"error"' in data
-        or (b'"finish_reason"' in data and b'"finish_reason":null' not in data)
+        # a finish_reason that is not null (one chunk may carry several choices)
+        or data.count(b'"finish_reason"') > data.count(b'"finish_reason":null')
     )
     if not worth_parsing:
         return [*check.flush(), event + b"\n\n"]
@@ -169,8 +174,9 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
     if isinstance(usage, dict):
         trip.usage = usage  # usage on every chunk (vLLM's continuous usage stats); the final chunk prices it
     out = check.flush()
-    if any(c.get("finish_reason") for c in choices):
-        check.finished = True
+    finishing = [c.get("index", 0) for c in choices if c.get("finish_reason")]
+    if finishing:
+        check.finished.update(i for i in finishing if isinstance(i, int))
         if not wants_usage:
             check.held = event + b"\n\n"
             return out
@@ -179,7 +185,7 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
 
 def _with(event: bytes, data: bytes, payload: dict[str, Any]) -> bytes:
     """`event` (without its blank line) with its data replaced by `payload`, ended by a blank line."""
-    return event.replace(data, json.dumps(payload, separators=(",", ":")).encode(), 1) + b"\n\n"
+    return event.replace(data, compact_json(payload).encode(), 1) + b"\n\n"
 
 
 def _data(event: bytes) -> bytes | None:
@@ -194,14 +200,14 @@ def _has_content(choice: dict[str, Any]) -> bool:
     return bool(choice.get("text") or (choice.get("delta") or {}).get("content"))
 
 
-async def _end(response: web.StreamResponse, check: StreamCheck, error: dict[str, Any] | None) -> None:
-    """End the stream (a finish chunk still held back first, then an error event if there is one); a client
-    already gone is no error."""
-    try:
-        for event in check.flush():
-            await response.write(event)
-        if error is not None:
-            await response.write(sse(error))
-        await response.write_eof()
-    except ConnectionResetError:
-        pass
+async def _end(
+    response: web.StreamResponse, check: StreamCheck, error: dict[str, Any] | None, last: list[bytes] | None = None
+) -> None:
+    """End the stream: its `last` events, a finish chunk still held back, then an error event if there is one, in
+    the write that ends the stream (with its headers, if nothing was sent before); a client already gone is no
+    error."""
+    events = [*(last or ()), *check.flush()]
+    if error is not None:
+        events.append(sse(error))
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof(b"".join(events))

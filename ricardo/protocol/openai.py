@@ -255,8 +255,17 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+# one encoder for compact JSON: json.dumps builds a new JSONEncoder on every call that passes it options
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def compact_json(payload: Any) -> str:
+    """`payload` as JSON without spaces (as json.dumps(payload, separators=(",", ":")))."""
+    return _COMPACT.encode(payload)
+
+
 def sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    data = payload if isinstance(payload, str) else compact_json(payload)
     return f"data: {data}\n\n".encode()
 
 

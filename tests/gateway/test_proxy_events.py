@@ -3,7 +3,7 @@ chunk), first-token time, completeness. (The cost in the usage is checked throug
 
 import json
 
-from ricardo.gateway.dispatch import checked_json
+from ricardo.gateway.dispatch import checked_answer, checked_json
 from ricardo.gateway.proxy import _upstream_body
 from ricardo.gateway.relay import StreamCheck, _pass_on
 from ricardo.gateway.trip import Trip
@@ -75,12 +75,36 @@ def test_a_stream_is_complete_with_a_finish_reason_and_done_only():
         _keep(t, check, event, True)
     assert not check.finished and not check.done
     _keep(t, check, LAST, True)
-    assert check.finished and not check.done
+    assert check.finished == {0} and not check.done
     _keep(t, check, b"data:[DONE]", True)  # the space after the colon is optional in SSE
     assert check.done and not check.error
     spaced = StreamCheck()
     _keep(t, spaced, LAST_SPACED, True)
-    assert spaced.finished, "JSON with spaces is parsed, not pattern-matched"
+    assert spaced.finished == {0}, "JSON with spaces is parsed, not pattern-matched"
+
+
+def choice_chunk(*reasons: str | None) -> bytes:
+    choices = [{"index": i, "text": "x", "finish_reason": r} for i, r in enumerate(reasons)]
+    return b"data: " + json.dumps({"choices": choices}, separators=(",", ":")).encode()
+
+
+def test_each_choice_of_several_is_seen_finishing_even_beside_one_that_goes_on():
+    t, check = trip(), StreamCheck()
+    _keep(t, check, choice_chunk(None, None), True)  # the first token: parsed
+    assert _keep(t, check, choice_chunk("stop", None), True) == [choice_chunk("stop", None) + b"\n\n"]
+    assert check.finished == {0}, "a chunk whose other choice is not finished is read too"
+    _keep(t, check, choice_chunk(None, "length"), True)
+    assert check.finished == {0, 1}
+
+
+def test_unasked_usage_rides_on_the_last_choice_to_finish():
+    t, check = trip(), StreamCheck()
+    first, second = choice_chunk("stop"), choice_chunk(None, "stop")
+    _keep(t, check, choice_chunk(None, None), False)
+    assert _keep(t, check, first, False) == []
+    assert _keep(t, check, second, False) == [first + b"\n\n"], "the first finish goes on when the next comes"
+    (sent,) = payloads(_keep(t, check, USAGE, False))
+    assert sent["choices"][1]["finish_reason"] == "stop" and sent["usage"]["total_tokens"] == 10
 
 
 def test_an_upstream_error_event_is_relayed_and_noted():
@@ -97,6 +121,36 @@ def test_a_whole_answer_must_be_json_with_choices():
     assert checked_json(b'{"choices": []}') is None
     assert checked_json(b'{"error": {"message": "x"}}') is None
     assert checked_json(b"[1, 2]") is None
+
+
+def test_a_whole_answer_usage_is_read_from_its_end_and_replaced_there():
+    answer = {"id": "x", "choices": [{"index": 0, "text": 'say "usage": {"a": 1}'}], "usage": {"prompt_tokens": 7}}
+    raw = json.dumps(answer).encode() + b"\n"
+    whole = checked_answer(raw)
+    assert whole is not None and whole.usage == {"prompt_tokens": 7}
+    assert whole.parsed is None, "only the usage was parsed"
+    spliced = whole.with_usage({"prompt_tokens": 7, "ricardo_cost_usd": 0.5})
+    assert json.loads(spliced) == {**answer, "usage": {"prompt_tokens": 7, "ricardo_cost_usd": 0.5}}
+    assert spliced.startswith(raw[: raw.index(b'"usage"')]), "the rest of the answer is sent as it came"
+
+
+def test_a_whole_answer_with_its_usage_elsewhere_is_parsed_in_full():
+    answer = {"usage": {"completion_tokens": 2}, "choices": [{"index": 0, "text": "hi"}], "system_fingerprint": None}
+    whole = checked_answer(json.dumps(answer).encode())
+    assert whole is not None and whole.parsed == answer and whole.usage == {"completion_tokens": 2}
+    assert json.loads(whole.with_usage({"completion_tokens": 2, "c": 1}))["usage"] == {"completion_tokens": 2, "c": 1}
+    no_usage = checked_answer(b'{"choices": [{"index": 0}], "usage": null}')
+    assert no_usage is not None and no_usage.usage is None
+
+
+def test_a_whole_answer_cut_short_or_without_choices_is_refused_by_the_usage_path_too():
+    raw = json.dumps({"choices": [{"index": 0, "text": "hi"}], "usage": {"prompt_tokens": 7, "x": {"y": 1}}}).encode()
+    assert checked_answer(raw) is not None
+    assert all(checked_answer(raw[:cut]) is None for cut in range(len(raw) - 1))
+    assert checked_answer(b'{"choices": [], "usage": {"prompt_tokens": 7}}') is None
+    assert checked_answer(b'{"data": [1], "usage": {"prompt_tokens": 7}}') is None
+    assert checked_answer(b'{"data": [1], "usage": {"prompt_tokens": 7}}', "data") is not None
+    assert checked_answer(b'[{"choices": [{}]}, {"usage": {"prompt_tokens": 7}}]') is None
 
 
 def test_upstream_always_asked_for_usage_and_other_fields_kept():
