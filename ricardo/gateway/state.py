@@ -15,7 +15,6 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -98,8 +97,6 @@ class GatewayState:
         self._index = itertools.count()
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task] = []
-        # called with (prompt_tokens, completion_tokens) of every request that completed with usage
-        self.outcome_listeners: list[Callable[[int, int], None]] = []
         self.health = Health(self)
         self.trips: set[Trip] = set()  # requests in flight, for a graceful shutdown
         self.draining = False  # shutting down: /readyz says 503

@@ -209,6 +209,3 @@ def account(state: GatewayState, trip: Trip) -> None:
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m, trip.sequences)
-        if pool.pair is None:  # the planner's traffic; pairs are sized on their roles' load (gateway/scaling.py)
-            for listener in state.outcome_listeners:
-                listener(prompt_tokens, completion_tokens)
