@@ -34,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.speed <= 0 or args.start_rate <= 0 or args.trial_s < 0 or not 0 < args.precision < 1:
             raise InvalidInput("--speed, --start-rate must be > 0, --trial-s >= 0 and --precision within (0, 1)")
         out = Path(args.out)
-        cells = _resume(out, args, inputs, outputs)
+        cells, searching = _resume(out, args, inputs, outputs)
         settings = Settings(
             args.url.rstrip("/"),
             args.model,
@@ -131,7 +132,7 @@ def _main(args: argparse.Namespace) -> int:
             args.seed,
         )
         prompts = Prompts(args.tokenizer, args.seed)
-        complete = run_event_loop(_profile(settings, args, out, inputs, outputs, cells, prompts))
+        complete = run_event_loop(_profile(settings, args, out, inputs, outputs, cells, searching, prompts))
     except (RicardoError, OSError) as exc:
         print(f"ricardo profile: {exc}", file=sys.stderr)
         return 2
@@ -157,10 +158,12 @@ def _key(i: int, o: int) -> str:
     return f"{i}x{o}"
 
 
-def _resume(out: Path, args: argparse.Namespace, inputs: list[int], outputs: list[int]) -> dict[str, dict]:
-    """The cells an earlier run with the same settings measured (none if there is no such file)."""
+def _resume(
+    out: Path, args: argparse.Namespace, inputs: list[int], outputs: list[int]
+) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """The cells an earlier run with the same settings measured, and the trials of the bucket it was searching."""
     if not out.exists():
-        return {}
+        return {}, {}
     try:
         old = json.loads(out.read_text())
     except ValueError:
@@ -170,7 +173,8 @@ def _resume(out: Path, args: argparse.Namespace, inputs: list[int], outputs: lis
     if same != (args.model, args.hardware, args.slo_tpot_ms, args.slo_ttft_ms, args.speed):
         raise InvalidInput(f"{out}: holds a run with other settings {same}; give another --out")
     wanted = {_key(i, o) for i in inputs for o in outputs}
-    return {k: v for k, v in run.get("cells", {}).items() if k in wanted}
+    cells = {k: v for k, v in run.get("cells", {}).items() if k in wanted}
+    return cells, {k: v for k, v in run.get("searching", {}).items() if k in wanted and k not in cells}
 
 
 async def _profile(
@@ -180,6 +184,7 @@ async def _profile(
     inputs: list[int],
     outputs: list[int],
     cells: dict[str, dict],
+    searching: dict[str, list[dict]],
     prompts: Prompts,
 ) -> bool:
     from tqdm import tqdm
@@ -196,35 +201,57 @@ async def _profile(
             if _key(i, o) in cells:
                 continue
             bar.set_description(f"in {i} out {o}")
+            key = _key(i, o)
+
+            def keep(trials: list[Trial], key: str = key) -> None:  # a run cut short resumes from its last trial
+                searching[key] = [asdict(t) for t in trials]
+                _write(out, args, inputs, outputs, cells, searching, prompts)
+
             try:
-                found = await _search(settings, args, i, o, deadline, bar, prompts)
+                found = await _search(settings, args, i, o, deadline, bar, prompts, searching.get(key, []), keep)
             except Interrupted:  # SIGINT/SIGTERM: keep what is measured, as running out of budget does
                 break
             if found is None:  # out of budget
                 break
-            cells[_key(i, o)] = found
-            _write(out, args, inputs, outputs, cells, prompts)
+            cells[key] = {**found, "prompts": prompts.description()["method"]}  # a resumed run may differ
+            searching.pop(key, None)
+            _write(out, args, inputs, outputs, cells, searching, prompts)
             bar.update(1)
     finally:
         bar.close()
-    _write(out, args, inputs, outputs, cells, prompts)
+    _write(out, args, inputs, outputs, cells, searching, prompts)
     return len(cells) == len(buckets)
 
 
 async def _search(
-    settings: Settings, args: argparse.Namespace, i: int, o: int, deadline: float, bar: Any, prompts: Prompts
+    settings: Settings,
+    args: argparse.Namespace,
+    i: int,
+    o: int,
+    deadline: float,
+    bar: Any,
+    prompts: Prompts,
+    earlier: list[dict],
+    keep: Callable[[list[Trial]], None],
 ) -> dict | None:
-    """The highest rate within the SLO for requests of (i, o): doubling, then bisecting in log space."""
+    """The highest rate within the SLO for requests of (i, o): doubling, then bisecting in log space. The `earlier`
+    trials of a run cut short stand for the ones this search would run first, while their rates agree."""
     best: Trial | None = None
     beyond: Trial | None = None
     rate = args.start_rate
-    trials = 0
+    done: list[Trial] = []
+    replayed = [Trial(**t) for t in earlier]
     while True:
-        if time.monotonic() + trial_wall_s(settings, o, rate) > deadline:  # it would not end within --budget-s
-            return None
-        bar.set_postfix(rate=f"{rate:.3g}", best=f"{best.rate:.3g}" if best else "-")
-        trial = await run_trial(settings, i, o, rate, prompts)
-        trials += 1
+        if replayed and math.isclose(replayed[0].rate, rate, rel_tol=1e-9):
+            trial = replayed.pop(0)
+        else:
+            replayed.clear()  # run with another --start-rate or --precision: measure anew from here
+            if time.monotonic() + trial_wall_s(settings, o, rate) > deadline:  # it would not end within --budget-s
+                return None
+            bar.set_postfix(rate=f"{rate:.3g}", best=f"{best.rate:.3g}" if best else "-")
+            trial = await run_trial(settings, i, o, rate, prompts)
+            keep([*done, trial])
+        done.append(trial)
         if trial.within:
             best = trial
         else:
@@ -241,7 +268,7 @@ async def _search(
             rate /= 2
     return {
         "max_rps": round(best.rate, 4) if best else 0.0,
-        "trials": trials,
+        "trials": len(done),
         "within": asdict(best) if best else None,
         "beyond": asdict(beyond) if beyond else None,
     }
@@ -316,7 +343,13 @@ def _round(value: float | None) -> float | None:
 
 
 def _write(
-    out: Path, args: argparse.Namespace, inputs: list[int], outputs: list[int], cells: dict[str, dict], prompts: Prompts
+    out: Path,
+    args: argparse.Namespace,
+    inputs: list[int],
+    outputs: list[int],
+    cells: dict[str, dict],
+    searching: dict[str, list[dict]],
+    prompts: Prompts,
 ) -> None:
     complete = len(cells) == len(inputs) * len(outputs)
     rows = [[cells.get(_key(i, o), {}).get("max_rps", 0.0) for o in outputs] for i in inputs]
@@ -343,6 +376,7 @@ def _write(
             "complete": complete,
             "prompts": prompts.description(),
             "cells": cells,
+            "searching": searching,  # the trials of a bucket not finished yet
         },
     }
     if args.slo_ttft_ms is not None:

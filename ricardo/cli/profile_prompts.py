@@ -44,7 +44,7 @@ class Prompts:
             method = "synthetic text of about the length in Llama-3 tokens (no --tokenizer: exact for Llama-3 only)"
         else:
             method = f"exact token counts from the tokenizer {self.tokenizer.source}; the backend adds {self.added}"
-        exact = all(n == c for n, c in self.counted.items())
+        exact = all(n == c for n, c in self.counted.items()) if self.counted else None  # nothing probed
         return {
             "method": method,
             "backend_counted": {str(n): c for n, c in sorted(self.counted.items())},

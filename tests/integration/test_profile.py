@@ -1,8 +1,10 @@
 """`ricardo profile` against an emulated A10G at 10x real time: with the trials of the virtual-time sweep of
 `emulator/calibrate.py` (its `Measurement`: trial length, warm-up, arrival pattern), it finds the capacity the engine
-model has for that size (the emulator's calibrated figure) within 25%, stops at its budget with a partial file,
-resumes from it, and writes a file the planner accepts. Against the real llama.cpp server (where it is cached), its
-prompts built with the model's tokenizer (read from the GGUF file) are counted exactly by the server."""
+model has for that size (the emulator's calibrated figure) within 25%, stops at its budget with a partial file that
+keeps the trials of the bucket it was searching, resumes from them, and writes a file the planner accepts.
+
+Against the real llama.cpp server (where it is cached), its prompts built with the model's tokenizer (read from the
+GGUF file) are counted exactly by the server."""
 
 from __future__ import annotations
 
@@ -36,15 +38,20 @@ def test_profile_finds_the_emulators_capacity_resumes_and_feeds_the_planner(tmp_
     out = tmp_path / "a10g.json"
     try:
         emulator.wait_http(url + "/v1/models")
-        stopped = profile(url, out, budget_s=0)
+        # 40 s: the first trial (500 requests at 20 req/s of wall clock) fits, the second does not
+        stopped = profile(url, out, budget_s=40)
         assert stopped.returncode == 3, stopped.stderr[-2000:]  # out of budget: partial
-        assert json.loads(out.read_text())["profile_run"]["complete"] is False
+        partial = json.loads(out.read_text())["profile_run"]
+        assert partial["complete"] is False and partial["cells"] == {}
+        kept = partial["searching"][f"{INPUT}x{OUTPUT}"]  # the bucket's trials so far, which a resumed run goes on from
+        assert len(kept) >= 1 and kept[0]["rate"] == 2 and kept[0]["requests"] == SWEEP.min_count
         done = profile(url, out, budget_s=300)
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         emulator.stop()
     document = json.loads(out.read_text())
-    assert document["profile_run"]["complete"] is True
+    assert document["profile_run"]["complete"] is True and document["profile_run"]["searching"] == {}
+    assert document["profile_run"]["cells"][f"{INPUT}x{OUTPUT}"]["trials"] > len(kept)
     # no --tokenizer: the synthetic prompts, and what the emulator (Llama-3 count, plus BOS) made of them
     prompts = document["profile_run"]["prompts"]
     assert "no --tokenizer" in prompts["method"] and prompts["backend_counted"] == {str(INPUT): INPUT + 1}
