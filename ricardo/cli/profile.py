@@ -10,10 +10,14 @@ last rate within and the first beyond, to `--precision`. The cell is the highest
 `--start-rate` / 8 misses (the backend cannot serve that size in time). A trial's arrivals span `--horizon` SLO
 latencies of one such request (output x SLO; at least `--trial-s`, and `--min-requests` requests), and its means
 leave out the first third of its requests, which meet a filling queue, not the steady state (the virtual-time sweep
-of emulator/calibrate.py judges the same way); a trial that leaves requests unanswered or failing is beyond.
+of emulator/calibrate.py judges the same way); a trial that leaves requests unanswered or failing is beyond. Every
+trial meets the same Poisson pattern (of `--seed`) scaled to its rate, and fresh prompts (no prefix cache helps).
+`--horizon 10 --min-requests 500 --trial-s 0` gives the trials of calibrate.py's sweep (its `Measurement`).
 
-Prompts are synthetic text of about the bucket's input length in Llama-3 tokens (`loadgen/prompts.py`); a backend
-with another tokenizer counts somewhat differently, which `usage.prompt_tokens` in the file's cells shows.
+Prompts have exact token counts with `--tokenizer` (the model's tokenizer.json, HF model directory or name, or its
+GGUF file; the extra `ricardo[tokenizer]`), else they are synthetic text of about the length in Llama-3 tokens
+(`loadgen/prompts.py`). Either way a probe per input size reads what the backend counts (`usage.prompt_tokens`); the
+run prints it and the file keeps it (`profile_run.prompts`, and each trial's mean in `cells`).
 
 `--speed X` is for an emulator run at `--speed X`: its latencies are multiplied and its rates divided by X, so the
 file is in the emulated hardware's own time. The file is rewritten after every bucket with what is measured
@@ -24,19 +28,21 @@ before a trial that would not end within it (the bucket in progress is measured 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
-import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ricardo.cli.profile_prompts import Prompts
+from ricardo.emulator.virtual import poisson_arrivals
 from ricardo.errors import InvalidInput, RicardoError
+from ricardo.protocol.runtime import run_event_loop
 
 DEFAULT_EDGES = "25,100,250,500,1000,2000"
 WARMUP = 1 / 3  # share of a trial's requests left out of its means (as emulator/calibrate.py does)
@@ -57,7 +63,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-tpot-ms", type=float, default=120.0, help="mean latency per output token (default 120)")
     p.add_argument("--slo-ttft-ms", type=float, default=None, help="mean time to first token (default: not judged)")
     p.add_argument("--budget-s", type=float, default=3600.0, help="stop after this long; resume later (default 3600)")
-    p.add_argument("--trial-s", type=float, default=15.0, help="arrivals per trial, wall seconds (default 15)")
+    p.add_argument("--trial-s", type=float, default=15.0, help="arrivals per trial, wall seconds at least (default 15)")
     p.add_argument(
         "--horizon", type=float, default=5.0, help="a trial spans this many SLO latencies at least (default 5)"
     )
@@ -67,8 +73,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="the backend runs this many times real time (emulator)")
     p.add_argument("--price-per-hour", type=float, default=None, help="$/h of one replica, as price set `profile`")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="the model's tokenizer, for prompts of exact token counts: tokenizer.json, a HF model directory or name, "
+        "or a .gguf file (needs `pip install 'ricardo[tokenizer]'`; default: approximate synthetic prompts)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="of the arrival pattern and the prompts' text (default 0)")
     p.set_defaults(func=_main)
+
+
+class Interrupted(Exception):
+    """A signal stopped a trial: its requests say nothing of the rate."""
 
 
 @dataclass
@@ -99,10 +115,10 @@ class Settings:
 def _main(args: argparse.Namespace) -> int:
     try:
         inputs, outputs = _edges(args.inputs, "--inputs"), _edges(args.outputs, "--outputs")
-        if args.speed <= 0 or args.start_rate <= 0 or args.trial_s <= 0 or not 0 < args.precision < 1:
-            raise InvalidInput("--speed, --start-rate, --trial-s must be > 0 and --precision within (0, 1)")
+        if args.speed <= 0 or args.start_rate <= 0 or args.trial_s < 0 or not 0 < args.precision < 1:
+            raise InvalidInput("--speed, --start-rate must be > 0, --trial-s >= 0 and --precision within (0, 1)")
         out = Path(args.out)
-        cells = _resume(out, args, inputs, outputs)
+        cells, searching = _resume(out, args, inputs, outputs)
         settings = Settings(
             args.url.rstrip("/"),
             args.model,
@@ -115,7 +131,8 @@ def _main(args: argparse.Namespace) -> int:
             args.api_key,
             args.seed,
         )
-        complete = asyncio.run(_profile(settings, args, out, inputs, outputs, cells))
+        prompts = Prompts(args.tokenizer, args.seed)
+        complete = run_event_loop(_profile(settings, args, out, inputs, outputs, cells, searching, prompts))
     except (RicardoError, OSError) as exc:
         print(f"ricardo profile: {exc}", file=sys.stderr)
         return 2
@@ -133,14 +150,20 @@ def _edges(text: str, flag: str) -> list[int]:
     return edges
 
 
+def _auth(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+
 def _key(i: int, o: int) -> str:
     return f"{i}x{o}"
 
 
-def _resume(out: Path, args: argparse.Namespace, inputs: list[int], outputs: list[int]) -> dict[str, dict]:
-    """The cells an earlier run with the same settings measured (none if there is no such file)."""
+def _resume(
+    out: Path, args: argparse.Namespace, inputs: list[int], outputs: list[int]
+) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """The cells an earlier run with the same settings measured, and the trials of the bucket it was searching."""
     if not out.exists():
-        return {}
+        return {}, {}
     try:
         old = json.loads(out.read_text())
     except ValueError:
@@ -150,7 +173,8 @@ def _resume(out: Path, args: argparse.Namespace, inputs: list[int], outputs: lis
     if same != (args.model, args.hardware, args.slo_tpot_ms, args.slo_ttft_ms, args.speed):
         raise InvalidInput(f"{out}: holds a run with other settings {same}; give another --out")
     wanted = {_key(i, o) for i in inputs for o in outputs}
-    return {k: v for k, v in run.get("cells", {}).items() if k in wanted}
+    cells = {k: v for k, v in run.get("cells", {}).items() if k in wanted}
+    return cells, {k: v for k, v in run.get("searching", {}).items() if k in wanted and k not in cells}
 
 
 async def _profile(
@@ -160,43 +184,74 @@ async def _profile(
     inputs: list[int],
     outputs: list[int],
     cells: dict[str, dict],
+    searching: dict[str, list[dict]],
+    prompts: Prompts,
 ) -> bool:
     from tqdm import tqdm
 
     deadline = time.monotonic() + args.budget_s
     buckets = [(i, o) for i in inputs for o in outputs]
+    for i in sorted({i for i, o in buckets if _key(i, o) not in cells}):
+        await prompts.check(settings.url, settings.model, _auth(settings), i)
+    if prompts.counted:
+        print(f"prompts: {prompts.description()['summary']}", file=sys.stderr)
     bar = tqdm(total=len(buckets), initial=sum(_key(i, o) in cells for i, o in buckets), unit="bucket")
     try:
         for i, o in buckets:
             if _key(i, o) in cells:
                 continue
             bar.set_description(f"in {i} out {o}")
-            found = await _search(settings, args, i, o, deadline, bar)
+            key = _key(i, o)
+
+            def keep(trials: list[Trial], key: str = key) -> None:  # a run cut short resumes from its last trial
+                searching[key] = [asdict(t) for t in trials]
+                _write(out, args, inputs, outputs, cells, searching, prompts)
+
+            try:
+                found = await _search(settings, args, i, o, deadline, bar, prompts, searching.get(key, []), keep)
+            except Interrupted:  # SIGINT/SIGTERM: keep what is measured, as running out of budget does
+                break
             if found is None:  # out of budget
                 break
-            cells[_key(i, o)] = found
-            _write(out, args, inputs, outputs, cells)
+            cells[key] = {**found, "prompts": prompts.description()["method"]}  # a resumed run may differ
+            searching.pop(key, None)
+            _write(out, args, inputs, outputs, cells, searching, prompts)
             bar.update(1)
     finally:
         bar.close()
-    _write(out, args, inputs, outputs, cells)
+    _write(out, args, inputs, outputs, cells, searching, prompts)
     return len(cells) == len(buckets)
 
 
 async def _search(
-    settings: Settings, args: argparse.Namespace, i: int, o: int, deadline: float, bar: Any
+    settings: Settings,
+    args: argparse.Namespace,
+    i: int,
+    o: int,
+    deadline: float,
+    bar: Any,
+    prompts: Prompts,
+    earlier: list[dict],
+    keep: Callable[[list[Trial]], None],
 ) -> dict | None:
-    """The highest rate within the SLO for requests of (i, o): doubling, then bisecting in log space."""
+    """The highest rate within the SLO for requests of (i, o): doubling, then bisecting in log space. The `earlier`
+    trials of a run cut short stand for the ones this search would run first, while their rates agree."""
     best: Trial | None = None
     beyond: Trial | None = None
     rate = args.start_rate
-    trials = 0
+    done: list[Trial] = []
+    replayed = [Trial(**t) for t in earlier]
     while True:
-        if time.monotonic() + trial_wall_s(settings, o, rate) > deadline:  # it would not end within --budget-s
-            return None
-        bar.set_postfix(rate=f"{rate:.3g}", best=f"{best.rate:.3g}" if best else "-")
-        trial = await run_trial(settings, i, o, rate)
-        trials += 1
+        if replayed and math.isclose(replayed[0].rate, rate, rel_tol=1e-9):
+            trial = replayed.pop(0)
+        else:
+            replayed.clear()  # run with another --start-rate or --precision: measure anew from here
+            if time.monotonic() + trial_wall_s(settings, o, rate) > deadline:  # it would not end within --budget-s
+                return None
+            bar.set_postfix(rate=f"{rate:.3g}", best=f"{best.rate:.3g}" if best else "-")
+            trial = await run_trial(settings, i, o, rate, prompts)
+            keep([*done, trial])
+        done.append(trial)
         if trial.within:
             best = trial
         else:
@@ -213,7 +268,7 @@ async def _search(
             rate /= 2
     return {
         "max_rps": round(best.rate, 4) if best else 0.0,
-        "trials": trials,
+        "trials": len(done),
         "within": asdict(best) if best else None,
         "beyond": asdict(beyond) if beyond else None,
     }
@@ -232,19 +287,25 @@ def trial_wall_s(settings: Settings, output_tokens: int, rate: float) -> float:
     return arrivals + output_tokens * settings.slo_tpot_ms / 1000 / settings.speed
 
 
-async def run_trial(settings: Settings, input_tokens: int, output_tokens: int, rate: float) -> Trial:
+def arrival_times(settings: Settings, rate: float, count: int) -> list[float]:
+    """Wall-clock send times of a trial: the Poisson pattern of `--seed` scaled to the rate, the same for every trial
+    and bucket (common random numbers, as emulator/calibrate.py's sweep draws them). With a fresh draw per rate, a
+    trial's luck (a burst that fills the queue) moved the mean as much as the rate did, and the verdicts of a search
+    near the capacity contradicted each other."""
+    return [float(t) for t in poisson_arrivals(rate * settings.speed, count, settings.seed)]
+
+
+async def run_trial(settings: Settings, input_tokens: int, output_tokens: int, rate: float, prompts: Prompts) -> Trial:
     """One Poisson stream of identical requests at `rate` (backend time), judged by the SLO."""
     from ricardo.loadgen.replay import ReplayConfig, replay
     from ricardo.loadgen.traces import TraceRequest
 
-    wall_rate = rate * settings.speed
     count = trial_size(settings, output_tokens, rate)
-    rng = random.Random(f"{settings.seed}:{input_tokens}:{output_tokens}:{rate}")
-    arrivals, t = [], 0.0
-    for _ in range(count):
-        arrivals.append(t)
-        t += rng.expovariate(wall_rate)
-    requests = [TraceRequest(a, input_tokens, output_tokens) for a in arrivals]
+    arrivals = arrival_times(settings, rate, count)
+    requests = [
+        TraceRequest(a, input_tokens, output_tokens, prompts.text(input_tokens, f"{rate}:{index}"))
+        for index, a in enumerate(arrivals)
+    ]
     config = ReplayConfig(
         base_url=settings.url,
         model=settings.model,
@@ -258,20 +319,22 @@ async def run_trial(settings: Settings, input_tokens: int, output_tokens: int, r
         progress=False,
     )
     result = await replay(requests, config)
+    if result.interrupted:
+        raise Interrupted
     answered = [r for r in result.records if r.outcome == "ok" and r.latency_per_token_ms is not None]
     ok = [r for r in answered if r.index >= count * WARMUP]  # the queue of the steady state, not its filling
     tpots = [r.latency_per_token_ms for r in ok if r.latency_per_token_ms is not None]
     tpot = statistics.fmean(tpots) * settings.speed if tpots else None
     ttfts = [r.ttft_ms for r in ok if r.ttft_ms is not None]
     ttft = statistics.fmean(ttfts) * settings.speed if ttfts else None
-    prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    counted = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
     within = (
         len(answered) == count
         and tpot is not None
         and tpot <= settings.slo_tpot_ms
         and (settings.slo_ttft_ms is None or (ttft is not None and ttft <= settings.slo_ttft_ms))
     )
-    prompt = statistics.fmean(prompts) if prompts else None
+    prompt = statistics.fmean(counted) if counted else None
     return Trial(rate, count, len(answered), _round(tpot), _round(ttft), _round(prompt), within)
 
 
@@ -279,7 +342,15 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _write(out: Path, args: argparse.Namespace, inputs: list[int], outputs: list[int], cells: dict[str, dict]) -> None:
+def _write(
+    out: Path,
+    args: argparse.Namespace,
+    inputs: list[int],
+    outputs: list[int],
+    cells: dict[str, dict],
+    searching: dict[str, list[dict]],
+    prompts: Prompts,
+) -> None:
     complete = len(cells) == len(inputs) * len(outputs)
     rows = [[cells.get(_key(i, o), {}).get("max_rps", 0.0) for o in outputs] for i in inputs]
     note = (
@@ -303,7 +374,9 @@ def _write(out: Path, args: argparse.Namespace, inputs: list[int], outputs: list
             "url": args.url,
             "speed": args.speed,
             "complete": complete,
+            "prompts": prompts.description(),
             "cells": cells,
+            "searching": searching,  # the trials of a bucket not finished yet
         },
     }
     if args.slo_ttft_ms is not None:
