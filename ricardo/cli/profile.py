@@ -303,7 +303,7 @@ async def run_trial(settings: Settings, input_tokens: int, output_tokens: int, r
     count = trial_size(settings, output_tokens, rate)
     arrivals = arrival_times(settings, rate, count)
     requests = [
-        TraceRequest(a, input_tokens, output_tokens, prompts.text(input_tokens, f"{rate}:{index}"))
+        TraceRequest(a, input_tokens, output_tokens, prompts.text(input_tokens, f"{output_tokens}:{rate}:{index}"))
         for index, a in enumerate(arrivals)
     ]
     config = ReplayConfig(

@@ -8,6 +8,7 @@ size (`max_tokens` 1) reads the backend's `usage.prompt_tokens` for a prompt, an
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import aiohttp
@@ -21,10 +22,14 @@ class Prompts:
     def __init__(self, tokenizer_spec: str | None, seed: int):
         self.tokenizer: ModelTokenizer | None = load_tokenizer(tokenizer_spec) if tokenizer_spec else None
         self.seed = seed
+        # in every prompt's key, with its size: no two prompts of a run, or of a resumed run, share a prefix that a
+        # backend's prefix cache (vLLM's is on by default) could serve instead of a prefill
+        self.run = secrets.token_hex(4)
         self.added: int | None = None  # tokens the backend adds to a prompt; measured by the first probe
         self.counted: dict[int, int] = {}  # input tokens wanted -> what the backend counted for such a prompt
 
     def text(self, input_tokens: int, key: str) -> str:
+        key = f"{self.run}:{input_tokens}:{key}"
         if self.tokenizer is None:
             return synthetic_prompt(input_tokens, key, self.seed)
         return exact_prompt(self.tokenizer, max(1, input_tokens - (self.added or 0)), key, self.seed)

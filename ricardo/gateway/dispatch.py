@@ -222,17 +222,21 @@ async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t
         chunks.append(data)
 
 
-# The usage as the answer's last member (where vLLM, SGLang, TGI, llama.cpp and OpenAI put it): `"usage"` in bare quotes
-# is a key or a whole string, never a piece of one (a quote inside a string is escaped)
+# The usage near the answer's end: its last member (SGLang, TGI, llama.cpp, OpenAI), or followed only by members
+# that are null (vLLM's `prompt_logprobs`, `kv_transfer_params`). `"usage"` in bare quotes is a key or a whole
+# string, never a piece of one (a quote inside a string is escaped)
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _OBJECT = re.compile(rb"\s*\{")
+_NULL_MEMBERS = re.compile(r'(?:\s*,\s*"[^"\\]*"\s*:\s*null)*\s*')
 _NON_EMPTY_LIST = {key: re.compile(rb'"%s"\s*:\s*\[\s*[^\s\]]' % key.encode()) for key in ("choices", "data")}
+_DECODER = json.JSONDecoder()
 
 
 def checked_answer(raw: bytes, key: str = "choices") -> WholeAnswer | None:
     """A whole answer checked complete (a JSON object with a non-empty list at `key`), with its usage; None if it
-    is not. Where the usage is the object's last member, as answers put it, only the usage is parsed (an answer
-    cut short does not end with it; the list is found before it); elsewhere the whole answer is."""
+    is not. Where the usage is the object's last member but for null ones, as answers put it, only the usage is parsed
+    (an answer cut short does not end with it; the list is found before it); elsewhere the whole answer is. The one cut
+    this reading cannot tell: an answer whose choices carry a usage of their own, cut just after one of them."""
     at = raw.rfind(b'"usage"')
     found = _USAGE.match(raw, at) if at >= 0 else None
     end = len(raw) - 1  # the top-level object's closing brace, if the answer is whole (rstrip would copy it all)
@@ -241,11 +245,12 @@ def checked_answer(raw: bytes, key: str = "choices") -> WholeAnswer | None:
     if found is not None and raw[end] == ord("}") and _OBJECT.match(raw):
         start = found.end() - 1
         try:
-            usage = json.loads(raw[start:end])  # fails where more members follow it
+            tail = raw[start:end].decode()
+            usage, stop = _DECODER.raw_decode(tail)
         except ValueError:
             usage = None
-        if isinstance(usage, dict) and _NON_EMPTY_LIST[key].search(raw, 0, at):
-            return WholeAnswer(raw, usage, (start, raw.rindex(b"}", start, end) + 1))
+        if isinstance(usage, dict) and _NULL_MEMBERS.fullmatch(tail, stop) and _NON_EMPTY_LIST[key].search(raw, 0, at):
+            return WholeAnswer(raw, usage, (start, start + len(tail[:stop].encode())))
     body = checked_json(raw, key)
     if body is None:
         return None

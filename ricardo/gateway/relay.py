@@ -1,7 +1,8 @@
 """Relaying an upstream stream to the client, and checking that it is complete.
 
-A stream is complete when every choice it asked for (`n` per prompt: `Trip.sequences`) carried a `finish_reason` and
-the stream ended with `data: [DONE]`; it is relayed until `[DONE]` (or its end), however many choices finished before.
+A stream is complete when every choice it sent carried a `finish_reason` and the stream ended with `data: [DONE]`;
+it is relayed until `[DONE]` (or its end), however many choices finished before. Judged by the choices seen, not by
+the `n` asked for: a backend that ignores `n` answers one choice, whole, and is not a failure.
 One that ends without them, breaks off, stalls past the idle timeout or carries an upstream error event ends, for the
 client, with an OpenAI-shaped error event (`data: {"error": {...}}`, then the end of the stream: the openai
 client raises it), never as if it were complete; and it counts as a failed answer of its backend (metrics,
@@ -45,10 +46,15 @@ class _Relayed(web.StreamResponse):
 class StreamCheck:
     """What a stream has said so far about its completeness."""
 
+    seen: set[int] = field(default_factory=set)  # the indexes of the choices that sent a chunk
     finished: set[int] = field(default_factory=set)  # the indexes of the choices that carried a finish_reason
     done: bool = False  # data: [DONE]
     error: bool = False  # the upstream sent an error event
     held: bytes | None = None  # a finish chunk kept back for the usage of a client that did not ask for it
+
+    @property
+    def complete(self) -> bool:
+        return self.done and bool(self.finished) and self.seen <= self.finished
 
     def flush(self) -> list[bytes]:
         held, self.held = self.held, None
@@ -112,7 +118,7 @@ async def relay_stream(
     else:
         if check.error:
             ending = ("error_event", 502, "")  # the upstream's error event has reached the client
-        elif not (len(check.finished) >= trip.sequences and check.done):
+        elif not check.complete:
             ending = ("incomplete", 502, "upstream ended the stream before it was complete")
     if ending is None:
         trip.outcome = True
@@ -174,6 +180,7 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
     if isinstance(usage, dict):
         trip.usage = usage  # usage on every chunk (vLLM's continuous usage stats); the final chunk prices it
     out = check.flush()
+    check.seen.update(i for i in (c.get("index", 0) for c in choices) if isinstance(i, int))
     finishing = [c.get("index", 0) for c in choices if c.get("finish_reason")]
     if finishing:
         check.finished.update(i for i in finishing if isinstance(i, int))

@@ -153,6 +153,14 @@ class ProfileBook:
             for alias, hw in self._canonical.items()
         }
 
+    # a memo bound to this book cannot be pickled, and a copy must not share it: each book builds its own
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "grid_point"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.grid_point = lru_cache(maxsize=GRID_MEMO)(self.locate)
+
     # -- names, sources, prices -------------------------------------------------------------
     def hardware_names(self) -> list[str]:
         return list(self._names)

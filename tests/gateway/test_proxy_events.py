@@ -93,8 +93,17 @@ def test_each_choice_of_several_is_seen_finishing_even_beside_one_that_goes_on()
     _keep(t, check, choice_chunk(None, None), True)  # the first token: parsed
     assert _keep(t, check, choice_chunk("stop", None), True) == [choice_chunk("stop", None) + b"\n\n"]
     assert check.finished == {0}, "a chunk whose other choice is not finished is read too"
+    _keep(t, check, b"data: [DONE]", True)
+    assert not check.complete, "[DONE] with a choice seen but not finished is a cut stream"
     _keep(t, check, choice_chunk(None, "length"), True)
-    assert check.finished == {0, 1}
+    assert check.finished == {0, 1} and check.complete
+
+
+def test_a_backend_that_ignores_n_answers_one_whole_choice():
+    t, check = trip(), StreamCheck()
+    for event in (choice_chunk(None), choice_chunk("stop"), b"data: [DONE]"):
+        _keep(t, check, event, True)
+    assert check.complete, "one choice finished and [DONE]: whole, though n=2 was asked"
 
 
 def test_unasked_usage_rides_on_the_last_choice_to_finish():
@@ -132,6 +141,23 @@ def test_a_whole_answer_usage_is_read_from_its_end_and_replaced_there():
     spliced = whole.with_usage({"prompt_tokens": 7, "ricardo_cost_usd": 0.5})
     assert json.loads(spliced) == {**answer, "usage": {"prompt_tokens": 7, "ricardo_cost_usd": 0.5}}
     assert spliced.startswith(raw[: raw.index(b'"usage"')]), "the rest of the answer is sent as it came"
+
+
+def test_a_vllm_answer_whose_usage_is_followed_by_null_members_is_read_from_its_end():
+    answer = {
+        "choices": [{"index": 0, "text": "hi"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+        "prompt_logprobs": None,
+        "kv_transfer_params": None,
+    }
+    raw = json.dumps(answer).encode()
+    whole = checked_answer(raw)
+    assert whole is not None and whole.parsed is None and whole.usage == answer["usage"]
+    priced = {"prompt_tokens": 7, "c": 1}
+    assert json.loads(whole.with_usage(priced)) == {**answer, "usage": priced}
+    assert all(checked_answer(raw[:cut]) is None for cut in range(len(raw) - 1))
+    followed = {**answer, "kv_transfer_params": {"remote_host": None}}  # a member that is not null: parsed in full
+    assert checked_answer(json.dumps(followed).encode()).parsed == followed  # type: ignore[union-attr]
 
 
 def test_a_whole_answer_with_its_usage_elsewhere_is_parsed_in_full():

@@ -49,3 +49,14 @@ def test_what_is_not_a_tokenizer_is_refused(tmp_path):
         load_tokenizer(str(tmp_path / "missing.gguf"))
     with pytest.raises(InvalidInput):
         load_tokenizer(str(tmp_path))  # a directory without tokenizer.json
+
+
+def test_no_two_prompts_of_a_profile_run_share_a_prefix_a_cache_could_serve():
+    from ricardo.cli.profile_prompts import Prompts
+
+    run, other_run = Prompts(None, seed=0), Prompts(None, seed=0)
+    short, long = run.text(250, "100:1.0:0"), run.text(1000, "100:1.0:0")
+    prefix = short[: len(short) // 2]
+    assert not long.startswith(prefix), "a smaller input size is not the start of a larger one"
+    assert run.text(250, "25:1.0:0")[: len(prefix)] != prefix, "nor another bucket's prompt at the same rate"
+    assert other_run.text(250, "100:1.0:0")[: len(prefix)] != prefix, "nor a resumed run's"

@@ -288,3 +288,18 @@ def test_weights_count_a_request_as_that_many_in_the_histogram_and_the_bucket_me
             book.histogram(inputs, outputs, bad)
         with pytest.raises(ValueError, match="weights"):
             book.bucket_request_seconds("A100-80GB", inputs, outputs, weights=bad)
+
+
+def test_a_book_pickles_and_a_copy_keeps_its_own_grid_memo():
+    import copy
+    import pickle
+
+    from ricardo.profiles.catalog import load_default_book
+
+    book = load_default_book()
+    hw = book.hardware_names()[0]
+    book.rate_at(hw, 300, 120)
+    again = pickle.loads(pickle.dumps(book))
+    assert again.rate_at(hw, 300, 120) == book.rate_at(hw, 300, 120)
+    clone = copy.copy(book)
+    assert clone.grid_point is not book.grid_point and clone.grid_point.__wrapped__.__self__ is clone  # type: ignore[attr-defined]
