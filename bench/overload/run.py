@@ -143,6 +143,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def start_emulators(work: Path, config: dict, speed: float) -> subprocess.Popen:
+    """`ricardo emulate` for every backend of a gateway config, written into `work`, its log beside it."""
+    (work / "emulators.yaml").write_text(yaml.safe_dump(config))
+    with open(work / "emulator.log", "w") as log:
+        return subprocess.Popen(
+            ricardo_command("emulate", "--config", str(work / "emulators.yaml"), "--speed", str(speed)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hardware", default="A10G")
@@ -180,13 +191,7 @@ def main() -> int:
             }
         ],
     }
-    (work / "emulators.yaml").write_text(yaml.safe_dump(base))
-    with open(work / "emulator.log", "w") as log:
-        emulator = subprocess.Popen(
-            ricardo_command("emulate", "--config", str(work / "emulators.yaml"), "--speed", str(args.speed)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    emulator = start_emulators(work, base, args.speed)
     rows = []
     try:
         for port in ports:

@@ -126,13 +126,7 @@ def main() -> int:
             for port in [backends[name]]
         ],
     }
-    (work / "emulators.yaml").write_text(yaml.safe_dump(base))
-    with open(work / "emulator.log", "w") as log:
-        emulator = subprocess.Popen(
-            ricardo_command("emulate", "--config", str(work / "emulators.yaml"), "--speed", str(args.speed)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    emulator = overload.start_emulators(work, base, args.speed)
     settings = [("1 gateway", 1, None), (f"{args.gateways} gateways", args.gateways, None)]
     if args.baseline:
         settings.append((f"{args.gateways} gateways, baseline", args.gateways, str(Path(args.baseline).resolve())))
