@@ -17,13 +17,9 @@ import socket
 import subprocess
 import time
 
+from tests.integration.harness import free_port
+
 BINARY = os.environ.get("REDIS_SERVER", shutil.which("redis-server") or "/usr/bin/redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available() -> bool:

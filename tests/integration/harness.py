@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -19,7 +20,22 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# below Linux's ephemeral range (32768-60999): a port the kernel hands out with bind(0) is also the kind it gives to
+# outgoing connections, so between our pick and the server's bind a client socket (or a suite run beside this one)
+# could take it; a random free port below that range is not handed out by the kernel at all
+_PORTS = range(20000, 32000)
+_rng = random.Random()
+
+
 def free_port() -> int:
+    for _ in range(200):
+        port = _rng.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -4,13 +4,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from ricardo.cli import main
+
+from tests.integration.harness import free_port
 
 from .sse_server import MODEL, FakeServer, start
 
@@ -57,12 +58,6 @@ def read_out(out: Path) -> tuple[dict, list[dict]]:
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     return summary, records
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_chat_replay_measures_streams_errors_and_pools(server, tmp_path):
