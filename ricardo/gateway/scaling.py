@@ -480,7 +480,11 @@ class ScalingAdvisor:
         `extra_summaries`). Not thread-safe against `observe`: take them on the thread that observes."""
         if self._start is None:
             self._start = now
-        return {model: w.snapshot(now).to_dict(self.shared_sample) for model, w in self.windows.items()}
+        snapshots = {model: w.snapshot(now) for model, w in self.windows.items()}
+        for model, snapshot in snapshots.items():
+            if snapshot.count == 0:  # none of its requests in the window (a model no longer asked for, or removed)
+                del self.windows[model]  # forgotten, not published empty for ever; a new request starts it afresh
+        return {model: snapshot.to_dict(self.shared_sample) for model, snapshot in snapshots.items() if snapshot.count}
 
     def compute(
         self,

@@ -523,3 +523,15 @@ def test_damped_hints_track_the_ramp_within_a_window(ramp):
     _, figures = ramp
     assert figures["corr_cost_vs_trailing_load"] > MIN_CORRELATION
     assert 0 <= figures["lag_vs_centred_load_s"] <= RAMP["window_s"]
+
+
+def test_a_model_without_requests_in_the_window_is_forgotten_and_starts_afresh():
+    advisor = ScalingAdvisor(window_s=10.0, start=0.0)
+    advisor.observe(1.0, "old-model", 100, 50)
+    advisor.observe(1.0, "llama2-7b", 100, 50)
+    assert set(advisor.summaries(5.0)) == {"old-model", "llama2-7b"}
+    advisor.observe(14.0, "llama2-7b", 100, 50)
+    assert set(advisor.summaries(15.0)) == {"llama2-7b"}, "old-model's window emptied: not published"
+    assert set(advisor.windows) == {"llama2-7b"}
+    advisor.observe(16.0, "old-model", 100, 50)
+    assert advisor.summaries(16.5)["old-model"]["count"] == 1
