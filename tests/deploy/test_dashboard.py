@@ -10,7 +10,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import openai
 import promql_parser
 import pytest
 import yaml
@@ -42,7 +41,7 @@ def exported(tmp_path_factory) -> dict[str, dict[str, set[str]]]:
     cluster = Cluster(pools, tmp_path_factory.mktemp("dash"), speed=8.0, scaling={"interval_s": 0.5, "window_s": 10})
     cluster.start()
     try:
-        client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        client = cluster.openai_client()
         for index in range(6):
             stream = client.chat.completions.create(
                 model="llama2-7b",

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import openai
 import yaml
 from ricardo.gateway.security import read_admin_token
 
@@ -208,6 +209,10 @@ class Cluster:
     @property
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.gateway_ports]
+
+    def openai_client(self, api_key: str = "unused", timeout: float = 60.0) -> openai.OpenAI:
+        """The official client on the first gateway, with no retries of its own (a test sees every answer)."""
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=timeout)
 
     def admin_headers(self, port: int | None = None) -> dict[str, str]:
         """The admin API's bearer header: the configured token, or the one the gateway generated and wrote

@@ -28,7 +28,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return cluster.openai_client()
 
 
 def expected_text(tokens: int) -> str:

@@ -84,7 +84,7 @@ def cluster(llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return cluster.openai_client(timeout=120)
 
 
 def stream_chat(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[str, str, object, str]:

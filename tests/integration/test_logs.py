@@ -50,7 +50,7 @@ def test_every_log_record_is_one_json_object_with_the_common_fields(cluster):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_one_access_line_per_request_with_pool_tokens_cost_and_no_prompt(cluster, stream):
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    client = cluster.openai_client()
     request_id = f"access-{stream}"
     answer = client.chat.completions.with_raw_response.create(
         model="llama2-7b",
@@ -77,7 +77,7 @@ def test_one_access_line_per_request_with_pool_tokens_cost_and_no_prompt(cluster
 
 
 def test_a_refused_request_has_its_access_line_too(cluster):
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    client = cluster.openai_client()
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(
             model="no-such-model",

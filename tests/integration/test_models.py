@@ -37,7 +37,7 @@ def cluster(tmp_path_factory):
 
 
 def test_each_model_goes_to_its_pool_and_is_billed_on_its_book(cluster):
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    client = cluster.openai_client(api_key="none")
     assert sorted(m.id for m in client.models.list().data) == MODELS
     costs = {}
     for model in MODELS:
@@ -92,7 +92,7 @@ def test_scaling_hints_plan_each_models_pool_on_its_book_with_its_requests(clust
         seen, planner = hints["inputs"]["models"][model], hints["planner"][model]
         assert seen["book"] == model and seen["pools"] == [POOL_OF[model]] and seen["sample_size"] == 2
         book = load_default_book(model, include_estimated=True)
-        usage = openai.OpenAI(base_url=cluster.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        usage = cluster.openai_client(api_key="none")
         answer = usage.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": prompt}],
@@ -108,6 +108,6 @@ def test_scaling_hints_plan_each_models_pool_on_its_book_with_its_requests(clust
 
 
 def test_an_unknown_model_is_404(cluster):
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="none", max_retries=0, timeout=30)
+    client = cluster.openai_client(api_key="none", timeout=30)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-2", messages=[{"role": "user", "content": "hi"}])

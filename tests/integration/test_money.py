@@ -15,7 +15,6 @@ import json
 import subprocess
 import urllib.request
 
-import openai
 import pytest
 
 from tests.integration.harness import Cluster, metric, ricardo_command, wait_for
@@ -69,7 +68,7 @@ def test_metrics_admin_spend_and_loadgen_report_agree_to_the_cent(cluster, tmp_p
     assert summary["overall"]["ok"] == len(lines), loadgen.stdout
 
     # whole answers, and a stream whose client did not ask for usage (its usage rides on the finish chunk)
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key=key["key"], max_retries=0, timeout=60)
+    client = cluster.openai_client(api_key=key["key"])
     extra: dict[str, float] = {}
     for tokens in (7, 40, 120):
         raw = client.chat.completions.with_raw_response.create(

@@ -45,7 +45,7 @@ def stream_ok(client) -> bool:
 
 
 def test_a_backend_that_breaks_answers_is_ejected_and_comes_back_once_repaired(cluster):
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    client = cluster.openai_client(timeout=30)
     port = cluster.pool_ports["a10g"][1]
     bad = f"http://127.0.0.1:{port}"
     cluster.replace_backend(port, "cut-after=2")  # every answer dropped, probes too; /v1/models still answers

@@ -43,7 +43,7 @@ def transfer_s() -> float:
 
 
 def client_for(cluster: Cluster) -> openai.OpenAI:
-    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return cluster.openai_client()
 
 
 def admin_get(cluster: Cluster, path: str) -> dict:

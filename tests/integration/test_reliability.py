@@ -66,7 +66,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    return cluster.openai_client(timeout=30)
 
 
 def stream(client, model: str, tokens: int = 20) -> tuple[str, float]:

@@ -39,7 +39,7 @@ def readyz(url: str) -> int:
 
 
 def test_sigterm_drains_then_ends_the_streams_left_with_an_error_event(cluster):
-    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    client = cluster.openai_client(timeout=30)
     results: dict[str, str] = {}
     started = threading.Barrier(7)
 
