@@ -127,7 +127,9 @@ class RequestFeatures:
 
     def tokens(self) -> np.ndarray:
         """The lower-cased text's llama3 token ids."""
-        return np.array(_tokenizer().encode_ordinary(encodable(self.text.lower())), dtype=np.int64)
+        ids = _tokenizer().encode_ordinary(encodable(self.text.lower()))
+        # fromiter with the count: np.array would first discover the list's type and shape, element by element
+        return np.fromiter(ids, np.int64, len(ids))
 
     def term_keys(self) -> np.ndarray:
         """The prompt's term keys, one per occurrence: unigrams, bigrams, first and last tokens."""

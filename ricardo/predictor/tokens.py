@@ -111,7 +111,9 @@ class InputTokenCounter:
         if self.tokenizer is not None:
             count: int = self.tokenizer.count(encodable(text))
             return count
-        return len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN
+        # an ASCII text is its own UTF-8 (isascii is a flag read): no copy of a long prompt to measure it
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        return size / BYTES_PER_TOKEN
 
     def _corrected(self, raw: float, model: str | None) -> int:
         if self.exact:

@@ -256,7 +256,8 @@ class ProfileBook:
         the upper-edge cell cannot serve, neither can this (the profile does not say how far it could).
         """
         i, j, i0, j0, tx, ty, beyond = self.grid_point(input_tokens, output_tokens)
-        low, high = self._rows[hardware][i0], self._rows[hardware][i]
+        rows = self._rows[hardware]
+        low, high = rows[i0], rows[i]
         top = high[j]
         if top <= 0:
             return 0.0

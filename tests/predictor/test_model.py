@@ -2,12 +2,22 @@ import asyncio
 import gc
 import inspect
 import itertools
+import math
+import operator
 import random
 import time
 
 import numpy as np
 import pytest
-from ricardo.predictor.features import DENSE_NAMES, HEAD_CHARS, TAIL_CHARS, RequestFeatures, features_from_body
+from ricardo.predictor.features import (
+    DENSE_NAMES,
+    HEAD_CHARS,
+    TAIL_CHARS,
+    RequestFeatures,
+    _tokenizer,
+    encodable,
+    features_from_body,
+)
 from ricardo.predictor.model import (
     DEFAULT_MODEL,
     DEFAULT_RESERVOIR,
@@ -255,3 +265,25 @@ def test_a_malformed_features_record_is_refused():
             RequestFeatures.from_record(broken)
     with pytest.raises(ValueError):
         RequestFeatures.from_record(record[:-1])
+
+
+def reference_log_prediction(model, features: RequestFeatures) -> float:
+    """The text model's log prediction by the plain formula: the term keys built and searched in the whole vocabulary,
+    the token ids made by np.array (what the serving path's shortcuts must reproduce to the bit)."""
+    tokens = np.array(_tokenizer().encode_ordinary(encodable(features.text.lower())), dtype=np.int64)
+    assert np.array_equal(features.tokens(), tokens) and features.tokens().dtype == tokens.dtype
+    cols = vocabulary_columns(model.vocab, features.term_keys())
+    norm_squared = (model.idf * model.idf)[cols].sum()
+    weighted = (model.idf * model.term_coef).astype(np.float32)[cols].sum()
+    text = weighted / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
+    dense = sum(map(operator.mul, features.dense(), (model.dense_coef / model.dense_scale).tolist()))
+    base = float(model.constants[0] - model.dense_mean @ (model.dense_coef / model.dense_scale))
+    weights = dict(zip(model.model_keys.tolist(), model.model_coef.tolist(), strict=True))
+    return base + float(text) + dense + weights.get(features.model_key(), 0.0)
+
+
+def test_served_predictions_are_the_plain_formulas_to_the_bit(reservoir):
+    model = OutputLengthPredictor.load_default()._model
+    odd = [features_from_body({"prompt": text}, 1) for text in ("", "a", "a b", "\u00e9\u00e9\u00e9 \U0001f600 \ud800")]
+    for features in odd + [features for features, _ in reservoir]:
+        assert model.log_prediction(features) == reference_log_prediction(model, features)

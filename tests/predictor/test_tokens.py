@@ -100,3 +100,13 @@ def test_ratios_are_kept_per_model():
     assert counter.ratio("a") == pytest.approx(2.0, rel=0.01)
     assert counter.ratio("b") == 1.0
     assert counter.count_prompt(text, model="a") == pytest.approx(2 * counter.count_prompt(text, model="b"), abs=2)
+
+
+@pytest.mark.parametrize("text", ["", "a", "plain ASCII text " * 50, "caf\u00e9 \U0001f600", "lone \ud800 surrogate"])
+def test_an_estimate_counts_four_utf8_bytes_a_token(text):
+    """ASCII text is measured by its length, the rest by its UTF-8 encoding (lone surrogates replaced): the same
+    size either way."""
+    messages = [{"role": "user", "content": text}]
+    size = len(text.encode("utf-8", "replace")) + len("user")
+    assert InputTokenCounter(None).count_messages(messages) == max(1, round(size / 4 + 6))
+    assert InputTokenCounter(None).count_prompt(text) == max(1, round(len(text.encode("utf-8", "replace")) / 4))
