@@ -21,7 +21,6 @@ without an ejection is forgiven its past ones. Clock: the caller's seconds.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Literal
 
 from ricardo.gateway.config import OutlierConfig
@@ -32,36 +31,14 @@ State = Literal["in service", "ejected", "probing", "half-open"]
 class OutlierDetector:
     def __init__(self, rules: OutlierConfig) -> None:
         self.rules = rules
-        # called when `takes_requests` may answer otherwise: the gateway's pool views stand until then (pools.py)
-        self.on_change: Callable[[], None] = _unchanged
-        self._state: State = "in service"
+        self.state: State = "in service"
         self.ejections = 0  # ejections not yet forgiven: the next one lasts twice as long
         self.ejected_until = 0.0
         self.consecutive = 0
-        self._trial_in_flight = False  # half-open: the one real request that decides is under way
+        self.trial_in_flight = False  # half-open: the one real request that decides is under way
         self._window: deque[tuple[float, bool]] = deque()
         self._failures_in_window = 0
         self._in_service_since = 0.0
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @state.setter
-    def state(self, value: State) -> None:
-        if value != self._state:
-            self._state = value
-            self.on_change()
-
-    @property
-    def trial_in_flight(self) -> bool:
-        return self._trial_in_flight
-
-    @trial_in_flight.setter
-    def trial_in_flight(self, value: bool) -> None:
-        if value != self._trial_in_flight:
-            self._trial_in_flight = value
-            self.on_change()
 
     def takes_requests(self) -> bool:
         """In service, or half-open with no trial request under way."""
@@ -148,7 +125,3 @@ class OutlierDetector:
         while self._window and self._window[0][0] < horizon:
             _, ok = self._window.popleft()
             self._failures_in_window -= not ok
-
-
-def _unchanged() -> None:
-    """`on_change` of a detector nobody watches."""

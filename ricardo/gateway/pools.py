@@ -3,22 +3,14 @@
 A backend takes requests when its last health probe passed, it is not draining, it is not resting (it
 could not be reached, or said it is overloaded: 429/503) and its outlier detector has it in service
 (its recent answers completed; gateway/outlier.py).
-
-A pool's view and its available backends are made once and shown to every request until what they read changes
-(`Snapshot`): a count of changes (`CHANGES`) moves with every write that could change them (a backend's health,
-drain, rest, outlier state or telemetry; a pool's backends or telemetry settings), the ledger's view is another
-object after any dispatch or finish, and the clock ends a rest or ages a telemetry page out at a time known when
-the snapshot is made. Building them for every request cost ~4 us a pool of 3 backends (8 pools: 32 us, 56 with
-telemetry), more than ranking them.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +21,7 @@ from ricardo.gateway.metrics import PoolMetrics
 from ricardo.gateway.outlier import OutlierDetector
 from ricardo.gateway.telemetry import Telemetry
 from ricardo.gateway.urls import redact, split_credentials
-from ricardo.policies.external import counts, external_load, share_per_request
+from ricardo.policies.external import external_load, share_per_request
 from ricardo.policies.ledger import PoolLedger
 from ricardo.policies.types import PairSpec, PoolView
 
@@ -37,27 +29,6 @@ REST_BASE_S = 1.0
 REST_MAX_S = 30.0
 QUEUE_WINDOW_S = 2.0  # recent starts a pool's queueing delay is measured over
 QUEUE_REFRESH_S = 0.01  # how long a pool's queueing delay, once measured, stands
-
-
-class Changes:
-    """A count of the writes that may change what a pool's view shows beyond its ledger."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def moved(self) -> None:
-        self.count += 1
-
-
-# one for the process: a change anywhere lets every pool's snapshot go (such changes come seconds apart, requests
-# microseconds), and a backend moved to another pool by a config change cannot leave a stale one behind
-CHANGES = Changes()
-# what `Backend.available` and `Pool.external_load` read of a backend (beyond the clock)
-SHOWN_BACKEND_FIELDS = frozenset({"healthy", "draining", "cooldown_until", "telemetry", "outlier", "role"})
-# and of a pool (beyond its backends' fields and its ledger); assign a new backends list, never change one in place
-SHOWN_POOL_FIELDS = frozenset({"backends", "typical_share", "telemetry_max_age_s"})
 
 
 @dataclass(eq=False)
@@ -86,12 +57,6 @@ class Backend:
 
     def __post_init__(self) -> None:
         self.shown = self.shown or self.url
-        self.outlier.on_change = CHANGES.moved
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in SHOWN_BACKEND_FIELDS and getattr(self, name, value) != value:
-            CHANGES.moved()
-        object.__setattr__(self, name, value)
 
     def available(self, now: float) -> bool:
         return self.healthy and not self.draining and now >= self.cooldown_until and self.outlier.takes_requests()
@@ -132,12 +97,6 @@ class Pool:
     # /metrics may be to count (policies/external.py); set by GatewayState.apply
     typical_share: float = 0.0
     telemetry_max_age_s: float = 0.0
-    _snapshot: Snapshot | None = field(default=None, repr=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in SHOWN_POOL_FIELDS and getattr(self, name, value) is not value:
-            CHANGES.moved()
-        object.__setattr__(self, name, value)
 
     def waits(self, key: int, sent: float) -> None:
         """A stream was sent to one of the pool's backends and waits for its first token."""
@@ -204,39 +163,19 @@ class Pool:
     def models(self) -> tuple[str, ...]:
         return self.ledger.models
 
-    def available_backends(self, now: float, role: str | None = None) -> tuple[Backend, ...]:
-        """The backends (of `role`, if given) that can take a request now."""
-        available = self.snapshot(now).available
-        return available if role is None else tuple(b for b in available if b.role == role)
+    def available_backends(self, now: float, role: str | None = None) -> list[Backend]:
+        return [b for b in self.backends if b.available(now) and (role is None or b.role == role)]
 
     def view(self, now: float) -> PoolView:
-        return self.snapshot(now).view
+        if self.pair is None:
+            available = self.available_backends(now)
+            return self.ledger.view(len(available), external_load=self.external_load(available, now))
+        # a pair takes a request only with both sides up: with either at 0, it shows 0 replicas of both
+        prefill = len(self.available_backends(now, "prefill"))
+        decode = len(self.available_backends(now, "decode"))
+        return self.ledger.view(prefill if decode else 0, decode if prefill else 0)
 
-    def snapshot(self, now: float) -> Snapshot:
-        """What the pool shows now: the last snapshot while it stands, else a new one."""
-        snapshot = self._snapshot
-        if snapshot is None or not snapshot.stands(now, self.ledger.last_view, self.telemetry_max_age_s):
-            snapshot = self._snapshot = self.take_snapshot(now)
-        return snapshot
-
-    def take_snapshot(self, now: float) -> Snapshot:
-        """What the pool shows at `now`, made afresh."""
-        changes = CHANGES.count
-        available = tuple(b for b in self.backends if b.available(now))
-        rest_ends = min((b.cooldown_until for b in self.backends if b.cooldown_until > now), default=math.inf)
-        if (
-            self.pair is not None
-        ):  # a pair takes a request only with both sides up: with either at 0, it shows 0 of both
-            prefill = sum(b.role == "prefill" for b in available)
-            decode = len(available) - prefill
-            view = self.ledger.view(prefill if decode else 0, decode if prefill else 0)
-            return Snapshot(changes, now, view, available, rest_ends, math.inf)
-        view = self.ledger.view(len(available), external_load=self.external_load(available, now))
-        max_age = self.telemetry_max_age_s
-        pages = [b.telemetry.at for b in available if b.telemetry is not None and counts(b.telemetry, now, max_age)]
-        return Snapshot(changes, now, view, available, rest_ends, min(pages, default=math.inf))
-
-    def external_load(self, backends: Sequence[Backend], now: float) -> float:
+    def external_load(self, backends: list[Backend], now: float) -> float:
         """Replicas' worth of load `backends` run or queue beyond this gateway's requests, by their own /metrics."""
         reports = [b.telemetry for b in backends if b.telemetry is not None]
         if not reports:
@@ -253,30 +192,6 @@ class Pool:
         least = min(b.in_flight for b in candidates)
         tied = [b for b in candidates if b.in_flight == least]
         return tied[next(self._tiebreak) % len(tied)]
-
-
-@dataclass(slots=True)  # not frozen: made for most requests, and a frozen one costs 3x as much to make
-class Snapshot:
-    """A pool's view and available backends as made at `at`; read, never changed. They stand, the same as made
-    afresh, while no write has moved `CHANGES` since `changes`, the ledger's view is the one shown (any dispatch or
-    finish makes another), no rest under way has ended (the earliest ends at `rest_ends`) and the oldest telemetry
-    page counted (read at `oldest_page`) still counts; a clock that went back (a caller's `now` taken earlier)
-    finds it standing only from `at` on."""
-
-    changes: int
-    at: float
-    view: PoolView
-    available: tuple[Backend, ...]
-    rest_ends: float
-    oldest_page: float
-
-    def stands(self, now: float, ledger_view: PoolView | None, max_age_s: float) -> bool:
-        return (
-            self.changes == CHANGES.count
-            and self.view is ledger_view
-            and self.at <= now < self.rest_ends
-            and not now - self.oldest_page > max_age_s  # `counts` of the oldest page
-        )
 
 
 class QueueDelays(Mapping[str, float | None]):

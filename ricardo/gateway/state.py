@@ -207,7 +207,7 @@ class GatewayState:
                     self.book_for(self.config.pool_model(pool_config), slo), pool.hardware, slo
                 )
             pool.telemetry_max_age_s = STALE_INTERVALS * self.config.health_interval_s
-            backends: list[Backend] = []
+            pool.backends = []
             for role in pool_config.roles():
                 draining = {backend_id(u) for u in role.draining}
                 for configured in map(backend_key, role.backends):
@@ -220,8 +220,7 @@ class GatewayState:
                             configured, self.config.limits, self.config.outlier, pool_config.api_key, role.role
                         )
                     backend.draining = backend_id(configured) in draining
-                    backends.append(backend)
-            pool.backends = backends  # a new list: a pool's snapshot of its backends goes (pools.py)
+                    pool.backends.append(backend)
             pools[pool.name] = pool
             self.metrics.price.labels(pool.name).set(price)
         for backend in old_backends.values():  # removed: close once their requests are done

@@ -57,18 +57,12 @@ def typical_share(book: ProfileBook, hardware: str, slo: SLO) -> float:
     return capacity_share(book, hardware, middle_in, middle_out, slo)
 
 
-def counts(report: BackendReport, now: float, max_age_s: float) -> bool:
-    """Whether a page counts at `now`: read at most `max_age_s` before. Once it does not, it never does again (as
-    `now` grows), and of the pages that count, the oldest stops first (the gateway's pool views stand until then)."""
-    return not now - report.at > max_age_s
-
-
 def external_load(reports: Iterable[BackendReport], share: float, now: float, max_age_s: float) -> float:
     """Replicas' worth of load on the backends beyond this gateway's own requests (see the module's docstring):
     `share` per foreign request, at least the rest of a replica on a backend whose KV cache is saturated."""
     total = 0.0
     for report in reports:
-        if not counts(report, now, max_age_s):
+        if now - report.at > max_age_s:
             continue
         seen = (report.running or 0.0) + (report.waiting or 0.0)
         load = max(0.0, seen - report.own_in_flight) * share

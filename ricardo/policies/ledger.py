@@ -113,12 +113,6 @@ class PoolLedger:
         if (price_per_hour, models, pair) != (self.price_per_hour, self.models, self.pair):
             self.price_per_hour, self.models, self.pair, self._view = price_per_hour, models, pair, None
 
-    @property
-    def last_view(self) -> PoolView | None:
-        """The view `view` last built, None after any event or change since: whoever holds a view sees whether the
-        ledger still shows the same by its identity (`view is ledger.last_view`)."""
-        return self._view
-
     def view(self, replicas: int, decode_replicas: int = 0, external_load: float = 0.0) -> PoolView:
         """The pool as a policy sees it, given how many replicas (of a pair: prefill, decode) can take a request now
         and the load its backends carry beyond this ledger's (`policies/external.py`; none in the simulator)."""
