@@ -69,6 +69,8 @@ DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_MODEL = DATA / "cold_start_model.npz"
 DEFAULT_RESERVOIR = DATA / "cold_start_samples.jsonl.gz"
 
+_sum = np.add.reduce
+
 RIDGE_ALPHA = 1.0
 FOLDS = 5
 MIN_DF = 2  # a term seen in fewer training requests is noise (2 beat 3 and 5 in cross-validation)
@@ -132,8 +134,10 @@ class FittedModel:
 
     def log_prediction(self, features: RequestFeatures) -> float:
         cols = self._terms.columns(features.tokens())
-        norm_squared = self._idf_squared[cols].sum()
-        text = self._term_weight[cols].sum() / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
+        # `take` and `add.reduce`: the same float32 sums as `[cols].sum()`, without the fancy index's setup and the
+        # Python wrapper of ndarray.sum (1/6 of their cost)
+        norm_squared = _sum(self._idf_squared.take(cols))
+        text = _sum(self._term_weight.take(cols)) / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
         dense: float = sum(map(operator.mul, features.dense(), self._dense_weight))
         return self._base + float(text) + dense + self._model_weight.get(features.model_key(), 0.0)
 
