@@ -1,3 +1,4 @@
+import random
 import time
 from collections import Counter
 from dataclasses import replace
@@ -125,6 +126,39 @@ def test_cost_aware_sends_a_predicted_miss_to_the_most_overloaded_pool_first(boo
     slow = RequestShape("llama2-7b", 1900, 2, 2, SLO(10_000, 40.0))
     idle_but_slow = cost_aware(slow, fleet(book, A10G=over, A100_80GB={"in_flight": 0}), book)
     assert idle_but_slow[0].extra["tier"] == 2 and names(idle_but_slow)[0] == "A10G"
+
+
+def test_without_headroom_anywhere_the_first_choice_is_drawn_by_capacity(book):
+    """No pool with headroom: the better ranked of two pools drawn by capacity (Mélange's weights) goes first, so a
+    wrong estimate cannot send every request to the same pool; where every pool misses, one draw decides."""
+    saturating = {"in_flight": 9, "in_flight_load": 1.8}
+    pools = fleet(book, L4=saturating, A10G=saturating, A100_80GB=saturating, H100=saturating)
+    order = names(cost_aware(TINY, pools, book))
+    assert all(c.extra["tier"] == 1 for c in cost_aware(TINY, pools, book))
+    weight = {p.name: p.replicas * book.max_rps(p.hardware, 20, 20) for p in pools}  # TINY's bucket, at its p50
+    total = sum(weight.values())
+    draws = 4000
+    rng = random.Random(7)
+    firsts = Counter(names(cost_aware(TINY, pools, book, draw=rng.random()))[0] for _ in range(draws))
+    # the first is the better ranked of two independent draws: P(k) = P(both rank >= k) - P(both rank > k)
+    at_or_below = [sum(weight[n] for n in order[k:]) / total for k in range(len(order))] + [0.0]
+    for k, name in enumerate(order):
+        expected = at_or_below[k] ** 2 - at_or_below[k + 1] ** 2
+        assert firsts[name] / draws == pytest.approx(expected, abs=0.03), name
+    for k in range(0, draws, 97):  # whatever is drawn, every pool follows once, in cost-aware's order
+        ranked = cost_aware(TINY, pools, book, draw=(k + 0.5) / draws)
+        assert names(ranked[1:]) == [n for n in order if n != ranked[0].pool]
+        assert ranked[0].extra["drawn"] and "drawn by capacity" in ranked[0].reason
+
+    overloaded = {"in_flight": 9, "in_flight_load": 4.0}  # every pool a predicted miss: one draw, by capacity
+    pools = fleet(book, L4=overloaded, A10G=overloaded, A100_80GB=overloaded, H100=overloaded)
+    assert all(c.extra["tier"] == 2 for c in cost_aware(TINY, pools, book))
+    firsts = Counter(names(cost_aware(TINY, pools, book, draw=(k + 0.5) / draws))[0] for k in range(draws))
+    for name, w in weight.items():
+        assert firsts[name] / draws == pytest.approx(w / total, abs=2 / draws)
+
+    idle = fleet(book)  # with headroom somewhere the draw changes nothing
+    assert len({tuple(names(cost_aware(TINY, idle, book, draw=k / 10))) for k in range(10)}) == 1
 
 
 def test_cost_aware_does_not_read_the_pools_recent_latency(book):
