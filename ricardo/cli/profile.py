@@ -131,8 +131,8 @@ def _main(args: argparse.Namespace) -> int:
             args.api_key,
             args.seed,
         )
-        prompts = Prompts(args.tokenizer, args.seed)
-        complete = run_event_loop(_profile(settings, args, out, inputs, outputs, cells, searching, prompts))
+        run = Run(out, args, inputs, outputs, Prompts(args.tokenizer, args.seed), cells, searching)
+        complete = run_event_loop(_profile(settings, run))
     except (RicardoError, OSError) as exc:
         print(f"ricardo profile: {exc}", file=sys.stderr)
         return 2
@@ -177,18 +177,11 @@ def _resume(
     return cells, {k: v for k, v in run.get("searching", {}).items() if k in wanted and k not in cells}
 
 
-async def _profile(
-    settings: Settings,
-    args: argparse.Namespace,
-    out: Path,
-    inputs: list[int],
-    outputs: list[int],
-    cells: dict[str, dict],
-    searching: dict[str, list[dict]],
-    prompts: Prompts,
-) -> bool:
+async def _profile(settings: Settings, run: Run) -> bool:
     from tqdm import tqdm
 
+    args, inputs, outputs, prompts = run.args, run.inputs, run.outputs, run.prompts
+    cells, searching = run.cells, run.searching
     deadline = time.monotonic() + args.budget_s
     buckets = [(i, o) for i in inputs for o in outputs]
     for i in sorted({i for i, o in buckets if _key(i, o) not in cells}):
@@ -205,7 +198,7 @@ async def _profile(
 
             def keep(trials: list[Trial], key: str = key) -> None:  # a run cut short resumes from its last trial
                 searching[key] = [asdict(t) for t in trials]
-                _write(out, args, inputs, outputs, cells, searching, prompts)
+                run.save()
 
             try:
                 found = await _search(settings, args, i, o, deadline, bar, prompts, searching.get(key, []), keep)
@@ -215,11 +208,11 @@ async def _profile(
                 break
             cells[key] = {**found, "prompts": prompts.description()["method"]}  # a resumed run may differ
             searching.pop(key, None)
-            _write(out, args, inputs, outputs, cells, searching, prompts)
+            run.save()
             bar.update(1)
     finally:
         bar.close()
-    _write(out, args, inputs, outputs, cells, searching, prompts)
+    run.save()
     return len(cells) == len(buckets)
 
 
@@ -342,47 +335,54 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _write(
-    out: Path,
-    args: argparse.Namespace,
-    inputs: list[int],
-    outputs: list[int],
-    cells: dict[str, dict],
-    searching: dict[str, list[dict]],
-    prompts: Prompts,
-) -> None:
-    complete = len(cells) == len(inputs) * len(outputs)
-    rows = [[cells.get(_key(i, o), {}).get("max_rps", 0.0) for o in outputs] for i in inputs]
-    note = (
-        f"measured by `ricardo profile` against {args.url} (model {args.model}) on "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}: Poisson arrivals of identical upper-edge requests, "
-        f"mean latency per output token <= {args.slo_tpot_ms:g} ms"
-        + (f", mean TTFT <= {args.slo_ttft_ms:g} ms" if args.slo_ttft_ms else "")
-        + (f"; backend at --speed {args.speed:g}, times scaled back" if args.speed != 1 else "")
-        + ("" if complete else "; PARTIAL: unmeasured cells read 0")
-    )
-    document: dict[str, Any] = {
-        "what": f"capacity of one {args.hardware} replica serving {args.model}, req/s per (input, output) bucket",
-        "model": args.model,
-        "slo_tpot_ms": args.slo_tpot_ms,
-        "input_bucket_upper_edges": inputs,
-        "output_bucket_upper_edges": outputs,
-        "gpus": {args.hardware: {"max_rps": rows, "source": "measured", "note": note}},
-        "profile_run": {
+@dataclass
+class Run:
+    """What one run has measured so far (`cells`, and the trials of the bucket it is `searching`), and the file that
+    keeps it (`out`, the profile itself: a run with the same --out resumes from it)."""
+
+    out: Path
+    args: argparse.Namespace
+    inputs: list[int]
+    outputs: list[int]
+    prompts: Prompts
+    cells: dict[str, dict]
+    searching: dict[str, list[dict]]
+
+    def save(self) -> None:
+        out, args, inputs, outputs = self.out, self.args, self.inputs, self.outputs
+        cells, searching, prompts = self.cells, self.searching, self.prompts
+        complete = len(cells) == len(inputs) * len(outputs)
+        rows = [[cells.get(_key(i, o), {}).get("max_rps", 0.0) for o in outputs] for i in inputs]
+        note = (
+            f"measured by `ricardo profile` against {args.url} (model {args.model}) on "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}: Poisson arrivals of identical upper-edge requests, "
+            f"mean latency per output token <= {args.slo_tpot_ms:g} ms"
+            + (f", mean TTFT <= {args.slo_ttft_ms:g} ms" if args.slo_ttft_ms else "")
+            + (f"; backend at --speed {args.speed:g}, times scaled back" if args.speed != 1 else "")
+            + ("" if complete else "; PARTIAL: unmeasured cells read 0")
+        )
+        document: dict[str, Any] = {
+            "what": f"capacity of one {args.hardware} replica serving {args.model}, req/s per (input, output) bucket",
             "model": args.model,
-            "hardware": args.hardware,
-            "url": args.url,
-            "speed": args.speed,
-            "complete": complete,
-            "prompts": prompts.description(),
-            "cells": cells,
-            "searching": searching,  # the trials of a bucket not finished yet
-        },
-    }
-    if args.slo_ttft_ms is not None:
-        document["slo_ttft_ms"] = args.slo_ttft_ms
-    if args.price_per_hour is not None:
-        document["price_per_hour_usd"] = {"profile": {args.hardware: args.price_per_hour}}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    tmp.replace(out)  # a run cut short never leaves half a file
+            "slo_tpot_ms": args.slo_tpot_ms,
+            "input_bucket_upper_edges": inputs,
+            "output_bucket_upper_edges": outputs,
+            "gpus": {args.hardware: {"max_rps": rows, "source": "measured", "note": note}},
+            "profile_run": {
+                "model": args.model,
+                "hardware": args.hardware,
+                "url": args.url,
+                "speed": args.speed,
+                "complete": complete,
+                "prompts": prompts.description(),
+                "cells": cells,
+                "searching": searching,  # the trials of a bucket not finished yet
+            },
+        }
+        if args.slo_ttft_ms is not None:
+            document["slo_ttft_ms"] = args.slo_ttft_ms
+        if args.price_per_hour is not None:
+            document["price_per_hour_usd"] = {"profile": {args.hardware: args.price_per_hour}}
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
+        tmp.replace(out)  # a run cut short never leaves half a file
