@@ -1,10 +1,12 @@
 """Gateway overhead: ricardo against direct calls and its peers, side by side and interleaved, in one run.
 
     .venv/bin/python bench/overhead/run.py [--duration 5] [--rounds 2] [--connections 1,32,128]
-        [--targets direct,ricardo,vllm-router,litellm] [--workers 1] [--baseline DIR] [--json out.json]
+        [--targets direct,relay,ricardo,vllm-router,litellm] [--workers 1] [--baseline DIR] [--json out.json]
 
 A trivial backend (backend.py: 16 tokens at once, OpenAI-shaped, with usage) stands behind every target:
 - `direct`: the backend itself, the floor;
+- `relay`: relay.py, the thinnest relay on the gateway's own stack (aiohttp server and client, uvloop, the gateway's
+  connector), no logic at all: the floor of that stack, what ricardo would cost without its logic;
 - `ricardo`: the gateway with five pools, cost-aware, predictor and metrics on (gateway.yaml); `--workers N`
   serves it with N worker processes (`ricardo serve --workers`), and `--workers 1,2` measures both;
 - `vllm-router`: PyPI `vllm-router` (Rust), round robin over the one backend;
@@ -22,7 +24,8 @@ neighbour's load on this shared machine falls on all targets alike.
 
 Per target and cell it prints the median over rounds of req/s, p50 and p99, the p50 added over direct, and the
 CPU ms per request of the target's processes with the backend's (utime + stime from /proc, children included,
-the load client excluded); then ricardo's ratios to each peer in the same run.
+the load client excluded); then ricardo's ratios to each peer in the same run (the relay among them), and the
+relay's to each peer that is not ricardo (how far the stack alone stands from a Rust router).
 """
 
 from __future__ import annotations
@@ -179,6 +182,22 @@ def start_ricardo(name: str, backend_ports: list[int], workers: int, logdir: Pat
     return target
 
 
+def start_relay(backend_port: int, logdir: Path) -> Target:
+    port = free_port()
+    target = Target("relay", f"http://127.0.0.1:{port}")
+    args = [
+        sys.executable,
+        str(HERE / "relay.py"),
+        "--port",
+        str(port),
+        "--backend",
+        f"http://127.0.0.1:{backend_port}",
+    ]
+    spawn(target, args, logdir, env={"PYTHONPATH": str(HERE.parent.parent)})  # this tree's ricardo, as the gateway's
+    wait_ready(target, 30)
+    return target
+
+
 def start_vllm_router(backend_port: int, logdir: Path, install: bool) -> Target:
     venv = peer_venv("vllm-router", install)
     port = free_port()
@@ -329,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (%(default)s)")
     parser.add_argument("--connections", default="1,32,128")
     parser.add_argument("--modes", default="nonstream,stream")
-    parser.add_argument("--targets", default="direct,ricardo,vllm-router,litellm")
+    parser.add_argument("--targets", default="direct,relay,ricardo,vllm-router,litellm")
     parser.add_argument("--workers", default="1", help="ricardo's worker processes; several: one target each")
     parser.add_argument(
         "--baseline",
@@ -358,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if name == "direct":
                     targets.append(backend)
+                elif name == "relay":
+                    targets.append(start_relay(backend_ports[0], logdir))
                 elif name == "ricardo":
                     for workers in (int(w) for w in args.workers.split(",")):
                         label = "ricardo" if workers == 1 else f"ricardo x{workers}"
@@ -409,10 +430,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Each ricardo target against each peer, per cell: req/s, CPU per request and p99, ricardo / peer."""
+    """Each ricardo target against each peer (the relay and the baseline among them), and the relay against each peer
+    that is not ricardo, per cell: req/s, CPU per request and p99, mine / peer."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for mine in (n for n in results if n.startswith("ricardo") and n != "ricardo@baseline"):
-        peers = [n for n in results if n != "direct" and n != mine and (n == "ricardo@baseline" or "ricardo" not in n)]
+    for mine in (n for n in results if (n.startswith("ricardo") and n != "ricardo@baseline") or n == "relay"):
+        if mine == "relay":
+            peers = [n for n in results if n not in ("direct", "relay") and "ricardo" not in n]
+        else:
+            peers = [
+                n for n in results if n not in ("direct", mine) and (n == "ricardo@baseline" or "ricardo" not in n)
+            ]
         for peer in peers:
             out[f"{mine} / {peer}"] = {
                 cell: {

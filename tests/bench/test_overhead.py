@@ -63,3 +63,24 @@ def test_a_peer_that_is_not_installed_is_skipped_with_the_reason(tmp_path: Path)
     assert "not installed" in report["skipped"]["vllm-router"]
     assert report["results"]["direct"]["nonstream c1"]["rps"] > 0
     assert "| vllm-router | skipped: not installed" in done.stdout
+
+
+def test_the_relay_is_measured_as_the_floor_of_ricardos_stack(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    done = subprocess.run(
+        [*BENCH, "--targets", "direct,relay,ricardo", "--connections", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"direct", "relay", "ricardo"}
+    for cell, figures in report["results"]["relay"].items():  # whole answers and streams, relayed without a failure
+        assert figures["errors"] == 0 and figures["rps"] > 0, cell
+        assert figures["cpu_ms_per_request"] > report["results"]["direct"][cell]["cpu_ms_per_request"], cell
+    # ricardo against its floor; the relay has no peer of its own here
+    assert set(report["ratios"]) == {"ricardo / relay"}
+    assert set(report["ratios"]["ricardo / relay"]) == {"nonstream c2", "stream c2"}
+    assert "| relay | stream c2 |" in done.stdout
