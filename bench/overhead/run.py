@@ -24,7 +24,8 @@ neighbour's load on this shared machine falls on all targets alike.
 
 Per target and cell it prints the median over rounds of req/s, p50 and p99, the p50 added over direct, and the
 CPU ms per request of the target's processes with the backend's (utime + stime from /proc, children included,
-the load client excluded); then ricardo's ratios to each peer in the same run (the relay among them), and the
+the load client excluded) and of the target's processes alone ("own": the backend's left out; the backend's own for
+`direct`); then ricardo's ratios to each peer in the same run (the relay among them), and the
 relay's to each peer that is not ricardo (how far the stack alone stands from a Rust router).
 """
 
@@ -307,10 +308,12 @@ def settle(roots: list[int], quiet_share: float = 0.05, window_s: float = 0.3, p
 
 
 def measure(client: str, target: Target, backend: Target, stream: bool, connections: int, duration: int) -> dict:
-    roots = [p.pid for p in target.processes + (backend.processes if target is not backend else [])]
-    before = cpu_ticks(roots)
+    own = [p.pid for p in target.processes]
+    roots = own + [p.pid for p in backend.processes if target is not backend]
+    before, own_before = cpu_ticks(roots), cpu_ticks(own)
     result = load(client, target.url, stream, connections, duration)
     cpu_s = (cpu_ticks(roots) - before) * TICK_S
+    own_cpu_s = (cpu_ticks(own) - own_before) * TICK_S
     seconds = result["duration_us"] / 1e6
     ok = result["requests"] - result["non2xx"]
     return {
@@ -321,6 +324,8 @@ def measure(client: str, target: Target, backend: Target, stream: bool, connecti
         "errors": result["errors"] + result["non2xx"],
         "cpu_s": cpu_s,
         "cpu_ms_per_request": 1000 * cpu_s / ok if ok else None,
+        "own_cpu_s": own_cpu_s,
+        "own_cpu_ms_per_request": 1000 * own_cpu_s / ok if ok else None,
         "requests": ok,
     }
 
@@ -337,6 +342,7 @@ def summarise(runs: list[dict]) -> dict:
         "p99_ms": statistics.median(r["p99_ms"] for r in completed) if completed else None,
         "errors": sum(r["errors"] for r in runs),
         "cpu_ms_per_request": 1000 * sum(r["cpu_s"] for r in runs) / requests if requests else None,
+        "own_cpu_ms_per_request": 1000 * sum(r["own_cpu_s"] for r in runs) / requests if requests else None,
         "rounds": runs,
     }
 
@@ -442,12 +448,13 @@ def ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str,
             ]
         for peer in peers:
             out[f"{mine} / {peer}"] = {
-                cell: {
-                    what: _ratio(r[what], results[peer][cell][what]) for what in ("rps", "cpu_ms_per_request", "p99_ms")
-                }
+                cell: {what: _ratio(r[what], results[peer][cell][what]) for what in RATIOS}
                 for cell, r in results[mine].items()
             }
     return out
+
+
+RATIOS = ("rps", "cpu_ms_per_request", "own_cpu_ms_per_request", "p99_ms")
 
 
 def _ratio(mine: float | None, peer: float | None) -> float | None:
@@ -467,8 +474,8 @@ def table(report: dict) -> str:
         f"client {report['client']}, {report['duration_s']:g} s per cell, {report['rounds']} interleaved rounds, "
         f"{report['cpus']} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} after); medians over rounds",
         "",
-        "| target | load | req/s | p50 ms | p99 ms | p50 added ms | CPU ms/req | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target | load | req/s | p50 ms | p99 ms | p50 added ms | CPU ms/req | own CPU ms/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in results.items():
         for cell, r in cells.items():
@@ -476,15 +483,16 @@ def table(report: dict) -> str:
             added = r["p50_ms"] - floor if r["p50_ms"] is not None and floor is not None else None
             lines.append(
                 f"| {name} | {cell} | {r['rps']:.0f} | {_figure(r['p50_ms'], 2)} | {_figure(r['p99_ms'], 2)} | "
-                f"{_figure(added, 2)} | {_figure(r['cpu_ms_per_request'], 3)} | {r['errors']} |"
+                f"{_figure(added, 2)} | {_figure(r['cpu_ms_per_request'], 3)} | "
+                f"{_figure(r['own_cpu_ms_per_request'], 3)} | {r['errors']} |"
             )
     for name, reason in report["skipped"].items():
-        lines.append(f"| {name} | skipped: {reason} | | | | | | |")
+        lines.append(f"| {name} | skipped: {reason} | | | | | | | |")
     if report["ratios"]:
-        lines += ["", "| ratio | load | req/s | CPU/req | p99 |", "|---|---|---|---|---|"]
+        lines += ["", "| ratio | load | req/s | CPU/req | own CPU/req | p99 |", "|---|---|---|---|---|---|"]
         for pair, cells in report["ratios"].items():
             for cell, r in cells.items():
-                figures = " | ".join(_figure(r[what], 2, "x") for what in ("rps", "cpu_ms_per_request", "p99_ms"))
+                figures = " | ".join(_figure(r[what], 2, "x") for what in RATIOS)
                 lines.append(f"| {pair} | {cell} | {figures} |")
     return "\n".join(lines)
 

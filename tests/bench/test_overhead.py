@@ -80,6 +80,7 @@ def test_the_relay_is_measured_as_the_floor_of_ricardos_stack(tmp_path: Path) ->
     for cell, figures in report["results"]["relay"].items():  # whole answers and streams, relayed without a failure
         assert figures["errors"] == 0 and figures["rps"] > 0, cell
         assert figures["cpu_ms_per_request"] > report["results"]["direct"][cell]["cpu_ms_per_request"], cell
+        assert 0 < figures["own_cpu_ms_per_request"] < figures["cpu_ms_per_request"], cell  # the backend's left out
     # ricardo against its floor; the relay has no peer of its own here
     assert set(report["ratios"]) == {"ricardo / relay"}
     assert set(report["ratios"]["ricardo / relay"]) == {"nonstream c2", "stream c2"}
