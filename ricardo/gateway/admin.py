@@ -104,6 +104,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "external_load": round(pool.view(now).external_load, 4),
         "ttft_ms": pool.ledger.ttft_ms,
         "latency_per_token_ms": pool.ledger.latency_per_token_ms,  # latency / output tokens, the profiles' measure
+        "lateness": pool.ledger.lateness,  # recent latency per token over the capacity model's prediction
         "backends": [
             {
                 "url": b.shown,

@@ -66,6 +66,7 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
                 "external_load": _finite(view.external_load),
                 "ttft_ms": _finite(view.ttft_ms, 1),
                 "latency_per_token_ms": _finite(view.latency_per_token_ms, 2),
+                "lateness": _finite(view.lateness, 3),
                 **{field: value for field, value in totals[name].items()},
             }
         )

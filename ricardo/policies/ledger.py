@@ -11,7 +11,9 @@ an overloaded pool costs the SLO of everything on it while a pool charged too mu
 elsewhere. A disaggregated pair's requests hold a share of a prefill replica and of a decode replica each
 (`pair_shares`, from the role model), summed apart: `in_flight_load` is the prefill role's, `decode_load` the
 decode role's. Live estimates: exponentially weighted means over finished requests of TTFT and
-of latency per output token (`policies.live`), for display and for policies that want them.
+of latency per output token (`policies.live`), for display and for policies that want them; and the pool's
+lateness, the same kind of mean of each request's latency per token over what the capacity model predicted for
+it (its real size at the utilization it was dispatched into), which `cost_aware` corrects its slack with.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ricardo.policies.live import ewma, latency_per_token_ms
-from ricardo.policies.routing import capacity_share, pair_estimate, pair_shares
+from ricardo.policies.routing import capacity_share, pair_estimate, pair_shares, predicted_slack
 from ricardo.policies.types import Choice, PairSpec, PoolView, RequestShape
 from ricardo.profiles.catalog import ProfileBook
 
@@ -33,6 +35,12 @@ class Ticket:
     decode_load: float = 0.0  # of a pair: the decode role's share (`load` is the prefill's)
     first_token_at: float | None = None
     open: bool = True
+    # what the policy predicted of the request here, so that its finish can say how late the pool ran against it:
+    # the pool's utilization with the request added (None: not predicted), the book, the prompt and SLO it used
+    utilization: float | None = None
+    book: ProfileBook | None = None
+    input_tokens: int = 0
+    slo_tpot_ms: float = 0.0
 
 
 class PoolLedger:
@@ -56,18 +64,24 @@ class PoolLedger:
         self.decode_load = 0.0
         self.ttft_ms: float | None = None
         self.latency_per_token_ms: float | None = None  # request latency / output tokens (policies/live.py)
+        self.lateness: float | None = None  # observed / predicted latency per token, over recent requests
         self._view: PoolView | None = None  # until the next event or replica count change
 
     def dispatch(self, shape: RequestShape, book: ProfileBook, now: float, choice: Choice | None = None) -> Ticket:
         """A request starts on this pool: charge its load. `choice`: the policy's choice of this pool, if it carries
         the shares it computed while ranking (`cost_aware`'s `extra["shares"]`), which are then not computed again."""
-        carried = choice.extra.get("shares") if choice is not None and choice.pool == self.name else None
+        extra = choice.extra if choice is not None and choice.pool == self.name else {}
+        carried = extra.get("shares")
         load, decode = self.shares(shape, book) if carried is None else carried
         self.in_flight += 1
         self.in_flight_load += load
         self.decode_load += decode
         self._view = None
-        return Ticket(load, now, decode)
+        ticket = Ticket(load, now, decode)
+        if self.pair is None and extra.get("utilization") is not None:
+            ticket.utilization, ticket.book = extra["utilization"], book
+            ticket.input_tokens, ticket.slo_tpot_ms = shape.input_tokens, shape.slo.tpot_ms
+        return ticket
 
     def shares(self, shape: RequestShape, book: ProfileBook) -> tuple[float, float]:
         """(share of a replica, of a pair: of a prefill replica; share of a decode replica) the request holds here."""
@@ -90,9 +104,23 @@ class PoolLedger:
         if ticket.first_token_at is not None:
             self.ttft_ms = ewma(self.ttft_ms, (ticket.first_token_at - ticket.started) * 1000)
         if output_tokens is not None:
-            self.latency_per_token_ms = ewma(
-                self.latency_per_token_ms, latency_per_token_ms(ticket.started, now, output_tokens)
-            )
+            observed = latency_per_token_ms(ticket.started, now, output_tokens)
+            self.latency_per_token_ms = ewma(self.latency_per_token_ms, observed)
+            if observed is not None and ticket.utilization is not None and ticket.book is not None:
+                self._learn_lateness(ticket, observed, output_tokens)
+
+    def _learn_lateness(self, ticket: Ticket, observed_ms: float, output_tokens: int) -> None:
+        """Compare the request's latency per token with what the capacity model predicts of a request of its real
+        size at the utilization it was dispatched into (`predicted_slack`), and follow the ratio. The ratio, not
+        the latency: a pool's latency is that of the mix it happens to serve, while the ratio is the model's
+        error on that mix, which is what a pool of another type, another engine or a noisy neighbour changes."""
+        assert ticket.book is not None and ticket.utilization is not None
+        alone = ticket.book.alone_seconds_per_token(self.hardware, ticket.input_tokens, output_tokens)
+        if alone is None or ticket.slo_tpot_ms <= 0:
+            return
+        predicted = 1.0 - predicted_slack(alone * 1000.0 / ticket.slo_tpot_ms, ticket.utilization)
+        if predicted > 0:
+            self.lateness = ewma(self.lateness, observed_ms / ticket.slo_tpot_ms / predicted)
 
     def abandon(self, ticket: Ticket) -> None:
         """The attempt failed or was given up: release its load, learn nothing from it."""
@@ -140,5 +168,6 @@ class PoolLedger:
                 decode_replicas=decode_replicas,
                 decode_load=self.decode_load,
                 external_load=external_load,
+                lateness=self.lateness,
             )
         return view

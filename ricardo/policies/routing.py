@@ -192,7 +192,9 @@ def cost_aware(
     serve in time at all ranks as a predicted miss, though the capacity table (measured at the bucket's
     longest answer) says the bucket is servable. The pool's recent latency is not used: it is the latency
     of the mix it happened to serve (a pool busy with long prompts and short answers shows a high latency
-    per token at any load), and capping slack by it sent such requests to slower, cheaper hardware.
+    per token at any load), and capping slack by it sent such requests to slower, cheaper hardware. Nor is its
+    lateness (`PoolView.lateness`, recent latencies over what this model predicted for them): scaling the
+    predicted latency by it fixed two same-fleet cases and broke two others (README, variants tried).
 
     Tiers, in order: slack >= slack_target (by cost); slack in [0, that) (most slack first); predicted
     miss, slack < 0; p90 size beyond the profile (by cost). A predicted miss goes first to the pool that is

@@ -70,6 +70,9 @@ class PoolView:
     # replicas' worth of load the backends run or queue beyond this gateway's requests (another replica's, a direct
     # client's; policies/external.py), beside `in_flight_load` (of a pair: on its prefill side)
     external_load: float = 0.0
+    # how much later than the capacity model predicted the pool's recent requests finished (observed / predicted
+    # latency per token; policies/ledger.py); None before a request a ledger could judge has finished
+    lateness: float | None = None
 
     @property
     def utilization(self) -> float:

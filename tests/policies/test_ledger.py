@@ -91,3 +91,28 @@ def test_the_shares_cost_aware_carries_are_what_the_ledger_charges():
             ledger.abandon(ticket)
     other = cost_aware(shape(500, 100), [fresh[0].view(2)], book)[0]
     assert fresh[1].dispatch(shape(500, 100), book, 0.0, other).load == fresh[1].shares(shape(500, 100), book)[0]
+
+
+def test_a_pool_learns_how_late_it_runs_against_the_capacity_model():
+    """A pool's requests finishing at twice the latency per token the capacity model predicted for their real size
+    and load: the ledger learns a lateness near 2, shown in its view; one finishing in half the time, 0.5. Only a
+    dispatch that carries the policy's prediction (cost-aware's utilization) is judged."""
+    book = load_default_book()
+    request = shape(500, 100)
+    a100, h100 = (PoolLedger(hw, hw, book.price(hw), ("llama2-7b",)) for hw in ("A100-80GB", "H100"))
+
+    def run(ledger: PoolLedger, slowdown: float) -> None:
+        for k in range(30):
+            choice = next(c for c in cost_aware(request, [ledger.view(2)], book) if c.pool == ledger.name)
+            ticket = ledger.dispatch(request, book, float(k), choice)
+            alone = book.alone_seconds_per_token(ledger.hardware, 500, 100)
+            predicted = 1 - (1 - alone * 1000 / 120) * (1 - choice.extra["utilization"])  # as a share of the SLO
+            ledger.finish(ticket, k + slowdown * predicted * 0.120 * 100, output_tokens=100)
+
+    run(a100, 2.0)
+    run(h100, 0.5)
+    assert a100.view(2).lateness == pytest.approx(2.0, rel=0.01)
+    assert h100.view(2).lateness == pytest.approx(0.5, rel=0.01)
+    other = PoolLedger("l4", "L4", book.price("L4"))
+    other.finish(other.dispatch(request, book, 0.0), 50.0, 100)  # no policy prediction carried: nothing learnt
+    assert other.lateness is None
