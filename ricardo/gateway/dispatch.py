@@ -208,6 +208,9 @@ def sse_lines(data: bytes) -> bytes:
 
 async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t: Timeouts) -> bytes:
     """Read a whole answer: within the whole-answer budget, and with no silence longer than the idle timeout."""
+    content = response.content
+    if content.is_eof():  # all of it came with the headers (a short answer): nothing to wait for, no timer to move
+        return content.read_nowait()
     loop = asyncio.get_running_loop()
     deadline = budget.when()
     chunks: list[bytes] = []
@@ -215,7 +218,7 @@ async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t
         idle_end = loop.time() + t.idle_s
         if deadline is None or idle_end < deadline:
             budget.reschedule(idle_end)
-        data = await response.content.readany()
+        data = await content.readany()
         budget.reschedule(deadline)
         if not data:
             return b"".join(chunks)
