@@ -86,8 +86,15 @@ class Target:
 def spawn(target: Target, args: list[str], logdir: Path, env: dict[str, str] | None = None) -> None:
     log = logdir / f"{target.name}-{len(target.logs)}.log"
     with log.open("wb") as out:
+        # run in the log directory: `python -m` puts its working directory first on sys.path, before PYTHONPATH, so
+        # started from a checkout every gateway (the baseline's too) would import that checkout's ricardo
         process = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=logdir,
         )
     target.processes.append(process)
     target.logs.append(log)

@@ -12,6 +12,7 @@ connect, then first byte (stream: the first event) or whole answer (not streamed
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -85,14 +86,18 @@ async def dispatch(
     """Try backends in the policy's order until one answers; raise the most telling error otherwise."""
     limits = state.config.limits
     last_error: OpenAIError | None = None
-    from ricardo.gateway.handoff import NoPair, attempt_pair  # handoff builds on this module's `attempt`
-
     for choice in choices:
         pool = state.pools.get(choice.pool)
         while pool is not None and trip.attempts < limits.max_attempts:
             try:
                 if pool.pair is not None:  # a disaggregated pair: prefill, then decode (gateway/handoff.py)
-                    return await attempt_pair(state, trip, pool, choice, payload, headers, stream)
+                    # imported here, by a pair only: handoff builds on this module's `attempt`
+                    from ricardo.gateway.handoff import NoPair, attempt_pair
+
+                    try:
+                        return await attempt_pair(state, trip, pool, choice, payload, headers, stream)
+                    except NoPair:
+                        break
                 backend = pool.pick_backend(time.monotonic(), trip.tried)
                 if backend is None:
                     break
@@ -100,8 +105,6 @@ async def dispatch(
                 trip.tried.add(backend)
                 start(state, trip, pool, backend, choice)
                 return await attempt(pool, backend, trip, payload, headers, stream)
-            except NoPair:
-                break
             except AttemptFailed as failure:
                 last_error = failure.error
                 fail(state, trip, failure.kind, overloaded=failure.overloaded, retry_after=failure.retry_after)
@@ -140,7 +143,7 @@ async def attempt(
                     url,
                     data=payload,
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(sock_connect=t.connect_s),
+                    timeout=_connect_timeout(t.connect_s),
                     allow_redirects=False,  # a redirect could lead anywhere the gateway can reach
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -176,6 +179,13 @@ async def attempt(
             response.close()  # the backend sees the connection close and can stop the work
 
 
+@functools.lru_cache(maxsize=64)
+def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for an attempt: the pool's connect timeout alone (immutable: one per value, not one per
+    attempt)."""
+    return aiohttp.ClientTimeout(sock_connect=seconds)
+
+
 async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
     """A non-200 answer: AttemptFailed if another backend may do better, else the client's error."""
     status = response.status
@@ -208,6 +218,9 @@ def sse_lines(data: bytes) -> bytes:
 
 async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t: Timeouts) -> bytes:
     """Read a whole answer: within the whole-answer budget, and with no silence longer than the idle timeout."""
+    content = response.content
+    if content.is_eof():  # all of it came with the headers (a short answer): nothing to wait for, no timer to move
+        return content.read_nowait()
     loop = asyncio.get_running_loop()
     deadline = budget.when()
     chunks: list[bytes] = []
@@ -215,7 +228,7 @@ async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t
         idle_end = loop.time() + t.idle_s
         if deadline is None or idle_end < deadline:
             budget.reschedule(idle_end)
-        data = await response.content.readany()
+        data = await content.readany()
         budget.reschedule(deadline)
         if not data:
             return b"".join(chunks)
