@@ -10,10 +10,13 @@ point, at most one replica), at its predicted p90 length: an uncertain answer co
 an overloaded pool costs the SLO of everything on it while a pool charged too much only sends its next request
 elsewhere. A disaggregated pair's requests hold a share of a prefill replica and of a decode replica each
 (`pair_shares`, from the role model), summed apart: `in_flight_load` is the prefill role's, `decode_load` the
-decode role's. Live estimates: exponentially weighted means over finished requests of TTFT and
-of latency per output token (`policies.live`), for display and for policies that want them; and the pool's
-lateness, the same kind of mean of each request's latency per token over what the capacity model predicted for
-it (its real size at the utilization it was dispatched into), which `cost_aware` corrects its slack with.
+decode role's. `median_load` sums the same requests charged at their p50 answers (a pair's at the p90), which
+`cost_aware` reads to tell a real overload from its own caution.
+
+Live estimates: exponentially weighted means over finished requests of TTFT and of latency per output token
+(`policies.live`), for display and for policies that want them; and the pool's lateness, the same kind of mean
+of each request's latency per token over what the capacity model predicted for it (its real size at the
+utilization it was dispatched into), shown on the status page: where a profile does not match its backends.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Ticket:
     load: float
     started: float
     decode_load: float = 0.0  # of a pair: the decode role's share (`load` is the prefill's)
+    median_load: float = 0.0
     first_token_at: float | None = None
     open: bool = True
     # what the policy predicted of the request here, so that its finish can say how late the pool ran against it:
@@ -62,6 +66,7 @@ class PoolLedger:
         self.in_flight = 0
         self.in_flight_load = 0.0
         self.decode_load = 0.0
+        self.median_load = 0.0
         self.ttft_ms: float | None = None
         self.latency_per_token_ms: float | None = None  # request latency / output tokens (policies/live.py)
         self.lateness: float | None = None  # observed / predicted latency per token, over recent requests
@@ -78,6 +83,15 @@ class PoolLedger:
         self.decode_load += decode
         self._view = None
         ticket = Ticket(load, now, decode)
+        median = extra.get("median_share")
+        if median is None:
+            median = (
+                capacity_share(book, self.hardware, shape.input_tokens, shape.output_p50, shape.slo)
+                if self.pair is None
+                else load
+            )
+        ticket.median_load = median
+        self.median_load += median
         if self.pair is None and extra.get("utilization") is not None:
             ticket.utilization, ticket.book = extra["utilization"], book
             ticket.input_tokens, ticket.slo_tpot_ms = shape.input_tokens, shape.slo.tpot_ms
@@ -133,6 +147,7 @@ class PoolLedger:
         self.in_flight -= 1
         self.in_flight_load = max(0.0, self.in_flight_load - ticket.load) if self.in_flight else 0.0
         self.decode_load = max(0.0, self.decode_load - ticket.decode_load) if self.in_flight else 0.0
+        self.median_load = max(0.0, self.median_load - ticket.median_load) if self.in_flight else 0.0
         self._view = None
         return True
 
@@ -169,5 +184,6 @@ class PoolLedger:
                 decode_load=self.decode_load,
                 external_load=external_load,
                 lateness=self.lateness,
+                median_load=self.median_load,
             )
         return view

@@ -208,7 +208,7 @@ def cost_aware(
     random (bench/economics/same_fleet.md).
     """
     ranked = []
-    for position, (pool, cost, _) in enumerate(_servable(shape, pools, book)):
+    for position, (pool, cost, rate) in enumerate(_servable(shape, pools, book)):
         utilization, alone, shares = _after_dispatch(shape, pool, book)
         slack = None if utilization is None else predicted_slack(alone, utilization)
         key: tuple[float, ...]
@@ -232,7 +232,15 @@ def cost_aware(
             slack,
             _explain,
             # `shares`: what the pool's ledger charges the request once dispatched there (`PoolLedger.dispatch`)
-            {"tier": tier, "utilization": utilization, "on": where, "shares": shares},
+            {
+                "tier": tier,
+                "utilization": utilization,
+                "on": where,
+                "shares": shares,
+                "median_share": _share_at(book, rate / pool.replicas, shape.output_p50, shape.slo)
+                if pool.pair is None
+                else None,
+            },
         )
         ranked.append(((tier, *key, utilization or 0.0, position), choice))
     ranked.sort(key=lambda item: item[0])
@@ -259,11 +267,19 @@ def _drawn_first(
     follow in cost-aware's order, for fallback. Short of the operating point the order stands: keeping each
     request's slack there is what lets a fleet planned for 99% within SLO be small (drawing there too made the
     cheapest fleets of bench/economics dearer: median 0.84 -> 0.87x Mélange's).
+
+    A predicted miss in a fleet overloaded for good (`_overloaded_for_good`: by the model at p50 sizes and by
+    every pool's recent outcomes) is not drawn but sunk into the pool running latest: it is late anywhere, and
+    there it slows only requests that are late already, while a split by capacity makes every pool late (under
+    1.5x their planned load, Mélange's fleets kept 20.6% in time by the draw against 38-44% so sunk, at
+    servegen-language 2x at 40 ms; bench/economics/same_fleet_overload1.5.md). Where the model alone said so,
+    sinking into the smallest pool instead lost up to 8.5 points where the fleet was not truly overloaded.
     """
     servable = _servable(shape, pools, book, interpolated=False)
     if sum(pool.utilization * pool.replicas for pool, _, _ in servable) < sum(pool.replicas for pool, _, _ in servable):
         return choices  # the fleet as a whole is short of its operating point: the ranking's order stands
     weight = {pool.name: rate for pool, _, rate in servable}
+    lateness = {pool.name: pool.latency_per_token_ms or 0.0 for pool, _, _ in servable}
     cumulative = list(accumulate(weight.get(choice.pool, 0.0) for choice in choices))
     total = cumulative[-1]
     if total <= 0:
@@ -272,12 +288,26 @@ def _drawn_first(
     def drawn(u: float) -> int:
         return min(bisect_right(cumulative, u * total), len(choices) - 1)
 
-    first = drawn(draw)
-    if choices[0].extra["tier"] == 1:
-        first = min(first, drawn(_second_uniform(draw)))  # the better ranked of the two
+    if choices[0].extra["tier"] == 2 and _overloaded_for_good(shape, [pool for pool, _, _ in servable]):
+        first, how = max(range(len(choices)), key=lambda k: lateness.get(choices[k].pool, 0.0)), "sunk"
+    else:
+        first, how = drawn(draw), "drawn"
+        if choices[0].extra["tier"] == 1:
+            first = min(first, drawn(_second_uniform(draw)))  # the better ranked of the two
     pick = choices[first]
-    pick.extra["drawn"] = True
+    pick.extra[how] = True
     return [pick, *choices[:first], *choices[first + 1 :]]
+
+
+def _overloaded_for_good(shape: RequestShape, pools: Sequence[PoolView]) -> bool:
+    """Whether the pools that can serve the request are past their operating point by more than the model's caution:
+    loaded past their replicas even with every request in flight charged at its p50 answer, not its p90, and every
+    one of them finishing its recent requests late (live latency per token over the request's SLO). Both the model
+    and the outcomes say so, so it is no burst the pools will work off (at the p90 alone, or by the model alone, a
+    fleet at its planned load passed for overloaded: sinking there cost up to 8 points on Mélange's fleets)."""
+    if sum(pool.median_load + pool.external_load - pool.replicas for pool in pools) < 0:
+        return False
+    return all((pool.latency_per_token_ms or 0.0) > shape.slo.tpot_ms for pool in pools)
 
 
 def _second_uniform(draw: float) -> float:
@@ -292,6 +322,8 @@ def _explain(choice: Choice) -> str:
     reason = f"{_TIERS[extra['tier']]}: ${choice.cost_usd:.3g}/req on {extra['on']}"
     if extra.get("drawn"):
         reason = f"no headroom anywhere, drawn by capacity; {reason}"
+    elif extra.get("sunk"):
+        reason = f"overloaded for good, sunk into the pool running latest; {reason}"
     if choice.slack is not None:
         reason += f", util {extra['utilization']:.0%}, slack {choice.slack:+.2f}"
     return reason

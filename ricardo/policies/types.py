@@ -73,6 +73,7 @@ class PoolView:
     # how much later than the capacity model predicted the pool's recent requests finished (observed / predicted
     # latency per token; policies/ledger.py); None before a request a ledger could judge has finished
     lateness: float | None = None
+    median_load: float = 0.0  # as `in_flight_load`, with each request charged at its predicted p50 output, not p90
 
     @property
     def utilization(self) -> float:

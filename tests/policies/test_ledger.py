@@ -26,13 +26,16 @@ def test_load_is_charged_at_dispatch_and_released_exactly_once(book):
     view = ledger.view(replicas=2)
     assert view.in_flight == 2 and view.in_flight_load == pytest.approx(first.load + second.load)
     assert view.utilization == pytest.approx((first.load + second.load) / 2)
+    assert view.median_load == pytest.approx(  # the same requests charged at their p50 answers
+        capacity_share(book, "A10G", 500, 100, SLO_DEFAULT) + capacity_share(book, "A10G", 50, 20, SLO_DEFAULT)
+    )
     ledger.abandon(first)
     ledger.abandon(first)  # a second release of the same request changes nothing
     ledger.finish(first, now=3.0, output_tokens=100)
     assert ledger.view(2).in_flight == 1 and ledger.view(2).in_flight_load == pytest.approx(second.load)
     assert ledger.latency_per_token_ms is None  # an abandoned attempt teaches nothing about latency
     ledger.finish(second, now=1.5, output_tokens=20)
-    assert ledger.view(2).in_flight == 0 and ledger.view(2).in_flight_load == 0.0
+    assert ledger.view(2).in_flight == 0 and ledger.view(2).in_flight_load == 0.0 and ledger.view(2).median_load == 0.0
 
 
 def test_a_request_holds_at_most_one_replica():
@@ -88,6 +91,9 @@ def test_the_shares_cost_aware_carries_are_what_the_ledger_charges():
             assert choice.extra["shares"] == computed[choice.pool], (size, choice.pool)
             ticket = ledger.dispatch(request, book, 0.0, choice)
             assert (ticket.load, ticket.decode_load) == computed[choice.pool]
+            if ledger.pair is None:  # the p50 share carried is the one the ledger would compute
+                median = capacity_share(book, ledger.hardware, request.input_tokens, request.output_p50, request.slo)
+                assert ticket.median_load == pytest.approx(median), (size, choice.pool)
             ledger.abandon(ticket)
     other = cost_aware(shape(500, 100), [fresh[0].view(2)], book)[0]
     assert fresh[1].dispatch(shape(500, 100), book, 0.0, other).load == fresh[1].shares(shape(500, 100), book)[0]

@@ -171,9 +171,35 @@ def test_past_the_fleets_operating_point_the_first_choice_is_drawn_by_capacity(b
     assert len({tuple(names(cost_aware(TINY, idle, book, draw=k / 10))) for k in range(10)}) == 1
 
 
+def test_a_predicted_miss_in_a_fleet_overloaded_for_good_is_sunk_into_the_pool_running_latest(book):
+    """Every pool a predicted miss, past its replicas even at p50 sizes, and every pool's recent requests late: the
+    request goes to the pool running latest, whatever the draw. One pool keeping time, or the p50 load short of the
+    replicas (a burst the pools will work off), and the draw by capacity decides as before."""
+    late = {"in_flight": 9, "in_flight_load": 4.0, "median_load": 3.0, "latency_per_token_ms": 200.0}
+    latest = {**late, "latency_per_token_ms": 900.0}
+    pools = fleet(book, L4=late, A10G=late, A100_80GB=latest, H100=late)
+    for k in range(20):
+        ranked = cost_aware(TINY, pools, book, draw=k / 20)
+        assert ranked[0].pool == "A100-80GB" and ranked[0].extra["sunk"], k
+        assert "sunk into the pool running latest" in ranked[0].reason
+        assert sorted(names(ranked)) == sorted(p.name for p in pools)
+
+    def drawn_firsts(pools) -> set[str]:
+        return {cost_aware(TINY, pools, book, draw=k / 20)[0].pool for k in range(20)}
+
+    keeping_time = {**late, "latency_per_token_ms": 100.0}  # under TINY's 120 ms
+    assert len(drawn_firsts(fleet(book, L4=late, A10G=keeping_time, A100_80GB=latest, H100=late))) > 1
+    a_burst = {**late, "median_load": 1.5}  # past the replicas at the p90, not at the p50
+    assert (
+        len(drawn_firsts(fleet(book, L4=a_burst, A10G=a_burst, A100_80GB=latest | {"median_load": 1.5}, H100=a_burst)))
+        > 1
+    )
+
+
 def test_cost_aware_does_not_read_the_pools_recent_latency(book):
     """A pool's recent latency per token is that of the mix it served: a pool busy with long prompts and short
-    answers looks slow at any load. The slack comes from the request's own size and the pool's load."""
+    answers looks slow at any load. The slack comes from the request's own size and the pool's load (the recent
+    latency only tells, in a fleet overloaded for good, which pool a predicted miss is sunk into)."""
     slow_mix = {"in_flight": 1, "in_flight_load": 0.01, "latency_per_token_ms": 150.0, "ttft_ms": 3000.0}
     ranked = cost_aware(TINY, fleet(book, L4=slow_mix), book)
     assert names(ranked)[0] == "L4" and ranked[0].extra["tier"] == 0
