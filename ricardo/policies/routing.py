@@ -12,7 +12,8 @@ p50 output); they differ in the order.
 
 - `cost-aware` (default): cheapest expected dollars per request among pools with SLO headroom,
   spilling to the next-cheapest before a pool saturates; where no pool has headroom and the fleet is past its
-  operating point, the first choice is drawn by capacity as Mélange's router draws it (the better of two draws).
+  operating point, the first choice is drawn by capacity as Mélange's router draws it (the better of two draws),
+  and where it is overloaded for good a request that fits nowhere is sunk into the pool running latest.
   Disaggregated pairs (role "pair") rank beside unified pools by the same rule, their cost and latency from
   the role model (`pair_estimate`): a request goes to a pair only where that is cheaper within its SLO.
 - baselines: `round-robin`, `least-outstanding`, `cheapest-price` (list price, like LiteLLM's
@@ -190,7 +191,8 @@ def cost_aware(
     overloaded pool though its real answer would have met the SLO anywhere.) So a request that barely fits the
     SLO even alone (a long prompt with a short answer) goes only to nearly idle pools, and one the pool cannot
     serve in time at all ranks as a predicted miss, though the capacity table (measured at the bucket's
-    longest answer) says the bucket is servable. The pool's recent latency is not used: it is the latency
+    longest answer) says the bucket is servable. The pool's recent latency is not used to rank (only to find
+    a sink in a fleet overloaded for good, `_drawn_first`): it is the latency
     of the mix it happened to serve (a pool busy with long prompts and short answers shows a high latency
     per token at any load), and capping slack by it sent such requests to slower, cheaper hardware. Nor is its
     lateness (`PoolView.lateness`, recent latencies over what this model predicted for them): scaling the
@@ -263,7 +265,8 @@ def _drawn_first(
     only on average. So the first choice is drawn as Mélange draws it (`melange`'s weights: replicas x the
     profile's rate for the request's bucket): two pools are drawn and the one cost-aware ranks better goes first
     (the power of two choices: the draw's robustness, most of the ranking's information). Where every pool is a
-    predicted miss the ranking has nothing to tell them apart that it trusts, and one draw decides. The rest
+    predicted miss the ranking has nothing to tell them apart that it trusts, and one draw decides (unless the fleet
+    is overloaded for good, below). The rest
     follow in cost-aware's order, for fallback. Short of the operating point the order stands: keeping each
     request's slack there is what lets a fleet planned for 99% within SLO be small (drawing there too made the
     cheapest fleets of bench/economics dearer: median 0.84 -> 0.87x Mélange's).
@@ -273,13 +276,16 @@ def _drawn_first(
     there it slows only requests that are late already, while a split by capacity makes every pool late (under
     1.5x their planned load, Mélange's fleets kept 20.6% in time by the draw against 38-44% so sunk, at
     servegen-language 2x at 40 ms; bench/economics/same_fleet_overload1.5.md). Where the model alone said so,
-    sinking into the smallest pool instead lost up to 8.5 points where the fleet was not truly overloaded.
+    sinking into the smallest pool instead lost up to 8.5 points where the fleet was not truly overloaded. The sink
+    is found by raw latency per token, not by lateness against the model: in a fleet overloaded for good a request's
+    latency is mostly its wait, so the latest pool is the one with the deepest backlog, the one where one more late
+    request costs the fewest requests in time. It stops being the sink when any pool drains below its operating
+    point or finishes its requests in time: the gate closes, and the draw and the ranking take over again.
     """
     servable = _servable(shape, pools, book, interpolated=False)
     if sum(pool.utilization * pool.replicas for pool, _, _ in servable) < sum(pool.replicas for pool, _, _ in servable):
         return choices  # the fleet as a whole is short of its operating point: the ranking's order stands
     weight = {pool.name: rate for pool, _, rate in servable}
-    lateness = {pool.name: pool.latency_per_token_ms or 0.0 for pool, _, _ in servable}
     cumulative = list(accumulate(weight.get(choice.pool, 0.0) for choice in choices))
     total = cumulative[-1]
     if total <= 0:
@@ -289,7 +295,8 @@ def _drawn_first(
         return min(bisect_right(cumulative, u * total), len(choices) - 1)
 
     if choices[0].extra["tier"] == 2 and _overloaded_for_good(shape, [pool for pool, _, _ in servable]):
-        first, how = max(range(len(choices)), key=lambda k: lateness.get(choices[k].pool, 0.0)), "sunk"
+        live = {pool.name: pool.latency_per_token_ms or 0.0 for pool, _, _ in servable}
+        first, how = max(range(len(choices)), key=lambda k: live.get(choices[k].pool, 0.0)), "sunk"
     else:
         first, how = drawn(draw), "drawn"
         if choices[0].extra["tier"] == 1:
@@ -301,13 +308,23 @@ def _drawn_first(
 
 def _overloaded_for_good(shape: RequestShape, pools: Sequence[PoolView]) -> bool:
     """Whether the pools that can serve the request are past their operating point by more than the model's caution:
-    loaded past their replicas even with every request in flight charged at its p50 answer, not its p90, and every
-    one of them finishing its recent requests late (live latency per token over the request's SLO). Both the model
-    and the outcomes say so, so it is no burst the pools will work off (at the p90 alone, or by the model alone, a
-    fleet at its planned load passed for overloaded: sinking there cost up to 8 points on Mélange's fleets)."""
-    if sum(pool.median_load + pool.external_load - pool.replicas for pool in pools) < 0:
+    together loaded past their replicas even with every request in flight charged at its p50 answer, not its p90;
+    each of them past its own operating point (a pool that has drained is no sink's neighbour to protect: it takes
+    requests again); and each finishing its recent requests late (live latency per token over the request's SLO).
+    Model and outcomes both say so, so it is no burst the pools will work off (at the p90 alone, or by the model
+    alone, a fleet at its planned load passed for overloaded: sinking there cost up to 8 points on Mélange's fleets).
+    A pair counts its busier role's utilization, at its p90 (its ledger keeps no p50 split by role)."""
+    if sum(_median_load(pool) - pool.replicas for pool in pools) < 0:
         return False
-    return all((pool.latency_per_token_ms or 0.0) > shape.slo.tpot_ms for pool in pools)
+    return all(pool.utilization >= 1.0 and (pool.latency_per_token_ms or 0.0) > shape.slo.tpot_ms for pool in pools)
+
+
+def _median_load(pool: PoolView) -> float:
+    """The pool's load in replicas with its requests charged at their p50 answers, the backends' own load counted
+    at the same ratio to its p90 charge as this gateway's requests."""
+    if pool.external_load <= 0 or pool.in_flight_load <= 0:
+        return pool.median_load + pool.external_load
+    return pool.median_load * (1.0 + pool.external_load / pool.in_flight_load)
 
 
 def _second_uniform(draw: float) -> float:

@@ -33,6 +33,8 @@ def test_load_is_charged_at_dispatch_and_released_exactly_once(book):
     ledger.abandon(first)  # a second release of the same request changes nothing
     ledger.finish(first, now=3.0, output_tokens=100)
     assert ledger.view(2).in_flight == 1 and ledger.view(2).in_flight_load == pytest.approx(second.load)
+    assert ledger.view(2).median_load == pytest.approx(second.median_load)  # the p50 charge released with it
+    assert second.median_load == pytest.approx(capacity_share(book, "A10G", 50, 20, SLO_DEFAULT))
     assert ledger.latency_per_token_ms is None  # an abandoned attempt teaches nothing about latency
     ledger.finish(second, now=1.5, output_tokens=20)
     assert ledger.view(2).in_flight == 0 and ledger.view(2).in_flight_load == 0.0 and ledger.view(2).median_load == 0.0
