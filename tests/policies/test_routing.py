@@ -172,28 +172,48 @@ def test_past_the_fleets_operating_point_the_first_choice_is_drawn_by_capacity(b
 
 
 def test_a_predicted_miss_in_a_fleet_overloaded_for_good_is_sunk_into_the_pool_running_latest(book):
-    """Every pool a predicted miss, past its replicas even at p50 sizes, and every pool's recent requests late: the
-    request goes to the pool running latest, whatever the draw. One pool keeping time, or the p50 load short of the
-    replicas (a burst the pools will work off), and the draw by capacity decides as before."""
-    late = {"in_flight": 9, "in_flight_load": 4.0, "median_load": 3.0, "latency_per_token_ms": 200.0}
+    """Every pool a predicted miss, the fleet past its replicas even at p50 sizes, every pool past its own operating
+    point and finishing its recent requests late: the request goes to the pool running latest, whatever the draw.
+    One pool keeping time, one that has drained, one not heard from yet, the p50 load short of the replicas (a burst
+    the pools will work off), or a request with slack somewhere, and the draw by capacity decides as before."""
+    late = {"in_flight": 9, "in_flight_load": 4.0, "median_load": 2.0, "latency_per_token_ms": 200.0}
     latest = {**late, "latency_per_token_ms": 900.0}
-    pools = fleet(book, L4=late, A10G=late, A100_80GB=latest, H100=late)
+    pools = fleet(book, L4=late, A10G=late, A100_80GB=latest, H100=late)  # p50 load exactly the replicas: overloaded
     for k in range(20):
         ranked = cost_aware(TINY, pools, book, draw=k / 20)
         assert ranked[0].pool == "A100-80GB" and ranked[0].extra["sunk"], k
         assert "sunk into the pool running latest" in ranked[0].reason
         assert sorted(names(ranked)) == sorted(p.name for p in pools)
 
-    def drawn_firsts(pools) -> set[str]:
+    def drawn_firsts(**changes) -> set[str]:
+        pools = fleet(book, **({"L4": late, "A10G": late, "A100_80GB": latest, "H100": late} | changes))
+        assert all(c.extra["tier"] == 2 for c in cost_aware(TINY, pools, book))  # every pool still a predicted miss
         return {cost_aware(TINY, pools, book, draw=k / 20)[0].pool for k in range(20)}
 
-    keeping_time = {**late, "latency_per_token_ms": 100.0}  # under TINY's 120 ms
-    assert len(drawn_firsts(fleet(book, L4=late, A10G=keeping_time, A100_80GB=latest, H100=late))) > 1
-    a_burst = {**late, "median_load": 1.5}  # past the replicas at the p90, not at the p50
-    assert (
-        len(drawn_firsts(fleet(book, L4=a_burst, A10G=a_burst, A100_80GB=latest | {"median_load": 1.5}, H100=a_burst)))
-        > 1
+    assert len(drawn_firsts()) == 1
+    assert len(drawn_firsts(A10G={**late, "latency_per_token_ms": 100.0})) > 1  # keeps time (under TINY's 120 ms)
+    assert len(drawn_firsts(A10G={**late, "latency_per_token_ms": None})) > 1  # no request finished there yet
+    a_burst = {**late, "median_load": 1.9}  # past the replicas at the p90, short of them at the p50
+    assert len(drawn_firsts(L4=a_burst, A10G=a_burst, A100_80GB={**latest, "median_load": 1.9}, H100=a_burst)) > 1
+    # a pool that drained (its last requests were late, but it has room now) closes the gate: a request that misses
+    # everywhere, even alone, must not pile onto the sink while a pool stands idle
+    beyond_alone = RequestShape("llama2-7b", input_tokens=1900, output_p50=1, output_p90=1, slo=SLO(2000, 5.0))
+    drained = {"in_flight": 0, "in_flight_load": 0.0, "median_load": 0.0, "latency_per_token_ms": 300.0}
+    heavy = {**latest, "in_flight_load": 30.0, "median_load": 30.0}
+    pools = fleet(book, L4=drained, A10G=drained, A100_80GB=heavy, H100=drained)
+    assert all(c.extra["tier"] == 2 for c in cost_aware(beyond_alone, pools, book))
+    assert not any(c.extra.get("sunk") for k in range(20) for c in cost_aware(beyond_alone, pools, book, draw=k / 20))
+    # with slack somewhere (a pool short of its operating point, the saturating tier first) the two draws decide
+    past = {**late, "in_flight_load": 2.2, "median_load": 2.2}
+    pools = fleet(
+        book,
+        L4=past,
+        A10G={**past, "in_flight_load": 1.8},
+        A100_80GB={**past, "latency_per_token_ms": 900.0},
+        H100=past,
     )
+    assert cost_aware(TINY, pools, book)[0].extra["tier"] == 1
+    assert all(cost_aware(TINY, pools, book, draw=k / 20)[0].extra.get("drawn") for k in range(20))
 
 
 def test_cost_aware_does_not_read_the_pools_recent_latency(book):
