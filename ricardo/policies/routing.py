@@ -274,7 +274,7 @@ def _drawn_first(
     A predicted miss in a fleet overloaded for good (`_overloaded_for_good`: by the model at p50 sizes and by
     every pool's recent outcomes) is not drawn but sunk into the pool running latest: it is late anywhere, and
     there it slows only requests that are late already, while a split by capacity makes every pool late (under
-    1.5x their planned load, Mélange's fleets kept 20.6% in time by the draw against 38-44% so sunk, at
+    1.5x their planned load, Mélange's fleets kept 20.6% in time by the draw against 37.5% so sunk, at
     servegen-language 2x at 40 ms; bench/economics/same_fleet_overload1.5.md). Where the model alone said so,
     sinking into the smallest pool instead lost up to 8.5 points where the fleet was not truly overloaded. The sink
     is found by raw latency per token, not by lateness against the model: in a fleet overloaded for good a request's
