@@ -21,17 +21,18 @@ BENCH = [
 ]
 
 
-def test_overhead_harness_measures_ricardo_against_direct(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str, timeout: float = 180, env: dict | None = None) -> tuple[str, dict]:
+    """(what the bench printed, its JSON report), after checking it exited cleanly."""
     out = tmp_path / "overhead.json"
     done = subprocess.run(
-        [*BENCH, "--targets", "direct,ricardo", "--connections", "1,4", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
+        [*BENCH, *args, "--json", str(out)], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_overhead_harness_measures_ricardo_against_direct(tmp_path: Path) -> None:
+    stdout, report = run_bench(tmp_path, "--targets", "direct,ricardo", "--connections", "1,4")
     assert set(report["results"]) == {"direct", "ricardo"}
     assert report["skipped"] == {} and report["ratios"] == {}  # no peer asked for
     for name, cells in report["results"].items():
@@ -45,37 +46,23 @@ def test_overhead_harness_measures_ricardo_against_direct(tmp_path: Path) -> Non
         report["results"]["ricardo"]["nonstream c4"]["cpu_ms_per_request"]
         > (report["results"]["direct"]["nonstream c4"]["cpu_ms_per_request"])
     )
-    assert "| ricardo | stream c4 |" in done.stdout
+    assert "| ricardo | stream c4 |" in stdout
 
 
 def test_a_peer_that_is_not_installed_is_skipped_with_the_reason(tmp_path: Path) -> None:
-    out = tmp_path / "overhead.json"
-    done = subprocess.run(
-        [*BENCH, "--targets", "direct,vllm-router", "--connections", "1", "--modes", "nonstream", "--json", str(out)],
-        capture_output=True,
-        text=True,
+    stdout, report = run_bench(
+        tmp_path,
+        *("--targets", "direct,vllm-router", "--connections", "1", "--modes", "nonstream"),
         timeout=120,
-        cwd=REPO,
         env={**os.environ, "RICARDO_BENCH_VENVS": str(tmp_path / "venvs")},
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
     assert "not installed" in report["skipped"]["vllm-router"]
     assert report["results"]["direct"]["nonstream c1"]["rps"] > 0
-    assert "| vllm-router | skipped: not installed" in done.stdout
+    assert "| vllm-router | skipped: not installed" in stdout
 
 
 def test_the_relay_is_measured_as_the_floor_of_ricardos_stack(tmp_path: Path) -> None:
-    out = tmp_path / "overhead.json"
-    done = subprocess.run(
-        [*BENCH, "--targets", "direct,relay,ricardo", "--connections", "2", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    stdout, report = run_bench(tmp_path, "--targets", "direct,relay,ricardo", "--connections", "2")
     assert set(report["results"]) == {"direct", "relay", "ricardo"}
     for cell, figures in report["results"]["relay"].items():  # whole answers and streams, relayed without a failure
         assert figures["errors"] == 0 and figures["rps"] > 0, cell
@@ -84,4 +71,4 @@ def test_the_relay_is_measured_as_the_floor_of_ricardos_stack(tmp_path: Path) ->
     # ricardo against its floor; the relay has no peer of its own here
     assert set(report["ratios"]) == {"ricardo / relay"}
     assert set(report["ratios"]["ricardo / relay"]) == {"nonstream c2", "stream c2"}
-    assert "| relay | stream c2 |" in done.stdout
+    assert "| relay | stream c2 |" in stdout
