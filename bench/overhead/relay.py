@@ -15,15 +15,13 @@ costs above this is its logic; what this costs above the backend is aiohttp's tw
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from ricardo.gateway.config import LimitsConfig
 from ricardo.gateway.pools import new_session
-from ricardo.protocol.runtime import run_event_loop
+from ricardo.protocol.runtime import run_event_loop, stop_on_signals
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 UPSTREAM: web.AppKey[str] = web.AppKey("upstream")
@@ -71,11 +69,8 @@ async def serve(host: str, port: int, backend: str) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     print(f"relay listening on http://{host}:{port} for {backend}", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await stop_on_signals().wait()
     finally:
         await runner.cleanup()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 import sys
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ from ricardo.emulator.faults import parse_faults
 from ricardo.emulator.kvtransfer import DEFAULT_LINK_GBPS
 from ricardo.emulator.server import EmulatedBackend
 from ricardo.profiles.engine_params import load_engine_params
-from ricardo.protocol.runtime import run_event_loop
+from ricardo.protocol.runtime import run_event_loop, stop_on_signals
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -126,11 +125,7 @@ async def serve_backends(specs: list[BackendSpec], speed: float, stop: asyncio.E
 
 def run_backends(specs: list[BackendSpec], speed: float = 1.0) -> int:
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_backends(specs, speed, stop)
+        await serve_backends(specs, speed, stop_on_signals())
 
     try:
         run_event_loop(main())

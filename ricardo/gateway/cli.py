@@ -59,10 +59,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
     import gc
     import os
-    import signal
     import sys
 
     from aiohttp import web
@@ -77,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ricardo.gateway.state import GatewayState
     from ricardo.gateway.urls import redact
     from ricardo.gateway.workers import Supervisor, tell_parent_ready, worker_admin
-    from ricardo.protocol.runtime import run_event_loop
+    from ricardo.protocol.runtime import run_event_loop, stop_on_signals
 
     setup_logging(args.log_level, args.log_format)
     try:
@@ -139,9 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
         else:  # a worker's parent publishes the token it generated, once
             admin.publish(config.port)
         print(f"ricardo gateway listening on http://{config.host}:{config.port}", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         try:
             await stop.wait()
             await drain(state, config.shutdown)
