@@ -83,15 +83,13 @@ class PoolLedger:
         self.decode_load += decode
         self._view = None
         ticket = Ticket(load, now, decode)
-        median = extra.get("median_share")
-        if median is None:
-            median = (
-                capacity_share(book, self.hardware, shape.input_tokens, shape.output_p50, shape.slo)
-                if self.pair is None
-                else load
-            )
-        ticket.median_load = median
-        self.median_load += median
+        # the ranking asked the book this size's rate already: `rate_at` remembers it, so this is a few float operations
+        ticket.median_load = (
+            capacity_share(book, self.hardware, shape.input_tokens, shape.output_p50, shape.slo)
+            if self.pair is None
+            else load
+        )
+        self.median_load += ticket.median_load
         if self.pair is None and extra.get("utilization") is not None:
             ticket.utilization, ticket.book = extra["utilization"], book
             ticket.input_tokens, ticket.slo_tpot_ms = shape.input_tokens, shape.slo.tpot_ms

@@ -210,7 +210,7 @@ def cost_aware(
     random (bench/economics/same_fleet.md).
     """
     ranked = []
-    for position, (pool, cost, rate) in enumerate(_servable(shape, pools, book)):
+    for position, (pool, cost, _) in enumerate(_servable(shape, pools, book)):
         utilization, alone, shares = _after_dispatch(shape, pool, book)
         slack = None if utilization is None else predicted_slack(alone, utilization)
         key: tuple[float, ...]
@@ -234,15 +234,7 @@ def cost_aware(
             slack,
             _explain,
             # `shares`: what the pool's ledger charges the request once dispatched there (`PoolLedger.dispatch`)
-            {
-                "tier": tier,
-                "utilization": utilization,
-                "on": where,
-                "shares": shares,
-                "median_share": _share_at(book, rate / pool.replicas, shape.output_p50, shape.slo)
-                if pool.pair is None
-                else None,
-            },
+            {"tier": tier, "utilization": utilization, "on": where, "shares": shares},
         )
         ranked.append(((tier, *key, utilization or 0.0, position), choice))
     ranked.sort(key=lambda item: item[0])

@@ -93,7 +93,7 @@ def test_the_shares_cost_aware_carries_are_what_the_ledger_charges():
             assert choice.extra["shares"] == computed[choice.pool], (size, choice.pool)
             ticket = ledger.dispatch(request, book, 0.0, choice)
             assert (ticket.load, ticket.decode_load) == computed[choice.pool]
-            if ledger.pair is None:  # the p50 share carried is the one the ledger would compute
+            if ledger.pair is None:  # and its p50 share, what `shares` computes at the p90
                 median = capacity_share(book, ledger.hardware, request.input_tokens, request.output_p50, request.slo)
                 assert ticket.median_load == pytest.approx(median), (size, choice.pool)
             ledger.abandon(ticket)
