@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from ricardo.gateway.scaling import PoolSpec, ScalingAdvisor, Traffic, merge_summaries, plan_replicas
+from ricardo.gateway.scaling import NO_TRAFFIC, PoolSpec, ScalingAdvisor, Traffic, merge_summaries, plan_replicas
 from ricardo.loadgen.traces import read_trace
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import load_default_book
@@ -41,13 +41,20 @@ def windows(requests, book, window_s: float, interval_s: float) -> list[Traffic]
             r = requests[next_request]
             advisor.observe(r.arrival_s, book.model, r.input_tokens, r.output_tokens)
             next_request += 1
-        seen.append(merge_summaries(list(advisor.summaries(float(now)).values())))
+        summaries = list(advisor.summaries(float(now)).values())
+        seen.append(merge_summaries(summaries) if summaries else NO_TRAFFIC)  # a gap in the trace: no traffic
     return seen
 
 
 def held(series: list, hold_samples: int) -> list[list]:
     """For each tick, the items of the ticks in its hold (itself and the `hold_samples - 1` before it)."""
     return [series[max(0, k - hold_samples + 1) : k + 1] for k in range(len(series))]
+
+
+def per_pool_highest(raws: list[Fleet], hold_samples: int) -> list[Fleet]:
+    """Each pool's highest target of the hold on its own (the Kubernetes HPA's scale-down window; shipped until
+    the planner-aware damper)."""
+    return [{p: max(f[p] for f in recent) for p in recent[-1]} for recent in held(raws, hold_samples)]
 
 
 def whole_fleet(raws: list[Fleet], prices: dict[str, float], hold_samples: int) -> list[Fleet]:
@@ -77,13 +84,22 @@ def demand_held(traffics: list[Traffic], book, hold_samples: int) -> list[Traffi
                 cells = book.buckets(t.inputs, t.outputs)
                 keep = busiest[cells[0], cells[1]] == k
                 parts.append((t.inputs[keep], t.outputs[keep], t.weights[keep]))
+        if not parts:
+            result.append(NO_TRAFFIC)
+            continue
         inputs, outputs, weights = (np.concatenate(column) for column in zip(*parts, strict=True))
         result.append(Traffic(float(weights.sum()), 0, inputs, outputs, weights))
     return result
 
 
 def planned(traffics: list[Traffic], book, pools: list[PoolSpec], slo: SLO) -> list[Fleet]:
-    return [{p: r["unified"] for p, r in plan_replicas(t, book, pools, slo).replicas.items()} for t in traffics]
+    return [
+        {
+            p: r["unified"]
+            for p, r in plan_replicas(t if t.sample_size else NO_TRAFFIC, book, pools, slo).replicas.items()
+        }
+        for t in traffics
+    ]
 
 
 def main() -> None:
@@ -110,14 +126,15 @@ def main() -> None:
     raws = [{hw: h.raw[hw]["unified"] for hw in ramp.HARDWARE} for h in run.hints]
     traffics = windows(requests, book, args.window_s, args.interval_s)
     fleets = {
-        "per pool (shipped)": [{hw: h.desired[hw]["unified"] for hw in ramp.HARDWARE} for h in run.hints],
+        "kept, replanned (shipped)": [{hw: h.desired[hw]["unified"] for hw in ramp.HARDWARE} for h in run.hints],
+        "per pool highest": per_pool_highest(raws, hold_samples),
         "whole fleet": whole_fleet(raws, prices, hold_samples),
         "rate held": planned(rate_held(traffics, hold_samples), book, pools, ramp.DEFAULT_SLO),
         "demand held": planned(demand_held(traffics, book, hold_samples), book, pools, ramp.DEFAULT_SLO),
         "undamped": raws,
     }
     print(f"{len(requests)} requests, window {args.window_s:g} s, hold {args.hold_s:g} s, every {args.interval_s:g} s")
-    print(f"{'':20} {'mean $/h':>9} {'corr':>6} {'lag s':>6} {'changes':>8} {'rise->fall s':>13}  changes per pool")
+    print(f"{'':26} {'mean $/h':>9} {'corr':>6} {'lag s':>6} {'changes':>8} {'rise->fall s':>13}  changes per pool")
     for name, series in fleets.items():
         desired = [
             replace(
@@ -129,7 +146,7 @@ def main() -> None:
         ]
         f = ramp.figures(replace(run, hints=desired))
         print(
-            f"{name:20} {f['mean_cost_per_hour_desired']:9.2f} {f['corr_cost_vs_trailing_load']:6.3f} "
+            f"{name:26} {f['mean_cost_per_hour_desired']:9.2f} {f['corr_cost_vs_trailing_load']:6.3f} "
             f"{f['lag_vs_centred_load_s']:6.0f} "
             f"{f['direction_changes_desired_cost']:4d}/{f['direction_changes_load']:<3d} "
             f"{f['shortest_rise_to_fall_s'] or 0:13.0f}  {f['direction_changes_desired_per_pool']}"

@@ -279,7 +279,12 @@ class ScalingConfig(_Strict):
 
     interval_s: float = Field(default=5.0, gt=0, description="how often scaling hints are recomputed")
     window_s: float = Field(default=30.0, gt=0, description="sliding window of observed traffic")
-    scale_down_hold_s: float = Field(default=60.0, ge=0, description="a lower target must hold this long")
+    scale_down_hold_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="a pool keeps a replica this long after it rose to it (or the plan last asked for it); the plan "
+        "is made around the kept replicas",
+    )
     headroom: float = Field(default=0.0, ge=0, lt=1, description="extra: load each type to (1 - headroom) of its plan")
     min_replicas: int = Field(default=0, ge=0, description="no pool's hint goes below this")
     webhook_url: HttpUrl | None = Field(default=None, description="POSTed the hints when they change")

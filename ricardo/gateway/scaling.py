@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -298,6 +298,7 @@ def plan_replicas(
     min_replicas: int = 0,
     *,
     time_limit_s: float = 1.0,
+    kept: Mapping[str, Mapping[str, int]] | None = None,
 ) -> ReplicaPlan:
     """Replicas per pool and role for `traffic`: the cheapest fleet of `plan_sizes` (rule "ricardo") at `slo`, unified
     types and the configured prefill/decode pairs (each role's replicas: `sizing.desired_replicas`) in one solve.
@@ -308,6 +309,8 @@ def plan_replicas(
     A pair's side is priced as the unified pools of its type where there are some (the planner has one price per
     type), else at the cheapest side of its type. Every pool gets at least `min_replicas` (the floor is added after
     planning: its capacity is not counted). Demand no candidate can serve is left out (`plan.unserved_rate`).
+    `kept` (pool -> role -> replicas) are replicas the fleet keeps whatever the demand (a damper's, `FleetDamper`):
+    the plan counts their capacity and adds the cheapest replicas to it; each pool gets at least its kept count.
     """
     if min_replicas < 0:
         raise ValueError(f"min_replicas must be >= 0, got {min_replicas}")
@@ -335,6 +338,13 @@ def plan_replicas(
         links.setdefault(types, roles["prefill"].link_gbps or DEFAULT_LINK_GBPS)
     for side in sorted((s for _, roles in pairs for s in roles.values()), key=lambda s: s.price_per_hour):
         prices.setdefault(book.canonical(side.hardware), side.price_per_hour)
+    kept = kept or {}
+    kept_units: dict[str, dict[str, int]] = {}
+    for name, unit in units.items():
+        label = unit if isinstance(unit, str) else f"{unit[0]}>{unit[1]}"
+        for role, n in kept.get(name, {}).items():
+            kept_units.setdefault(label, {}).setdefault(role, 0)
+            kept_units[label][role] += n
     started = time.perf_counter()
     fleet = (
         plan_sizes(
@@ -350,14 +360,22 @@ def plan_replicas(
             headroom=headroom,
             time_limit_s=time_limit_s,
             pairs=links,
+            kept=kept_units,
         )
         if units and (only or traffic.sample_size)  # pairs alone and no traffic: nothing to plan
         else None
     )
     planned = desired_replicas(fleet, units) if fleet else {}
+    first_of: dict[str | tuple[str, str], str] = {}
+    for name, unit in units.items():
+        first = first_of.setdefault(unit, name)
+        if first != name and first in planned:  # the unit's count went to its first pool: this pool's kept are in it
+            for role, n in kept.get(name, {}).items():
+                planned[first][role] = max(planned[first].get(role, 0) - n, 0)
     replicas: dict[str, dict[str, int]] = {}
     for p in pools:
-        replicas.setdefault(p.name, {})[p.role] = max(planned.get(p.name, {}).get(p.role, 0), min_replicas)
+        wanted = max(planned.get(p.name, {}).get(p.role, 0), kept.get(p.name, {}).get(p.role, 0))
+        replicas.setdefault(p.name, {})[p.role] = max(wanted, min_replicas)
     return ReplicaPlan(
         replicas=replicas,
         prices=prices,
@@ -371,45 +389,61 @@ def plan_replicas(
 
 
 class Damper:
-    """Scale up at once, scale down only to the highest target of the last `scale_down_hold_s` seconds.
+    """Scale up at once; keep what a pool rose to for `scale_down_hold_s`; plan the rest around what is kept.
 
-    This is the Kubernetes HPA stabilization window for scale-down: the output at `now` is the max of the
-    targets given in (now - hold, now]. A higher target is in that window as soon as it is given, so it
-    wins at once; after any rise the output cannot fall for `hold` seconds, so no value can flap faster.
+    Each key (pool, role) keeps its count for `hold` seconds after it last rose to it, or after the planner's own
+    answer last asked for at least that many (as the Kubernetes HPA's scale-down window keeps the highest
+    recommendation it saw): no count falls within the hold of a rise, so none flaps faster. Where the planner's answer
+    would take a kept replica away, the fleet is planned again around the kept replicas (`replan`, given them): the
+    planner counts their capacity and adds only what the traffic needs beyond it. Holding each pool's highest target
+    on its own summed two fleets whenever the plan swapped types (3 A10G + 1 A100 -> 2 A100 at a ramp's peak): over
+    the AIBrix ramp that held fleet cost 1.13x this one and followed the load less closely (bench/scaling/dampers.py).
     """
 
     def __init__(self, scale_down_hold_s: float):
         if scale_down_hold_s < 0:
             raise ValueError(f"scale_down_hold_s must be >= 0, got {scale_down_hold_s}")
         self.hold_s = float(scale_down_hold_s)
-        # per key, (t, target) with targets strictly decreasing: the front is the window's max
-        self._history: dict[Hashable, deque[tuple[float, int]]] = {}
+        self._kept: dict[Hashable, tuple[int, float]] = {}  # key -> (its count, when it was last asked for)
         self._last_now = -math.inf
 
     def update(
-        self, now: float, targets: Mapping[Key, int], current: Mapping[Key, int] | None = None
+        self,
+        now: float,
+        targets: Mapping[Key, int],
+        current: Mapping[Key, int] | None = None,
+        replan: Callable[[dict[Key, int]], Mapping[Key, int]] | None = None,
     ) -> dict[Key, int]:
-        """Damped targets. A key seen for the first time starts from `current` (its running replicas), as
-        if that had been the target just before: a restarted gateway does not scale a fleet down at once.
-        Keys no longer given are forgotten."""
+        """Damped targets from the planner's `targets`. `replan(kept)` plans again keeping at least `kept` replicas
+        of those keys (default: each target raised to its kept count). A key seen for the first time starts from
+        `current` (its running replicas), as if just asked for: a restarted gateway does not scale a fleet down at
+        once. Keys no longer given are forgotten."""
         if now < self._last_now:
             raise ValueError(f"time went backwards: {now} < {self._last_now}")
         self._last_now = now
-        for key in self._history.keys() - targets.keys():
-            del self._history[key]
-        damped = {}
-        for key, target in targets.items():
-            history = self._history.get(key)
-            if history is None:
-                history = self._history[key] = deque()
-                if current is not None and key in current:
-                    history.append((now, int(current[key])))
-            while history and history[-1][1] <= target:
-                history.pop()
-            history.append((now, int(target)))
-            while history[0][0] <= now - self.hold_s and len(history) > 1:
-                history.popleft()
-            damped[key] = history[0][1]
+        for key in self._kept.keys() - targets.keys():
+            del self._kept[key]
+        if current is not None:
+            for key in targets.keys() - self._kept.keys():
+                if key in current:
+                    self._kept[key] = (int(current[key]), now)
+        kept: dict[Key, int] = {
+            key: count
+            for key in targets
+            if key in self._kept
+            for count, asked in [self._kept[key]]
+            if count > 0 and now - asked < self.hold_s
+        }
+        damped = dict(targets)
+        if any(targets[key] < count for key, count in kept.items()):
+            planned = replan(kept) if replan is not None else targets
+            damped = {key: max(int(planned.get(key, 0)), kept.get(key, 0)) for key in targets}
+        for key, count in damped.items():
+            previous = self._kept.get(key)
+            if previous is None or count > previous[0] or targets[key] >= count:
+                self._kept[key] = (count, now)
+            else:
+                self._kept[key] = (count, previous[1])
         return damped
 
 
@@ -518,6 +552,7 @@ class ScalingAdvisor:
                 else:
                     ignored += 1
         raw: dict[str, dict[str, int]] = {}
+        planned_with: dict[str, tuple[Traffic, ProfileBook, list[PoolSpec]]] = {}
         per_model: dict[str, dict] = {}
         planner: dict[str, dict] = {}
         for model in dict.fromkeys([p.model for p in pools] + list(windows)):
@@ -536,6 +571,7 @@ class ScalingAdvisor:
                 traffic, book, served, slo, self.headroom, self.min_replicas, time_limit_s=self.time_limit_s
             )
             raw |= fleet.replicas
+            planned_with[model] = (traffic, book, served)
             planner[model] = _planner_dict(fleet, traffic)
             demand = (
                 size_demand(book, traffic.inputs, traffic.outputs, traffic.rate, traffic.weights)
@@ -549,7 +585,32 @@ class ScalingAdvisor:
                 "rates": np.round(demand, 6).tolist(),  # the sample's mix at the model's rate, on its book's grid
             }
         flat = {(pool, role): n for pool, roles in raw.items() for role, n in roles.items()}
-        damped = self.damper.update(now, flat, {(p.name, p.role): p.current_replicas for p in pools})
+
+        def replan(kept: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+            """Each model's fleet planned again around its kept replicas, where the plan took some away."""
+            replanned = dict(flat)
+            for traffic, book, served in planned_with.values():
+                mine = {(p.name, p.role) for p in served}
+                if all(flat[key] >= n for key, n in kept.items() if key in mine):
+                    continue
+                by_pool: dict[str, dict[str, int]] = {}
+                for (pool, role), n in kept.items():
+                    if (pool, role) in mine:
+                        by_pool.setdefault(pool, {})[role] = n
+                fleet = plan_replicas(
+                    traffic,
+                    book,
+                    served,
+                    slo,
+                    self.headroom,
+                    self.min_replicas,
+                    time_limit_s=self.time_limit_s,
+                    kept=by_pool,
+                )
+                replanned |= {(pool, role): n for pool, roles in fleet.replicas.items() for role, n in roles.items()}
+            return replanned
+
+        damped = self.damper.update(now, flat, {(p.name, p.role): p.current_replicas for p in pools}, replan)
         desired: dict[str, dict[str, int]] = {}
         for (pool, role), n in damped.items():
             desired.setdefault(pool, {})[role] = n

@@ -111,6 +111,7 @@ def plan(
     time_limit_s: float = 1.0,
     request_seconds: Mapping[str, np.ndarray] | None = None,
     pairs: Sequence[PairSeconds] = (),
+    kept: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Plan:
     """The cheapest integer fleet for `rates` (req/s per (input bucket, output bucket) of `book`'s grid;
     a smaller array covers the first buckets).
@@ -122,6 +123,8 @@ def plan(
     gap 1e-6) unless `time_limit_s` runs out: then the best fleet found is returned, `optimal=False`.
     `request_seconds` ({type: grid of replica-seconds per request}) replaces 1 / capacity where given.
     `pairs` are disaggregated candidates beside the types (their roles' types need a price too).
+    `kept` ({type: {"unified": n}, "P>D": {"prefill": n, "decode": m}}, as `Plan.desired_replicas`) are replicas
+    the fleet keeps whatever the demand: the plan counts their capacity and adds the cheapest replicas to it.
     """
     started = time.perf_counter()
     rates = _on_grid(rates, book)
@@ -203,7 +206,17 @@ def plan(
     for row, count in enumerate(count_of_row):
         total = finite_load[:, row].sum() if row < n_units else decode_load[:, row - n_units + n_types].sum()
         most[count] = np.ceil(total / (1.0 - headroom)) + 1
-    bounds = Bounds(np.zeros(n_vars), np.concatenate([np.full(n_assigned, slice_factor), most]))
+    least = np.zeros(n_counts)
+    kept = kept or {}
+    for u, hw in enumerate(types):
+        least[u] = kept.get(hw, {}).get("unified", 0)
+    for q, pair in enumerate(pairs):
+        for side, role in enumerate(("prefill", "decode")):
+            least[n_types + 2 * q + side] = kept.get(pair.name, {}).get(role, 0)
+    most = np.maximum(most, least)
+    bounds = Bounds(
+        np.concatenate([np.zeros(n_assigned), least]), np.concatenate([np.full(n_assigned, slice_factor), most])
+    )
     result = milp(
         cost,
         integrality=np.ones(n_vars),

@@ -122,6 +122,7 @@ def plan_sizes(
     disaggregated: bool = False,
     link_gbps: float = DEFAULT_LINK_GBPS,
     pairs: Mapping[tuple[str, str], float] | None = None,
+    kept: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Plan:
     """The planner's cheapest fleet for requests of these sizes arriving at `rate` req/s (the size mix of the
     sample, the total rate given: a sample of a window's requests plans for the whole window). `weights` say how
@@ -130,9 +131,11 @@ def plan_sizes(
     (`Plan.unserved_rate`). With `disaggregated`, pairs of the candidate types may be chosen too (`Plan.pairs`,
     `Plan.desired_replicas`: replicas per pool and role). `pairs` ({(prefill, decode): link Gb/s}) gives the
     candidate pairs instead (a gateway's configured pair pools; their types need a price, and need not be in
-    `only`, which restricts the unified candidates)."""
+    `only`, which restricts the unified candidates). `kept`: replicas the fleet keeps (`planner.plan`)."""
     if len(inputs) == 0 and rate == 0:  # no traffic: the empty fleet (there are no sizes to charge)
-        return plan(np.zeros(book.shape), book, prices, only=only, headroom=headroom, time_limit_s=time_limit_s)
+        return plan(
+            np.zeros(book.shape), book, prices, only=only, headroom=headroom, time_limit_s=time_limit_s, kept=kept
+        )
     return plan(
         size_demand(book, inputs, outputs, rate, weights),
         book,
@@ -156,6 +159,7 @@ def plan_sizes(
         )
         if disaggregated or pairs
         else (),
+        kept=kept,
     )
 
 
