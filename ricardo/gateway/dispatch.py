@@ -291,6 +291,10 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
     except (ValueError, aiohttp.ClientError):
         detail, message = {}, None
+    if not isinstance(detail, dict):  # {"error": "<message>", "error_type": ...}: TGI's shape
+        detail = {}
+    if not isinstance(message, str):
+        message = None
     message = message or f"upstream answered HTTP {status}"
     if status == 508:  # a gateway further on found the loop: the client should hear that, not a bare 502
         return OpenAIError(508, message, "api_error", code="loop_detected")
