@@ -57,9 +57,7 @@ def backend_app(handler: Handler) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def gateway(
-    pools: dict[str, tuple[str, list[Handler]]], **settings
-) -> AsyncIterator[tuple[str, GatewayState]]:
+async def gateway(pools: dict[str, tuple[str, list[Handler]]], **settings) -> AsyncIterator[tuple[str, GatewayState]]:
     """A gateway (in this process) with pools of fake backends: name -> (hardware, one handler per backend)."""
     runners = []
     config_pools = []

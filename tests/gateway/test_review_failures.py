@@ -15,16 +15,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKe
 async def tgi_validation_error(request: web.Request) -> web.Response:
     # TGI's error shape: {"error": "<message>", "error_type": "<kind>"}, with 422 for a request it refuses
     return web.json_response(
-        {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096", "error_type": "validation"},
+        {"error": "Input validation error: `inputs` must have less than 4096 tokens", "error_type": "validation"},
         status=422,
     )
 
 
 async def test_a_tgi_shaped_client_error_reaches_the_client_as_its_status_not_a_500() -> None:
     async with gateway({"a": ("A10G", [tgi_validation_error])}) as (url, state):
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url + "/v1/chat/completions", json=chat()) as response:
-                body = await response.json()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url + "/v1/chat/completions", json=chat()) as response,
+        ):
+            body = await response.json()
         assert response.status == 422, body
         assert "Input validation error" in body["error"]["message"]
         assert all(p.ledger.in_flight == 0 for p in state.pools.values())
