@@ -9,6 +9,7 @@ import socket
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 from ricardo.gateway.app import build_app
 from ricardo.gateway.config import GatewayConfig
@@ -104,3 +105,9 @@ def chat(stream: bool = False, max_tokens: int = 8) -> dict:
 def sse(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload)
     return f"data: {data}\n\n".encode()
+
+
+async def call(url: str, body: dict) -> tuple[int, bytes]:
+    """POST `body` to the gateway's chat completions; the status and the whole answer."""
+    async with aiohttp.ClientSession() as session, session.post(url + "/v1/chat/completions", json=body) as response:
+        return response.status, await response.read()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.gateway.fakes import chat, gateway
+from tests.gateway.fakes import call, chat, gateway, sse
 
 # the gateway keys its app and requests by plain strings (as its CLI runs it, where warnings are not errors)
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
@@ -55,3 +57,44 @@ async def test_a_tgi_shaped_429_is_retried_on_the_next_backend() -> None:
                     body = await response.json()
                 assert response.status == 200, body
         assert all(p.ledger.in_flight == 0 for p in state.pools.values())
+
+
+def chunk(content: str | None, finish: str | None = None) -> dict:
+    delta = {} if content is None else {"content": content}
+    return {
+        "id": "s",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+USAGE_CHUNK = {"id": "s", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+
+def crlf(payload: dict | str) -> bytes:
+    return sse(payload).replace(b"\n", b"\r\n")  # sse-starlette's line ends
+
+
+async def crlf_split_stream(request: web.Request) -> web.StreamResponse:
+    """A complete stream with CRLF line ends, whose second event's bytes arrive in two reads split between the
+    blank line's CR and LF (a TCP segment may end anywhere)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    first, second = crlf(chunk("one")), crlf(chunk("two"))
+    await response.write(first)
+    await asyncio.sleep(0.05)
+    await response.write(second[:-1])  # ...\r\n\r
+    await asyncio.sleep(0.05)
+    await response.write(second[-1:] + crlf(chunk("three", "stop")) + crlf(USAGE_CHUNK) + crlf("[DONE]"))
+    return response
+
+
+async def test_a_crlf_stream_split_between_cr_and_lf_is_relayed_complete() -> None:
+    async with gateway({"a": ("A10G", [crlf_split_stream])}) as (url, state):
+        status, raw = await call(url, chat(stream=True))
+        text = raw.decode()
+        assert status == 200
+        assert '"error"' not in text, text
+        assert text.rstrip().endswith("data: [DONE]"), text
+        backend = state.pools["a"].backends[0]
+        assert backend.outlier.consecutive == 0, "a complete answer counted as its backend's failure"
