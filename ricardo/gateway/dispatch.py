@@ -207,13 +207,21 @@ async def _first_event(response: aiohttp.ClientResponse) -> bytes:
         data = await response.content.readany()
         if not data:
             raise aiohttp.ClientPayloadError("the stream ended before its first event")
-        head += sse_lines(data)
+        head = sse_join(head, data)
     return head
 
 
 def sse_lines(data: bytes) -> bytes:
     """SSE lines may end with CRLF (sse-starlette's default): the relay splits events on LF alone."""
     return data.replace(b"\r\n", b"\n") if b"\r" in data else data
+
+
+def sse_join(buffer: bytes, data: bytes) -> bytes:
+    """`buffer` (already read as LF) and the next read `data`, with a CRLF that the reads split between them read as
+    LF too (a read may end anywhere, between the CR and the LF of a blank line as well)."""
+    if buffer.endswith(b"\r") and data.startswith(b"\n"):
+        buffer = buffer[:-1]
+    return buffer + sse_lines(data)
 
 
 async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t: Timeouts) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import Answer, sse_lines
+from ricardo.gateway.dispatch import Answer, sse_join
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, failed, priced
 from ricardo.protocol.openai import compact_json, error_body, sse
@@ -97,7 +97,7 @@ async def relay_stream(
                     if buffer.strip():
                         last = _pass_on(state, trip, check, buffer, client_wants_usage)
                     break
-                buffer += sse_lines(data)
+                buffer = sse_join(buffer, data)
     except TimeoutError:
         ending = ("stall", 504, f"upstream stalled: no data for {idle:g} s")
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
