@@ -98,3 +98,55 @@ async def test_a_crlf_stream_split_between_cr_and_lf_is_relayed_complete() -> No
         assert text.rstrip().endswith("data: [DONE]"), text
         backend = state.pools["a"].backends[0]
         assert backend.outlier.consecutive == 0, "a complete answer counted as its backend's failure"
+
+
+class Slow:
+    """A backend that answers slowly (a stream: one event per 50 ms), and notes when the gateway hangs up on it."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        try:
+            if not body.get("stream"):
+                await asyncio.sleep(3)
+                return await clean_answer(request)
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for _ in range(60):
+                await response.write(sse(chunk("x")))
+                await asyncio.sleep(0.05)
+            await response.write(sse(chunk("y", "stop")) + sse(USAGE_CHUNK) + sse("[DONE]"))
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.gone.set()
+            raise
+
+
+async def settled(state, seconds: float = 2.0) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if all(p.ledger.in_flight == 0 and all(b.in_flight == 0 for b in p.backends) for p in state.pools.values()):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_goes_away_releases_the_load_and_the_backend(stream: bool) -> None:
+    slow = Slow()
+    async with gateway({"a": ("A10G", [slow])}) as (url, state):
+        session = aiohttp.ClientSession()
+        sent = asyncio.create_task(session.post(url + "/v1/chat/completions", json=chat(stream=stream, max_tokens=100)))
+        if stream:
+            response = await sent
+            await response.content.readany()  # the first events
+        else:
+            await asyncio.sleep(0.3)  # the answer's headers come with its end
+        assert state.pools["a"].ledger.in_flight == 1
+        sent.cancel()
+        await session.close()  # the client hangs up
+        await asyncio.wait_for(slow.gone.wait(), 2)
+        assert await settled(state), [
+            (p.ledger.in_flight, [b.in_flight for b in p.backends]) for p in state.pools.values()
+        ]
