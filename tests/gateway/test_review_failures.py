@@ -150,3 +150,34 @@ async def test_a_client_that_goes_away_releases_the_load_and_the_backend(stream:
         assert await settled(state), [
             (p.ledger.in_flight, [b.in_flight for b in p.backends]) for p in state.pools.values()
         ]
+
+
+async def pings_only(request: web.Request) -> web.StreamResponse:
+    """A stream whose engine is stuck: it keeps the connection alive with SSE comments (sse-starlette pings every
+    15 s by default) and never sends an event."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for _ in range(200):
+        await response.write(b": ping\n\n")
+        await asyncio.sleep(0.2)
+    return response
+
+
+async def clean_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(sse(chunk("one")) + sse(chunk("two", "stop")) + sse(USAGE_CHUNK) + sse("[DONE]"))
+    return response
+
+
+TIGHT = {"limits": {"connect_timeout_s": 0.5, "first_byte_timeout_s": 1.0, "idle_timeout_s": 0.5}}
+
+
+async def test_keepalive_comments_do_not_stand_for_a_first_event() -> None:
+    """No event within the first-byte timeout is a failed attempt, retried on the next backend, however many comments
+    came: a comment is not an event (the SSE spec dispatches none for it), and no byte has reached the client."""
+    async with gateway({"a": ("A10G", [pings_only, clean_stream])}, **TIGHT) as (url, _):
+        for _ in range(2):  # the rotation starts on either backend: one of the two requests meets the pinger first
+            status, raw = await asyncio.wait_for(call(url, chat(stream=True)), 8)
+            assert status == 200
+            assert raw.rstrip().endswith(b"data: [DONE]") and b'"error"' not in raw, raw[-300:]
