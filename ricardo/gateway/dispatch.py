@@ -201,14 +201,18 @@ async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
 
 
 async def _first_event(response: aiohttp.ClientResponse) -> bytes:
-    """Read a stream up to its first whole event (within the first-byte budget)."""
+    """Read a stream up to its first whole event with data (within the first-byte budget): keep-alive comments,
+    which a stuck engine's server sends as readily as a busy one's, are no answer yet."""
     head = b""
-    while b"\n\n" not in head:
+    while not _FIRST_DATA.search(head):
         data = await response.content.readany()
         if not data:
             raise aiohttp.ClientPayloadError("the stream ended before its first event")
         head = sse_join(head, data)
     return head
+
+
+_FIRST_DATA = re.compile(rb"(?:^|\n)data:[^\n]*\n(?:[^\n]+\n)*\n")  # a data line, then its event's blank line
 
 
 def sse_lines(data: bytes) -> bytes:
