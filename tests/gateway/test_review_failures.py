@@ -181,3 +181,23 @@ async def test_keepalive_comments_do_not_stand_for_a_first_event() -> None:
             status, raw = await asyncio.wait_for(call(url, chat(stream=True)), 8)
             assert status == 200
             assert raw.rstrip().endswith(b"data: [DONE]") and b'"error"' not in raw, raw[-300:]
+
+
+async def stalls_with_pings(request: web.Request) -> web.StreamResponse:
+    """A stream whose engine stops after its first tokens, while its server keeps the connection alive with
+    comments."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(sse(chunk("one")))
+    for _ in range(200):
+        await asyncio.sleep(0.2)
+        await response.write(b": ping\n\n")
+    return response
+
+
+async def test_a_stream_that_stalls_behind_keepalive_comments_ends_within_the_idle_timeout() -> None:
+    async with gateway({"a": ("A10G", [stalls_with_pings])}, **TIGHT) as (url, state):
+        status, raw = await asyncio.wait_for(call(url, chat(stream=True)), 8)
+        assert status == 200
+        assert b'"code": "stall"' in raw or b'"code":"stall"' in raw, raw[-300:]
+        assert await settled(state)
