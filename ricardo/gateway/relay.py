@@ -80,6 +80,7 @@ async def relay_stream(
     buffer = answer.head
     ending: tuple[str, int, str] | None = None  # (kind, status, message) of a stream that did not complete
     last: list[bytes] = []  # the stream's last events: they leave with its end, in one write
+    silent = 0.0  # seconds spent reading upstream since its last data (not writing: a slow client is no stall)
     try:
         async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
             while True:
@@ -90,7 +91,8 @@ async def relay_stream(
                     break
                 if out:
                     await response.write(b"".join(out))
-                quiet.reschedule(loop.time() + idle)
+                read_at = loop.time()
+                quiet.reschedule(read_at + idle - silent)
                 data = await upstream.content.readany()
                 quiet.reschedule(None)
                 if not data:  # a last event without its blank line: completed, passed on and counted
@@ -98,6 +100,8 @@ async def relay_stream(
                         last = _pass_on(state, trip, check, buffer, client_wants_usage)
                     break
                 buffer = sse_join(buffer, data)
+                # keep-alive comments are no sign of life: a stuck engine's server sends them too
+                silent = 0.0 if b"data:" in buffer[-len(data) - 4 :] else silent + loop.time() - read_at
     except TimeoutError:
         ending = ("stall", 504, f"upstream stalled: no data for {idle:g} s")
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
