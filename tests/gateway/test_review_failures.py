@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 from aiohttp import web
+from ricardo.gateway.keys import KeyBody
 
 from tests.gateway.fakes import call, chat, gateway, sse
 
@@ -201,3 +202,23 @@ async def test_a_stream_that_stalls_behind_keepalive_comments_ends_within_the_id
         assert status == 200
         assert b'"code": "stall"' in raw or b'"code":"stall"' in raw, raw[-300:]
         assert await settled(state)
+
+
+async def test_a_client_that_leaves_before_the_usage_is_still_charged_for_what_it_was_sent() -> None:
+    """A key's budget and tokens per minute are charged from the usage, which comes last: a client that closes the
+    stream once it has its content (before the finish chunk the gateway holds back for the usage) is charged
+    nothing, and can generate without limit on a key with a budget."""
+    slow = Slow()
+    async with gateway({"a": ("A10G", [slow])}) as (url, state):
+        key, plain = await state.keys.create(KeyBody(name="mallory", budget_usd_per_day=0.01, tokens_per_minute=100))
+        session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {plain}"})
+        response = await session.post(url + "/v1/chat/completions", json=chat(stream=True, max_tokens=100))
+        assert response.status == 200
+        received = 0
+        while received < 40:  # 40 of the answer's tokens, then away
+            received += (await response.content.readany()).count(b'"content"')
+        response.close()
+        await session.close()
+        await asyncio.wait_for(slow.gone.wait(), 2)
+        assert await settled(state)
+        assert (await state.keys.spend_today()).get(key.id, 0.0) > 0, f"{received} tokens sent, nothing charged"
