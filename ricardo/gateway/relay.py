@@ -85,6 +85,7 @@ async def relay_stream(
         async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
             while True:
                 *events, buffer = buffer.split(b"\n\n")
+                trip.relayed_events += len(events)
                 out = [o for e in events if e.strip() for o in _pass_on(state, trip, check, e, client_wants_usage)]
                 if check.done or check.error:
                     last = out
