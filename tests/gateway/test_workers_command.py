@@ -1,4 +1,4 @@
-"""Review: what `ricardo serve --workers N` passes on to each worker process."""
+"""What `ricardo serve --workers N` passes on to each worker process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review: SIGTERM to a real gateway process while an embeddings request is in flight (a fake backend that takes
+"""SIGTERM to a real gateway process while an embeddings request is in flight (a fake backend that takes
 6 s, on loopback). A graceful shutdown lets in-flight requests finish until the drain deadline (10 s here)."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_sigterm_lets_an_embeddings_request_in_flight_finish(tmp_path):
         "port": gateway_port,
         "models": ["llama2-7b", "embedder"],
         "embedding_models": {"embedder": 0.02},
-        "admin_token": "review-admin-token-0123456789",
+        "admin_token": "shutdown-admin-token-0123456789",
         "health_interval_s": 60,
         "shutdown": {"unready_wait_s": 0, "drain_timeout_s": 10},
         "pools": [

@@ -1,4 +1,4 @@
-"""Review: how the gateway answers what fake backends do (in-process gateway, real sockets on loopback)."""
+"""How the gateway answers what fake backends do (in-process gateway, real sockets on loopback)."""
 
 from __future__ import annotations
 
