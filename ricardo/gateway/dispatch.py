@@ -201,19 +201,31 @@ async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
 
 
 async def _first_event(response: aiohttp.ClientResponse) -> bytes:
-    """Read a stream up to its first whole event (within the first-byte budget)."""
+    """Read a stream up to its first whole event with data (within the first-byte budget): keep-alive comments,
+    which a stuck engine's server sends as readily as a busy one's, are no answer yet."""
     head = b""
-    while b"\n\n" not in head:
+    while not _FIRST_DATA.search(head):
         data = await response.content.readany()
         if not data:
             raise aiohttp.ClientPayloadError("the stream ended before its first event")
-        head += sse_lines(data)
+        head = sse_join(head, data)
     return head
+
+
+_FIRST_DATA = re.compile(rb"(?:^|\n)data:[^\n]*\n(?:[^\n]+\n)*\n")  # a data line, then its event's blank line
 
 
 def sse_lines(data: bytes) -> bytes:
     """SSE lines may end with CRLF (sse-starlette's default): the relay splits events on LF alone."""
     return data.replace(b"\r\n", b"\n") if b"\r" in data else data
+
+
+def sse_join(buffer: bytes, data: bytes) -> bytes:
+    """`buffer` (already read as LF) and the next read `data`, with a CRLF that the reads split between them read as
+    LF too (a read may end anywhere, between the CR and the LF of a blank line as well)."""
+    if buffer.endswith(b"\r") and data.startswith(b"\n"):
+        buffer = buffer[:-1]
+    return buffer + sse_lines(data)
 
 
 async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t: Timeouts) -> bytes:
@@ -291,6 +303,10 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
     except (ValueError, aiohttp.ClientError):
         detail, message = {}, None
+    if not isinstance(detail, dict):  # {"error": "<message>", "error_type": ...}: TGI's shape
+        detail = {}
+    if not isinstance(message, str):
+        message = None
     message = message or f"upstream answered HTTP {status}"
     if status == 508:  # a gateway further on found the loop: the client should hear that, not a bare 502
         return OpenAIError(508, message, "api_error", code="loop_detected")

@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
+import itertools
 import logging
 import secrets
 import time
@@ -118,7 +119,11 @@ class KeyRing:
         self.metrics = metrics
         self.required = required
         self._by_digest: dict[str, ClientKey] = {}
-        self._pending_spend: dict[str, dict[str, float]] = {}  # not yet in the store: day -> key id -> $
+        self._pending_spend: dict[str, dict[str, float]] = {}  # not yet sent to the store: day -> key id -> $
+        # sent, with no reply yet (the store may have added them): (batch, day, amounts), sent again as they are, the
+        # store adding each batch of this writer once
+        self._unsent: list[tuple[int, str, dict[str, float]]] = []
+        self._writer, self._batches = secrets.token_hex(8), itertools.count(1)
         self._pending_tokens: dict[str, int] = {}  # not yet counted: key id -> tokens
         self._flush_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -191,8 +196,12 @@ class KeyRing:
         """Each key's spend today across replicas, with what this replica has not written yet."""
         day = today()
         spend = await self.store.read_spend(day)
-        for key_id, usd in self._pending_spend.get(day, {}).items():
-            spend[key_id] = spend.get(key_id, 0.0) + usd
+        # a batch whose reply was lost may be in the store already: counted twice here until it is sent again (a
+        # budget refuses a little early, never late)
+        waiting = [amounts for _, when, amounts in self._unsent if when == day] + [self._pending_spend.get(day, {})]
+        for amounts in waiting:
+            for key_id, usd in amounts.items():
+                spend[key_id] = spend.get(key_id, 0.0) + usd
         return spend
 
     # -- the request path ----------------------------------------------------------------------
@@ -295,12 +304,8 @@ class KeyRing:
             if limit:
                 await self._count_tokens(RateLimitItemPerMinute(limit), key_id, count)
         pending, self._pending_spend = self._pending_spend, {}
-        try:
-            for day in list(pending):
-                await self.store.add_spend(day, pending[day])
-                del pending[day]
-        finally:  # what was not written (the store is down) is kept, with what came meanwhile
-            for day, amounts in pending.items():
-                into = self._pending_spend.setdefault(day, {})
-                for key_id, usd in amounts.items():
-                    into[key_id] = into.get(key_id, 0.0) + usd
+        self._unsent += [(next(self._batches), day, amounts) for day, amounts in pending.items()]
+        while self._unsent:  # in order, each batch as it was first sent: the store adds a batch once
+            batch, day, amounts = self._unsent[0]
+            await self.store.add_spend(day, amounts, self._writer, batch)  # StoreUnavailable: kept, sent again
+            del self._unsent[0]

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import Answer, sse_lines
+from ricardo.gateway.dispatch import Answer, sse_join
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, failed, priced
 from ricardo.protocol.openai import compact_json, error_body, sse
@@ -80,24 +80,29 @@ async def relay_stream(
     buffer = answer.head
     ending: tuple[str, int, str] | None = None  # (kind, status, message) of a stream that did not complete
     last: list[bytes] = []  # the stream's last events: they leave with its end, in one write
+    silent = 0.0  # seconds spent reading upstream since its last data (not writing: a slow client is no stall)
     try:
         async with asyncio.timeout(None) as quiet:  # armed around upstream reads only: a slow client is no stall
             while True:
                 *events, buffer = buffer.split(b"\n\n")
+                trip.relayed_events += len(events)
                 out = [o for e in events if e.strip() for o in _pass_on(state, trip, check, e, client_wants_usage)]
                 if check.done or check.error:
                     last = out
                     break
                 if out:
                     await response.write(b"".join(out))
-                quiet.reschedule(loop.time() + idle)
+                read_at = loop.time()
+                quiet.reschedule(read_at + idle - silent)
                 data = await upstream.content.readany()
                 quiet.reschedule(None)
                 if not data:  # a last event without its blank line: completed, passed on and counted
                     if buffer.strip():
                         last = _pass_on(state, trip, check, buffer, client_wants_usage)
                     break
-                buffer += sse_lines(data)
+                buffer = sse_join(buffer, data)
+                # keep-alive comments are no sign of life: a stuck engine's server sends them too
+                silent = 0.0 if b"data:" in buffer[-len(data) - 4 :] else silent + loop.time() - read_at
     except TimeoutError:
         ending = ("stall", 504, f"upstream stalled: no data for {idle:g} s")
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)

@@ -32,8 +32,10 @@ async def drain(state: GatewayState, config: ShutdownConfig) -> None:
     deadline = signalled + config.drain_timeout_s
     if state.trips:
         log.info("waiting up to %.0f s for %d requests in flight", deadline - time.monotonic(), len(state.trips))
-    while state.trips and time.monotonic() < deadline:
+    while (state.trips or state.passing) and time.monotonic() < deadline:
         await asyncio.sleep(POLL_S)
+    for task in list(state.passing):  # passed through (embeddings): no word to end them with
+        task.cancel()
     left = list(state.trips)
     if not left:
         return

@@ -99,6 +99,7 @@ class GatewayState:
         self._tasks: list[asyncio.Task] = []
         self.health = Health(self)
         self.trips: set[Trip] = set()  # requests in flight, for a graceful shutdown
+        self.passing: set[asyncio.Task] = set()  # /v1/embeddings requests in flight (no Trip), for the same
         self.draining = False  # shutting down: /readyz says 503
         self.refusing = False  # shutting down: new requests are refused
         self.check(self.shared)

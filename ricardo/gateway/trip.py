@@ -55,6 +55,7 @@ class Trip:
     served_by: str | None = None  # the last backend attempted (shown, without credentials), for the access log
     sequences: int = 1  # answers the backend generates (`n` per prompt); usage counts them all
     prompt: str | None = None  # the prompt text, only where the config asks for it in the access log (log_prompts)
+    relayed_events: int = 0  # a stream's events sent on, about one token each: what a client that left is charged
 
 
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
@@ -209,3 +210,11 @@ def account(state: GatewayState, trip: Trip) -> None:
         if trip.key is not None:
             state.keys.charge(trip.key, cost, prompt_tokens + completion_tokens)
         state.shaper.observe(trip.shape, trip.features, prompt_tokens, completion_tokens, m, trip.sequences)
+    elif trip.key is not None and trip.status == 499 and trip.relayed_events:
+        # the client left a stream before its usage came (it comes last): charged for what it was sent, else a key's
+        # budget and tokens per minute could be evaded by closing every stream once its content is in
+        prompt = prompt_tokens if isinstance(prompt_tokens, int) else trip.shape.input_tokens
+        sent = completion_tokens if isinstance(completion_tokens, int) else trip.relayed_events
+        cost = state.request_cost(pool, prompt, sent, trip.shape.slo, trip.shape.model)
+        pm.cost.inc(cost)
+        state.keys.charge(trip.key, cost, prompt + sent)

@@ -75,7 +75,7 @@ class Supervisor:
     def command(self, index: int) -> list[str]:
         a = self.args
         argv = [sys.executable, "-m", "ricardo.cli", "serve", "--worker", "--port", str(self.port)]
-        argv += ["--host", self.config.host, "--log-level", a.log_level]
+        argv += ["--host", self.config.host, "--log-level", a.log_level, "--log-format", a.log_format]
         if a.config:
             argv += ["--config", a.config]
         if a.redis_url:

@@ -470,10 +470,12 @@ async def test_tokens_are_charged_whatever_the_amount(pair):
 
 async def test_spend_adds_up_over_replicas_and_days(pair):
     a, b = pair
-    await a.add_spend("2030-01-01", {"k1": 0.25, "k2": 1.0})
-    await b.add_spend("2030-01-01", {"k1": 0.5})
-    await b.add_spend("2030-01-02", {"k1": 2.0})
-    assert await a.read_spend("2030-01-01") == pytest.approx({"k1": 0.75, "k2": 1.0})
+    await a.add_spend("2030-01-01", {"k1": 0.25, "k2": 1.0}, "a", 1)
+    await b.add_spend("2030-01-01", {"k1": 0.5}, "b", 1)
+    await b.add_spend("2030-01-02", {"k1": 2.0}, "b", 2)
+    await b.add_spend("2030-01-01", {"k1": 0.5}, "b", 1)  # sent again (its reply was lost): added once
+    await a.add_spend("2030-01-01", {"k1": 1e-05}, "a", 2)
+    assert await a.read_spend("2030-01-01") == pytest.approx({"k1": 0.75001, "k2": 1.0})
     assert await b.read_spend("2030-01-02") == pytest.approx({"k1": 2.0})
     assert await a.read_spend("2030-01-03") == {}
 

@@ -201,8 +201,10 @@ class StateStore(abc.ABC):
         """Run `call` on the shared rate-limit counters (this replica's own while the store is down)."""
 
     @abc.abstractmethod
-    async def add_spend(self, day: str, amounts: dict[str, float]) -> None:
-        """Add dollars to keys' spend on `day` (UTC, YYYY-MM-DD), atomically per key. Raises StoreUnavailable."""
+    async def add_spend(self, day: str, amounts: dict[str, float], writer: str, batch: int) -> None:
+        """Add dollars to keys' spend on `day` (UTC, YYYY-MM-DD), atomically, once per `writer`'s `batch` (numbered
+        upward): a batch sent again, after a reply that never came though the store had added it, is not added twice.
+        Raises StoreUnavailable."""
 
     @abc.abstractmethod
     async def read_spend(self, day: str) -> dict[str, float]:

@@ -20,6 +20,7 @@ class MemoryStore(StateStore):
         self._leases: dict[str, tuple[str, float]] = {}
         self._keys: dict[str, dict] = {}
         self._spend: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._batches: dict[tuple[str, str], int] = {}  # (day, writer) -> its last batch added
 
     async def init_config(self, doc: dict) -> tuple[int, dict]:
         async with self._config_lock:
@@ -78,7 +79,10 @@ class MemoryStore(StateStore):
     async def rate_limit(self, call: Callable[[RateLimiters], Awaitable[T]]) -> T:
         return await call(self.local_limiters())
 
-    async def add_spend(self, day: str, amounts: dict[str, float]) -> None:
+    async def add_spend(self, day: str, amounts: dict[str, float], writer: str, batch: int) -> None:
+        if batch <= self._batches.get((day, writer), 0):
+            return
+        self._batches[day, writer] = batch
         for key_id, usd in amounts.items():
             self._spend[day][key_id] += usd
 

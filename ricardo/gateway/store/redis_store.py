@@ -9,13 +9,15 @@ Keys, under "<namespace>:":
   lease:<name>      the holder's id, expiring after the ttl
   keys              hash: client key id -> its record (JSON, with the key's hash, never the key)
   spend:<day>       hash: client key id -> dollars spent that UTC day (summed by HINCRBYFLOAT), expiring
+  spend:<day>:batches  hash: writer -> its last batch added to that day (a batch sent again is added once)
   limits:*          the `limits` library's rate-limit counters (moving and fixed windows)
 Every write is one Lua script or one command, so there is no read-modify-write race between replicas.
 The scripts build some key names themselves: standalone Redis (or a Sentinel-managed primary), not Cluster.
 
 When Redis cannot be reached, every call fails fast through a circuit breaker and the store answers from
 what this replica last knew (see StateStore). When Redis comes back without its data (no persistence),
-the config document and the blobs are written back from the replicas' copies: any replica may write back
+the config document, the blobs and the client keys are written back from the replicas' copies (the keys first,
+each unless another replica's copy is back already): any replica may write back
 its copy while the record is "provisional" (written back or created by init_config, never updated since)
 and older than its own, so the highest version any replica knew wins. Once an operator has updated the
 config on top of a written-back copy, that history is final and replicas that knew a higher number adopt
@@ -50,7 +52,7 @@ from ricardo.gateway.store.base import (
     encode_doc,
 )
 from ricardo.gateway.store.breaker import CircuitBreaker
-from ricardo.gateway.store.scripts import ACQUIRE, PULL_STATS, PUSH_STATS, PUT, RELEASE, SEED, UPDATE
+from ricardo.gateway.store.scripts import ACQUIRE, ADD_SPEND, PULL_STATS, PUSH_STATS, PUT, RELEASE, SEED, UPDATE
 
 log = logging.getLogger("ricardo.gateway.store")
 T = TypeVar("T")
@@ -95,9 +97,18 @@ class RedisStore(StateStore):
         self._prefix = f"{namespace}:"
         self._config_key = self._prefix + "config"
         self._channel = self._prefix + "config:changed"
-        self._seed, self._update, self._put, self._push_stats, self._pull_stats, self._acquire, self._release = (
+        (
+            self._seed,
+            self._update,
+            self._put,
+            self._push_stats,
+            self._pull_stats,
+            self._acquire,
+            self._release,
+            self._add_spend,
+        ) = (
             self._redis.register_script(source)
-            for source in (SEED, UPDATE, PUT, PUSH_STATS, PULL_STATS, ACQUIRE, RELEASE)
+            for source in (SEED, UPDATE, PUT, PUSH_STATS, PULL_STATS, ACQUIRE, RELEASE, ADD_SPEND)
         )
         # the rate-limit counters share the client's connection pool, hence its timeouts
         self._shared_limiters = RateLimiters.over(
@@ -148,6 +159,8 @@ class RedisStore(StateStore):
             lambda: self._redis.hmget(key, "version", "digest", "provisional"), probe
         )
         if known is not None and (version is None or (provisional and int(version) < known.version)):
+            if version is None and key == self._config_key:  # Redis lost its data: the client keys went with it
+                await self._write_back_keys()  # before the config, which tells `read_keys` the loss is over
             record = await self._write_back(key, known, channel)
             if record == known:
                 log.warning(
@@ -354,10 +367,33 @@ class RedisStore(StateStore):
     async def read_keys(self) -> dict[str, dict]:
         try:
             raw = await self._call(lambda: self._redis.hgetall(f"{self._prefix}keys"))
+            if (
+                not raw
+                and self._keys
+                and self._known is not None
+                and not await self._call(lambda: self._redis.exists(self._config_key))
+            ):
+                return dict(self._keys)  # Redis lost its data: the sync task writes these back (`_write_back_keys`)
         except StoreUnavailable:
             return dict(self._keys)
         self._keys = {_text(k): json.loads(v) for k, v in raw.items()}
         return dict(self._keys)
+
+    async def _write_back_keys(self) -> None:
+        """Put back the client keys this replica knew, after Redis lost its data (with no keys, every key holder
+        would get 401 for good). HSETNX: a record another replica wrote back first stays. A key revoked while this
+        replica could not hear of it comes back with them, as a config version would."""
+        if not self._keys:
+            return
+
+        async def put() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key_id, record in self._keys.items():
+                    pipe.hsetnx(f"{self._prefix}keys", key_id, json.dumps(record))
+                await pipe.execute()
+
+        await self._call(put)
+        log.warning("redis had lost its data; wrote back %d client keys from this replica", len(self._keys))
 
     async def rate_limit(self, call: Callable[[RateLimiters], Awaitable[R]]) -> R:
         try:
@@ -365,17 +401,12 @@ class RedisStore(StateStore):
         except StoreUnavailable:
             return await call(self.local_limiters())
 
-    async def add_spend(self, day: str, amounts: dict[str, float]) -> None:
+    async def add_spend(self, day: str, amounts: dict[str, float], writer: str, batch: int) -> None:
         key = f"{self._prefix}spend:{day}"
-
-        async def add() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for key_id, usd in amounts.items():
-                    pipe.hincrbyfloat(key, key_id, usd)
-                pipe.expire(key, SPEND_TTL_S)
-                await pipe.execute()
-
-        await self._call(add)
+        args: list[str | int] = [writer, batch, SPEND_TTL_S]
+        for key_id, usd in amounts.items():
+            args += [key_id, repr(usd)]
+        await self._call(lambda: self._add_spend(keys=[key, f"{key}:batches"], args=args))
 
     async def read_spend(self, day: str) -> dict[str, float]:
         try:

@@ -71,3 +71,16 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Add each key's dollars (ARGV[4], ARGV[5] ... as key id, amount pairs) to the day's spend hash KEYS[1], once per
+# writer's batch: KEYS[2] holds each writer's (ARGV[1]) last batch number; a batch (ARGV[2]) not above it was
+# applied already (its reply was lost, and the writer sent it again). Both keys expire after ARGV[3] seconds.
+ADD_SPEND = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0
+if tonumber(ARGV[2]) <= last then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""

@@ -1,0 +1,105 @@
+"""Client API keys across a Redis restart that lost its data (no persistence), as the config survives one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from ricardo.gateway.keys import KeyBody, KeyRing, digest, today
+from ricardo.gateway.metrics import GatewayMetrics
+from ricardo.gateway.store import RedisStore
+
+from tests.redis_server import RedisServer, available
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(not available(), reason="no redis-server binary")]
+
+
+async def test_client_keys_still_authenticate_after_redis_restarts_empty() -> None:
+    with RedisServer() as server:
+        store = RedisStore(server.url, "recovery", cooloff_s=0.05, max_cooloff_s=0.1)
+        await store.start()
+        await store.init_config({"price": 1})
+        ring = KeyRing(store, GatewayMetrics(), required=True)
+        try:
+            _, plain = await ring.create(KeyBody(name="alice"))
+            await ring.refresh()
+            assert digest(plain) in ring._by_digest
+
+            server.stop()
+            server.start()  # same port, empty: a restart without persistence
+            deadline = time.monotonic() + 5
+            while not (store.healthy and await store.read_config() is not None):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # the sync task has written the config back by now
+            assert await store.read_config() == (1, {"price": 1}), "the config is written back"
+            await ring.refresh()  # what every replica does every second
+            assert digest(plain) in ring._by_digest, "every client key is refused (401) once Redis lost its data"
+        finally:
+            await store.close()
+
+
+class SlowLink:
+    """A TCP relay on loopback in front of Redis whose answers can be held back `delay_s` (a slow Redis, or a slow
+    network: the command is executed, its reply is late)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.delay_s = 0.0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delayed: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if delayed and self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_spend_is_not_counted_twice_when_redis_answers_late() -> None:
+    with RedisServer() as server:
+        link = SlowLink(server.port)
+        port = await link.start()
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "recovery", cooloff_s=0.05, max_cooloff_s=0.1)
+        await store.start()
+        await store.init_config({"price": 1})
+        ring = KeyRing(store, GatewayMetrics(), required=True)
+        await ring.start()
+        try:
+            key, _ = await ring.create(KeyBody(name="alice", budget_usd_per_day=1.0))
+            ring.charge(key, 0.01, 1)  # a first write on time (it also loads the store's script into Redis)
+            while ring._pending_spend or ring._unsent:
+                await asyncio.sleep(0.01)
+            link.delay_s = 0.4  # past the store's 0.25 s timeout: Redis adds the spend, its reply comes too late
+            ring.charge(key, 0.25, 10)
+            await asyncio.sleep(1.0)
+            link.delay_s = 0.0
+            deadline = time.monotonic() + 5
+            while ring._pending_spend or ring._unsent or not store.healthy:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            spent = (await store.read_spend(today()))[key.id]
+            assert spent == pytest.approx(0.26), f"requests of $0.01 and $0.25 charged ${spent} to the key"
+        finally:
+            await ring.close()
+            await store.close()
+            await link.close()
