@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
 
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
+# a whole answer, an error body or one stream event past this is a broken upstream, not something to hold in memory
+# (an embedding of 2,048 inputs x 4,096 floats is ~80 MB of JSON)
+MAX_ANSWER_BYTES = 256 << 20
 UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 # Counts the gateways a request has passed through: a backend that is (or leads back to) a gateway would otherwise
 # loop until file descriptors run out. Every request a gateway sends upstream carries it, probes too.
@@ -209,6 +212,8 @@ async def _first_event(response: aiohttp.ClientResponse) -> bytes:
         if not data:
             raise aiohttp.ClientPayloadError("the stream ended before its first event")
         head = sse_join(head, data)
+        if len(head) > MAX_ANSWER_BYTES:
+            raise too_large()
     return head
 
 
@@ -236,6 +241,7 @@ async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t
     loop = asyncio.get_running_loop()
     deadline = budget.when()
     chunks: list[bytes] = []
+    size = 0
     while True:
         idle_end = loop.time() + t.idle_s
         if deadline is None or idle_end < deadline:
@@ -244,6 +250,9 @@ async def _read_all(response: aiohttp.ClientResponse, budget: asyncio.Timeout, t
         budget.reschedule(deadline)
         if not data:
             return b"".join(chunks)
+        size += len(data)
+        if size > MAX_ANSWER_BYTES:
+            raise too_large()
         chunks.append(data)
 
 
@@ -295,13 +304,20 @@ def checked_json(raw: bytes, key: str = "choices") -> dict[str, Any] | None:
 
 
 async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
-    """Normalise an upstream error (OpenAI-shaped, vLLM's flat shape, or plain text) to ours."""
-    status = response.status
     try:
-        body = await response.json(content_type=None)
+        raw = await read_bounded(response)
+    except aiohttp.ClientError:
+        raw = b""
+    return upstream_error(response.status, raw)
+
+
+def upstream_error(status: int, raw: bytes) -> OpenAIError:
+    """Normalise an upstream error (OpenAI-shaped, vLLM's flat shape, TGI's, or plain text) to ours."""
+    try:
+        body = json.loads(raw)
         detail = body.get("error", body) if isinstance(body, dict) else {}
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
-    except (ValueError, aiohttp.ClientError):
+    except ValueError:
         detail, message = {}, None
     if not isinstance(detail, dict):  # {"error": "<message>", "error_type": ...}: TGI's shape
         detail = {}
@@ -319,6 +335,21 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAIError:
         detail.get("param"),
         detail.get("code") if isinstance(detail.get("code"), str) else None,
     )
+
+
+async def read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, failing as a broken answer past MAX_ANSWER_BYTES (the caller bounds the time)."""
+    chunks, size = [], 0
+    while data := await response.content.readany():
+        size += len(data)
+        if size > MAX_ANSWER_BYTES:
+            raise too_large()
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def too_large() -> aiohttp.ClientPayloadError:
+    return aiohttp.ClientPayloadError(f"the upstream answer passed {MAX_ANSWER_BYTES} bytes")
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:

@@ -17,7 +17,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import RETRIABLE_STATUSES, checked_answer
+from ricardo.gateway.dispatch import RETRIABLE_STATUSES, checked_answer, read_bounded, upstream_error
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
 from ricardo.gateway.state import GatewayState
@@ -79,7 +79,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                         allow_redirects=False,
                     )
                     async with response:
-                        status, raw = response.status, await response.read()
+                        status, raw = response.status, await read_bounded(response)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 backend.rest(time.monotonic(), None)
                 last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
@@ -92,8 +92,8 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                 last_error = error_for_status(502 if status != 503 else 503, f"upstream {pool.name}: HTTP {status}")
                 continue
             backend.reached()
-            if status != 200:  # the request's fault (4xx): what the backend says, as it says it
-                return web.Response(body=raw, status=status, content_type="application/json")
+            if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
+                raise upstream_error(status, raw)
             whole = checked_answer(raw, "data")
             usage = whole.usage if whole is not None else None
             tokens = usage.get("prompt_tokens") if usage is not None else None

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import Answer, sse_join
+from ricardo.gateway.dispatch import MAX_ANSWER_BYTES, Answer, sse_join, too_large
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, failed, priced
 from ricardo.protocol.openai import compact_json, error_body, sse
@@ -101,6 +101,8 @@ async def relay_stream(
                         last = _pass_on(state, trip, check, buffer, client_wants_usage)
                     break
                 buffer = sse_join(buffer, data)
+                if len(buffer) > MAX_ANSWER_BYTES:  # one event that never ends
+                    raise too_large()
                 # keep-alive comments are no sign of life: a stuck engine's server sends them too
                 silent = 0.0 if b"data:" in buffer[-len(data) - 4 :] else silent + loop.time() - read_at
     except TimeoutError:

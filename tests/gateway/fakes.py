@@ -40,7 +40,8 @@ async def serve(app: web.Application, at: int) -> web.AppRunner:
 
 
 def backend_app(handler: Handler) -> web.Application:
-    """A backend whose completions `handler` answers; a health probe (x-ricardo-probe) gets a clean answer."""
+    """A backend whose completions and embeddings `handler` answers; a health probe (x-ricardo-probe) gets a clean
+    answer."""
 
     async def completions(request: web.Request) -> web.StreamResponse:
         if request.headers.get("x-ricardo-probe"):
@@ -53,6 +54,7 @@ def backend_app(handler: Handler) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", completions)
     app.router.add_get("/v1/models", models)
     return app
 

@@ -222,3 +222,54 @@ async def test_a_client_that_leaves_before_the_usage_is_still_charged_for_what_i
         await asyncio.wait_for(slow.gone.wait(), 2)
         assert await settled(state)
         assert (await state.keys.spend_today()).get(key.id, 0.0) > 0, f"{received} tokens sent, nothing charged"
+
+
+async def test_an_embedding_the_backend_refuses_reaches_the_client_in_the_openai_error_shape() -> None:
+    async with (
+        gateway({"a": ("A10G", [tgi_validation_error])}, embedding_models={"llama2-7b": 0.02}) as (url, _),
+        aiohttp.ClientSession() as session,
+        session.post(url + "/v1/embeddings", json={"model": "llama2-7b", "input": "hello"}) as response,
+    ):
+        body = await response.json()
+    assert response.status == 422, body
+    assert "Input validation error" in body["error"]["message"] and body["error"]["type"], body
+
+
+def huge(size: int):
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(size // 65536 + 1):
+            await response.write(b" " * 65536)  # JSON whitespace, never ending within the cap
+        return response
+
+    return answer
+
+
+def endless_event(size: int):
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}))
+        await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "')
+        for _ in range(size // 65536 + 1):
+            await response.write(b"b" * 65536)  # one event that never ends
+        return response
+
+    return answer
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_past_the_size_cap_fails_as_broken_instead_of_filling_memory(monkeypatch, stream) -> None:
+    cap = 1 << 20
+    monkeypatch.setattr("ricardo.gateway.dispatch.MAX_ANSWER_BYTES", cap)
+    monkeypatch.setattr("ricardo.gateway.relay.MAX_ANSWER_BYTES", cap)
+    handler = endless_event(2 * cap) if stream else huge(2 * cap)
+    async with gateway({"a": ("A10G", [handler])}) as (url, state):
+        status, raw = await asyncio.wait_for(call(url, chat(stream=stream)), 10)
+        assert len(raw) < cap
+        if stream:  # committed at the first event: the client hears how it ended
+            assert status == 200 and raw.rstrip().endswith(b'"code":"broken"}}'), raw[-300:]
+        else:
+            assert status == 502, raw[:300]
+        assert all(p.ledger.in_flight == 0 for p in state.pools.values())
