@@ -318,6 +318,14 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
         # in read_config): applying it here too ran, and logged, every change twice.
         if new_version is None:  # someone else changed it: catch up and redo the change on theirs
             await state.store.read_config()
+            if state.refused is not None and state.refused[0] > state.version:
+                refused, why = state.refused
+                raise OpenAIError(
+                    409,
+                    f"this replica refused config version {refused} ({why}) and runs version {state.version}: a "
+                    "change made here cannot apply on top of it; fix that version through a replica that runs it",
+                    "conflict_error",
+                )
             continue
         state.metrics.admin_changes.labels(action).inc()
         audit.info("admin %s by %s (version %d -> %d): %s", action, request.remote, version, new_version, redact(line))

@@ -102,6 +102,9 @@ class GatewayState:
         self.passing: set[asyncio.Task] = set()  # /v1/embeddings requests in flight (no Trip), for the same
         self.draining = False  # shutting down: /readyz says 503
         self.refusing = False  # shutting down: new requests are refused
+        # the shared config version this replica could not apply, and why: it runs an older one meanwhile, and its
+        # admin changes, made on top of the version it runs, cannot commit (admin._commit says so)
+        self.refused: tuple[int, str] | None = None
         self.check(self.shared)
 
     @property
@@ -187,7 +190,9 @@ class GatewayState:
             self.check(shared)
         except (ValidationError, InvalidInput) as exc:
             log.error("config version %d refused, keeping version %d: %s", version, self.version, redact(str(exc)))
+            self.refused = (version, redact(str(exc)))
             return
+        self.refused = None
         old_backends = {(p.name, b.role, backend_id(b.shown)): b for p in self.pools.values() for b in p.backends}
         slo = SLO(shared.slo.ttft_ms, shared.slo.tpot_ms)
         pools: dict[str, Pool] = {}

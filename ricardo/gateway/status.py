@@ -75,6 +75,7 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
         "time": time.time(),
         "replica": state.replica_id,
         "version": state.version,
+        "refused_version": None if state.refused is None else {"version": state.refused[0], "why": state.refused[1]},
         "policy": state.policy_name,
         "slo": state.shared.slo.model_dump(),
         "pools": pools,

@@ -86,6 +86,28 @@ def test_backend_added_on_one_replica_is_used_by_all(cluster):
             time.sleep(0.1)
 
 
+def test_a_replica_that_refuses_a_version_says_so_and_why_its_changes_cannot_commit(cluster):
+    first, second, _ = cluster.urls
+    # a pool whose backend is the second replica itself: the others take it, the second refuses it (a loop)
+    status, answer, _ = call(first + "/admin/pools", "POST", {"name": "loop", "hardware": "L4", "backends": [second]})
+    assert status == 201, answer
+    refused = answer["version"]
+    deadline = time.monotonic() + 5
+    while (shown := call(second + "/admin/status")[1]["refused_version"]) is None:
+        assert time.monotonic() < deadline, "the second replica never heard of the new version"
+        time.sleep(0.05)
+    assert shown["version"] == refused and "this gateway's own address" in shown["why"], shown
+    status, answer, _ = call(second + "/admin/pools/a10g/price", "PUT", {"price_per_hour": 2.0})
+    assert status == 409 and f"refused config version {refused}" in answer["error"]["message"], answer
+    status, answer, _ = call(first + "/admin/pools/loop", "DELETE")
+    assert status == 200, answer
+    while call(second + "/admin/status")[1]["refused_version"] is not None:  # the next version applies again
+        assert time.monotonic() < deadline + 5
+        time.sleep(0.05)
+    status, answer, _ = call(second + "/admin/pools/a10g/price", "PUT", {"price_per_hour": 1.01})
+    assert status == 200, answer
+
+
 @pytest.mark.parametrize(
     "method, path, body, token, status",
     [
