@@ -141,8 +141,12 @@ class AdminAccess:
             )
 
 
-def own_origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}".lower()
+def own_origin(origin: str, request: web.Request) -> bool:
+    """Whether a browser's `Origin` names this gateway: its host and port, by either scheme (behind a proxy that ends
+    TLS, the page's https:// reaches the gateway as http://; a page of another scheme on this very host and port is
+    this gateway's, or the proxy's in front of it)."""
+    scheme, _, host = origin.lower().partition("://")
+    return scheme in ("http", "https") and host == request.host.lower()
 
 
 def guard(access: AdminAccess) -> Middleware:
@@ -159,7 +163,7 @@ def guard(access: AdminAccess) -> Middleware:
             )
         if request.path == "/admin" or request.path.startswith("/admin/"):
             origin = request.headers.get("Origin")
-            if origin is not None and origin.lower() != own_origin(request):
+            if origin is not None and not own_origin(origin, request):
                 raise OpenAIError(403, "admin API: cross-origin requests are refused", "permission_error")
             if request.path != "/admin/openapi.json":
                 access.check_token(request)

@@ -92,6 +92,10 @@ def test_a_cross_site_post_cannot_add_a_backend(cluster):
     assert admin(cluster, "/admin/openapi.json", Origin="null")[0] == 403
     assert backends(cluster) == before
     assert admin(cluster, "/admin/slo", Origin=cluster.url)[0] == 200  # the gateway's own origin is fine
+    # behind a proxy that ends TLS, the status page's https:// origin reaches the gateway over http
+    assert admin(cluster, "/admin/slo", Origin=cluster.url.replace("http://", "https://"))[0] == 200
+    assert admin(cluster, "/admin/slo", Origin=cluster.url.replace("http://", "ftp://"))[0] == 403
+    assert admin(cluster, "/admin/slo", Origin=cluster.url + ".evil.example")[0] == 403
 
 
 def test_a_delete_needs_json_only_if_it_has_a_body(cluster):
