@@ -30,13 +30,14 @@ async def drain(state: GatewayState, config: ShutdownConfig) -> None:
     await asyncio.sleep(config.unready_wait_s)
     state.refusing = True
     deadline = signalled + config.drain_timeout_s
-    if state.trips:
-        log.info("waiting up to %.0f s for %d requests in flight", deadline - time.monotonic(), len(state.trips))
+    if state.passing:
+        log.info("waiting up to %.0f s for %d requests in flight", deadline - time.monotonic(), len(state.passing))
     while (state.trips or state.passing) and time.monotonic() < deadline:
         await asyncio.sleep(POLL_S)
-    for task in list(state.passing):  # passed through (embeddings): no word to end them with
-        task.cancel()
     left = list(state.trips)
+    tripped = {trip.task for trip in left}
+    for task in state.passing - tripped:  # embeddings, requests not yet dispatched: no word to end them with
+        task.cancel()
     if not left:
         return
     log.warning("drain deadline: ending %d requests still in flight", len(left))

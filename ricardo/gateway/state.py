@@ -99,7 +99,8 @@ class GatewayState:
         self._tasks: list[asyncio.Task] = []
         self.health = Health(self)
         self.trips: set[Trip] = set()  # requests in flight, for a graceful shutdown
-        self.passing: set[asyncio.Task] = set()  # /v1/embeddings requests in flight (no Trip), for the same
+        # every API request's task while in flight (a completion also before it is a Trip), for the same
+        self.passing: set[asyncio.Task] = set()
         self.draining = False  # shutting down: /readyz says 503
         self.refusing = False  # shutting down: new requests are refused
         # the shared config version this replica could not apply, and why: it runs an older one meanwhile, and its

@@ -1,11 +1,13 @@
-"""SIGTERM to a real gateway process while an embeddings request is in flight (a fake backend that takes
-6 s, on loopback). A graceful shutdown lets in-flight requests finish until the drain deadline (10 s here)."""
+"""SIGTERM to a real gateway process while requests are in flight that are no completion being answered: an
+embeddings request (a fake backend that takes 6 s, on loopback), a completion whose client is still sending its
+body. A graceful shutdown lets in-flight requests finish until the drain deadline (10 s here)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -58,9 +60,10 @@ def start_backend(port: int) -> tuple[asyncio.AbstractEventLoop, threading.Threa
     return loop, thread
 
 
-def test_sigterm_lets_an_embeddings_request_in_flight_finish(tmp_path):
+def start_gateway(tmp_path) -> tuple[Process, str]:
     backend_port, gateway_port = free_port(), free_port()
     start_backend(backend_port)
+    backend = f"http://127.0.0.1:{backend_port}"
     config = {
         "host": "127.0.0.1",
         "port": gateway_port,
@@ -70,15 +73,21 @@ def test_sigterm_lets_an_embeddings_request_in_flight_finish(tmp_path):
         "health_interval_s": 60,
         "shutdown": {"unready_wait_s": 0, "drain_timeout_s": 10},
         "pools": [
-            {"name": "e", "hardware": "A10G", "model": "embedder", "backends": [f"http://127.0.0.1:{backend_port}"]}
+            {"name": "e", "hardware": "A10G", "model": "embedder", "backends": [backend]},
+            {"name": "c", "hardware": "A10G", "model": "llama2-7b", "backends": [backend]},
         ],
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     gateway = Process(ricardo_command("serve", "--config", str(path)), "gateway")
+    url = f"http://127.0.0.1:{gateway_port}"
+    gateway.wait_http(url + "/readyz")
+    return gateway, url
+
+
+def test_sigterm_lets_an_embeddings_request_in_flight_finish(tmp_path):
+    gateway, url = start_gateway(tmp_path)
     try:
-        url = f"http://127.0.0.1:{gateway_port}"
-        gateway.wait_http(url + "/readyz")
         result: dict = {}
 
         def call() -> None:
@@ -100,5 +109,25 @@ def test_sigterm_lets_an_embeddings_request_in_flight_finish(tmp_path):
         gateway.proc.send_signal(signal.SIGTERM)
         thread.join(20)
         assert result.get("status") == 200, (result, gateway.output()[-2000:])
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_lets_a_completion_whose_body_is_still_coming_finish(tmp_path):
+    gateway, url = start_gateway(tmp_path)
+    try:
+        body = json.dumps({"model": "llama2-7b", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as client:
+            head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            client.sendall(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
+            time.sleep(0.5)  # the gateway is reading the body
+            gateway.proc.send_signal(signal.SIGTERM)
+            time.sleep(3.0)  # a slow client: past the ~2 s the server gives requests it does not know of
+            client.sendall(body[10:])
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), (answer[:300], gateway.output()[-2000:])
     finally:
         gateway.stop()
