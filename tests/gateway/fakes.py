@@ -39,7 +39,7 @@ async def serve(app: web.Application, at: int) -> web.AppRunner:
     return runner
 
 
-def backend_app(handler: Handler) -> web.Application:
+def backend_app(handler: Handler, models: tuple[str, ...] = ("llama2-7b",)) -> web.Application:
     """A backend whose completions and embeddings `handler` answers; a health probe (x-ricardo-probe) gets a clean
     answer."""
 
@@ -48,14 +48,14 @@ def backend_app(handler: Handler) -> web.Application:
             return web.json_response(PROBE_ANSWER)
         return await handler(request)
 
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "llama2-7b", "object": "model"}]})
+    async def listed(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", completions)
-    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models", listed)
     return app
 
 

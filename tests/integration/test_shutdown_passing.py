@@ -16,14 +16,16 @@ import urllib.request
 import yaml
 from aiohttp import web
 
-from tests.gateway.fakes import PROBE_ANSWER
+from tests.gateway.fakes import PROBE_ANSWER, backend_app
 from tests.integration.harness import Process, free_port, ricardo_command
 
 EMBED_S = 6.0
 
 
 def start_backend(port: int) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
-    async def embeddings(request: web.Request) -> web.Response:
+    async def answer(request: web.Request) -> web.Response:
+        if request.path != "/v1/embeddings":
+            return web.json_response(PROBE_ANSWER)
         await asyncio.sleep(EMBED_S)
         return web.json_response(
             {
@@ -34,16 +36,7 @@ def start_backend(port: int) -> tuple[asyncio.AbstractEventLoop, threading.Threa
             }
         )
 
-    async def chat(request: web.Request) -> web.Response:
-        return web.json_response(PROBE_ANSWER)
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "embedder", "object": "model"}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
+    app = backend_app(answer, models=("embedder", "llama2-7b"))
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
