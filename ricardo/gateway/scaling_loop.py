@@ -24,6 +24,7 @@ from ricardo.policies.types import SLO
 log = logging.getLogger("ricardo.scaling")
 LEASE = "scaling"
 HINTS_BLOB = "scaling-hints"
+WEBHOOK_RETRY_S, WEBHOOK_RETRY_MAX_S = 0.5, 30.0  # pauses before a failed webhook POST is sent again
 
 
 class ScalingLoop:
@@ -40,6 +41,7 @@ class ScalingLoop:
         self._blob_version: int | None = None
         self._task: asyncio.Task | None = None
         self._webhooks: set[asyncio.Task] = set()  # the loop holds tasks weakly: a post could be collected mid-flight
+        self._webhook_pending: dict | None = None  # the newest hints the webhook has not taken yet
 
     def observe(self, model: str, input_tokens: int, output_tokens: int) -> None:
         self.advisor.observe(time.time(), model, input_tokens, output_tokens)
@@ -51,9 +53,10 @@ class ScalingLoop:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._webhooks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._task, *self._webhooks] if t is not None), return_exceptions=True)
         await self.state.store.release_lease(LEASE, self.state.replica_id)
 
     async def _run(self) -> None:
@@ -134,11 +137,28 @@ class ScalingLoop:
             for role, count in roles.items():
                 gauge.labels(pool, role).set(count)
         if changed and self.settings.webhook_url and hints.get("computed_by") == self.state.replica_id:
-            task = asyncio.create_task(self._post_webhook(hints))
-            self._webhooks.add(task)
-            task.add_done_callback(self._webhooks.discard)
+            self._webhook_pending = hints
+            if not self._webhooks:  # one sender, so that hints arrive in order
+                task = asyncio.create_task(self._send_webhooks())
+                self._webhooks.add(task)
+                task.add_done_callback(self._webhooks.discard)
 
-    async def _post_webhook(self, hints: dict) -> None:
+    async def _send_webhooks(self) -> None:
+        """POST the newest hints, one at a time; after a failed POST the hints in force are sent again, with a
+        growing pause: an autoscaler that missed a change would otherwise wait for the next one."""
+        pause = WEBHOOK_RETRY_S
+        while (hints := self._webhook_pending) is not None:
+            self._webhook_pending = None
+            if await self._post_webhook(hints):
+                pause = WEBHOOK_RETRY_S
+                continue
+            current = self.hints  # sent again as they are now, while this replica computes them
+            if self._webhook_pending is None and current and current.get("computed_by") == self.state.replica_id:
+                self._webhook_pending = current
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, WEBHOOK_RETRY_MAX_S)
+
+    async def _post_webhook(self, hints: dict) -> bool:
         url = str(self.settings.webhook_url)
         try:
             async with (
@@ -147,5 +167,7 @@ class ScalingLoop:
             ):
                 if response.status >= 300:
                     log.warning("scaling webhook %s answered %d", redact(url), response.status)
+                return response.status < 300
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("scaling webhook %s failed: %s", redact(url), redact(str(exc)))
+            return False
