@@ -14,7 +14,7 @@ from ricardo.gateway.state import GatewayState
 from tests.gateway.fakes import port, serve
 
 
-def scaling_loop(webhook_url: str) -> ScalingLoop:
+def scaling_loop(webhook_url: str | None) -> ScalingLoop:
     config = GatewayConfig.model_validate(
         {
             "models": ["llama2-7b"],
