@@ -44,7 +44,9 @@ class ScalingLoop:
         self._webhook_pending: dict | None = None  # the newest hints the webhook has not taken yet
 
     def observe(self, model: str, input_tokens: int, output_tokens: int) -> None:
-        self.advisor.observe(time.time(), model, input_tokens, output_tokens)
+        # the advisor's clock is monotonic: a wall clock stepped back would stop the damper (time may not go back)
+        # and drop the window's requests as too old
+        self.advisor.observe(time.monotonic(), model, input_tokens, output_tokens)
 
     def current(self) -> dict:
         return self.hints or {"desired": {}, "note": "no hints computed yet"}
@@ -96,7 +98,7 @@ class ScalingLoop:
 
     async def tick(self) -> None:
         store, me = self.state.store, self.state.replica_id
-        now = time.time()
+        now = time.monotonic()
         ttl = 3 * self.settings.interval_s
         summaries = self.advisor.summaries(now)  # here, on the loop: `observe` writes the windows from the loop too
         await store.push_stats(me, {"windows": summaries}, ttl)
@@ -121,7 +123,7 @@ class ScalingLoop:
             except PlanError as exc:
                 log.warning("scaling hints not updated: %s", exc)
                 return
-            self._publish(hints.to_dict() | {"computed_by": me})
+            self._publish(hints.to_dict() | {"computed_at": time.time(), "computed_by": me})
             await store.put_blob(HINTS_BLOB, json.dumps(self.hints).encode())
         else:
             blob = await store.get_blob(HINTS_BLOB)
