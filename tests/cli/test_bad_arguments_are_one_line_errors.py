@@ -1,0 +1,45 @@
+"""Bad arguments to `ricardo plan`, `simulate`, `profile` and `admin` end in one line on stderr and a non-zero exit,
+never a traceback (run in-process: `main` returns the exit code)."""
+
+from pathlib import Path
+
+import pytest
+from ricardo.cli import main
+
+
+def one_line_error(capsys, args: list[str], code: int, words: str) -> None:
+    assert main(args) == code
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and words in stderr, stderr
+
+
+@pytest.mark.parametrize("price", ["A10G=nan", "A10G=inf"])
+def test_plan_refuses_a_price_that_is_not_a_finite_number(capsys, price):
+    one_line_error(capsys, ["plan", "--workload", "arena", "--rate", "4", "--price", price], 2, price)
+
+
+@pytest.mark.parametrize("link", ["0", "-1", "nan"])
+def test_simulate_refuses_a_link_that_is_not_positive(capsys, link):
+    fleet = "A10G>L4:prefill=1,A10G>L4:decode=1"
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", fleet, "--link-gbps", link]
+    one_line_error(capsys, args, 2, "--link-gbps")
+
+
+@pytest.mark.parametrize("content", ["[]", '{"profile_run": null}'])
+def test_profile_refuses_an_out_file_that_is_json_but_not_a_profile(tmp_path: Path, capsys, content):
+    out = tmp_path / "profile.json"
+    out.write_text(content)
+    args = ["profile", "--url", "http://127.0.0.1:9", "--model", "m", "--hardware", "X", "--out", str(out)]
+    one_line_error(capsys, args, 2, str(out))
+
+
+@pytest.mark.parametrize(
+    "path, url",
+    [
+        ("admin/pools", "http://127.0.0.1:9"),  # the leading slash forgotten
+        ("/admin/pools", "http://127.0.0.1:abc"),
+        ("/admin/pools", "http://127.0.0.1:99999"),
+    ],
+)
+def test_admin_refuses_a_url_it_cannot_call(capsys, path, url):
+    one_line_error(capsys, ["admin", "GET", path, "--url", url, "--token", "t"], 2, "ricardo admin:")
