@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,7 +177,7 @@ def _overrides(specs: list[str], book: ProfileBook) -> dict[str, float]:
             usd = float(value)
         except ValueError:
             usd = -1.0
-        if usd < 0:
+        if not 0 <= usd < math.inf:  # NaN fails too
             raise InvalidInput(f"--price expects TYPE=USD with USD >= 0, got {spec!r}")
         prices[book.canonical(name.strip())] = usd
     return prices

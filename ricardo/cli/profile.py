@@ -168,7 +168,9 @@ def _resume(
         old = json.loads(out.read_text())
     except ValueError:
         raise InvalidInput(f"{out}: exists and is not JSON; give another --out") from None
-    run = old.get("profile_run", {})
+    run = old.get("profile_run", {}) if isinstance(old, dict) else None
+    if not isinstance(run, dict) or not all(isinstance(run.get(k, {}), dict) for k in ("cells", "searching")):
+        raise InvalidInput(f"{out}: exists and is not a profile file; give another --out")
     same = (run.get("model"), run.get("hardware"), old.get("slo_tpot_ms"), old.get("slo_ttft_ms"), run.get("speed"))
     if same != (args.model, args.hardware, args.slo_tpot_ms, args.slo_ttft_ms, args.speed):
         raise InvalidInput(f"{out}: holds a run with other settings {same}; give another --out")

@@ -118,6 +118,8 @@ def load_requests(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
+    if not 0 < args.link_gbps < float("inf"):  # the KV cache's transfer time divides by it
+        raise InvalidInput(f"--link-gbps must be a positive number, got {args.link_gbps:g}")
     if args.fleet == "cheapest":
         return cheapest(args)
     return run_fleet(args)
