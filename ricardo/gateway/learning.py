@@ -193,7 +193,7 @@ class PredictorLearning:
         )
 
     async def _refit(self) -> None:
-        counted, started = self.new_outcomes, time.monotonic()
+        counted, started, served = self.new_outcomes, time.monotonic(), self.model_version
         try:
             if self._executor is None:
                 self._executor = refit_executor(self.settings.worker_niceness)
@@ -210,6 +210,13 @@ class PredictorLearning:
         finally:
             self._refit_clock = time.monotonic()
             self._refit_task = None
+        if not self.holder or self.model_version != served:
+            # the lease moved during the refit (another replica's model may be in the store, adopted already): this
+            # refit is neither published nor kept; the store's model is served again, as on every other replica
+            log.info("output-length refit done after the lease moved: serving the store's model instead")
+            self.model_version = 0
+            await self._adopt()
+            return
         self.new_outcomes -= counted
         self.refits += 1
         self.source = "refit"
@@ -226,8 +233,7 @@ class PredictorLearning:
             self.last_refit["seconds"],
             info["version"],
         )
-        if self.holder:  # a replica that lost the lease during the refit must not overwrite the new holder's model
-            await self._publish(blob)
+        await self._publish(blob)
         await self._save(blob)
         self._metrics.update(self)
 
