@@ -43,3 +43,19 @@ def test_profile_refuses_an_out_file_that_is_json_but_not_a_profile(tmp_path: Pa
 )
 def test_admin_refuses_a_url_it_cannot_call(capsys, path, url):
     one_line_error(capsys, ["admin", "GET", path, "--url", url, "--token", "t"], 2, "ricardo admin:")
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "nope.jsonl"),  # no such file
+        ('{"prompt": "hi"}\n{"prompt": "ho"}\n', "output_tokens"),  # a row without its length
+        ('{"prompt": "hi", "output_tokens": 5}\n', "2 rows"),  # too few rows to fit a model
+        ("not json\n", "rows.jsonl"),
+    ],
+)
+def test_predictor_eval_refuses_rows_it_cannot_use(tmp_path: Path, capsys, content, words):
+    path = tmp_path / ("nope.jsonl" if content is None else "rows.jsonl")
+    if content is not None:
+        path.write_text(content)
+    one_line_error(capsys, ["predictor", "eval", "--train", str(path), "--test", str(path)], 2, words)
