@@ -59,3 +59,11 @@ def test_predictor_eval_refuses_rows_it_cannot_use(tmp_path: Path, capsys, conte
     if content is not None:
         path.write_text(content)
     one_line_error(capsys, ["predictor", "eval", "--train", str(path), "--test", str(path)], 2, words)
+
+
+@pytest.mark.parametrize("content", ["[1]", '"A10G"', '{"A10G": 1.7}', '{"A10G": true}'])
+def test_simulate_refuses_a_fleet_file_that_is_not_counts_by_type(tmp_path: Path, capsys, content):
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(content)
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", str(fleet)]
+    one_line_error(capsys, args, 2, "--fleet")
