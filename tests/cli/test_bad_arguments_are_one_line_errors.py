@@ -67,3 +67,23 @@ def test_simulate_refuses_a_fleet_file_that_is_not_counts_by_type(tmp_path: Path
     fleet.write_text(content)
     args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", str(fleet)]
     one_line_error(capsys, args, 2, "--fleet")
+
+
+@pytest.mark.parametrize("option", ["--speed", "--timeout", "--drain-timeout", "--slo-ttft-ms"])
+def test_loadgen_refuses_nan_for_a_number_option(tmp_path: Path, capsys, option):
+    """NaN passes `value <= 0`: with --speed or --drain-timeout nan the run ended at once, every request an error,
+    exit 0, and summary.json held NaN (not JSON)."""
+    args = ["loadgen", "--url", "http://127.0.0.1:9", "--trace", "azure-conv", "--out", str(tmp_path / "out")]
+    one_line_error(capsys, [*args, option, "nan"], 2, option)
+
+
+def test_simulate_refuses_a_speed_that_is_not_a_number(capsys):
+    """With --speed nan every arrival was NaN: 0% SLO attainment reported as a result."""
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", "A10G=1", "--speed", "nan"]
+    one_line_error(capsys, args, 2, "speed")
+
+
+@pytest.mark.parametrize("option, value", [("--speed", "nan"), ("--start-rate", "nan"), ("--slo-tpot-ms", "-1")])
+def test_profile_refuses_a_number_option_out_of_range(tmp_path: Path, capsys, option, value):
+    args = ["profile", "--url", "http://127.0.0.1:9", "--model", "m", "--hardware", "X", "--out", str(tmp_path / "p")]
+    one_line_error(capsys, [*args, option, value], 2, option)
