@@ -115,8 +115,12 @@ class Settings:
 def _main(args: argparse.Namespace) -> int:
     try:
         inputs, outputs = _edges(args.inputs, "--inputs"), _edges(args.outputs, "--outputs")
-        if args.speed <= 0 or args.start_rate <= 0 or args.trial_s < 0 or not 0 < args.precision < 1:
-            raise InvalidInput("--speed, --start-rate must be > 0, --trial-s >= 0 and --precision within (0, 1)")
+        positive = (args.speed, args.start_rate, args.slo_tpot_ms, 1 if args.slo_ttft_ms is None else args.slo_ttft_ms)
+        if not all(v > 0 for v in positive) or not args.trial_s >= 0 or not 0 < args.precision < 1:  # NaN fails too
+            raise InvalidInput(
+                "--speed, --start-rate, --slo-tpot-ms, --slo-ttft-ms must be > 0, --trial-s >= 0 and --precision "
+                "within (0, 1)"
+            )
         out = Path(args.out)
         cells, searching = _resume(out, args, inputs, outputs)
         settings = Settings(

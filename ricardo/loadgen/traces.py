@@ -209,8 +209,8 @@ def select(
     speed: time compression; 2 replays the trace twice as fast.
     max_requests: keep at most the first N requests of the window.
     """
-    if speed <= 0:
-        raise InvalidInput("speed must be > 0")
+    if not speed > 0:  # NaN too
+        raise InvalidInput(f"speed must be > 0, got {speed:g}")
     end_s = float("inf") if duration_s is None else start_s + duration_s * speed
     window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed) for r in requests if start_s <= r.arrival_s < end_s]
     return window if max_requests is None else window[:max_requests]
