@@ -87,3 +87,9 @@ def test_simulate_refuses_a_speed_that_is_not_a_number(capsys):
 def test_profile_refuses_a_number_option_out_of_range(tmp_path: Path, capsys, option, value):
     args = ["profile", "--url", "http://127.0.0.1:9", "--model", "m", "--hardware", "X", "--out", str(tmp_path / "p")]
     one_line_error(capsys, [*args, option, value], 2, option)
+
+
+def test_plan_refuses_a_link_that_is_not_a_number(capsys):
+    """--link-gbps nan passed the '<= 0' check and the plan came out without any pair, as if none could pay."""
+    args = ["plan", "--workload", "azure-conv", "--disaggregated", "--link-gbps", "nan"]
+    one_line_error(capsys, args, 2, "--link-gbps")
