@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.disaggregated:
         if sizes is None or planner == "melange":
             raise InvalidInput("--disaggregated needs a trace as --workload and the ricardo or exact planner")
-        if args.link_gbps <= 0:
+        if not args.link_gbps > 0:  # NaN too
             raise InvalidInput(f"--link-gbps must be > 0, got {args.link_gbps:g}")
         book = with_shipped_engines(book)  # the role model reads the types' step costs
         types = only or [hw for hw in book.hardware_names() if hw in prices]
