@@ -42,6 +42,7 @@ class ScalingLoop:
         self._task: asyncio.Task | None = None
         self._webhooks: set[asyncio.Task] = set()  # the loop holds tasks weakly: a post could be collected mid-flight
         self._webhook_pending: dict | None = None  # the newest hints the webhook has not taken yet
+        self._gauged: set[tuple[str, str]] = set()  # (pool, role) the desired replicas gauge shows
 
     def observe(self, model: str, input_tokens: int, output_tokens: int) -> None:
         # the advisor's clock is monotonic: a wall clock stepped back would stop the damper (time may not go back)
@@ -135,9 +136,15 @@ class ScalingLoop:
         changed = self.hints is None or self.hints.get("desired") != hints.get("desired")
         self.hints = hints
         gauge = self.state.metrics.desired_replicas
+        shown = set()
         for pool, roles in hints.get("desired", {}).items():
             for role, count in roles.items():
                 gauge.labels(pool, role).set(count)
+                shown.add((pool, role))
+        for pool, role in self._gauged - shown:  # a pool removed, or a role it no longer has: its figure goes
+            gauge.labels(pool, role).set(0)  # what workers' shared files keep (multiprocess mode does not remove)
+            gauge.remove(pool, role)
+        self._gauged = shown
         if changed and self.settings.webhook_url and hints.get("computed_by") == self.state.replica_id:
             self._webhook_pending = hints
             if not self._webhooks:  # one sender, so that hints arrive in order
