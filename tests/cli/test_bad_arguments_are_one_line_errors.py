@@ -93,3 +93,10 @@ def test_plan_refuses_a_link_that_is_not_a_number(capsys):
     """--link-gbps nan passed the '<= 0' check and the plan came out without any pair, as if none could pay."""
     args = ["plan", "--workload", "azure-conv", "--disaggregated", "--link-gbps", "nan"]
     one_line_error(capsys, args, 2, "--link-gbps")
+
+
+def test_plan_refuses_a_profile_file_that_is_not_text(tmp_path: Path, capsys):
+    profile = tmp_path / "profile.json"
+    profile.write_bytes(b"\xff\xfe\x00{")
+    assert main(["plan", "--workload", "azure-conv", "--profile", str(profile)]) == 2
+    assert "profile.json" in capsys.readouterr().err
