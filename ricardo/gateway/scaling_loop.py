@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 
 import aiohttp
@@ -142,8 +143,9 @@ class ScalingLoop:
                 gauge.labels(pool, role).set(count)
                 shown.add((pool, role))
         for pool, role in self._gauged - shown:  # a pool removed, or a role it no longer has: its figure goes
-            gauge.labels(pool, role).set(0)  # what workers' shared files keep (multiprocess mode does not remove)
-            gauge.remove(pool, role)
+            gauge.labels(pool, role).set(0)  # what workers' shared files keep: multiprocess mode cannot remove
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                gauge.remove(pool, role)
         self._gauged = shown
         if changed and self.settings.webhook_url and hints.get("computed_by") == self.state.replica_id:
             self._webhook_pending = hints
