@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.disaggregated:
         if sizes is None or planner == "melange":
             raise InvalidInput("--disaggregated needs a trace as --workload and the ricardo or exact planner")
-        if args.link_gbps <= 0:
+        if not args.link_gbps > 0:  # NaN too
             raise InvalidInput(f"--link-gbps must be > 0, got {args.link_gbps:g}")
         book = with_shipped_engines(book)  # the role model reads the types' step costs
         types = only or [hw for hw in book.hardware_names() if hw in prices]
@@ -176,7 +177,7 @@ def _overrides(specs: list[str], book: ProfileBook) -> dict[str, float]:
             usd = float(value)
         except ValueError:
             usd = -1.0
-        if usd < 0:
+        if not 0 <= usd < math.inf:  # NaN fails too
             raise InvalidInput(f"--price expects TYPE=USD with USD >= 0, got {spec!r}")
         prices[book.canonical(name.strip())] = usd
     return prices

@@ -115,8 +115,12 @@ class Settings:
 def _main(args: argparse.Namespace) -> int:
     try:
         inputs, outputs = _edges(args.inputs, "--inputs"), _edges(args.outputs, "--outputs")
-        if args.speed <= 0 or args.start_rate <= 0 or args.trial_s < 0 or not 0 < args.precision < 1:
-            raise InvalidInput("--speed, --start-rate must be > 0, --trial-s >= 0 and --precision within (0, 1)")
+        positive = (args.speed, args.start_rate, args.slo_tpot_ms, 1 if args.slo_ttft_ms is None else args.slo_ttft_ms)
+        if not all(v > 0 for v in positive) or not args.trial_s >= 0 or not 0 < args.precision < 1:  # NaN fails too
+            raise InvalidInput(
+                "--speed, --start-rate, --slo-tpot-ms, --slo-ttft-ms must be > 0, --trial-s >= 0 and --precision "
+                "within (0, 1)"
+            )
         out = Path(args.out)
         cells, searching = _resume(out, args, inputs, outputs)
         settings = Settings(
@@ -168,7 +172,9 @@ def _resume(
         old = json.loads(out.read_text())
     except ValueError:
         raise InvalidInput(f"{out}: exists and is not JSON; give another --out") from None
-    run = old.get("profile_run", {})
+    run = old.get("profile_run", {}) if isinstance(old, dict) else None
+    if not isinstance(run, dict) or not all(isinstance(run.get(k, {}), dict) for k in ("cells", "searching")):
+        raise InvalidInput(f"{out}: exists and is not a profile file; give another --out")
     same = (run.get("model"), run.get("hardware"), old.get("slo_tpot_ms"), old.get("slo_ttft_ms"), run.get("speed"))
     if same != (args.model, args.hardware, args.slo_tpot_ms, args.slo_ttft_ms, args.speed):
         raise InvalidInput(f"{out}: holds a run with other settings {same}; give another --out")

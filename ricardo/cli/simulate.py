@@ -118,6 +118,8 @@ def load_requests(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
+    if not 0 < args.link_gbps < float("inf"):  # the KV cache's transfer time divides by it
+        raise InvalidInput(f"--link-gbps must be a positive number, got {args.link_gbps:g}")
     if args.fleet == "cheapest":
         return cheapest(args)
     return run_fleet(args)
@@ -274,8 +276,15 @@ def _read_fleet(spec: str, book) -> dict[str, int]:
             return book.canonical(name.strip())
         return pair_key(book.canonical(parsed[0]), book.canonical(parsed[1]), parsed[2])
 
+    def whole(count: object) -> int:  # a count of replicas: 2, 2.0 or "2"; not 1.7, true or null
+        if isinstance(count, bool) or (isinstance(count, float) and not count.is_integer()):
+            raise ValueError(count)
+        return int(count)  # type: ignore[call-overload]  # a TypeError for what int() does not take
+
     try:
-        fleet = {canonical(name): int(count) for name, count in raw.items()}
+        if not isinstance(raw, dict):
+            raise TypeError(raw)
+        fleet = {canonical(name): whole(count) for name, count in raw.items()}
     except (TypeError, ValueError):
         raise InvalidInput(f"--fleet: expected TYPE=N,... or a JSON file of {{type: count}}, got {spec!r}") from None
     if any(n < 0 for n in fleet.values()) or not any(fleet.values()):

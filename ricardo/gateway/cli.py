@@ -177,7 +177,11 @@ def _admin(args: argparse.Namespace) -> int:
 
     from ricardo.gateway.security import read_admin_token
 
-    port = urlsplit(args.url).port or 80
+    try:
+        port = urlsplit(args.url).port or 80
+    except ValueError as exc:
+        print(f"ricardo admin: --url {args.url}: {exc}", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("RICARDO_ADMIN_TOKEN") or read_admin_token(port)
     if not token:
         print(
@@ -189,14 +193,15 @@ def _admin(args: argparse.Namespace) -> int:
     if args.body is not None or args.method in ("POST", "PUT"):  # a DELETE without a body needs no content type
         headers["Content-Type"] = "application/json"
     data = args.body.encode() if args.body is not None else None
-    request = urllib.request.Request(args.url.rstrip("/") + args.path, data=data, method=args.method, headers=headers)
+    url = args.url.rstrip("/") + "/" + args.path.lstrip("/")
     try:
+        request = urllib.request.Request(url, data=data, method=args.method, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
             status, answer = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, answer = exc.code, exc.read()
-    except OSError as exc:
-        print(f"ricardo admin: {args.url}: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:  # ValueError: a URL urllib cannot call (http.client.InvalidURL too)
+        print(f"ricardo admin: {url}: {exc}", file=sys.stderr)
         return 2
     try:
         print(json.dumps(json.loads(answer), indent=2))

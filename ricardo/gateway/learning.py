@@ -108,6 +108,7 @@ class PredictorLearning:
         self._announced_at: dict[str, float] = {}  # lease holder: replica -> when it was last announced
         self._outbox_versions: dict[str, int] = {}
         self._refused_version = 0  # a model blob this replica cannot read (another feature version)
+        self._adopted = 0  # models adopted from the store (another replica's refits)
         self._unpublished: bytes | None = None  # a refit the store did not take (down): published at the next tick
         self._refit_clock = time.monotonic()  # the last refit (or the start)
         self._retry_at = 0.0  # monotonic time before which a failed refit is not tried again
@@ -179,6 +180,7 @@ class PredictorLearning:
             return
         self.predictor.use(model)
         self.model_version, self.source = version, "store"
+        self._adopted += 1
         log.info("output-length model version %d from the store (%d samples)", version, model.info["samples"])
         await self._save(data)
 
@@ -193,7 +195,7 @@ class PredictorLearning:
         )
 
     async def _refit(self) -> None:
-        counted, started = self.new_outcomes, time.monotonic()
+        counted, started, adopted = self.new_outcomes, time.monotonic(), self._adopted
         try:
             if self._executor is None:
                 self._executor = refit_executor(self.settings.worker_niceness)
@@ -210,6 +212,13 @@ class PredictorLearning:
         finally:
             self._refit_clock = time.monotonic()
             self._refit_task = None
+        if not self.holder or self._adopted != adopted:
+            # the lease moved during the refit (another replica's model may be in the store, adopted already): this
+            # refit is neither published nor kept; the store's model is served again, as on every other replica
+            log.info("output-length refit done after the lease moved: serving the store's model instead")
+            self.model_version = 0
+            await self._adopt()
+            return
         self.new_outcomes -= counted
         self.refits += 1
         self.source = "refit"
@@ -226,8 +235,7 @@ class PredictorLearning:
             self.last_refit["seconds"],
             info["version"],
         )
-        if self.holder:  # a replica that lost the lease during the refit must not overwrite the new holder's model
-            await self._publish(blob)
+        await self._publish(blob)
         await self._save(blob)
         self._metrics.update(self)
 

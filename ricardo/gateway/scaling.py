@@ -94,12 +94,23 @@ def is_summary(summary: Mapping) -> bool:
         n = len(summary["inputs"])
         return (
             n == len(summary["outputs"]) == len(summary["weights"])
-            and float(summary["span_s"]) > 0
+            and 0 < float(summary["span_s"]) < math.inf
             and (n > 0) == (int(summary["count"]) > 0)
-            and min(summary["weights"], default=1.0) > 0
+            # values as `to_dict` writes them (another writer's could stop every tick of the lease holder)
+            and all(_count(v) for v in (*summary["inputs"], *summary["outputs"]))
+            and all(_number(w) and 0 < w < math.inf for w in summary["weights"])
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return False
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    """A request size: a whole number of tokens a profile's arrays can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 53
 
 
 @dataclass(frozen=True)

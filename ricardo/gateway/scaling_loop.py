@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 
 import aiohttp
@@ -24,6 +25,7 @@ from ricardo.policies.types import SLO
 log = logging.getLogger("ricardo.scaling")
 LEASE = "scaling"
 HINTS_BLOB = "scaling-hints"
+WEBHOOK_RETRY_S, WEBHOOK_RETRY_MAX_S = 0.5, 30.0  # pauses before a failed webhook POST is sent again
 
 
 class ScalingLoop:
@@ -40,9 +42,13 @@ class ScalingLoop:
         self._blob_version: int | None = None
         self._task: asyncio.Task | None = None
         self._webhooks: set[asyncio.Task] = set()  # the loop holds tasks weakly: a post could be collected mid-flight
+        self._webhook_pending: dict | None = None  # the newest hints the webhook has not taken yet
+        self._gauged: set[tuple[str, str]] = set()  # (pool, role) the desired replicas gauge shows
 
     def observe(self, model: str, input_tokens: int, output_tokens: int) -> None:
-        self.advisor.observe(time.time(), model, input_tokens, output_tokens)
+        # the advisor's clock is monotonic: a wall clock stepped back would stop the damper (time may not go back)
+        # and drop the window's requests as too old
+        self.advisor.observe(time.monotonic(), model, input_tokens, output_tokens)
 
     def current(self) -> dict:
         return self.hints or {"desired": {}, "note": "no hints computed yet"}
@@ -51,9 +57,10 @@ class ScalingLoop:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._webhooks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._task, *self._webhooks] if t is not None), return_exceptions=True)
         await self.state.store.release_lease(LEASE, self.state.replica_id)
 
     async def _run(self) -> None:
@@ -93,7 +100,7 @@ class ScalingLoop:
 
     async def tick(self) -> None:
         store, me = self.state.store, self.state.replica_id
-        now = time.time()
+        now = time.monotonic()
         ttl = 3 * self.settings.interval_s
         summaries = self.advisor.summaries(now)  # here, on the loop: `observe` writes the windows from the loop too
         await store.push_stats(me, {"windows": summaries}, ttl)
@@ -118,7 +125,7 @@ class ScalingLoop:
             except PlanError as exc:
                 log.warning("scaling hints not updated: %s", exc)
                 return
-            self._publish(hints.to_dict() | {"computed_by": me})
+            self._publish(hints.to_dict() | {"computed_at": time.time(), "computed_by": me})
             await store.put_blob(HINTS_BLOB, json.dumps(self.hints).encode())
         else:
             blob = await store.get_blob(HINTS_BLOB)
@@ -130,15 +137,39 @@ class ScalingLoop:
         changed = self.hints is None or self.hints.get("desired") != hints.get("desired")
         self.hints = hints
         gauge = self.state.metrics.desired_replicas
+        shown = set()
         for pool, roles in hints.get("desired", {}).items():
             for role, count in roles.items():
                 gauge.labels(pool, role).set(count)
+                shown.add((pool, role))
+        for pool, role in self._gauged - shown:  # a pool removed, or a role it no longer has: its figure goes
+            gauge.labels(pool, role).set(0)  # what workers' shared files keep: multiprocess mode cannot remove
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                gauge.remove(pool, role)
+        self._gauged = shown
         if changed and self.settings.webhook_url and hints.get("computed_by") == self.state.replica_id:
-            task = asyncio.create_task(self._post_webhook(hints))
-            self._webhooks.add(task)
-            task.add_done_callback(self._webhooks.discard)
+            self._webhook_pending = hints
+            if not self._webhooks:  # one sender, so that hints arrive in order
+                task = asyncio.create_task(self._send_webhooks())
+                self._webhooks.add(task)
+                task.add_done_callback(self._webhooks.discard)
 
-    async def _post_webhook(self, hints: dict) -> None:
+    async def _send_webhooks(self) -> None:
+        """POST the newest hints, one at a time; after a failed POST the hints in force are sent again, with a
+        growing pause: an autoscaler that missed a change would otherwise wait for the next one."""
+        pause = WEBHOOK_RETRY_S
+        while (hints := self._webhook_pending) is not None:
+            self._webhook_pending = None
+            if await self._post_webhook(hints):
+                pause = WEBHOOK_RETRY_S
+                continue
+            current = self.hints  # sent again as they are now, while this replica computes them
+            if self._webhook_pending is None and current and current.get("computed_by") == self.state.replica_id:
+                self._webhook_pending = current
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, WEBHOOK_RETRY_MAX_S)
+
+    async def _post_webhook(self, hints: dict) -> bool:
         url = str(self.settings.webhook_url)
         try:
             async with (
@@ -147,5 +178,7 @@ class ScalingLoop:
             ):
                 if response.status >= 300:
                     log.warning("scaling webhook %s answered %d", redact(url), response.status)
+                return response.status < 300
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("scaling webhook %s failed: %s", redact(url), redact(str(exc)))
+            return False

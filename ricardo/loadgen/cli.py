@@ -139,9 +139,9 @@ def _validate(args: argparse.Namespace) -> str | None:
         "--slo-tpot-ms": args.slo_tpot_ms,
     }
     for name, value in positive.items():
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # NaN too
             return f"{name} must be > 0, got {value:g}"
-    if args.start < 0 or args.drain_timeout < 0:
+    if not args.start >= 0 or not args.drain_timeout >= 0:
         return "--start and --drain-timeout must be >= 0"
     if args.length_mode == "max_tokens" and args.max_tokens is not None:
         return "--max-tokens applies to --length-mode header; max_tokens mode sends each request's trace length"

@@ -22,7 +22,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ricardo.errors import InvalidInput
@@ -47,6 +48,7 @@ class TraceRequest:
     input_tokens: int
     output_tokens: int
     prompt: str | None = None
+    line: int = field(default=0, compare=False, repr=False)  # where the file gave it
 
 
 def read_trace(spec: str) -> list[TraceRequest]:
@@ -59,12 +61,18 @@ def read_trace(spec: str) -> list[TraceRequest]:
         known = ", ".join([*NAMED_TRACES, *SYNTHETIC_TRACES])
         raise TraceError(f"unknown trace {spec!r}: neither one of {known} nor a file")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        requests = read_csv(path)
-    elif suffix in (".jsonl", ".json"):
-        requests = read_jsonl(path)
-    else:
-        raise TraceError(f"{path}: expected a .csv (Azure format) or .jsonl trace")
+    try:
+        if suffix == ".csv":
+            requests = read_csv(path)
+        elif suffix in (".jsonl", ".json"):
+            requests = read_jsonl(path)
+        else:
+            raise TraceError(f"{path}: expected a .csv (Azure format) or .jsonl trace")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for request in requests:  # the lengths-only CSV refuses these line by line; the other formats here
+        if not math.isfinite(request.arrival_s) or request.input_tokens < 0 or request.output_tokens < 0:
+            raise TraceError(f"{path}:{request.line}: a negative token count or an arrival that is not a number")
     if not requests:
         raise TraceError(f"{path}: no requests")
     requests.sort(key=lambda r: r.arrival_s)
@@ -130,7 +138,7 @@ def read_azure_csv(path: Path) -> list[TraceRequest]:
         for line_no, row in enumerate(reader, start=2):
             try:
                 timestamp = dt.datetime.fromisoformat(row[0].strip()).timestamp()
-                requests.append(TraceRequest(timestamp, int(row[1]), int(row[2])))
+                requests.append(TraceRequest(timestamp, int(row[1]), int(row[2]), line=line_no))
             except (ValueError, IndexError) as exc:
                 raise TraceError(f"{path}:{line_no}: {exc}") from None
     return requests
@@ -146,11 +154,13 @@ def read_jsonl(path: Path) -> list[TraceRequest]:
             lines += 1
             try:
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise TypeError(f"a line is a JSON object, not {type(record).__name__}")
                 if "requests" in record:
-                    requests.extend(_aibrix_requests(record))
+                    requests.extend(replace(r, line=line_no) for r in _aibrix_requests(record))
                     timestamped_lines += 1
                 else:
-                    requests.append(_simple_request(record))
+                    requests.append(replace(_simple_request(record), line=line_no))
                     timestamped_lines += "timestamp_s" in record
             except (ValueError, KeyError, TypeError) as exc:
                 raise TraceError(f"{path}:{line_no}: {type(exc).__name__}: {exc}") from None
@@ -199,8 +209,8 @@ def select(
     speed: time compression; 2 replays the trace twice as fast.
     max_requests: keep at most the first N requests of the window.
     """
-    if speed <= 0:
-        raise InvalidInput("speed must be > 0")
+    if not speed > 0:  # NaN too
+        raise InvalidInput(f"speed must be > 0, got {speed:g}")
     end_s = float("inf") if duration_s is None else start_s + duration_s * speed
     window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed) for r in requests if start_s <= r.arrival_s < end_s]
     return window if max_requests is None else window[:max_requests]

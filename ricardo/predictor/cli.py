@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from ricardo.errors import InvalidInput
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,9 +61,12 @@ def _eval(args: argparse.Namespace) -> int:
     if not args.output_scale > 0:
         print("ricardo predictor eval: --output-scale must be positive", file=sys.stderr)
         return 2
-    result = evaluate(
-        read_rows(args.train), read_rows(args.test), encoding=encoding, seed=args.seed, output_scale=args.output_scale
-    )
+    try:
+        train, test = _rows(read_rows, args.train, "--train"), _rows(read_rows, args.test, "--test")
+    except InvalidInput as exc:
+        print(f"ricardo predictor eval: {exc}", file=sys.stderr)
+        return 2
+    result = evaluate(train, test, encoding=encoding, seed=args.seed, output_scale=args.output_scale)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -98,6 +105,21 @@ def _eval(args: argparse.Namespace) -> int:
         f"(p90 coverage {lengths['p90_coverage']:.3f}), running median {lengths['mae_running_median']:.2f}"
     )
     return 0
+
+
+def _rows(read_rows: Callable[[Path], list[Any]], path: Path, flag: str) -> list[dict[str, Any]]:
+    """The rows of `path`, each with a prompt (or messages) and a count of output tokens; InvalidInput if not."""
+    try:
+        rows = read_rows(path)
+    except (OSError, ValueError) as exc:  # no file, not UTF-8, not JSON lines
+        raise InvalidInput(f"{flag} {path}: {exc}") from None
+    for number, row in enumerate(rows, start=1):
+        length = row.get("output_tokens") if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not ({"prompt", "messages"} & row.keys()) or not isinstance(length, int):
+            raise InvalidInput(f'{flag} {path}: row {number} needs "prompt" or "messages" and "output_tokens"')
+    if len(rows) < 2:
+        raise InvalidInput(f"{flag} {path}: needs at least 2 rows, has {len(rows)}")
+    return rows
 
 
 def _share(gain: float | None) -> str:

@@ -97,8 +97,8 @@ class ProfileFile(BaseModel):
 def read_profile_file(path: str | Path) -> ProfileFile:
     """Parse and validate a profile file (JSON, or YAML by its suffix)."""
     path = Path(path)
-    text = path.read_text()
     try:
+        text = path.read_text()  # UnicodeDecodeError is a ValueError
         data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
         return ProfileFile.model_validate(data)
     except (ValueError, yaml.YAMLError) as exc:  # ValueError: JSON's and pydantic's errors

@@ -1,0 +1,102 @@
+"""Bad arguments to `ricardo plan`, `simulate`, `profile` and `admin` end in one line on stderr and a non-zero exit,
+never a traceback (run in-process: `main` returns the exit code)."""
+
+from pathlib import Path
+
+import pytest
+from ricardo.cli import main
+
+
+def one_line_error(capsys, args: list[str], code: int, words: str) -> None:
+    assert main(args) == code
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and words in stderr, stderr
+
+
+@pytest.mark.parametrize("price", ["A10G=nan", "A10G=inf"])
+def test_plan_refuses_a_price_that_is_not_a_finite_number(capsys, price):
+    one_line_error(capsys, ["plan", "--workload", "arena", "--rate", "4", "--price", price], 2, price)
+
+
+@pytest.mark.parametrize("link", ["0", "-1", "nan"])
+def test_simulate_refuses_a_link_that_is_not_positive(capsys, link):
+    fleet = "A10G>L4:prefill=1,A10G>L4:decode=1"
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", fleet, "--link-gbps", link]
+    one_line_error(capsys, args, 2, "--link-gbps")
+
+
+@pytest.mark.parametrize("content", ["[]", '{"profile_run": null}'])
+def test_profile_refuses_an_out_file_that_is_json_but_not_a_profile(tmp_path: Path, capsys, content):
+    out = tmp_path / "profile.json"
+    out.write_text(content)
+    args = ["profile", "--url", "http://127.0.0.1:9", "--model", "m", "--hardware", "X", "--out", str(out)]
+    one_line_error(capsys, args, 2, str(out))
+
+
+@pytest.mark.parametrize(
+    "path, url",
+    [
+        ("admin/pools", "http://127.0.0.1:9"),  # the leading slash forgotten
+        ("/admin/pools", "http://127.0.0.1:abc"),
+        ("/admin/pools", "http://127.0.0.1:99999"),
+    ],
+)
+def test_admin_refuses_a_url_it_cannot_call(capsys, path, url):
+    one_line_error(capsys, ["admin", "GET", path, "--url", url, "--token", "t"], 2, "ricardo admin:")
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "nope.jsonl"),  # no such file
+        ('{"prompt": "hi"}\n{"prompt": "ho"}\n', "output_tokens"),  # a row without its length
+        ('{"prompt": "hi", "output_tokens": 5}\n', "2 rows"),  # too few rows to fit a model
+        ("not json\n", "rows.jsonl"),
+    ],
+)
+def test_predictor_eval_refuses_rows_it_cannot_use(tmp_path: Path, capsys, content, words):
+    path = tmp_path / ("nope.jsonl" if content is None else "rows.jsonl")
+    if content is not None:
+        path.write_text(content)
+    one_line_error(capsys, ["predictor", "eval", "--train", str(path), "--test", str(path)], 2, words)
+
+
+@pytest.mark.parametrize("content", ["[1]", '"A10G"', '{"A10G": 1.7}', '{"A10G": true}'])
+def test_simulate_refuses_a_fleet_file_that_is_not_counts_by_type(tmp_path: Path, capsys, content):
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(content)
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", str(fleet)]
+    one_line_error(capsys, args, 2, "--fleet")
+
+
+@pytest.mark.parametrize("option", ["--speed", "--timeout", "--drain-timeout", "--slo-ttft-ms"])
+def test_loadgen_refuses_nan_for_a_number_option(tmp_path: Path, capsys, option):
+    """NaN passes `value <= 0`: with --speed or --drain-timeout nan the run ended at once, every request an error,
+    exit 0, and summary.json held NaN (not JSON)."""
+    args = ["loadgen", "--url", "http://127.0.0.1:9", "--trace", "azure-conv", "--out", str(tmp_path / "out")]
+    one_line_error(capsys, [*args, option, "nan"], 2, option)
+
+
+def test_simulate_refuses_a_speed_that_is_not_a_number(capsys):
+    """With --speed nan every arrival was NaN: 0% SLO attainment reported as a result."""
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", "A10G=1", "--speed", "nan"]
+    one_line_error(capsys, args, 2, "speed")
+
+
+@pytest.mark.parametrize("option, value", [("--speed", "nan"), ("--start-rate", "nan"), ("--slo-tpot-ms", "-1")])
+def test_profile_refuses_a_number_option_out_of_range(tmp_path: Path, capsys, option, value):
+    args = ["profile", "--url", "http://127.0.0.1:9", "--model", "m", "--hardware", "X", "--out", str(tmp_path / "p")]
+    one_line_error(capsys, [*args, option, value], 2, option)
+
+
+def test_plan_refuses_a_link_that_is_not_a_number(capsys):
+    """--link-gbps nan passed the '<= 0' check and the plan came out without any pair, as if none could pay."""
+    args = ["plan", "--workload", "azure-conv", "--disaggregated", "--link-gbps", "nan"]
+    one_line_error(capsys, args, 2, "--link-gbps")
+
+
+def test_plan_refuses_a_profile_file_that_is_not_text(tmp_path: Path, capsys):
+    profile = tmp_path / "profile.json"
+    profile.write_bytes(b"\xff\xfe\x00{")
+    assert main(["plan", "--workload", "azure-conv", "--profile", str(profile)]) == 2
+    assert "profile.json" in capsys.readouterr().err
