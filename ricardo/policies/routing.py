@@ -159,9 +159,15 @@ def _servable(
 def request_cost_usd(
     book: ProfileBook, hardware: str, price_per_hour: float, input_tokens: int, output_tokens: int
 ) -> float:
-    """Dollars a request of this size costs on `hardware` at `price_per_hour` (0 where the profile cannot serve it)."""
+    """Dollars a request of this size costs on `hardware` at `price_per_hour`: its share of the pool's time at the
+    profile's operating point. A size the capacity table has no rate for, yet served (a prompt the gateway's estimate
+    put within the table and the backend counted beyond it), is charged a whole replica for as long as the request
+    takes alone on it (an upper bound: the engine model's step costs; 0 only where the book has none for the type)."""
     rps = book.rate_at(hardware, input_tokens, output_tokens)
-    return price_per_hour / 3600.0 / rps if rps > 0 else 0.0
+    if rps > 0:
+        return price_per_hour / 3600.0 / rps
+    alone = book.alone_seconds_per_token(hardware, input_tokens, output_tokens)
+    return 0.0 if alone is None else price_per_hour / 3600.0 * alone * max(1, output_tokens)
 
 
 def _cost_usd(pool: PoolView, rps: float) -> float:
