@@ -241,16 +241,20 @@ RECORD_TYPES = {
 def features_from_body(body: dict[str, Any], input_tokens: int) -> RequestFeatures:
     """Features of an OpenAI chat (`messages`) or completions (`prompt`) request body."""
     messages = body.get("messages")
+    is_chat = isinstance(messages, list)
     texts = prompt_texts(body)
-    has_system = isinstance(messages, list) and any(
-        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
-    )
+    has_system = False
+    # loops rather than any() over a generator or a list of the caps: each costs more to set up than its loop to run
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+                has_system = True
+                break
     text = "\n".join(texts)
-    caps = [
-        c
-        for c in (body.get("max_tokens"), body.get("max_completion_tokens"))
-        if isinstance(c, int) and not isinstance(c, bool) and c > 0
-    ]
+    max_tokens = None
+    for cap in (body.get("max_tokens"), body.get("max_completion_tokens")):
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            max_tokens = cap if max_tokens is None else min(max_tokens, cap)
     response_format = body.get("response_format")
     return RequestFeatures(
         text=head_and_tail(text),
@@ -260,14 +264,14 @@ def features_from_body(body: dict[str, Any], input_tokens: int) -> RequestFeatur
         last_message_head=texts[-1].lstrip()[:OPENER_CHARS] if texts else "",
         messages=len(messages) if isinstance(messages, list) else 0,
         has_system=has_system,
-        max_tokens=min(min(caps), MAX_CAP) if caps else None,
+        max_tokens=None if max_tokens is None else min(max_tokens, MAX_CAP),
         model=str(body.get("model") or ""),
         temperature=_number(body.get("temperature"), 1.0),
         top_p=_number(body.get("top_p"), 1.0),
         has_stop=bool(body.get("stop")),
         json_mode=isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"),
         has_tools=bool(body.get("tools") or body.get("functions")),
-        is_chat=isinstance(messages, list),
+        is_chat=is_chat,
     )
 
 
