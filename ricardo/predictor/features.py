@@ -55,6 +55,9 @@ CODE_BYTES = b"{}();=<>[]"
 # digits -> "d", code punctuation -> tab, the rest -> space: the digit runs are then the words of `bytes.split()`, one
 # C pass (counting ".d" and "cd" pairs, which must step through every byte of a text of mostly ".", took 8x as long)
 BYTE_CLASS = bytes(ord("d") if 48 <= b < 58 else ord("\t") if b in CODE_BYTES else ord(" ") for b in range(256))
+# byte values (unpacking bytes gives ints): `int in bytes` is a memchr, while `bytes in bytes` first tries its
+# argument as an integer and formats the TypeError it then catches (7x the time)
+EXCLAMATION, BACKTICK, ASTERISK, HASH = b"!`*#"
 OPENER_CHARS = 40  # how much of the last message the opener patterns look at
 # anchored at the start of the last message (a `match` of a few dozen characters costs ~1 µs)
 ASSISTANT_OPENER = re.compile(
@@ -193,14 +196,14 @@ class RequestFeatures:
             log1p(
                 count(b". ")
                 + (count(b"? ") if questions else 0)
-                + (count(b"! ") if b"!" in utf8 else 0)
+                + (count(b"! ") if EXCLAMATION in utf8 else 0)
                 + count(b".\n")
             ),
             log1p(lines),
             log1p(questions),
             float(text.rstrip().endswith("?")),
             log1p(len(LIST_ITEM.findall(text)) if lines else 0),
-            log1p(count(b"```") if b"`" in utf8 else 0),
+            log1p(count(b"```") if BACKTICK in utf8 else 0),
             (len(utf8) - len(text)) / size,
             classes.count(b"\t") / size,
             log1p(self.messages),
@@ -218,7 +221,7 @@ class RequestFeatures:
             float(REQUEST_OPENER.match(opening) is not None),
             float(opening[:1].islower()),
             10 * utf8.lower().count(b" you") / (count(b" ") + 1),  # you, your, you're: replies talk to the reader
-            log1p((count(b"**") if b"*" in utf8 else 0) + (count(b"\n#") if lines and b"#" in utf8 else 0)),
+            log1p((count(b"**") if ASTERISK in utf8 else 0) + (count(b"\n#") if lines and HASH in utf8 else 0)),
         ]
 
 
