@@ -72,10 +72,15 @@ class Shaper:
         input tokens summed over prompts (as backends report them), its output predicted per answer and multiplied
         by the number of answers. The features describe one answer of the average prompt, so that the predictor
         learns per answer (`observe` with `sequences`)."""
-        sizes = self._prompt_sizes(endpoint, body, request)
-        input_tokens = sum(sizes)
+        if endpoint == "chat" or not isinstance(request, CompletionRequest):  # one prompt: most requests
+            input_tokens = longest = self.counter.count_messages(body["messages"])
+            per_prompt = input_tokens
+        else:
+            sizes = self._prompt_sizes(request)
+            input_tokens, longest = sum(sizes), max(sizes)
+            per_prompt = round(input_tokens / len(sizes))
         sequences = request.sequences
-        features = features_from_body(body, round(input_tokens / len(sizes)))
+        features = features_from_body(body, per_prompt)
         cap = request.output_cap  # a property that builds a list: read once
         # the validated cap: the body may spell it "3" or 3.0, which pydantic accepts and the features do not
         features.max_tokens = None if cap is None else min(cap, MAX_CAP)
@@ -90,13 +95,11 @@ class Shaper:
             stream=request.stream,
             priority=self._priority(headers, granted),
         )
-        return Shaped(shape, features, max(sizes), sequences)
+        return Shaped(shape, features, longest, sequences)
 
-    def _prompt_sizes(self, endpoint: Endpoint, body: dict[str, Any], request: ParsedRequest) -> list[int]:
-        """Input tokens of each prompt: a chat's messages; each text or list of token ids of a completions prompt (a
-        list of token ids is its own count, exact whatever the tokenizer)."""
-        if endpoint == "chat" or not isinstance(request, CompletionRequest):
-            return [self.counter.count_messages(body["messages"])]
+    def _prompt_sizes(self, request: CompletionRequest) -> list[int]:
+        """Input tokens of each prompt of a completions request: of each text, or list of token ids (its own count,
+        exact whatever the tokenizer). A chat's messages are one prompt (`shape`)."""
         return [self.counter.count_prompt(p) if isinstance(p, str) else len(p) for p in request.prompts]
 
     def check_context(self, shape: RequestShape, context_tokens: int | None, longest_input: int | None = None) -> None:
