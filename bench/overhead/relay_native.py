@@ -14,6 +14,14 @@ in single-threaded mode (`--runtime-mode st`) and one Python thread running a uv
 pyreqwest's client runs its single-threaded Tokio runtime (its default) on a thread of its own. The HTTP parsing and
 the sockets of both legs are Rust's; Python is left the handler: a coroutine per request, the hand-offs between the
 runtimes and the loop, and one copy of each body into a Python `bytes`.
+
+What it showed (native.json, native_repeat.json: `run.py --targets direct,relay,relay-native,vllm-router`, load 1-4 on
+2 cores): no gain. Whole answers 0.75-1.27x the aiohttp relay's req/s at the same CPU per request (0.53-0.68x
+vllm-router's); streams 0.4-0.7x the relay's at about 2x its CPU per request. Every request crosses threads four
+times or more (granian's runtime to the loop, the loop to pyreqwest's runtime, back for the headers and for the body,
+back to granian), each crossing a GIL hand-off and a wake-up, and a stream once more per chunk it is sent in (18
+here, `read_chunk` and `send_bytes` each); by `py-spy --native`, granian's runtime thread spends ~80% of its samples
+waiting for the GIL (futex, sched_yield). aiohttp on uvloop parses in C on the loop's own thread and never hands off.
 """
 
 from __future__ import annotations
