@@ -7,6 +7,9 @@ A trivial backend (backend.py: 16 tokens at once, OpenAI-shaped, with usage) sta
 - `direct`: the backend itself, the floor;
 - `relay`: relay.py, the thinnest relay on the gateway's own stack (aiohttp server and client, uvloop, the gateway's
   connector), no logic at all: the floor of that stack, what ricardo would cost without its logic;
+- `relay-native`: relay_native.py, the same relay on a Rust HTTP stack from PyPI (granian's server through RSGI,
+  pyreqwest's client, uvloop; versions pinned in PEERS), from a throwaway venv like the peers': how far Python stands
+  from a Rust router when both HTTP legs are Rust's and only the handler is Python (not among the default targets);
 - `ricardo`: the gateway with five pools, cost-aware, predictor and metrics on (gateway.yaml); `--workers N`
   serves it with N worker processes (`ricardo serve --workers`), and `--workers 1,2` measures both;
 - `vllm-router`: PyPI `vllm-router` (Rust), round robin over the one backend;
@@ -25,8 +28,8 @@ neighbour's load on this shared machine falls on all targets alike.
 Per target and cell it prints the median over rounds of req/s, p50 and p99, the p50 added over direct, and the
 CPU ms per request of the target's processes with the backend's (utime + stime from /proc, children included,
 the load client excluded) and of the target's processes alone ("own": the backend's left out; the backend's own for
-`direct`); then ricardo's ratios to each peer in the same run (the relay among them), and the
-relay's to each peer that is not ricardo (how far the stack alone stands from a Rust router).
+`direct`); then ricardo's ratios to each peer in the same run (the relays among them), and the
+relay's and relay-native's to each peer that is not ricardo (how far the stack alone stands from a Rust router).
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 VENVS = Path(os.environ.get("RICARDO_BENCH_VENVS") or Path.home() / ".cache" / "ricardo" / "bench-venvs")
-PEERS = {"vllm-router": ["vllm-router==0.1.17"], "litellm": ["litellm[proxy]"]}
+PEERS = {
+    "vllm-router": ["vllm-router==0.1.17"],
+    "litellm": ["litellm[proxy]"],
+    "relay-native": ["granian==2.8.7", "pyreqwest==0.15.1", "uvloop==0.23.0"],
+}
 MODEL = "llama2-7b"
 MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
 PATH = "/v1/chat/completions"
@@ -202,6 +209,17 @@ def start_relay(backend_port: int, logdir: Path) -> Target:
         f"http://127.0.0.1:{backend_port}",
     ]
     spawn(target, args, logdir, env={"PYTHONPATH": str(HERE.parent.parent)})  # this tree's ricardo, as the gateway's
+    wait_ready(target, 30)
+    return target
+
+
+def start_relay_native(backend_port: int, logdir: Path, install: bool) -> Target:
+    venv = peer_venv("relay-native", install)
+    port = free_port()
+    target = Target("relay-native", f"http://127.0.0.1:{port}")
+    args = [str(venv / "bin" / "python"), str(HERE / "relay_native.py"), "--port", str(port)]
+    args += ["--backend", f"http://127.0.0.1:{backend_port}"]
+    spawn(target, args, logdir)
     wait_ready(target, 30)
     return target
 
@@ -392,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                     targets.append(backend)
                 elif name == "relay":
                     targets.append(start_relay(backend_ports[0], logdir))
+                elif name == "relay-native":
+                    targets.append(start_relay_native(backend_ports[0], logdir, install))
                 elif name == "ricardo":
                     for workers in (int(w) for w in args.workers.split(",")):
                         label = "ricardo" if workers == 1 else f"ricardo x{workers}"
@@ -443,12 +463,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Each ricardo target against each peer (the relay and the baseline among them), and the relay against each peer
-    that is not ricardo, per cell: req/s, CPU per request and p99, mine / peer."""
+    """Each ricardo target against each peer (the relays and the baseline among them), and each relay (relay,
+    relay-native) against each peer that is not ricardo (relay-native against relay too), per cell: req/s, CPU per
+    request and p99, mine / peer."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for mine in (n for n in results if (n.startswith("ricardo") and n != "ricardo@baseline") or n == "relay"):
-        if mine == "relay":
-            peers = [n for n in results if n not in ("direct", "relay") and "ricardo" not in n]
+    relays = [n for n in results if n in ("relay", "relay-native")]
+    for mine in (n for n in results if (n.startswith("ricardo") and n != "ricardo@baseline") or n in relays):
+        if mine in relays:  # the Rust routers and LiteLLM; relay-native against the relay too
+            others = [n for n in results if n != "direct" and "ricardo" not in n and n not in relays]
+            peers = others if mine == "relay" else ["relay", *others] if "relay" in results else others
         else:
             peers = [
                 n for n in results if n not in ("direct", mine) and (n == "ricardo@baseline" or "ricardo" not in n)
