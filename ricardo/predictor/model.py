@@ -121,7 +121,7 @@ class FittedModel:
         self.dense_scale = dense_scale
         self.dense_coef = dense_coef
         self.constants = constants  # intercept, p50 offset, p90 offset (log space)
-        self.info = info  # format, feature_version, samples, trained_at, version, vocabulary
+        self.info = info  # format, feature_version, samples, trained_at, version, vocabulary, dense_range
         # serving form: standardisation folded into the weights, plain Python numbers for the short dense part
         self._terms = TermIndex(vocab)
         # a request's two term sums, of idf^2 and of idf x coefficient over its columns, as one gather and one
@@ -133,6 +133,11 @@ class FittedModel:
         self._base = float(constants[0] - dense_mean @ dense_weight)
         self._model_weight: dict[int, float] = dict(zip(model_keys.tolist(), model_coef.tolist(), strict=True))
         self.offset_p50, self.offset_p90 = float(constants[1]), float(constants[2])
+        # a model saved before it kept its training range (none): its features unclipped, as it was served then
+        self._dense_range: tuple[list[float], list[float]] | None = None
+        if info.get("dense_range") is not None:
+            low, high = info["dense_range"]
+            self._dense_range = [float(x) for x in low], [float(x) for x in high]
 
     def log_prediction(self, features: RequestFeatures) -> float:
         cols = self._terms.columns(features.tokens())
@@ -142,7 +147,14 @@ class FittedModel:
         # The quotient stays a float32 one, as it always was
         norm_squared, weighted = _sum(self._term_tables.take(cols, axis=1), axis=1).tolist()
         text = np.float32(weighted) / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
-        dense: float = sum(map(operator.mul, features.dense(), self._dense_weight))
+        values = features.dense()
+        if self._dense_range is not None:
+            # a linear model extrapolates without bound: past the longest prompt it was trained on, `input_tokens_k`
+            # (a negative weight) took a summary of a 3,600-token report to a one-token answer. Each feature is held
+            # to its range in training, where the fit says something
+            low, high = self._dense_range
+            values = list(map(min, map(max, values, low), high))
+        dense: float = sum(map(operator.mul, values, self._dense_weight))
         return self._base + float(text) + dense + self._model_weight.get(features.model_key(), 0.0)
 
     def log_quantiles(self, features: RequestFeatures) -> tuple[float, float]:
@@ -268,6 +280,7 @@ class Design:
         names = np.array([features.model_key() for features in requests if features.model], dtype=np.int64)
         self.model_keys = np.unique(names)
         self.dense_mean, self.dense_scale = dense.mean(axis=0), dense.std(axis=0)
+        self.dense_low, self.dense_high = dense.min(axis=0), dense.max(axis=0)
         self.dense_scale[self.dense_scale < 1e-9] = 1.0  # constant columns (a std of 1e-17 is rounding, not spread)
         # where each part's coefficients start and end: terms, models, dense, then the intercept
         self.split = np.cumsum([len(self.vocab), len(self.model_keys), dense.shape[1]])
@@ -366,6 +379,8 @@ def fit_model(samples: Sequence[Sample], version: int = 1) -> FittedModel:
         "trained_at": time.time(),
         "vocabulary": len(encoder.vocab),
         "model_mae": held_out_mae(samples, held_out + offset_p50),
+        # each dense feature's range in training: serving clips to it (`FittedModel.log_prediction`)
+        "dense_range": [encoder.dense_low.tolist(), encoder.dense_high.tolist()],
     }
     constants = np.array([coef[-1] * INTERCEPT_COLUMN, offset_p50, offset_p90])
     return FittedModel(

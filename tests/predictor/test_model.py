@@ -276,7 +276,10 @@ def reference_log_prediction(model, features: RequestFeatures) -> float:
     norm_squared = (model.idf * model.idf)[cols].sum()
     weighted = (model.idf * model.term_coef).astype(np.float32)[cols].sum()
     text = weighted / math.sqrt(norm_squared) if norm_squared > 0 else 0.0
-    dense = sum(map(operator.mul, features.dense(), (model.dense_coef / model.dense_scale).tolist()))
+    values = features.dense()
+    if model.info.get("dense_range") is not None:  # each feature held to its range in training
+        values = np.clip(values, *model.info["dense_range"]).tolist()
+    dense = sum(map(operator.mul, values, (model.dense_coef / model.dense_scale).tolist()))
     base = float(model.constants[0] - model.dense_mean @ (model.dense_coef / model.dense_scale))
     weights = dict(zip(model.model_keys.tolist(), model.model_coef.tolist(), strict=True))
     return base + float(text) + dense + weights.get(features.model_key(), 0.0)
