@@ -312,8 +312,8 @@ async def _commit(request: web.Request, action: str, change: Mutation, status: i
             raise OpenAIError(422, redact(str(exc))) from None
         try:
             new_version = await state.store.update_config(version, shared.model_dump(mode="json"))
-        except StoreUnavailable:
-            raise _store_down() from None
+        except StoreUnavailable as exc:
+            raise _store_down(exc) from None
         # The store delivers each new version to its watchers, state.apply among them, before it returns (here and
         # in read_config): applying it here too ran, and logged, every change twice.
         if new_version is None:  # someone else changed it: catch up and redo the change on theirs
@@ -343,8 +343,8 @@ async def create_key(request: web.Request) -> web.Response:
     state = _state(request)
     try:
         key, plain = await state.keys.create(body)
-    except StoreUnavailable:
-        raise _store_down() from None
+    except StoreUnavailable as exc:
+        raise _store_down(exc) from None
     state.metrics.admin_changes.labels("create_key").inc()
     audit.info(
         "admin create_key by %s: key %s (%s, %s...): %s, priority %d",
@@ -364,8 +364,8 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id, state = request.match_info["key_id"], _state(request)
     try:
         revoked = await state.keys.revoke(key_id)
-    except StoreUnavailable:
-        raise _store_down() from None
+    except StoreUnavailable as exc:
+        raise _store_down(exc) from None
     if not revoked:
         raise OpenAIError(404, f"no key with id {key_id!r}", "not_found_error", "key_id")
     state.metrics.admin_changes.labels("revoke_key").inc()
@@ -373,13 +373,12 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.json_response({"revoked": key_id})
 
 
-def _store_down() -> OpenAIError:
-    return OpenAIError(
-        503,
-        "the shared state store is unreachable: the change was not made on any replica; retry when it is back",
-        "service_unavailable",
-        headers={"Retry-After": "2"},
-    )
+def _store_down(exc: StoreUnavailable) -> OpenAIError:
+    if exc.sent:  # the store executes a command whose answer never comes as readily as one it never got
+        what = "did not answer in time: the change may have been made on every replica; read it back before retrying"
+    else:
+        what = "is unreachable: the change was not made on any replica; retry when it is back"
+    return OpenAIError(503, f"the shared state store {what}", "service_unavailable", headers={"Retry-After": "2"})
 
 
 # -- plumbing -------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ import asyncio
 import time
 
 import pytest
+from ricardo.gateway.admin import _store_down
 from ricardo.gateway.keys import KeyBody, KeyRing, digest, today
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.gateway.store import RedisStore
+from ricardo.gateway.store.base import StoreUnavailable
 
 from tests.redis_server import RedisServer, available
 
@@ -101,5 +103,31 @@ async def test_spend_is_not_counted_twice_when_redis_answers_late() -> None:
             assert spent == pytest.approx(0.26), f"requests of $0.01 and $0.25 charged ${spent} to the key"
         finally:
             await ring.close()
+            await store.close()
+            await link.close()
+
+
+async def test_a_write_whose_reply_is_late_says_it_may_have_been_made_and_one_not_sent_says_it_was_not() -> None:
+    with RedisServer() as server:
+        link = SlowLink(server.port)
+        port = await link.start()
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "late", cooloff_s=30.0, max_cooloff_s=30.0)
+        await store.init_config({"price": 1})
+        try:
+            await store.update_config(1, {"price": 2})  # the script loaded, on time
+            link.delay_s = 0.4  # past the store's 0.25 s timeout: Redis applies the change, its reply comes late
+            with pytest.raises(StoreUnavailable) as late:
+                await store.update_config(2, {"price": 3})
+            assert late.value.sent
+            link.delay_s = 0.0
+            with pytest.raises(StoreUnavailable) as refused:  # the breaker is open now: nothing is sent
+                await store.update_config(3, {"price": 4})
+            assert not refused.value.sent
+            assert "may have been made" in _store_down(late.value).message
+            assert "was not made" in _store_down(refused.value).message
+            direct = RedisStore(server.url, "late")
+            assert (await direct.read_config()) == (3, {"price": 3}), "the late write was made"
+            await direct.close()
+        finally:
             await store.close()
             await link.close()

@@ -33,7 +33,12 @@ SPEND_TTL_S = 3 * 24 * 3600  # a day's spend outlives the day, for whoever reads
 
 
 class StoreUnavailable(Unavailable):
-    """A write that must be shared could not reach the shared store (the admin API answers 503)."""
+    """A write that must be shared could not reach the shared store (the admin API answers 503). `sent`: the
+    command had left when the store failed to answer (a timeout, a dropped connection): it may have been applied."""
+
+    def __init__(self, message: str, sent: bool = False):
+        super().__init__(message)
+        self.sent = sent
 
 
 @dataclass(frozen=True)

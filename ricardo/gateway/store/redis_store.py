@@ -139,12 +139,12 @@ class RedisStore(StateStore):
             result = await command()
         except (RedisError, OSError) as error:
             self._breaker.record_failure(error, probe or self._task is None)
-            raise self._unavailable() from error
+            raise self._unavailable(sent=True) from error
         self._breaker.record_success()
         return result
 
-    def _unavailable(self) -> StoreUnavailable:
-        return StoreUnavailable(f"{self._breaker.name} unavailable: {self._breaker.last_error}")
+    def _unavailable(self, sent: bool = False) -> StoreUnavailable:
+        return StoreUnavailable(f"{self._breaker.name} unavailable: {self._breaker.last_error}", sent)
 
     async def _write_back(self, key: str, record: Versioned, channel: str = "") -> Versioned:
         version, data = await self._call(lambda: self._seed(keys=[key], args=[record.version, record.data, channel]))
