@@ -5,6 +5,7 @@ any price >= 0, and JSON's 1e400 is Python's inf: the pool was added at an infin
 import json
 
 import aiohttp
+import pytest
 
 from tests.gateway.fakes import ADMIN_TOKEN, gateway
 
@@ -21,3 +22,23 @@ async def test_a_pool_added_at_an_infinite_price_is_refused():
             text = await response.text()
         json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))  # strict JSON
         assert status == 422, status
+
+
+PAIR = b'{"name": "p", "prefill": {"hardware": "H100"}, "decode": {"hardware": "A10G"}, "link_gbps": 1e400}'
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("PUT", "/admin/slo", b'{"ttft_ms": 1e400, "tpot_ms": 120}'),  # then GET /admin/slo: Infinity
+        ("POST", "/admin/pools", PAIR),  # then GET /admin/pools: "link_gbps": Infinity
+    ],
+)
+async def test_an_infinite_slo_or_link_is_refused(method, path, body):
+    async with gateway({"a10g": ("A10G", [])}) as (url, _state), aiohttp.ClientSession(headers=AUTH) as session:
+        headers = {"Content-Type": "application/json"}
+        async with session.request(method, url + path, data=body, headers=headers) as response:
+            status = response.status
+        async with session.get(url + path) as response:
+            text = await response.text()
+        assert "Infinity" not in text and status == 422, (status, text)
