@@ -22,7 +22,8 @@ class ConfigError(InvalidInput):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON's 1e400 is inf: an infinite SLO, link or timeout is no setting, and shown it is not JSON (Infinity)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SLOConfig(_Strict):
