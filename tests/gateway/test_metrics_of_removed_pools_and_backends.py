@@ -4,7 +4,6 @@
 that come and go (pods) the label sets grow without bound."""
 
 from prometheus_client import generate_latest
-
 from ricardo.gateway.config import GatewayConfig
 from ricardo.gateway.state import GatewayState
 
