@@ -220,7 +220,8 @@ class GatewayState:
                 for configured in map(backend_key, role.backends):
                     key = (pool.name, role.role, backend_id(configured))
                     backend = old_backends.pop(key, None)
-                    if backend is None or backend.shown != redact(configured):  # new, or its credentials changed
+                    # new, or its credentials changed (a redacted URL hides a new password, and the api_key)
+                    if backend is None or backend.credentials != (configured, pool_config.api_key):
                         if backend is not None:
                             old_backends[key] = backend  # closed below
                         backend = new_backend(
