@@ -24,3 +24,21 @@ async def test_a_pairs_fleet_cost_prices_each_backend_at_its_side(decode_workers
         assert shown["fleet_usd_per_hour"] == pytest.approx(4.0 + 1.0 * decode_workers), shown
     finally:
         await state.close()
+
+
+async def test_a_pair_priced_per_role_says_its_price_is_an_override():
+    """Both sides priced by the operator, the status page said `price set` (it read the pair's own price_per_hour,
+    which a pair never has); GET /admin/pools says `per role`, each side `override`."""
+    pool = {
+        "name": "h100-a10g",
+        "prefill": {"hardware": "H100", "price_per_hour": 4.0},
+        "decode": {"hardware": "A10G", "price_per_hour": 1.0},
+        "link_gbps": 100,
+    }
+    state = GatewayState(GatewayConfig.model_validate({"models": ["llama2-7b"], "pools": [pool]}))
+    try:
+        state.apply(1, state.shared.model_dump(mode="json"))
+        (shown,) = status_document(state, {})["pools"]
+        assert shown["price_source"] == "override", shown
+    finally:
+        await state.close()
