@@ -57,7 +57,9 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
                 "name": name,
                 "hardware": pool.hardware,
                 "price_per_hour": pool.price_per_hour,
-                "price_source": "override" if pool.config.price_per_hour is not None else "price set",
+                "price_source": "override"
+                if any(role.price_per_hour is not None for role in pool.config.roles())  # a pair's: its sides'
+                else "price set",
                 "backends": len(pool.backends),
                 "replicas": view.replicas,  # backends that can take a request now
                 "desired_replicas": desired.get(name),
