@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +45,8 @@ def _emulate(args: argparse.Namespace) -> int:
     from ricardo.emulator.launch import BackendSpec, backends_from_config, run_backends, with_faults
     from ricardo.errors import InvalidInput
 
+    if not 0 < args.speed < math.inf:  # NaN fails too; 0 divided the engine's step times (a dead engine task)
+        raise SystemExit(f"ricardo emulate: --speed must be a finite number > 0, got {args.speed}")
     if args.config:
         specs = backends_from_config(args.config)
     elif args.gpu:

@@ -19,6 +19,7 @@ Completions of any size do, so a gateway's probe completion meets the same fault
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -75,7 +76,7 @@ def parse_faults(spec: str | None) -> Faults:
                 faults.no_done = True
             elif name == "slow":
                 faults.slow = float(value)
-                if faults.slow <= 0:
+                if not 0 < faults.slow < math.inf:  # NaN fails too; inf made the speed 0 (a dead engine task)
                     raise ValueError
             elif name == "min-tokens":
                 faults.min_tokens = _count(value)
@@ -86,7 +87,7 @@ def parse_faults(spec: str | None) -> Faults:
         except ValueError:
             raise InvalidInput(
                 f"bad fault {item!r}: expected error-rate=P (0-1), hang, stall-after=N, cut-after=N, no-done, "
-                "slow=X (> 0), min-tokens=K or seed=S"
+                "slow=X (finite, > 0), min-tokens=K or seed=S"
             ) from None
     faults.__post_init__()  # the seed may have been given
     return faults

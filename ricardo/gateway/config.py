@@ -22,7 +22,8 @@ class ConfigError(InvalidInput):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # JSON's 1e400 is inf: an infinite SLO, link or timeout is no setting, and shown it is not JSON (Infinity)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SLOConfig(_Strict):
@@ -49,7 +50,9 @@ class RoleConfig(_Strict):
     """One side of a disaggregated prefill/decode pair: its hardware type, backends and price."""
 
     hardware: str = Field(description="profile name of this role's hardware type", examples=["H100", "A10G"])
-    price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
+    price_per_hour: float | None = Field(
+        default=None, ge=0, le=10_000, description="$/h per replica; default: the price set's"
+    )
     backends: list[HttpUrl] = Field(
         default_factory=list,
         description="base URLs of this side's workers (vLLM with a KV connector; credentials allowed)",
@@ -84,7 +87,9 @@ class PoolConfig(_Strict):
         description="profile name of the hardware type, e.g. A10G, H100 (a pair: its decode type, filled in)",
         examples=["A10G", "L4", "A100-80GB", "H100"],
     )
-    price_per_hour: float | None = Field(default=None, ge=0, description="$/h per replica; default: the price set's")
+    price_per_hour: float | None = Field(
+        default=None, ge=0, le=10_000, description="$/h per replica; default: the price set's"
+    )
     backends: list[HttpUrl] = Field(
         default_factory=list, description="OpenAI-compatible base URLs of the pool's replicas (credentials allowed)"
     )

@@ -24,6 +24,7 @@ import aiohttp
 
 from ricardo.gateway import telemetry
 from ricardo.gateway.dispatch import HOPS_HEADER, checked_json
+from ricardo.gateway.metrics import forget
 from ricardo.gateway.pools import Backend, Pool, post
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class Health:
         self._busy: set[Backend] = set()  # probed or on trial now
         self._scraping: set[Backend] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._gauged: tuple[set[str], set[tuple[str, str]]] = (set(), set())  # pools, (pool, backend) with gauges
 
     async def probe_all(self) -> None:
         """Probe every backend now (at start)."""
@@ -144,6 +146,15 @@ class Health:
                 if seen is not None:
                     for gauge, value in state.metrics.backend_telemetry(seen):
                         gauge.labels(pool.name, b.shown).set(value)
+        m, (pools, backends) = state.metrics, self._gauged
+        self._gauged = (
+            {p.name for p in state.pools.values()},
+            {(p.name, b.shown) for p in state.pools.values() for b in p.backends},
+        )
+        for name in pools - self._gauged[0]:  # a pool removed: its figures go (its price: GatewayState.apply)
+            forget([m.in_flight, m.utilization, m.external_load], name)
+        for labels in backends - self._gauged[1]:  # a backend removed (or its pool)
+            forget([m.backend_up, m.backend_running, m.backend_waiting, m.backend_kv_cache], *labels)
         state.metrics.store_up.set(1 if state.store.healthy else 0)
 
 

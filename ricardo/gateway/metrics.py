@@ -222,6 +222,15 @@ class PoolMetrics:
         return child if child is not None else self._requests.labels(model, self.pool, str(status))
 
 
+def forget(gauges: list[Gauge], *labels: str) -> None:
+    """Drop the series of a pool or backend that is gone; with workers, where removal is not implemented, zero it."""
+    for gauge in gauges:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            gauge.labels(*labels).set(0)
+        else:
+            gauge.remove(*labels)
+
+
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text `/metrics` serves: this process's registry, or with workers every worker's values combined."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -51,6 +51,8 @@ class Backend:
     telemetry: Telemetry | None = None  # its own /metrics, last scraped (gateway/telemetry.py)
     telemetry_tried_at: float = 0.0
     telemetry_misses: int = 0  # scrapes in a row, while healthy, that found no metrics we know
+    # what its session authenticates with: the configured URL (credentials included) and the pool's api_key
+    credentials: tuple[str, str | None] = field(default=("", None), repr=False)
 
     def last_checked_at(self) -> float:
         return max(self.last_clean_at, self.last_probed_at)
@@ -220,7 +222,9 @@ def new_backend(
     as basic auth; logs, metrics and the admin API show it redacted."""
     url, credentials = split_credentials(configured)
     session = new_session(limits, api_key, credentials)
-    return Backend(url.rstrip("/"), session, OutlierDetector(outlier), role=role, shown=redact(configured))
+    backend = Backend(url.rstrip("/"), session, OutlierDetector(outlier), role=role, shown=redact(configured))
+    backend.credentials = (configured, api_key)
+    return backend
 
 
 def new_session(

@@ -33,7 +33,7 @@ from ricardo.gateway.config import (
 from ricardo.gateway.health import Health
 from ricardo.gateway.keys import KeyRing
 from ricardo.gateway.learning import PredictorLearning, load_predictor
-from ricardo.gateway.metrics import GatewayMetrics, PoolMetrics
+from ricardo.gateway.metrics import GatewayMetrics, PoolMetrics, forget
 from ricardo.gateway.pools import Backend, Pool, new_backend
 from ricardo.gateway.shaping import Shaper
 from ricardo.gateway.store import StateStore, open_store
@@ -220,7 +220,8 @@ class GatewayState:
                 for configured in map(backend_key, role.backends):
                     key = (pool.name, role.role, backend_id(configured))
                     backend = old_backends.pop(key, None)
-                    if backend is None or backend.shown != redact(configured):  # new, or its credentials changed
+                    # new, or its credentials changed (a redacted URL hides a new password, and the api_key)
+                    if backend is None or backend.credentials != (configured, pool_config.api_key):
                         if backend is not None:
                             old_backends[key] = backend  # closed below
                         backend = new_backend(
@@ -232,6 +233,8 @@ class GatewayState:
             self.metrics.price.labels(pool.name).set(price)
         for backend in old_backends.values():  # removed: close once their requests are done
             self._tasks.append(asyncio.create_task(_close_when_idle(backend)))
+        for name in self.pools.keys() - pools.keys():  # removed: its price leaves /metrics
+            forget([self.metrics.price], name)
         self.pools, self.shared, self.version = pools, shared, version
         self.policy = get_policy(shared.policy)
         self.shaper.default_slo = slo

@@ -51,16 +51,19 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
     pools = []
     for name, pool in state.pools.items():
         view = pool.view(now)
+        prices = state.role_prices(pool.config)  # a pair's backends at their side's price, not the pair's unit's
         pools.append(
             {
                 "name": name,
                 "hardware": pool.hardware,
                 "price_per_hour": pool.price_per_hour,
-                "price_source": "override" if pool.config.price_per_hour is not None else "price set",
+                "price_source": "override"
+                if any(role.price_per_hour is not None for role in pool.config.roles())  # a pair's: its sides'
+                else "price set",
                 "backends": len(pool.backends),
                 "replicas": view.replicas,  # backends that can take a request now
                 "desired_replicas": desired.get(name),
-                "fleet_usd_per_hour": round(pool.price_per_hour * len(pool.backends), 6),
+                "fleet_usd_per_hour": round(sum(prices[b.role] for b in pool.backends), 6),
                 "in_flight": view.in_flight,
                 "utilization": _finite(view.utilization),
                 "external_load": _finite(view.external_load),

@@ -237,6 +237,12 @@ def plan(
             assignment[names[u]][tuple(buckets[k])] = y / slice_factor
             used[names[u]] += float(y / slice_factor * load[k, u])
             used_decode[names[u]] += float(y / slice_factor * decode_load[k, u])
+    # no more replicas than the assigned load needs: a type priced 0 costs nothing at any count, and the solver
+    # returned its upper bound (ceil(load) + 1) for it
+    fitted = [used[name] for name in names] + [used_decode[pair.name] for pair in pairs]  # by fit row
+    for row, count in enumerate(count_of_row):
+        needed = max(least[count], np.ceil(fitted[row] / (1.0 - headroom) - 1e-9))
+        counts[count] = min(counts[count], int(needed))
     chosen = []
     for q, pair in enumerate(pairs):
         n_prefill, n_decode = int(counts[n_types + 2 * q]), int(counts[n_types + 2 * q + 1])
