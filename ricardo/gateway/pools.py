@@ -7,6 +7,7 @@ could not be reached, or said it is overloaded: 429/503) and its outlier detecto
 
 from __future__ import annotations
 
+import base64
 import itertools
 import statistics
 from collections import deque
@@ -235,12 +236,15 @@ def new_session(
     No timeout here: each request sets the connect timeout of its pool, and the gateway enforces the first-byte
     and idle timeouts itself (aiohttp's sock_read would apply one read timeout to both: the idle timeout
     silently capped the wait for the first byte)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    headers = None
+    if api_key:
+        headers = {"Authorization": f"Bearer {api_key}"}
+    elif credentials:  # RFC 7617, as aiohttp's BasicAuth (deprecated in 3.14) encoded it: latin-1
+        headers = {"Authorization": "Basic " + base64.b64encode(":".join(credentials).encode("latin1")).decode()}
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limits.connections_per_backend, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
         headers=headers,
-        auth=aiohttp.BasicAuth(*credentials) if credentials else None,
         # a backend's cookies are not kept: the session serves every client, and the jar costs every request
         cookie_jar=aiohttp.DummyCookieJar(),
     )
