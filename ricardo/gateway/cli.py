@@ -178,7 +178,8 @@ def _admin(args: argparse.Namespace) -> int:
     from ricardo.gateway.security import read_admin_token
 
     try:
-        port = urlsplit(args.url).port or 80
+        parts = urlsplit(args.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         print(f"ricardo admin: --url {args.url}: {exc}", file=sys.stderr)
         return 2

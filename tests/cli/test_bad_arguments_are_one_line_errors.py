@@ -100,3 +100,10 @@ def test_plan_refuses_a_profile_file_that_is_not_text(tmp_path: Path, capsys):
     profile.write_bytes(b"\xff\xfe\x00{")
     assert main(["plan", "--workload", "azure-conv", "--profile", str(profile)]) == 2
     assert "profile.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url, port", [("https://127.0.0.1", 443), ("http://127.0.0.1", 80)])
+def test_admin_looks_for_the_token_generated_for_the_urls_default_port(capsys, monkeypatch, url, port):
+    monkeypatch.delenv("RICARDO_ADMIN_TOKEN", raising=False)
+    monkeypatch.setattr("ricardo.gateway.security.read_admin_token", lambda at: None)
+    one_line_error(capsys, ["admin", "GET", "/admin/pools", "--url", url], 2, f"none generated for port {port}")
