@@ -2,7 +2,8 @@
 
 The gateway counts what it sent (in flight per backend); an engine knows what it runs and queues, including work
 that did not come through this gateway (another replica, a direct client), and how full its KV cache is. The names
-read, per engine (the sum over a page's label sets, so a server of several models reports its total):
+read, per engine (the sum over a page's label sets, so a server of several models or engines reports its total; a
+KV-cache share their mean; NaN and infinite samples skipped):
 - vLLM: `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (before v0.10
   `vllm:gpu_cache_usage_perc`);
 - llama.cpp (`--metrics`): `llamacpp:requests_processing`, `llamacpp:requests_deferred`,
@@ -25,6 +26,7 @@ The figures are shown in `GET /admin/pools` (per backend, and the pool's `extern
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -67,10 +69,18 @@ class Telemetry(BackendReport):
 def parse(page: str, now: float) -> Telemetry | None:
     """The figures of a Prometheus text page; None if it has none of the names known."""
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for family in text_string_to_metric_families(page):
         for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
-    found = {field: next((sums[n] for n in names if n in sums), None) for field, names in NAMES.items()}
+            if math.isfinite(sample.value):  # a NaN or an infinity is no figure (and no JSON)
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+                counts[sample.name] = counts.get(sample.name, 0) + 1
+    found: dict[str, float | None] = {}
+    for field, names in NAMES.items():
+        name = next((n for n in names if n in sums), None)
+        # requests add up over label sets (engines, models); a share of a KV cache is their mean, not their sum
+        value = None if name is None else sums[name] / (counts[name] if field == "kv_cache_usage" else 1)
+        found[field] = value if value is not None and math.isfinite(value) else None
     if all(value is None for value in found.values()):
         return None
     return Telemetry(found["running"], found["waiting"], found["kv_cache_usage"], now)
