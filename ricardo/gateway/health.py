@@ -97,6 +97,9 @@ class Health:
         async def run() -> None:
             try:
                 seen = await telemetry.scrape(backend.session, backend.url)
+            except telemetry.Unread:  # no word on its names: not a miss, asked again on the next interval
+                backend.telemetry = None
+                return
             finally:
                 self._scraping.discard(backend)
             # at the page's arrival, what of its count is ours: requests in flight there and a probe under way

@@ -13,7 +13,8 @@ KV-cache share their mean; NaN and infinite samples skipped):
 as requests running, requests waiting, and the share of the KV cache in use (0-1).
 
 The emulator exports vLLM's names. A healthy backend whose `/metrics` shows none of these names three times in a
-row (a 404, another server's page) is not asked again (gateway/health.py). Each scrape also records this gateway's
+row (a 404, another server's page) is not asked again (gateway/health.py); one not read (not reached, timed out, a
+5xx) is asked again on the next interval. Each scrape also records this gateway's
 requests in flight at the backend when the page arrived (`own_in_flight`, a probe under way included), so the page's
 counts beyond them are someone else's. They steer routing: a unified pool's view carries the load its available
 backends run or queue beyond this gateway's requests, and a saturated KV cache as a full replica, as
@@ -86,18 +87,24 @@ def parse(page: str, now: float) -> Telemetry | None:
     return Telemetry(found["running"], found["waiting"], found["kv_cache_usage"], now)
 
 
+class Unread(Exception):
+    """The page could not be read now (not reached, timed out, a 5xx or 429): that says nothing of its names."""
+
+
 async def scrape(session: aiohttp.ClientSession, url: str) -> Telemetry | None:
-    """GET `url`/metrics and parse it; None if it does not answer with metrics we know (or is not reached)."""
+    """GET `url`/metrics and parse it; None if it answers without metrics we know; Unread if it is not read now."""
     try:
         async with (
             asyncio.timeout(SCRAPE_TIMEOUT_S),
             session.get(url + "/metrics", allow_redirects=False) as response,
         ):
+            if response.status >= 500 or response.status == 429:
+                raise Unread(f"HTTP {response.status}")
             if response.status != 200:
                 return None
             raw = await response.content.read(MAX_PAGE_BYTES + 1)
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise Unread(type(exc).__name__) from exc
     if len(raw) > MAX_PAGE_BYTES:
         return None
     try:
