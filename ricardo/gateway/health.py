@@ -45,6 +45,7 @@ class Health:
         self._scraping: set[Backend] = set()
         self._tasks: set[asyncio.Task] = set()
         self._gauged: tuple[set[str], set[tuple[str, str]]] = (set(), set())  # pools, (pool, backend) with gauges
+        self._telemetry_shown: set[tuple[str, str]] = set()  # (pool, backend) whose figures /metrics shows
 
     async def probe_all(self) -> None:
         """Probe every backend now (at start)."""
@@ -97,6 +98,9 @@ class Health:
         async def run() -> None:
             try:
                 seen = await telemetry.scrape(backend.session, backend.url)
+            except telemetry.Unread:  # no word on its names: not a miss, asked again on the next interval
+                backend.telemetry = None
+                return
             finally:
                 self._scraping.discard(backend)
             # at the page's arrival, what of its count is ours: requests in flight there and a probe under way
@@ -143,9 +147,16 @@ class Health:
             for b in pool.backends:
                 state.metrics.backend_up.labels(pool.name, b.shown).set(1 if b.available(now) else 0)
                 seen = b.telemetry
-                if seen is not None:
-                    for gauge, value in state.metrics.backend_telemetry(seen):
-                        gauge.labels(pool.name, b.shown).set(value)
+                fresh = seen is not None and now - seen.at <= pool.telemetry_max_age_s
+                figures = state.metrics.backend_telemetry(seen) if seen is not None and fresh else []
+                for gauge, value in figures:
+                    gauge.labels(pool.name, b.shown).set(value)
+                key = (pool.name, b.shown)
+                if figures:
+                    self._telemetry_shown.add(key)
+                elif key in self._telemetry_shown:  # its page is gone or stale: its last figures are not its load
+                    self._telemetry_shown.discard(key)
+                    forget(state.metrics.telemetry_gauges(), *key)
         m, (pools, backends) = state.metrics, self._gauged
         self._gauged = (
             {p.name for p in state.pools.values()},

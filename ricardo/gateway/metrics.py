@@ -189,6 +189,9 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def telemetry_gauges(self) -> list[Gauge]:
+        return [self.backend_running, self.backend_waiting, self.backend_kv_cache]
+
     def backend_telemetry(self, seen: Telemetry) -> list[tuple[Gauge, float]]:
         """The gauges a backend's scraped figures set (those its page had)."""
         pairs = [

@@ -151,6 +151,7 @@ def _pass_on(state: GatewayState, trip: Trip, check: StreamCheck, event: bytes, 
     worth_parsing = (
         trip.first_token_at is None
         or b'"usage":{' in data
+        or b'"usage": {' in data  # json.dumps' default separators (servers that build events with it)
         or b'"error"' in data
         # a finish_reason that is not null (one chunk may carry several choices)
         or data.count(b'"finish_reason"') > data.count(b'"finish_reason":null')

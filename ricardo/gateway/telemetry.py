@@ -2,7 +2,8 @@
 
 The gateway counts what it sent (in flight per backend); an engine knows what it runs and queues, including work
 that did not come through this gateway (another replica, a direct client), and how full its KV cache is. The names
-read, per engine (the sum over a page's label sets, so a server of several models reports its total):
+read, per engine (the sum over a page's label sets, so a server of several models or engines reports its total; a
+KV-cache share their mean; NaN and infinite samples skipped):
 - vLLM: `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (before v0.10
   `vllm:gpu_cache_usage_perc`);
 - llama.cpp (`--metrics`): `llamacpp:requests_processing`, `llamacpp:requests_deferred`,
@@ -12,7 +13,8 @@ read, per engine (the sum over a page's label sets, so a server of several model
 as requests running, requests waiting, and the share of the KV cache in use (0-1).
 
 The emulator exports vLLM's names. A healthy backend whose `/metrics` shows none of these names three times in a
-row (a 404, another server's page) is not asked again (gateway/health.py). Each scrape also records this gateway's
+row (a 404, another server's page) is not asked again (gateway/health.py); one not read (not reached, timed out, a
+5xx) is asked again on the next interval. Each scrape also records this gateway's
 requests in flight at the backend when the page arrived (`own_in_flight`, a probe under way included), so the page's
 counts beyond them are someone else's. They steer routing: a unified pool's view carries the load its available
 backends run or queue beyond this gateway's requests, and a saturated KV cache as a full replica, as
@@ -25,6 +27,7 @@ The figures are shown in `GET /admin/pools` (per backend, and the pool's `extern
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -67,27 +70,41 @@ class Telemetry(BackendReport):
 def parse(page: str, now: float) -> Telemetry | None:
     """The figures of a Prometheus text page; None if it has none of the names known."""
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for family in text_string_to_metric_families(page):
         for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
-    found = {field: next((sums[n] for n in names if n in sums), None) for field, names in NAMES.items()}
+            if math.isfinite(sample.value):  # a NaN or an infinity is no figure (and no JSON)
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+                counts[sample.name] = counts.get(sample.name, 0) + 1
+    found: dict[str, float | None] = {}
+    for field, names in NAMES.items():
+        name = next((n for n in names if n in sums), None)
+        # requests add up over label sets (engines, models); a share of a KV cache is their mean, not their sum
+        value = None if name is None else sums[name] / (counts[name] if field == "kv_cache_usage" else 1)
+        found[field] = value if value is not None and math.isfinite(value) else None
     if all(value is None for value in found.values()):
         return None
     return Telemetry(found["running"], found["waiting"], found["kv_cache_usage"], now)
 
 
+class Unread(Exception):
+    """The page could not be read now (not reached, timed out, a 5xx or 429): that says nothing of its names."""
+
+
 async def scrape(session: aiohttp.ClientSession, url: str) -> Telemetry | None:
-    """GET `url`/metrics and parse it; None if it does not answer with metrics we know (or is not reached)."""
+    """GET `url`/metrics and parse it; None if it answers without metrics we know; Unread if it is not read now."""
     try:
         async with (
             asyncio.timeout(SCRAPE_TIMEOUT_S),
             session.get(url + "/metrics", allow_redirects=False) as response,
         ):
+            if response.status >= 500 or response.status == 429:
+                raise Unread(f"HTTP {response.status}")
             if response.status != 200:
                 return None
             raw = await response.content.read(MAX_PAGE_BYTES + 1)
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise Unread(type(exc).__name__) from exc
     if len(raw) > MAX_PAGE_BYTES:
         return None
     try:

@@ -78,7 +78,7 @@ def hand_over(trip: Trip, decode: Backend) -> None:
     prefill.outcome(time.monotonic(), True, trip.trial)
     trip.trial = False
     prefill.in_flight -= 1
-    trip.backend = decode
+    trip.backend, trip.served_by = decode, decode.shown  # the access line names the backend that answers
     trip.trial = decode.outlier.begin()
     decode.in_flight += 1
 
