@@ -32,13 +32,8 @@ async def handle(request: web.Request) -> web.Response:
         raise OpenAIError(
             503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
         )
-    task = asyncio.current_task()
-    assert task is not None  # a handler runs in its task
-    state.passing.add(task)  # a graceful shutdown waits for it (gateway/shutdown.py)
-    try:
+    with state.passing_through():
         return await _handle(request, state)
-    finally:
-        state.passing.discard(task)
 
 
 async def _handle(request: web.Request, state: GatewayState) -> web.Response:

@@ -58,14 +58,8 @@ MAX_HOPS = 2
 
 async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     state: GatewayState = request.app["state"]
-    task = asyncio.current_task()
-    assert task is not None  # a handler runs in its task
-    # a graceful shutdown waits for it, also before it is a Trip (its key checks, a slow client's body, its shaping)
-    state.passing.add(task)
-    try:
+    with state.passing_through():
         return await _handle(request, state, endpoint)
-    finally:
-        state.passing.discard(task)
 
 
 async def _handle(request: web.Request, state: GatewayState, endpoint: Endpoint) -> web.StreamResponse:

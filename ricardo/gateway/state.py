@@ -8,6 +8,7 @@ only ever read the state already applied, never the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -15,6 +16,7 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -240,6 +242,18 @@ class GatewayState:
         self.shaper.default_slo = slo
         self.metrics.config_version.set(version)
         log.info("config version %d in force: %d pools, policy %s", version, len(pools), shared.policy)
+
+    @contextlib.contextmanager
+    def passing_through(self) -> Iterator[None]:
+        """The calling handler's task counted as an API request in flight while inside: a graceful shutdown waits
+        for it (gateway/shutdown.py), a completion also before it is a Trip."""
+        task = asyncio.current_task()
+        assert task is not None  # a handler runs in its task
+        self.passing.add(task)
+        try:
+            yield
+        finally:
+            self.passing.discard(task)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
