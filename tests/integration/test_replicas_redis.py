@@ -123,13 +123,23 @@ def test_a_replica_that_refuses_a_version_says_so_and_why_its_changes_cannot_com
     ],
 )
 def test_bad_admin_calls_are_refused_and_change_nothing(cluster, method, path, body, token, status):
-    before = call(cluster.url + "/admin/pools")[1]
+    before = settled(cluster)
     code, answer, headers = call(cluster.url + path, method, body, token=token)
     assert code == status
     assert answer["error"]["message"]
     if status == 401:
         assert headers.get("WWW-Authenticate") == "Bearer"
     assert call(cluster.url + "/admin/pools")[1]["version"] == before["version"]
+
+
+def settled(cluster: Cluster) -> dict:
+    """The first replica's pools once every replica has applied the same config version: an earlier test's last
+    change reaches the others through Redis a moment later, and would pass for a change made by this one."""
+    deadline = time.monotonic() + 10
+    while len({call(url + "/admin/pools")[1]["version"] for url in cluster.urls}) > 1:
+        assert time.monotonic() < deadline, "the replicas never agreed on a config version"
+        time.sleep(0.05)
+    return call(cluster.url + "/admin/pools")[1]
 
 
 def test_openapi_document_lists_the_admin_api(cluster):
