@@ -32,7 +32,8 @@ from ricardo.protocol.openai import Endpoint, OpenAIError, compact_json, parse_r
 
 log = logging.getLogger("ricardo.gateway")
 
-# hop-by-hop headers, what the gateway sets itself (host, length, the hop count) and the client's credentials
+# hop-by-hop headers, what the gateway sets itself (host, length, the hop count), the client's credentials, and the
+# body's encoding: aiohttp decodes a gzip or deflate body, and the gateway sends on the decoded bytes
 NOT_FORWARDED = {
     HOPS_HEADER,
     "connection",
@@ -48,6 +49,7 @@ NOT_FORWARDED = {
     "authorization",
     "cookie",
     "accept-encoding",
+    "content-encoding",
 }
 # a larger body is shaped in a thread: counting its tokens exactly can take 0.1 s per MB (base64, long words), and
 # the tokenizer releases the GIL meanwhile; a smaller one is shaped on the loop, where a thread hop would cost more

@@ -151,7 +151,7 @@ class Shaper:
                 value = float(raw)
             except ValueError:
                 value = -1.0
-            if not value > 0:
+            if not (value > 0 and math.isfinite(value)):  # "inf" parses; no latency is infinitely long
                 raise OpenAIError(400, f"header {header} must be a positive number of milliseconds", param=header)
             values[field] = value
         return SLO(**values)

@@ -21,6 +21,7 @@ utilization it was dispatched into), shown on the status page: where a profile d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ricardo.policies.live import ewma, latency_per_token_ms
@@ -131,8 +132,10 @@ class PoolLedger:
         if alone is None or ticket.slo_tpot_ms <= 0:
             return
         predicted = 1.0 - predicted_slack(alone * 1000.0 / ticket.slo_tpot_ms, ticket.utilization)
-        if predicted > 0:
-            self.lateness = ewma(self.lateness, observed_ms / ticket.slo_tpot_ms / predicted)
+        ratio = observed_ms / ticket.slo_tpot_ms / predicted if predicted > 0 else math.nan
+        # a client's SLO so tight (a denormal) that both sides overflow makes inf / inf: one NaN sample is NaN for good
+        if math.isfinite(ratio):
+            self.lateness = ewma(self.lateness, ratio)
 
     def abandon(self, ticket: Ticket) -> None:
         """The attempt failed or was given up: release its load, learn nothing from it."""
