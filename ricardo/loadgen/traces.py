@@ -211,6 +211,10 @@ def select(
     """
     if not speed > 0:  # NaN too
         raise InvalidInput(f"speed must be > 0, got {speed:g}")
+    if not start_s >= 0:
+        raise InvalidInput(f"start must be >= 0 trace seconds, got {start_s:g}")
+    if max_requests is not None and max_requests < 0:  # a negative slice would drop requests from the end
+        raise InvalidInput(f"max_requests must be >= 0, got {max_requests}")
     end_s = float("inf") if duration_s is None else start_s + duration_s * speed
     window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed) for r in requests if start_s <= r.arrival_s < end_s]
     return window if max_requests is None else window[:max_requests]

@@ -107,3 +107,10 @@ def test_admin_looks_for_the_token_generated_for_the_urls_default_port(capsys, m
     monkeypatch.delenv("RICARDO_ADMIN_TOKEN", raising=False)
     monkeypatch.setattr("ricardo.gateway.security.read_admin_token", lambda at: None)
     one_line_error(capsys, ["admin", "GET", "/admin/pools", "--url", url], 2, f"none generated for port {port}")
+
+
+def test_simulate_refuses_a_negative_max_requests(capsys):
+    """--max-requests -1 simulated the whole trace but its last request (19,365 of azure-conv's 19,366)."""
+    args = ["simulate", "--trace", "azure-conv", "--duration", "30", "--fleet", "A10G=1", "--max-requests", "-1"]
+    one_line_error(capsys, args, 2, "max")
+
