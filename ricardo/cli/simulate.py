@@ -130,6 +130,8 @@ def _types(args: argparse.Namespace, book: ProfileBook) -> list[str]:
     if not args.types:
         return priced
     wanted = [book.canonical(name.strip()) for name in args.types.split(",") if name.strip()]
+    if not wanted:
+        raise InvalidInput(f"--types names no hardware type: {args.types!r}")
     unpriced = [hw for hw in wanted if hw not in book.prices]
     if unpriced:
         raise InvalidInput(f"no price for {', '.join(unpriced)} in price set {args.price_set!r}")
@@ -226,6 +228,8 @@ def run_fleet(args: argparse.Namespace) -> dict:
     from ricardo.policies.types import SLO
     from ricardo.profiles.engine_params import engine_catalog
 
+    if args.types and args.fleet != "auto":
+        raise InvalidInput("--types chooses what --fleet auto or cheapest plans over; this --fleet names its types")
     requests = load_requests(args)
     book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
     if args.fleet == "auto":
@@ -236,6 +240,8 @@ def run_fleet(args: argparse.Namespace) -> dict:
             headroom=args.headroom,
             planner=args.planner,
             disaggregated=args.disaggregated,
+            only=_types(args, book),
+            link_gbps=args.link_gbps,
         )
     else:
         fleet = _read_fleet(args.fleet, book)

@@ -114,3 +114,15 @@ def test_simulate_refuses_a_negative_max_requests(capsys):
     args = ["simulate", "--trace", "azure-conv", "--duration", "30", "--fleet", "A10G=1", "--max-requests", "-1"]
     one_line_error(capsys, args, 2, "max")
 
+
+@pytest.mark.parametrize("fleet", ["cheapest", "auto"])
+def test_simulate_refuses_types_that_name_no_type(capsys, fleet):
+    """--types , named no type: --fleet cheapest ended in a numpy traceback (stack of no arrays)."""
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", fleet, "--types", ","]
+    one_line_error(capsys, args, 2, "--types")
+
+
+def test_simulate_refuses_types_beside_a_fleet_it_names(capsys):
+    """--types chooses what --fleet auto or cheapest plans over; a named fleet has its types already."""
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", "A10G=1", "--types", "L4"]
+    one_line_error(capsys, args, 2, "--types")

@@ -124,6 +124,13 @@ def test_simulate_command(slo_ms):
         assert "L4" not in out["fleet"]  # no L4 meets 40 ms per token
 
 
+def test_simulate_plans_the_auto_fleet_over_the_types_given():
+    """--types was read by --fleet cheapest only: --fleet auto planned over every priced type regardless."""
+    common = ("simulate", "--trace", "azure-conv", "--max-requests", "30", "--fleet", "auto")
+    assert set(run_cli(*common)["fleet"]) != {"L4"}  # the 30 requests' own plan is not all L4
+    assert set(run_cli(*common, "--types", "L4")["fleet"]) == {"L4"}
+
+
 def test_simulate_rejects_bad_input():
     done = subprocess.run(
         [sys.executable, "-m", "ricardo.cli", "simulate", "--trace", "azure-conv", "--slo-tpot-ms", "77"],
