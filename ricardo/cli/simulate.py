@@ -305,17 +305,23 @@ def _pairs_text(pairs: list[dict] | None) -> list[str]:
     ]
 
 
+def _figure(value: float | None, spec: str) -> str:
+    """`value` formatted, or "-" where there is none (no request served)."""
+    return "-" if value is None else format(value, spec)
+
+
 def _text(result: dict) -> str:
     fleet = ", ".join([f"{n} x {hw}" for hw, n in result["fleet"].items() if n] + _pairs_text(result.get("pairs")))
     lines = [
         f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
         f"{result['duration_s']:.0f} s on {fleet}",
-        f"  SLO attainment (latency per token <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
+        f"  SLO attainment (latency per token <= {result['slo_tpot_ms']:g} ms): "
+        f"{_figure(result['slo_attainment'], '.2%')}"
         f"  refused (beyond the model's context): {result['refused_context']}, unserved: {result['unserved']}",
-        f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
+        f"  cost: ${result['cost_per_hour']:.2f}/h, ${_figure(result['usd_per_million_tokens'], '.3f')} per 1M tokens",
         "  latency per token ms p50/p90/p99: "
-        + "/".join(f"{result['latency_per_token_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
-        "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+        + "/".join(_figure(result["latency_per_token_ms"][q], ".0f") for q in ("p50", "p90", "p99")),
+        "  TTFT ms p50/p90/p99: " + "/".join(_figure(result["ttft_ms"][q], ".0f") for q in ("p50", "p90", "p99")),
         "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items()),
     ]
     return "\n".join(lines)
