@@ -121,8 +121,8 @@ def with_poisson_arrivals(requests: list[TraceRequest], rate: float, seed: int =
     """The same requests, in a seeded random order, arriving as a Poisson process of `rate` req/s."""
     import numpy as np
 
-    if rate <= 0:
-        raise InvalidInput("rate must be > 0")
+    if not 0 < rate < math.inf:  # NaN too: every arrival would be NaN; inf: all at 0 s, a run of no duration
+        raise InvalidInput(f"rate must be a finite number > 0, got {rate:g}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(requests))
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(requests)))

@@ -126,3 +126,18 @@ def test_simulate_refuses_types_beside_a_fleet_it_names(capsys):
     """--types chooses what --fleet auto or cheapest plans over; a named fleet has its types already."""
     args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", "A10G=1", "--types", "L4"]
     one_line_error(capsys, args, 2, "--types")
+
+
+@pytest.mark.parametrize("rate", ["nan", "inf"])
+def test_simulate_refuses_a_rate_that_is_not_a_finite_number(tmp_path: Path, capsys, rate):
+    """--rate nan passed `rate <= 0`: every arrival NaN, reported as "the selected window of the trace is empty";
+    --rate inf sent every request at 0 s, a run of no duration priced at $0 per 1M tokens."""
+    trace = tmp_path / "lengths.csv"
+    trace.write_text("10,20\n30,40\n50,60\n")
+    args = ["simulate", "--trace", str(trace), "--fleet", "A10G=1", "--rate", rate]
+    one_line_error(capsys, args, 2, "rate")
+
+
+def test_plan_refuses_an_infinite_rate_in_one_line(capsys):
+    """--rate inf passed `rate < 0` and numpy's RuntimeWarning (inf x 0) came out on stderr before the error."""
+    one_line_error(capsys, ["plan", "--workload", "arena", "--rate", "inf"], 2, "--rate")
