@@ -209,8 +209,8 @@ def select(
     speed: time compression; 2 replays the trace twice as fast.
     max_requests: keep at most the first N requests of the window.
     """
-    if not speed > 0:  # NaN too
-        raise InvalidInput(f"speed must be > 0, got {speed:g}")
+    if not 0 < speed < math.inf:  # NaN too; inf would put every arrival at 0 s
+        raise InvalidInput(f"speed must be a finite number > 0, got {speed:g}")
     if not start_s >= 0:
         raise InvalidInput(f"start must be >= 0 trace seconds, got {start_s:g}")
     if max_requests is not None and max_requests < 0:  # a negative slice would drop requests from the end

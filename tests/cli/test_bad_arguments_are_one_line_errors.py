@@ -141,3 +141,15 @@ def test_simulate_refuses_a_rate_that_is_not_a_finite_number(tmp_path: Path, cap
 def test_plan_refuses_an_infinite_rate_in_one_line(capsys):
     """--rate inf passed `rate < 0` and numpy's RuntimeWarning (inf x 0) came out on stderr before the error."""
     one_line_error(capsys, ["plan", "--workload", "arena", "--rate", "inf"], 2, "--rate")
+
+
+@pytest.mark.parametrize("command", ["simulate", "loadgen"])
+def test_an_infinite_speed_is_refused(tmp_path: Path, capsys, command):
+    """--speed inf passed `speed > 0` and put every arrival at 0 s: simulate priced the run over 1e-9 s, at
+    $0.0000000003 per 1M tokens, and loadgen sent the whole window at once."""
+    args = [command, "--trace", "azure-conv", "--max-requests", "20", "--speed", "inf"]
+    if command == "loadgen":
+        args += ["--url", "http://127.0.0.1:9", "--out", str(tmp_path / "out")]
+    else:
+        args += ["--fleet", "A10G=1"]
+    one_line_error(capsys, args, 2, "speed")
