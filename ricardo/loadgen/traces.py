@@ -172,20 +172,34 @@ def read_jsonl(path: Path) -> list[TraceRequest]:
 def _aibrix_requests(record: dict) -> list[TraceRequest]:
     arrival_s = float(record["timestamp"]) / 1000.0
     return [
-        TraceRequest(arrival_s, int(r["Prompt Length"]), int(r["Output Length"]), r.get("prompt"))
+        TraceRequest(arrival_s, _tokens(r["Prompt Length"]), _tokens(r["Output Length"]), _prompt(r))
         for r in record["requests"]
     ]
 
 
 def _simple_request(record: dict) -> TraceRequest:
-    prompt = record.get("prompt")
+    prompt = _prompt(record)
     if "input_tokens" in record:
-        input_tokens = int(record["input_tokens"])
+        input_tokens = _tokens(record["input_tokens"])
     elif prompt is not None:
         input_tokens = _count_tokens(prompt)
     else:
         raise KeyError("a line needs 'prompt' or 'input_tokens'")
-    return TraceRequest(float(record.get("timestamp_s", 0.0)), input_tokens, int(record["output_tokens"]), prompt)
+    return TraceRequest(float(record.get("timestamp_s", 0.0)), input_tokens, _tokens(record["output_tokens"]), prompt)
+
+
+def _tokens(value: object) -> int:
+    """A token count: 5, 5.0 or "5"; 5.9 is not cut to 5, and inf or NaN are refused (int() raises OverflowError)."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"a token count is a whole number, got {value!r}")
+    return int(value)  # type: ignore[call-overload]  # a TypeError for what int() does not take
+
+
+def _prompt(record: dict) -> str | None:
+    prompt = record.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):  # it is sent as the message and counted as text
+        raise TypeError(f"'prompt' is text, not {type(prompt).__name__}")
+    return prompt
 
 
 def _count_tokens(text: str) -> int:
