@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> dict:
     from ricardo.policies.types import SLO
     from ricardo.profiles.catalog import default_profile_paths, load_book, with_shipped_engines
 
-    if args.rate is not None and args.rate < 0:
-        raise InvalidInput(f"--rate must be >= 0, got {args.rate:g}")
+    if args.rate is not None and not 0 <= args.rate < math.inf:  # NaN too
+        raise InvalidInput(f"--rate must be >= 0 and finite, got {args.rate:g}")
     if args.profile and args.include_estimated:
         raise InvalidInput(
             "--include-estimated adds to the shipped profile; with --profile, list the estimated "

@@ -130,6 +130,8 @@ def _types(args: argparse.Namespace, book: ProfileBook) -> list[str]:
     if not args.types:
         return priced
     wanted = [book.canonical(name.strip()) for name in args.types.split(",") if name.strip()]
+    if not wanted:
+        raise InvalidInput(f"--types names no hardware type: {args.types!r}")
     unpriced = [hw for hw in wanted if hw not in book.prices]
     if unpriced:
         raise InvalidInput(f"no price for {', '.join(unpriced)} in price set {args.price_set!r}")
@@ -226,6 +228,8 @@ def run_fleet(args: argparse.Namespace) -> dict:
     from ricardo.policies.types import SLO
     from ricardo.profiles.engine_params import engine_catalog
 
+    if args.types and args.fleet != "auto":
+        raise InvalidInput("--types chooses what --fleet auto or cheapest plans over; this --fleet names its types")
     requests = load_requests(args)
     book = book_for_slo(args.slo_tpot_ms, price_set=args.price_set, full_catalog=args.catalog == "full")
     if args.fleet == "auto":
@@ -236,6 +240,8 @@ def run_fleet(args: argparse.Namespace) -> dict:
             headroom=args.headroom,
             planner=args.planner,
             disaggregated=args.disaggregated,
+            only=_types(args, book),
+            link_gbps=args.link_gbps,
         )
     else:
         fleet = _read_fleet(args.fleet, book)
@@ -299,17 +305,23 @@ def _pairs_text(pairs: list[dict] | None) -> list[str]:
     ]
 
 
+def _figure(value: float | None, spec: str) -> str:
+    """`value` formatted, or "-" where there is none (no request served)."""
+    return "-" if value is None else format(value, spec)
+
+
 def _text(result: dict) -> str:
     fleet = ", ".join([f"{n} x {hw}" for hw, n in result["fleet"].items() if n] + _pairs_text(result.get("pairs")))
     lines = [
         f"{result['trace']} with {result['policy']}: {result['requests']} requests over "
         f"{result['duration_s']:.0f} s on {fleet}",
-        f"  SLO attainment (latency per token <= {result['slo_tpot_ms']:g} ms): {result['slo_attainment']:.2%}"
+        f"  SLO attainment (latency per token <= {result['slo_tpot_ms']:g} ms): "
+        f"{_figure(result['slo_attainment'], '.2%')}"
         f"  refused (beyond the model's context): {result['refused_context']}, unserved: {result['unserved']}",
-        f"  cost: ${result['cost_per_hour']:.2f}/h, ${result['usd_per_million_tokens']:.3f} per 1M tokens",
+        f"  cost: ${result['cost_per_hour']:.2f}/h, ${_figure(result['usd_per_million_tokens'], '.3f')} per 1M tokens",
         "  latency per token ms p50/p90/p99: "
-        + "/".join(f"{result['latency_per_token_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
-        "  TTFT ms p50/p90/p99: " + "/".join(f"{result['ttft_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+        + "/".join(_figure(result["latency_per_token_ms"][q], ".0f") for q in ("p50", "p90", "p99")),
+        "  TTFT ms p50/p90/p99: " + "/".join(_figure(result["ttft_ms"][q], ".0f") for q in ("p50", "p90", "p99")),
         "  requests per pool: " + ", ".join(f"{k}: {v}" for k, v in result["per_pool_requests"].items()),
     ]
     return "\n".join(lines)

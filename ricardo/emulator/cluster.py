@@ -147,18 +147,18 @@ class SimResult:
         met = int(np.sum(lpt <= self.slo.tpot_ms)) if len(lpt) else 0
         hours = self.duration_s / 3600
 
-        def pct(a: np.ndarray, q: float) -> float:
-            return float(np.percentile(a, q)) if len(a) else math.nan
+        def pct(a: np.ndarray, q: float) -> float | None:  # None, not NaN: the summary is printed as JSON
+            return float(np.percentile(a, q)) if len(a) else None
 
         held = len(self.requests) - self.refused("context")
         return {
             "requests": len(self.requests),
             "refused_context": self.refused("context"),  # beyond the model's window: 400 before routing
             "unserved": self.refused("capacity"),  # no pool could take them
-            "slo_attainment": met / held if held else math.nan,  # of the requests the model can hold
+            "slo_attainment": met / held if held else None,  # of the requests the model can hold
             "slo_tpot_ms": self.slo.tpot_ms,
             "cost_per_hour": self.cost_per_hour,
-            "usd_per_million_tokens": self.cost_per_hour * hours / tokens * 1e6 if tokens else math.nan,
+            "usd_per_million_tokens": self.cost_per_hour * hours / tokens * 1e6 if tokens else None,
             "duration_s": self.duration_s,
             "fleet": split_fleet(self.fleet)[0],
             "pairs": split_fleet(self.fleet)[1],

@@ -46,10 +46,13 @@ def plan_fleet(
     headroom: float = 0.0,
     planner: str = "ricardo",
     disaggregated: bool = False,
+    only: Sequence[str] | None = None,
+    link_gbps: float = DEFAULT_LINK_GBPS,
 ) -> dict[str, int]:
     """The planner's cheapest fleet for the requests' size mix at their mean arrival rate (see
-    `policies.sizing` for the planners), pairs keyed by role (`cluster.pair_key`) with `disaggregated`."""
-    priced = [hw for hw in book.hardware_names() if hw in book.prices]
+    `policies.sizing` for the planners), pairs keyed by role (`cluster.pair_key`) with `disaggregated`,
+    over the types `only` (default: every priced type), the pairs' KV cache crossing a `link_gbps` link."""
+    priced = list(only) if only is not None else [hw for hw in book.hardware_names() if hw in book.prices]
     result = plan_sizes(
         book,
         *lengths(requests),
@@ -59,6 +62,7 @@ def plan_fleet(
         headroom=headroom,
         only=priced,
         disaggregated=disaggregated,
+        link_gbps=link_gbps,
     )
     return fleet_of(result)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ricardo.defaults import default_slo_ms
+from ricardo.errors import InvalidInput
 
 # unless told otherwise, requests are judged by the SLO the gateway's embedded default config states
 DEFAULT_SLO_TTFT_MS, DEFAULT_SLO_TPOT_MS = default_slo_ms()
@@ -178,7 +179,7 @@ def handle(args: argparse.Namespace) -> int:
             speed=args.speed,
             max_requests=args.max_requests,
         )
-    except traces.TraceError as exc:
+    except InvalidInput as exc:  # a trace that cannot be read (TraceError), or a window select refuses
         return fail(str(exc))
     if not requests:
         return fail(

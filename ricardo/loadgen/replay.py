@@ -10,7 +10,7 @@ gateway does not read for prediction; `length_mode="max_tokens"` instead sets `m
 
 Definitions, per request (times from the moment the POST is issued):
 - ttft_ms: first chunk carrying content (or reasoning content);
-- e2e_ms: end of the stream;
+- e2e_ms: end of the stream; a stream is "ok" only when it ends with `data: [DONE]`;
 - tpot_ms: decode time per output token, (e2e - ttft) / (completion_tokens - 1), None when < 2 tokens;
 - latency_per_token_ms: e2e / completion_tokens, the Mélange "TPOT" (prefill included);
 - chunk_ms: arrival of every content chunk;
@@ -301,12 +301,14 @@ class _Replay:
                 return
             chunk_ms = record.chunk_ms
             events = 0
+            done = False
             async for line in resp.content:
                 if not line.startswith(b"data:"):
                     continue
                 events += 1
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
+                    done = True
                     break
                 event = json.loads(payload)
                 if event.get("error"):
@@ -323,6 +325,9 @@ class _Replay:
             record.e2e_ms = _ms(time.perf_counter() - sent)
         if not events:
             record.error = f"not an event stream (content-type {resp.content_type})"
+            return
+        if not done:  # a cut stream can still carry tokens and even its usage; [DONE] alone says it is whole
+            record.error = "stream ended without [DONE]"
             return
         record.outcome = "ok"
 

@@ -121,8 +121,8 @@ def with_poisson_arrivals(requests: list[TraceRequest], rate: float, seed: int =
     """The same requests, in a seeded random order, arriving as a Poisson process of `rate` req/s."""
     import numpy as np
 
-    if rate <= 0:
-        raise InvalidInput("rate must be > 0")
+    if not 0 < rate < math.inf:  # NaN too: every arrival would be NaN; inf: all at 0 s, a run of no duration
+        raise InvalidInput(f"rate must be a finite number > 0, got {rate:g}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(requests))
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=len(requests)))
@@ -172,20 +172,34 @@ def read_jsonl(path: Path) -> list[TraceRequest]:
 def _aibrix_requests(record: dict) -> list[TraceRequest]:
     arrival_s = float(record["timestamp"]) / 1000.0
     return [
-        TraceRequest(arrival_s, int(r["Prompt Length"]), int(r["Output Length"]), r.get("prompt"))
+        TraceRequest(arrival_s, _tokens(r["Prompt Length"]), _tokens(r["Output Length"]), _prompt(r))
         for r in record["requests"]
     ]
 
 
 def _simple_request(record: dict) -> TraceRequest:
-    prompt = record.get("prompt")
+    prompt = _prompt(record)
     if "input_tokens" in record:
-        input_tokens = int(record["input_tokens"])
+        input_tokens = _tokens(record["input_tokens"])
     elif prompt is not None:
         input_tokens = _count_tokens(prompt)
     else:
         raise KeyError("a line needs 'prompt' or 'input_tokens'")
-    return TraceRequest(float(record.get("timestamp_s", 0.0)), input_tokens, int(record["output_tokens"]), prompt)
+    return TraceRequest(float(record.get("timestamp_s", 0.0)), input_tokens, _tokens(record["output_tokens"]), prompt)
+
+
+def _tokens(value: object) -> int:
+    """A token count: 5, 5.0 or "5"; 5.9 is not cut to 5, and inf or NaN are refused (int() raises OverflowError)."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"a token count is a whole number, got {value!r}")
+    return int(value)  # type: ignore[call-overload]  # a TypeError for what int() does not take
+
+
+def _prompt(record: dict) -> str | None:
+    prompt = record.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):  # it is sent as the message and counted as text
+        raise TypeError(f"'prompt' is text, not {type(prompt).__name__}")
+    return prompt
 
 
 def _count_tokens(text: str) -> int:
@@ -209,8 +223,12 @@ def select(
     speed: time compression; 2 replays the trace twice as fast.
     max_requests: keep at most the first N requests of the window.
     """
-    if not speed > 0:  # NaN too
-        raise InvalidInput(f"speed must be > 0, got {speed:g}")
+    if not 0 < speed < math.inf:  # NaN too; inf would put every arrival at 0 s
+        raise InvalidInput(f"speed must be a finite number > 0, got {speed:g}")
+    if not start_s >= 0:
+        raise InvalidInput(f"start must be >= 0 trace seconds, got {start_s:g}")
+    if max_requests is not None and max_requests < 0:  # a negative slice would drop requests from the end
+        raise InvalidInput(f"max_requests must be >= 0, got {max_requests}")
     end_s = float("inf") if duration_s is None else start_s + duration_s * speed
     window = [replace(r, arrival_s=(r.arrival_s - start_s) / speed) for r in requests if start_s <= r.arrival_s < end_s]
     return window if max_requests is None else window[:max_requests]

@@ -107,3 +107,49 @@ def test_admin_looks_for_the_token_generated_for_the_urls_default_port(capsys, m
     monkeypatch.delenv("RICARDO_ADMIN_TOKEN", raising=False)
     monkeypatch.setattr("ricardo.gateway.security.read_admin_token", lambda at: None)
     one_line_error(capsys, ["admin", "GET", "/admin/pools", "--url", url], 2, f"none generated for port {port}")
+
+
+def test_simulate_refuses_a_negative_max_requests(capsys):
+    """--max-requests -1 simulated the whole trace but its last request (19,365 of azure-conv's 19,366)."""
+    args = ["simulate", "--trace", "azure-conv", "--duration", "30", "--fleet", "A10G=1", "--max-requests", "-1"]
+    one_line_error(capsys, args, 2, "max")
+
+
+@pytest.mark.parametrize("fleet", ["cheapest", "auto"])
+def test_simulate_refuses_types_that_name_no_type(capsys, fleet):
+    """--types , named no type: --fleet cheapest ended in a numpy traceback (stack of no arrays)."""
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", fleet, "--types", ","]
+    one_line_error(capsys, args, 2, "--types")
+
+
+def test_simulate_refuses_types_beside_a_fleet_it_names(capsys):
+    """--types chooses what --fleet auto or cheapest plans over; a named fleet has its types already."""
+    args = ["simulate", "--trace", "azure-conv", "--max-requests", "3", "--fleet", "A10G=1", "--types", "L4"]
+    one_line_error(capsys, args, 2, "--types")
+
+
+@pytest.mark.parametrize("rate", ["nan", "inf"])
+def test_simulate_refuses_a_rate_that_is_not_a_finite_number(tmp_path: Path, capsys, rate):
+    """--rate nan passed `rate <= 0`: every arrival NaN, reported as "the selected window of the trace is empty";
+    --rate inf sent every request at 0 s, a run of no duration priced at $0 per 1M tokens."""
+    trace = tmp_path / "lengths.csv"
+    trace.write_text("10,20\n30,40\n50,60\n")
+    args = ["simulate", "--trace", str(trace), "--fleet", "A10G=1", "--rate", rate]
+    one_line_error(capsys, args, 2, "rate")
+
+
+def test_plan_refuses_an_infinite_rate_in_one_line(capsys):
+    """--rate inf passed `rate < 0` and numpy's RuntimeWarning (inf x 0) came out on stderr before the error."""
+    one_line_error(capsys, ["plan", "--workload", "arena", "--rate", "inf"], 2, "--rate")
+
+
+@pytest.mark.parametrize("command", ["simulate", "loadgen"])
+def test_an_infinite_speed_is_refused(tmp_path: Path, capsys, command):
+    """--speed inf passed `speed > 0` and put every arrival at 0 s: simulate priced the run over 1e-9 s, at
+    $0.0000000003 per 1M tokens, and loadgen sent the whole window at once."""
+    args = [command, "--trace", "azure-conv", "--max-requests", "20", "--speed", "inf"]
+    if command == "loadgen":
+        args += ["--url", "http://127.0.0.1:9", "--out", str(tmp_path / "out")]
+    else:
+        args += ["--fleet", "A10G=1"]
+    one_line_error(capsys, args, 2, "speed")

@@ -124,6 +124,35 @@ def test_simulate_command(slo_ms):
         assert "L4" not in out["fleet"]  # no L4 meets 40 ms per token
 
 
+def test_simulate_plans_the_auto_fleet_over_the_types_given():
+    """--types was read by --fleet cheapest only: --fleet auto planned over every priced type regardless."""
+    common = ("simulate", "--trace", "azure-conv", "--max-requests", "30", "--fleet", "auto")
+    assert set(run_cli(*common)["fleet"]) != {"L4"}  # the 30 requests' own plan is not all L4
+    assert set(run_cli(*common, "--types", "L4")["fleet"]) == {"L4"}
+
+
+def test_simulate_reports_null_not_nan_when_no_request_was_served(tmp_path):
+    """No A10G holds a 5,000-token prompt: with nothing served, the latency percentiles were NaN, which
+    json.dumps writes as a bare `NaN` that no strict JSON reader takes (jq, JavaScript, json.loads(strict))."""
+    trace = tmp_path / "long.jsonl"
+    trace.write_text(
+        "".join(json.dumps({"timestamp_s": t, "input_tokens": 5000, "output_tokens": 10}) + "\n" for t in (0, 1))
+    )
+    command = [sys.executable, "-m", "ricardo.cli", "simulate", "--trace", str(trace), "--fleet", "A10G=1"]
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    out = json.loads(done.stdout, parse_constant=refuse)
+    assert out["unserved"] == 2 and out["per_pool_requests"] == {"A10G": 0}
+    assert out["ttft_ms"] == {"p50": None, "p90": None, "p99": None}
+    assert out["latency_per_token_ms"]["p50"] is None
+    text = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "nan" not in text.stdout, text.stderr
+
+
 def test_simulate_rejects_bad_input():
     done = subprocess.run(
         [sys.executable, "-m", "ricardo.cli", "simulate", "--trace", "azure-conv", "--slo-tpot-ms", "77"],

@@ -139,3 +139,18 @@ def test_a_fleet_spec_names_pair_roles():
     assert split_fleet(fleet)[1] == [
         {"prefill": "L40S", "decode": "MI300X", "prefill_replicas": 2, "decode_replicas": 1}
     ]
+
+
+def test_the_auto_fleet_is_planned_for_the_link_the_simulation_runs(tmp_path):
+    """`simulate --fleet auto --disaggregated --link-gbps X` planned the pairs for the default 100 Gb/s link and
+    simulated them on X: a link too slow for any pair still got one."""
+    lines = [
+        {"timestamp_s": r.arrival, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens}
+        for r in trace(30.0, 300)
+    ]
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    common = ("simulate", "--trace", str(path), "--fleet", "auto", "--disaggregated", "--planner", "exact")
+    common += ("--catalog", "full", "--price-set", "neocloud", "--types", ",".join(TYPES))
+    assert run_cli(*common)["pairs"]  # pairs pay at the default 100 Gb/s
+    assert run_cli(*common, "--link-gbps", "0.001")["pairs"] == []

@@ -3,7 +3,8 @@
 It streams N one-token chunks after `ttft_s`, `itl_s` apart, then a usage chunk when asked, where N is
 the x-emulator-output-tokens header, else max_tokens, else 8. Prompts steer failures:
 "test-fail-429" answers 429 with an OpenAI error body, "test-fail-stream" sends one token then a
-`data: {"error": ...}` event, "test-no-stream" answers plain JSON, "test-hang" sleeps 60 s first.
+`data: {"error": ...}` event, "test-no-done" ends a whole stream (usage included) without `data: [DONE]`,
+"test-no-stream" answers plain JSON, "test-hang" sleeps 60 s first.
 Responses carry x-ricardo-pool ("small" below 100 prompt words, else "large") and, like the gateway, an
 expected cost in x-ricardo-expected-cost-usd (2e-6 $ per prompt word and per output token) and the actual one
 in usage.ricardo_cost_usd (1e-6 $ per prompt word and per output token). Every request's path, headers
@@ -87,6 +88,8 @@ class FakeServer:
                     }
                 )
             )
+        if "test-no-done" in prompt:
+            return response
         await response.write(b"data: [DONE]\n\n")
         self.completed += 1
         return response

@@ -23,6 +23,17 @@ from ricardo.loadgen.traces import TraceError, read_trace
             b'{"timestamp_s": 1, "input_tokens": 3, "output_tokens": 5}\n',
             "nan.jsonl:1",
         ),
+        # token counts are whole numbers: 1e999 (inf) raised an OverflowError traceback, 3.7 was read as 3
+        ("infinite.jsonl", b'{"input_tokens": 1e999, "output_tokens": 5}\n', "infinite.jsonl:1"),
+        ("fraction.jsonl", b'{"input_tokens": 3.7, "output_tokens": 5}\n', "fraction.jsonl:1"),
+        (
+            "aibrix.jsonl",
+            b'{"timestamp": 0, "requests": [{"Prompt Length": 3, "Output Length": 1e999}]}\n',
+            "aibrix.jsonl:1",
+        ),
+        # a prompt is text: a list reached the tokenizer (a three-line pybind error), a number was sent as the message
+        ("list_prompt.jsonl", b'{"prompt": ["a"], "output_tokens": 5}\n', "list_prompt.jsonl:1: TypeError: 'prompt'"),
+        ("number_prompt.jsonl", b'{"prompt": 7, "input_tokens": 3, "output_tokens": 5}\n', "number_prompt.jsonl:1"),
         (
             "negative.csv",
             b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,-44\n",

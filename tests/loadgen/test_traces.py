@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+from ricardo.errors import InvalidInput
 from ricardo.loadgen.traces import (
     NAMED_TRACES,
     TraceError,
@@ -179,3 +180,11 @@ def test_synthetic_stress_traces_are_deterministic_and_shaped_as_named():
     assert np.median([r.input_tokens for r in late]) > 10 * np.median([r.input_tokens for r in early])
     with pytest.raises(TraceError, match="synth-longctx"):
         read_trace("synth-nope")
+
+
+@pytest.mark.parametrize("window", [{"max_requests": -1}, {"start_s": -5.0}])
+def test_select_refuses_a_negative_count_or_start(window):
+    """max_requests=-1 sliced off the last request and kept the rest of the trace; start_s=-5 put 5 s of
+    silence before the first arrival (`ricardo simulate` passed both through unchecked)."""
+    with pytest.raises(InvalidInput):
+        select(EVERY_SECOND, **window)
