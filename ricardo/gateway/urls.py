@@ -30,6 +30,7 @@ METADATA_ADDRESSES = {
     ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, ... (also link-local)
     ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    ipaddress.ip_address("168.63.129.16"),  # Azure's WireServer (the VM agent's channel: goal state, extensions)
 }
 METADATA_NAMES = {"metadata.google.internal", "metadata.goog", "instance-data.ec2.internal"}
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}

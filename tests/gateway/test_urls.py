@@ -37,6 +37,7 @@ def test_credentials_are_split_off_decoded():
         "http://[fe80::1%25eth0]:80/",
         "http://[fd00:ec2::254]/",
         "http://100.100.100.200/",
+        "http://168.63.129.16/machine?comp=goalstate",
         "http://metadata.google.internal./",
         "ftp://h/",
     ],
