@@ -128,13 +128,17 @@ async def replay(requests: list[TraceRequest], config: ReplayConfig) -> ReplayRe
 
 async def _probe(session: aiohttp.ClientSession, config: ReplayConfig) -> str:
     url = config.root_url + "/v1/models"
+    status = None
     try:
         async with session.get(url, headers=_auth(config), timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            status = resp.status
             listing: Any = await resp.json(content_type=None) if resp.status == 200 else None
     except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise ServerUnreachable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
     except (aiohttp.ClientError, ValueError):
         listing = None  # reachable, but without a usable model list
+    if status in (401, 403):  # the requests would be refused alike, whatever --model says
+        raise ServerUnreachable(f"{url} answered HTTP {status}: pass --api-key (or the right one)")
     if config.model:
         return config.model
     try:
@@ -301,7 +305,7 @@ class _Replay:
                 return
             chunk_ms = record.chunk_ms
             events = 0
-            done = False
+            done = aborted = False
             async for line in resp.content:
                 if not line.startswith(b"data:"):
                     continue
@@ -322,12 +326,17 @@ class _Replay:
                 choices = event.get("choices")
                 if choices and _has_content(choices[0], content_key):
                     chunk_ms.append(_ms(time.perf_counter() - sent))
+                if choices and any(isinstance(c, dict) and c.get("finish_reason") == "abort" for c in choices):
+                    aborted = True  # vLLM's word for an answer its engine gave up (shutdown, preemption limit)
             record.e2e_ms = _ms(time.perf_counter() - sent)
         if not events:
             record.error = f"not an event stream (content-type {resp.content_type})"
             return
         if not done:  # a cut stream can still carry tokens and even its usage; [DONE] alone says it is whole
             record.error = "stream ended without [DONE]"
+            return
+        if aborted:
+            record.error = "the server aborted the answer (finish_reason abort)"
             return
         record.outcome = "ok"
 

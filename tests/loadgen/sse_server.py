@@ -4,6 +4,7 @@ It streams N one-token chunks after `ttft_s`, `itl_s` apart, then a usage chunk 
 the x-emulator-output-tokens header, else max_tokens, else 8. Prompts steer failures:
 "test-fail-429" answers 429 with an OpenAI error body, "test-fail-stream" sends one token then a
 `data: {"error": ...}` event, "test-no-done" ends a whole stream (usage included) without `data: [DONE]`,
+"test-abort" ends its last token with vLLM's `finish_reason: "abort"`,
 "test-no-stream" answers plain JSON, "test-hang" sleeps 60 s first.
 Responses carry x-ricardo-pool ("small" below 100 prompt words, else "large") and, like the gateway, an
 expected cost in x-ricardo-expected-cost-usd (2e-6 $ per prompt word and per output token) and the actual one
@@ -29,12 +30,15 @@ class FakeServer:
         self.ttft_s, self.itl_s, self.keep_requests = ttft_s, itl_s, keep_requests
         self.seen: list[dict] = []
         self.completed = 0  # streams finished with [DONE]
+        self.api_key: str | None = None  # set: /v1/models answers 401 without this bearer token
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/chat/completions", self.complete)
         self.app.router.add_post("/v1/completions", self.complete)
 
     async def models(self, request: web.Request) -> web.Response:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "invalid API key", "type": "auth"}}, status=401)
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}, {"id": "other"}]})
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
@@ -68,6 +72,8 @@ class FakeServer:
             if i:
                 await asyncio.sleep(self.itl_s)
             choice = {"index": 0, "delta": {"content": f" tok{i}"}} if chat else {"index": 0, "text": f" tok{i}"}
+            if "test-abort" in prompt and i == n_output - 1:
+                choice["finish_reason"] = "abort"
             await response.write(_event({"id": "x", "model": MODEL, "choices": [choice]}))
             if "test-fail-stream" in prompt:
                 await response.write(_event({"error": {"message": "engine died", "type": "server_error"}}))

@@ -199,22 +199,39 @@ async def test_timeouts_and_plain_json_are_errors_and_ctrl_c_still_writes_the_re
     assert [r["outcome"] for r in records] == ["cancelled", "ok", "error"]
 
 
-async def test_a_stream_that_ends_without_done_is_an_error_not_a_success(server, tmp_path):
-    # a cut stream may still carry every token and the usage; only [DONE] says the answer is whole
+async def test_a_cut_or_aborted_stream_is_an_error_not_a_success(server, tmp_path):
+    # a cut stream may still carry every token and the usage; only [DONE] says the answer is whole. An aborted one
+    # ends with [DONE], but the engine gave it up
     trace = write_trace(
         tmp_path / "t.jsonl",
         [
             {"timestamp_s": 0.0, "input_tokens": 10, "output_tokens": 3},
             {"timestamp_s": 0.0, "prompt": "test-no-done", "output_tokens": 3},
+            {"timestamp_s": 0.0, "prompt": "test-abort", "output_tokens": 3},
         ],
     )
     code, _, stderr = await loadgen("--url", server.url, "--trace", trace, "--out", str(tmp_path / "out"))
     assert code == 0, stderr
     summary, records = read_out(tmp_path / "out")
-    assert [r["outcome"] for r in records] == ["ok", "error"]
+    assert [r["outcome"] for r in records] == ["ok", "error", "error"]
     assert records[1]["error"] == "stream ended without [DONE]"
-    assert (summary["overall"]["ok"], summary["overall"]["errors"]) == (1, 1)
+    assert records[2]["error"] == "the server aborted the answer (finish_reason abort)"
+    assert (summary["overall"]["ok"], summary["overall"]["errors"]) == (1, 2)
     assert summary["overall"]["cost_usd"] == pytest.approx(records[0]["cost_usd"])  # the cut answer is not added
+
+
+async def test_a_server_that_wants_an_api_key_is_told_as_such(server, tmp_path):
+    server.api_key = "sk-right"
+    trace = write_trace(tmp_path / "t.jsonl", [{"timestamp_s": 0.0, "input_tokens": 10, "output_tokens": 2}])
+    for key in ([], ["--api-key", "sk-wrong"]):  # with or without --model: every request would be refused alike
+        out = str(tmp_path / "refused")
+        code, _, stderr = await loadgen("--url", server.url, "--trace", trace, "--model", MODEL, "--out", out, *key)
+        assert code == 1 and "answered HTTP 401: pass --api-key" in stderr, stderr
+    assert not server.seen
+    code, _, stderr = await loadgen(
+        "--url", server.url, "--trace", trace, "--api-key", "sk-right", "--out", str(tmp_path)
+    )
+    assert code == 0, stderr
 
 
 async def test_max_concurrency_queues_requests_and_reports_the_wait_as_lag(server, tmp_path):
