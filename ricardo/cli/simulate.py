@@ -47,7 +47,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="TPOT SLO (default: the gateway's). The simulator judges it as the profiles measure it, by latency per "
         "token (request latency / output tokens, Mélange's 'TPOT'), at least the TPOT whenever the TTFT is",
     )
-    p.add_argument("--slo-ttft-ms", type=float, default=10000.0, help="TTFT SLO given to the policy")
+    p.add_argument(
+        "--slo-ttft-ms",
+        type=float,
+        default=default_slo_ms()[0],
+        help="TTFT SLO given to the policy (default: the gateway's; requests are judged by latency per token only)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="compress the trace's arrivals by this factor")
     p.add_argument("--rate", type=float, help="arrival rate (req/s) for a trace without timestamps (Poisson)")
     p.add_argument("--start", type=float, default=0.0, help="trace seconds to skip")
