@@ -107,7 +107,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         type=float,
         default=60.0,
         metavar="S",
-        help="seconds in-flight requests may still finish after --duration; later they count as errors (default: 60)",
+        help="seconds in-flight requests may still finish after --duration, or after the last arrival without it; "
+        "later they count as errors, whatever --timeout allows (default: 60)",
     )
     p.add_argument(
         "--max-concurrency",

@@ -64,7 +64,7 @@ class ReplayConfig:
     timeout_s: float = 300.0  # per request, whole stream
     max_concurrency: int | None = None  # None: open loop, no cap
     duration_s: float | None = None  # wall-clock length of the replay; None: until the last arrival
-    drain_timeout_s: float = 60.0  # after duration_s, how long in-flight requests may finish
+    drain_timeout_s: float = 60.0  # after duration_s (or the last arrival), how long in-flight requests may finish
     seed: int = 0  # synthetic prompt text
     progress: bool = True
 
