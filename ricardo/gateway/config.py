@@ -306,7 +306,8 @@ class PredictorConfig(_Strict):
         default=1000,
         ge=0,
         description="latest outcomes each replica keeps in the store "
-        "for the refitting replica; 0: that replica learns from its own outcomes only",
+        "for the refitting replica, each with the head and tail of its prompt text (the model's features); "
+        "0: no prompt text in the store, and that replica learns from its own outcomes only",
     )
     model_path: str | None = Field(
         default=None,
