@@ -86,7 +86,14 @@ async def get_pool(request: web.Request) -> web.Response:
 def _pool_status(state: GatewayState, name: str) -> dict:
     pool = state.pools[name]
     config = pool.config
-    sized_on = [b for b in pool.backends if b.role in ("unified", "decode")]  # the ledger charges the decode side
+    ledger = pool.ledger
+    if pool.pair is None:
+        utilization = ledger.in_flight_load / max(1, len(pool.backends))
+    else:  # the ledger charges each side apart (`in_flight_load` the prefill's): the busier side's, as a policy reads
+        prefill = sum(1 for b in pool.backends if b.role == "prefill")
+        utilization = max(
+            ledger.in_flight_load / max(1, prefill), ledger.decode_load / max(1, len(pool.backends) - prefill)
+        )
     now = time.monotonic()
     book = state.model_book(state.config.pool_model(config))
     status = {
@@ -99,7 +106,7 @@ def _pool_status(state: GatewayState, name: str) -> dict:
         "model": book.model,
         "models": list(pool.models),
         "in_flight": pool.ledger.in_flight,
-        "utilization": round(pool.ledger.in_flight_load / max(1, len(sized_on)), 4),
+        "utilization": round(utilization, 4),
         # replicas' worth its backends run or queue beyond this gateway's requests, by their own /metrics
         "external_load": round(pool.view(now).external_load, 4),
         "ttft_ms": pool.ledger.ttft_ms,

@@ -61,7 +61,8 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
                 if any(role.price_per_hour is not None for role in pool.config.roles())  # a pair's: its sides'
                 else "price set",
                 "backends": len(pool.backends),
-                "replicas": view.replicas,  # backends that can take a request now
+                # backends that can take a request now (a pair's `replicas` are its prefill side's)
+                "replicas": view.replicas + view.decode_replicas,
                 "desired_replicas": desired.get(name),
                 "fleet_usd_per_hour": round(sum(prices[b.role] for b in pool.backends), 6),
                 "in_flight": view.in_flight,

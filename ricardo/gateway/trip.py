@@ -61,6 +61,7 @@ class Trip:
 def start(state: GatewayState, trip: Trip, pool: Pool, backend: Backend, choice: Choice) -> None:
     """An attempt starts on `backend`."""
     trip.pool, trip.backend, trip.choice, trip.served_by = pool, backend, choice, backend.shown
+    trip.prefill_usage = None  # a failed pair attempt's: this attempt's answer is counted on its own
     trip.ticket = pool.ledger.dispatch(
         trip.shape, state.book_for(trip.shape.model, trip.shape.slo), time.monotonic(), choice
     )
@@ -144,7 +145,7 @@ def priced(state: GatewayState, trip: Trip, usage: dict) -> dict:
     cost for the client (`ricardo_cost_usd`, and the estimate the pool was chosen on, `ricardo_expected_cost_usd`).
     Called when the usage arrives, before the client sees it: `account` charges this same figure to the metrics
     and the client's key, so what a client is told and what the gateway counts agree to the last digit."""
-    trip.usage = usage
+    usage = trip.usage = _as_one_call(trip, usage)
     prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if trip.pool is None or not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
         return usage
@@ -153,6 +154,18 @@ def priced(state: GatewayState, trip: Trip, usage: dict) -> dict:
     if trip.choice is not None:
         extension["ricardo_expected_cost_usd"] = trip.choice.cost_usd
     return {**usage, **extension}
+
+
+def _as_one_call(trip: Trip, usage: dict) -> dict:
+    """A pair's usage as one call would report it: the prompt was the prefill side's work, so its prompt tokens are
+    the prefill side's (a decode side may count only the few it computed itself, after pulling the KV cache)."""
+    prompt_tokens = (trip.prefill_usage or {}).get("prompt_tokens")
+    if not isinstance(prompt_tokens, int) or usage.get("prompt_tokens") == prompt_tokens:
+        return usage
+    usage = {**usage, "prompt_tokens": prompt_tokens}
+    if isinstance(usage.get("completion_tokens"), int) and "total_tokens" in usage:
+        usage["total_tokens"] = prompt_tokens + usage["completion_tokens"]
+    return usage
 
 
 def _met_slo(trip: Trip, clean: bool, tpot_s: float | None) -> bool:
@@ -178,9 +191,7 @@ def account(state: GatewayState, trip: Trip) -> None:
         trip.trial = False
     if trip.first_token_at is not None:
         pm.ttft.observe(trip.first_token_at - trip.started)
-    usage = trip.usage or {}
-    if trip.prefill_usage is not None:  # a pair: the prompt was the prefill side's work
-        usage = {**usage, "prompt_tokens": trip.prefill_usage.get("prompt_tokens", usage.get("prompt_tokens"))}
+    usage = _as_one_call(trip, trip.usage or {})
     prompt_tokens = usage.get("prompt_tokens")
     completion_tokens = usage.get("completion_tokens")
     clean = trip.status == 200 and trip.outcome is True
