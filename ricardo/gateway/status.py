@@ -57,6 +57,8 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
                 "name": name,
                 "hardware": pool.hardware,
                 "price_per_hour": pool.price_per_hour,
+                # a pair's price is its unit's (one replica of each side): each side's is changed apart, by role
+                "pair": pool.pair is not None,
                 "price_source": "override"
                 if any(role.price_per_hour is not None for role in pool.config.roles())  # a pair's: its sides'
                 else "price set",

@@ -31,6 +31,7 @@ async def test_the_status_page_counts_both_sides_of_a_pair_as_its_replicas():
         state.apply(1, state.shared.model_dump(mode="json"))
         (shown,) = status_document(state, {"desired": {"h100-a10g": {"prefill": 1, "decode": 3}}})["pools"]
         assert (shown["replicas"], shown["backends"], shown["desired_replicas"]) == (4, 4, 4), shown
+        assert shown["pair"], shown  # the page shows its unit's price, not a button that PUTs it without a role
     finally:
         await state.close()
 

@@ -225,6 +225,12 @@
 
   // -- editing a price in place ---------------------------------------------------------------------------------------
   function priceButton(cell, pool) {
+    if (pool.pair) { // one figure for two sides: which one to change is not the page's to guess
+      cell.textContent = pool.price_per_hour.toFixed(2);
+      cell.title = `${pool.price_source}; a pair's unit (one prefill and one decode replica): ` +
+        "change a side's price with PUT /admin/pools/{pool}/price and its role";
+      return;
+    }
     const button = document.createElement("button");
     button.type = "button";
     button.className = "price";
