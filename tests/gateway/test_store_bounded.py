@@ -3,6 +3,8 @@ many ever ran or how long an outage lasts."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 from ricardo.gateway.config import PredictorConfig
@@ -54,6 +56,7 @@ async def test_spend_kept_through_an_outage_is_a_batch_or_two_not_one_per_flush(
             assert (await ring.spend_today())[key.id] == pytest.approx(1.0)
             assert len(ring._unsent) <= 2, f"{len(ring._unsent)} batches kept"
             server.start()
+            await asyncio.sleep(0.2)  # past the breaker's cool-off
             sent = []
             add_spend = store.add_spend
 
