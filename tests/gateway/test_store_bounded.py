@@ -40,6 +40,27 @@ async def test_the_outbox_of_outcomes_of_a_replica_that_stopped_expires() -> Non
             await store.close()
 
 
+async def test_an_idle_replica_keeps_its_outbox_of_outcomes_alive(monkeypatch) -> None:
+    # An outbox that expired while its replica runs would be written back by the refitting replica's copy, for good.
+    monkeypatch.setattr("ricardo.gateway.learning.OUTBOX_TTL_S", 0.6)
+    with RedisServer() as server:
+        store = RedisStore(server.url, "idle", timeout_s=5.0)
+        predictor, _ = load_predictor(None)
+        follower = PredictorLearning(predictor, store, PredictorConfig(sync_interval_s=0.05), "idle")
+        try:
+            assert await store.acquire_lease(LEASE, "refitter", 60)
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            follower.observe(features_from_body(body, 20), 7)
+            async with Redis.from_url(server.url) as raw:
+                for _ in range(10):  # 1 s: past the outbox's time to live, with no new outcome
+                    await follower.tick()
+                    await asyncio.sleep(0.1)
+                assert await raw.exists(f"idle:blob:{OUTBOX_BLOB}idle")
+        finally:
+            await follower.close()
+            await store.close()
+
+
 async def test_spend_kept_through_an_outage_is_a_batch_or_two_not_one_per_flush() -> None:
     # The flush task runs every second while Redis is down: one batch each is 3600 an hour, each summed by every
     # request's budget check (`spend_today`) and sent one by one once Redis is back.

@@ -5,7 +5,7 @@ Keys, under "<namespace>:":
   config:changed    pub/sub channel; carries each new config version
   stats             set of the replica ids that pushed stats (pruned as their entries expire)
   stats:<replica>   one replica's latest stats (JSON), expiring after its ttl
-  blob:<name>       hash {version, data, digest, provisional}
+  blob:<name>       hash {version, data, digest, provisional}, expiring if written with a ttl
   lease:<name>      the holder's id, expiring after the ttl
   keys              hash: client key id -> its record (JSON, with the key's hash, never the key)
   spend:<day>       hash: client key id -> dollars spent that UTC day (summed by HINCRBYFLOAT), expiring
@@ -318,11 +318,14 @@ class RedisStore(StateStore):
         return self._stats.live()
 
     # -- blobs -----------------------------------------------------------------------------
-    async def put_blob(self, name: str, data: bytes) -> int | None:
+    async def put_blob(self, name: str, data: bytes, ttl_s: float | None = None) -> int | None:
         known = self._blobs.get(name)
+        ttl_ms = 0 if ttl_s is None else _ms(ttl_s)
         try:
             version = await self._call(
-                lambda: self._put(keys=[f"{self._prefix}blob:{name}"], args=[data, known.version if known else 0])
+                lambda: self._put(
+                    keys=[f"{self._prefix}blob:{name}"], args=[data, known.version if known else 0, ttl_ms]
+                )
             )
         except StoreUnavailable:
             self.dropped_writes += 1
