@@ -159,7 +159,9 @@ class RedisStore(StateStore):
             lambda: self._redis.hmget(key, "version", "digest", "provisional"), probe
         )
         if known is not None and (version is None or (provisional and int(version) < known.version)):
-            if version is None and key == self._config_key:  # Redis lost its data: the client keys went with it
+            # Redis lost its data, the client keys with it (an older provisional config: one a replica that started
+            # meanwhile seeded, with no keys to put back)
+            if key == self._config_key:
                 await self._write_back_keys()  # before the config, which tells `read_keys` the loss is over
             record = await self._write_back(key, known, channel)
             if record == known:
@@ -370,17 +372,19 @@ class RedisStore(StateStore):
     async def read_keys(self) -> dict[str, dict]:
         try:
             raw = await self._call(lambda: self._redis.hgetall(f"{self._prefix}keys"))
-            if (
-                not raw
-                and self._keys
-                and self._known is not None
-                and not await self._call(lambda: self._redis.exists(self._config_key))
-            ):
+            if not raw and self._keys and self._known is not None and await self._lost_config():
                 return dict(self._keys)  # Redis lost its data: the sync task writes these back (`_write_back_keys`)
         except StoreUnavailable:
             return dict(self._keys)
         self._keys = {_text(k): json.loads(v) for k, v in raw.items()}
         return dict(self._keys)
+
+    async def _lost_config(self) -> bool:
+        """Redis lost its data and this replica's config is not back yet: none, or a provisional one older than this
+        replica's (seeded by a replica that started meanwhile). Call with a known config."""
+        assert self._known is not None
+        version, provisional = await self._call(lambda: self._redis.hmget(self._config_key, "version", "provisional"))
+        return version is None or (provisional is not None and int(version) < self._known.version)
 
     async def _write_back_keys(self) -> None:
         """Put back the client keys this replica knew, after Redis lost its data (with no keys, every key holder
