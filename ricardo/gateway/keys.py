@@ -304,7 +304,16 @@ class KeyRing:
             if limit:
                 await self._count_tokens(RateLimitItemPerMinute(limit), key_id, count)
         pending, self._pending_spend = self._pending_spend, {}
-        self._unsent += [(next(self._batches), day, amounts) for day, amounts in pending.items()]
+        for day, amounts in pending.items():
+            # Only the first batch may have reached the store: those behind it were never sent, so what accrued
+            # since joins the day's one there. An outage keeps a batch or two per day, not one per flush (every
+            # second), each summed by every budget check and sent one by one once the store is back.
+            waiting = next((unsent for _, when, unsent in self._unsent[1:] if when == day), None)
+            if waiting is None:
+                self._unsent.append((next(self._batches), day, amounts))
+            else:
+                for key_id, usd in amounts.items():
+                    waiting[key_id] = waiting.get(key_id, 0.0) + usd
         while self._unsent:  # in order, each batch as it was first sent: the store adds a batch once
             batch, day, amounts = self._unsent[0]
             await self.store.add_spend(day, amounts, self._writer, batch)  # StoreUnavailable: kept, sent again

@@ -5,7 +5,8 @@ Every replica, every `sync_interval_s`:
   (parsed in a thread, swapped in with one assignment) and saves it to `model_path`;
 - unless it holds the lease, publishes the outcomes it observed that the refitting replica has not confirmed yet,
   at most the latest `shared_outcomes`, as the blob `predictor-outcomes:<replica>` (JSON through zlib, never
-  pickle: reading the store must not run code), and announces itself with the stats entry `predictor:<replica>`.
+  pickle: reading the store must not run code), which expires unless written again within `OUTBOX_TTL_S`, and
+  announces itself with the stats entry `predictor:<replica>`.
 
 The replica holding the lease `predictor` also:
 - reads the outboxes of the replicas announced, buffers the outcomes it has not seen, and publishes how far it got
@@ -64,6 +65,10 @@ RETRY_AFTER_FAILURE_S = 60.0  # a refit that failed is not retried sooner, whate
 # A lease holder forgets what it read of a replica unannounced this long (a restarted process has a new id), not
 # at once: a replica that held the lease meanwhile did not announce itself, and sends its whole outbox anew
 FORGET_AFTER_S = 600.0
+# A replica's outbox expires this long after it was last written (every process is a new replica id: kept for good,
+# outboxes would pile up in Redis deploy after deploy); a replica writes its own again before then, even unchanged
+# (expired, the lease holder's copy would be written back, for good)
+OUTBOX_TTL_S = FORGET_AFTER_S
 
 
 def load_predictor(model_path: str | None) -> tuple[OutputLengthPredictor, str]:
@@ -104,6 +109,7 @@ class PredictorLearning:
         self._epoch = uuid.uuid4().hex[:12]
         self._outbox: deque[tuple[int, Sample]] = deque(maxlen=max(1, settings.shared_outcomes))
         self._seq = self._published_seq = 0
+        self._outbox_due = 0.0  # monotonic time by which the outbox is written again, changed or not
         self._seen: dict[str, list] = {}  # lease holder: replica -> [epoch, last sequence number read]
         self._announced_at: dict[str, float] = {}  # lease holder: replica -> when it was last announced
         self._outbox_versions: dict[str, int] = {}
@@ -260,7 +266,7 @@ class PredictorLearning:
             return
         interval = self.settings.sync_interval_s
         await self.store.push_stats(ANNOUNCE + self.replica_id, {"epoch": self._epoch, "seq": self._seq}, 3 * interval)
-        if self._seq == self._published_seq:
+        if self._seq == self._published_seq and time.monotonic() < self._outbox_due:
             return
         seen = await self.store.get_blob(SEEN_BLOB)
         epoch, read_up_to = json.loads(seen[1]).get(self.replica_id, ["", 0]) if seen else ("", 0)
@@ -268,8 +274,9 @@ class PredictorLearning:
         pending = [(seq, sample) for seq, sample in self._outbox if seq > floor]
         seq = self._seq
         data = await asyncio.to_thread(_encode_outbox, self._epoch, pending)
-        if await self.store.put_blob(OUTBOX_BLOB + self.replica_id, data) is not None:
+        if await self.store.put_blob(OUTBOX_BLOB + self.replica_id, data, ttl_s=OUTBOX_TTL_S) is not None:
             self._published_seq = seq
+            self._outbox_due = time.monotonic() + OUTBOX_TTL_S / 2
 
     async def _collect(self) -> None:
         """Lease holder: buffer the outcomes of the other replicas that it has not read yet."""

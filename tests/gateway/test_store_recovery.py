@@ -131,3 +131,31 @@ async def test_a_write_whose_reply_is_late_says_it_may_have_been_made_and_one_no
         finally:
             await store.close()
             await link.close()
+
+
+async def test_client_keys_survive_a_replica_that_starts_on_the_emptied_redis_first() -> None:
+    # Redis restarts empty and a replica starting meanwhile (a pod rescheduled with it, say) seeds its own config
+    # before the running replicas write theirs back: a config is there again, the keys are not. The running replicas
+    # took that for "every key revoked": every client key refused (401) on every replica, for good.
+    with RedisServer() as server:
+        running = RedisStore(server.url, "seeded", cooloff_s=0.05, max_cooloff_s=0.1)
+        await running.init_config({"price": 1})
+        assert await running.update_config(1, {"price": 2}) == 2
+        ring = KeyRing(running, GatewayMetrics(), required=True)
+        starting = RedisStore(server.url, "seeded", cooloff_s=0.05, max_cooloff_s=0.1)
+        try:
+            _, plain = await ring.create(KeyBody(name="alice"))
+            await ring.refresh()
+
+            server.stop()
+            server.start()  # same port, empty: a restart without persistence
+            assert await starting.init_config({"price": 1}) == (1, {"price": 1})  # the new replica's own document
+            await ring.refresh()  # what every replica does every second
+            assert digest(plain) in ring._by_digest, "the running replica dropped its keys"
+            assert await running.read_config() == (2, {"price": 2}), "the running replica's version is written back"
+            elsewhere = KeyRing(starting, GatewayMetrics(), required=True)
+            await elsewhere.refresh()
+            assert digest(plain) in elsewhere._by_digest, "the keys are not written back with the config"
+        finally:
+            await running.close()
+            await starting.close()

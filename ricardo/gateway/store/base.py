@@ -173,8 +173,9 @@ class StateStore(abc.ABC):
         """Latest stats of every live replica."""
 
     @abc.abstractmethod
-    async def put_blob(self, name: str, data: bytes) -> int | None:
-        """Store a new version of a blob: its version, or None if the write was dropped (store down)."""
+    async def put_blob(self, name: str, data: bytes, ttl_s: float | None = None) -> int | None:
+        """Store a new version of a blob: its version, or None if the write was dropped (store down). With `ttl_s`
+        the blob disappears that long after this write unless written again (one per replica, say)."""
 
     @abc.abstractmethod
     async def get_blob(self, name: str) -> tuple[int, bytes] | None:

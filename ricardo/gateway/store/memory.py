@@ -17,6 +17,7 @@ class MemoryStore(StateStore):
         super().__init__()
         self._stats = LiveStats()
         self._blobs: dict[str, Versioned] = {}
+        self._blob_deadlines: dict[str, float] = {}  # blobs written with a ttl: name -> monotonic time they expire
         self._leases: dict[str, tuple[str, float]] = {}
         self._keys: dict[str, dict] = {}
         self._spend: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -45,15 +46,21 @@ class MemoryStore(StateStore):
     async def pull_stats(self) -> dict[str, dict]:
         return self._stats.live()
 
-    async def put_blob(self, name: str, data: bytes) -> int:
-        previous = self._blobs.get(name)
+    async def put_blob(self, name: str, data: bytes, ttl_s: float | None = None) -> int:
+        previous = self._blobs.get(name)  # an expired one too: its successor is numbered above it, as in Redis
         version = 1 if previous is None else previous.version + 1
         self._blobs[name] = Versioned(version, bytes(data))
+        if ttl_s is None:
+            self._blob_deadlines.pop(name, None)
+        else:
+            self._blob_deadlines[name] = time.monotonic() + ttl_s
         return version
 
     async def get_blob(self, name: str) -> tuple[int, bytes] | None:
         blob = self._blobs.get(name)
-        return None if blob is None else (blob.version, blob.data)
+        if blob is None or self._blob_deadlines.get(name, float("inf")) <= time.monotonic():
+            return None
+        return blob.version, blob.data
 
     async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         now = time.monotonic()

@@ -5,7 +5,7 @@ Keys, under "<namespace>:":
   config:changed    pub/sub channel; carries each new config version
   stats             set of the replica ids that pushed stats (pruned as their entries expire)
   stats:<replica>   one replica's latest stats (JSON), expiring after its ttl
-  blob:<name>       hash {version, data, digest, provisional}
+  blob:<name>       hash {version, data, digest, provisional}, expiring if written with a ttl
   lease:<name>      the holder's id, expiring after the ttl
   keys              hash: client key id -> its record (JSON, with the key's hash, never the key)
   spend:<day>       hash: client key id -> dollars spent that UTC day (summed by HINCRBYFLOAT), expiring
@@ -159,7 +159,9 @@ class RedisStore(StateStore):
             lambda: self._redis.hmget(key, "version", "digest", "provisional"), probe
         )
         if known is not None and (version is None or (provisional and int(version) < known.version)):
-            if version is None and key == self._config_key:  # Redis lost its data: the client keys went with it
+            # Redis lost its data, the client keys with it (an older provisional config: one a replica that started
+            # meanwhile seeded, with no keys to put back)
+            if key == self._config_key:
                 await self._write_back_keys()  # before the config, which tells `read_keys` the loss is over
             record = await self._write_back(key, known, channel)
             if record == known:
@@ -318,11 +320,14 @@ class RedisStore(StateStore):
         return self._stats.live()
 
     # -- blobs -----------------------------------------------------------------------------
-    async def put_blob(self, name: str, data: bytes) -> int | None:
+    async def put_blob(self, name: str, data: bytes, ttl_s: float | None = None) -> int | None:
         known = self._blobs.get(name)
+        ttl_ms = 0 if ttl_s is None else _ms(ttl_s)
         try:
             version = await self._call(
-                lambda: self._put(keys=[f"{self._prefix}blob:{name}"], args=[data, known.version if known else 0])
+                lambda: self._put(
+                    keys=[f"{self._prefix}blob:{name}"], args=[data, known.version if known else 0, ttl_ms]
+                )
             )
         except StoreUnavailable:
             self.dropped_writes += 1
@@ -367,17 +372,19 @@ class RedisStore(StateStore):
     async def read_keys(self) -> dict[str, dict]:
         try:
             raw = await self._call(lambda: self._redis.hgetall(f"{self._prefix}keys"))
-            if (
-                not raw
-                and self._keys
-                and self._known is not None
-                and not await self._call(lambda: self._redis.exists(self._config_key))
-            ):
+            if not raw and self._keys and self._known is not None and await self._lost_config():
                 return dict(self._keys)  # Redis lost its data: the sync task writes these back (`_write_back_keys`)
         except StoreUnavailable:
             return dict(self._keys)
         self._keys = {_text(k): json.loads(v) for k, v in raw.items()}
         return dict(self._keys)
+
+    async def _lost_config(self) -> bool:
+        """Redis lost its data and this replica's config is not back yet: none, or a provisional one older than this
+        replica's (seeded by a replica that started meanwhile). Call with a known config."""
+        assert self._known is not None
+        version, provisional = await self._call(lambda: self._redis.hmget(self._config_key, "version", "provisional"))
+        return version is None or (provisional is not None and int(version) < self._known.version)
 
     async def _write_back_keys(self) -> None:
         """Put back the client keys this replica knew, after Redis lost its data (with no keys, every key holder

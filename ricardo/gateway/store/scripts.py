@@ -31,12 +31,14 @@ redis.call('PUBLISH', ARGV[3], version)
 return version
 """
 
-# A new blob version, above both the stored one and the caller's (ARGV[2]) so numbers survive data loss.
+# A new blob version, above both the stored one and the caller's (ARGV[2]) so numbers survive data loss; it expires
+# after ARGV[3] ms unless written again (0: kept for good).
 PUT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0
 local version = math.max(current, tonumber(ARGV[2])) + 1
 redis.call('HSET', KEYS[1], 'version', version, 'data', ARGV[1], 'digest', redis.sha1hex(ARGV[1]))
 redis.call('HDEL', KEYS[1], 'provisional')
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) else redis.call('PERSIST', KEYS[1]) end
 return version
 """
 
