@@ -37,7 +37,7 @@ def test_the_status_page_counts_every_workers_requests_and_spend(redis, tmp_path
                 )
         assert metric(cluster.url, "ricardo_requests_total", status="200") == REQUESTS
         spent = metric(cluster.url, "ricardo_cost_usd_total", pool="a10g")
-        polls = [status_on_a_new_connection(cluster.url) for _ in range(12)]
+        polls = [status_on_a_new_connection(cluster.url) for _ in range(24)]
         assert {poll["replica"] for poll in polls} == {"gw0-w0", "gw0-w1"}, "both workers answered a poll"
         for poll in polls:
             [pool] = poll["pools"]
