@@ -234,10 +234,15 @@ def forget(gauges: list[Gauge], *labels: str) -> None:
             gauge.remove(*labels)
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The text `/metrics` serves: this process's registry, or with workers every worker's values combined."""
+def served(registry: CollectorRegistry) -> CollectorRegistry:
+    """The registry `/metrics` serves: this process's, or with workers one that combines every worker's values."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         combined = CollectorRegistry()
         MultiProcessCollector(combined)
-        return generate_latest(combined)
-    return generate_latest(registry)
+        return combined
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text `/metrics` serves: this process's registry, or with workers every worker's values combined."""
+    return generate_latest(served(registry))

@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from ricardo.gateway.metrics import served
+
 if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
 
@@ -28,7 +30,7 @@ TOTALS = {
 def _totals(state: GatewayState) -> dict[str, dict[str, float]]:
     """pool -> field -> running total (plus `slo_met`), summed over the other labels."""
     totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys([*TOTALS.values(), "slo_met"], 0.0))
-    for family in state.metrics.registry.collect():
+    for family in served(state.metrics.registry).collect():  # with workers, all of theirs, as /metrics
         for sample in family.samples:
             field = TOTALS.get(sample.name)
             pool = sample.labels.get("pool")

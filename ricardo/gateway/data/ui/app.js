@@ -86,9 +86,11 @@
     render(status);
   }
 
-  function since(seconds, now) {
-    // the oldest poll no older than `seconds` before `now` (or the oldest kept)
-    return history.find((e) => e.t >= now - seconds) || history[0];
+  function since(seconds, entry) {
+    // the oldest poll no older than `seconds` before `entry` (or the oldest kept), of the replica that answered
+    // `entry`: totals are each replica's, and behind a load balancer polls alternate between replicas
+    const same = history.filter((e) => e.status.replica === entry.status.replica);
+    return same.find((e) => e.t >= entry.t - seconds) || same[0];
   }
 
   function delta(entry, before, pool, field) {
@@ -100,7 +102,7 @@
 
   function derive(entry) {
     const out = { pools: {} };
-    const rateFrom = since(RATE_S, entry.t), sloFrom = since(SLO_S, entry.t);
+    const rateFrom = since(RATE_S, entry), sloFrom = since(SLO_S, entry);
     const dt = rateFrom ? entry.t - rateFrom.t : 0;
     let spend = 0, requests = 0, met = 0, judged = 0;
     for (const name of Object.keys(entry.pools)) {
