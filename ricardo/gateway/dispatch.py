@@ -151,7 +151,9 @@ async def attempt(
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 raise AttemptFailed(
-                    "connect", error_for_status(502, f"upstream {pool.name} unreachable"), overloaded=True
+                    "connect",
+                    error_for_status(502, f"upstream {pool.name} unreachable, or every connection to it busy"),
+                    overloaded=True,
                 ) from exc
             if response.status != 200:
                 await _refused(pool, response)
@@ -185,8 +187,10 @@ async def attempt(
 @functools.lru_cache(maxsize=64)
 def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """aiohttp's timeout for an attempt: the pool's connect timeout alone (immutable: one per value, not one per
-    attempt)."""
-    return aiohttp.ClientTimeout(sock_connect=seconds)
+    attempt). It bounds the wait for a free connection too (`connect`, not `sock_connect`): with every connection to
+    the backend taken (`limits.connections_per_backend`), the wait is the gateway's own queue, not the backend's
+    slowness; left to the first-byte timeout, it counted as the backend's failure and ejected a healthy, busy one."""
+    return aiohttp.ClientTimeout(connect=seconds)
 
 
 async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
