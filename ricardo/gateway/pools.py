@@ -247,7 +247,28 @@ def new_session(
         headers=headers,
         # a backend's cookies are not kept: the session serves every client, and the jar costs every request
         cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=[_REUSED_CONNECTION],  # for `post`: whether a request went on a kept-alive connection
     )
+
+
+class _Sent:
+    """One POST as its trace saw it: whether it went on a kept-alive connection (one the server may have closed)."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _note_reuse(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    if isinstance(context.trace_request_ctx, _Sent):
+        context.trace_request_ctx.reused = True
+
+
+_REUSED_CONNECTION = aiohttp.TraceConfig()
+_REUSED_CONNECTION.on_connection_reuseconn.append(_note_reuse)
 
 
 async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
@@ -256,11 +277,13 @@ async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aioht
     Some servers close a kept-alive connection after a streamed answer without saying so (llama.cpp's
     llama-server): the next request on it then meets a closed socket before any answer, through no fault of the
     backend's. aiohttp sends such requests again by itself only for idempotent methods; a POST that got no
-    answer at all did nothing on the backend, so it is sent once more here (a backend that is really gone fails
-    the second time too, and is counted then)."""
+    answer on a kept-alive connection is sent once more here (a backend that is really gone fails the second time
+    too, and is counted then). Not one that went on a new connection: the backend got that one and may be working
+    on it (it died, or dropped the connection, under way), and would do the work twice."""
+    sent = _Sent()
     try:
-        return await session.post(url, **kwargs)
+        return await session.post(url, trace_request_ctx=sent, **kwargs)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):  # could not connect at all: not a stale connection
+        if isinstance(exc, aiohttp.ClientConnectorError) or not sent.reused:  # not a stale connection
             raise
         return await session.post(url, **kwargs)

@@ -8,9 +8,10 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from ricardo.gateway.pools import new_session
 
 from tests.gateway.fakes import call, chat, gateway, sse
-from tests.gateway.test_upstream_quirks import USAGE_CHUNK, chunk
+from tests.gateway.test_upstream_quirks import USAGE_CHUNK, chunk, clean_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
@@ -36,14 +37,65 @@ async def test_a_request_waiting_for_a_connection_to_a_busy_backend_does_not_cou
     }
     async with gateway({"a": ("A10G", [long_stream])}, **settings) as (url, state):
         backend = state.pools["a"].backends[0]
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url + "/v1/chat/completions", json=chat(stream=True)) as first:
-                await first.content.readany()  # the only connection is the first stream's now
-                sent = time.monotonic()
-                status, raw = await call(url, chat(stream=True))
-                waited = time.monotonic() - sent
-                rest = await first.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url + "/v1/chat/completions", json=chat(stream=True)) as first,
+        ):
+            await first.content.readany()  # the only connection is the first stream's now
+            sent = time.monotonic()
+            status, raw = await call(url, chat(stream=True))
+            waited = time.monotonic() - sent
+            rest = await first.read()
         assert status != 200, raw
         assert waited < 1.5, f"waited {waited:.1f} s for a connection: the first-byte timeout, not the connect one"
         assert backend.outlier.in_service(), "a backend busy with healthy streams was ejected"
         assert rest.rstrip().endswith(b"data: [DONE]") and b'"error"' not in rest
+
+
+class DropsTheConnection:
+    """A backend that reads each request, then drops the connection without an answer (as a server does that dies
+    or is restarted with requests under way): it may well have started on them."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.received += 1
+        assert request.transport is not None
+        request.transport.abort()
+        await asyncio.sleep(1)  # cancelled: the connection is gone
+        raise AssertionError("unreachable")
+
+
+async def test_a_request_a_backend_received_on_a_new_connection_is_not_sent_to_it_again() -> None:
+    """Sending a POST again on a fresh connection is right only where the one it went on was a kept-alive connection
+    the server had closed (it never reached the backend); on a new connection, the backend got it and may be
+    generating: sent again, it does the work twice."""
+    drops = DropsTheConnection()
+    async with gateway({"a": ("A10G", [drops])}) as (url, state):
+        backend = state.pools["a"].backends[0]
+        await backend.session.close()  # no kept-alive connection left from the start's probe
+        backend.session = new_session(state.config.limits, None)
+        status, raw = await call(url, chat())
+        assert status == 502, raw
+        assert drops.received == 1, f"the backend got the request {drops.received} times"
+
+
+async def test_a_request_met_by_a_kept_alive_connection_the_server_closed_is_sent_again() -> None:
+    """The other side of the rule: a kept-alive connection the server closed as the request went on it (llama.cpp's
+    server closes them after a stream) is no failure of the backend's; the request is sent again, on a new one."""
+    answered = DropsTheConnection()
+
+    async def second_meets_a_closed_connection(request: web.Request) -> web.StreamResponse:
+        if answered.received == 1:
+            return await answered(request)  # drops it, as a server that had closed it would
+        answered.received += 1
+        return await clean_answer(request)
+
+    async with gateway({"a": ("A10G", [second_meets_a_closed_connection])}) as (url, state):
+        for _ in range(2):
+            status, raw = await call(url, chat())
+            assert status == 200, raw
+        assert answered.received == 3
+        assert state.pools["a"].backends[0].outlier.consecutive == 0
