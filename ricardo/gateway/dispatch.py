@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ async def dispatch(
     """Try backends in the policy's order until one answers; raise the most telling error otherwise."""
     limits = state.config.limits
     last_error: OpenAIError | None = None
+    retry_after: float | None = None  # what the last failure's backend said, if busy: the client is told the same
     for choice in choices:
         pool = state.pools.get(choice.pool)
         while pool is not None and trip.attempts < limits.max_attempts:
@@ -109,7 +111,7 @@ async def dispatch(
                 start(state, trip, pool, backend, choice)
                 return await attempt(pool, backend, trip, payload, headers, stream)
             except AttemptFailed as failure:
-                last_error = failure.error
+                last_error, retry_after = failure.error, failure.retry_after
                 fail(state, trip, failure.kind, overloaded=failure.overloaded, retry_after=failure.retry_after)
             except OpenAIError:
                 give_up(trip)  # the request itself is wrong; another backend would say the same
@@ -119,7 +121,7 @@ async def dispatch(
     if last_error is None:
         raise OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
     if last_error.status in (429, 503):
-        last_error.headers.setdefault("Retry-After", "1")
+        last_error.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after or 0))))
     raise last_error
 
 
@@ -357,7 +359,10 @@ def too_large() -> aiohttp.ClientPayloadError:
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """The seconds a busy backend's Retry-After asks for; None for none, a date or what is no number of seconds
+    (float() reads "inf": a backend rested for ever)."""
     try:
-        return float(response.headers.get("Retry-After", ""))
+        seconds = float(response.headers.get("Retry-After", ""))
     except ValueError:
         return None
+    return seconds if 0 <= seconds < math.inf else None

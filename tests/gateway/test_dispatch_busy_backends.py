@@ -99,3 +99,33 @@ async def test_a_request_met_by_a_kept_alive_connection_the_server_closed_is_sen
             assert status == 200, raw
         assert answered.received == 3
         assert state.pools["a"].backends[0].outlier.consecutive == 0
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_busy_backends_retry_after_reaches_the_client(status: int) -> None:
+    """A backend that says it is busy for 20 s is rested 20 s: a client told to come back in 1 s would only meet a
+    gateway with nothing to send it to, again and again."""
+
+    async def busy(request: web.Request) -> web.Response:
+        body = {"error": {"message": "busy", "type": "server_error"}}
+        return web.json_response(body, status=status, headers={"Retry-After": "20"})
+
+    async with gateway({"a": ("A10G", [busy])}) as (url, _):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url + "/v1/chat/completions", json=chat()) as response,
+        ):
+            await response.read()
+        assert response.status == status
+        assert response.headers.get("Retry-After") == "20"
+
+
+async def test_a_retry_after_that_is_no_number_of_seconds_rests_the_backend_as_no_retry_after_would() -> None:
+    async def forever(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "busy"}}, status=503, headers={"Retry-After": "inf"})
+
+    async with gateway({"a": ("A10G", [forever])}) as (url, state):
+        status, raw = await call(url, chat())
+        assert status == 503, raw
+        backend = state.pools["a"].backends[0]
+        assert backend.cooldown_until - time.monotonic() < 5, "rested for ever"
