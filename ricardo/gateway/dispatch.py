@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
 
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
+BUSY_STATUSES = {429, 503}  # the backend says it is overloaded: it rests, and that is no failure of its answers
 # a whole answer, an error body or one stream event past this is a broken upstream, not something to hold in memory
 # (an embedding of 2,048 inputs x 4,096 floats is ~80 MB of JSON)
 MAX_ANSWER_BYTES = 256 << 20
@@ -204,8 +205,8 @@ async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
     raise AttemptFailed(
         f"http_{status}",
         error,
-        overloaded=status in (429, 503),  # overloaded, it says; a 500 may be the request's fault
-        retry_after=_retry_after(response),
+        overloaded=status in BUSY_STATUSES,  # a 500 may be the request's fault
+        retry_after=retry_after_of(response),
     )
 
 
@@ -358,7 +359,7 @@ def too_large() -> aiohttp.ClientPayloadError:
     return aiohttp.ClientPayloadError(f"the upstream answer passed {MAX_ANSWER_BYTES} bytes")
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+def retry_after_of(response: aiohttp.ClientResponse) -> float | None:
     """The seconds a busy backend's Retry-After asks for; None for none, a date or what is no number of seconds
     (float() reads "inf": a backend rested for ever)."""
     try:

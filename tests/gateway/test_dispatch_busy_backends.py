@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from ricardo.gateway.pools import new_session
 
-from tests.gateway.fakes import call, chat, gateway, sse
+from tests.gateway.fakes import call, chat, gateway, port, serve, sse
 from tests.gateway.test_upstream_quirks import USAGE_CHUNK, chunk, clean_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
@@ -129,3 +129,37 @@ async def test_a_retry_after_that_is_no_number_of_seconds_rests_the_backend_as_n
         assert status == 503, raw
         backend = state.pools["a"].backends[0]
         assert backend.cooldown_until - time.monotonic() < 5, "rested for ever"
+
+
+async def answers_busy(request: web.Request) -> web.Response:
+    """Every request, the probe's too: TGI's answer with its queue full (max_concurrent_requests)."""
+    return web.json_response({"error": "Model is overloaded", "error_type": "overloaded"}, status=429)
+
+
+@pytest.mark.parametrize("trial", [False, True])
+async def test_a_probe_a_busy_backend_answers_429_does_not_take_it_down_or_eject_it_for_longer(trial: bool) -> None:
+    """A probe meets the backend's own load: a 429 says it is alive and busy, as it says to a request (which rests
+    it); not that it is down, nor, for the probe after an ejection, that its answers fail (ejected twice as long)."""
+    busy = web.Application()
+    busy.router.add_post("/v1/chat/completions", answers_busy)
+    busy_runner = await serve(busy, busy_port := port())
+    try:
+        async with gateway({"a": ("A10G", [clean_answer])}) as (_, state):
+            pool = state.pools["a"]
+            backend = pool.backends[0]
+            backend.url = f"http://127.0.0.1:{busy_port}"  # the backend is busy now
+            detector = backend.outlier
+            if trial:
+                for _ in range(detector.rules.consecutive_failures):
+                    detector.record(time.monotonic(), ok=False)
+                assert detector.state == "ejected"
+                ejections = detector.ejections
+                assert detector.probe_due(detector.ejected_until)
+            await state.health._check(pool, backend, trial=trial)
+            assert backend.healthy, "a busy backend was marked down"
+            assert not backend.available(time.monotonic()), "a busy backend is rested, as after a request's 429"
+            if trial:
+                assert detector.ejections == ejections, "ejected again, for twice as long, for being busy"
+                assert detector.state == "ejected" and detector.ejected_until - time.monotonic() < 2
+    finally:
+        await busy_runner.cleanup()
