@@ -3,9 +3,9 @@ commit to the client.
 
 An attempt on a disaggregated pair is two requests, prefill then decode (gateway/handoff.py). Nothing reaches the
 client before an attempt has succeeded, so every failure until then is retried on the next
-backend (up to `limits.max_attempts`): for a stream, until its first event has arrived; for a whole answer,
-until all of it has been read and found whole: a JSON object with choices, ending with its usage (which alone is
-parsed, `checked_answer`) or else parsed in full. Each attempt has its pool's timeouts:
+backend (up to `limits.max_attempts`): for a stream, until its first event has arrived (an error event is a failure
+too); for a whole answer, until all of it has been read and found whole: a JSON object with choices, ending with its
+usage (which alone is parsed, `checked_answer`) or else parsed in full. Each attempt has its pool's timeouts:
 connect, then first byte (stream: the first event) or whole answer (not streamed), then idle between reads.
 """
 
@@ -163,6 +163,8 @@ async def attempt(
             backend.reached()
             if stream:
                 head = await _first_event(response)
+                if b'"error"' in head:
+                    _refused_in_stream(pool, head)
                 done = True
                 return Answer(response, head)
             raw = await _read_all(response, budget, t)
@@ -208,6 +210,27 @@ async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
         overloaded=status in BUSY_STATUSES,  # a 500 may be the request's fault
         retry_after=retry_after_of(response),
     )
+
+
+def _refused_in_stream(pool: Pool, head: bytes) -> None:
+    """A stream whose first event is an error (vLLM's and SGLang's, for a request that failed once its stream had
+    begun): nothing has reached the client, so it is a failed attempt like an error status, retried elsewhere, or
+    the client's error where it says the request is wrong (a 4xx `code`)."""
+    found = _FIRST_DATA.search(head)
+    assert found is not None  # read up to it
+    data = b"\n".join(line[5:] for line in found.group().split(b"\n") if line.startswith(b"data:"))
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return
+    if not isinstance(body, dict) or not body.get("error"):
+        return
+    code = body["error"].get("code") if isinstance(body["error"], dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    error = upstream_error(status, data)
+    if status < 500 and status != 429:
+        raise error
+    raise AttemptFailed("error_event", error, overloaded=status in BUSY_STATUSES)
 
 
 async def _first_event(response: aiohttp.ClientResponse) -> bytes:

@@ -11,7 +11,7 @@ from aiohttp import web
 from ricardo.gateway.pools import new_session
 
 from tests.gateway.fakes import call, chat, gateway, port, serve, sse
-from tests.gateway.test_upstream_quirks import USAGE_CHUNK, chunk, clean_answer
+from tests.gateway.test_upstream_quirks import USAGE_CHUNK, chunk, clean_answer, clean_stream
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
@@ -163,3 +163,40 @@ async def test_a_probe_a_busy_backend_answers_429_does_not_take_it_down_or_eject
                 assert detector.state == "ejected" and detector.ejected_until - time.monotonic() < 2
     finally:
         await busy_runner.cleanup()
+
+
+async def error_first(request: web.Request) -> web.StreamResponse:
+    """A stream whose first event is an error (vLLM's shape: the engine failed the request once the stream began)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    error = {"error": {"message": "EngineCore encountered an issue", "type": "InternalServerError", "code": 500}}
+    await response.write(sse(error) + sse("[DONE]"))
+    return response
+
+
+async def test_a_stream_whose_first_event_is_an_error_is_retried_on_the_next_backend() -> None:
+    """Nothing has reached the client when the first event arrives: an error there is a failed attempt, retried like
+    an error status, not relayed as the client's answer while another backend could give it one."""
+    async with gateway({"a": ("A10G", [error_first, clean_stream])}) as (url, state):
+        for _ in range(2):  # the rotation starts on either backend: one of the two requests meets the error first
+            status, raw = await call(url, chat(stream=True))
+            assert status == 200
+            assert b'"error"' not in raw and raw.rstrip().endswith(b"data: [DONE]"), raw[-300:]
+        failing = state.pools["a"].backends[0]
+        assert failing.outlier.consecutive >= 1, "the error is still its backend's failure"
+
+
+async def refuses_in_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    error = {"error": {"message": "max_tokens is too large", "type": "BadRequestError", "param": None, "code": 400}}
+    await response.write(sse(error) + sse("[DONE]"))
+    return response
+
+
+async def test_a_stream_whose_first_event_refuses_the_request_answers_the_client_that_status() -> None:
+    async with gateway({"a": ("A10G", [refuses_in_stream])}) as (url, state):
+        status, raw = await call(url, chat(stream=True))
+        assert status == 400, raw
+        assert b"max_tokens is too large" in raw
+        assert state.pools["a"].backends[0].outlier.consecutive == 0, "the request's fault, not the backend's"
