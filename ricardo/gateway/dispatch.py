@@ -141,6 +141,7 @@ async def attempt(
     url = backend.url + UPSTREAM_PATHS[trip.endpoint]
     response: aiohttp.ClientResponse | None = None
     done = False
+    sent_at = time.monotonic()
     try:
         async with asyncio.timeout(t.first_byte_s if stream else t.response_s) as budget:
             try:
@@ -160,7 +161,7 @@ async def attempt(
                 ) from exc
             if response.status != 200:
                 await _refused(pool, response)
-            backend.reached()
+            backend.reached(sent_at)
             if stream:
                 head = await _first_event(response)
                 if b'"error"' in head:

@@ -45,6 +45,7 @@ class Backend:
     healthy: bool = True  # last health probe succeeded
     failures: int = 0  # unreachable or overloaded answers in a row, for the rest's back-off
     cooldown_until: float = 0.0  # resting until then
+    rested_at: float = 0.0  # when the last failure that rests it came
     draining: bool = False
     last_clean_at: float = 0.0  # last clean answer or passed probe: a backend recently proven needs no probe
     last_probed_at: float = 0.0
@@ -69,14 +70,17 @@ class Backend:
         (or as long as its Retry-After says). No trial needed to come back: the next attempt is one, and an
         attempt that fails before the first byte costs the client nothing but the retry."""
         self.failures += 1
+        self.rested_at = now
         backoff = min(REST_MAX_S, REST_BASE_S * 2 ** (self.failures - 1))
         # a later failure extends the rest, never shortens it
         self.cooldown_until = max(self.cooldown_until, now + max(backoff, retry_after or 0.0))
 
-    def reached(self) -> None:
-        """It took a request (answered 200): whatever it said before, it is not overloaded now."""
-        self.failures = 0
-        self.cooldown_until = 0.0
+    def reached(self, sent_at: float) -> None:
+        """It took a request sent at `sent_at` (answered 200): whatever it said before then, it is not overloaded
+        now. Not what it said since: a 200 to a request it took before answering another 429 ends no rest."""
+        if self.rested_at <= sent_at:
+            self.failures = 0
+            self.cooldown_until = 0.0
 
     def outcome(self, now: float, ok: bool, trial: bool = False) -> bool:
         """How an answer ended (`trial`: the half-open trial's; gateway/outlier.py); True if that ejects it."""

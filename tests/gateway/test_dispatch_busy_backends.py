@@ -200,3 +200,26 @@ async def test_a_stream_whose_first_event_refuses_the_request_answers_the_client
         assert status == 400, raw
         assert b"max_tokens is too large" in raw
         assert state.pools["a"].backends[0].outlier.consecutive == 0, "the request's fault, not the backend's"
+
+
+async def test_an_answer_to_a_request_sent_before_a_backend_said_it_was_busy_does_not_end_its_rest() -> None:
+    """A backend that answered 429 with Retry-After: 20 is rested 20 s. A 200 that comes afterwards, to a request
+    sent before, says it took that one, not that it is free now: the rest stands."""
+    first_sent = asyncio.Event()
+
+    async def busy_after_the_first(request: web.Request) -> web.Response:
+        if not first_sent.is_set():
+            first_sent.set()
+            await asyncio.sleep(0.5)  # it took this one; its answer's headers come later
+            return await clean_answer(request)
+        return web.json_response({"error": {"message": "queue full"}}, status=429, headers={"Retry-After": "20"})
+
+    async with gateway({"a": ("A10G", [busy_after_the_first])}) as (url, state):
+        backend = state.pools["a"].backends[0]
+        first = asyncio.create_task(call(url, chat()))
+        await first_sent.wait()
+        status, _ = await call(url, chat())
+        assert status == 429
+        status, _ = await first
+        assert status == 200
+        assert not backend.available(time.monotonic()), "the rest it asked for ended at once"
