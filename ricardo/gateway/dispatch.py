@@ -3,9 +3,9 @@ commit to the client.
 
 An attempt on a disaggregated pair is two requests, prefill then decode (gateway/handoff.py). Nothing reaches the
 client before an attempt has succeeded, so every failure until then is retried on the next
-backend (up to `limits.max_attempts`): for a stream, until its first event has arrived; for a whole answer,
-until all of it has been read and found whole: a JSON object with choices, ending with its usage (which alone is
-parsed, `checked_answer`) or else parsed in full. Each attempt has its pool's timeouts:
+backend (up to `limits.max_attempts`): for a stream, until its first event has arrived (an error event is a failure
+too); for a whole answer, until all of it has been read and found whole: a JSON object with choices, ending with its
+usage (which alone is parsed, `checked_answer`) or else parsed in full. Each attempt has its pool's timeouts:
 connect, then first byte (stream: the first event) or whole answer (not streamed), then idle between reads.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ricardo.gateway.state import GatewayState
 
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
+BUSY_STATUSES = {429, 503}  # the backend says it is overloaded: it rests, and that is no failure of its answers
 # a whole answer, an error body or one stream event past this is a broken upstream, not something to hold in memory
 # (an embedding of 2,048 inputs x 4,096 floats is ~80 MB of JSON)
 MAX_ANSWER_BYTES = 256 << 20
@@ -89,6 +91,7 @@ async def dispatch(
     """Try backends in the policy's order until one answers; raise the most telling error otherwise."""
     limits = state.config.limits
     last_error: OpenAIError | None = None
+    retry_after: float | None = None  # what the last failure's backend said, if busy: the client is told the same
     for choice in choices:
         pool = state.pools.get(choice.pool)
         while pool is not None and trip.attempts < limits.max_attempts:
@@ -109,7 +112,7 @@ async def dispatch(
                 start(state, trip, pool, backend, choice)
                 return await attempt(pool, backend, trip, payload, headers, stream)
             except AttemptFailed as failure:
-                last_error = failure.error
+                last_error, retry_after = failure.error, failure.retry_after
                 fail(state, trip, failure.kind, overloaded=failure.overloaded, retry_after=failure.retry_after)
             except OpenAIError:
                 give_up(trip)  # the request itself is wrong; another backend would say the same
@@ -119,7 +122,7 @@ async def dispatch(
     if last_error is None:
         raise OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
     if last_error.status in (429, 503):
-        last_error.headers.setdefault("Retry-After", "1")
+        last_error.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after or 0))))
     raise last_error
 
 
@@ -138,6 +141,7 @@ async def attempt(
     url = backend.url + UPSTREAM_PATHS[trip.endpoint]
     response: aiohttp.ClientResponse | None = None
     done = False
+    sent_at = time.monotonic()
     try:
         async with asyncio.timeout(t.first_byte_s if stream else t.response_s) as budget:
             try:
@@ -151,13 +155,17 @@ async def attempt(
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 raise AttemptFailed(
-                    "connect", error_for_status(502, f"upstream {pool.name} unreachable"), overloaded=True
+                    "connect",
+                    error_for_status(502, f"upstream {pool.name} unreachable, or every connection to it busy"),
+                    overloaded=True,
                 ) from exc
             if response.status != 200:
                 await _refused(pool, response)
-            backend.reached()
+            backend.reached(sent_at)
             if stream:
                 head = await _first_event(response)
+                if b'"error"' in head:
+                    _refused_in_stream(pool, head)
                 done = True
                 return Answer(response, head)
             raw = await _read_all(response, budget, t)
@@ -185,8 +193,10 @@ async def attempt(
 @functools.lru_cache(maxsize=64)
 def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """aiohttp's timeout for an attempt: the pool's connect timeout alone (immutable: one per value, not one per
-    attempt)."""
-    return aiohttp.ClientTimeout(sock_connect=seconds)
+    attempt). It bounds the wait for a free connection too (`connect`, not `sock_connect`): with every connection to
+    the backend taken (`limits.connections_per_backend`), the wait is the gateway's own queue, not the backend's
+    slowness; left to the first-byte timeout, it counted as the backend's failure and ejected a healthy, busy one."""
+    return aiohttp.ClientTimeout(connect=seconds)
 
 
 async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
@@ -198,9 +208,30 @@ async def _refused(pool: Pool, response: aiohttp.ClientResponse) -> None:
     raise AttemptFailed(
         f"http_{status}",
         error,
-        overloaded=status in (429, 503),  # overloaded, it says; a 500 may be the request's fault
-        retry_after=_retry_after(response),
+        overloaded=status in BUSY_STATUSES,  # a 500 may be the request's fault
+        retry_after=retry_after_of(response),
     )
+
+
+def _refused_in_stream(pool: Pool, head: bytes) -> None:
+    """A stream whose first event is an error (vLLM's and SGLang's, for a request that failed once its stream had
+    begun): nothing has reached the client, so it is a failed attempt like an error status, retried elsewhere, or
+    the client's error where it says the request is wrong (a 4xx `code`)."""
+    found = _FIRST_DATA.search(head)
+    assert found is not None  # read up to it
+    data = b"\n".join(line[5:] for line in found.group().split(b"\n") if line.startswith(b"data:"))
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return
+    if not isinstance(body, dict) or not body.get("error"):
+        return
+    code = body["error"].get("code") if isinstance(body["error"], dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    error = upstream_error(status, data)
+    if status < 500 and status != 429:
+        raise error
+    raise AttemptFailed("error_event", error, overloaded=status in BUSY_STATUSES)
 
 
 async def _first_event(response: aiohttp.ClientResponse) -> bytes:
@@ -352,8 +383,11 @@ def too_large() -> aiohttp.ClientPayloadError:
     return aiohttp.ClientPayloadError(f"the upstream answer passed {MAX_ANSWER_BYTES} bytes")
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+def retry_after_of(response: aiohttp.ClientResponse) -> float | None:
+    """The seconds a busy backend's Retry-After asks for; None for none, a date or what is no number of seconds
+    (float() reads "inf": a backend rested for ever)."""
     try:
-        return float(response.headers.get("Retry-After", ""))
+        seconds = float(response.headers.get("Retry-After", ""))
     except ValueError:
         return None
+    return seconds if 0 <= seconds < math.inf else None

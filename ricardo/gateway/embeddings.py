@@ -63,6 +63,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             tried.add(backend)
             t = pool.timeouts
             backend.in_flight += 1
+            sent_at = time.monotonic()
             try:
                 async with asyncio.timeout(t.response_s):
                     response = await post(
@@ -86,7 +87,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                     backend.rest(time.monotonic(), None)
                 last_error = error_for_status(502 if status != 503 else 503, f"upstream {pool.name}: HTTP {status}")
                 continue
-            backend.reached()
+            backend.reached(sent_at)
             if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
                 raise upstream_error(status, raw)
             whole = checked_answer(raw, "data")

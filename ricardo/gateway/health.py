@@ -8,7 +8,8 @@ a backend that is another gateway is probed through it, and gateways that route 
 To stay cheap, only a backend that has given no clean answer for `health_interval_s` is probed: traffic already
 says how busy backends are doing. On the same interval every healthy backend's own `/metrics` is read
 (gateway/telemetry.py). The same probe is the trial of an ejected backend once its ejection is over
-(gateway/outlier.py): if it passes, one real request decides.
+(gateway/outlier.py): if it passes, one real request decides. A backend that answers a probe that it is overloaded
+(429, 503) is rested, as that answer to a request rests it: up and busy, which says nothing of its answers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from ricardo.gateway import telemetry
-from ricardo.gateway.dispatch import HOPS_HEADER, checked_json
+from ricardo.gateway.dispatch import BUSY_STATUSES, HOPS_HEADER, checked_json, retry_after_of
 from ricardo.gateway.metrics import forget
 from ricardo.gateway.pools import Backend, Pool, post
 
@@ -36,6 +37,14 @@ TICK_S = 0.5  # how often ejections that ended and backends due for a probe are 
 NOT_FOR_PROBES = {400, 404, 405, 422, 501}  # the backend does not take the probe completion; it may still be healthy
 MAX_TELEMETRY_MISSES = 3  # a healthy backend whose /metrics shows nothing we know this often is not asked again
 PROBE_HEADERS = {"Content-Type": "application/json", "x-ricardo-probe": "1", HOPS_HEADER: "1"}
+
+
+class Busy(Exception):
+    """The backend answered the probe that it is overloaded (429, 503): it is up, and busy."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__("busy")
+        self.retry_after = retry_after
 
 
 class Health:
@@ -116,6 +125,12 @@ class Health:
         try:
             backend.last_probed_at = time.monotonic()
             ok = await probe(pool, backend)
+        except Busy as busy:
+            # rested, as a request's 429 or 503 rests it: up and busy is neither down nor failing its answers
+            backend.rest(time.monotonic(), busy.retry_after)
+            if trial:
+                backend.outlier.probe_later(backend.cooldown_until)
+            return
         finally:
             self._busy.discard(backend)
         now = time.monotonic()
@@ -171,7 +186,7 @@ class Health:
 
 async def probe(pool: Pool, backend: Backend) -> bool:
     """Whether the backend gives a clean answer to a tiny completion (or, if it does not take one, answers
-    `GET /v1/models`), within its pool's first-byte timeout."""
+    `GET /v1/models`), within its pool's first-byte timeout; Busy if it says it is overloaded."""
     t = pool.timeouts
     timeout = aiohttp.ClientTimeout(sock_connect=t.connect_s)
     try:
@@ -188,6 +203,8 @@ async def probe(pool: Pool, backend: Backend) -> bool:
                 ) as response:
                     if response.status == 200:
                         return checked_json(await response.read()) is not None
+                    if response.status in BUSY_STATUSES:
+                        raise Busy(retry_after_of(response))
                     if response.status not in NOT_FOR_PROBES:
                         return False
                 log.warning(

@@ -101,6 +101,13 @@ class OutlierDetector:
         else:
             self._eject(now)
 
+    def probe_later(self, at: float) -> None:
+        """The probe found the backend too busy to answer (429, 503): no word on its answers, so it stays out, as
+        long as it asks to rest and no longer, and is probed again then."""
+        if self.state == "probing":
+            self.state = "ejected"
+            self.ejected_until = at
+
     def ejection_seconds(self) -> float:
         """How long the next ejection lasts."""
         return min(self.rules.max_ejection_s, self.rules.base_ejection_s * 2**self.ejections)

@@ -45,6 +45,7 @@ class Backend:
     healthy: bool = True  # last health probe succeeded
     failures: int = 0  # unreachable or overloaded answers in a row, for the rest's back-off
     cooldown_until: float = 0.0  # resting until then
+    rested_at: float = 0.0  # when the last failure that rests it came
     draining: bool = False
     last_clean_at: float = 0.0  # last clean answer or passed probe: a backend recently proven needs no probe
     last_probed_at: float = 0.0
@@ -69,14 +70,17 @@ class Backend:
         (or as long as its Retry-After says). No trial needed to come back: the next attempt is one, and an
         attempt that fails before the first byte costs the client nothing but the retry."""
         self.failures += 1
+        self.rested_at = now
         backoff = min(REST_MAX_S, REST_BASE_S * 2 ** (self.failures - 1))
         # a later failure extends the rest, never shortens it
         self.cooldown_until = max(self.cooldown_until, now + max(backoff, retry_after or 0.0))
 
-    def reached(self) -> None:
-        """It took a request (answered 200): whatever it said before, it is not overloaded now."""
-        self.failures = 0
-        self.cooldown_until = 0.0
+    def reached(self, sent_at: float) -> None:
+        """It took a request sent at `sent_at` (answered 200): whatever it said before then, it is not overloaded
+        now. Not what it said since: a 200 to a request it took before answering another 429 ends no rest."""
+        if self.rested_at <= sent_at:
+            self.failures = 0
+            self.cooldown_until = 0.0
 
     def outcome(self, now: float, ok: bool, trial: bool = False) -> bool:
         """How an answer ended (`trial`: the half-open trial's; gateway/outlier.py); True if that ejects it."""
@@ -247,7 +251,28 @@ def new_session(
         headers=headers,
         # a backend's cookies are not kept: the session serves every client, and the jar costs every request
         cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=[_REUSED_CONNECTION],  # for `post`: whether a request went on a kept-alive connection
     )
+
+
+class _Sent:
+    """One POST as its trace saw it: whether it went on a kept-alive connection (one the server may have closed)."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _note_reuse(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    if isinstance(context.trace_request_ctx, _Sent):
+        context.trace_request_ctx.reused = True
+
+
+_REUSED_CONNECTION = aiohttp.TraceConfig()
+_REUSED_CONNECTION.on_connection_reuseconn.append(_note_reuse)
 
 
 async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
@@ -256,11 +281,13 @@ async def post(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> aioht
     Some servers close a kept-alive connection after a streamed answer without saying so (llama.cpp's
     llama-server): the next request on it then meets a closed socket before any answer, through no fault of the
     backend's. aiohttp sends such requests again by itself only for idempotent methods; a POST that got no
-    answer at all did nothing on the backend, so it is sent once more here (a backend that is really gone fails
-    the second time too, and is counted then)."""
+    answer on a kept-alive connection is sent once more here (a backend that is really gone fails the second time
+    too, and is counted then). Not one that went on a new connection: the backend got that one and may be working
+    on it (it died, or dropped the connection, under way), and would do the work twice."""
+    sent = _Sent()
     try:
-        return await session.post(url, **kwargs)
+        return await session.post(url, trace_request_ctx=sent, **kwargs)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):  # could not connect at all: not a stale connection
+        if isinstance(exc, aiohttp.ClientConnectorError) or not sent.reused:  # not a stale connection
             raise
         return await session.post(url, **kwargs)
