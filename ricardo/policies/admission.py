@@ -6,8 +6,8 @@ that the gateway and the virtual-time simulator can apply the same rule.
 A request is refused when every pool that could serve it is *full* for it, by either of two signals, each a
 predicted SLO miss together with a queue past a bound:
 
-- the model's: the request is predicted to miss its SLO there (`Choice.slack` < 0, the policy's estimate; a
-  policy that gives no slack leaves the queue alone to decide) and the pool's utilization (its in-flight load
+- the model's: the request is predicted to miss its SLO there (`Choice.slack` < 0, the policy's estimate; where a
+  policy gives no slack, a baseline, the utilization alone decides) and the pool's utilization (its in-flight load
   over its replicas; 1.0 is the profile's operating point, where the mean latency per token equals the SLO)
   is at or past `max_utilization`;
 - the evidence's: the pool's queueing delay (measured by the caller: in the gateway, the median wait for the

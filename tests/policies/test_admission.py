@@ -41,7 +41,7 @@ def test_higher_priority_waits_in_longer_queues_lower_is_shed_first():
     assert utilization_bound(LIMITS, 2) == 2.25
 
 
-def test_a_policy_without_slack_is_judged_by_the_queue_alone():
+def test_a_policy_without_slack_is_judged_by_utilization_alone():
     assert admit(shape(), [choice("a", None)], {"a": pool("a", 0.9)}, LIMITS).admit
     assert not admit(shape(), [choice("a", None)], {"a": pool("a", 1.0)}, LIMITS).admit
 
