@@ -59,7 +59,12 @@ class GatewayMetrics:
             ["pool", "met"],
             registry=r,
         )
-        self.tokens = Counter("ricardo_tokens", "Tokens reported by backends.", ["pool", "type"], registry=r)
+        self.tokens = Counter(
+            "ricardo_tokens",
+            "Tokens served, as backends report them (of a stream a client with a key left, as far as it was sent).",
+            ["pool", "type"],
+            registry=r,
+        )
         self.token_usage = Histogram(
             "ricardo_token_usage", "Tokens per request.", ["type"], buckets=TOKEN_BUCKETS, registry=r
         )

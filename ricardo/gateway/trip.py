@@ -228,4 +228,6 @@ def account(state: GatewayState, trip: Trip) -> None:
         sent = completion_tokens if isinstance(completion_tokens, int) else trip.relayed_events
         cost = state.request_cost(pool, prompt, sent, trip.shape.slo, trip.shape.model)
         pm.cost.inc(cost)
+        pm.input_tokens.inc(prompt)  # the same tokens as the dollars: the dashboard's $ per 1M tokens divides them
+        pm.output_tokens.inc(sent)
         state.keys.charge(trip.key, cost, prompt + sent)

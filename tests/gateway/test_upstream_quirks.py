@@ -222,6 +222,13 @@ async def test_a_client_that_leaves_before_the_usage_is_still_charged_for_what_i
         await asyncio.wait_for(slow.gone.wait(), 2)
         assert await settled(state)
         assert (await state.keys.spend_today()).get(key.id, 0.0) > 0, f"{received} tokens sent, nothing charged"
+        # the pool's dollars and tokens count the same answer, so dollars per token stay the figure charged
+        sample = state.metrics.registry.get_sample_value
+        cost, output = (
+            sample("ricardo_cost_usd_total", {"pool": "a"}),
+            sample("ricardo_tokens_total", {"pool": "a", "type": "output"}),
+        )
+        assert cost and cost > 0 and output and output >= received, (cost, output, received)
 
 
 async def test_an_embedding_the_backend_refuses_reaches_the_client_in_the_openai_error_shape() -> None:
