@@ -17,7 +17,13 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import RETRIABLE_STATUSES, checked_answer, read_bounded, upstream_error
+from ricardo.gateway.dispatch import (
+    RETRIABLE_STATUSES,
+    _connect_timeout,
+    checked_answer,
+    read_bounded,
+    upstream_error,
+)
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
 from ricardo.gateway.state import GatewayState
@@ -71,7 +77,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                         backend.url + UPSTREAM_PATH,
                         data=payload,
                         headers=headers,
-                        timeout=aiohttp.ClientTimeout(sock_connect=t.connect_s),
+                        timeout=_connect_timeout(t.connect_s),  # the wait for a free connection too, as dispatch's
                         allow_redirects=False,
                     )
                     async with response:

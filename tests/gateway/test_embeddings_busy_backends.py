@@ -1,0 +1,54 @@
+"""Embeddings against backends that are busy rather than broken, as chat/completions meet them
+(tests/gateway/test_dispatch_busy_backends.py): in-process gateway, fake backends on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.gateway.fakes import gateway
+
+pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+
+PRICED = {"embedding_models": {"llama2-7b": 0.02}}
+EMBEDDING = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+    "model": "llama2-7b",
+    "usage": {"prompt_tokens": 2, "total_tokens": 2},
+}
+
+
+async def embed(url: str) -> tuple[int, dict, dict]:
+    """POST an embedding request to the gateway; the status, the headers and the JSON answer."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/v1/embeddings", json={"model": "llama2-7b", "input": "hello"}) as response,
+    ):
+        return response.status, dict(response.headers), await response.json()
+
+
+async def slow_embedding(request: web.Request) -> web.Response:
+    await request.read()
+    await asyncio.sleep(2)
+    return web.json_response(EMBEDDING)
+
+
+async def test_an_embedding_waiting_for_a_connection_to_a_busy_backend_waits_the_connect_timeout_only() -> None:
+    """With every connection to a backend taken, a new request waits for one: the gateway's own queue, bounded by
+    the connect timeout as a completion's wait is, not by the whole-answer timeout."""
+    settings = {"limits": {"connections_per_backend": 1, "connect_timeout_s": 0.5, "response_timeout_s": 60.0}}
+    async with gateway({"a": ("A10G", [slow_embedding])}, **settings, **PRICED) as (url, _):
+        first = asyncio.create_task(embed(url))
+        await asyncio.sleep(0.3)  # the only connection is the first request's now
+        sent = time.monotonic()
+        status, _, body = await embed(url)
+        waited = time.monotonic() - sent
+        assert waited < 1.5, f"waited {waited:.1f} s for a connection: the whole-answer timeout, not the connect one"
+        assert status != 200, body
+        status, _, body = await first
+        assert status == 200, body
