@@ -18,11 +18,14 @@ import aiohttp
 from aiohttp import web
 
 from ricardo.gateway.dispatch import (
+    BUSY_STATUSES,
     RETRIABLE_STATUSES,
     _connect_timeout,
     checked_answer,
     read_bounded,
+    retry_after_of,
     upstream_error,
+    with_retry_after,
 )
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
@@ -61,6 +64,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
     pools = sorted((p for p in state.pools.values() if req.model in p.models), key=lambda p: p.price_per_hour)
     tried: set = set()
     last_error = OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
+    retry_after: float | None = None  # what the last busy backend said: the client is told the same
     for pool in pools:
         while len(tried) < state.config.limits.max_attempts:
             backend = pool.pick_backend(time.monotonic(), tried)
@@ -89,9 +93,11 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             finally:
                 backend.in_flight -= 1
             if status in RETRIABLE_STATUSES:
-                if status in (429, 503):
-                    backend.rest(time.monotonic(), None)
-                last_error = error_for_status(502 if status != 503 else 503, f"upstream {pool.name}: HTTP {status}")
+                # as dispatch: a busy backend rests as long as it asks, and the client hears its 429 (or 503)
+                if status in BUSY_STATUSES:
+                    retry_after = retry_after_of(response)
+                    backend.rest(time.monotonic(), retry_after)
+                last_error = upstream_error(status, raw)
                 continue
             backend.reached(sent_at)
             if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
@@ -112,4 +118,4 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             content = whole.with_usage({**usage, "ricardo_cost_usd": cost})
             routing = {"x-request-id": request_id, "x-ricardo-pool": pool.name}
             return web.Response(body=content, content_type="application/json", headers=routing)
-    raise last_error
+    raise with_retry_after(last_error, retry_after)

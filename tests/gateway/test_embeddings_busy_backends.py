@@ -52,3 +52,29 @@ async def test_an_embedding_waiting_for_a_connection_to_a_busy_backend_waits_the
         assert status != 200, body
         status, _, body = await first
         assert status == 200, body
+
+
+def busy(status: int):
+    async def answer(request: web.Request) -> web.Response:
+        body = {"error": {"message": "queue full", "type": "server_error"}}
+        return web.json_response(body, status=status, headers={"Retry-After": "20"})
+
+    return answer
+
+
+async def test_an_embedding_every_backend_answers_429_is_a_429_for_the_client() -> None:
+    async with gateway({"a": ("A10G", [busy(429), busy(429)])}, **PRICED) as (url, _):
+        status, headers, body = await embed(url)
+    assert status == 429, body
+    assert body["error"]["message"] and body["error"]["type"], body
+    assert headers.get("Retry-After") == "20"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_busy_backends_retry_after_rests_it_and_reaches_the_embedding_client(status: int) -> None:
+    async with gateway({"a": ("A10G", [busy(status)])}, **PRICED) as (url, state):
+        answered, headers, body = await embed(url)
+        backend = state.pools["a"].backends[0]
+        assert backend.cooldown_until - time.monotonic() > 15, "rested 1 s, not the 20 s it asked for"
+    assert answered == status, body
+    assert headers.get("Retry-After") == "20"
