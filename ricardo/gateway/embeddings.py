@@ -30,6 +30,7 @@ from ricardo.gateway.dispatch import (
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.trip import answer_failed
 from ricardo.protocol.openai import OpenAIError, error_for_status, parse_embedding_request
 
 UPSTREAM_PATH = "/v1/embeddings"
@@ -73,6 +74,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             tried.add(backend)
             t = pool.timeouts
             backend.in_flight += 1
+            trial = backend.outlier.begin()  # the half-open trial, if it is one: its outcome decides, as a completion's
             sent_at = time.monotonic()
             try:
                 async with asyncio.timeout(t.response_s):
@@ -86,10 +88,21 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                     )
                     async with response:
                         status, raw = response.status, await read_bounded(response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # unreachable, or every connection to it busy: it rests, as in dispatch; no word on its answers
                 backend.rest(time.monotonic(), None)
+                if trial:
+                    backend.outlier.end_trial()
                 last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
                 continue
+            except (aiohttp.ClientError, TimeoutError) as exc:  # it broke off or hung: a failed answer, as in dispatch
+                answer_failed(state, pool, backend, "timeout" if isinstance(exc, TimeoutError) else "broken", trial)
+                last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
+                continue
+            except asyncio.CancelledError:  # the client went away: no word on the backend
+                if trial:
+                    backend.outlier.end_trial()
+                raise
             finally:
                 backend.in_flight -= 1
             if status in RETRIABLE_STATUSES:
@@ -97,17 +110,25 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                 if status in BUSY_STATUSES:
                     retry_after = retry_after_of(response)
                     backend.rest(time.monotonic(), retry_after)
+                    if trial:
+                        backend.outlier.end_trial()
+                else:  # a 500 may be the request's fault, but counts as the backend's, as in dispatch
+                    answer_failed(state, pool, backend, f"http_{status}", trial)
                 last_error = upstream_error(status, raw)
                 continue
             backend.reached(sent_at)
             if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
+                if trial:
+                    backend.outlier.end_trial()
                 raise upstream_error(status, raw)
             whole = checked_answer(raw, "data")
             usage = whole.usage if whole is not None else None
             tokens = usage.get("prompt_tokens") if usage is not None else None
             if whole is None or usage is None or not isinstance(tokens, int) or isinstance(tokens, bool):
+                answer_failed(state, pool, backend, "bad_json", trial)
                 last_error = error_for_status(502, f"upstream {pool.name} answered no embeddings")
                 continue
+            backend.outcome(time.monotonic(), True, trial)
             cost = tokens * price / 1e6
             m = state.metrics
             m.requests.labels(req.model, pool.name, "200").inc()

@@ -78,3 +78,36 @@ async def test_a_busy_backends_retry_after_rests_it_and_reaches_the_embedding_cl
         assert backend.cooldown_until - time.monotonic() > 15, "rested 1 s, not the 20 s it asked for"
     assert answered == status, body
     assert headers.get("Retry-After") == "20"
+
+
+async def fails(request: web.Request) -> web.Response:
+    return web.json_response({"error": {"message": "EngineCore encountered an issue"}}, status=500)
+
+
+async def test_a_backend_whose_embeddings_fail_is_ejected_as_one_whose_completions_fail() -> None:
+    """Its failed answers are outcomes for its outlier detector, whatever the endpoint: the health probe of an
+    embedding model is GET /v1/models (it takes no chat completion), which a backend failing every answer passes."""
+    settings = {"outlier": {"consecutive_failures": 1}}
+    async with gateway({"a": ("A10G", [fails])}, **settings, **PRICED) as (url, state):
+        status, _, body = await embed(url)
+        assert status == 502, body
+        assert state.pools["a"].backends[0].outlier.state == "ejected"
+
+
+async def embedding(request: web.Request) -> web.Response:
+    return web.json_response(EMBEDDING)
+
+
+async def test_a_clean_embedding_on_a_half_open_backend_brings_it_back_into_service() -> None:
+    """After an ejection and a passed probe, one real request decides (gateway/outlier.py): an embedding is one too;
+    else a backend serving embeddings only stays half-open for good, where no failure counts."""
+    async with gateway({"a": ("A10G", [embedding])}, **PRICED) as (url, state):
+        detector = state.pools["a"].backends[0].outlier
+        for _ in range(detector.rules.consecutive_failures):
+            detector.record(time.monotonic(), ok=False)
+        assert detector.probe_due(detector.ejected_until)
+        detector.probe_result(time.monotonic(), ok=True)
+        assert detector.state == "half-open"
+        status, _, body = await embed(url)
+        assert status == 200, body
+        assert detector.state == "in service"
