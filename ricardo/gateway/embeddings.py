@@ -29,6 +29,7 @@ from ricardo.gateway.dispatch import (
 )
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
+from ricardo.gateway.shutdown import SHUTTING_DOWN
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import answer_failed
 from ricardo.protocol.openai import OpenAIError, error_for_status, parse_embedding_request
@@ -43,7 +44,17 @@ async def handle(request: web.Request) -> web.Response:
             503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
         )
     with state.passing_through():
-        return await _handle(request, state)
+        try:
+            return await _handle(request, state)
+        except asyncio.CancelledError as exc:
+            if exc.args != (SHUTTING_DOWN,):
+                raise  # the client went away
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the drain deadline (gateway/shutdown.py): answered with a word, as a completion is
+            raise OpenAIError(
+                503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
+            ) from None
 
 
 async def _handle(request: web.Request, state: GatewayState) -> web.Response:

@@ -9,6 +9,8 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from ricardo.gateway.config import ShutdownConfig
+from ricardo.gateway.shutdown import drain
 
 from tests.gateway.fakes import gateway
 
@@ -111,3 +113,15 @@ async def test_a_clean_embedding_on_a_half_open_backend_brings_it_back_into_serv
         status, _, body = await embed(url)
         assert status == 200, body
         assert detector.state == "in service"
+
+
+async def test_an_embedding_still_in_flight_at_the_drain_deadline_gets_a_503() -> None:
+    """At the drain deadline, a request not yet answered gets a 503 with Retry-After (README: graceful shutdown), as a
+    completion does, not a connection cut under it."""
+    async with gateway({"a": ("A10G", [slow_embedding])}, **PRICED) as (url, state):
+        answer = asyncio.create_task(embed(url))
+        await asyncio.sleep(0.3)  # with the backend
+        await drain(state, ShutdownConfig(unready_wait_s=0, drain_timeout_s=0.5))
+        status, headers, body = await asyncio.wait_for(answer, 2)
+    assert status == 503, body
+    assert headers.get("Retry-After") == "1" and "shutting down" in body["error"]["message"]
