@@ -121,9 +121,15 @@ async def dispatch(
             break
     if last_error is None:
         raise OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
-    if last_error.status in (429, 503):
-        last_error.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after or 0))))
-    raise last_error
+    raise with_retry_after(last_error, retry_after)
+
+
+def with_retry_after(error: OpenAIError, retry_after: float | None) -> OpenAIError:
+    """The client's error after the last failure: a busy one (429, 503) tells it to come back when that backend
+    asked to be left alone until (`retry_after`, 1 s where it did not say), not sooner, to find nothing to send to."""
+    if error.status in BUSY_STATUSES:
+        error.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after or 0))))
+    return error
 
 
 async def attempt(

@@ -17,10 +17,21 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from ricardo.gateway.dispatch import RETRIABLE_STATUSES, checked_answer, read_bounded, upstream_error
+from ricardo.gateway.dispatch import (
+    BUSY_STATUSES,
+    RETRIABLE_STATUSES,
+    _connect_timeout,
+    checked_answer,
+    read_bounded,
+    retry_after_of,
+    upstream_error,
+    with_retry_after,
+)
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
+from ricardo.gateway.shutdown import SHUTTING_DOWN
 from ricardo.gateway.state import GatewayState
+from ricardo.gateway.trip import answer_failed
 from ricardo.protocol.openai import OpenAIError, error_for_status, parse_embedding_request
 
 UPSTREAM_PATH = "/v1/embeddings"
@@ -33,7 +44,17 @@ async def handle(request: web.Request) -> web.Response:
             503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
         )
     with state.passing_through():
-        return await _handle(request, state)
+        try:
+            return await _handle(request, state)
+        except asyncio.CancelledError as exc:
+            if exc.args != (SHUTTING_DOWN,):
+                raise  # the client went away
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the drain deadline (gateway/shutdown.py): answered with a word, as a completion is
+            raise OpenAIError(
+                503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
+            ) from None
 
 
 async def _handle(request: web.Request, state: GatewayState) -> web.Response:
@@ -55,6 +76,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
     pools = sorted((p for p in state.pools.values() if req.model in p.models), key=lambda p: p.price_per_hour)
     tried: set = set()
     last_error = OpenAIError(503, "no backend is available now", "service_unavailable", headers={"Retry-After": "1"})
+    retry_after: float | None = None  # what the last busy backend said: the client is told the same
     for pool in pools:
         while len(tried) < state.config.limits.max_attempts:
             backend = pool.pick_backend(time.monotonic(), tried)
@@ -63,6 +85,7 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             tried.add(backend)
             t = pool.timeouts
             backend.in_flight += 1
+            trial = backend.outlier.begin()  # the half-open trial, if it is one: its outcome decides, as a completion's
             sent_at = time.monotonic()
             try:
                 async with asyncio.timeout(t.response_s):
@@ -71,31 +94,52 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
                         backend.url + UPSTREAM_PATH,
                         data=payload,
                         headers=headers,
-                        timeout=aiohttp.ClientTimeout(sock_connect=t.connect_s),
+                        timeout=_connect_timeout(t.connect_s),  # the wait for a free connection too, as dispatch's
                         allow_redirects=False,
                     )
                     async with response:
                         status, raw = response.status, await read_bounded(response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # unreachable, or every connection to it busy: it rests, as in dispatch; no word on its answers
                 backend.rest(time.monotonic(), None)
+                if trial:
+                    backend.outlier.end_trial()
                 last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
                 continue
+            except (aiohttp.ClientError, TimeoutError) as exc:  # it broke off or hung: a failed answer, as in dispatch
+                answer_failed(state, pool, backend, "timeout" if isinstance(exc, TimeoutError) else "broken", trial)
+                last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
+                continue
+            except asyncio.CancelledError:  # the client went away: no word on the backend
+                if trial:
+                    backend.outlier.end_trial()
+                raise
             finally:
                 backend.in_flight -= 1
             if status in RETRIABLE_STATUSES:
-                if status in (429, 503):
-                    backend.rest(time.monotonic(), None)
-                last_error = error_for_status(502 if status != 503 else 503, f"upstream {pool.name}: HTTP {status}")
+                # as dispatch: a busy backend rests as long as it asks, and the client hears its 429 (or 503)
+                if status in BUSY_STATUSES:
+                    retry_after = retry_after_of(response)
+                    backend.rest(time.monotonic(), retry_after)
+                    if trial:
+                        backend.outlier.end_trial()
+                else:  # a 500 may be the request's fault, but counts as the backend's, as in dispatch
+                    answer_failed(state, pool, backend, f"http_{status}", trial)
+                last_error = upstream_error(status, raw)
                 continue
             backend.reached(sent_at)
             if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
+                if trial:
+                    backend.outlier.end_trial()
                 raise upstream_error(status, raw)
             whole = checked_answer(raw, "data")
             usage = whole.usage if whole is not None else None
             tokens = usage.get("prompt_tokens") if usage is not None else None
             if whole is None or usage is None or not isinstance(tokens, int) or isinstance(tokens, bool):
+                answer_failed(state, pool, backend, "bad_json", trial)
                 last_error = error_for_status(502, f"upstream {pool.name} answered no embeddings")
                 continue
+            backend.outcome(time.monotonic(), True, trial)
             cost = tokens * price / 1e6
             m = state.metrics
             m.requests.labels(req.model, pool.name, "200").inc()
@@ -106,4 +150,4 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             content = whole.with_usage({**usage, "ricardo_cost_usd": cost})
             routing = {"x-request-id": request_id, "x-ricardo-pool": pool.name}
             return web.Response(body=content, content_type="application/json", headers=routing)
-    raise last_error
+    raise with_retry_after(last_error, retry_after)

@@ -21,6 +21,8 @@ log = logging.getLogger("ricardo.gateway")
 
 POLL_S = 0.05
 WORDS_S = 2.0  # how long the requests ended at the deadline get to say so
+# what an API request cancelled at the deadline is cancelled with, to tell it from a client that left (aiohttp's)
+SHUTTING_DOWN = "the gateway is shutting down"
 
 
 async def drain(state: GatewayState, config: ShutdownConfig) -> None:
@@ -36,15 +38,14 @@ async def drain(state: GatewayState, config: ShutdownConfig) -> None:
         await asyncio.sleep(POLL_S)
     left = list(state.trips)
     tripped = {trip.task for trip in left}
-    for task in state.passing - tripped:  # embeddings, requests not yet dispatched: no word to end them with
-        task.cancel()
-    if not left:
-        return
-    log.warning("drain deadline: ending %d requests still in flight", len(left))
+    for task in state.passing - tripped:  # embeddings (they answer 503), requests not yet dispatched (no word)
+        task.cancel(SHUTTING_DOWN)
+    if left:
+        log.warning("drain deadline: ending %d requests still in flight", len(left))
     for trip in left:
         trip.aborted = "shutting down"
         if trip.task is not None:
             trip.task.cancel()
     end = time.monotonic() + WORDS_S
-    while state.trips and time.monotonic() < end:
+    while (state.trips or state.passing) and time.monotonic() < end:
         await asyncio.sleep(POLL_S)

@@ -123,12 +123,18 @@ def failed(state: GatewayState, trip: Trip, kind: str) -> None:
     """Count a failed answer of the trip's backend: a metric, its outlier detector."""
     pool, backend = trip.pool, trip.backend
     assert pool is not None and backend is not None  # started
-    now = time.monotonic()
     if backend.role != "unified" and not kind.startswith(backend.role):  # a side of a pair: which one failed
         kind = f"{backend.role}_{kind}"
-    state.metrics.upstream_errors.labels(pool.name, kind).inc()
-    ejected = backend.outcome(now, False, trip.trial)
+    answer_failed(state, pool, backend, kind, trip.trial)
     trip.trial = False
+
+
+def answer_failed(state: GatewayState, pool: Pool, backend: Backend, kind: str, trial: bool = False) -> None:
+    """Count a failed answer of `backend` (`trial`: the half-open trial's): a metric, its outlier detector; an
+    embedding's too (gateway/embeddings.py), which has no trip."""
+    now = time.monotonic()
+    state.metrics.upstream_errors.labels(pool.name, kind).inc()
+    ejected = backend.outcome(now, False, trial)
     if ejected:
         state.metrics.ejections.labels(pool.name, backend.shown).inc()
         log.warning(
