@@ -206,13 +206,12 @@ def simulate(
         engine of its pair (the least loaded when it arrives)."""
         for replica in prefill_engines:
             replica.engine.advance_to(until)
-            for timing in replica.engine.finished:
+            for timing in _finished_by(replica.engine, until):
                 request = prefilling.pop(id(timing))
                 replica.in_flight -= 1
                 assert request.pool is not None
                 arrives = timing.finished_at + request.timing.prompt_tokens * request.pool.transfer_per_token
                 heapq.heappush(handoffs, (arrives, next(order), request))
-            replica.engine.finished.clear()
         while handoffs and handoffs[0][0] <= until:
             at, _, request = heapq.heappop(handoffs)
             assert request.pool is not None
@@ -226,7 +225,7 @@ def simulate(
         hand_off(item.arrival)
         for replica in last_engines:
             replica.engine.advance_to(item.arrival)
-            _retire(replica.engine, in_flight, told)
+            _retire(replica.engine, in_flight, told, item.arrival)
         # every answer has a first token: a trace's 0-token answers (an aborted request) count as one
         request = SimRequest(Timing(item.arrival, item.input_tokens, max(1, item.output_tokens)))
         requests.append(request)
@@ -261,7 +260,7 @@ def simulate(
     hand_off(math.inf)
     for replica in engines:
         replica.engine.drain()
-        _retire(replica.engine, in_flight, told)
+        _retire(replica.engine, in_flight, told, math.inf)
     return SimResult(requests, dict(fleet), prices, slo, duration_s=max(last, 1e-9), per_pool=per_pool, sizes=told.name)
 
 
@@ -290,9 +289,17 @@ def _pools(
     return pools
 
 
-def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest], sizes: Sizes) -> None:
-    """Tell the pools' ledgers and the predictor about the engine's finished requests."""
-    for timing in engine.finished:
+def _finished_by(engine: VirtualEngine, until: float) -> list[Timing]:
+    """The engine's requests finished by `until`, taken from its list. An iteration that starts before `until` may
+    end after it: the requests it finishes stay listed until then (the router must not learn them early)."""
+    done = [timing for timing in engine.finished if timing.finished_at <= until]
+    engine.finished = [timing for timing in engine.finished if timing.finished_at > until]
+    return done
+
+
+def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest], sizes: Sizes, until: float) -> None:
+    """Tell the pools' ledgers and the predictor about the engine's requests finished by `until`."""
+    for timing in _finished_by(engine, until):
         request = in_flight.pop(id(timing))
         pool, replica, ticket = request.pool, request.replica, request.ticket
         assert pool is not None and replica is not None and ticket is not None  # in flight: it was placed
@@ -300,4 +307,3 @@ def _retire(engine: VirtualEngine, in_flight: dict[int, SimRequest], sizes: Size
         pool.ledger.first_token(ticket, timing.first_token_at)
         pool.ledger.finish(ticket, timing.finished_at, timing.output_tokens)
         sizes.observe(request.sizes_handle, timing.output_tokens)
-    engine.finished.clear()

@@ -306,7 +306,9 @@ class Design:
         )
         names = np.array([features.model_key() if features.model else -1 for features in requests])
         models = sparse.csr_matrix((names[:, None] == self.model_keys[None, :]).astype(float))
-        standardised = (dense - self.dense_mean) / self.dense_scale
+        # each feature held to its range in training, as the fitted model serves it (`FittedModel.log_prediction`):
+        # a no-op on the training rows, and held-out rows are scored as they would be served
+        standardised = (np.clip(dense, self.dense_low, self.dense_high) - self.dense_mean) / self.dense_scale
         # an explicit, barely penalised intercept column: scikit-learn's own intercept handling for sparse input
         # (a centring operator) makes its conjugate-gradient solver ~3x slower
         intercept = np.full((len(requests), 1), INTERCEPT_COLUMN)
