@@ -29,7 +29,7 @@ from ricardo.gateway.dispatch import (
 )
 from ricardo.gateway.pools import post
 from ricardo.gateway.proxy import _forwarded_headers, _hops
-from ricardo.gateway.shutdown import SHUTTING_DOWN
+from ricardo.gateway.shutdown import SHUTTING_DOWN, unavailable
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import answer_failed
 from ricardo.protocol.openai import OpenAIError, error_for_status, parse_embedding_request
@@ -40,9 +40,7 @@ UPSTREAM_PATH = "/v1/embeddings"
 async def handle(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     if state.refusing:
-        raise OpenAIError(
-            503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
-        )
+        raise unavailable()
     with state.passing_through():
         try:
             return await _handle(request, state)
@@ -52,9 +50,7 @@ async def handle(request: web.Request) -> web.Response:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the drain deadline (gateway/shutdown.py): answered with a word, as a completion is
-            raise OpenAIError(
-                503, "the gateway is shutting down; retry", "service_unavailable", headers={"Retry-After": "1"}
-            ) from None
+            raise unavailable() from None
 
 
 async def _handle(request: web.Request, state: GatewayState) -> web.Response:

@@ -25,6 +25,7 @@ from ricardo.gateway.logs import PROMPT_LOG_CHARS, TRIP_KEY
 from ricardo.gateway.pools import QueueDelays
 from ricardo.gateway.relay import relay_stream
 from ricardo.gateway.shaping import PRIORITY_GRANT
+from ricardo.gateway.shutdown import unavailable
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.trip import Trip, account, priced
 from ricardo.policies.admission import AdmissionLimits, admit
@@ -66,12 +67,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
 
 async def _handle(request: web.Request, state: GatewayState, endpoint: Endpoint) -> web.StreamResponse:
     if state.refusing:
-        raise OpenAIError(
-            503,
-            "the gateway is shutting down; retry",
-            "service_unavailable",
-            headers={"Retry-After": "1"},
-        )
+        raise unavailable()
     started = time.monotonic()
     hops = _hops(request)
     key = await state.keys.admit(request)
@@ -145,9 +141,7 @@ async def _handle(request: web.Request, state: GatewayState, endpoint: Endpoint)
         if task is not None:
             task.uncancel()  # the gateway cancelled it itself, to answer with a word
         trip.status = 503
-        raise OpenAIError(
-            503, f"the gateway is {trip.aborted}; retry", "service_unavailable", headers={"Retry-After": "1"}
-        ) from None
+        raise unavailable(trip.aborted) from None
     finally:
         state.trips.discard(trip)
         if answer is not None:

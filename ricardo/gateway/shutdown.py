@@ -16,6 +16,7 @@ import time
 
 from ricardo.gateway.config import ShutdownConfig
 from ricardo.gateway.state import GatewayState
+from ricardo.protocol.openai import OpenAIError
 
 log = logging.getLogger("ricardo.gateway")
 
@@ -23,6 +24,11 @@ POLL_S = 0.05
 WORDS_S = 2.0  # how long the requests ended at the deadline get to say so
 # what an API request cancelled at the deadline is cancelled with, to tell it from a client that left (aiohttp's)
 SHUTTING_DOWN = "the gateway is shutting down"
+
+
+def unavailable(why: str = "shutting down") -> OpenAIError:
+    """The 503 a request the gateway will not serve is answered with: it is `why` (shutting down, ...); retry."""
+    return OpenAIError(503, f"the gateway is {why}; retry", "service_unavailable", headers={"Retry-After": "1"})
 
 
 async def drain(state: GatewayState, config: ShutdownConfig) -> None:
