@@ -281,11 +281,19 @@ class FleetSearch:
         singles: Sequence[str] | None = None,
         on_trial: Callable[[Trial], None] | None = None,
         disaggregated: bool = False,
+        hedges: Sequence[str] = ("melange",),
     ) -> Search:
-        """The cheapest fleet the simulator verifies, as ricardo searches it: the planner's fleet over every type
-        and over each type alone (of `singles`, default every type), each at its smallest passing scale
-        (`cheapest`), then the cheapest of those trimmed: one replica at a time, dearest type first, as long as
-        the target still holds. `Search.by_types` keeps each candidate set's own result.
+        """The cheapest fleet the simulator verifies, as ricardo searches it: the planner's fleet over every type,
+        each of `hedges`' (other planners') fleets over every type, and the planner's over each type alone (of
+        `singles`, default every type), each at its smallest passing scale (`cheapest`), then the cheapest of those
+        trimmed: one replica at a time, dearest type first, as long as the target still holds. `Search.by_types`
+        keeps each candidate set's own result, a hedge's under `(*types, "+" + hedge)`.
+
+        The hedge: the planner's mix rests on its model of the router (the utilization it runs each type at, at
+        predicted sizes), and where that model is wrong for a traffic the mix needs more scale than it should. A
+        plain capacity plan (Mélange's, each request at its bucket's upper edge) makes no such guess, so the search
+        verifies it too, with the same router: where the router keeps at least the attainment of Mélange's on
+        Mélange's fleet (bench/economics/same_fleet.md), ricardo's answer is never dearer than Mélange's.
 
         The planner sizes each type for the load the router is expected to put on it, but the router decides
         each request on the live state, so a planned mix can need more scale than a single type (a tight SLO
@@ -297,11 +305,13 @@ class FleetSearch:
         pairs allowed is never dearer than the one without. `Search.by_types[(*types, "+pairs")]` is the
         pairs search's own answer, `Search.without_pairs` the other's."""
         alone = list(types if singles is None else singles) if len(types) > 1 else []
-        sets = [tuple(types)] + [(hw,) for hw in alone]
-        plain = self._verified(policy, [(only, False) for only in sets], planner, on_trial)
+        sets = [(tuple(types), False, planner)]
+        sets += [(tuple(types), False, other) for other in hedges if other != planner and len(types) > 1]
+        sets += [((hw,), False, planner) for hw in alone]
+        plain = self._verified(policy, sets, on_trial)
         if not disaggregated:
             return plain
-        with_pairs = self._verified(policy, [(tuple(types), True)], planner, on_trial)
+        with_pairs = self._verified(policy, [(tuple(types), True, planner)], on_trial)
         search = Search(None, plain.trials + with_pairs.trials)
         search.by_types = plain.by_types | {(*types, "+pairs"): with_pairs.best}
         search.without_pairs = plain.best
@@ -313,13 +323,16 @@ class FleetSearch:
     def _verified(
         self,
         policy: str | Policy,
-        sets: Sequence[tuple[tuple[str, ...], bool]],
-        planner: str,
+        sets: Sequence[tuple[tuple[str, ...], bool, str]],
         on_trial: Callable[[Trial], None] | None,
     ) -> Search:
-        """`cheapest` of each (types, pairs allowed) candidate set, the cheapest of them trimmed."""
+        """`cheapest` of each (types, pairs allowed, planner) candidate set, the cheapest of them trimmed. A set's
+        result is kept under its types, with "+" and the planner's name where that is not the first set's."""
         found = {
-            only: self.cheapest(policy, only, planner=planner, on_trial=on_trial, pairs=pairs) for only, pairs in sets
+            only if planner == sets[0][2] else (*only, f"+{planner}"): self.cheapest(
+                policy, only, planner=planner, on_trial=on_trial, pairs=pairs
+            )
+            for only, pairs, planner in sets
         }
         search = Search(None, [trial for f in found.values() for trial in f.trials])
         search.by_types = {only: f.best for only, f in found.items()}
