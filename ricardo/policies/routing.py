@@ -52,8 +52,8 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     Little's law at the profile's operating point: at `max_rps` requests/s, each lasting about
     latency per token x output tokens, a replica holds max_rps * that * output requests at once, so one request
     holds the inverse. The latency per token is the request's TPOT SLO read as the profiles measure it, request
-    latency / output tokens (equal to the profile's by default; for another SLO
-    this scales the concurrency linearly, a first-order guess). A size the profile cannot serve is
+    latency / output tokens (equal to the profile's by default; for a tighter SLO this scales the concurrency
+    linearly, a first-order guess; a looser one counts as the profile's). A size the profile cannot serve is
     charged a whole replica. An answer shorter than the shortest profiled one counts as that long:
     its rate is the shortest profiled answer's, and so is the time it holds the replica (mostly its
     prefill), which a one-token answer's SLO x 1 would understate many times over. A request holds at
@@ -64,9 +64,17 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     return _share_at(book, book.rate_at(hardware, input_tokens, output_tokens), output_tokens, slo)
 
 
+def _hold_seconds(book: ProfileBook, output_tokens: int, slo: SLO) -> float:
+    """How long a request is in flight at the profile's operating point: its SLO per output token, for at least the
+    shortest profiled answer. An SLO looser than the tables' own counts as theirs: at the operating point a request
+    takes the pool's latency whatever its client would accept, and a client's huge `x-slo-tpot-ms` would otherwise
+    make its request count as no load at all (past admission's shedding)."""
+    return min(slo.tpot_ms, book.slo_tpot_ms) / 1000.0 * max(book.output_edges[0], output_tokens)
+
+
 def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> float:
     """`capacity_share` of a request whose interpolated rate is `rps`."""
-    held = rps * slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)  # replicas' worth of such requests
+    held = rps * _hold_seconds(book, output_tokens, slo)  # replicas' worth of such requests
     if held <= 0:  # a size the profile cannot serve, or an SLO so tight (a denormal) that the product underflows
         return 1.0
     return min(1.0, 1.0 / held)
@@ -93,11 +101,11 @@ def pair_estimate(
 def pair_shares(book: ProfileBook, cost: PairCost, output_tokens: int, slo: SLO) -> tuple[float, float]:
     """(share of one prefill replica, share of one decode replica) a request holds while in flight on a pair.
 
-    Little's law as in `capacity_share`: the request is in flight about SLO x output seconds (at least the
-    shortest profiled answer's, as there) and uses each role's replica-seconds of `cost` in that time; at most
-    one replica of each role. Held from dispatch to finish for both roles, so the sums over requests in flight
-    are each role's utilisation at the rate they arrive."""
-    hold = slo.tpot_ms / 1000.0 * max(book.output_edges[0], output_tokens)
+    Little's law as in `capacity_share`: the request is in flight about SLO x output seconds (`_hold_seconds`, as
+    there) and uses each role's replica-seconds of `cost` in that time; at most one replica of each role. Held from
+    dispatch to finish for both roles, so the sums over requests in flight are each role's utilisation at the rate
+    they arrive."""
+    hold = _hold_seconds(book, output_tokens, slo)
     if hold <= 0:  # an SLO so tight (a denormal) that the product underflows: a whole replica of each
         return 1.0, 1.0
     return min(1.0, cost.prefill_seconds / hold), min(1.0, cost.decode_seconds / hold)

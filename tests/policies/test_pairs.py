@@ -148,3 +148,11 @@ def test_a_pair_is_judged_at_the_shorter_answer_too(book):
     sure_slack, unsure_slack = cost_aware(sure, view, book)[0].slack, cost_aware(unsure, view, book)[0].slack
     alone = pair_estimate(book, view[0].pair, 3000, 25, slo).alone_seconds_per_token * 1000 / 40
     assert alone > 0.7 and unsure_slack < 0.3 < sure_slack
+
+
+def test_a_looser_slo_than_the_tables_holds_a_pair_as_long_as_theirs(book):
+    """A client's huge `x-slo-tpot-ms` does not make its request count as no load on a pair (past admission)."""
+    cost = pair_estimate(book, pair_spec(book, "L40S", "MI300X"), 2000, 30, SLO_120)
+    loose = SLO(SLO_120.ttft_ms, 1e12)
+    assert pair_shares(book, cost, 30, loose) == pair_shares(book, cost, 30, SLO(SLO_120.ttft_ms, book.slo_tpot_ms))
+    assert min(pair_shares(book, cost, 30, loose)) > 0

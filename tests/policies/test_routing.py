@@ -323,6 +323,10 @@ def test_capacity_share_is_littles_law_at_the_operating_point(book):
         2 * capacity_share(book, "A10G", 300, 300, SLO_DEFAULT)
     )
     assert capacity_share(book, "L4", 5000, 300, SLO_DEFAULT) == 1.0  # not profiled: a whole replica
+    # a looser SLO than the tables' counts as theirs: a client's huge x-slo-tpot-ms does not make its request no load
+    assert capacity_share(book, "A10G", 300, 300, SLO(2000, 1e12)) == capacity_share(
+        book, "A10G", 300, 300, SLO(2000, book.slo_tpot_ms)
+    )
     assert capacity_share(book, "L4", 20, 0, SLO_DEFAULT) == capacity_share(book, "L4", 20, 1, SLO_DEFAULT)
     # an SLO the admin API accepts (> 0) but so small the product underflows (the fuzz test sets one): a replica
     assert capacity_share(book, "A10G", 300, 300, SLO(2000, 5e-324)) == 1.0
