@@ -156,7 +156,7 @@ async def attempt(
                     url,
                     data=payload,
                     headers=headers,
-                    timeout=_connect_timeout(t.connect_s),
+                    timeout=connect_timeout(t.connect_s),
                     allow_redirects=False,  # a redirect could lead anywhere the gateway can reach
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -197,7 +197,7 @@ async def attempt(
 
 
 @functools.lru_cache(maxsize=64)
-def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
+def connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
     """aiohttp's timeout for an attempt: the pool's connect timeout alone (immutable: one per value, not one per
     attempt). It bounds the wait for a free connection too (`connect`, not `sock_connect`): with every connection to
     the backend taken (`limits.connections_per_backend`), the wait is the gateway's own queue, not the backend's

@@ -20,8 +20,8 @@ from aiohttp import web
 from ricardo.gateway.dispatch import (
     BUSY_STATUSES,
     RETRIABLE_STATUSES,
-    _connect_timeout,
     checked_answer,
+    connect_timeout,
     read_bounded,
     retry_after_of,
     upstream_error,
@@ -82,60 +82,58 @@ async def _handle(request: web.Request, state: GatewayState) -> web.Response:
             t = pool.timeouts
             backend.in_flight += 1
             trial = backend.outlier.begin()  # the half-open trial, if it is one: its outcome decides, as a completion's
-            sent_at = time.monotonic()
+            judged = False  # whether the backend's answer was judged (answer_failed, outcome): that ends its trial
             try:
-                async with asyncio.timeout(t.response_s):
-                    response = await post(
-                        backend.session,
-                        backend.url + UPSTREAM_PATH,
-                        data=payload,
-                        headers=headers,
-                        timeout=_connect_timeout(t.connect_s),  # the wait for a free connection too, as dispatch's
-                        allow_redirects=False,
-                    )
-                    async with response:
-                        status, raw = response.status, await read_bounded(response)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                # unreachable, or every connection to it busy: it rests, as in dispatch; no word on its answers
-                backend.rest(time.monotonic(), None)
-                if trial:
-                    backend.outlier.end_trial()
-                last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
-                continue
-            except (aiohttp.ClientError, TimeoutError) as exc:  # it broke off or hung: a failed answer, as in dispatch
-                answer_failed(state, pool, backend, "timeout" if isinstance(exc, TimeoutError) else "broken", trial)
-                last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
-                continue
-            except asyncio.CancelledError:  # the client went away: no word on the backend
-                if trial:
-                    backend.outlier.end_trial()
-                raise
+                sent_at = time.monotonic()
+                try:
+                    async with asyncio.timeout(t.response_s):
+                        response = await post(
+                            backend.session,
+                            backend.url + UPSTREAM_PATH,
+                            data=payload,
+                            headers=headers,
+                            timeout=connect_timeout(t.connect_s),  # the wait for a free connection too, as dispatch's
+                            allow_redirects=False,
+                        )
+                        async with response:
+                            status, raw = response.status, await read_bounded(response)
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                    # unreachable, or every connection to it busy: it rests, as in dispatch; no word on its answers
+                    backend.rest(time.monotonic(), None)
+                    last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
+                    continue
+                except (aiohttp.ClientError, TimeoutError) as exc:  # it broke off or hung: a failed answer, as dispatch
+                    judged = True
+                    answer_failed(state, pool, backend, "timeout" if isinstance(exc, TimeoutError) else "broken", trial)
+                    last_error = error_for_status(502, f"upstream {pool.name} failed: {type(exc).__name__}")
+                    continue
+                finally:
+                    backend.in_flight -= 1
+                if status in RETRIABLE_STATUSES:
+                    # as dispatch: a busy backend rests as long as it asks, and the client hears its 429 (or 503)
+                    if status in BUSY_STATUSES:
+                        retry_after = retry_after_of(response)
+                        backend.rest(time.monotonic(), retry_after)
+                    else:  # a 500 may be the request's fault, but counts as the backend's, as in dispatch
+                        judged = True
+                        answer_failed(state, pool, backend, f"http_{status}", trial)
+                    last_error = upstream_error(status, raw)
+                    continue
+                backend.reached(sent_at)
+                if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
+                    raise upstream_error(status, raw)
+                whole = checked_answer(raw, "data")
+                usage = whole.usage if whole is not None else None
+                tokens = usage.get("prompt_tokens") if usage is not None else None
+                judged = True
+                if whole is None or usage is None or not isinstance(tokens, int) or isinstance(tokens, bool):
+                    answer_failed(state, pool, backend, "bad_json", trial)
+                    last_error = error_for_status(502, f"upstream {pool.name} answered no embeddings")
+                    continue
+                backend.outcome(time.monotonic(), True, trial)
             finally:
-                backend.in_flight -= 1
-            if status in RETRIABLE_STATUSES:
-                # as dispatch: a busy backend rests as long as it asks, and the client hears its 429 (or 503)
-                if status in BUSY_STATUSES:
-                    retry_after = retry_after_of(response)
-                    backend.rest(time.monotonic(), retry_after)
-                    if trial:
-                        backend.outlier.end_trial()
-                else:  # a 500 may be the request's fault, but counts as the backend's, as in dispatch
-                    answer_failed(state, pool, backend, f"http_{status}", trial)
-                last_error = upstream_error(status, raw)
-                continue
-            backend.reached(sent_at)
-            if status != 200:  # the request's fault (4xx): what the backend says, in the OpenAI error shape
-                if trial:
+                if trial and not judged:  # no word on its answers (unreachable, busy, a 4xx, the client left)
                     backend.outlier.end_trial()
-                raise upstream_error(status, raw)
-            whole = checked_answer(raw, "data")
-            usage = whole.usage if whole is not None else None
-            tokens = usage.get("prompt_tokens") if usage is not None else None
-            if whole is None or usage is None or not isinstance(tokens, int) or isinstance(tokens, bool):
-                answer_failed(state, pool, backend, "bad_json", trial)
-                last_error = error_for_status(502, f"upstream {pool.name} answered no embeddings")
-                continue
-            backend.outcome(time.monotonic(), True, trial)
             cost = tokens * price / 1e6
             m = state.metrics
             m.requests.labels(req.model, pool.name, "200").inc()

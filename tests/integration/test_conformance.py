@@ -48,7 +48,8 @@ def cluster(tmp_path_factory):
     for what, counter in sorted(statuses.items()):
         print(f"  {what}: statuses {dict(sorted(counter.items()))}")
     assert "Traceback" not in cluster.logs()
-    assert statuses["POST /chat/completions (streamed)"][200], "no streamed chat answer was checked"
+    if any(what.startswith("POST /chat/completions") for what in statuses):  # not deselected (`-k`)
+        assert statuses["POST /chat/completions (streamed)"][200], "no streamed chat answer was checked"
 
 
 @pytest.fixture(scope="module")
