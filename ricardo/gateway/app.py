@@ -87,17 +87,21 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when at least one backend of some pool can take requests and the gateway is not shutting down;
     says which pools can, and whether the shared state store answers (a replica without it serves on its last
-    known state)."""
+    known state). Unauthenticated, as probes are: the store's last error is named by its kind only (its text
+    holds the store's internal address; the admin API's `/admin/status` has it whole)."""
     state: GatewayState = request.app["state"]
     available = state.ready()
     ready = any(available.values()) and not state.draining
+    store = state.store.status()
+    if store["last_error"]:
+        store["last_error"] = store["last_error"].split(":", 1)[0]
     return web.json_response(
         {
             "ready": ready,
             "draining": state.draining,
             "pools": available,
             "config_version": state.version,
-            "store": state.store.status(),
+            "store": store,
             "replica": state.replica_id,  # which replica (or worker process) answered
         },
         status=200 if ready else 503,

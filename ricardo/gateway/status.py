@@ -88,6 +88,7 @@ def status_document(state: GatewayState, hints: dict[str, Any]) -> dict[str, Any
         "slo": state.shared.slo.model_dump(),
         "pools": pools,
         "predictor": {k: accuracy.get(k) for k in ("n", "mae_p50", "p90_coverage", "model_version")},
+        "store": state.store.status(),  # whole: its last error's text too, which the public /readyz names by kind
         "scaling": {
             "desired_cost_per_hour": hints.get("cost_per_hour"),
             "computed_at": hints.get("computed_at"),

@@ -182,11 +182,20 @@ def test_redis_outage_loses_no_request_and_replicas_converge_after(cluster, redi
         load = asyncio.create_task(_load(cluster.urls, 6.0, results))
         await asyncio.sleep(1.5)
         redis.stop()
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(2.0)
+        seen.append(await asyncio.to_thread(call, cluster.urls[0] + "/readyz", token=None))
+        seen.append(await asyncio.to_thread(call, cluster.urls[0] + "/admin/status"))
+        await asyncio.sleep(1.0)
         redis.start()
         await load
 
+    seen: list = []
     asyncio.run(scenario())
+    # the unauthenticated probe names the store's error by kind only; the admin status document has its text
+    (_, ready, _), (_, status, _) = seen
+    assert not ready["store"]["connected"] and not status["store"]["connected"]
+    assert ready["store"]["last_error"] and ":" not in ready["store"]["last_error"]
+    assert status["store"]["last_error"].startswith(ready["store"]["last_error"] + ": ")
     statuses = [status for status, _ in results]
     assert len(results) > 50
     assert statuses.count(200) == len(results), f"failed requests during the outage: {set(statuses)}"
