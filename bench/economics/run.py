@@ -8,7 +8,8 @@ traces), three request rates and two TPOT SLOs (40 and 120 ms), in the virtual-t
 model behind the gateway's own decision code):
 - each hardware type alone, Mélange (its ILP fleet at bucket upper edges, with its weighted-random router) and
   ricardo (its planner: each request at its own size, each type sized for the utilization the cost-aware router
-  runs it at; the cost-aware router): the cheapest fleet, found by `FleetSearch` scaling the planner's demand, at
+  runs it at, hedged by Mélange's mix and each type alone: `FleetSearch.cheapest_verified`; the cost-aware
+  router): the cheapest fleet, found by `FleetSearch` scaling the planner's demand, at
   which the simulator keeps >= 99% of the judged requests within the SLO, with its $/h and $ per 1M tokens (prompt
   + output). Requests no hardware serves in time even alone, or beyond the model's context, are not judged.
 - Every router is told each request's PREDICTED output length, by the gateway's own predictor learning online as
