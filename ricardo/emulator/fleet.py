@@ -285,9 +285,9 @@ class FleetSearch:
     ) -> Search:
         """The cheapest fleet the simulator verifies, as ricardo searches it: the planner's fleet over every type,
         each of `hedges`' (other planners') fleets over every type, and the planner's over each type alone (of
-        `singles`, default every type), each at its smallest passing scale (`cheapest`), then the cheapest of those
-        trimmed: one replica at a time, dearest type first, as long as the target still holds. `Search.by_types`
-        keeps each candidate set's own result, a hedge's under `(*types, "+" + hedge)`.
+        `singles`, default every type), each at its smallest passing scale (`cheapest`), each of those trimmed (one
+        replica at a time, dearest type first, as long as the target still holds), and the cheapest kept.
+        `Search.by_types` keeps each candidate set's own result, a hedge's under `(*types, "+" + hedge)`.
 
         The hedge: the planner's mix rests on its model of the router (the utilization it runs each type at, at
         predicted sizes), and where that model is wrong for a traffic the mix needs more scale than it should. A
@@ -326,7 +326,7 @@ class FleetSearch:
         sets: Sequence[tuple[tuple[str, ...], bool, str]],
         on_trial: Callable[[Trial], None] | None,
     ) -> Search:
-        """`cheapest` of each (types, pairs allowed, planner) candidate set, the cheapest of them trimmed. A set's
+        """`cheapest` of each (types, pairs allowed, planner) candidate set, each trimmed, the cheapest kept. A set's
         result is kept under its types, with "+" and the planner's name where that is not the first set's."""
         found = {
             only if planner == sets[0][2] else (*only, f"+{planner}"): self.cheapest(
@@ -339,27 +339,43 @@ class FleetSearch:
         passing = [f.best for f in found.values() if f.best is not None]
         if not passing:
             return search
-        best = min(passing, key=lambda trial: trial.cost_per_hour)
-        tried = {tuple(sorted(trial.fleet.items())) for trial in search.trials}
+        # each candidate trimmed, not only the cheapest: trimming is greedy, and the cheapest before it need not be
+        # the cheapest after (so a candidate added could make the answer dearer)
+        evaluated = {tuple(sorted(trial.fleet.items())): trial for trial in search.trials}
+        trimmed = [self._trimmed(best, policy, evaluated, search, on_trial) for best in passing]
+        search.best = min(trimmed, key=lambda trial: trial.cost_per_hour)
+        return search
+
+    def _trimmed(
+        self,
+        best: Trial,
+        policy: str | Policy,
+        evaluated: dict[tuple, Trial],
+        search: Search,
+        on_trial: Callable[[Trial], None] | None,
+    ) -> Trial:
+        """`best` less one replica at a time, dearest type first, as long as the target still holds; a fleet the
+        search ran already (`evaluated`) is not run again."""
         improved = True
         while improved:
             improved = False
             for key in sorted(best.fleet, key=lambda k: -self.book.prices[key_hardware(k)]):
                 smaller = _without_one(best.fleet, key)
-                signature = tuple(sorted(smaller.items()))
-                if not smaller or signature in tried:
+                if not smaller:
                     continue
-                tried.add(signature)
-                attainment, summary = self.evaluate(smaller, policy)
-                trial = Trial(best.scale, smaller, fleet_cost(smaller, self.book.prices), attainment, summary)
-                search.trials.append(trial)
-                if on_trial:
-                    on_trial(trial)
-                if attainment >= self.target:
+                signature = tuple(sorted(smaller.items()))
+                trial = evaluated.get(signature)
+                if trial is None:
+                    attainment, summary = self.evaluate(smaller, policy)
+                    trial = Trial(best.scale, smaller, fleet_cost(smaller, self.book.prices), attainment, summary)
+                    evaluated[signature] = trial
+                    search.trials.append(trial)
+                    if on_trial:
+                        on_trial(trial)
+                if trial.attainment >= self.target:
                     best, improved = trial, True
                     break
-        search.best = best
-        return search
+        return best
 
     def _fleet(self, scale: float, only: Sequence[str], planner: str, pairs: bool = False) -> dict[str, int]:
         return fleet_of(self.plan(scale, only, planner, pairs))

@@ -90,6 +90,20 @@ def test_the_verified_search_is_never_dearer_than_its_candidates_and_every_answe
             assert search.evaluate(smaller, "cost-aware")[0] < 0.99, (hw, smaller)
 
 
+def test_more_candidates_never_make_the_verified_search_dearer():
+    """Every candidate is trimmed, not only the cheapest before trimming: a hedge (or a type alone) added can only
+    lower the answer."""
+    book = book_for_slo(120)
+    requests = poisson_trace(rate=8.0, count=1200, seed=3)
+    judged = servable(requests, book, book.hardware_names())
+    search = FleetSearch(requests, book, engine_catalog(), SLO_120, judged, target=0.99)
+    types = ["A10G", "A100-80GB", "H100"]
+    fewer = search.cheapest_verified("cost-aware", types, singles=["A10G"], hedges=())
+    more = search.cheapest_verified("cost-aware", types, singles=["A10G", "A100-80GB"])
+    assert fewer.best is not None and more.best is not None
+    assert more.best.cost_per_hour <= fewer.best.cost_per_hour
+
+
 def test_planners_exact_sizes_below_upper_edges_and_ricardo_provisions_for_its_router():
     book = book_for_slo(120)
     requests = poisson_trace(rate=20.0, count=3000)
