@@ -105,6 +105,8 @@ def run_case(case: tuple) -> dict:
     approaches["melange"] = outcome(search.cheapest("melange", types, planner="melange"))
     approaches["ricardo"] = outcome(verified)
     approaches["ricardo (planner alone)"] = outcome_of(verified.by_types[tuple(types)])
+    # the hedge's own answer (Mélange's mix, cost-aware routing), untrimmed: how often it decides
+    approaches["ricardo (Mélange's mix)"] = outcome_of(verified.by_types.get((*types, "+melange")))
     approaches["ricardo (oracle)"] = outcome(oracle.cheapest("cost-aware", types, planner="ricardo"))
     return {
         "catalog": catalog,
