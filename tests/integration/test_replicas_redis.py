@@ -74,15 +74,14 @@ def test_price_change_on_one_replica_reroutes_the_others_within_a_second(cluster
 
 
 def test_backend_added_on_one_replica_is_used_by_all(cluster):
-    url = cluster.emulate_more("L4")
-    status, answer, _ = call(
-        cluster.urls[1] + "/admin/pools", "POST", {"name": "l4", "hardware": "L4", "backends": [url]}
-    )
+    url = cluster.emulate_more("A10G")
+    pool = {"name": "a10g-spot", "hardware": "A10G", "price_per_hour": 0.5, "backends": [url]}
+    status, answer, _ = call(cluster.urls[1] + "/admin/pools", "POST", pool)
     assert status == 201, answer
     deadline = time.monotonic() + 5
-    for gateway in cluster.urls:  # L4 is the cheapest for tiny requests once its backend is healthy
-        while pool_for_small_request(gateway) != "l4":
-            assert time.monotonic() < deadline, f"{gateway} never used the new L4 backend"
+    for gateway in cluster.urls:  # at half the A10G's price it is the cheapest for tiny requests once healthy
+        while pool_for_small_request(gateway) != "a10g-spot":
+            assert time.monotonic() < deadline, f"{gateway} never used the new pool's backend"
             time.sleep(0.1)
 
 

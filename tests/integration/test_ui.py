@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
     "the browser test never downloads a browser",
 )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-POOLS = {"l4": ("L4", 1), "a10g": ("A10G", 1)}
+POOLS = {"a10g": ("A10G", 1), "a100": ("A100-80GB", 1)}
 MAX_REQUESTS = 3000
 
 
@@ -104,7 +104,7 @@ def test_status_page_shows_live_figures_and_edits_a_price_that_moves_routing(clu
             expect(page.locator("#board")).to_be_visible()
             assert token not in page.url and "token" not in page.url
             row = {name: page.locator(f"#pools tr[data-pool={name}]") for name in POOLS}
-            expect(row["l4"].locator("td[data-col=price]")).to_have_text("0.70")
+            expect(row["a100"].locator("td[data-col=price]")).to_have_text("3.67")
             expect(row["a10g"].locator("td[data-col=price]")).to_have_text("1.01")
 
             # live figures: the served pool's request count moves, its spend rate and chart fill in
