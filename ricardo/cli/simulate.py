@@ -175,7 +175,7 @@ def cheapest(args: argparse.Namespace) -> dict:
             bar.set_postfix_str(f"x{trial.scale:.3g} ${trial.cost_per_hour:.2f}/h {trial.attainment:.1%}")
             bar.update()
 
-        if args.policy == "cost-aware":  # ricardo's own search: the planner's mix, each type alone, trimmed
+        if args.policy == "cost-aware":  # ricardo's own search: the planner's mix, Mélange's, each type alone, trimmed
             found = search.cheapest_verified(
                 args.policy, types, planner=args.planner, on_trial=progress, disaggregated=args.disaggregated
             )
