@@ -91,11 +91,14 @@ def pair_estimate(
     book: ProfileBook, pair: PairSpec, input_tokens: int, output_tokens: int, slo: SLO
 ) -> PairCost | None:
     """The role model's figures for a request on a pair (`profiles.roles.pair_cost`); None where the book has no
-    step costs for one of its types. Pure, so remembered for the last PAIR_MEMO arguments."""
+    step costs for one of its types. Pure, so remembered for the last PAIR_MEMO arguments. An SLO looser than the
+    book's counts as the book's, as in `_hold_seconds`: the decode side batches for the requests it runs, not for one
+    client's patience, and a huge `x-slo-tpot-ms` would otherwise price a request on a pair at next to nothing."""
     prefill, decode = book.role(pair.prefill_hardware), book.role(pair.decode_hardware)
     if prefill is None or decode is None:
         return None
-    return pair_cost(prefill, decode, input_tokens, output_tokens, slo.tpot_ms / 1000.0, pair.link_gbps)
+    tpot_s = min(slo.tpot_ms, book.slo_tpot_ms) / 1000.0
+    return pair_cost(prefill, decode, input_tokens, output_tokens, tpot_s, pair.link_gbps)
 
 
 def pair_shares(book: ProfileBook, cost: PairCost, output_tokens: int, slo: SLO) -> tuple[float, float]:
