@@ -64,12 +64,18 @@ def capacity_share(book: ProfileBook, hardware: str, input_tokens: int, output_t
     return _share_at(book, book.rate_at(hardware, input_tokens, output_tokens), output_tokens, slo)
 
 
+def _accounted_tpot_s(book: ProfileBook, slo: SLO) -> float:
+    """The TPOT a request's load and price are reckoned at: its SLO's, or the tables' own where that is tighter. At
+    the operating point a request takes the pool's latency whatever its client would accept, and a client's huge
+    `x-slo-tpot-ms` would otherwise make its request count as no load (past admission's shedding) and price it on a
+    pair as if the decode side batched for it alone."""
+    return min(slo.tpot_ms, book.slo_tpot_ms) / 1000.0
+
+
 def _hold_seconds(book: ProfileBook, output_tokens: int, slo: SLO) -> float:
-    """How long a request is in flight at the profile's operating point: its SLO per output token, for at least the
-    shortest profiled answer. An SLO looser than the tables' own counts as theirs: at the operating point a request
-    takes the pool's latency whatever its client would accept, and a client's huge `x-slo-tpot-ms` would otherwise
-    make its request count as no load at all (past admission's shedding)."""
-    return min(slo.tpot_ms, book.slo_tpot_ms) / 1000.0 * max(book.output_edges[0], output_tokens)
+    """How long a request is in flight at the profile's operating point: its accounted TPOT (`_accounted_tpot_s`) per
+    output token, for at least the shortest profiled answer."""
+    return _accounted_tpot_s(book, slo) * max(book.output_edges[0], output_tokens)
 
 
 def _share_at(book: ProfileBook, rps: float, output_tokens: int, slo: SLO) -> float:
@@ -91,14 +97,12 @@ def pair_estimate(
     book: ProfileBook, pair: PairSpec, input_tokens: int, output_tokens: int, slo: SLO
 ) -> PairCost | None:
     """The role model's figures for a request on a pair (`profiles.roles.pair_cost`); None where the book has no
-    step costs for one of its types. Pure, so remembered for the last PAIR_MEMO arguments. An SLO looser than the
-    book's counts as the book's, as in `_hold_seconds`: the decode side batches for the requests it runs, not for one
-    client's patience, and a huge `x-slo-tpot-ms` would otherwise price a request on a pair at next to nothing."""
+    step costs for one of its types. Pure, so remembered for the last PAIR_MEMO arguments. Reckoned at the request's
+    accounted TPOT (`_accounted_tpot_s`): the decode side batches for all it runs, not for one client."""
     prefill, decode = book.role(pair.prefill_hardware), book.role(pair.decode_hardware)
     if prefill is None or decode is None:
         return None
-    tpot_s = min(slo.tpot_ms, book.slo_tpot_ms) / 1000.0
-    return pair_cost(prefill, decode, input_tokens, output_tokens, tpot_s, pair.link_gbps)
+    return pair_cost(prefill, decode, input_tokens, output_tokens, _accounted_tpot_s(book, slo), pair.link_gbps)
 
 
 def pair_shares(book: ProfileBook, cost: PairCost, output_tokens: int, slo: SLO) -> tuple[float, float]:

@@ -152,12 +152,10 @@ def test_a_pair_is_judged_at_the_shorter_answer_too(book):
 
 def test_a_looser_slo_than_the_tables_holds_a_pair_as_long_as_theirs(book):
     """A client's huge `x-slo-tpot-ms` does not make its request count as no load on a pair (past admission)."""
-    cost = pair_estimate(book, pair_spec(book, "L40S", "MI300X"), 2000, 30, SLO_120)
-    loose = SLO(SLO_120.ttft_ms, 1e12)
-    assert pair_shares(book, cost, 30, loose) == pair_shares(book, cost, 30, SLO(SLO_120.ttft_ms, book.slo_tpot_ms))
-    assert min(pair_shares(book, cost, 30, loose)) > 0
-    # nor priced at next to nothing: its cost on the pair is the one at the tables' SLO
     spec = pair_spec(book, "L40S", "MI300X")
-    assert pair_estimate(book, spec, 2000, 300, loose) == pair_estimate(
-        book, spec, 2000, 300, SLO(SLO_120.ttft_ms, book.slo_tpot_ms)
-    )
+    cost = pair_estimate(book, spec, 2000, 30, SLO_120)
+    loose, tables = SLO(SLO_120.ttft_ms, 1e12), SLO(SLO_120.ttft_ms, book.slo_tpot_ms)
+    assert pair_shares(book, cost, 30, loose) == pair_shares(book, cost, 30, tables)
+    assert min(pair_shares(book, cost, 30, loose)) > 0
+    # nor priced as if batched for it alone: its cost on the pair is the one at the tables' SLO
+    assert pair_estimate(book, spec, 2000, 300, loose) == pair_estimate(book, spec, 2000, 300, tables)
