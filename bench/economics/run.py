@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from corpus import TRACES, available, trace_requests
@@ -140,13 +141,15 @@ def run_case(case: tuple) -> dict:
     }
 
 
-def cases(quick: bool, max_requests: int, catalogs: list[str], traces: list[str]) -> list[tuple]:
+def cases(
+    quick: bool, max_requests: int, catalogs: list[str], traces: list[str], slos: Sequence[int] = SLOS_MS
+) -> list[tuple]:
     return [
         (catalog, trace, knob, slo, max_requests)
         for catalog in catalogs
         for trace in traces
         for knob in (QUICK[trace] if quick else TRACES[trace][2])
-        for slo in SLOS_MS
+        for slo in slos
     ]
 
 
@@ -157,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=multiprocessing.cpu_count())
     parser.add_argument("--catalog", action="append", choices=list(CATALOGS), help="default: both")
     parser.add_argument("--trace", action="append", choices=list(TRACES), help="default: all")
+    parser.add_argument("--slo", type=int, action="append", choices=SLOS_MS, help="TPOT SLO, ms; default: both")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
     traces, missing = available(args.trace or list(TRACES))
     if missing:
         print(f"bench/economics: skipping {', '.join(missing)} (no ../shared/data here)", file=sys.stderr)
-    todo = cases(args.quick, args.max_requests, args.catalog or list(CATALOGS), traces)
+    todo = cases(args.quick, args.max_requests, args.catalog or list(CATALOGS), traces, args.slo or SLOS_MS)
     results = []
     with multiprocessing.Pool(args.jobs) as workers:
         for result in tqdm(workers.imap_unordered(run_case, todo), total=len(todo), desc="cases", unit="case"):

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run each fleet under this many times the load it was planned for (default 1: as planned); "
         "written to same_fleet_overload<F>.md/json",
     )
+    parser.add_argument("--slo", type=int, action="append", choices=SLOS_MS, help="TPOT SLO, ms; default: both")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
     traces, missing = available(args.trace or list(TRACES))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         (trace, knob, slo, window, args.max_requests, args.seeds, args.overload)
         for trace in traces
         for knob in TRACES[trace][2]
-        for slo in SLOS_MS
+        for slo in args.slo or SLOS_MS
         for window in range(args.windows)
     ]
     with multiprocessing.Pool(args.jobs) as workers:

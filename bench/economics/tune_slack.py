@@ -8,7 +8,8 @@ Too small a target runs cheap pools into SLO misses, too large wastes them; the 
 bursty traffic is and how far the latency tail lies above the mean, which the profile does not say. So it is
 chosen here, by the cheapest fleet that keeps 99% of requests within SLO, on the AIBrix
 ShareGPT ramp (../shared/data/prompts/sharegpt_aibrix, real prompt and answer lengths, an 8-minute up-and-down
-arrival ramp), at 40 and 120 ms, over the four measured types: none of the benchmark's traces is looked at.
+arrival ramp), at 40 and 120 ms, over the four measured types or the full catalogue (`--catalog full`, at the
+neocloud prices as bench/economics/run.py): none of the benchmark's traces is looked at.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ RAMP = (
 )
 
 
-def cheapest(case: tuple[float, float, float, str]) -> tuple[float, float, float | None]:
-    target, slo_ms, speed, planner = case
-    book = book_for_slo(slo_ms)
+def cheapest(case: tuple[float, float, float, str, bool]) -> tuple[float, float, float | None]:
+    target, slo_ms, speed, planner, full = case
+    book = book_for_slo(slo_ms, price_set="neocloud" if full else "melange", full_catalog=full)
     requests = [
         TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in select(read_trace(str(RAMP)), speed=speed)
     ]
     engines, slo = engine_catalog(), SLO(10_000.0, slo_ms)
-    types = book.hardware_names()
+    types = [hw for hw in book.hardware_names() if hw in book.prices]
     judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)
     search = FleetSearch(requests, book, engines, slo, judged, slack_target=target)
     found = search.cheapest(functools.partial(cost_aware, slack_target=target), types, planner=planner)
@@ -55,13 +56,16 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=2.0)
     parser.add_argument("--values", default="0.1,0.15,0.2,0.3,0.4")
     parser.add_argument("--planner", default="ricardo", choices=("ricardo", "exact"))
+    parser.add_argument(
+        "--catalog", default="measured", choices=("measured", "full"), help="as bench/economics/run.py's"
+    )
     parser.add_argument("--jobs", type=int, default=multiprocessing.cpu_count())
     args = parser.parse_args()
     values = [float(v) for v in args.values.split(",")]
-    cases = [(v, slo, args.speed, args.planner) for v in values for slo in (40.0, 120.0)]
+    cases = [(v, slo, args.speed, args.planner, args.catalog == "full") for v in values for slo in (40.0, 120.0)]
     with multiprocessing.Pool(args.jobs) as workers:
         results = {(target, slo): cost for target, slo, cost in workers.map(cheapest, cases)}
-    print(f"speed {args.speed:g}\n| slack target | 40 ms $/h | 120 ms $/h |\n|---|---|---|")
+    print(f"{args.catalog} catalogue, speed {args.speed:g}\n| slack target | 40 ms $/h | 120 ms $/h |\n|---|---|---|")
     for v in values:
         cells = [f"{results[(v, slo)]:.2f}" if results[(v, slo)] is not None else "none" for slo in (40.0, 120.0)]
         print(f"| {v:g} | " + " | ".join(cells) + " |")
