@@ -14,7 +14,7 @@ from ricardo.gateway.config import GatewayConfig
 from ricardo.gateway.logs import access_log
 from ricardo.gateway.metrics import exposition
 from ricardo.gateway.scaling_loop import ScalingLoop
-from ricardo.gateway.security import AdminAccess, guard
+from ricardo.gateway.security import AdminAccess, MetricsAccess, guard
 from ricardo.gateway.state import GatewayState
 from ricardo.gateway.ui import add_ui_routes
 from ricardo.protocol.http import as_openai_error
@@ -23,9 +23,13 @@ from ricardo.protocol.openai import OpenAIError
 log = logging.getLogger("ricardo.gateway")
 
 
-def build_app(config: GatewayConfig, state: GatewayState, admin: AdminAccess) -> web.Application:
+def build_app(
+    config: GatewayConfig, state: GatewayState, admin: AdminAccess, readers: MetricsAccess | None = None
+) -> web.Application:
+    """The gateway's application; `readers`: who may read /metrics (default: by the config alone, no environment)."""
+    readers = readers or MetricsAccess.for_listener(config.host, config.auth.metrics_token)
     app = web.Application(
-        client_max_size=config.limits.max_body_bytes, middlewares=[access_log, openai_errors, guard(admin)]
+        client_max_size=config.limits.max_body_bytes, middlewares=[access_log, openai_errors, guard(admin, readers)]
     )
     app["state"] = state
     app["scaling"] = scaling = ScalingLoop(state)

@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ricardo.gateway.app import build_app
     from ricardo.gateway.config import load_config
     from ricardo.gateway.logs import setup_logging
-    from ricardo.gateway.security import AdminAccess
+    from ricardo.gateway.security import AdminAccess, MetricsAccess
     from ricardo.gateway.shutdown import drain
     from ricardo.gateway.state import GatewayState
     from ricardo.gateway.urls import redact
@@ -105,6 +105,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         admin = worker_admin(config) if args.worker else None
         admin = admin or AdminAccess.for_listener(config.host, config.port, configured, config.auth.allowed_hosts)
+        metrics_token = config.auth.metrics_token or os.environ.get("RICARDO_METRICS_TOKEN") or None
+        metrics = MetricsAccess.for_listener(config.host, metrics_token)
     except InvalidInput as exc:
         print(f"ricardo serve: {exc}", file=sys.stderr)
         return 2
@@ -119,7 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         # handler cancellation: a client that goes away cancels its request, and so the upstream one
         runner = web.AppRunner(
-            build_app(config, state, admin), access_log=None, handler_cancellation=True, shutdown_timeout=2.0
+            build_app(config, state, admin, metrics), access_log=None, handler_cancellation=True, shutdown_timeout=2.0
         )
         await runner.setup()
         # what startup built (the predictor, the profiles, the modules: ~76k objects) lives as long as the process:

@@ -345,6 +345,13 @@ class AuthConfig(_Strict):
         description="Host header names accepted besides loopback ones while the admin token is generated "
         "(the defence against DNS rebinding; e.g. a name in /etc/hosts that points at this machine)",
     )
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="bearer token /metrics asks for (it names client keys and their spend; Prometheus sends it as "
+        "`authorization`), the admin token also accepted; default: $RICARDO_METRICS_TOKEN; without either, /metrics "
+        "is open when listening on loopback and asks for the admin token beyond it",
+    )
 
 
 class GatewayConfig(_Strict):

@@ -95,13 +95,7 @@ class AdminAccess:
         loopback (`publish` it once listening). Raises WeakToken or InvalidInput."""
         hosts = {h.lower() for h in allowed_hosts or ()}
         if configured is not None:
-            if len(configured) < TOKEN_MIN_LENGTH or not configured.isascii() or not configured.isprintable():
-                raise WeakToken(
-                    f"the admin token must be at least {TOKEN_MIN_LENGTH} printable ASCII characters "
-                    f"(it has {len(configured)}); make one with: "
-                    "python -c 'import secrets; print(secrets.token_urlsafe())'"
-                )
-            return cls(configured, False, hosts)
+            return cls(strong(configured, "admin"), False, hosts)
         if not is_loopback(host):
             raise InvalidInput(
                 "the admin API needs a token (admin_token in the config or $RICARDO_ADMIN_TOKEN) "
@@ -130,15 +124,57 @@ class AdminAccess:
         return known
 
     def check_token(self, request: web.Request) -> None:
-        given = request.headers.get("Authorization", "")
-        # compare_digest needs equal types; a header with bytes beyond ASCII is simply wrong, not a crash
-        if not given.isascii() or not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        if not bearer_is(request, self.token):
             raise OpenAIError(
                 401,
                 "admin API: missing or wrong bearer token",
                 "authentication_error",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+
+def strong(token: str, what: str) -> str:
+    """`token` if it is at least TOKEN_MIN_LENGTH printable ASCII characters; raises WeakToken otherwise."""
+    if len(token) < TOKEN_MIN_LENGTH or not token.isascii() or not token.isprintable():
+        raise WeakToken(
+            f"the {what} token must be at least {TOKEN_MIN_LENGTH} printable ASCII characters "
+            f"(it has {len(token)}); make one with: python -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
+    return token
+
+
+def bearer_is(request: web.Request, token: str) -> bool:
+    """Whether the request's Authorization header is `Bearer <token>` (compared in constant time)."""
+    given = request.headers.get("Authorization", "")
+    # compare_digest needs equal types; a header with bytes beyond ASCII is simply wrong, not a crash
+    return given.isascii() and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Who may read /metrics. It names client keys with their spend and refusals, and every pool with its price and
+    load: not for anyone who can reach the port. With a metrics token (`auth.metrics_token` or $RICARDO_METRICS_TOKEN,
+    what Prometheus's `authorization` sends) that token or the admin token is asked for; without one, /metrics is
+    open on a loopback listener (this machine's users only) and asks for the admin token beyond it."""
+
+    token: str | None
+    open: bool
+
+    @classmethod
+    def for_listener(cls, host: str, configured: str | None) -> MetricsAccess:
+        """Raises WeakToken for a configured token shorter than TOKEN_MIN_LENGTH."""
+        token = None if configured is None else strong(configured, "metrics")
+        return cls(token, token is None and is_loopback(host))
+
+    def check(self, request: web.Request, admin: AdminAccess) -> None:
+        if self.open or bearer_is(request, admin.token) or (self.token is not None and bearer_is(request, self.token)):
+            return
+        raise OpenAIError(
+            401,
+            "/metrics: missing or wrong bearer token (auth.metrics_token, or the admin token)",
+            "authentication_error",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def own_origin(origin: str, request: web.Request) -> bool:
@@ -149,9 +185,9 @@ def own_origin(origin: str, request: web.Request) -> bool:
     return scheme in ("http", "https") and host == request.host.lower()
 
 
-def guard(access: AdminAccess) -> Middleware:
+def guard(access: AdminAccess, metrics: MetricsAccess) -> Middleware:
     """The middleware: Host (while the token is generated, every route), then on /admin: Origin, token and,
-    for changes, the JSON content type."""
+    for changes, the JSON content type; on /metrics, `metrics`' rule."""
 
     @web.middleware
     async def admin_guard(request: web.Request, handler):
@@ -161,7 +197,9 @@ def guard(access: AdminAccess) -> Middleware:
                 "this gateway serves loopback names only (add the name to auth.allowed_hosts to serve it)",
                 "permission_error",
             )
-        if request.path == "/admin" or request.path.startswith("/admin/"):
+        if request.path == "/metrics":
+            metrics.check(request, access)
+        elif request.path == "/admin" or request.path.startswith("/admin/"):
             origin = request.headers.get("Origin")
             if origin is not None and not own_origin(origin, request):
                 raise OpenAIError(403, "admin API: cross-origin requests are refused", "permission_error")

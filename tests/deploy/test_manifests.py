@@ -58,6 +58,13 @@ def test_compose_runs_two_gateways_sharing_redis_with_pools_prometheus_and_grafa
     prometheus = load(DEPLOY / "prometheus" / "prometheus.yml")
     targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert targets == {f"pools:{port}" for port in ports}
+    # the gateways listen beyond loopback: /metrics asks for the token Prometheus reads from the secret
+    [job] = prometheus["scrape_configs"]
+    [secret] = services["prometheus"]["secrets"]
+    assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    compose = load(DEPLOY / "compose.yaml")
+    assert compose["secrets"][secret] == {"environment": "RICARDO_METRICS_TOKEN"}
+    assert all("RICARDO_METRICS_TOKEN" in gateway["environment"] for gateway in gateways)
 
 
 def test_the_compose_gateway_config_is_valid_and_every_backend_is_emulated():
@@ -91,7 +98,7 @@ def test_the_gateway_deployment_has_probes_limits_config_and_secrets():
     assert pod["securityContext"]["runAsNonRoot"] is True
     secret_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"] if "secretKeyRef" in e["valueFrom"]}
     assert secret_keys == set(docs["Secret", "ricardo-secrets"]["stringData"])
-    assert {e["name"] for e in container["env"]} >= {"RICARDO_ADMIN_TOKEN", "REDIS_URL"}
+    assert {e["name"] for e in container["env"]} >= {"RICARDO_ADMIN_TOKEN", "RICARDO_METRICS_TOKEN", "REDIS_URL"}
     [volume] = [v for v in pod["volumes"] if "configMap" in v]
     config = docs["ConfigMap", volume["configMap"]["name"]]
     assert f"/etc/ricardo/{next(iter(config['data']))}" in container["args"]

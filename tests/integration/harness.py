@@ -53,8 +53,9 @@ class Process:
         self.name = name
         # open while the child writes to it; closed in stop()
         self.log = tempfile.NamedTemporaryFile(prefix=f"ricardo-{name}-", suffix=".log", delete=False)  # noqa: SIM115
-        # the tests say which admin token a gateway has (its config's, or the one it generates)
-        env = {k: v for k, v in os.environ.items() if k != "RICARDO_ADMIN_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
+        # the tests say which admin and metrics tokens a gateway has (its config's, or the one it generates)
+        tokens = ("RICARDO_ADMIN_TOKEN", "RICARDO_METRICS_TOKEN")
+        env = {k: v for k, v in os.environ.items() if k not in tokens} | {"PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     def output(self) -> str:

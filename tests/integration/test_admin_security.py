@@ -246,21 +246,26 @@ def test_url_credentials_are_used_upstream_and_redacted_wherever_shown(cluster):
 
 @pytest.mark.parametrize(
     "env, args, message",
-    [({"RICARDO_ADMIN_TOKEN": "short"}, [], "at least 16"), ({}, ["--host", "0.0.0.0"], "needs a token")],
+    [
+        ({"RICARDO_ADMIN_TOKEN": "short"}, [], "admin token must be at least 16"),
+        ({"RICARDO_METRICS_TOKEN": "short"}, [], "metrics token must be at least 16"),
+        ({}, ["--host", "0.0.0.0"], "needs a token"),
+    ],
 )
 def test_a_weak_or_missing_token_stops_the_gateway_from_starting(cluster, env, args, message):
-    clean = {k: v for k, v in os.environ.items() if k != "RICARDO_ADMIN_TOKEN"}
+    clean = {k: v for k, v in os.environ.items() if k not in ("RICARDO_ADMIN_TOKEN", "RICARDO_METRICS_TOKEN")}
     command = ricardo_command("serve", "--config", str(cluster.config_path), "--port", str(free_port()), *args)
     done = subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr, (done.returncode, done.stderr)
 
 
-def start_gateway(tmp_path, name: str, port: int, backend: str) -> Process:
+def start_gateway(tmp_path, name: str, port: int, backend: str, **settings) -> Process:
     config = {
         "host": "127.0.0.1",
         "port": port,
         "health_interval_s": 0.2,
         "pools": [{"name": "next", "hardware": "A10G", "backends": [backend]}],
+        **settings,
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(config))
@@ -337,3 +342,35 @@ def test_keys_are_optional_on_loopback_but_a_revoked_one_is_refused(cluster):
     assert admin(cluster, f"/admin/keys/{made['id']}", "DELETE")[0] == 200
     status, answer, _ = call(url, "POST", SMALL, with_key)
     assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+
+
+def metrics_status(port: int, token: str | None = None) -> int:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b"ricardo_requests" in response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_metrics_name_client_keys_so_beyond_loopback_they_ask_for_a_token(cluster, tmp_path):
+    """/metrics carries client keys' names and spend: open on loopback (the cluster's gateway), closed beyond it to
+    anyone without the metrics token or the admin token; with a metrics token, closed on loopback too."""
+    assert metrics_status(int(cluster.url.rsplit(":", 1)[1])) == 200
+    admin_token, metrics_token = "a" * 24, "m" * 24
+    ports = [free_port(), free_port()]
+    gateways = [
+        start_gateway(tmp_path, "wide", ports[0], cluster.url, host="0.0.0.0", admin_token=admin_token),
+        start_gateway(tmp_path, "scraped", ports[1], cluster.url, auth={"metrics_token": metrics_token}),
+    ]
+    try:
+        for gateway, port in zip(gateways, ports, strict=True):
+            gateway.wait_http(f"http://127.0.0.1:{port}/healthz")
+        wide, scraped = ports
+        assert [metrics_status(wide, t) for t in (None, "wrong-token-000000000000", admin_token)] == [401, 401, 200]
+        assert [metrics_status(scraped, t) for t in (None, admin_token, metrics_token)] == [401, 401, 200]
+    finally:
+        for gateway in gateways:
+            gateway.stop()
