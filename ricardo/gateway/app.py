@@ -97,8 +97,7 @@ async def readyz(request: web.Request) -> web.Response:
     available = state.ready()
     ready = any(available.values()) and not state.draining
     store = state.store.status()
-    if store["last_error"]:
-        store["last_error"] = store["last_error"].split(":", 1)[0]
+    store["last_error"] = store.pop("last_error_kind")
     return web.json_response(
         {
             "ready": ready,

@@ -225,7 +225,8 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def status(self) -> dict:
-        """{"backend", "connected", "last_error", "degraded_since", "config_version", "dropped_writes"}"""
+        """{"backend", "connected", "last_error", "last_error_kind", "degraded_since", "config_version",
+        "dropped_writes"}"""
 
     @property
     def healthy(self) -> bool:

@@ -20,6 +20,7 @@ class CircuitBreaker:
         self.base_cooloff_s = cooloff_s
         self.max_cooloff_s = max_cooloff_s
         self.last_error: str | None = None
+        self.last_error_kind: str | None = None  # the exception's class alone: safe to show where its text is not
         self.degraded_since: float | None = None  # wall-clock time the breaker opened
         self._cooloff_s = cooloff_s
         self._probe_at = 0.0  # monotonic time after which a probe may run
@@ -41,7 +42,8 @@ class CircuitBreaker:
         self._cooloff_s = self.base_cooloff_s
 
     def record_failure(self, error: BaseException, probe: bool = False) -> None:
-        self.last_error = f"{type(error).__name__}: {error}"
+        self.last_error_kind = type(error).__name__
+        self.last_error = f"{self.last_error_kind}: {error}"
         if self.closed:
             self.degraded_since = time.time()
             self._cooloff_s = self.base_cooloff_s

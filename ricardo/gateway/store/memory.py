@@ -101,6 +101,7 @@ class MemoryStore(StateStore):
             "backend": self.backend,
             "connected": True,
             "last_error": None,
+            "last_error_kind": None,
             "degraded_since": None,
             "config_version": None if self._known is None else self._known.version,
             "dropped_writes": 0,

@@ -429,6 +429,7 @@ class RedisStore(StateStore):
             "backend": self.backend,
             "connected": self._breaker.closed,
             "last_error": self._breaker.last_error,
+            "last_error_kind": self._breaker.last_error_kind,
             "degraded_since": self._breaker.degraded_since,
             "config_version": None if self._known is None else self._known.version,
             "dropped_writes": self.dropped_writes,
