@@ -36,14 +36,16 @@ from ricardo.profiles.roles import PairCost, pair_cost
 Policy = Callable[..., list[Choice]]
 
 # a pool is used by cost while the request's predicted slack there is at least this share of the SLO, then by
-# dollars per unit of slack: keep far from saturation, since at utilization 1.0 the profile says the SLO is met only
-# on average, and the target is most requests within it. Chosen on a trace the economics benchmark does not use
-# (bench/economics/tune_slack.py, the AIBrix ShareGPT ramp at 2, 4 and 12x, both catalogues): at 120 ms 0.6 gave the
-# cheapest fleets meeting 99% in 5 of the 6 cases, 0.5 up to 23% dearer, 0.75 up to 18% dearer (8% cheaper in one);
-# at 40 ms no type keeps even 0.5 (an idle B200 uses 49% of the SLO per token), so the target changes nothing there
-SLACK_TARGET = 0.6
+# most slack: keep far from saturation, since at utilization 1.0 the profile says the SLO is met only on
+# average, and the target is most requests within it. Chosen on a trace the economics benchmark does not use
+# (bench/economics/tune_slack.py, the AIBrix ShareGPT ramp at 2, 4 and 12x, both catalogues: at 120 ms the cheapest
+# fleets meeting 99% are on a plateau from 0.6 (measured types) and from 0.75 (full catalogue) up to 1.0, below it up
+# to 84% dearer; the smallest value on every plateau, the least conservative). At 40 ms no type keeps this much slack
+# even idle (the fastest, a B200, uses 49% of the SLO per token), so pools are ordered by slack alone and the
+# planner's mix carries the cost; ranking by cost there at half the best room instead (the planner's own target)
+# made the held-out fleets about 3x dearer (8.79 -> 28.00 $/h at 2x, 14.53 -> 43.46 at 4x, full catalogue)
+SLACK_TARGET = 0.75
 _COST_SCALE_USD = 1e-4  # squashes $/request into [0, 1) for the score; any positive scale keeps the order
-_LEAST_SLACK = 1e-9  # a pool with no slack left at all ranks last of its tier, not as a division by zero
 _TIERS = ("headroom", "saturating", "predicted SLO miss", "p90 size not profiled")
 
 
@@ -221,12 +223,8 @@ def cost_aware(
     lateness (`PoolView.lateness`, recent latencies over what this model predicted for them): scaling the
     predicted latency by it fixed two same-fleet cases and broke two others (README, variants tried).
 
-    Tiers, in order: slack >= slack_target (by cost); slack in [0, that) (by dollars per unit of slack: a pool
-    with half the slack goes first only at under half the dollars); predicted miss, slack < 0; p90 size beyond the
-    profile (by cost). (The middle tier by most slack alone ignored prices wherever no pool keeps the target, which
-    at a 40 ms SLO is every pool: there a price edit moved no traffic. By dollars per slack the held-out fleets of
-    bench/economics/tune_slack.py were as cheap or cheaper in 11 of 12 cases, by up to 9%, and 4% dearer in one.)
-    A predicted miss goes first to the pool that is
+    Tiers, in order: slack >= slack_target (by cost); slack in [0, that) (most slack first); predicted
+    miss, slack < 0; p90 size beyond the profile (by cost). A predicted miss goes first to the pool that is
     past its operating point already (the most loaded first), where the requests it slows down are late
     anyway, then to the others by most slack: spreading requests that fit nowhere over every pool would
     make every pool late (the fleet is too small for the traffic; see `admission` in the gateway).
@@ -245,9 +243,8 @@ def cost_aware(
             tier, key = (3 if slack is None else 0), (cost,)
             frac = cost / (cost + _COST_SCALE_USD)
         elif slack >= 0:
-            per_slack = cost / max(slack, _LEAST_SLACK)  # half the slack is worth it at under half the dollars
-            tier, key = 1, (per_slack,)
-            frac = per_slack / (per_slack + _COST_SCALE_USD)
+            tier, key = 1, (-slack,)
+            frac = 1.0 / (1.0 + math.exp(slack))
         else:
             tier, overloaded = 2, pool.utilization >= 1.0
             key = (0.0, -pool.utilization) if overloaded else (1.0, -slack)
