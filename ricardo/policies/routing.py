@@ -41,9 +41,9 @@ Policy = Callable[..., list[Choice]]
 # (bench/economics/tune_slack.py, the AIBrix ShareGPT ramp at 2, 4 and 12x, after the simulator stopped freeing a
 # pool's load before its answers finished: 0.6 to 0.8 gave the cheapest fleets meeting 99% at 120 ms, 0.5 up to 15%
 # more, 0.3 up to 84% more; the 40 ms fleets did not change; the smallest of the plateau, the least conservative).
-# Over the full catalogue (`--catalog full`) the plateau starts at 0.75 (0.6 is 5-9% dearer there), but at 0.75 no
-# type below an H100's speed is ranked by cost at 120 ms any more (an idle A10G uses 29% of the SLO per token), so a
-# price edit would move no traffic at either SLO; kept at 0.6 (README: variants tried)
+# Over the full catalogue (`--catalog full`) the plateau starts at 0.8 (0.6 is 5-9% dearer there), but at 0.8 hardly
+# any pool is ranked by cost at 120 ms any more (an idle A10G uses 29% of the SLO per token, an idle H100 19%), so a
+# price edit would move almost no traffic at either SLO; kept at 0.6 (README: variants tried)
 SLACK_TARGET = 0.6
 _COST_SCALE_USD = 1e-4  # squashes $/request into [0, 1) for the score; any positive scale keeps the order
 _TIERS = ("headroom", "saturating", "predicted SLO miss", "p90 size not profiled")
