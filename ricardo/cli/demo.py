@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -115,7 +116,10 @@ def _print_pool_totals(gateway_url: str, pools: list[str]) -> dict[str, float]:
     """The gateway's own view: every pool, including those the policy chose not to use."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=5) as response:
+    token = os.environ.get("RICARDO_METRICS_TOKEN")  # the demo's gateway asks for it if it is set
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    page = urllib.request.Request(f"{gateway_url}/metrics", headers=headers)
+    with urllib.request.urlopen(page, timeout=5) as response:
         text = response.read().decode()
     requests = {p: 0.0 for p in pools}
     cost = {p: 0.0 for p in pools}
