@@ -192,16 +192,18 @@ class KeyRing:
             for k in sorted(self._by_digest.values(), key=lambda k: k.created)
         ]
 
-    async def spend_today(self) -> dict[str, float]:
-        """Each key's spend today across replicas, with what this replica has not written yet."""
+    async def spend_today(self, key_id: str | None = None) -> dict[str, float]:
+        """Each key's spend today across replicas (`key_id`'s alone if given), with what this replica has not written
+        yet."""
         day = today()
-        spend = await self.store.read_spend(day)
+        spend = await self.store.read_spend(day, key_id)
         # a batch whose reply was lost may be in the store already: counted twice here until it is sent again (a
         # budget refuses a little early, never late)
         waiting = [amounts for _, when, amounts in self._unsent if when == day] + [self._pending_spend.get(day, {})]
         for amounts in waiting:
-            for key_id, usd in amounts.items():
-                spend[key_id] = spend.get(key_id, 0.0) + usd
+            for waiting_id, usd in amounts.items():
+                if key_id is None or waiting_id == key_id:
+                    spend[waiting_id] = spend.get(waiting_id, 0.0) + usd
         return spend
 
     # -- the request path ----------------------------------------------------------------------
@@ -237,7 +239,7 @@ class KeyRing:
             return key
         request[PRIORITY_GRANT] = key.priority
         if key.budget_usd_per_day is not None:
-            spent = (await self.spend_today()).get(key.id, 0.0)
+            spent = (await self.spend_today(key.id)).get(key.id, 0.0)
             if spent >= key.budget_usd_per_day:
                 self._refused(key, "budget")
                 raise too_many(

@@ -478,6 +478,10 @@ async def test_spend_adds_up_over_replicas_and_days(pair):
     assert await a.read_spend("2030-01-01") == pytest.approx({"k1": 0.75001, "k2": 1.0})
     assert await b.read_spend("2030-01-02") == pytest.approx({"k1": 2.0})
     assert await a.read_spend("2030-01-03") == {}
+    # one key's alone, as a budget check reads it
+    assert await b.read_spend("2030-01-01", "k1") == pytest.approx({"k1": 0.75001})
+    assert await b.read_spend("2030-01-01", "k3") == {}
+    assert await b.read_spend("2030-01-01") == pytest.approx({"k1": 0.75001, "k2": 1.0})  # the others still known
 
 
 @needs_server

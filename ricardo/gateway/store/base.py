@@ -213,8 +213,9 @@ class StateStore(abc.ABC):
         Raises StoreUnavailable."""
 
     @abc.abstractmethod
-    async def read_spend(self, day: str) -> dict[str, float]:
-        """Every key's spend on `day`, summed over the replicas."""
+    async def read_spend(self, day: str, key_id: str | None = None) -> dict[str, float]:
+        """Every key's spend on `day`, summed over the replicas; with `key_id`, that key's alone (a budget check on
+        the request path reads one field, whatever the number of keys)."""
 
     # -- lifecycle and health --------------------------------------------------------------
     async def start(self) -> None:  # noqa: B027 - optional hook: a store with no background work has nothing to do

@@ -93,8 +93,11 @@ class MemoryStore(StateStore):
         for key_id, usd in amounts.items():
             self._spend[day][key_id] += usd
 
-    async def read_spend(self, day: str) -> dict[str, float]:
-        return dict(self._spend.get(day, {}))
+    async def read_spend(self, day: str, key_id: str | None = None) -> dict[str, float]:
+        spend: dict[str, float] = self._spend.get(day, {})
+        if key_id is None:
+            return dict(spend)
+        return {key_id: spend[key_id]} if key_id in spend else {}
 
     def status(self) -> dict:
         return {

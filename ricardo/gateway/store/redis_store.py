@@ -415,13 +415,27 @@ class RedisStore(StateStore):
             args += [key_id, repr(usd)]
         await self._call(lambda: self._add_spend(keys=[key, f"{key}:batches"], args=args))
 
-    async def read_spend(self, day: str) -> dict[str, float]:
+    async def read_spend(self, day: str, key_id: str | None = None) -> dict[str, float]:
+        if key_id is not None:
+            return await self._read_key_spend(day, key_id)
         try:
             raw = await self._call(lambda: self._redis.hgetall(f"{self._prefix}spend:{day}"))
         except StoreUnavailable:
             return dict(self._spend.get(day, {}))
         self._spend = {day: {_text(k): float(v) for k, v in raw.items()}}
         return dict(self._spend[day])
+
+    async def _read_key_spend(self, day: str, key_id: str) -> dict[str, float]:
+        """One key's spend (HGET), kept in the last known copy beside the others'."""
+        known = self._spend.get(day, {})
+        try:
+            raw = await self._call(lambda: self._redis.hget(f"{self._prefix}spend:{day}", key_id))
+        except StoreUnavailable:
+            return {key_id: known[key_id]} if key_id in known else {}
+        if raw is None:
+            return {}
+        self._spend = {day: known | {key_id: float(raw)}}
+        return {key_id: float(raw)}
 
     # -- health ----------------------------------------------------------------------------
     def status(self) -> dict:
