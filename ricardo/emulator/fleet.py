@@ -162,7 +162,7 @@ class FleetSearch:
         self.seconds = {name: planner_seconds(book, *lengths(requests), slo, name, slack_target) for name in PLANNERS}
         self._pairs: dict[str, list[PairSeconds]] = {}  # per planner, the pair candidates, computed when first asked
         self._slack_target = slack_target
-        self._runs: dict[tuple, tuple[float, dict]] = {}  # (policy, fleet) -> `evaluate`'s answer
+        self._runs: dict[tuple, tuple[float, dict]] = {}  # (policy, seed, sizes, fleet) -> `evaluate`'s answer
 
     def pair_candidates(self, planner: str) -> list[PairSeconds]:
         if planner not in self._pairs:
@@ -199,7 +199,7 @@ class FleetSearch:
         """(share of judged requests within the SLO, the simulation's summary) of `policy` on `fleet`. The simulation
         is deterministic, so a fleet that two candidate sets' searches both reach (a planner's mix that is one type
         alone, a hedge's that equals the planner's) is run once."""
-        key = (policy, tuple(sorted(fleet.items())))
+        key = (policy, self.seed, self.sizes, tuple(sorted(fleet.items())))  # a caller may change seed or sizes
         if key not in self._runs:
             self._runs[key] = self._simulated(fleet, policy)
         return self._runs[key]

@@ -104,6 +104,21 @@ def test_more_candidates_never_make_the_verified_search_dearer():
     assert more.best.cost_per_hour <= fewer.best.cost_per_hour
 
 
+def test_a_fleet_is_simulated_once_per_policy_seed_and_sizes():
+    """`evaluate` remembers what it ran, as long as nothing that changes the run has changed: another random seed (as
+    bench/economics/same_fleet.py sets for Mélange's draws) or oracle sizes are run again."""
+    book = book_for_slo(120)
+    requests = poisson_trace(rate=20.0, count=600, seed=5)
+    search = FleetSearch(requests, book, engine_catalog(), SLO_120, servable(requests, book, book.hardware_names()))
+    fleet = {"A10G": 1, "A100-80GB": 1}
+    first = search.evaluate(fleet, "melange")
+    assert search.evaluate(dict(reversed(fleet.items())), "melange") is first  # the same fleet, remembered
+    search.seed = 1
+    assert search.evaluate(fleet, "melange")[1] != first[1]  # Mélange's draws differ with the seed
+    search.seed, search.sizes = 0, "oracle"
+    assert search.evaluate(fleet, "melange") is not first
+
+
 def test_planners_exact_sizes_below_upper_edges_and_ricardo_provisions_for_its_router():
     book = book_for_slo(120)
     requests = poisson_trace(rate=20.0, count=3000)
