@@ -41,7 +41,7 @@ Policy = Callable[..., list[Choice]]
 # (bench/economics/tune_slack.py, the AIBrix ShareGPT ramp at 2, 4 and 12x, after the simulator stopped freeing a
 # pool's load before its answers finished: 0.6 to 0.8 gave the cheapest fleets meeting 99% at 120 ms, 0.5 up to 15%
 # more, 0.3 up to 84% more; the 40 ms fleets did not change; the smallest of the plateau, the least conservative).
-# Over the full catalogue (`--catalog full`) the plateau starts at 0.8 (0.6 is 5-9% dearer there), but at 0.8 hardly
+# Over the full catalogue (`--catalog full`) the plateau starts at 0.8 (0.6 is 6-10% dearer there), but at 0.8 hardly
 # any pool is ranked by cost at 120 ms any more (an idle A10G uses 29% of the SLO per token, an idle H100 19%), so a
 # price edit would move almost no traffic at either SLO; kept at 0.6 (README: variants tried)
 SLACK_TARGET = 0.6
