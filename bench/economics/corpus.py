@@ -14,7 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ricardo.emulator.cluster import TraceRequest
+from ricardo.emulator.fleet import book_for_slo
 from ricardo.loadgen.traces import read_trace, select, untimed, with_poisson_arrivals
+from ricardo.profiles.catalog import ProfileBook
+
+CATALOGS = {"measured": "melange", "full": "neocloud"}  # catalogue -> price set
+
+
+def catalog_book(catalog: str, slo_ms: float) -> tuple[ProfileBook, list[str]]:
+    """A catalogue's book at a TPOT SLO (the four measured types at Mélange's prices, or the full catalogue at
+    neocloud prices) and the types a fleet may use (those with a price)."""
+    book = book_for_slo(slo_ms, price_set=CATALOGS[catalog], full_catalog=catalog == "full")
+    return book, [hw for hw in book.hardware_names() if hw in book.prices]
+
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces"
 # name -> (source, how its rate is set, three knob values: speed-ups of a timed trace, or rates of an untimed one)

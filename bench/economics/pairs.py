@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from corpus import TRACES as CORPUS
-from corpus import trace_requests
+from corpus import catalog_book, trace_requests
 from ricardo.emulator.cluster import split_fleet
-from ricardo.emulator.fleet import FleetSearch, Trial, alone_within_slo, book_for_slo, servable
+from ricardo.emulator.fleet import FleetSearch, Trial, alone_within_slo, servable
 from ricardo.policies.types import SLO
 from ricardo.profiles.engine_params import engine_catalog
 
@@ -41,8 +41,7 @@ QUICK_KNOBS = {name: CORPUS[name][2][1] for name in TRACES}  # run.py --quick's 
 def run_case(case: tuple) -> dict:
     trace, slo_ms, max_requests = case
     started = time.perf_counter()
-    book = book_for_slo(slo_ms, price_set="neocloud", full_catalog=True)
-    types = [hw for hw in book.hardware_names() if hw in book.prices]
+    book, types = catalog_book("full", slo_ms)
     requests = trace_requests(trace, QUICK_KNOBS[trace], max_requests)
     slo = SLO(10_000.0, slo_ms)
     engines = engine_catalog()

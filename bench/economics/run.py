@@ -36,8 +36,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from corpus import TRACES, available, trace_requests
-from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, mean_rate, servable
+from corpus import CATALOGS, TRACES, available, catalog_book, trace_requests
+from ricardo.emulator.fleet import FleetSearch, alone_within_slo, mean_rate, servable
 from ricardo.policies.sizing import plan_sizes
 from ricardo.policies.types import SLO
 from ricardo.profiles.catalog import load_default_book
@@ -47,7 +47,6 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 QUICK = {name: (knobs[1],) for name, (_, _, knobs) in TRACES.items()}
 SLOS_MS = (40, 120)
-CATALOGS = {"measured": "melange", "full": "neocloud"}  # catalogue -> price set
 SLO_TTFT_MS = 10_000.0  # the Mélange SLO is on latency per output token only; TTFT gets a loose bound
 TARGET = 0.99
 SINGLE_TYPE_SPAN = 2.0
@@ -57,8 +56,7 @@ def run_case(case: tuple) -> dict:
     """One (catalogue, trace, rate, SLO): the bound and every approach's cheapest fleet."""
     catalog, trace, knob, slo_ms, max_requests = case
     started = time.perf_counter()
-    book = book_for_slo(slo_ms, price_set=CATALOGS[catalog], full_catalog=catalog == "full")
-    types = [hw for hw in book.hardware_names() if hw in book.prices]
+    book, types = catalog_book(catalog, slo_ms)
     requests = trace_requests(trace, knob, max_requests)
     lengths = ([r.input_tokens for r in requests], [r.output_tokens for r in requests])
     slo = SLO(SLO_TTFT_MS, slo_ms)

@@ -31,8 +31,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from corpus import TRACES, available, trace_requests
-from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, servable
+from corpus import CATALOGS, TRACES, available, catalog_book, trace_requests
+from ricardo.emulator.fleet import FleetSearch, alone_within_slo, servable
 from ricardo.policies.types import SLO
 from ricardo.profiles.engine_params import engine_catalog
 from tqdm import tqdm
@@ -43,12 +43,11 @@ PEERS = ("melange", "least-outstanding")
 TOLERANCE = 0.005
 
 
-def run_case(case: tuple[str, float, int, int, int, int, float, bool]) -> dict:
+def run_case(case: tuple[str, float, int, int, int, int, float, str]) -> dict:
     """One (trace, knob, SLO, window): Mélange's fleet and every router's attainment on it (under `overload`
     times the load the fleet was planned for), over the measured types or the full catalogue."""
-    trace, knob, slo_ms, window, max_requests, seeds, overload, full = case
-    book = book_for_slo(slo_ms, price_set="neocloud" if full else "melange", full_catalog=full)
-    types = [hw for hw in book.hardware_names() if hw in book.prices]
+    trace, knob, slo_ms, window, max_requests, seeds, overload, catalog = case
+    book, types = catalog_book(catalog, slo_ms)
     slo = SLO(10_000.0, slo_ms)
     engines = engine_catalog()
 
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--catalog",
         default="measured",
-        choices=("measured", "full"),
+        choices=list(CATALOGS),
         help="the four measured types at Mélange's prices (default), or the full catalogue at neocloud prices, as "
         "run.py's; the full one is written to same_fleet_full*.md/json",
     )
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"same_fleet: skipping {', '.join(missing)} (no ../shared/data here)", file=sys.stderr)
     todo = [
-        (trace, knob, slo, window, args.max_requests, args.seeds, args.overload, args.catalog == "full")
+        (trace, knob, slo, window, args.max_requests, args.seeds, args.overload, args.catalog)
         for trace in traces
         for knob in TRACES[trace][2]
         for slo in args.slo or SLOS_MS

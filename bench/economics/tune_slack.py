@@ -19,8 +19,9 @@ import functools
 import multiprocessing
 from pathlib import Path
 
+from corpus import CATALOGS, catalog_book
 from ricardo.emulator.cluster import TraceRequest
-from ricardo.emulator.fleet import FleetSearch, alone_within_slo, book_for_slo, servable
+from ricardo.emulator.fleet import FleetSearch, alone_within_slo, servable
 from ricardo.loadgen.traces import read_trace, select
 from ricardo.policies.routing import cost_aware
 from ricardo.policies.types import SLO
@@ -37,14 +38,13 @@ RAMP = (
 )
 
 
-def cheapest(case: tuple[float, float, float, str, bool]) -> tuple[float, float, float | None]:
-    target, slo_ms, speed, planner, full = case
-    book = book_for_slo(slo_ms, price_set="neocloud" if full else "melange", full_catalog=full)
+def cheapest(case: tuple[float, float, float, str, str]) -> tuple[float, float, float | None]:
+    target, slo_ms, speed, planner, catalog = case
+    book, types = catalog_book(catalog, slo_ms)
     requests = [
         TraceRequest(r.arrival_s, r.input_tokens, r.output_tokens) for r in select(read_trace(str(RAMP)), speed=speed)
     ]
     engines, slo = engine_catalog(), SLO(10_000.0, slo_ms)
-    types = [hw for hw in book.hardware_names() if hw in book.prices]
     judged = servable(requests, book, types) & alone_within_slo(requests, [engines[hw] for hw in types], slo)
     search = FleetSearch(requests, book, engines, slo, judged, slack_target=target)
     found = search.cheapest(functools.partial(cost_aware, slack_target=target), types, planner=planner)
@@ -56,13 +56,11 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=2.0)
     parser.add_argument("--values", default="0.1,0.15,0.2,0.3,0.4")
     parser.add_argument("--planner", default="ricardo", choices=("ricardo", "exact"))
-    parser.add_argument(
-        "--catalog", default="measured", choices=("measured", "full"), help="as bench/economics/run.py's"
-    )
+    parser.add_argument("--catalog", default="measured", choices=list(CATALOGS), help="as bench/economics/run.py's")
     parser.add_argument("--jobs", type=int, default=multiprocessing.cpu_count())
     args = parser.parse_args()
     values = [float(v) for v in args.values.split(",")]
-    cases = [(v, slo, args.speed, args.planner, args.catalog == "full") for v in values for slo in (40.0, 120.0)]
+    cases = [(v, slo, args.speed, args.planner, args.catalog) for v in values for slo in (40.0, 120.0)]
     with multiprocessing.Pool(args.jobs) as workers:
         results = {(target, slo): cost for target, slo, cost in workers.map(cheapest, cases)}
     print(f"{args.catalog} catalogue, speed {args.speed:g}\n| slack target | 40 ms $/h | 120 ms $/h |\n|---|---|---|")
