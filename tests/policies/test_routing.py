@@ -62,6 +62,23 @@ def test_cost_aware_keeps_requests_off_hardware_too_slow_for_them_even_when_idle
     assert names(cost_aware(long_answer, fleet(book), book))[0] == "A10G"
 
 
+def test_cost_aware_judges_a_prompt_heavy_request_by_its_shorter_likely_answer(book):
+    """A 1,000-token prompt whose answer is predicted at 2 tokens (p50) or 80 (p90): latency per token is the prefill
+    spread over the answer, so the shorter answer is the worse case, and at it the A10G is too slow even idle: it is
+    not ranked by cost. Its slack (the order past the cost tier) and its share stay those of the p90 answer."""
+    uncertain = RequestShape("llama2-7b", input_tokens=1000, output_p50=2, output_p90=80, slo=SLO_DEFAULT)
+    ranked = {c.pool: c for c in cost_aware(uncertain, fleet(book), book)}
+    a10g = ranked["A10G"]
+    assert a10g.extra["tier"] == 1 and names(cost_aware(uncertain, fleet(book), book))[0] in ("A100-80GB", "H100")
+    p90_alone = book.alone_seconds_per_token("A10G", 1000, 80) / 0.120
+    assert a10g.slack == pytest.approx(predicted_slack(p90_alone, a10g.extra["utilization"]))
+    assert a10g.slack > SLACK_TARGET
+    assert a10g.extra["shares"][0] == pytest.approx(capacity_share(book, "A10G", 1000, 80, SLO_DEFAULT))
+    # the same prompt with its answer known to be long (p50 = p90) is the A10G's, as before
+    certain = replace(uncertain, output_p50=80)
+    assert names(cost_aware(certain, fleet(book), book))[0] == "A10G"
+
+
 def test_cost_aware_fills_the_choice(book):
     best = cost_aware(LONG_INPUT, fleet(book), book)[0]
     rps = book.rate_at("A100-80GB", 1500, 300)
