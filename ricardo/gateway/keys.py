@@ -33,7 +33,9 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
@@ -238,27 +240,30 @@ class KeyRing:
         if key is None:
             return key
         request[PRIORITY_GRANT] = key.priority
+        tokens = RateLimitItemPerMinute(key.tokens_per_minute) if key.tokens_per_minute is not None else None
+        reads: dict[str, Awaitable[Any]] = {}
         if key.budget_usd_per_day is not None:
-            spent = (await self.spend_today(key.id)).get(key.id, 0.0)
-            if spent >= key.budget_usd_per_day:
-                self._refused(key, "budget")
-                raise too_many(
-                    f"key {key.name} has spent its budget of ${key.budget_usd_per_day:g} for today (UTC)",
-                    "insufficient_quota",
-                    "insufficient_quota",
-                    seconds_to_midnight(),
-                )
-        if key.tokens_per_minute is not None:
-            tokens = RateLimitItemPerMinute(key.tokens_per_minute)
-            if not await self.store.rate_limit(lambda limiters: limiters.fixed.test(tokens, key.id)):
-                stats = await self.store.rate_limit(lambda limiters: limiters.fixed.get_window_stats(tokens, key.id))
-                self._refused(key, "tokens")
-                raise too_many(
-                    f"key {key.name} has used its {key.tokens_per_minute} tokens per minute",
-                    "tokens",
-                    "rate_limit_exceeded",
-                    stats.reset_time - time.time(),
-                )
+            reads["spend"] = self.spend_today(key.id)
+        if tokens is not None:
+            reads["tokens"] = self.store.rate_limit(lambda limiters: limiters.fixed.test(tokens, key.id))
+        read = await _at_once(reads)  # a slow store answering costs one round trip here, not one per check
+        if key.budget_usd_per_day is not None and read["spend"].get(key.id, 0.0) >= key.budget_usd_per_day:
+            self._refused(key, "budget")
+            raise too_many(
+                f"key {key.name} has spent its budget of ${key.budget_usd_per_day:g} for today (UTC)",
+                "insufficient_quota",
+                "insufficient_quota",
+                seconds_to_midnight(),
+            )
+        if tokens is not None and not read["tokens"]:
+            stats = await self.store.rate_limit(lambda limiters: limiters.fixed.get_window_stats(tokens, key.id))
+            self._refused(key, "tokens")
+            raise too_many(
+                f"key {key.name} has used its {key.tokens_per_minute} tokens per minute",
+                "tokens",
+                "rate_limit_exceeded",
+                stats.reset_time - time.time(),
+            )
         if key.requests_per_second is not None:
             rate = RateLimitItemPerSecond(key.requests_per_second)
             if not await self.store.rate_limit(lambda limiters: limiters.moving.hit(rate, key.id)):
@@ -320,3 +325,10 @@ class KeyRing:
             batch, day, amounts = self._unsent[0]
             await self.store.add_spend(day, amounts, self._writer, batch)  # StoreUnavailable: kept, sent again
             del self._unsent[0]
+
+
+async def _at_once(reads: dict[str, Awaitable[Any]]) -> dict[str, Any]:
+    """Each read's answer under its name, the reads made concurrently (one awaited as it is: no task to make)."""
+    if len(reads) <= 1:
+        return {name: await read for name, read in reads.items()}
+    return dict(zip(reads, await asyncio.gather(*reads.values()), strict=True))

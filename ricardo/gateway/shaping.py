@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from aiohttp import web
+
 from ricardo.gateway.metrics import GatewayMetrics
 from ricardo.policies.types import SLO, RequestShape
 from ricardo.predictor.features import MAX_CAP, RequestFeatures, features_from_body
@@ -24,7 +26,7 @@ PRIORITY_HEADER = "x-priority"
 MIN_PRIORITY = -5
 # where a layer in front of the proxy (client API keys) puts the priority it grants a request: its default priority
 # and the most `x-priority` may claim (without a grant: 0, and `max_header_priority`)
-PRIORITY_GRANT = "ricardo.priority"
+PRIORITY_GRANT = web.RequestKey("ricardo.priority", int)
 
 
 class Shaped(NamedTuple):

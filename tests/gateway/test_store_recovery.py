@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from ricardo.gateway.admin import _store_down
 from ricardo.gateway.keys import KeyBody, KeyRing, digest, today
 from ricardo.gateway.metrics import GatewayMetrics
@@ -159,3 +160,28 @@ async def test_client_keys_survive_a_replica_that_starts_on_the_emptied_redis_fi
         finally:
             await running.close()
             await starting.close()
+
+
+async def test_a_slow_redis_costs_a_key_with_a_budget_and_a_token_limit_one_round_trip_to_admit() -> None:
+    """The budget's spend and the token window are read at once: with every Redis reply 0.2 s late, admitting a key
+    that has both takes about one late reply, not two (reading them in turn added a round trip per check)."""
+    with RedisServer() as server:
+        link = SlowLink(server.port)
+        port = await link.start()
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "admit", cooloff_s=0.05, max_cooloff_s=0.1)
+        await store.start()
+        await store.init_config({"price": 1})
+        ring = KeyRing(store, GatewayMetrics(), required=True)
+        try:
+            _, plain = await ring.create(KeyBody(name="alice", budget_usd_per_day=1.0, tokens_per_minute=1000))
+            await ring.refresh()
+            request = make_mocked_request("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {plain}"})
+            await ring.admit(request)  # connections made, scripts loaded, on time
+            link.delay_s = 0.2
+            started = time.perf_counter()
+            assert (await ring.admit(request)).name == "alice"
+            took = time.perf_counter() - started
+            assert 0.2 <= took < 0.35, f"admitting took {took:.2f} s with each reply 0.2 s late"
+        finally:
+            await store.close()
+            await link.close()
