@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -78,34 +80,43 @@ class SlowLink:
             self.server.close()
 
 
+@contextlib.asynccontextmanager
+async def behind_a_slow_link(server: RedisServer, prefix: str) -> AsyncIterator[tuple[SlowLink, RedisStore]]:
+    """A started store that reaches `server` through a `SlowLink` (on time until its `delay_s` is set)."""
+    link = SlowLink(server.port)
+    port = await link.start()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix, cooloff_s=0.05, max_cooloff_s=0.1)
+    await store.start()
+    await store.init_config({"price": 1})
+    try:
+        yield link, store
+    finally:
+        await store.close()
+        await link.close()
+
+
 async def test_spend_is_not_counted_twice_when_redis_answers_late() -> None:
     with RedisServer() as server:
-        link = SlowLink(server.port)
-        port = await link.start()
-        store = RedisStore(f"redis://127.0.0.1:{port}/0", "recovery", cooloff_s=0.05, max_cooloff_s=0.1)
-        await store.start()
-        await store.init_config({"price": 1})
-        ring = KeyRing(store, GatewayMetrics(), required=True)
-        await ring.start()
-        try:
-            key, _ = await ring.create(KeyBody(name="alice", budget_usd_per_day=1.0))
-            ring.charge(key, 0.01, 1)  # a first write on time (it also loads the store's script into Redis)
-            while ring._pending_spend or ring._unsent:
-                await asyncio.sleep(0.01)
-            link.delay_s = 0.4  # past the store's 0.25 s timeout: Redis adds the spend, its reply comes too late
-            ring.charge(key, 0.25, 10)
-            await asyncio.sleep(1.0)
-            link.delay_s = 0.0
-            deadline = time.monotonic() + 5
-            while ring._pending_spend or ring._unsent or not store.healthy:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-            spent = (await store.read_spend(today()))[key.id]
-            assert spent == pytest.approx(0.26), f"requests of $0.01 and $0.25 charged ${spent} to the key"
-        finally:
-            await ring.close()
-            await store.close()
-            await link.close()
+        async with behind_a_slow_link(server, "recovery") as (link, store):
+            ring = KeyRing(store, GatewayMetrics(), required=True)
+            await ring.start()
+            try:
+                key, _ = await ring.create(KeyBody(name="alice", budget_usd_per_day=1.0))
+                ring.charge(key, 0.01, 1)  # a first write on time (it also loads the store's script into Redis)
+                while ring._pending_spend or ring._unsent:
+                    await asyncio.sleep(0.01)
+                link.delay_s = 0.4  # past the store's 0.25 s timeout: Redis adds the spend, its reply comes too late
+                ring.charge(key, 0.25, 10)
+                await asyncio.sleep(1.0)
+                link.delay_s = 0.0
+                deadline = time.monotonic() + 5
+                while ring._pending_spend or ring._unsent or not store.healthy:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                spent = (await store.read_spend(today()))[key.id]
+                assert spent == pytest.approx(0.26), f"requests of $0.01 and $0.25 charged ${spent} to the key"
+            finally:
+                await ring.close()
 
 
 async def test_a_write_whose_reply_is_late_says_it_may_have_been_made_and_one_not_sent_says_it_was_not() -> None:
@@ -166,22 +177,15 @@ async def test_a_slow_redis_costs_a_key_with_a_budget_and_a_token_limit_one_roun
     """The budget's spend and the token window are read at once: with every Redis reply 0.2 s late, admitting a key
     that has both takes about one late reply, not two (reading them in turn added a round trip per check)."""
     with RedisServer() as server:
-        link = SlowLink(server.port)
-        port = await link.start()
-        store = RedisStore(f"redis://127.0.0.1:{port}/0", "admit", cooloff_s=0.05, max_cooloff_s=0.1)
-        await store.start()
-        await store.init_config({"price": 1})
-        ring = KeyRing(store, GatewayMetrics(), required=True)
-        try:
+        async with behind_a_slow_link(server, "admit") as (link, store):
+            ring = KeyRing(store, GatewayMetrics(), required=True)
             _, plain = await ring.create(KeyBody(name="alice", budget_usd_per_day=1.0, tokens_per_minute=1000))
             await ring.refresh()
-            request = make_mocked_request("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {plain}"})
+            headers = {"Authorization": f"Bearer {plain}"}
+            request = make_mocked_request("POST", "/v1/chat/completions", headers=headers)
             await ring.admit(request)  # connections made, scripts loaded, on time
             link.delay_s = 0.2
             started = time.perf_counter()
             assert (await ring.admit(request)).name == "alice"
             took = time.perf_counter() - started
             assert 0.2 <= took < 0.35, f"admitting took {took:.2f} s with each reply 0.2 s late"
-        finally:
-            await store.close()
-            await link.close()
